@@ -1,0 +1,35 @@
+//! Kernel timestamps (`bpf_ktime_get_boot_ns`, i.e. CLOCK_BOOTTIME) to Unix time.
+
+fn now(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and out pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Unix time in nanoseconds.
+pub fn unix_ns() -> u64 {
+    now(libc::CLOCK_REALTIME).max(0) as u64
+}
+
+/// Boot-clock nanoseconds.
+pub fn boot_ns() -> u64 {
+    now(libc::CLOCK_BOOTTIME).max(0) as u64
+}
+
+/// Add this to a boot-clock time to get Unix nanoseconds. Sampled at every
+/// drain, so wall-clock steps (NTP) apply from the next window on.
+pub fn boot_to_unix_offset_ns() -> i128 {
+    // The smallest bracket of three tries keeps the error to a few µs.
+    let mut best: Option<(i128, i128)> = None;
+    for _ in 0..3 {
+        let b1 = now(libc::CLOCK_BOOTTIME);
+        let r = now(libc::CLOCK_REALTIME);
+        let b2 = now(libc::CLOCK_BOOTTIME);
+        let width = b2 - b1;
+        if best.is_none_or(|(w, _)| width < w) {
+            best = Some((width, r - (b1 + width / 2)));
+        }
+    }
+    best.map(|(_, off)| off).unwrap_or(0)
+}

@@ -1,0 +1,83 @@
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use flowlog_agent::{agent, ship::Output};
+
+/// eBPF flow logs in the AWS VPC Flow Logs format.
+#[derive(Parser, Debug)]
+#[command(name = "flowlog-agent", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Capture and write flow logs (the default).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Interface name or glob (`veth*`) to capture on; repeatable.
+    /// Default: every interface that is up, except loopback.
+    #[arg(long = "iface", short = 'i', env = "FLOWLOG_IFACES", value_delimiter = ',')]
+    ifaces: Vec<String>,
+    /// Aggregation interval in seconds (AWS: 60 or 600). Any value ≥ 1.
+    #[arg(long, default_value_t = 60, env = "FLOWLOG_INTERVAL", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    interval: u64,
+    /// Where records go: `stdout` or `file:<path>`; repeatable.
+    #[arg(long = "output", short = 'o', default_value = "stdout", env = "FLOWLOG_OUTPUTS", value_delimiter = ',')]
+    outputs: Vec<Output>,
+    /// The `account-id` field.
+    #[arg(long, default_value = "unknown", env = "FLOWLOG_ACCOUNT_ID")]
+    account_id: String,
+    /// Flows per aggregation window the kernel table holds; beyond it,
+    /// packets of new flows are not counted and SKIPDATA is written.
+    #[arg(long, default_value_t = 65_536, env = "FLOWLOG_MAX_FLOWS", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_flows: u32,
+    /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
+    #[arg(long, default_value = "info", env = "FLOWLOG_LOG")]
+    log: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.cmd {
+        Some(Cmd::Run(a)) => a,
+        None => cli.run,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
+        eprintln!("invalid --log {:?}: {e}; using info", args.log);
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    if args.account_id.is_empty() || args.account_id.contains(char::is_whitespace) {
+        eprintln!("error: --account-id {:?} must be non-empty and without spaces", args.account_id);
+        return std::process::ExitCode::from(2);
+    }
+    let cfg = agent::Config {
+        ifaces: args.ifaces,
+        interval: Duration::from_secs(args.interval),
+        outputs: args.outputs,
+        account_id: args.account_id,
+        max_flows: args.max_flows,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(agent::run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The two `bpf(2)` commands aya 0.14 does not wrap: creating an
+//! `ARRAY_OF_MAPS` without an ELF definition (our RCU barrier) and
+//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH`.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+/// `union bpf_attr` is 160 bytes on 6.x kernels; the kernel accepts any
+/// size up to what it knows as long as the unknown tail is zero.
+#[repr(C, align(8))]
+struct Attr([u8; 160]);
+
+impl Attr {
+    fn new() -> Self {
+        Attr([0; 160])
+    }
+    fn put_u32(&mut self, off: usize, v: u32) {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn put_u64(&mut self, off: usize, v: u64) {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().unwrap())
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a valid, zero-padded bpf_attr for `cmd`.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, std::mem::size_of::<Attr>()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Waits for every running XDP/TC program to finish.
+///
+/// Updating an `ARRAY_OF_MAPS` slot from userspace makes the kernel call
+/// `synchronize_rcu()` before the syscall returns (`maybe_wait_bpf_programs`
+/// in kernel/bpf/syscall.c), so that userspace knows no program still uses
+/// the old value. XDP and TC programs run inside RCU read-side sections, so
+/// after the call no program that read the old generation is still running.
+pub struct RcuBarrier {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl RcuBarrier {
+    /// `template` is any map that can be an inner map (an array is fine);
+    /// the barrier keeps its own copy of the fd.
+    pub fn new(template: BorrowedFd<'_>) -> io::Result<Self> {
+        let inner = template.try_clone_to_owned()?;
+        let mut attr = Attr::new();
+        attr.put_u32(0, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+        attr.put_u32(4, 4); // key_size
+        attr.put_u32(8, 4); // value_size (an fd)
+        attr.put_u32(12, 1); // max_entries
+        attr.put_u32(20, inner.as_raw_fd() as u32); // inner_map_fd
+        attr.0[28..28 + 12].copy_from_slice(b"flowlog_rcu\0");
+        let fd = bpf(BPF_MAP_CREATE, &mut attr)? as RawFd;
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        let outer = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(RcuBarrier { outer, inner })
+    }
+
+    pub fn wait(&self) -> io::Result<()> {
+        let key: u32 = 0;
+        let value: u32 = self.inner.as_raw_fd() as u32;
+        let mut attr = Attr::new();
+        attr.put_u32(0, self.outer.as_raw_fd() as u32);
+        attr.put_u64(8, &key as *const u32 as u64);
+        attr.put_u64(16, &value as *const u32 as u64);
+        attr.put_u64(24, 0); // BPF_ANY
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    }
+}
+
+/// Reads and deletes every entry of a hash map, `chunk` entries per syscall.
+/// Only call it on a map no program writes to any more (see [`RcuBarrier`]).
+pub fn lookup_and_delete_all<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    chunk: usize,
+    out: &mut Vec<(K, V)>,
+) -> io::Result<()> {
+    let mut chunk = chunk.max(1);
+    let mut keys: Vec<K> = Vec::with_capacity(chunk);
+    let mut values: Vec<V> = Vec::with_capacity(chunk);
+    // The batch token of hash maps is a bucket index (u32); 8 bytes is ample.
+    let mut in_batch = [0u8; 8];
+    let mut out_batch = [0u8; 8];
+    let mut first = true;
+    loop {
+        if keys.capacity() < chunk {
+            keys.reserve(chunk - keys.len());
+            values.reserve(chunk - values.len());
+        }
+        let mut attr = Attr::new();
+        attr.put_u64(0, if first { 0 } else { in_batch.as_ptr() as u64 });
+        attr.put_u64(8, out_batch.as_mut_ptr() as u64);
+        attr.put_u64(16, keys.as_mut_ptr() as u64);
+        attr.put_u64(24, values.as_mut_ptr() as u64);
+        attr.put_u32(32, chunk as u32); // count
+        attr.put_u32(36, map.as_raw_fd() as u32);
+        let res = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
+        let n = attr.get_u32(32) as usize;
+        // SAFETY: the kernel wrote n keys and n values.
+        unsafe {
+            keys.set_len(n);
+            values.set_len(n);
+        }
+        out.extend(keys.iter().copied().zip(values.iter().copied()));
+        keys.clear();
+        values.clear();
+        match res {
+            Ok(_) => {
+                in_batch = out_batch;
+                first = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            // One bucket holds more entries than `chunk`: retry bigger.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => chunk *= 2,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Types shared by the kernel programs (`flowlog-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding fields, so the byte
+//! layout of a map key is the same on both sides and never contains
+//! uninitialised padding: the kernel hashes every byte of a key, so a stray
+//! byte would split one flow into several entries.
+#![no_std]
+
+/// Map names, as they appear in the eBPF object.
+pub mod maps {
+    /// Flow table of generation 0 (`HashMap<FlowKey, FlowStats>`).
+    pub const FLOWS_0: &str = "FLOWS_0";
+    /// Flow table of generation 1.
+    pub const FLOWS_1: &str = "FLOWS_1";
+    /// Failed flow inserts per interface, generation 0 (`HashMap<u32, InsertFailures>`).
+    pub const FAILS_0: &str = "FAILS_0";
+    /// Failed flow inserts per interface, generation 1.
+    pub const FAILS_1: &str = "FAILS_1";
+    /// One `u32`: the generation the programs write to now (0 or 1).
+    pub const GENERATION: &str = "GENERATION";
+    /// Per-CPU `u64` counters indexed by [`super::counters`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Indexes into the per-CPU `COUNTERS` array.
+pub mod counters {
+    /// IP frames that were shorter than their headers say (not counted as flows).
+    pub const MALFORMED: u32 = 0;
+    /// Frames that are not IPv4/IPv6 (ARP, LLDP, ...), ignored by design.
+    pub const NON_IP: u32 = 1;
+    /// Insert failures of generation 0 that could not even be attributed to
+    /// an interface because the `FAILS_0` map was full.
+    pub const UNATTRIBUTED_FAILS_0: u32 = 2;
+    /// Same for generation 1.
+    pub const UNATTRIBUTED_FAILS_1: u32 = 3;
+    /// Number of counters.
+    pub const LEN: u32 = 4;
+}
+
+/// Capture direction, relative to the interface.
+pub mod direction {
+    pub const INGRESS: u8 = 0;
+    pub const EGRESS: u8 = 1;
+}
+
+/// `FlowKey::family` values.
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// Extra bit in [`FlowStats::tcp_flags`], above the 8 raw TCP flag bits: set
+/// when one packet carried SYN and ACK together. AWS reports SYN-ACK (18) only
+/// for such packets, which an OR of raw flags over the window cannot tell apart
+/// from a SYN followed by a plain ACK.
+pub const TCP_SYN_ACK_SEEN: u32 = 1 << 8;
+
+/// One flow, per interface and direction. 44 bytes, no implicit padding.
+///
+/// IPv4 addresses occupy the first 4 bytes of the address arrays; the other
+/// 12 bytes are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Host byte order. 0 for protocols without ports and non-first fragments.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IANA protocol number of the upper layer (after IPv6 extension headers).
+    pub protocol: u8,
+    pub direction: u8,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Counters of one flow in one aggregation window. 40 bytes.
+///
+/// `packets`, `bytes` and `tcp_flags` are updated with atomic instructions
+/// because the map is shared by all CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Wire packets: a GSO super-packet counts as its segments.
+    pub packets: u64,
+    /// Bytes at the IP layer (IP header included, link header excluded).
+    pub bytes: u64,
+    /// `bpf_ktime_get_boot_ns()` of the first packet in the window.
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_boot_ns()` of the last packet in the window.
+    pub last_seen_ns: u64,
+    /// OR of the raw TCP flags byte, plus [`TCP_SYN_ACK_SEEN`].
+    pub tcp_flags: u32,
+    pub _pad: u32,
+}
+
+/// Packets whose flow could not be inserted (map full) in one window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InsertFailures {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+// The layout is part of the kernel/user contract: fail the build if it moves.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
+const _: () = assert!(core::mem::size_of::<InsertFailures>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data without implicit padding (asserted above).
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::InsertFailures {}
+}

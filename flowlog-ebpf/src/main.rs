@@ -1,0 +1,248 @@
+//! flowlog kernel programs: count every packet per interface, direction and
+//! 5-tuple, at XDP (ingress) and TC/TCX (egress).
+//!
+//! Design, in short (details in the agent's `capture` and `drain` modules):
+//! - One shared `BPF_MAP_TYPE_HASH` per generation; counters are updated with
+//!   atomic instructions, never a racy `+=`.
+//! - The programs read the active generation from `GENERATION` once per packet.
+//!   The agent flips it and then waits for an RCU grace period, after which no
+//!   program can still be writing to the old generation; only then is the old
+//!   table read and emptied. So every packet lands in exactly one window.
+//! - A failed insert (table full) is counted per interface in `FAILS_<gen>`,
+//!   and if that too is full, in a per-CPU counter: never silent.
+//! - The programs only observe: XDP returns `XDP_PASS`, TC returns
+//!   `TC_ACT_UNSPEC` (TCX "next"), so other programs still run.
+#![no_std]
+#![no_main]
+// The BPF target has no compare-and-swap, so core's Atomic* types lack
+// fetch_add; the intrinsics lower to the BPF atomic add/or instructions.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod parse;
+
+use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use flowlog_common::{counters, direction, FlowKey, FlowStats, InsertFailures};
+use parse::{Packet, ParseError};
+
+/// Overridden by the agent at load time (`--max-flows`).
+const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Interfaces with failed inserts per window; beyond this they are counted
+/// in `COUNTERS[UNATTRIBUTED_FAILS_*]`.
+const MAX_FAIL_IFACES: u32 = 1024;
+const EEXIST: i32 = 17;
+
+#[map]
+static FLOWS_0: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map]
+static FLOWS_1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map]
+static FAILS_0: HashMap<u32, InsertFailures> = HashMap::with_max_entries(MAX_FAIL_IFACES, 0);
+#[map]
+static FAILS_1: HashMap<u32, InsertFailures> = HashMap::with_max_entries(MAX_FAIL_IFACES, 0);
+#[map]
+static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
+
+#[xdp]
+pub fn flowlog_ingress(ctx: XdpContext) -> u32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // XDP without frags sees the whole frame in one buffer.
+    let len = data_end.saturating_sub(data);
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match parse::parse(data, data_end, len) {
+        Ok(pkt) => count(ifindex, direction::INGRESS, &pkt, 1, pkt.ip_len as u64),
+        Err(e) => bump_error(e),
+    }
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn flowlog_egress(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let len = ctx.len() as usize;
+    let mut res = parse::parse(ctx.data(), ctx.data_end(), len);
+    if let Err(ParseError::NotLinear) = res {
+        // Headers beyond the linear area (rare on egress): make them linear
+        // and parse once more. 256 bytes covers Ethernet + VLANs + IPv6 with
+        // extension headers + TCP with options.
+        let want = if len < 256 { len } else { 256 };
+        if ctx.pull_data(want as u32).is_ok() {
+            res = parse::parse(ctx.data(), ctx.data_end(), len);
+        }
+    }
+    match res {
+        Ok(pkt) => {
+            let (gso_segs, gso_size, ifindex) =
+                unsafe { ((*skb).gso_segs, (*skb).gso_size, (*skb).ifindex) };
+            let (packets, bytes) = wire_counts(&pkt, gso_segs, gso_size);
+            count(ifindex, direction::EGRESS, &pkt, packets, bytes);
+        }
+        Err(e) => bump_error(e),
+    }
+    TC_ACT_UNSPEC
+}
+
+/// A GSO super-packet leaves the host as several segments, each with its own
+/// copy of the IP and L4 headers: count what goes on the wire.
+#[inline(always)]
+fn wire_counts(pkt: &Packet, gso_segs: u32, gso_size: u32) -> (u64, u64) {
+    let ip_len = pkt.ip_len as u64;
+    if gso_size == 0 {
+        return (1, ip_len);
+    }
+    let hdr = pkt.hdr_len as u64;
+    let segs = if gso_segs > 0 {
+        gso_segs as u64
+    } else {
+        // gso_segs 0 means "not computed yet" (e.g. packets from a VM).
+        let payload = ip_len.saturating_sub(hdr);
+        payload.div_ceil(gso_size as u64)
+    };
+    if segs <= 1 {
+        return (1, ip_len);
+    }
+    (segs, ip_len + (segs - 1) * hdr)
+}
+
+#[inline(always)]
+fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
+    let key = FlowKey {
+        ifindex,
+        src_addr: pkt.src_addr,
+        dst_addr: pkt.dst_addr,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        protocol: pkt.protocol,
+        direction: dir,
+        family: pkt.family,
+        _pad: 0,
+    };
+    let generation = match GENERATION.get(0) {
+        Some(g) => *g,
+        None => 0,
+    };
+    // Read the clock after the generation: the agent notes a window's start
+    // before it flips, so every packet's time falls inside its window.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // Separate call sites per generation keep every map pointer a constant
+    // for the verifier.
+    if generation == 0 {
+        account(&FLOWS_0, &FAILS_0, counters::UNATTRIBUTED_FAILS_0, &key, packets, bytes, pkt.tcp_flags, now);
+    } else {
+        account(&FLOWS_1, &FAILS_1, counters::UNATTRIBUTED_FAILS_1, &key, packets, bytes, pkt.tcp_flags, now);
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn account(
+    flows: &HashMap<FlowKey, FlowStats>,
+    fails: &HashMap<u32, InsertFailures>,
+    unattributed: u32,
+    key: &FlowKey,
+    packets: u64,
+    bytes: u64,
+    flags: u32,
+    now: u64,
+) {
+    if let Some(v) = flows.get_ptr_mut(key) {
+        unsafe { add(v, packets, bytes, flags, now) };
+        return;
+    }
+    let init = FlowStats {
+        packets,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags: flags,
+        _pad: 0,
+    };
+    match flows.insert(key, &init, BPF_NOEXIST as u64) {
+        Ok(()) => return,
+        // Another CPU inserted the same flow between our lookup and insert.
+        Err(e) if e == -EEXIST => {
+            if let Some(v) = flows.get_ptr_mut(key) {
+                unsafe { add(v, packets, bytes, flags, now) };
+                return;
+            }
+        }
+        Err(_) => {}
+    }
+    // The flow table is full (E2BIG) or the insert failed otherwise.
+    if let Some(f) = fails.get_ptr_mut(key.ifindex) {
+        unsafe { add_failure(f, packets, bytes) };
+        return;
+    }
+    let first = InsertFailures { packets, bytes };
+    match fails.insert(key.ifindex, &first, BPF_NOEXIST as u64) {
+        Ok(()) => return,
+        Err(e) if e == -EEXIST => {
+            if let Some(f) = fails.get_ptr_mut(key.ifindex) {
+                unsafe { add_failure(f, packets, bytes) };
+                return;
+            }
+        }
+        Err(_) => {}
+    }
+    bump(unattributed, packets);
+}
+
+#[inline(always)]
+unsafe fn add(v: *mut FlowStats, packets: u64, bytes: u64, flags: u32, now: u64) {
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets, packets);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes, bytes);
+        // Only moves forward; concurrent CPUs may race by nanoseconds, which
+        // cannot change the record's `end` second by more than that.
+        if now > (*v).last_seen_ns {
+            (*v).last_seen_ns = now;
+        }
+        if flags != 0 && (*v).tcp_flags & flags != flags {
+            atomic_or::<u32, u32, { Relaxed }>(&raw mut (*v).tcp_flags, flags);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn add_failure(f: *mut InsertFailures, packets: u64, bytes: u64) {
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*f).packets, packets);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*f).bytes, bytes);
+    }
+}
+
+#[inline(always)]
+fn bump_error(e: ParseError) {
+    match e {
+        ParseError::NonIp => bump(counters::NON_IP, 1),
+        ParseError::Malformed | ParseError::NotLinear => bump(counters::MALFORMED, 1),
+    }
+}
+
+/// Per-CPU counter: no other CPU writes this slot, so a plain add is exact.
+#[inline(always)]
+fn bump(index: u32, n: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *c += n };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,1 +1,186 @@
-fn main(){}
+//! `cargo xtask <task>`: set up the eBPF toolchain, run the agent, run the tests.
+//!
+//! Every task installs what is missing first (Debian packages, bpf-linker)
+//! and says what it does; when everything is there it costs a few checks.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages of the toolchain route in docs (see README "Building").
+const DEBIAN_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
+/// LLVM that bpf-linker links against: the same major as rustc-web's LLVM.
+const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
+/// Tools the kernel tests use to build network namespaces.
+const DEBIAN_TEST_TOOLS: &[&str] = &["iproute2", "ethtool"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((t, r)) => (t.as_str(), r.to_vec()),
+        None => ("help", vec![]),
+    };
+    let started = Instant::now();
+    let res = match task {
+        "setup" => setup(),
+        "build" => setup().and_then(|_| build_release()),
+        "run" => setup().and_then(|_| run_agent(&rest)),
+        "test" => setup().and_then(|_| test(&rest)),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\
+                 \n  setup           install the eBPF toolchain if missing (Debian packages, bpf-linker)\
+                 \n  build           setup, then build the agent (release)\
+                 \n  run [-- ARGS]   setup, build, and run the agent as root with ARGS\
+                 \n  test [ARGS]     setup, then run every test (needs root); ARGS go to `cargo test`"
+            );
+            return if task == "help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
+        }
+    };
+    match res {
+        Ok(()) => {
+            step(&format!("xtask {task}: done in {:.0?}", started.elapsed()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xtask {task}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"))
+        .join("bin")
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {}: run as root, or `apt-get install {}` yourself", missing.join(" "), missing.join(" "));
+    }
+    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// rustup's nightly with rust-src, if the user has it.
+fn rustup_nightly_with_src() -> bool {
+    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).env_remove("RUSTUP_TOOLCHAIN").output() else {
+        return false;
+    };
+    out.status.success()
+        && Path::new(String::from_utf8_lossy(&out.stdout).trim())
+            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+            .is_file()
+}
+
+fn bpf_linker_ok() -> bool {
+    let exe = cargo_bin_dir().join("bpf-linker");
+    let exe = if exe.is_file() { exe } else { PathBuf::from("bpf-linker") };
+    Command::new(exe).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+fn setup() -> Result<()> {
+    let nightly = rustup_nightly_with_src();
+    let test_tools_missing = DEBIAN_TEST_TOOLS.iter().any(|p| !dpkg_installed(p));
+    if nightly {
+        step("eBPF toolchain: rustup nightly with rust-src");
+    } else {
+        step("eBPF toolchain: Debian rustc-web + rust-web-src (RUSTC_BOOTSTRAP=1)");
+        apt_install(DEBIAN_TOOLCHAIN)?;
+    }
+    if test_tools_missing && is_root() {
+        apt_install(DEBIAN_TEST_TOOLS)?;
+    }
+    if bpf_linker_ok() {
+        return Ok(());
+    }
+    let mut install = cargo();
+    install.args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")]);
+    if !nightly {
+        // Link bpf-linker against Debian's LLVM 22, the LLVM of rustc-web.
+        apt_install(DEBIAN_LLVM)?;
+        install.args(["--no-default-features", "--features", "llvm-22"]);
+        let path = env::var("PATH").unwrap_or_default();
+        install.env("PATH", format!("{LLVM_BIN}:{path}"));
+    }
+    step(&format!("installing bpf-linker {BPF_LINKER_VERSION} (about a minute)"));
+    run(&mut install)
+}
+
+fn build_release() -> Result<()> {
+    step("building flowlog-agent (release; the eBPF programs are built by its build.rs)");
+    run(cargo().current_dir(root_dir()).args(["build", "--release", "-p", "flowlog-agent"]))
+}
+
+fn run_agent(args: &[String]) -> Result<()> {
+    build_release()?;
+    let args: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    let exe = root_dir().join("target/release/flowlog-agent");
+    step(&format!("running {} {}", exe.display(), args.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")));
+    if !is_root() {
+        eprintln!("note: not root; the agent will say which capabilities it lacks");
+    }
+    run(Command::new(exe).args(args))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the kernel tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
+    }
+    step("running all tests (unit, eBPF programs via BPF_PROG_TEST_RUN, end-to-end in network namespaces)");
+    run(cargo()
+        .current_dir(root_dir())
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args)
+        .env("FLOWLOG_REQUIRE_ROOT_TESTS", "1"))
+}

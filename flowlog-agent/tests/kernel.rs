@@ -1,0 +1,386 @@
+//! The eBPF programs on crafted frames, through BPF_PROG_TEST_RUN: every
+//! case checks the exact flow-table entry the kernel wrote (read back by the
+//! agent's own drain). Needs root.
+
+mod common;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use common::*;
+use flowlog_agent::{
+    capture::{Capture, EGRESS_PROGRAM, INGRESS_PROGRAM},
+    drain::{Drained, FlowTables},
+};
+use flowlog_common::{direction, family, FlowKey, InsertFailures, TCP_SYN_ACK_SEEN};
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: TCX "next"
+/// test_run runs programs on the loopback device.
+const LO: u32 = 1;
+
+struct Kernel {
+    capture: Capture,
+    tables: FlowTables,
+}
+
+impl Kernel {
+    fn load(max_flows: u32) -> Self {
+        let (capture, tables) = Capture::load(max_flows).expect("load eBPF programs");
+        Kernel { capture, tables }
+    }
+
+    fn xdp(&mut self, frame: &[u8]) -> u32 {
+        let p: &mut Xdp = self.capture.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+        let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
+        p.test_run(opts).expect("XDP test_run").return_value
+    }
+
+    /// `gso`: (gso_segs, gso_size) written into the test skb.
+    fn tc(&mut self, frame: &[u8], gso: Option<(u32, u32)>) -> u32 {
+        let p: &mut SchedClassifier = self.capture.ebpf_mut().program_mut(EGRESS_PROGRAM).unwrap().try_into().unwrap();
+        // struct __sk_buff (192 bytes): gso_segs at 164, gso_size at 176.
+        let mut ctx = [0u8; 192];
+        if let Some((segs, size)) = gso {
+            ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
+            ctx[176..180].copy_from_slice(&size.to_ne_bytes());
+        }
+        let opts = TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+        p.test_run(opts).expect("TC test_run").return_value
+    }
+
+    fn try_tc(&mut self, frame: &[u8]) -> Result<u32, String> {
+        let p: &mut SchedClassifier = self.capture.ebpf_mut().program_mut(EGRESS_PROGRAM).unwrap().try_into().unwrap();
+        let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
+        p.test_run(opts).map(|r| r.return_value).map_err(|e| format!("{e:?}"))
+    }
+
+    /// Runs the frame through both programs: one ingress and one egress entry.
+    fn both(&mut self, frame: &[u8]) {
+        assert_eq!(self.xdp(frame), XDP_PASS);
+        assert_eq!(self.tc(frame, None), TC_ACT_UNSPEC);
+    }
+
+    fn drain(&mut self) -> Drained {
+        self.tables.rotate().expect("drain")
+    }
+}
+
+fn v4key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8, dir: u8) -> FlowKey {
+    let mut k = FlowKey {
+        ifindex: LO,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: sport,
+        dst_port: dport,
+        protocol: proto,
+        direction: dir,
+        family: family::IPV4,
+        _pad: 0,
+    };
+    k.src_addr[..4].copy_from_slice(&src);
+    k.dst_addr[..4].copy_from_slice(&dst);
+    k
+}
+
+fn v6key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8, dir: u8) -> FlowKey {
+    FlowKey {
+        ifindex: LO,
+        src_addr: src.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        dst_addr: dst.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        src_port: sport,
+        dst_port: dport,
+        protocol: proto,
+        direction: dir,
+        family: family::IPV6,
+        _pad: 0,
+    }
+}
+
+/// (key, packets, bytes, raw tcp flags) of every entry, sorted.
+fn entries(d: &Drained) -> Vec<(FlowKey, u64, u64, u32)> {
+    let mut v: Vec<_> = d.flows.iter().map(|(k, s)| (*k, s.packets, s.bytes, s.tcp_flags)).collect();
+    v.sort();
+    v
+}
+
+/// The same packet seen once at ingress and once at egress.
+fn expect_both(d: &Drained, k: FlowKey, packets: u64, bytes: u64, flags: u32) {
+    let ing = FlowKey { direction: direction::INGRESS, ..k };
+    let eg = FlowKey { direction: direction::EGRESS, ..k };
+    let mut want = vec![(ing, packets, bytes, flags), (eg, packets, bytes, flags)];
+    want.sort();
+    assert_eq!(entries(d), want);
+    assert!(d.fails.is_empty() && d.unattributed_failures == 0);
+}
+
+const A4: [u8; 4] = [10, 1, 0, 1];
+const B4: [u8; 4] = [10, 1, 0, 2];
+const A6: &str = "2001:db8::1";
+const B6: &str = "2001:db8::2";
+
+#[test]
+fn ipv4_tcp_udp_icmp() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let ip = V4::new(A4, B4);
+
+    k.both(&frame_v4(&[], &ip, &L4::Tcp { sport: 40000, dport: 443, flags: 0x02, options: 20, payload: 0 }));
+    expect_both(&k.drain(), v4key(A4, B4, 40000, 443, TCP, 0), 1, 60, 0x02);
+
+    k.both(&frame_v4(&[], &ip, &L4::Udp { sport: 5353, dport: 53, payload: 100 }));
+    expect_both(&k.drain(), v4key(A4, B4, 5353, 53, UDP, 0), 1, 128, 0);
+
+    k.both(&frame_v4(&[], &ip, &L4::Icmp { payload: 56 }));
+    expect_both(&k.drain(), v4key(A4, B4, 0, 0, ICMP, 0), 1, 84, 0);
+}
+
+#[test]
+fn ipv6_tcp_udp_icmpv6() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let ip = V6::new(A6, B6);
+
+    k.both(&frame_v6(&[], &ip, &L4::Tcp { sport: 1234, dport: 22, flags: 0x12, options: 0, payload: 10 }));
+    expect_both(&k.drain(), v6key(A6, B6, 1234, 22, TCP, 0), 1, 70, 0x12 | TCP_SYN_ACK_SEEN);
+
+    k.both(&frame_v6(&[], &ip, &L4::Udp { sport: 7, dport: 9, payload: 0 }));
+    expect_both(&k.drain(), v6key(A6, B6, 7, 9, UDP, 0), 1, 48, 0);
+
+    k.both(&frame_v6(&[], &ip, &L4::Icmp { payload: 56 }));
+    expect_both(&k.drain(), v6key(A6, B6, 0, 0, ICMPV6, 0), 1, 104, 0);
+}
+
+#[test]
+fn vlan_tags_are_skipped() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let udp = L4::Udp { sport: 1000, dport: 2000, payload: 12 };
+    for tags in [&[0x8100][..], &[0x88a8, 0x8100], &[0x8100, 0x8100]] {
+        k.both(&frame_v4(tags, &V4::new(A4, B4), &udp));
+        expect_both(&k.drain(), v4key(A4, B4, 1000, 2000, UDP, 0), 1, 40, 0);
+        k.both(&frame_v6(tags, &V6::new(A6, B6), &udp));
+        expect_both(&k.drain(), v6key(A6, B6, 1000, 2000, UDP, 0), 1, 60, 0);
+    }
+}
+
+#[test]
+fn ipv4_options_move_the_l4_header() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    for options in [4, 12, 40] {
+        let ip = V4 { options, ..V4::new(A4, B4) };
+        k.both(&frame_v4(&[], &ip, &L4::Tcp { sport: 1, dport: 2, flags: 0x01, options: 0, payload: 5 }));
+        expect_both(&k.drain(), v4key(A4, B4, 1, 2, TCP, 0), 1, 20 + options as u64 + 25, 0x01);
+    }
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let chains: [&[(u8, usize)]; 4] = [&[(0, 8)], &[(0, 8), (60, 16)], &[(0, 8), (43, 24), (60, 8)], &[(60, 8), (44, 8)]];
+    for ext in chains {
+        let ip = V6 { ext: ext.to_vec(), ..V6::new(A6, B6) };
+        let ext_len: usize = ext.iter().map(|e| e.1).sum();
+        k.both(&frame_v6(&[], &ip, &L4::Udp { sport: 33, dport: 44, payload: 3 }));
+        expect_both(&k.drain(), v6key(A6, B6, 33, 44, UDP, 0), 1, (40 + ext_len + 11) as u64, 0);
+    }
+}
+
+#[test]
+fn fragments_only_the_first_has_ports() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    // First fragment: UDP header present.
+    let first = V4 { more_fragments: true, ..V4::new(A4, B4) };
+    k.both(&frame_v4(&[], &first, &L4::Udp { sport: 5000, dport: 6000, payload: 64 }));
+    expect_both(&k.drain(), v4key(A4, B4, 5000, 6000, UDP, 0), 1, 92, 0);
+    // Non-first fragment whose payload looks like a UDP header: ports stay 0.
+    let later = V4 { frag_offset: 9, more_fragments: false, ..V4::new(A4, B4) };
+    let looks_like_udp = L4::Raw { proto: UDP, bytes: vec![0x13, 0x88, 0x17, 0x70, 0, 8, 0, 0, 1, 2, 3, 4] };
+    k.both(&frame_v4(&[], &later, &looks_like_udp));
+    expect_both(&k.drain(), v4key(A4, B4, 0, 0, UDP, 0), 1, 32, 0);
+
+    // IPv6: fragment header with offset 0, then a non-first one.
+    let first6 = V6 { ext: vec![(44, 8)], more_fragments: true, ..V6::new(A6, B6) };
+    k.both(&frame_v6(&[], &first6, &L4::Tcp { sport: 80, dport: 81, flags: 0x02, options: 0, payload: 8 }));
+    expect_both(&k.drain(), v6key(A6, B6, 80, 81, TCP, 0), 1, 40 + 8 + 28, 0x02);
+    let later6 = V6 { ext: vec![(44, 8)], frag_offset: 100, ..V6::new(A6, B6) };
+    let looks_like_tcp = L4::Raw { proto: TCP, bytes: vec![0, 80, 0, 81, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0, 0, 0, 0, 0, 0] };
+    k.both(&frame_v6(&[], &later6, &looks_like_tcp));
+    expect_both(&k.drain(), v6key(A6, B6, 0, 0, TCP, 0), 1, 68, 0);
+}
+
+#[test]
+fn ethernet_padding_is_not_counted() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let mut f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 1, dport: 2, payload: 0 });
+    f.resize(60, 0); // minimum Ethernet frame
+    k.both(&f);
+    expect_both(&k.drain(), v4key(A4, B4, 1, 2, UDP, 0), 1, 28, 0);
+}
+
+#[test]
+fn truncated_frames_are_never_flows() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let frames = [
+        frame_v4(&[0x8100], &V4 { options: 8, ..V4::new(A4, B4) }, &L4::Tcp { sport: 1, dport: 2, flags: 2, options: 8, payload: 3 }),
+        frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 1, dport: 2, payload: 4 }),
+        frame_v4(&[], &V4::new(A4, B4), &L4::Icmp { payload: 4 }),
+        frame_v6(&[0x88a8, 0x8100], &V6 { ext: vec![(0, 8), (44, 8)], ..V6::new(A6, B6) }, &L4::Udp { sport: 1, dport: 2, payload: 2 }),
+        frame_v6(&[], &V6::new(A6, B6), &L4::Tcp { sport: 1, dport: 2, flags: 2, options: 4, payload: 1 }),
+    ];
+    let before = k.tables.counters().unwrap();
+    let mut cut = 0u64;
+    for f in &frames {
+        // test_run refuses frames shorter than an Ethernet header.
+        for len in 14..f.len() {
+            assert_eq!(k.xdp(&f[..len]), XDP_PASS, "len {len}");
+            cut += 1;
+            // For an untagged IP frame, test_run itself refuses (EINVAL) to
+            // build an skb without a complete IP header; the stack could not
+            // send one either. Every other truncation reaches the program.
+            match k.try_tc(&f[..len]) {
+                Ok(ret) => {
+                    assert_eq!(ret, TC_ACT_UNSPEC, "len {len}");
+                    cut += 1;
+                }
+                Err(e) => assert!(len < 14 + 40 && e.contains("Invalid argument"), "len {len}: {e}"),
+            }
+        }
+        let d = k.drain();
+        assert!(d.flows.is_empty(), "a truncated frame became a flow: {:?}", entries(&d));
+        // The whole frame still counts: the parser did not get stuck.
+        k.both(f);
+        assert_eq!(k.drain().flows.len(), 2);
+    }
+    let after = k.tables.counters().unwrap();
+    assert_eq!((after.malformed - before.malformed, after.non_ip - before.non_ip), (cut, 0));
+}
+
+#[test]
+fn non_ip_frames_are_not_flows() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let before = k.tables.counters().unwrap();
+    let mut arp = eth(&[], 0x0806);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+    let mut lldp = eth(&[], 0x88cc);
+    lldp.extend_from_slice(&[2, 7, 4, 0, 0, 0, 0, 0, 1, 0, 0]);
+    let mut vlan_arp = eth(&[0x8100], 0x0806);
+    vlan_arp.extend_from_slice(&arp[14..]);
+    for f in [&arp, &lldp, &vlan_arp] {
+        k.both(f);
+    }
+    assert!(k.drain().flows.is_empty());
+    assert_eq!(k.tables.counters().unwrap().non_ip - before.non_ip, 6);
+}
+
+#[test]
+fn packets_of_one_flow_aggregate_and_flags_or() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let ip = V4::new(A4, B4);
+    let seg = |flags, payload| frame_v4(&[], &ip, &L4::Tcp { sport: 999, dport: 80, flags, options: 0, payload });
+    // SYN, ACK, PSH+ACK with 100 bytes, FIN+ACK: OR = 0x1b, no SYN-ACK packet.
+    for (flags, payload) in [(0x02, 0), (0x10, 0), (0x18, 100), (0x11, 0)] {
+        assert_eq!(k.xdp(&seg(flags, payload)), XDP_PASS);
+    }
+    let d = k.drain();
+    assert_eq!(entries(&d), [(v4key(A4, B4, 999, 80, TCP, direction::INGRESS), 4, 40 * 4 + 100, 0x1b)]);
+    let s = d.flows[0].1;
+    assert!(s.first_seen_ns <= s.last_seen_ns && s.first_seen_ns > 0);
+
+    // BPF_PROG_TEST_RUN with repeat: the same packet N times.
+    let f = seg(0x10, 1000);
+    let p: &mut Xdp = k.capture.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+    p.test_run(TestRunOptions { data_in: Some(&f), repeat: 1000, ..TestRunOptions::new() }).unwrap();
+    assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 999, 80, TCP, direction::INGRESS), 1000, 1040 * 1000, 0x10)]);
+}
+
+#[test]
+fn gso_super_packets_count_as_wire_segments() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    // 3000 bytes of TCP payload with 12 bytes of options, MSS 1000: 3 segments,
+    // each with its own 20-byte IP and 32-byte TCP header. (test_run takes
+    // at most about one page of data.)
+    let f = frame_v4(&[], &V4::new(A4, B4), &L4::Tcp { sport: 5, dport: 6, flags: 0x18, options: 12, payload: 3000 });
+    assert_eq!(k.tc(&f, Some((3, 1000))), TC_ACT_UNSPEC);
+    // gso_segs 0 (not computed yet): derived from gso_size.
+    assert_eq!(k.tc(&f, Some((0, 1000))), TC_ACT_UNSPEC);
+    let one = 3052u64 + 2 * 52;
+    assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 5, 6, TCP, direction::EGRESS), 6, 2 * one, 0x18)]);
+
+    // UDP GSO over IPv6: 3 datagrams of up to 1400 bytes.
+    let f = frame_v6(&[], &V6::new(A6, B6), &L4::Udp { sport: 7, dport: 8, payload: 3000 });
+    assert_eq!(k.tc(&f, Some((3, 1400))), TC_ACT_UNSPEC);
+    assert_eq!(entries(&k.drain()), [(v6key(A6, B6, 7, 8, UDP, direction::EGRESS), 3, 3048 + 2 * 48, 0)]);
+}
+
+#[test]
+fn full_table_counts_every_failed_insert() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(8);
+    let udp = |sport: u16| frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport, dport: 53, payload: 20 });
+    for sport in 0..12u16 {
+        assert_eq!(k.xdp(&udp(1000 + sport)), XDP_PASS);
+    }
+    // Known flows still count when the table is full.
+    assert_eq!(k.xdp(&udp(1000)), XDP_PASS);
+    let d = k.drain();
+    assert_eq!(d.flows.len(), 8);
+    let packets: u64 = d.flows.iter().map(|f| f.1.packets).sum();
+    assert_eq!(packets, 9);
+    assert_eq!(d.fails, [(LO, InsertFailures { packets: 4, bytes: 4 * 48 })]);
+    // Every stored flow is exact.
+    for (key, s) in &d.flows {
+        assert_eq!(s.bytes, 48 * s.packets, "{key:?}");
+    }
+    // The next window starts empty in the other generation.
+    assert_eq!(k.xdp(&udp(5)), XDP_PASS);
+    let d = k.drain();
+    assert_eq!((d.flows.len(), d.fails.len()), (1, 0));
+}
+
+#[test]
+fn each_window_gets_its_own_packets() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(64);
+    let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 1, dport: 2, payload: 0 });
+    for round in 1..=5u64 {
+        for _ in 0..round {
+            k.xdp(&f);
+        }
+        let d = k.drain();
+        assert_eq!(entries(&d), [(v4key(A4, B4, 1, 2, UDP, 0), round, 28 * round, 0)]);
+        assert!(d.window_start_unix_ns <= d.window_end_unix_ns);
+    }
+}

@@ -23,6 +23,7 @@ use crate::{
 pub struct Config {
     /// Interface names or globs; empty = every up, non-loopback interface.
     pub ifaces: Vec<String>,
+    pub format: Format,
     pub interval: Duration,
     pub outputs: Vec<Output>,
     pub account_id: String,
@@ -53,7 +54,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let mut sinks = cfg.outputs.iter().map(Sink::open).collect::<Result<Vec<_>>>()?;
     let host = HostMeta { account_id: cfg.account_id.as_str().into() };
-    let format = Format::default();
+    let format = &cfg.format;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     info!(

@@ -99,6 +99,8 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
             out.push(FlowRecord {
                 srcaddr: Some(src),
                 dstaddr: Some(dst),
+                pkt_srcaddr: Some(src),
+                pkt_dstaddr: Some(dst),
                 srcport: Some(k.src_port),
                 dstport: Some(k.dst_port),
                 protocol: Some(k.protocol),

@@ -9,7 +9,7 @@ use std::io::Write as _;
 
 use crate::record::FlowRecord;
 
-/// A field of the default (version 2) format, in AWS order.
+/// A record field, named as in `${field}` format strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field {
     Version,
@@ -26,9 +26,50 @@ pub enum Field {
     End,
     Action,
     LogStatus,
+    TcpFlags,
+    Type,
+    PktSrcAddr,
+    PktDstAddr,
+    FlowDirection,
 }
 
+/// Every supported field, in AWS table order.
+pub const ALL_FIELDS: [Field; 19] = [
+    Field::Version,
+    Field::AccountId,
+    Field::InterfaceId,
+    Field::SrcAddr,
+    Field::DstAddr,
+    Field::SrcPort,
+    Field::DstPort,
+    Field::Protocol,
+    Field::Packets,
+    Field::Bytes,
+    Field::Start,
+    Field::End,
+    Field::Action,
+    Field::LogStatus,
+    Field::TcpFlags,
+    Field::Type,
+    Field::PktSrcAddr,
+    Field::PktDstAddr,
+    Field::FlowDirection,
+];
+
 impl Field {
+    /// The flow log version that introduced the field.
+    pub fn version(self) -> u8 {
+        match self {
+            Field::TcpFlags | Field::Type | Field::PktSrcAddr | Field::PktDstAddr => 3,
+            Field::FlowDirection => 5,
+            _ => 2,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        ALL_FIELDS.iter().copied().find(|f| f.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Field::Version => "version",
@@ -45,8 +86,27 @@ impl Field {
             Field::End => "end",
             Field::Action => "action",
             Field::LogStatus => "log-status",
+            Field::TcpFlags => "tcp-flags",
+            Field::Type => "type",
+            Field::PktSrcAddr => "pkt-srcaddr",
+            Field::PktDstAddr => "pkt-dstaddr",
+            Field::FlowDirection => "flow-direction",
         }
     }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("empty log format: give at least one field, e.g. \"${{srcaddr}} ${{dstaddr}}\". Valid fields: {valid}")]
+    Empty { valid: String },
+    #[error("malformed token {token:?} in log format: fields are written as ${{field-name}} and separated by spaces. Valid fields: {valid}")]
+    Malformed { token: String, valid: String },
+    #[error("unknown field {token:?} in log format. Valid fields: {valid}")]
+    Unknown { token: String, valid: String },
+}
+
+fn valid_fields() -> String {
+    ALL_FIELDS.iter().map(|f| f.name()).collect::<Vec<_>>().join(" ")
 }
 
 /// The default format: `${version} ${account-id} ... ${log-status}`.
@@ -67,7 +127,7 @@ pub const DEFAULT_FIELDS: [Field; 14] = [
     Field::LogStatus,
 ];
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Format {
     fields: Vec<Field>,
     version: u8,
@@ -80,6 +140,30 @@ impl Default for Format {
 }
 
 impl Format {
+    /// Parses a format string as `CreateFlowLogs --log-format` takes it:
+    /// `${field}` tokens separated by spaces.
+    pub fn parse(spec: &str) -> Result<Format, FormatError> {
+        let mut fields = Vec::new();
+        for token in spec.split_ascii_whitespace() {
+            let name = token
+                .strip_prefix("${")
+                .and_then(|t| t.strip_suffix('}'))
+                .filter(|n| !n.is_empty() && !n.contains(['$', '{', '}']))
+                .ok_or_else(|| FormatError::Malformed { token: token.to_string(), valid: valid_fields() })?;
+            let f = Field::from_name(name).ok_or_else(|| FormatError::Unknown { token: token.to_string(), valid: valid_fields() })?;
+            fields.push(f);
+        }
+        if fields.is_empty() {
+            return Err(FormatError::Empty { valid: valid_fields() });
+        }
+        let version = fields.iter().map(|f| f.version()).max().unwrap_or(2);
+        Ok(Format { fields, version })
+    }
+
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
     /// The header line of S3 text files: the field names, space-separated.
     pub fn header(&self) -> String {
         self.fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(" ")
@@ -134,6 +218,22 @@ impl Format {
             Field::End => num(out, Some(r.end)),
             Field::Action => text(out, r.action.map_or("", |a| a.as_str())),
             Field::LogStatus => text(out, r.log_status.as_str()),
+            Field::TcpFlags => num(out, r.tcp_flags),
+            Field::Type => text(
+                out,
+                match r.srcaddr {
+                    Some(std::net::IpAddr::V4(_)) => "IPv4",
+                    Some(std::net::IpAddr::V6(_)) => "IPv6",
+                    None => "",
+                },
+            ),
+            Field::PktSrcAddr | Field::PktDstAddr => {
+                match if f == Field::PktSrcAddr { r.pkt_srcaddr } else { r.pkt_dstaddr } {
+                    Some(a) => write!(out, "{a}").expect("write to Vec"),
+                    None => out.push(b'-'),
+                }
+            }
+            Field::FlowDirection => text(out, r.flow_direction.map_or("", |d| d.as_str())),
         }
     }
 }
@@ -217,6 +317,31 @@ mod tests {
         for (record, want) in cases {
             assert_eq!(f.line(&record), want);
         }
+    }
+
+    #[test]
+    fn custom_formats_take_the_highest_version() {
+        let f = Format::parse("${srcaddr}  ${dstaddr}").unwrap();
+        assert_eq!((f.fields(), f.version), (&[Field::SrcAddr, Field::DstAddr][..], 2));
+        assert_eq!(Format::parse("${version} ${tcp-flags}").unwrap().version, 3);
+        assert_eq!(Format::parse("${flow-direction} ${version}").unwrap().version, 5);
+        let all = ALL_FIELDS.iter().map(|f| format!("${{{}}}", f.name())).collect::<Vec<_>>().join(" ");
+        assert_eq!(Format::parse(&all).unwrap().header(), valid_fields());
+    }
+
+    #[test]
+    fn bad_formats_name_the_token() {
+        let valid = valid_fields();
+        assert_eq!(Format::parse("  "), Err(FormatError::Empty { valid: valid.clone() }));
+        assert_eq!(Format::parse("${srcaddr} dstaddr"), Err(FormatError::Malformed { token: "dstaddr".into(), valid: valid.clone() }));
+        assert_eq!(Format::parse("${srcaddr"), Err(FormatError::Malformed { token: "${srcaddr".into(), valid: valid.clone() }));
+        assert_eq!(Format::parse("${}"), Err(FormatError::Malformed { token: "${}".into(), valid: valid.clone() }));
+        assert_eq!(Format::parse("${srcaddr}${dstaddr}"), Err(FormatError::Malformed { token: "${srcaddr}${dstaddr}".into(), valid: valid.clone() }));
+        assert_eq!(Format::parse("${src-addr}"), Err(FormatError::Unknown { token: "${src-addr}".into(), valid: valid.clone() }));
+        assert_eq!(
+            Format::parse("${bogus}").unwrap_err().to_string(),
+            format!("unknown field \"${{bogus}}\" in log format. Valid fields: {valid}")
+        );
     }
 
     #[test]

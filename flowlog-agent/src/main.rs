@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use flowlog_agent::{agent, ship::Output};
+use std::io::IsTerminal;
+
+use flowlog_agent::{agent, format::Format, ship::Output};
 
 /// eBPF flow logs in the AWS VPC Flow Logs format.
 #[derive(Parser, Debug)]
@@ -31,6 +33,10 @@ struct RunArgs {
     /// Where records go: `stdout` or `file:<path>`; repeatable.
     #[arg(long = "output", short = 'o', default_value = "stdout", env = "FLOWLOG_OUTPUTS", value_delimiter = ',')]
     outputs: Vec<Output>,
+    /// Record format, as `CreateFlowLogs --log-format` takes it, e.g.
+    /// "${srcaddr} ${dstaddr} ${packets}". Default: the version 2 format.
+    #[arg(long, env = "FLOWLOG_LOG_FORMAT")]
+    log_format: Option<String>,
     /// The `account-id` field.
     #[arg(long, default_value = "unknown", env = "FLOWLOG_ACCOUNT_ID")]
     account_id: String,
@@ -53,13 +59,21 @@ fn main() -> std::process::ExitCode {
         eprintln!("invalid --log {:?}: {e}; using info", args.log);
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
 
     if args.account_id.is_empty() || args.account_id.contains(char::is_whitespace) {
         eprintln!("error: --account-id {:?} must be non-empty and without spaces", args.account_id);
         return std::process::ExitCode::from(2);
     }
+    let format = match args.log_format.as_deref().map(Format::parse).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: --log-format: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let cfg = agent::Config {
+        format,
         ifaces: args.ifaces,
         interval: Duration::from_secs(args.interval),
         outputs: args.outputs,

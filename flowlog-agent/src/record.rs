@@ -57,6 +57,10 @@ pub struct FlowRecord {
     pub interface_id: Arc<str>,
     pub srcaddr: Option<IpAddr>,
     pub dstaddr: Option<IpAddr>,
+    /// The packet's own addresses (`srcaddr`/`dstaddr` may be normalised to
+    /// the interface's primary address).
+    pub pkt_srcaddr: Option<IpAddr>,
+    pub pkt_dstaddr: Option<IpAddr>,
     pub srcport: Option<u16>,
     pub dstport: Option<u16>,
     pub protocol: Option<u8>,
@@ -87,6 +91,8 @@ impl FlowRecord {
             interface_id,
             srcaddr: None,
             dstaddr: None,
+            pkt_srcaddr: None,
+            pkt_dstaddr: None,
             srcport: None,
             dstport: None,
             protocol: None,

@@ -1,0 +1,423 @@
+//! End to end: two network namespaces joined by a veth pair, the agent
+//! attached to one end (`a`), real traffic from sockets in both namespaces,
+//! and the records the agent wrote compared with what was sent. Needs root.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+use common::require_root;
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `f` on a new thread inside network namespace `ns`. Sockets it
+/// creates belong to that namespace and can be used from any thread.
+fn spawn_in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: valid netns fd; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
+        f()
+    })
+}
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns, f).join().unwrap()
+}
+
+/// Two namespaces `a` and `b`, veth `a_if` <-> `b_if`, 10.201.<n>.1/.2 and
+/// fd00:201:<n>::1/::2. Removed on drop.
+struct Topo {
+    a: String,
+    b: String,
+    a_if: String,
+    b_if: String,
+    a4: Ipv4Addr,
+    b4: Ipv4Addr,
+    a6: Ipv6Addr,
+    b6: Ipv6Addr,
+}
+
+impl Topo {
+    fn new(ipv6: bool) -> Topo {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{}", std::process::id() % 100_000, n);
+        let t = Topo {
+            a: format!("flt-{id}-a"),
+            b: format!("flt-{id}-b"),
+            a_if: format!("fla{id}"),
+            b_if: format!("flb{id}"),
+            a4: Ipv4Addr::new(10, 201, n as u8, 1),
+            b4: Ipv4Addr::new(10, 201, n as u8, 2),
+            a6: format!("fd00:201:{n}::1").parse().unwrap(),
+            b6: format!("fd00:201:{n}::2").parse().unwrap(),
+        };
+        sh(&["ip", "netns", "add", &t.a]);
+        sh(&["ip", "netns", "add", &t.b]);
+        sh(&["ip", "link", "add", &t.a_if, "netns", &t.a, "type", "veth", "peer", "name", &t.b_if, "netns", &t.b]);
+        for (ns, ifname, v4, v6) in [(&t.a, &t.a_if, t.a4, t.a6), (&t.b, &t.b_if, t.b4, t.b6)] {
+            let disable = if ipv6 { "0" } else { "1" };
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{ifname}.disable_ipv6={disable}")]);
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            if ipv6 {
+                sh(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+            }
+            // One skb = one wire packet, so a packet capture is the exact
+            // reference for TCP (GSO accounting is covered in tests/kernel.rs).
+            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"]);
+            sh(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        t
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A running agent in namespace `a`.
+struct Agent {
+    child: Child,
+    out: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    fn start(t: &Topo, ifaces: &[&str], extra: &[&str]) -> Agent {
+        let out = std::env::temp_dir().join(format!("flowlog-e2e-{}.log", t.a));
+        let _ = fs::remove_file(&out);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &t.a, env!("CARGO_BIN_EXE_flowlog-agent")]);
+        for i in ifaces {
+            cmd.args(["--iface", i]);
+        }
+        cmd.args(["--output", &format!("file:{}", out.display())]).args(extra);
+        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start agent");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let log = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains(" ready ") {
+                    let _ = ready_tx.send(());
+                }
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = child.kill();
+            panic!("agent not ready: {}", stderr.lock().unwrap());
+        }
+        Agent { child, out, stderr }
+    }
+
+    /// SIGTERM → final drain → exit 0; returns the records and the log.
+    fn stop(mut self) -> (Vec<Rec>, String) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let log = self.stderr.lock().unwrap().clone();
+        assert!(status.success(), "agent exit {status}: {log}");
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        let _ = fs::remove_file(&self.out);
+        (text.lines().map(Rec::parse).collect(), log)
+    }
+}
+
+/// A record of the format used below (`FORMAT`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rec {
+    interface_id: String,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    sport: Option<u16>,
+    dport: Option<u16>,
+    proto: Option<u8>,
+    packets: u64,
+    bytes: u64,
+    start: u64,
+    end: u64,
+    status: String,
+    tcp_flags: Option<u8>,
+    direction: String,
+}
+
+const FORMAT: &str = "${version} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${tcp-flags} ${flow-direction}";
+
+impl Rec {
+    fn parse(line: &str) -> Rec {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 15, "{line:?}");
+        assert_eq!(f[0], "5", "{line:?}");
+        fn opt<T: std::str::FromStr>(s: &str) -> Option<T> {
+            if s == "-" { None } else { Some(s.parse().ok().unwrap_or_else(|| panic!("bad field {s:?}"))) }
+        }
+        let status = f[12].to_string();
+        if status == "OK" {
+            assert_eq!(f[11], "ACCEPT", "{line:?}");
+        } else {
+            assert_eq!(&f[2..12].iter().filter(|x| **x == "-").count(), &8, "{line:?}");
+        }
+        Rec {
+            interface_id: f[1].into(),
+            src: opt(f[2]),
+            dst: opt(f[3]),
+            sport: opt(f[4]),
+            dport: opt(f[5]),
+            proto: opt(f[6]),
+            packets: opt(f[7]).unwrap_or(0),
+            bytes: opt(f[8]).unwrap_or(0),
+            start: f[9].parse().unwrap(),
+            end: f[10].parse().unwrap(),
+            status,
+            tcp_flags: opt(f[13]),
+            direction: f[14].into(),
+        }
+    }
+}
+
+type Tuple = (IpAddr, IpAddr, u16, u16, u8);
+
+/// Sums of the OK records per (5-tuple, direction): packets, bytes, OR of tcp-flags, records.
+fn totals(recs: &[Rec]) -> BTreeMap<(Tuple, String), (u64, u64, u8, usize)> {
+    let mut m = BTreeMap::new();
+    for r in recs.iter().filter(|r| r.status == "OK") {
+        let key = ((r.src.unwrap(), r.dst.unwrap(), r.sport.unwrap(), r.dport.unwrap(), r.proto.unwrap()), r.direction.clone());
+        let e = m.entry(key).or_insert((0, 0, 0, 0));
+        e.0 += r.packets;
+        e.1 += r.bytes;
+        e.2 |= r.tcp_flags.unwrap();
+        e.3 += 1;
+        assert!(r.start <= r.end, "{r:?}");
+    }
+    m
+}
+
+fn get(m: &BTreeMap<(Tuple, String), (u64, u64, u8, usize)>, t: Tuple, dir: &str) -> (u64, u64, u8) {
+    let v = m.get(&(t, dir.to_string())).unwrap_or_else(|| panic!("no {dir} record for {t:?}; have {m:#?}"));
+    (v.0, v.1, v.2)
+}
+
+fn udp_pair(t: &Topo, from_b: bool, v6: bool, port: u16) -> (UdpSocket, UdpSocket) {
+    let (a, b): (IpAddr, IpAddr) = if v6 { (t.a6.into(), t.b6.into()) } else { (t.a4.into(), t.b4.into()) };
+    let rx_addr = SocketAddr::new(if from_b { a } else { b }, port);
+    let tx_addr = SocketAddr::new(if from_b { b } else { a }, 0);
+    let (rx_ns, tx_ns) = if from_b { (t.a.clone(), t.b.clone()) } else { (t.b.clone(), t.a.clone()) };
+    let rx = in_netns(&rx_ns, move || UdpSocket::bind(rx_addr).unwrap());
+    let tx = in_netns(&tx_ns, move || UdpSocket::bind(tx_addr).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (tx, rx)
+}
+
+/// Sends `n` datagrams of `size` bytes and waits until all arrived.
+fn send_udp(tx: &UdpSocket, rx: &UdpSocket, n: usize, size: usize) {
+    let to = rx.local_addr().unwrap();
+    let mut buf = vec![0u8; 65536];
+    for i in 0..n {
+        tx.send_to(&vec![i as u8; size], to).unwrap();
+        assert_eq!(rx.recv(&mut buf).expect("datagram lost"), size);
+    }
+}
+
+/// ICMP echo: `n` requests with `data` bytes from namespace `ns`, replies awaited.
+fn ping(ns: &str, dst: Ipv4Addr, n: u16, data: usize) {
+    in_netns(ns, move || {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(fd >= 0);
+        // SAFETY: fd is ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        // SAFETY: valid option pointer and length.
+        unsafe {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, std::mem::size_of_val(&tv) as u32)
+        };
+        let to = libc::sockaddr_in { sin_family: libc::AF_INET as u16, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from(dst).to_be() }, sin_zero: [0; 8] };
+        for seq in 0..n {
+            let mut p = vec![8u8, 0, 0, 0, 0x12, 0x34];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend(std::iter::repeat_n(0x5a, data));
+            let sum = checksum(&p);
+            p[2..4].copy_from_slice(&sum.to_be_bytes());
+            // SAFETY: valid buffer and address.
+            let r = unsafe { libc::sendto(fd.as_raw_fd(), p.as_ptr() as *const _, p.len(), 0, &to as *const _ as *const _, std::mem::size_of_val(&to) as u32) };
+            assert_eq!(r as usize, p.len());
+            loop {
+                let mut buf = [0u8; 2048];
+                // SAFETY: valid buffer.
+                let r = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+                assert!(r > 0, "no echo reply");
+                let ihl = ((buf[0] & 0xf) * 4) as usize;
+                if buf[ihl] == 0 && buf[ihl + 6..ihl + 8] == seq.to_be_bytes() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut s: u32 = b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// AF_PACKET capture of every frame on an interface, both directions.
+struct Capture(OwnedFd);
+
+impl Capture {
+    fn open(ns: &str, ifname: &str) -> Capture {
+        let ifname = ifname.to_string();
+        in_netns(ns, move || {
+            // SAFETY: plain socket/bind calls with valid arguments.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, (libc::ETH_P_ALL as u16).to_be() as i32);
+                assert!(fd >= 0);
+                let fd = OwnedFd::from_raw_fd(fd);
+                // Holds the whole test's traffic until it is read.
+                let size: libc::c_int = 64 << 20;
+                libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size as *const _ as *const _, 4);
+                let name = std::ffi::CString::new(ifname).unwrap();
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+                sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+                assert_eq!(libc::bind(fd.as_raw_fd(), &sll as *const _ as *const _, std::mem::size_of_val(&sll) as u32), 0);
+                Capture(fd)
+            }
+        })
+    }
+
+    /// Per (tuple, direction): packets, IP bytes, AWS tcp-flags.
+    fn tcp_totals(&self) -> BTreeMap<(Tuple, String), (u64, u64, u8)> {
+        let mut m = BTreeMap::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: valid buffers.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of_val(&sll) as u32;
+            let n = unsafe { libc::recvfrom(self.0.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0, &mut sll as *mut _ as *mut _, &mut len) };
+            if n <= 0 {
+                return m;
+            }
+            let f = &buf[..n as usize];
+            if f.len() < 14 + 20 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 6 {
+                continue;
+            }
+            let ip = &f[14..];
+            let ihl = ((ip[0] & 0xf) * 4) as usize;
+            let tot = u16::from_be_bytes([ip[2], ip[3]]) as u64;
+            let tcp = &ip[ihl..];
+            let src = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
+            let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
+            let t = (src, dst, u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]), 6);
+            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 { "egress" } else { "ingress" };
+            let raw = tcp[13];
+            let aws = (raw & 0x07) | if raw & 0x12 == 0x12 { 0x12 } else { 0 };
+            let e = m.entry((t, dir.to_string())).or_insert((0, 0, 0));
+            e.0 += 1;
+            e.1 += tot;
+            e.2 |= aws;
+        }
+    }
+}
+
+#[test]
+fn udp_tcp_icmp_both_directions_are_exact() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(true);
+    let cap = Capture::open(&t.a, &t.a_if);
+    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT]);
+
+    // UDP both ways, IPv4 and IPv6.
+    let (tx_in, rx_in) = udp_pair(&t, true, false, 5000);
+    send_udp(&tx_in, &rx_in, 10, 100);
+    let (tx_out, rx_out) = udp_pair(&t, false, false, 6000);
+    send_udp(&tx_out, &rx_out, 7, 200);
+    let (tx6, rx6) = udp_pair(&t, true, true, 5006);
+    send_udp(&tx6, &rx6, 5, 50);
+
+    // ICMP echo both ways: 4 pings of 56 bytes from b, 3 of 100 from a.
+    ping(&t.b, t.a4, 4, 56);
+    ping(&t.a, t.b4, 3, 100);
+
+    // TCP: b connects to a, sends 200 kB; a answers 10 kB; both close.
+    let a_addr = SocketAddr::new(t.a4.into(), 5001);
+    let listener = in_netns(&t.a, move || TcpListener::bind(a_addr).unwrap());
+    let client = spawn_in_netns(&t.b, move || {
+        let mut s = TcpStream::connect(a_addr).unwrap();
+        s.write_all(&vec![7u8; 200_000]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), 10_000);
+    });
+    let (mut srv, _) = listener.accept().unwrap();
+    let mut got = Vec::new();
+    srv.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 200_000);
+    srv.write_all(&vec![9u8; 10_000]).unwrap();
+    drop(srv);
+    client.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+
+    let (recs, log) = agent.stop();
+    let m = totals(&recs);
+    let (a4, b4, a6, b6): (IpAddr, IpAddr, IpAddr, IpAddr) = (t.a4.into(), t.b4.into(), t.a6.into(), t.b6.into());
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+
+    assert_eq!(get(&m, (b4, a4, port(&tx_in), 5000, 17), "ingress"), (10, 10 * 128, 0));
+    assert_eq!(get(&m, (a4, b4, port(&tx_out), 6000, 17), "egress"), (7, 7 * 228, 0));
+    assert_eq!(get(&m, (b6, a6, port(&tx6), 5006, 17), "ingress"), (5, 5 * 98, 0));
+    // b's requests and a's replies to them; a's requests and b's replies.
+    assert_eq!(get(&m, (b4, a4, 0, 0, 1), "ingress"), (4 + 3, 4 * 84 + 3 * 128, 0));
+    assert_eq!(get(&m, (a4, b4, 0, 0, 1), "egress"), (4 + 3, 4 * 84 + 3 * 128, 0));
+
+    // TCP against the packet capture of the same interface.
+    let c = cap.tcp_totals();
+    let tcp: Vec<_> = c.keys().filter(|(tu, _)| tu.3 == 5001 || tu.2 == 5001).cloned().collect();
+    assert_eq!(tcp.len(), 2, "capture: {c:#?}");
+    for key in tcp {
+        let want = c[&key];
+        assert_eq!(get(&m, key.0, &key.1), want, "{key:?}; log: {log}");
+        // b opened and closed (SYN, FIN); a answered SYN-ACK and closed.
+        assert_eq!(want.2, if key.1 == "ingress" { 3 } else { 19 });
+        let payload = if key.1 == "ingress" { 200_000 } else { 10_000 };
+        assert!(want.1 > payload, "{key:?} {want:?}");
+    }
+    // One window, one interface: no NODATA, no SKIPDATA.
+    assert!(recs.iter().all(|r| r.status == "OK"), "{recs:#?}");
+}

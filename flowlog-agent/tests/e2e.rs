@@ -421,3 +421,110 @@ fn udp_tcp_icmp_both_directions_are_exact() {
     // One window, one interface: no NODATA, no SKIPDATA.
     assert!(recs.iter().all(|r| r.status == "OK"), "{recs:#?}");
 }
+
+#[test]
+fn traffic_across_windows_is_split_without_loss() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
+    let (tx, rx) = udp_pair(&t, true, false, 7100);
+    // 3.5 s of traffic in 1 s windows: at least three windows carry data.
+    let mut sent = 0u64;
+    let until = std::time::Instant::now() + Duration::from_millis(3500);
+    while std::time::Instant::now() < until {
+        send_udp(&tx, &rx, 1, 72);
+        sent += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (recs, log) = agent.stop();
+    let tuple = (IpAddr::from(t.b4), IpAddr::from(t.a4), tx.local_addr().unwrap().port(), 7100, 17);
+    let mine: Vec<&Rec> = recs.iter().filter(|r| r.status == "OK" && (r.src, r.dst, r.sport, r.dport) == (Some(tuple.0), Some(tuple.1), Some(tuple.2), Some(tuple.3))).collect();
+    let packets: u64 = mine.iter().map(|r| r.packets).sum();
+    let bytes: u64 = mine.iter().map(|r| r.bytes).sum();
+    assert_eq!((packets, bytes), (sent, sent * 100), "{mine:#?}\n{log}");
+    assert!(mine.len() >= 3, "only {} windows: {mine:#?}", mine.len());
+    // One record per window: windows follow each other without overlap.
+    for w in mine.windows(2) {
+        assert!(w[0].start < w[1].start && w[0].end <= w[1].start + 1, "{w:#?}");
+    }
+}
+
+#[test]
+fn full_flow_table_writes_skipdata_and_keeps_stored_flows_exact() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--max-flows", "16", "--log-format", FORMAT]);
+    let a = SocketAddr::new(t.a4.into(), 7200);
+    let rx = in_netns(&t.a, move || UdpSocket::bind(a).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // 40 flows: one datagram of 20 bytes from each of 40 source ports.
+    let b4 = t.b4;
+    let senders: Vec<UdpSocket> = in_netns(&t.b, move || (0..40).map(|_| UdpSocket::bind((b4, 0)).unwrap()).collect());
+    let mut buf = [0u8; 64];
+    for s in &senders {
+        s.send_to(&[1u8; 20], a).unwrap();
+        assert_eq!(rx.recv(&mut buf).unwrap(), 20);
+    }
+    let (recs, log) = agent.stop();
+    let ok: Vec<&Rec> = recs.iter().filter(|r| r.status == "OK").collect();
+    let skip: Vec<&Rec> = recs.iter().filter(|r| r.status == "SKIPDATA").collect();
+    assert_eq!(ok.len(), 16, "{recs:#?}");
+    for r in &ok {
+        assert_eq!((r.dst, r.dport, r.packets, r.bytes), (Some(IpAddr::from(t.a4)), Some(7200), 1, 48), "{r:?}");
+    }
+    assert_eq!(skip.len(), 1, "{recs:#?}");
+    // The counter: packets of the 24 flows that were not stored.
+    assert!(log.contains("flow table full") && log.contains("packets=24 "), "{log}");
+}
+
+#[test]
+fn an_interface_that_disappears_is_reported_and_the_others_go_on() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    // A second veth pair between the same namespaces, removed while attached.
+    let (c_if, d_if) = (format!("{}c", t.a_if), format!("{}d", t.b_if));
+    sh(&["ip", "link", "add", &c_if, "netns", &t.a, "type", "veth", "peer", "name", &d_if, "netns", &t.b]);
+    sh(&["ip", "-n", &t.a, "link", "set", &c_if, "up"]);
+    sh(&["ip", "-n", &t.b, "link", "set", &d_if, "up"]);
+    let agent = Agent::start(&t, &[&t.a_if, &c_if], &["--interval", "1", "--log-format", FORMAT]);
+    sh(&["ip", "-n", &t.a, "link", "del", &c_if]);
+    thread::sleep(Duration::from_millis(2500));
+    let (tx, rx) = udp_pair(&t, true, false, 7300);
+    send_udp(&tx, &rx, 3, 10);
+    let (recs, log) = agent.stop();
+    assert!(log.contains("interface disappeared") && log.contains(&c_if), "{log}");
+    let after = recs.iter().filter(|r| r.dport == Some(7300)).map(|r| (r.packets, r.bytes)).collect::<Vec<_>>();
+    assert_eq!(after, [(3, 3 * 38)], "{recs:#?}");
+}
+
+#[test]
+fn bad_interface_and_missing_privileges_fail_with_the_fix() {
+    if !require_root() {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_flowlog-agent");
+    let out = Command::new(bin).args(["--iface", "no-such-if0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no such interface: no-such-if0.") && err.contains("`ip link` lists them"), "{err}");
+
+    // As nobody, without capabilities.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", bin, "--iface", "lo"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("missing capabilities CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON") && err.contains("setcap"), "{err}");
+
+    let out = Command::new(bin).args(["--log-format", "${srcaddr} ${nope}"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: --log-format: unknown field \"${nope}\" in log format. Valid fields: version account-id"), "{err}");
+}

@@ -1,7 +1,7 @@
 //! The agent's main loop: capture → drain → enrich → format → ship, once per
 //! aggregation interval, and a final round on SIGINT/SIGTERM.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::{
     capture::{self, Capture},
     clock,
+    drain::Drained,
     enrich::{self, HostMeta, InterfaceMeta},
     format::Format,
     ifaces,
@@ -29,6 +30,19 @@ pub struct Config {
     pub account_id: String,
     /// Capacity of each flow table generation.
     pub max_flows: u32,
+    /// Where maps and attachments are pinned (`None`: not pinned).
+    pub pin_root: Option<PathBuf>,
+    pub on_exit: OnExit,
+}
+
+/// What SIGINT/SIGTERM does with the kernel side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Final drain, then detach and remove the pins.
+    Detach,
+    /// Drain the current window, leave the programs counting into the
+    /// pinned maps for the next agent (restarts and upgrades lose nothing).
+    Keep,
 }
 
 /// The next multiple of `interval` in Unix time, so windows line up across
@@ -43,7 +57,7 @@ fn next_boundary(interval: Duration) -> Instant {
 pub async fn run(cfg: Config) -> Result<()> {
     let links = ifaces::list_links().context("listing network interfaces in /sys/class/net")?;
     let selected = ifaces::select(&cfg.ifaces, &links)?;
-    let (mut capture, mut tables) = Capture::load(cfg.max_flows)?;
+    let (mut capture, mut tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref())?;
     let machine = ifaces::machine_id();
     let mut metas: BTreeMap<u32, InterfaceMeta> = BTreeMap::new();
     for link in &selected {
@@ -67,6 +81,12 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let mut window_ifaces: Vec<InterfaceMeta> = metas.values().cloned().collect();
     let mut last_counters = tables.counters()?;
+    let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
+    if let Some(d) = tables.leftover()? {
+        warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
+        ship(&host, &window_ifaces, format, &d, &mut sinks);
+        tables.release(&d)?;
+    }
     loop {
         let stop = tokio::select! {
             _ = sleep_until(next_boundary(cfg.interval)) => false,
@@ -82,23 +102,14 @@ pub async fn run(cfg: Config) -> Result<()> {
                 gone.push(a.ifindex);
             }
         }
-        let drained = if stop {
+        let drained = if stop && !keep {
             capture.detach_all();
             tables.drain_all()?
         } else {
             tables.rotate()?
         };
-        let records = enrich::build_records(&host, &window_ifaces, &drained);
-        let mut batch = Vec::with_capacity(records.len() * 120);
-        for r in &records {
-            format.write(r, &mut batch);
-            batch.push(b'\n');
-        }
-        for s in &mut sinks {
-            if let Err(e) = s.write_batch(&batch) {
-                error!(output = %s.describe(), records = records.len(), "records of this window were not written: {e:#}");
-            }
-        }
+        ship(&host, &window_ifaces, format, &drained, &mut sinks);
+        tables.release(&drained)?;
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
             warn!(packets = skipped, max_flows = cfg.max_flows, "flow table full: packets not counted, SKIPDATA written; raise --max-flows");
@@ -117,8 +128,29 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         window_ifaces = metas.values().cloned().collect();
         if stop {
-            info!("stopped after the final drain");
+            if keep {
+                capture.keep_pinned();
+                info!("stopped; programs stay attached and keep counting for the next agent (--on-exit keep)");
+            } else {
+                capture.remove_pins();
+                info!("stopped after the final drain");
+            }
             return Ok(());
+        }
+    }
+}
+
+/// Formats one window's records and writes them to every destination.
+fn ship(host: &HostMeta, ifaces: &[InterfaceMeta], format: &Format, drained: &Drained, sinks: &mut [Sink]) {
+    let records = enrich::build_records(host, ifaces, drained);
+    let mut batch = Vec::with_capacity(records.len() * 120);
+    for r in &records {
+        format.write(r, &mut batch);
+        batch.push(b'\n');
+    }
+    for s in sinks {
+        if let Err(e) = s.write_batch(&batch) {
+            error!(output = %s.describe(), records = records.len(), "records of this window were not written: {e:#}");
         }
     }
 }

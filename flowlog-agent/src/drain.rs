@@ -1,11 +1,13 @@
 //! Reads the kernel flow tables once per window, exactly once per packet.
 //!
-//! The programs write to the generation named in `GENERATION`. To close a
+//! The programs write to the generation named in `GENERATION[0]`. To close a
 //! window the agent writes the other generation there and then waits for an
 //! RCU grace period ([`RcuBarrier`]): programs that read the old value have
-//! finished, new ones use the new table. The old table is then quiescent, and
-//! is read and emptied in one batched pass. Nothing a program counted can be
-//! missed or read twice, and no entry is deleted while a CPU updates it.
+//! finished, new ones use the new table. The old table is then quiescent: it
+//! is read in batches, the records are shipped, and only then is it emptied
+//! ([`FlowTables::release`]). An agent killed between reading and releasing
+//! leaves the entries in place, and the next agent reports them (at worst a
+//! window reported twice, never lost).
 
 use std::os::fd::AsFd;
 
@@ -30,6 +32,30 @@ pub struct Drained {
     pub boot_to_unix_ns: i128,
     pub window_start_unix_ns: u64,
     pub window_end_unix_ns: u64,
+    /// What to delete once the records are safe: per generation, the keys read.
+    read: Vec<Read>,
+}
+
+impl Drained {
+    /// A window's counts without kernel tables behind them (tests, benchmarks).
+    pub fn from_parts(
+        flows: Vec<(FlowKey, FlowStats)>,
+        fails: Vec<(u32, InsertFailures)>,
+        unattributed_failures: u64,
+        boot_to_unix_ns: i128,
+        window_start_unix_ns: u64,
+        window_end_unix_ns: u64,
+    ) -> Self {
+        Drained { flows, fails, unattributed_failures, boot_to_unix_ns, window_start_unix_ns, window_end_unix_ns, read: vec![] }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Read {
+    generation: u32,
+    flow_keys: Vec<FlowKey>,
+    fail_keys: Vec<u32>,
+    unattributed: bool,
 }
 
 /// Cumulative per-CPU counters of the programs, summed.
@@ -55,12 +81,19 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+const NS: u64 = 1_000_000_000;
+
 impl FlowTables {
-    /// Takes the maps out of a loaded object and starts the first window
-    /// (generation 0). Call before attaching programs.
+    /// Takes the maps out of a loaded object. With fresh maps the first
+    /// window starts now in generation 0; with maps reused from a previous
+    /// agent (pinned), it goes on in the generation and window that agent
+    /// left.
     pub fn new(ebpf: &mut Ebpf, batch: usize) -> Result<Self> {
-        let mut generation: Array<MapData, u32> = take(ebpf, maps::GENERATION)?;
-        generation.set(0, 0, 0).context("resetting the generation")?;
+        let generation: Array<MapData, u32> = take(ebpf, maps::GENERATION)?;
+        let current = generation.get(&0, 0).context("reading the generation")? & 1;
+        let last_flip = generation.get(&1, 0).context("reading the generation")? as u64;
+        let now = clock::unix_ns();
+        let window_start_unix_ns = if last_flip > 0 && last_flip * NS <= now { last_flip * NS } else { now };
         let barrier = sys::RcuBarrier::new(generation.map().fd().as_fd())
             .context("creating the ARRAY_OF_MAPS used to wait for running programs")?;
         Ok(FlowTables {
@@ -69,16 +102,34 @@ impl FlowTables {
             generation,
             counters: take(ebpf, maps::COUNTERS)?,
             barrier,
-            current: 0,
-            window_start_unix_ns: clock::unix_ns(),
+            current,
+            window_start_unix_ns,
             batch,
         })
     }
 
-    /// Closes the current window and returns what it counted.
+    /// Entries a previous agent read but did not release (it died while
+    /// shipping them). Window bounds are those of the packets found.
+    pub fn leftover(&mut self) -> Result<Option<Drained>> {
+        let idle = 1 - self.current;
+        let mut d = self.read_generation(idle, 0, 0)?;
+        if d.flows.is_empty() && d.fails.is_empty() && d.unattributed_failures == 0 {
+            return Ok(None);
+        }
+        let first = d.flows.iter().map(|f| f.1.first_seen_ns).min();
+        let last = d.flows.iter().map(|f| f.1.last_seen_ns).max();
+        let to_unix = |t: u64| (t as i128 + d.boot_to_unix_ns).max(0) as u64;
+        d.window_start_unix_ns = first.map_or(self.window_start_unix_ns, to_unix).min(self.window_start_unix_ns);
+        d.window_end_unix_ns = last.map_or(self.window_start_unix_ns, to_unix).max(d.window_start_unix_ns);
+        Ok(Some(d))
+    }
+
+    /// Closes the current window and reads what it counted. Call
+    /// [`FlowTables::release`] once the records are shipped, before the next
+    /// rotation.
     pub fn rotate(&mut self) -> Result<Drained> {
         let (old, end, next_start) = self.flip()?;
-        let d = self.drain_generation(old, end)?;
+        let d = self.read_generation(old, self.window_start_unix_ns, end)?;
         self.window_start_unix_ns = next_start;
         Ok(d)
     }
@@ -86,16 +137,33 @@ impl FlowTables {
     /// Final drain, after the programs are detached: both generations.
     pub fn drain_all(&mut self) -> Result<Drained> {
         let (old, end, next_start) = self.flip()?;
-        let mut d = self.drain_generation(old, end)?;
+        let mut d = self.read_generation(old, self.window_start_unix_ns, end)?;
         // Programs in flight during the flip may have used the new table.
-        let late = self.drain_generation(1 - old, end)?;
+        let late = self.read_generation(1 - old, self.window_start_unix_ns, end)?;
         self.window_start_unix_ns = next_start;
         d.flows.extend(late.flows);
         d.fails.extend(late.fails);
         d.unattributed_failures += late.unattributed_failures;
+        d.read.extend(late.read);
         d.flows = merge_flows(d.flows);
         d.fails = merge_fails(d.fails);
         Ok(d)
+    }
+
+    /// Empties what `d` was read from: its records are safe now.
+    pub fn release(&mut self, d: &Drained) -> Result<()> {
+        for r in &d.read {
+            let g = r.generation as usize;
+            sys::delete_keys(self.flows[g].map().fd().as_fd(), &r.flow_keys).context("emptying the flow table")?;
+            sys::delete_keys(self.fails[g].map().fd().as_fd(), &r.fail_keys).context("emptying the failure table")?;
+            if r.unattributed {
+                let idx = unattributed_index(r.generation);
+                let n = self.counters.get(&idx, 0)?.len();
+                let zeros = PerCpuValues::try_from(vec![0u64; n]).context("per-CPU zeros")?;
+                self.counters.set(idx, zeros, 0).context("resetting counters")?;
+            }
+        }
+        Ok(())
     }
 
     /// Switches generation. Returns the old one, which no program uses any
@@ -106,40 +174,47 @@ impl FlowTables {
         // Noted before the flip: packets of the next window are stamped later.
         let next_start = clock::unix_ns();
         self.generation.set(0, new, 0).context("switching generation")?;
+        self.generation.set(1, (next_start / NS) as u32, 0).context("noting the flip time")?;
         self.barrier.wait().context("waiting for running programs (synchronize_rcu)")?;
         self.current = new;
         Ok((old, clock::unix_ns(), next_start))
     }
 
-    fn drain_generation(&mut self, g: u32, window_end_unix_ns: u64) -> Result<Drained> {
-        let g = g as usize;
+    fn read_generation(&mut self, g: u32, window_start_unix_ns: u64, window_end_unix_ns: u64) -> Result<Drained> {
+        let i = g as usize;
         let mut flows = Vec::new();
-        sys::lookup_and_delete_all(self.flows[g].map().fd().as_fd(), self.batch, &mut flows)
-            .context("draining the flow table")?;
+        sys::lookup_all(self.flows[i].map().fd().as_fd(), self.batch, &mut flows).context("reading the flow table")?;
         let mut fails = Vec::new();
-        sys::lookup_and_delete_all(self.fails[g].map().fd().as_fd(), 1024, &mut fails)
-            .context("draining the insert-failure table")?;
-        let idx = if g == 0 { counters::UNATTRIBUTED_FAILS_0 } else { counters::UNATTRIBUTED_FAILS_1 };
-        let per_cpu = self.counters.get(&idx, 0).context("reading counters")?;
-        let unattributed: u64 = per_cpu.iter().sum();
-        if unattributed > 0 {
-            let zeros = PerCpuValues::try_from(vec![0u64; per_cpu.len()]).context("per-CPU zeros")?;
-            self.counters.set(idx, zeros, 0).context("resetting counters")?;
-        }
-        let d = Drained {
+        sys::lookup_all(self.fails[i].map().fd().as_fd(), 1024, &mut fails).context("reading the failure table")?;
+        let unattributed: u64 = self.counters.get(&unattributed_index(g), 0).context("reading counters")?.iter().sum();
+        let read = Read {
+            generation: g,
+            flow_keys: flows.iter().map(|f: &(FlowKey, FlowStats)| f.0).collect(),
+            fail_keys: fails.iter().map(|f: &(u32, InsertFailures)| f.0).collect(),
+            unattributed: unattributed > 0,
+        };
+        Ok(Drained {
             flows,
             fails,
             unattributed_failures: unattributed,
             boot_to_unix_ns: clock::boot_to_unix_offset_ns(),
-            window_start_unix_ns: self.window_start_unix_ns,
+            window_start_unix_ns,
             window_end_unix_ns,
-        };
-        Ok(d)
+            read: vec![read],
+        })
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {
         let sum = |i: u32| -> Result<u64> { Ok(self.counters.get(&i, 0)?.iter().sum()) };
         Ok(KernelCounters { malformed: sum(counters::MALFORMED)?, non_ip: sum(counters::NON_IP)? })
+    }
+}
+
+fn unattributed_index(g: u32) -> u32 {
+    if g == 0 {
+        counters::UNATTRIBUTED_FAILS_0
+    } else {
+        counters::UNATTRIBUTED_FAILS_1
     }
 }
 

@@ -169,15 +169,15 @@ mod tests {
     }
 
     fn drained(flows: Vec<(FlowKey, FlowStats)>, fails: Vec<(u32, InsertFailures)>, unattributed: u64) -> Drained {
-        Drained {
+        // boot clock 100 s == unix 1_700_000_100 s
+        Drained::from_parts(
             flows,
             fails,
-            unattributed_failures: unattributed,
-            // boot clock 100 s == unix 1_700_000_100 s
-            boot_to_unix_ns: 1_700_000_000 * 1_000_000_000,
-            window_start_unix_ns: 1_700_000_100 * 1_000_000_000 + 300,
-            window_end_unix_ns: 1_700_000_160 * 1_000_000_000 + 900,
-        }
+            unattributed,
+            1_700_000_000 * 1_000_000_000,
+            1_700_000_100 * 1_000_000_000 + 300,
+            1_700_000_160 * 1_000_000_000 + 900,
+        )
     }
 
     fn lines(records: &[FlowRecord]) -> Vec<String> {

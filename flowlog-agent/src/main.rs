@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -44,6 +44,17 @@ struct RunArgs {
     /// packets of new flows are not counted and SKIPDATA is written.
     #[arg(long, default_value_t = 65_536, env = "FLOWLOG_MAX_FLOWS", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
+    /// Pin maps and attachments under this directory (on a BPF filesystem)
+    /// so that a restarted agent reports what was counted in between.
+    #[arg(long, default_value = "/sys/fs/bpf/flowlog", env = "FLOWLOG_PIN_DIR")]
+    pin_dir: PathBuf,
+    /// Do not pin: every start begins with empty tables.
+    #[arg(long, env = "FLOWLOG_NO_PIN")]
+    no_pin: bool,
+    /// On SIGINT/SIGTERM: `detach` (final drain, detach, remove pins) or
+    /// `keep` (programs stay attached and counting for the next agent).
+    #[arg(long, value_enum, default_value = "detach", env = "FLOWLOG_ON_EXIT")]
+    on_exit: agent::OnExit,
     /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
     #[arg(long, default_value = "info", env = "FLOWLOG_LOG")]
     log: String,
@@ -79,6 +90,8 @@ fn main() -> std::process::ExitCode {
         outputs: args.outputs,
         account_id: args.account_id,
         max_flows: args.max_flows,
+        pin_root: (!args.no_pin).then_some(args.pin_dir),
+        on_exit: args.on_exit,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -9,7 +9,9 @@ use std::{
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
 /// `union bpf_attr` is 160 bytes on 6.x kernels; the kernel accepts any
@@ -84,13 +86,30 @@ impl RcuBarrier {
     }
 }
 
-/// Reads and deletes every entry of a hash map, `chunk` entries per syscall.
-/// Only call it on a map no program writes to any more (see [`RcuBarrier`]).
-pub fn lookup_and_delete_all<K: Copy, V: Copy>(
-    map: BorrowedFd<'_>,
-    chunk: usize,
-    out: &mut Vec<(K, V)>,
-) -> io::Result<()> {
+/// Reads every entry of a hash map, `chunk` entries per syscall. Only call it
+/// on a map no program writes to any more (see [`RcuBarrier`]).
+pub fn lookup_all<K: Copy, V: Copy>(map: BorrowedFd<'_>, chunk: usize, out: &mut Vec<(K, V)>) -> io::Result<()> {
+    batch(BPF_MAP_LOOKUP_BATCH, map, chunk, out)
+}
+
+/// Reads and deletes every entry of a hash map.
+pub fn lookup_and_delete_all<K: Copy, V: Copy>(map: BorrowedFd<'_>, chunk: usize, out: &mut Vec<(K, V)>) -> io::Result<()> {
+    batch(BPF_MAP_LOOKUP_AND_DELETE_BATCH, map, chunk, out)
+}
+
+/// Deletes `keys`, which must all be present.
+pub fn delete_keys<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    for chunk in keys.chunks(65_536) {
+        let mut attr = Attr::new();
+        attr.put_u64(16, chunk.as_ptr() as u64);
+        attr.put_u32(32, chunk.len() as u32);
+        attr.put_u32(36, map.as_raw_fd() as u32);
+        bpf(BPF_MAP_DELETE_BATCH, &mut attr)?;
+    }
+    Ok(())
+}
+
+fn batch<K: Copy, V: Copy>(cmd: libc::c_long, map: BorrowedFd<'_>, chunk: usize, out: &mut Vec<(K, V)>) -> io::Result<()> {
     let mut chunk = chunk.max(1);
     let mut keys: Vec<K> = Vec::with_capacity(chunk);
     let mut values: Vec<V> = Vec::with_capacity(chunk);
@@ -100,8 +119,8 @@ pub fn lookup_and_delete_all<K: Copy, V: Copy>(
     let mut first = true;
     loop {
         if keys.capacity() < chunk {
-            keys.reserve(chunk - keys.len());
-            values.reserve(chunk - values.len());
+            keys.reserve(chunk);
+            values.reserve(chunk);
         }
         let mut attr = Attr::new();
         attr.put_u64(0, if first { 0 } else { in_batch.as_ptr() as u64 });
@@ -110,12 +129,12 @@ pub fn lookup_and_delete_all<K: Copy, V: Copy>(
         attr.put_u64(24, values.as_mut_ptr() as u64);
         attr.put_u32(32, chunk as u32); // count
         attr.put_u32(36, map.as_raw_fd() as u32);
-        let res = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr);
+        let res = bpf(cmd, &mut attr);
         let n = attr.get_u32(32) as usize;
-        // SAFETY: the kernel wrote n keys and n values.
+        // SAFETY: the kernel wrote n keys and n values (n <= chunk <= capacity).
         unsafe {
-            keys.set_len(n);
-            values.set_len(n);
+            keys.set_len(n.min(chunk));
+            values.set_len(n.min(chunk));
         }
         out.extend(keys.iter().copied().zip(values.iter().copied()));
         keys.clear();

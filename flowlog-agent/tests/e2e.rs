@@ -109,7 +109,11 @@ struct Agent {
 
 impl Agent {
     fn start(t: &Topo, ifaces: &[&str], extra: &[&str]) -> Agent {
-        let out = std::env::temp_dir().join(format!("flowlog-e2e-{}.log", t.a));
+        Agent::start_tagged(t, ifaces, extra, "")
+    }
+
+    fn start_tagged(t: &Topo, ifaces: &[&str], extra: &[&str], tag: &str) -> Agent {
+        let out = std::env::temp_dir().join(format!("flowlog-e2e-{}{tag}.log", t.a));
         let _ = fs::remove_file(&out);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &t.a, env!("CARGO_BIN_EXE_flowlog-agent")]);
@@ -117,6 +121,9 @@ impl Agent {
             cmd.args(["--iface", i]);
         }
         cmd.args(["--output", &format!("file:{}", out.display())]).args(extra);
+        if !extra.contains(&"--pin-dir") {
+            cmd.arg("--no-pin");
+        }
         let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start agent");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -137,6 +144,15 @@ impl Agent {
             panic!("agent not ready: {}", stderr.lock().unwrap());
         }
         Agent { child, out, stderr }
+    }
+
+    /// SIGKILL: no drain, no cleanup. Returns what it had written.
+    fn kill9(mut self) -> Vec<Rec> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        let _ = fs::remove_file(&self.out);
+        text.lines().map(Rec::parse).collect()
     }
 
     /// SIGTERM → final drain → exit 0; returns the records and the log.
@@ -527,4 +543,57 @@ fn bad_interface_and_missing_privileges_fail_with_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.starts_with("error: --log-format: unknown field \"${nope}\" in log format. Valid fields: version account-id"), "{err}");
+}
+
+#[test]
+fn kill_9_and_restart_loses_nothing() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    // `ip netns exec` gives the agent a fresh /sys, so /sys/fs/bpf would not
+    // survive between the two agents: pin on a bpffs of our own instead.
+    let bpffs = "/run/flowlog-test-bpffs";
+    fs::create_dir_all(bpffs).unwrap();
+    if !Command::new("mountpoint").args(["-q", bpffs]).status().unwrap().success() {
+        sh(&["mount", "-t", "bpf", "bpf", bpffs]);
+    }
+    let pin = format!("{bpffs}/{}", t.a);
+    let args = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin];
+    let first = Agent::start_tagged(&t, &[&t.a_if], &args, "-1");
+    let (tx, rx) = udp_pair(&t, true, false, 7400);
+    let sender = {
+        let (tx, rx) = (tx.try_clone().unwrap(), rx.try_clone().unwrap());
+        thread::spawn(move || {
+            let mut sent = 0u64;
+            let until = std::time::Instant::now() + Duration::from_millis(4500);
+            while std::time::Instant::now() < until {
+                send_udp(&tx, &rx, 1, 80);
+                sent += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            sent
+        })
+    };
+    thread::sleep(Duration::from_millis(1200));
+    // Kill well inside a window (windows end on whole seconds), not while it ships one.
+    while !(300..600).contains(&(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis())) {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let mut recs = first.kill9();
+    // Down for a while; the pinned programs go on counting.
+    thread::sleep(Duration::from_millis(1500));
+    let second = Agent::start_tagged(&t, &[&t.a_if], &args, "-2");
+    let sent = sender.join().unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let (more, log) = second.stop();
+    recs.extend(more);
+    let port = tx.local_addr().unwrap().port();
+    let mine: Vec<&Rec> = recs.iter().filter(|r| r.status == "OK" && r.sport == Some(port) && r.dport == Some(7400)).collect();
+    let packets: u64 = mine.iter().map(|r| r.packets).sum();
+    let bytes: u64 = mine.iter().map(|r| r.bytes).sum();
+    assert_eq!((packets, bytes), (sent, sent * 108), "{mine:#?}\n{log}");
+    // A graceful stop detaches and removes the pins.
+    assert!(!std::path::Path::new(&pin).join(format!("v{}-65536", flowlog_common::MAP_LAYOUT_VERSION)).exists());
+    let _ = fs::remove_dir(&pin);
 }

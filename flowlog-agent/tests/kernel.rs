@@ -24,7 +24,7 @@ struct Kernel {
 
 impl Kernel {
     fn load(max_flows: u32) -> Self {
-        let (capture, tables) = Capture::load(max_flows).expect("load eBPF programs");
+        let (capture, tables) = Capture::load(max_flows, None).expect("load eBPF programs");
         Kernel { capture, tables }
     }
 
@@ -60,7 +60,9 @@ impl Kernel {
     }
 
     fn drain(&mut self) -> Drained {
-        self.tables.rotate().expect("drain")
+        let d = self.tables.rotate().expect("drain");
+        self.tables.release(&d).expect("release");
+        d
     }
 }
 
@@ -383,4 +385,38 @@ fn each_window_gets_its_own_packets() {
         assert_eq!(entries(&d), [(v4key(A4, B4, 1, 2, UDP, 0), round, 28 * round, 0)]);
         assert!(d.window_start_unix_ns <= d.window_end_unix_ns);
     }
+}
+
+#[test]
+fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
+    if !require_root() {
+        return;
+    }
+    let bpffs = std::path::Path::new("/run/flowlog-test-bpffs");
+    std::fs::create_dir_all(bpffs).unwrap();
+    if !std::process::Command::new("mountpoint").arg("-q").arg(bpffs).status().unwrap().success() {
+        assert!(std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(bpffs).status().unwrap().success());
+    }
+    let root = bpffs.join(format!("kernel-test-{}", std::process::id()));
+    let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 3, dport: 4, payload: 2 });
+
+    // Agent 1 counts, closes the window, reads it... and dies before releasing.
+    let (mut capture, mut tables) = Capture::load(64, Some(&root)).unwrap();
+    let mut k = Kernel { capture, tables };
+    k.xdp(&f);
+    k.xdp(&f);
+    let read = k.tables.rotate().unwrap();
+    assert_eq!(read.flows.len(), 1);
+    k.xdp(&f); // counted in the next window, which it never closes
+    drop(k);
+
+    // Agent 2 re-uses the pinned maps: the unreleased window, then the open one.
+    (capture, tables) = Capture::load(64, Some(&root)).unwrap();
+    k = Kernel { capture, tables };
+    let left = k.tables.leftover().unwrap().expect("leftover window");
+    assert_eq!(entries(&left), [(v4key(A4, B4, 3, 4, UDP, 0), 2, 60, 0)]);
+    k.tables.release(&left).unwrap();
+    assert!(k.tables.leftover().unwrap().is_none());
+    assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 3, 4, UDP, 0), 1, 30, 0)]);
+    std::fs::remove_dir_all(&root).unwrap();
 }

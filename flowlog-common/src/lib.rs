@@ -6,6 +6,11 @@
 //! byte would split one flow into several entries.
 #![no_std]
 
+/// Version of the map layout (names, key and value types, sizes). Pinned
+/// maps of another version are not reused: an agent of a new layout starts
+/// clean and says so. Bump on every incompatible change.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 /// Map names, as they appear in the eBPF object.
 pub mod maps {
     /// Flow table of generation 0 (`HashMap<FlowKey, FlowStats>`).
@@ -16,7 +21,8 @@ pub mod maps {
     pub const FAILS_0: &str = "FAILS_0";
     /// Failed flow inserts per interface, generation 1.
     pub const FAILS_1: &str = "FAILS_1";
-    /// One `u32`: the generation the programs write to now (0 or 1).
+    /// `u32`s: [0] the generation the programs write to now (0 or 1),
+    /// [1] the Unix second of the last flip (written by the agent only).
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU `u64` counters indexed by [`super::counters`].
     pub const COUNTERS: &str = "COUNTERS";

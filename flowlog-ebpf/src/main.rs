@@ -48,8 +48,10 @@ static FLOWS_1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_
 static FAILS_0: HashMap<u32, InsertFailures> = HashMap::with_max_entries(MAX_FAIL_IFACES, 0);
 #[map]
 static FAILS_1: HashMap<u32, InsertFailures> = HashMap::with_max_entries(MAX_FAIL_IFACES, 0);
+/// [0]: generation the programs write to; [1]: Unix second of the last
+/// flip, kept by the agent so a restarted agent knows when its window began.
 #[map]
-static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+static GENERATION: Array<u32> = Array::with_max_entries(2, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
 

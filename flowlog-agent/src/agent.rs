@@ -18,12 +18,15 @@ use crate::{
     format::Format,
     ifaces,
     ship::{Output, Sink},
+    watch::{self, LinkEvent},
 };
 
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Interface names or globs; empty = every up, non-loopback interface.
     pub ifaces: Vec<String>,
+    /// Globs of interfaces never to capture on.
+    pub exclude_ifaces: Vec<String>,
     pub format: Format,
     pub interval: Duration,
     pub outputs: Vec<Output>,
@@ -55,16 +58,18 @@ fn next_boundary(interval: Duration) -> Instant {
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
+    // Subscribe first: a link created while we list is then not missed.
+    let mut link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
     let links = ifaces::list_links().context("listing network interfaces in /sys/class/net")?;
-    let selected = ifaces::select(&cfg.ifaces, &links)?;
+    let selector = ifaces::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
+    let selected = selector.select(&links)?;
     let (mut capture, mut tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref())?;
-    let machine = ifaces::machine_id();
-    let mut metas: BTreeMap<u32, InterfaceMeta> = BTreeMap::new();
+    let mut ifs = Interfaces { machine: ifaces::machine_id(), attached: BTreeMap::new(), in_window: Vec::new() };
     for link in &selected {
-        capture.attach(link)?;
-        let interface_id: Arc<str> = ifaces::derived_interface_id(&machine, &link.name).into();
-        info!(iface = %link.name, ifindex = link.ifindex, %interface_id, "attached (XDP ingress, TC egress)");
-        metas.insert(link.ifindex, InterfaceMeta { ifindex: link.ifindex, name: link.name.clone(), interface_id });
+        ifs.attach(&mut capture, link)?;
+    }
+    if selected.is_empty() {
+        warn!(patterns = %cfg.ifaces.join(","), "no interface matches yet; waiting for matching interfaces to appear");
     }
     let mut sinks = cfg.outputs.iter().map(Sink::open).collect::<Result<Vec<_>>>()?;
     let host = HostMeta { account_id: cfg.account_id.as_str().into() };
@@ -72,34 +77,43 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     info!(
-        interfaces = metas.len(),
+        interfaces = ifs.attached.len(),
         interval_s = cfg.interval.as_secs_f64(),
         max_flows = cfg.max_flows,
         outputs = %sinks.iter().map(Sink::describe).collect::<Vec<_>>().join(","),
         "ready"
     );
 
-    let mut window_ifaces: Vec<InterfaceMeta> = metas.values().cloned().collect();
     let mut last_counters = tables.counters()?;
     let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
     if let Some(d) = tables.leftover()? {
         warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
-        ship(&host, &window_ifaces, format, &d, &mut sinks);
+        ship(&host, &ifs.in_window, format, &d, &mut sinks);
         tables.release(&d)?;
     }
     loop {
-        let stop = tokio::select! {
-            _ = sleep_until(next_boundary(cfg.interval)) => false,
-            _ = sigterm.recv() => true,
-            _ = sigint.recv() => true,
+        let deadline = next_boundary(cfg.interval);
+        let stop = loop {
+            tokio::select! {
+                _ = sleep_until(deadline) => break false,
+                _ = sigterm.recv() => break true,
+                _ = sigint.recv() => break true,
+                Some(ev) = link_events.recv() => match ev {
+                    LinkEvent::Changed(link) => {
+                        if !ifs.attached.contains_key(&link.ifindex) && selector.wants(&link) {
+                            if let Err(e) = ifs.attach(&mut capture, &link) {
+                                error!(iface = %link.name, "cannot attach to a new interface: {e:#}");
+                            }
+                        }
+                    }
+                    LinkEvent::Removed { ifindex, .. } => ifs.gone(&mut capture, ifindex),
+                },
+            }
         };
-
-        let mut gone = Vec::new();
+        // In case a notification was missed.
         for a in capture.attached().cloned().collect::<Vec<_>>() {
             if !capture::still_present(&a) {
-                warn!(iface = %a.name, ifindex = a.ifindex, "interface disappeared; reporting its last window and going on with the others");
-                capture.detach(a.ifindex);
-                gone.push(a.ifindex);
+                ifs.gone(&mut capture, a.ifindex);
             }
         }
         let drained = if stop && !keep {
@@ -108,7 +122,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         } else {
             tables.rotate()?
         };
-        ship(&host, &window_ifaces, format, &drained, &mut sinks);
+        ship(&host, &ifs.in_window, format, &drained, &mut sinks);
         tables.release(&drained)?;
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
@@ -120,13 +134,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         last_counters = c;
 
-        for i in &gone {
-            metas.remove(i);
-        }
-        if metas.is_empty() && !stop && !gone.is_empty() {
-            warn!("no interface left to capture on");
-        }
-        window_ifaces = metas.values().cloned().collect();
+        // The next window reports the interfaces attached now.
+        ifs.in_window = ifs.attached.values().cloned().collect();
         if stop {
             if keep {
                 capture.keep_pinned();
@@ -151,6 +160,38 @@ fn ship(host: &HostMeta, ifaces: &[InterfaceMeta], format: &Format, drained: &Dr
     for s in sinks {
         if let Err(e) = s.write_batch(&batch) {
             error!(output = %s.describe(), records = records.len(), "records of this window were not written: {e:#}");
+        }
+    }
+}
+
+/// The attached interfaces, and all that were attached during the window.
+struct Interfaces {
+    machine: String,
+    attached: BTreeMap<u32, InterfaceMeta>,
+    /// Gets NODATA/flow records in the current window, even if detached since.
+    in_window: Vec<InterfaceMeta>,
+}
+
+impl Interfaces {
+    fn attach(&mut self, capture: &mut Capture, link: &ifaces::LinkInfo) -> Result<()> {
+        capture.attach(link)?;
+        let interface_id: Arc<str> = ifaces::derived_interface_id(&self.machine, &link.name).into();
+        info!(iface = %link.name, ifindex = link.ifindex, %interface_id, "attached (XDP ingress, TC egress)");
+        let meta = InterfaceMeta { ifindex: link.ifindex, name: link.name.clone(), interface_id };
+        if !self.in_window.iter().any(|m| m.ifindex == link.ifindex) {
+            self.in_window.push(meta.clone());
+        }
+        self.attached.insert(link.ifindex, meta);
+        Ok(())
+    }
+
+    fn gone(&mut self, capture: &mut Capture, ifindex: u32) {
+        if let Some(m) = self.attached.remove(&ifindex) {
+            capture.detach(ifindex);
+            warn!(iface = %m.name, ifindex, "interface disappeared; reporting its last window and going on with the others");
+            if self.attached.is_empty() {
+                warn!("no interface left to capture on; waiting for matching interfaces to appear");
+            }
         }
     }
 }

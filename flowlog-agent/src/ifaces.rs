@@ -45,48 +45,62 @@ pub enum SelectError {
     NoSuchInterface { name: String, available: String },
     #[error("invalid interface pattern {pattern:?}: {reason}")]
     BadPattern { pattern: String, reason: String },
-    #[error("no interface to capture on: {why}. Interfaces here: {available}. Name them with --iface.")]
-    Nothing { why: String, available: String },
 }
 
 fn is_glob(p: &str) -> bool {
     p.contains(['*', '?', '['])
 }
 
-/// Interfaces matched by `patterns` (names or globs such as `veth*`); with no
-/// pattern, every interface that is up and not a loopback. A plain name that
-/// does not exist is an error, a glob that matches nothing is not (pods come
-/// and go), but selecting nothing at all is.
+/// Which interfaces the agent captures on, now and as links come and go.
+#[derive(Clone, Debug)]
+pub struct Selector {
+    names: Vec<String>,
+    globs: Vec<GlobMatcher>,
+    excludes: Vec<GlobMatcher>,
+}
+
+impl Selector {
+    /// `include`: names or globs (`veth*`); empty means every interface that
+    /// is up, except loopback. `exclude`: globs that win over `include`.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Selector, SelectError> {
+        let glob = |p: &String| {
+            Glob::new(p)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| SelectError::BadPattern { pattern: p.clone(), reason: e.kind().to_string() })
+        };
+        Ok(Selector {
+            names: include.iter().filter(|p| !is_glob(p)).cloned().collect(),
+            globs: include.iter().filter(|p| is_glob(p)).map(glob).collect::<Result<_, _>>()?,
+            excludes: exclude.iter().map(glob).collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn wants(&self, l: &LinkInfo) -> bool {
+        if self.excludes.iter().any(|m| m.is_match(&l.name)) {
+            return false;
+        }
+        if self.names.is_empty() && self.globs.is_empty() {
+            return l.up && !l.loopback;
+        }
+        self.names.contains(&l.name) || self.globs.iter().any(|m| m.is_match(&l.name))
+    }
+
+    /// The interfaces to attach to at start. A plain name that does not
+    /// exist is an error (a typo would otherwise go unnoticed); globs may
+    /// match nothing yet: interfaces that appear later are attached then.
+    pub fn select(&self, links: &[LinkInfo]) -> Result<Vec<LinkInfo>, SelectError> {
+        if let Some(missing) = self.names.iter().find(|n| !links.iter().any(|l| &&l.name == n)) {
+            let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+            let available = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+            return Err(SelectError::NoSuchInterface { name: missing.clone(), available });
+        }
+        Ok(links.iter().filter(|l| self.wants(l)).cloned().collect())
+    }
+}
+
+/// [`Selector::select`] without excludes.
 pub fn select(patterns: &[String], links: &[LinkInfo]) -> Result<Vec<LinkInfo>, SelectError> {
-    let available = || {
-        let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
-        if names.is_empty() { "none".to_string() } else { names.join(", ") }
-    };
-    if patterns.is_empty() {
-        let v: Vec<LinkInfo> = links.iter().filter(|l| l.up && !l.loopback).cloned().collect();
-        if v.is_empty() {
-            return Err(SelectError::Nothing { why: "no interface is up besides loopback".into(), available: available() });
-        }
-        return Ok(v);
-    }
-    let mut matchers: Vec<GlobMatcher> = Vec::new();
-    for p in patterns {
-        if is_glob(p) {
-            let g = Glob::new(p).map_err(|e| SelectError::BadPattern { pattern: p.clone(), reason: e.kind().to_string() })?;
-            matchers.push(g.compile_matcher());
-        } else if !links.iter().any(|l| &l.name == p) {
-            return Err(SelectError::NoSuchInterface { name: p.clone(), available: available() });
-        }
-    }
-    let v: Vec<LinkInfo> = links
-        .iter()
-        .filter(|l| patterns.iter().any(|p| p == &l.name) || matchers.iter().any(|m| m.is_match(&l.name)))
-        .cloned()
-        .collect();
-    if v.is_empty() {
-        return Err(SelectError::Nothing { why: format!("no interface matches {}", patterns.join(", ")), available: available() });
-    }
-    Ok(v)
+    Selector::new(patterns, &[])?.select(links)
 }
 
 /// A stable on-prem `interface-id`: `eni-` and 17 hex digits (the shape of
@@ -142,9 +156,21 @@ mod tests {
     }
 
     #[test]
-    fn glob_matching_nothing_is_an_error_only_when_nothing_is_selected() {
-        assert!(matches!(select(&["wlan*".to_string()], &links()), Err(SelectError::Nothing { .. })));
+    fn globs_may_match_nothing_yet() {
+        assert_eq!(select(&["wlan*".to_string()], &links()).unwrap(), []);
         assert_eq!(names(&select(&["wlan*".to_string(), "eth0".to_string()], &links()).unwrap()), ["eth0"]);
+    }
+
+    #[test]
+    fn excludes_win_and_hot_plugged_links_are_judged_alike() {
+        let s = Selector::new(&["veth*".to_string(), "eth0".to_string()], &["veth2".to_string(), "eth*".to_string()]).unwrap();
+        assert_eq!(names(&s.select(&links()).unwrap()), ["veth1"]);
+        let new = |name: &str, up| LinkInfo { name: name.into(), ifindex: 99, up, loopback: false };
+        assert!(s.wants(&new("veth9", false)));
+        assert!(!s.wants(&new("docker1", true)));
+        // Default: what is up and not loopback, minus excludes.
+        let d = Selector::new(&[], &["docker*".to_string()]).unwrap();
+        assert!(d.wants(&new("cali1", true)) && !d.wants(&new("cali2", false)) && !d.wants(&new("docker0", true)));
     }
 
     #[test]

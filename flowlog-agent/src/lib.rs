@@ -16,3 +16,4 @@ pub mod ifaces;
 pub mod record;
 pub mod ship;
 pub mod sys;
+pub mod watch;

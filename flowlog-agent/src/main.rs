@@ -27,6 +27,9 @@ struct RunArgs {
     /// Default: every interface that is up, except loopback.
     #[arg(long = "iface", short = 'i', env = "FLOWLOG_IFACES", value_delimiter = ',')]
     ifaces: Vec<String>,
+    /// Glob of interfaces never to capture on (wins over --iface); repeatable.
+    #[arg(long = "exclude-iface", env = "FLOWLOG_EXCLUDE_IFACES", value_delimiter = ',')]
+    exclude_ifaces: Vec<String>,
     /// Aggregation interval in seconds (AWS: 60 or 600). Any value ≥ 1.
     #[arg(long, default_value_t = 60, env = "FLOWLOG_INTERVAL", value_parser = clap::value_parser!(u64).range(1..=3600))]
     interval: u64,
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
     let cfg = agent::Config {
         format,
         ifaces: args.ifaces,
+        exclude_ifaces: args.exclude_ifaces,
         interval: Duration::from_secs(args.interval),
         outputs: args.outputs,
         account_id: args.account_id,

@@ -597,3 +597,64 @@ fn kill_9_and_restart_loses_nothing() {
     assert!(!std::path::Path::new(&pin).join(format!("v{}-65536", flowlog_common::MAP_LAYOUT_VERSION)).exists());
     let _ = fs::remove_dir(&pin);
 }
+
+#[test]
+fn hot_plugged_interfaces_are_attached_once_and_counted() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let hp = format!("hp{}", &t.a_if[3..]);
+    let peer = format!("hq{}", &t.a_if[3..]);
+    // Matches nothing at start: the agent waits for it.
+    let agent = Agent::start(&t, &[&format!("{hp}*")], &["--interval", "3600", "--log-format", FORMAT]);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst) as u8;
+    let (a, b) = (Ipv4Addr::new(10, 202, n, 1), Ipv4Addr::new(10, 202, n, 2));
+    let mut plugged = 0;
+    let mut plug = || {
+        plugged += 1;
+        sh(&["ip", "link", "add", &hp, "netns", &t.a, "type", "veth", "peer", "name", &peer, "netns", &t.b]);
+        sh(&["ip", "-n", &t.a, "addr", "add", &format!("{a}/24"), "dev", &hp]);
+        sh(&["ip", "-n", &t.b, "addr", "add", &format!("{b}/24"), "dev", &peer]);
+        sh(&["ip", "-n", &t.a, "link", "set", &hp, "up"]);
+        sh(&["ip", "-n", &t.b, "link", "set", &peer, "up"]);
+        // Let the agent see the link and attach.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while agent_attach_count(&agent, &hp) < plugged {
+            let log = agent.stderr.lock().unwrap().clone();
+            assert!(std::time::Instant::now() < until, "not attached: {log}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let send = |count: usize| {
+        let rx = in_netns(&t.a, move || UdpSocket::bind((a, 7500)).unwrap());
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let tx = in_netns(&t.b, move || UdpSocket::bind((b, 7501)).unwrap());
+        send_udp(&tx, &rx, count, 30);
+    };
+    plug();
+    send(5);
+    sh(&["ip", "-n", &t.a, "link", "del", &hp]);
+    thread::sleep(Duration::from_millis(300));
+    plug();
+    send(3);
+    let (recs, log) = agent.stop();
+    assert_eq!(log.matches("attached (XDP ingress, TC egress)").count(), 2, "{log}");
+    assert!(log.contains("interface disappeared"), "{log}");
+    let flows: Vec<(String, u64, u64)> = recs
+        .iter()
+        .filter(|r| r.dport == Some(7500))
+        .map(|r| (r.interface_id.clone(), r.packets, r.bytes))
+        .collect();
+    // The same name gives the same interface-id; each incarnation is exact.
+    assert_eq!(flows.len(), 2, "{recs:#?}");
+    assert_eq!(flows[0].0, flows[1].0);
+    let mut counts: Vec<(u64, u64)> = flows.iter().map(|f| (f.1, f.2)).collect();
+    counts.sort();
+    assert_eq!(counts, [(3, 3 * 58), (5, 5 * 58)]);
+}
+
+/// How many "attached" log lines name `iface` so far.
+fn agent_attach_count(agent: &Agent, iface: &str) -> usize {
+    agent.stderr.lock().unwrap().lines().filter(|l| l.contains("attached (XDP") && l.contains(&format!("iface={iface} "))).count()
+}

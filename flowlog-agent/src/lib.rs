@@ -13,6 +13,7 @@ pub mod drain;
 pub mod enrich;
 pub mod format;
 pub mod ifaces;
+pub mod metadata;
 pub mod record;
 pub mod ship;
 pub mod sys;

@@ -17,6 +17,7 @@ use crate::{
     enrich::{self, HostMeta, InterfaceMeta},
     format::Format,
     ifaces,
+    metrics::{self, Metrics},
     ship::{Output, Sink},
     watch::{self, LinkEvent},
 };
@@ -36,6 +37,8 @@ pub struct Config {
     /// Where maps and attachments are pinned (`None`: not pinned).
     pub pin_root: Option<PathBuf>,
     pub on_exit: OnExit,
+    /// Address of the metrics/health endpoint (`None`: off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// What SIGINT/SIGTERM does with the kernel side.
@@ -64,7 +67,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     let selector = ifaces::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
     let selected = selector.select(&links)?;
     let (mut capture, mut tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref())?;
-    let mut ifs = Interfaces { machine: ifaces::machine_id(), attached: BTreeMap::new(), in_window: Vec::new() };
+    let metrics = Metrics::new(cfg.interval);
+    if let Some(addr) = cfg.metrics_listen {
+        let bound = metrics::serve(addr, metrics.clone())
+            .await
+            .with_context(|| format!("listening on {addr} for metrics (--metrics-listen; `off` disables it)"))?;
+        info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
+    }
+    let mut ifs = Interfaces { machine: ifaces::machine_id(), attached: BTreeMap::new(), in_window: Vec::new(), forget: Vec::new() };
     for link in &selected {
         ifs.attach(&mut capture, link)?;
     }
@@ -76,6 +86,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let format = &cfg.format;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    metrics.set_attached(ifs.attached.len());
+    metrics.set_ready();
     info!(
         interfaces = ifs.attached.len(),
         interval_s = cfg.interval.as_secs_f64(),
@@ -88,7 +100,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
     if let Some(d) = tables.leftover()? {
         warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
-        ship(&host, &ifs.in_window, format, &d, &mut sinks);
+        ship(&host, &ifs.in_window, format, &d, &mut sinks, &metrics);
         tables.release(&d)?;
     }
     loop {
@@ -116,19 +128,22 @@ pub async fn run(cfg: Config) -> Result<()> {
                 ifs.gone(&mut capture, a.ifindex);
             }
         }
+        let started = std::time::Instant::now();
         let drained = if stop && !keep {
             capture.detach_all();
             tables.drain_all()?
         } else {
             tables.rotate()?
         };
-        ship(&host, &ifs.in_window, format, &drained, &mut sinks);
+        metrics.drained(&drained, &ifs.in_window, cfg.max_flows, started.elapsed().as_secs_f64());
+        ship(&host, &ifs.in_window, format, &drained, &mut sinks, &metrics);
         tables.release(&drained)?;
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
             warn!(packets = skipped, max_flows = cfg.max_flows, "flow table full: packets not counted, SKIPDATA written; raise --max-flows");
         }
         let c = tables.counters()?;
+        metrics.kernel_counters(c.malformed, c.non_ip);
         if c.malformed > last_counters.malformed {
             info!(frames = c.malformed - last_counters.malformed, "malformed or truncated IP frames ignored in this window");
         }
@@ -136,6 +151,10 @@ pub async fn run(cfg: Config) -> Result<()> {
 
         // The next window reports the interfaces attached now.
         ifs.in_window = ifs.attached.values().cloned().collect();
+        for name in ifs.forget.drain(..) {
+            metrics.forget_interface(&name);
+        }
+        metrics.set_attached(ifs.attached.len());
         if stop {
             if keep {
                 capture.keep_pinned();
@@ -150,15 +169,18 @@ pub async fn run(cfg: Config) -> Result<()> {
 }
 
 /// Formats one window's records and writes them to every destination.
-fn ship(host: &HostMeta, ifaces: &[InterfaceMeta], format: &Format, drained: &Drained, sinks: &mut [Sink]) {
+fn ship(host: &HostMeta, ifaces: &[InterfaceMeta], format: &Format, drained: &Drained, sinks: &mut [Sink], metrics: &Metrics) {
     let records = enrich::build_records(host, ifaces, drained);
+    metrics.records(&records);
     let mut batch = Vec::with_capacity(records.len() * 120);
     for r in &records {
         format.write(r, &mut batch);
         batch.push(b'\n');
     }
     for s in sinks {
-        if let Err(e) = s.write_batch(&batch) {
+        let res = s.write_batch(&batch);
+        metrics.shipped(&s.describe(), records.len(), res.is_ok());
+        if let Err(e) = res {
             error!(output = %s.describe(), records = records.len(), "records of this window were not written: {e:#}");
         }
     }
@@ -170,6 +192,8 @@ struct Interfaces {
     attached: BTreeMap<u32, InterfaceMeta>,
     /// Gets NODATA/flow records in the current window, even if detached since.
     in_window: Vec<InterfaceMeta>,
+    /// Gone interfaces whose metric series go after this window.
+    forget: Vec<String>,
 }
 
 impl Interfaces {
@@ -188,6 +212,7 @@ impl Interfaces {
     fn gone(&mut self, capture: &mut Capture, ifindex: u32) {
         if let Some(m) = self.attached.remove(&ifindex) {
             capture.detach(ifindex);
+            self.forget.push(m.name.clone());
             warn!(iface = %m.name, ifindex, "interface disappeared; reporting its last window and going on with the others");
             if self.attached.is_empty() {
                 warn!("no interface left to capture on; waiting for matching interfaces to appear");

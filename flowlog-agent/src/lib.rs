@@ -14,6 +14,7 @@ pub mod enrich;
 pub mod format;
 pub mod ifaces;
 pub mod metadata;
+pub mod metrics;
 pub mod record;
 pub mod ship;
 pub mod sys;

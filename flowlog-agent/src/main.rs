@@ -58,9 +58,22 @@ struct RunArgs {
     /// `keep` (programs stay attached and counting for the next agent).
     #[arg(long, value_enum, default_value = "detach", env = "FLOWLOG_ON_EXIT")]
     on_exit: agent::OnExit,
+    /// Address of the Prometheus metrics and /healthz, /readyz endpoint, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9750", env = "FLOWLOG_METRICS_LISTEN", value_parser = parse_listen)]
+    metrics_listen: Listen,
     /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
     #[arg(long, default_value = "info", env = "FLOWLOG_LOG")]
     log: String,
+}
+
+#[derive(Clone, Debug)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse().map(|a| Listen(Some(a))).map_err(|_| format!("{s:?} is not `off` or an address like 127.0.0.1:9750 or [::1]:9750"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +109,7 @@ fn main() -> std::process::ExitCode {
         max_flows: args.max_flows,
         pin_root: (!args.no_pin).then_some(args.pin_dir),
         on_exit: args.on_exit,
+        metrics_listen: args.metrics_listen.0,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -576,10 +576,8 @@ fn kill_9_and_restart_loses_nothing() {
         })
     };
     thread::sleep(Duration::from_millis(1200));
-    // Kill well inside a window (windows end on whole seconds), not while it ships one.
-    while !(300..600).contains(&(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis())) {
-        thread::sleep(Duration::from_millis(5));
-    }
+    // Kill well inside a window, not while the agent ships one.
+    mid_window();
     let mut recs = first.kill9();
     // Down for a while; the pinned programs go on counting.
     thread::sleep(Duration::from_millis(1500));
@@ -657,4 +655,63 @@ fn hot_plugged_interfaces_are_attached_once_and_counted() {
 /// How many "attached" log lines name `iface` so far.
 fn agent_attach_count(agent: &Agent, iface: &str) -> usize {
     agent.stderr.lock().unwrap().lines().filter(|l| l.contains("attached (XDP") && l.contains(&format!("iface={iface} "))).count()
+}
+
+/// GET over plain HTTP/1.0 from inside namespace `ns`: (status, body).
+fn http_get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
+    let path = path.to_string();
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        (status, text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+    })
+}
+
+#[test]
+fn metrics_match_the_records() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT, "--metrics-listen", "127.0.0.1:9750"]);
+    let addr: SocketAddr = "127.0.0.1:9750".parse().unwrap();
+    assert_eq!(http_get(&t.a, addr, "/readyz").0, 200);
+    assert_eq!(http_get(&t.a, addr, "/healthz").0, 200);
+    assert_eq!(http_get(&t.a, addr, "/nope").0, 404);
+    let (tx, rx) = udp_pair(&t, true, false, 7600);
+    send_udp(&tx, &rx, 12, 40);
+    // Two window ends later the traffic is in both the file and the metrics;
+    // read both mid-window, while the agent is not shipping.
+    thread::sleep(Duration::from_millis(2000));
+    mid_window();
+    let (status, body) = http_get(&t.a, addr, "/metrics");
+    assert_eq!(status, 200);
+    let recs: Vec<Rec> = fs::read_to_string(&agent.out).unwrap().lines().map(Rec::parse).collect();
+    let metric = |name: &str| -> u64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+    };
+    let iface = &t.a_if;
+    assert_eq!(metric(&format!("flowlog_packets_total{{interface=\"{iface}\",direction=\"ingress\"}}")), 12, "{body}");
+    assert_eq!(metric(&format!("flowlog_bytes_total{{interface=\"{iface}\",direction=\"ingress\"}}")), 12 * 68);
+    let ok = recs.iter().filter(|r| r.status == "OK").count() as u64;
+    let nodata = recs.iter().filter(|r| r.status == "NODATA").count() as u64;
+    assert_eq!(metric("flowlog_records_total{log_status=\"OK\"}"), ok, "{body}\n{recs:#?}");
+    assert_eq!(metric("flowlog_records_total{log_status=\"NODATA\"}"), nodata);
+    assert_eq!(metric(&format!("flowlog_records_shipped_total{{output=\"file:{}\"}}", agent.out.display())), ok + nodata);
+    assert!(metric("flowlog_non_ip_frames_total") >= 2, "ARP: {body}");
+    assert_eq!(metric("flowlog_attached_interfaces"), 1);
+    agent.stop();
+}
+
+/// Waits until the middle of a 1-second window (windows end on whole seconds).
+fn mid_window() {
+    while !(300..600).contains(&std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis()) {
+        thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -1,0 +1,281 @@
+//! Self-metrics (Prometheus text format) and health endpoints.
+//!
+//! `GET /metrics`, `GET /healthz` (the main loop closed a window recently),
+//! `GET /readyz` (attached and running). Loopback by default: the numbers
+//! describe the host's traffic.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    clock,
+    drain::Drained,
+    enrich::InterfaceMeta,
+    record::{FlowRecord, LogStatus},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IfaceDir {
+    pub interface: String,
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Iface {
+    pub interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    pub log_status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabel {
+    pub output: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    windows: Counter,
+    packets: Family<IfaceDir, Counter>,
+    bytes: Family<IfaceDir, Counter>,
+    flows: Family<Iface, Counter>,
+    insert_failures: Family<Iface, Counter>,
+    records: Family<Status, Counter>,
+    shipped: Family<OutputLabel, Counter>,
+    dropped: Family<OutputLabel, Counter>,
+    table_fill: Gauge<f64, AtomicU64>,
+    malformed: Counter,
+    non_ip: Counter,
+    attached: Gauge,
+    drain_seconds: Histogram,
+    ready: AtomicBool,
+    last_window_unix: AtomicU64,
+    interval: Duration,
+}
+
+impl Metrics {
+    pub fn new(interval: Duration) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("flowlog");
+        let m = Metrics {
+            windows: Counter::default(),
+            packets: Family::default(),
+            bytes: Family::default(),
+            flows: Family::default(),
+            insert_failures: Family::default(),
+            records: Family::default(),
+            shipped: Family::default(),
+            dropped: Family::default(),
+            table_fill: Gauge::default(),
+            malformed: Counter::default(),
+            non_ip: Counter::default(),
+            attached: Gauge::default(),
+            drain_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            ready: AtomicBool::new(false),
+            last_window_unix: AtomicU64::new(clock::unix_ns() / 1_000_000_000),
+            interval,
+            registry: Registry::default(),
+        };
+        registry.register("windows", "Aggregation windows closed", m.windows.clone());
+        registry.register("packets", "Packets counted (wire packets)", m.packets.clone());
+        registry.register("bytes", "IP-layer bytes counted", m.bytes.clone());
+        registry.register("flows", "Flow records (OK) produced", m.flows.clone());
+        registry.register(
+            "insert_failures_packets",
+            "Packets not counted because the flow table was full (SKIPDATA)",
+            m.insert_failures.clone(),
+        );
+        registry.register("records", "Records produced, by log-status", m.records.clone());
+        registry.register("records_shipped", "Records written by a destination", m.shipped.clone());
+        registry.register("records_dropped", "Records a destination failed to write", m.dropped.clone());
+        registry.register("flow_table_fill_ratio", "Flows in the last window / --max-flows", m.table_fill.clone());
+        registry.register("malformed_frames", "IP frames shorter than their headers say", m.malformed.clone());
+        registry.register("non_ip_frames", "Frames that are not IPv4/IPv6", m.non_ip.clone());
+        registry.register("attached_interfaces", "Interfaces the programs are attached to", m.attached.clone());
+        registry.register("drain_duration_seconds", "Time to flip and read the kernel tables", m.drain_seconds.clone());
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_attached(&self, n: usize) {
+        self.attached.set(n as i64);
+    }
+
+    pub fn drained(&self, d: &Drained, ifaces: &[InterfaceMeta], max_flows: u32, seconds: f64) {
+        self.drain_seconds.observe(seconds);
+        self.windows.inc();
+        self.last_window_unix.store(clock::unix_ns() / 1_000_000_000, Ordering::Relaxed);
+        self.table_fill.set(d.flows.len() as f64 / max_flows.max(1) as f64);
+        let names: HashMap<u32, &str> = ifaces.iter().map(|m| (m.ifindex, m.name.as_str())).collect();
+        let name = |i: u32| names.get(&i).map_or_else(|| format!("ifindex{i}"), |n| n.to_string());
+        for (k, s) in &d.flows {
+            let direction = if k.direction == flowlog_common::direction::INGRESS { "ingress" } else { "egress" };
+            let l = IfaceDir { interface: name(k.ifindex), direction: direction.into() };
+            self.packets.get_or_create(&l).inc_by(s.packets);
+            self.bytes.get_or_create(&l).inc_by(s.bytes);
+            self.flows.get_or_create(&Iface { interface: l.interface }).inc();
+        }
+        for (i, f) in &d.fails {
+            self.insert_failures.get_or_create(&Iface { interface: name(*i) }).inc_by(f.packets);
+        }
+    }
+
+    pub fn records(&self, records: &[FlowRecord]) {
+        for r in records {
+            let s = match r.log_status {
+                LogStatus::Ok => "OK",
+                LogStatus::NoData => "NODATA",
+                LogStatus::SkipData => "SKIPDATA",
+            };
+            self.records.get_or_create(&Status { log_status: s.into() }).inc();
+        }
+    }
+
+    pub fn shipped(&self, output: &str, n: usize, ok: bool) {
+        let l = OutputLabel { output: output.into() };
+        if ok { &self.shipped } else { &self.dropped }.get_or_create(&l).inc_by(n as u64);
+    }
+
+    /// The kernel's cumulative counters; metrics take the increase.
+    pub fn kernel_counters(&self, malformed: u64, non_ip: u64) {
+        self.malformed.inc_by(malformed.saturating_sub(self.malformed.get()));
+        self.non_ip.inc_by(non_ip.saturating_sub(self.non_ip.get()));
+    }
+
+    /// Series of an interface that is gone, so pod churn does not grow them forever.
+    pub fn forget_interface(&self, name: &str) {
+        for direction in ["ingress", "egress"] {
+            let l = IfaceDir { interface: name.into(), direction: direction.into() };
+            self.packets.remove(&l);
+            self.bytes.remove(&l);
+        }
+        self.flows.remove(&Iface { interface: name.into() });
+        self.insert_failures.remove(&Iface { interface: name.into() });
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        encode(&mut s, &self.registry).expect("writing to a String");
+        s
+    }
+
+    fn healthy(&self) -> bool {
+        let now = clock::unix_ns() / 1_000_000_000;
+        let last = self.last_window_unix.load(Ordering::Relaxed);
+        now.saturating_sub(last) <= 2 * self.interval.as_secs() + 30
+    }
+}
+
+fn reply(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+async fn handle(m: Arc<Metrics>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = "text/plain; charset=utf-8";
+    Ok(match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, m.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "/healthz" if m.healthy() => reply(StatusCode::OK, "ok\n".into(), text),
+        "/healthz" => reply(StatusCode::SERVICE_UNAVAILABLE, "no window closed recently\n".into(), text),
+        "/readyz" if m.ready.load(Ordering::Relaxed) => reply(StatusCode::OK, "ready\n".into(), text),
+        "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into(), text),
+        _ => reply(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n".into(), text),
+    })
+}
+
+/// Binds `addr` (port 0 picks one) and serves in the background.
+pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let m = m.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(m.clone(), req));
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowlog_common::{FlowKey, FlowStats, InsertFailures};
+
+    #[test]
+    fn window_counts_become_metrics() {
+        let m = Metrics::new(Duration::from_secs(60));
+        let key = |ifindex, direction| FlowKey {
+            ifindex,
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: 1,
+            dst_port: 2,
+            protocol: 17,
+            direction,
+            family: 4,
+            _pad: 0,
+        };
+        let st = |p, b| FlowStats { packets: p, bytes: b, ..Default::default() };
+        let d = Drained::from_parts(
+            vec![(key(2, 0), st(3, 300)), (key(2, 1), st(1, 50)), (key(3, 0), st(2, 20))],
+            vec![(3, InsertFailures { packets: 7, bytes: 70 })],
+            0,
+            0,
+            0,
+            0,
+        );
+        let ifaces = [
+            InterfaceMeta { ifindex: 2, name: "eth0".into(), interface_id: "eni-a".into() },
+            InterfaceMeta { ifindex: 3, name: "eth1".into(), interface_id: "eni-b".into() },
+        ];
+        m.drained(&d, &ifaces, 10, 0.002);
+        m.kernel_counters(5, 9);
+        m.kernel_counters(6, 9);
+        m.shipped("stdout", 4, true);
+        let text = m.render();
+        for line in [
+            "flowlog_packets_total{interface=\"eth0\",direction=\"ingress\"} 3",
+            "flowlog_bytes_total{interface=\"eth0\",direction=\"egress\"} 50",
+            "flowlog_flows_total{interface=\"eth0\"} 2",
+            "flowlog_insert_failures_packets_total{interface=\"eth1\"} 7",
+            "flowlog_flow_table_fill_ratio 0.3",
+            "flowlog_malformed_frames_total 6",
+            "flowlog_non_ip_frames_total 9",
+            "flowlog_records_shipped_total{output=\"stdout\"} 4",
+            "flowlog_windows_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        m.forget_interface("eth0");
+        assert!(!m.render().contains("interface=\"eth0\""));
+    }
+}

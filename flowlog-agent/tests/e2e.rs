@@ -113,10 +113,15 @@ impl Agent {
     }
 
     fn start_tagged(t: &Topo, ifaces: &[&str], extra: &[&str], tag: &str) -> Agent {
+        Agent::start_wrapped(t, &[], ifaces, extra, tag)
+    }
+
+    /// `wrapper` runs the agent (e.g. `setpriv ...`) inside namespace `a`.
+    fn start_wrapped(t: &Topo, wrapper: &[&str], ifaces: &[&str], extra: &[&str], tag: &str) -> Agent {
         let out = std::env::temp_dir().join(format!("flowlog-e2e-{}{tag}.log", t.a));
         let _ = fs::remove_file(&out);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &t.a, env!("CARGO_BIN_EXE_flowlog-agent")]);
+        cmd.args(["netns", "exec", &t.a]).args(wrapper).arg(env!("CARGO_BIN_EXE_flowlog-agent"));
         for i in ifaces {
             cmd.args(["--iface", i]);
         }
@@ -714,4 +719,48 @@ fn mid_window() {
     while !(300..600).contains(&std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis()) {
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn runs_as_nobody_with_only_bpf_net_admin_and_perfmon() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let caps = "+bpf,+net_admin,+perfmon";
+    let only = |caps: &str| {
+        vec![
+            "setpriv".to_string(),
+            "--reuid=65534".into(),
+            "--regid=65534".into(),
+            "--clear-groups".into(),
+            format!("--inh-caps=-all,{caps}"),
+            format!("--ambient-caps=-all,{caps}"),
+            format!("--bounding-set=-all,{caps}"),
+        ]
+    };
+    let wrapper = only(caps);
+    let w: Vec<&str> = wrapper.iter().map(|s| s.as_str()).collect();
+    let agent = Agent::start_wrapped(&t, &w, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT], "-caps");
+    let status = fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().split_whitespace().nth(1).unwrap().to_string();
+    // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39) and nothing else.
+    assert_eq!(u64::from_str_radix(&eff, 16).unwrap(), (1 << 12) | (1 << 38) | (1 << 39));
+    let (tx, rx) = udp_pair(&t, true, false, 7700);
+    send_udp(&tx, &rx, 6, 10);
+    let (recs, log) = agent.stop();
+    let got: Vec<(u64, u64)> = recs.iter().filter(|r| r.dport == Some(7700)).map(|r| (r.packets, r.bytes)).collect();
+    assert_eq!(got, [(6, 6 * 38)], "{log}");
+
+    // Without CAP_BPF: a clear refusal.
+    let wrapper = only("+net_admin,+perfmon");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.a])
+        .args(&wrapper)
+        .args([env!("CARGO_BIN_EXE_flowlog-agent"), "--iface", &t.a_if, "--no-pin"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("missing capabilities CAP_BPF:") && err.contains("CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"), "{err}");
 }

@@ -88,7 +88,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         } else {
             tables.rotate()?
         };
-        let records = enrich::build_records(&host, &window_ifaces, &drained);
+        let records = enrich::build_records(&host, &window_ifaces, &drained, None);
         let mut batch = Vec::with_capacity(records.len() * 120);
         for r in &records {
             format.write(r, &mut batch);

@@ -170,7 +170,7 @@ pub async fn run(cfg: Config) -> Result<()> {
 
 /// Formats one window's records and writes them to every destination.
 fn ship(host: &HostMeta, ifaces: &[InterfaceMeta], format: &Format, drained: &Drained, sinks: &mut [Sink], metrics: &Metrics) {
-    let records = enrich::build_records(host, ifaces, drained);
+    let records = enrich::build_records(host, ifaces, drained, None);
     metrics.records(&records);
     let mut batch = Vec::with_capacity(records.len() * 120);
     for r in &records {

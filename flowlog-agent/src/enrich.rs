@@ -2,19 +2,28 @@
 //!
 //! Pure logic: no syscalls, so the window rules (one record per flow per
 //! interface, NODATA for idle interfaces, SKIPDATA where inserts failed) are
-//! tested without root.
+//! tested without root. The optional [`Enrichment`] adds what needs outside
+//! data: AWS service names, the traffic path, address normalisation, and
+//! the filters.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
     sync::Arc,
 };
 
 use flowlog_common::{direction, family, FlowKey, FlowStats, TCP_SYN_ACK_SEEN};
+use ipnet::IpNet;
+use serde::Deserialize;
 
 use crate::{
+    aws_services::{AwsRangesError, AwsServices},
     drain::Drained,
-    record::{Action, Direction, FlowRecord, LogStatus},
+    filter::{ExclusionConfig, Exclusions, TrafficType},
+    record::{Direction, FlowRecord, LogStatus},
+    semantics,
+    traffic_path::{RouteError, RouteTable, RouteTableConfig},
 };
 
 /// What the records need to know of an interface.
@@ -29,6 +38,58 @@ pub struct InterfaceMeta {
 #[derive(Clone, Debug)]
 pub struct HostMeta {
     pub account_id: Arc<str>,
+}
+
+/// Outside data for the fields and filters that need more than the
+/// packet. `Default` knows nothing and filters nothing: its records equal
+/// those built without enrichment.
+#[derive(Clone, Debug, Default)]
+pub struct Enrichment {
+    /// For `pkt-src-aws-service` / `pkt-dst-aws-service`.
+    pub aws_services: Option<AwsServices>,
+    /// For `traffic-path`.
+    pub routes: Option<RouteTable>,
+    /// Flows native flow logs do not record.
+    pub exclusions: Option<Exclusions>,
+    pub traffic_type: TrafficType,
+    /// ifindex → the interface's addresses, primary private IPv4 first, for
+    /// `srcaddr`/`dstaddr` normalisation. Interfaces not listed keep the
+    /// packet addresses.
+    pub interface_addrs: HashMap<u32, Vec<IpAddr>>,
+}
+
+/// The enrichment part of the configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// Path of AWS's `ip-ranges.json`.
+    pub ip_ranges: Option<PathBuf>,
+    pub route_table: RouteTableConfig,
+    pub exclusions: ExclusionConfig,
+    pub traffic_type: TrafficType,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error(transparent)]
+    AwsRanges(#[from] AwsRangesError),
+    #[error(transparent)]
+    Routes(#[from] RouteError),
+}
+
+impl EnrichConfig {
+    /// Loads the files and builds the lookups. `vpc_cidrs` locate the VPC
+    /// router and DNS addresses; `exclusions_by_default` is the mode's
+    /// default when the config does not say (on in EC2 mode).
+    pub fn build(&self, vpc_cidrs: &[IpNet], exclusions_by_default: bool) -> Result<Enrichment, EnrichError> {
+        let aws_services = self.ip_ranges.as_deref().map(AwsServices::load).transpose()?;
+        let routes = if self.route_table.routes.is_empty() { None } else { Some(RouteTable::new(&self.route_table)?) };
+        let exclusions = self
+            .exclusions
+            .enabled_or(exclusions_by_default)
+            .then(|| Exclusions::from_config(&self.exclusions, vpc_cidrs));
+        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, interface_addrs: HashMap::new() })
+    }
 }
 
 /// AWS `tcp-flags`: FIN 1, SYN 2, RST 4, and 18 for a packet with SYN and ACK
@@ -68,7 +129,10 @@ fn unix_secs(boot_ns: u64, boot_to_unix_ns: i128) -> u64 {
 /// one NODATA record, plus one SKIPDATA record if inserts failed for it.
 /// Flows of an ifindex not in `interfaces` cannot happen unless the caller
 /// forgot an interface; they are still written, under a derived id.
-pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained) -> Vec<FlowRecord> {
+///
+/// With `enrichment`, flows the filters leave out do not count as traffic:
+/// an interface with only such flows gets a NODATA record.
+pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, enrichment: Option<&Enrichment>) -> Vec<FlowRecord> {
     let (w_start, w_end) = (drained.window_start_unix_ns / 1_000_000_000, drained.window_end_unix_ns / 1_000_000_000);
     let mut per_iface: BTreeMap<u32, Vec<(&FlowKey, &FlowStats)>> = BTreeMap::new();
     for (k, v) in &drained.flows {
@@ -87,39 +151,56 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
         }
     }
 
+    let services = enrichment.and_then(|e| e.aws_services.as_ref());
+    let service_of = |a: IpAddr| services.and_then(|s| s.lookup(a)).cloned();
     let mut out = Vec::with_capacity(drained.flows.len() + order.len());
     for meta in &order {
         let mut flows = per_iface.remove(&meta.ifindex).unwrap_or_default();
         // Deterministic output: by first packet, then by key.
         flows.sort_by(|a, b| (a.1.first_seen_ns, a.0).cmp(&(b.1.first_seen_ns, b.0)));
+        let addrs = enrichment.and_then(|e| e.interface_addrs.get(&meta.ifindex));
+        let mut written = 0usize;
         for (k, v) in &flows {
-            let (src, dst) = key_addrs(k);
+            let (pkt_src, pkt_dst) = key_addrs(k);
+            let dir = if k.direction == direction::INGRESS { Direction::Ingress } else { Direction::Egress };
+            let action = semantics::CAPTURED_ACTION;
+            if let Some(e) = enrichment {
+                let excluded = e.exclusions.as_ref().is_some_and(|x| x.excludes(pkt_src, pkt_dst, k.protocol, k.src_port, k.dst_port));
+                if excluded || !e.traffic_type.admits(Some(action)) {
+                    continue;
+                }
+            }
+            let (src, dst) = match addrs {
+                Some(a) => semantics::normalise_addrs(dir, pkt_src, pkt_dst, a),
+                None => (pkt_src, pkt_dst),
+            };
             let start = unix_secs(v.first_seen_ns, drained.boot_to_unix_ns).clamp(w_start, w_end);
             let end = unix_secs(v.last_seen_ns, drained.boot_to_unix_ns).clamp(start, w_end);
             out.push(FlowRecord {
                 srcaddr: Some(src),
                 dstaddr: Some(dst),
-                pkt_srcaddr: Some(src),
-                pkt_dstaddr: Some(dst),
+                pkt_srcaddr: Some(pkt_src),
+                pkt_dstaddr: Some(pkt_dst),
                 srcport: Some(k.src_port),
                 dstport: Some(k.dst_port),
                 protocol: Some(k.protocol),
                 packets: Some(v.packets),
                 bytes: Some(v.bytes),
-                action: Some(Action::Accept),
+                action: Some(action),
                 tcp_flags: Some(if k.protocol == 6 { aws_tcp_flags(v.tcp_flags) } else { 0 }),
-                flow_direction: Some(if k.direction == direction::INGRESS {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                }),
+                ip_type: Some(semantics::ip_type(pkt_src)),
+                flow_direction: Some(dir),
+                pkt_src_aws_service: service_of(pkt_src),
+                pkt_dst_aws_service: service_of(pkt_dst),
+                traffic_path: enrichment.and_then(|e| e.routes.as_ref()).and_then(|r| r.path(dir, pkt_dst)).map(|p| p.code()),
                 ..FlowRecord::status_only(host.account_id.clone(), meta.interface_id.clone(), start, end, LogStatus::Ok)
             });
+            written += 1;
         }
         let skipped = failed.contains_key(&meta.ifindex) || drained.unattributed_failures > 0;
         let status = if skipped {
             Some(LogStatus::SkipData)
-        } else if flows.is_empty() {
+        } else if written == 0 {
             Some(LogStatus::NoData)
         } else {
             None
@@ -199,7 +280,7 @@ mod tests {
             0,
         );
         assert_eq!(
-            lines(&build_records(&host, &ifaces, &d)),
+            lines(&build_records(&host, &ifaces, &d, None)),
             [
                 "2 unknown eni-a 10.0.0.1 10.0.0.2 3000 80 6 5 500 1700000100 1700000110 ACCEPT OK",
                 "2 unknown eni-a 10.0.0.1 10.0.0.2 4000 80 17 3 300 1700000101 1700000103 ACCEPT OK",
@@ -214,7 +295,7 @@ mod tests {
     fn unattributed_failures_mark_every_interface() {
         let host = HostMeta { account_id: "1".into() };
         let d = drained(vec![(key(2, 1, 17, 0), stats(1, 28, 100, 100, 0))], vec![], 4);
-        let l = lines(&build_records(&host, &[iface(2, "a"), iface(3, "b")], &d));
+        let l = lines(&build_records(&host, &[iface(2, "a"), iface(3, "b")], &d, None));
         assert_eq!(
             l,
             [
@@ -230,7 +311,7 @@ mod tests {
         // A packet stamped just before the flip that opened the window.
         let host = HostMeta { account_id: "1".into() };
         let d = drained(vec![(key(2, 1, 17, 0), stats(1, 28, 99, 99, 0))], vec![], 0);
-        let r = build_records(&host, &[iface(2, "a")], &d);
+        let r = build_records(&host, &[iface(2, "a")], &d, None);
         assert_eq!((r[0].start, r[0].end), (1_700_000_100, 1_700_000_100));
     }
 
@@ -246,6 +327,197 @@ mod tests {
         assert_eq!(aws_tcp_flags(0x03), 3); // SYN + FIN
         assert_eq!(aws_tcp_flags(0x04 | 0x10), 4); // RST+ACK
         assert_eq!(aws_tcp_flags(0x42), 2); // SYN+ECE
+    }
+
+    /// A flow between two addresses, in `drained_at` time (boot clock = Unix).
+    #[allow(clippy::too_many_arguments)]
+    fn flow(ifindex: u32, src: &str, dst: &str, ports: (u16, u16), proto: u8, dir: u8, counts: (u64, u64), secs: (u64, u64), flags: u32) -> (FlowKey, FlowStats) {
+        let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        let mut k = key(ifindex, ports.0, proto, dir);
+        k.dst_port = ports.1;
+        k.src_addr = [0; 16];
+        k.dst_addr = [0; 16];
+        match (s, d) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                k.src_addr[..4].copy_from_slice(&s.octets());
+                k.dst_addr[..4].copy_from_slice(&d.octets());
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                k.family = family::IPV6;
+                k.src_addr = s.octets();
+                k.dst_addr = d.octets();
+            }
+            _ => panic!("mixed families"),
+        }
+        let mut st = stats(counts.0, counts.1, secs.0, secs.1, flags);
+        st.first_seen_ns = secs.0 * 1_000_000_000;
+        st.last_seen_ns = secs.1 * 1_000_000_000 + 999;
+        (k, st)
+    }
+
+    fn drained_at(flows: Vec<(FlowKey, FlowStats)>, window: (u64, u64)) -> Drained {
+        Drained::from_parts(flows, vec![], 0, 0, window.0 * 1_000_000_000, window.1 * 1_000_000_000)
+    }
+
+    const IP_RANGES: &str = r#"{"syncToken": "1", "prefixes": [
+        {"ip_prefix": "52.95.128.0/21", "region": "ap-southeast-2", "service": "AMAZON", "network_border_group": "ap-southeast-2"},
+        {"ip_prefix": "52.95.128.0/21", "region": "ap-southeast-2", "service": "S3", "network_border_group": "ap-southeast-2"}
+    ], "ipv6_prefixes": []}"#;
+
+    /// The v5 example (reference §8.6) from kernel counters: everything but
+    /// the interface metadata comes out of `build_records`.
+    #[test]
+    fn v5_example_from_packets() {
+        let routes: crate::traffic_path::RouteTableConfig = serde_json::from_str(
+            r#"{"routes": [{"destination": "10.0.0.0/16", "target": "local"}, {"destination": "0.0.0.0/0", "target": "igw"}]}"#,
+        )
+        .unwrap();
+        let e = Enrichment {
+            aws_services: Some(AwsServices::from_json(IP_RANGES).unwrap()),
+            routes: Some(RouteTable::new(&routes).unwrap()),
+            interface_addrs: HashMap::from([(2, vec!["10.0.0.71".parse().unwrap()])]),
+            ..Enrichment::default()
+        };
+        let syn_ack_fin = 0x13 | TCP_SYN_ACK_SEEN;
+        let syn_then_ack_fin = 0x13;
+        let mut d = drained_at(
+            vec![
+                flow(2, "52.95.128.179", "10.0.0.71", (80, 34210), 6, direction::INGRESS, (14, 15044), (1616729292, 1616729349), syn_ack_fin),
+                flow(2, "10.0.0.71", "52.95.128.179", (34210, 80), 6, direction::EGRESS, (7, 471), (1616729292, 1616729349), syn_then_ack_fin),
+            ],
+            (1616729280, 1616729350),
+        );
+        // The reply leaves a little after the request arrived (same second).
+        d.flows[1].1.first_seen_ns += 1_000;
+        let host = HostMeta { account_id: "123456789012".into() };
+        let records = build_records(&host, &[iface(2, "eni-1235b8ca123456789")], &d, Some(&e));
+        let f = crate::format::Format::parse(crate::vectors::V5_FORMAT).unwrap();
+        let got: Vec<String> = records.into_iter().map(|r| f.line(&crate::vectors::v5_interface_meta(r))).collect();
+        assert_eq!(got, crate::vectors::V5_LINES);
+    }
+
+    /// The v10 example's `traffic-path` (reference §8.7): 1 for egress inside
+    /// the VPC, `-` for ingress.
+    #[test]
+    fn v10_example_paths_from_packets() {
+        let e = EnrichConfig {
+            route_table: serde_json::from_str(r#"{"routes": [{"destination": "10.0.0.0/16", "target": "local"}]}"#).unwrap(),
+            ..EnrichConfig::default()
+        }
+        .build(&[], false)
+        .unwrap();
+        let me = "10.0.128.55";
+        let mut flows = Vec::new();
+        for (i, (peer, port)) in [("10.0.133.8", 43236), ("10.0.133.8", 36902), ("10.0.130.104", 55016), ("10.0.130.104", 60276)].into_iter().enumerate() {
+            let t = 1_700_000_000 + 2 * i as u64;
+            flows.push(flow(2, peer, me, (port, 80), 6, direction::INGRESS, (1, 60), (t, t), 0x02));
+            flows.push(flow(2, me, peer, (80, port), 6, direction::EGRESS, (1, 60), (t + 1, t + 1), 0x12 | TCP_SYN_ACK_SEEN));
+        }
+        let records = build_records(&HostMeta { account_id: "1".into() }, &[iface(2, "eni-1")], &drained_at(flows, (1_700_000_000, 1_700_000_060)), Some(&e));
+        let f = crate::format::Format::parse("${flow-direction} ${traffic-path} ${srcaddr} ${dstaddr} ${srcport} ${dstport}").unwrap();
+        let want: Vec<String> = crate::vectors::V10_TEXT.lines().skip(1).map(|l| l.rsplit_once(' ').unwrap().0.to_string()).collect();
+        assert_eq!(records.iter().map(|r| f.line(r)).collect::<Vec<_>>(), want);
+    }
+
+    /// New v3/v5 fields are filled without any enrichment, and the default
+    /// format is unaffected by them.
+    #[test]
+    fn packet_fields_without_enrichment() {
+        let d = drained_at(
+            vec![
+                flow(2, "2001:db8::1", "2001:db8::2", (0, 0), 58, direction::EGRESS, (2, 208), (100, 101), 0),
+                flow(2, "198.51.100.7", "10.0.0.6", (5000, 22), 6, direction::INGRESS, (3, 180), (102, 103), 0x02),
+            ],
+            (100, 160),
+        );
+        let records = build_records(&HostMeta { account_id: "1".into() }, &[iface(2, "eni-1")], &d, None);
+        let f = crate::format::Format::parse("${type} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr} ${tcp-flags} ${flow-direction} ${traffic-path} ${pkt-src-aws-service} ${action}").unwrap();
+        assert_eq!(
+            records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
+            [
+                "IPv6 2001:db8::1 2001:db8::2 2001:db8::1 2001:db8::2 0 egress - - ACCEPT",
+                "IPv4 198.51.100.7 10.0.0.6 198.51.100.7 10.0.0.6 2 ingress - - ACCEPT",
+            ]
+        );
+    }
+
+    /// Interface addresses normalise `srcaddr`/`dstaddr`; the packet's stay
+    /// in `pkt-*`.
+    #[test]
+    fn addresses_normalised_per_interface() {
+        let e = Enrichment {
+            interface_addrs: HashMap::from([(2, vec!["10.0.0.5".parse().unwrap(), "10.0.0.6".parse().unwrap()])]),
+            ..Enrichment::default()
+        };
+        let d = drained_at(
+            vec![
+                flow(2, "198.51.100.7", "10.0.0.6", (5000, 22), 6, direction::INGRESS, (3, 180), (102, 103), 0x02),
+                flow(2, "203.0.113.9", "198.51.100.7", (5001, 443), 6, direction::EGRESS, (1, 60), (104, 104), 0x02),
+                flow(3, "198.51.100.7", "10.0.0.6", (5000, 22), 6, direction::INGRESS, (3, 180), (102, 103), 0x02),
+            ],
+            (100, 160),
+        );
+        let records = build_records(&HostMeta { account_id: "1".into() }, &[iface(2, "eni-a"), iface(3, "eni-b")], &d, Some(&e));
+        let f = crate::format::Format::parse("${interface-id} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr}").unwrap();
+        assert_eq!(
+            records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
+            [
+                "eni-a 198.51.100.7 10.0.0.5 198.51.100.7 10.0.0.6",
+                "eni-a 10.0.0.5 198.51.100.7 203.0.113.9 198.51.100.7",
+                // No address list for this interface: packet addresses.
+                "eni-b 198.51.100.7 10.0.0.6 198.51.100.7 10.0.0.6",
+            ]
+        );
+    }
+
+    /// Excluded and filtered-out flows vanish; an interface left without
+    /// records reports NODATA.
+    #[test]
+    fn filters_leave_flows_out() {
+        let flows = vec![
+            flow(2, "10.0.1.5", "169.254.169.254", (40000, 80), 6, direction::EGRESS, (5, 400), (101, 101), 0x02),
+            flow(2, "10.0.1.5", "10.0.0.2", (40001, 53), 17, direction::EGRESS, (1, 70), (102, 102), 0),
+            flow(3, "10.0.2.5", "10.0.0.2", (40001, 53), 17, direction::EGRESS, (1, 70), (102, 102), 0),
+            flow(3, "10.0.2.5", "10.0.9.9", (40002, 443), 6, direction::EGRESS, (1, 60), (103, 103), 0x02),
+        ];
+        let d = drained_at(flows, (100, 160));
+        let host = HostMeta { account_id: "1".into() };
+        let ifaces = [iface(2, "eni-a"), iface(3, "eni-b")];
+        let cfg: EnrichConfig = serde_json::from_str(r#"{"exclusions": {}, "traffic_type": "ALL"}"#).unwrap();
+        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], true).unwrap();
+        assert_eq!(
+            lines(&build_records(&host, &ifaces, &d, Some(&e))),
+            [
+                "2 1 eni-a - - - - - - - 100 160 - NODATA",
+                "2 1 eni-b 10.0.2.5 10.0.9.9 40002 443 6 1 60 103 103 ACCEPT OK",
+            ]
+        );
+        // Off by default outside EC2 mode: everything is written.
+        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], false).unwrap();
+        assert_eq!(build_records(&host, &ifaces, &d, Some(&e)).len(), 4);
+        // A REJECT-only log has nothing to say about accepted traffic.
+        let e = Enrichment { traffic_type: TrafficType::Reject, ..Enrichment::default() };
+        assert_eq!(
+            lines(&build_records(&host, &ifaces, &d, Some(&e))),
+            ["2 1 eni-a - - - - - - - 100 160 - NODATA", "2 1 eni-b - - - - - - - 100 160 - NODATA"]
+        );
+        // Without enrichment: as before, all four flows.
+        assert_eq!(build_records(&host, &ifaces, &d, None).len(), 4);
+    }
+
+    #[test]
+    fn enrich_config_errors() {
+        let bad_routes: EnrichConfig = serde_json::from_str(
+            r#"{"route_table": {"routes": [{"destination": "0.0.0.0/0", "target": "igw"}, {"destination": "0.0.0.0/0", "target": "vgw"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(bad_routes.build(&[], true).unwrap_err().to_string(), "route table: destination 0.0.0.0/0 is listed twice");
+        let missing = EnrichConfig { ip_ranges: Some("/nonexistent/ip-ranges.json".into()), ..EnrichConfig::default() };
+        assert!(missing.build(&[], true).unwrap_err().to_string().starts_with("cannot read AWS ip-ranges file /nonexistent/ip-ranges.json: "));
+        assert!(serde_json::from_str::<EnrichConfig>(r#"{"routes": []}"#).is_err());
+        let empty = EnrichConfig::default().build(&[], true).unwrap();
+        assert!(empty.aws_services.is_none() && empty.routes.is_none() && empty.exclusions.is_some());
+        assert_eq!(empty.traffic_type, TrafficType::All);
     }
 
     #[test]

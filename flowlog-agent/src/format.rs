@@ -4,94 +4,165 @@
 //! are plain decimal, IPv6 addresses are in RFC 5952 form (what `Ipv6Addr`'s
 //! `Display` writes). No trailing space, no newline: the caller decides the
 //! line terminator (S3/files use `\n`, CloudWatch events have none).
+//!
+//! Writing appends to a caller-owned buffer and never allocates per field:
+//! numbers go through `itoa`, addresses through `io::Write` on the `Vec`.
 
-use std::io::Write as _;
+use std::{io::Write as _, net::IpAddr};
 
 use crate::record::FlowRecord;
 
-/// A record field, named as in `${field}` format strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Field {
-    Version,
-    AccountId,
-    InterfaceId,
-    SrcAddr,
-    DstAddr,
-    SrcPort,
-    DstPort,
-    Protocol,
-    Packets,
-    Bytes,
-    Start,
-    End,
-    Action,
-    LogStatus,
-    TcpFlags,
-    Type,
-    PktSrcAddr,
-    PktDstAddr,
-    FlowDirection,
+/// Declares [`Field`] from one table, so a field's name, version and place
+/// in [`ALL_FIELDS`] cannot drift apart.
+macro_rules! fields {
+    ($($variant:ident = $name:literal @ $version:literal,)*) => {
+        /// A record field, named as in `${field}` format strings.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Field {
+            $($variant,)*
+        }
+
+        /// Every field, in the order of the AWS field table (versions 2–11).
+        pub const ALL_FIELDS: [Field; 54] = [$(Field::$variant,)*];
+
+        impl Field {
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Field::$variant => $name,)*
+                }
+            }
+
+            /// The flow log version that introduced the field.
+            pub fn version(self) -> u8 {
+                match self {
+                    $(Field::$variant => $version,)*
+                }
+            }
+        }
+    };
 }
 
-/// Every supported field, in AWS table order.
-pub const ALL_FIELDS: [Field; 19] = [
-    Field::Version,
-    Field::AccountId,
-    Field::InterfaceId,
-    Field::SrcAddr,
-    Field::DstAddr,
-    Field::SrcPort,
-    Field::DstPort,
-    Field::Protocol,
-    Field::Packets,
-    Field::Bytes,
-    Field::Start,
-    Field::End,
-    Field::Action,
-    Field::LogStatus,
-    Field::TcpFlags,
-    Field::Type,
-    Field::PktSrcAddr,
-    Field::PktDstAddr,
-    Field::FlowDirection,
-];
+fields! {
+    Version = "version" @ 2,
+    AccountId = "account-id" @ 2,
+    InterfaceId = "interface-id" @ 2,
+    SrcAddr = "srcaddr" @ 2,
+    DstAddr = "dstaddr" @ 2,
+    SrcPort = "srcport" @ 2,
+    DstPort = "dstport" @ 2,
+    Protocol = "protocol" @ 2,
+    Packets = "packets" @ 2,
+    Bytes = "bytes" @ 2,
+    Start = "start" @ 2,
+    End = "end" @ 2,
+    Action = "action" @ 2,
+    LogStatus = "log-status" @ 2,
+    VpcId = "vpc-id" @ 3,
+    SubnetId = "subnet-id" @ 3,
+    InstanceId = "instance-id" @ 3,
+    TcpFlags = "tcp-flags" @ 3,
+    Type = "type" @ 3,
+    PktSrcAddr = "pkt-srcaddr" @ 3,
+    PktDstAddr = "pkt-dstaddr" @ 3,
+    Region = "region" @ 4,
+    AzId = "az-id" @ 4,
+    SublocationType = "sublocation-type" @ 4,
+    SublocationId = "sublocation-id" @ 4,
+    PktSrcAwsService = "pkt-src-aws-service" @ 5,
+    PktDstAwsService = "pkt-dst-aws-service" @ 5,
+    FlowDirection = "flow-direction" @ 5,
+    TrafficPath = "traffic-path" @ 5,
+    EcsClusterArn = "ecs-cluster-arn" @ 7,
+    EcsClusterName = "ecs-cluster-name" @ 7,
+    EcsContainerInstanceArn = "ecs-container-instance-arn" @ 7,
+    EcsContainerInstanceId = "ecs-container-instance-id" @ 7,
+    EcsContainerId = "ecs-container-id" @ 7,
+    EcsSecondContainerId = "ecs-second-container-id" @ 7,
+    EcsServiceName = "ecs-service-name" @ 7,
+    EcsTaskDefinitionArn = "ecs-task-definition-arn" @ 7,
+    EcsTaskArn = "ecs-task-arn" @ 7,
+    EcsTaskId = "ecs-task-id" @ 7,
+    RejectReason = "reject-reason" @ 8,
+    ResourceId = "resource-id" @ 9,
+    EncryptionStatus = "encryption-status" @ 10,
+    InstanceTag = "instance-tag" @ 11,
+    InstanceTag2 = "instance-tag-2" @ 11,
+    InterfaceTag = "interface-tag" @ 11,
+    InterfaceTag2 = "interface-tag-2" @ 11,
+    AsgTag = "asg-tag" @ 11,
+    AsgTag2 = "asg-tag-2" @ 11,
+    InterfaceType = "interface-type" @ 11,
+    NextHopInterfaceId = "next-hop-interface-id" @ 11,
+    NextHopSubnetId = "next-hop-subnet-id" @ 11,
+    NextHopAzId = "next-hop-az-id" @ 11,
+    NextHopVpcId = "next-hop-vpc-id" @ 11,
+    NextHopInterfaceType = "next-hop-interface-type" @ 11,
+}
 
 impl Field {
-    /// The flow log version that introduced the field.
-    pub fn version(self) -> u8 {
-        match self {
-            Field::TcpFlags | Field::Type | Field::PktSrcAddr | Field::PktDstAddr => 3,
-            Field::FlowDirection => 5,
-            _ => 2,
-        }
-    }
-
     pub fn from_name(name: &str) -> Option<Field> {
         ALL_FIELDS.iter().copied().find(|f| f.name() == name)
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Field::Version => "version",
-            Field::AccountId => "account-id",
-            Field::InterfaceId => "interface-id",
-            Field::SrcAddr => "srcaddr",
-            Field::DstAddr => "dstaddr",
-            Field::SrcPort => "srcport",
-            Field::DstPort => "dstport",
-            Field::Protocol => "protocol",
-            Field::Packets => "packets",
-            Field::Bytes => "bytes",
-            Field::Start => "start",
-            Field::End => "end",
-            Field::Action => "action",
-            Field::LogStatus => "log-status",
-            Field::TcpFlags => "tcp-flags",
-            Field::Type => "type",
-            Field::PktSrcAddr => "pkt-srcaddr",
-            Field::PktDstAddr => "pkt-dstaddr",
-            Field::FlowDirection => "flow-direction",
-        }
+    /// Tag values are free text chosen by users, so they are written
+    /// percent-encoded to keep one field one token.
+    pub fn is_tag(self) -> bool {
+        matches!(
+            self,
+            Field::InstanceTag
+                | Field::InstanceTag2
+                | Field::InterfaceTag
+                | Field::InterfaceTag2
+                | Field::AsgTag
+                | Field::AsgTag2
+        )
+    }
+
+    /// The text value of a string-valued field (`None` for typed fields:
+    /// numbers, addresses, enums).
+    pub fn text(self, r: &FlowRecord) -> Option<Option<&str>> {
+        let ecs = r.ecs.as_deref();
+        let tags = r.tags.as_deref();
+        let hop = r.next_hop.as_deref();
+        let v = match self {
+            Field::AccountId => r.account_id.as_deref(),
+            Field::InterfaceId => r.interface_id.as_deref(),
+            Field::VpcId => r.vpc_id.as_deref(),
+            Field::SubnetId => r.subnet_id.as_deref(),
+            Field::InstanceId => r.instance_id.as_deref(),
+            Field::Region => r.region.as_deref(),
+            Field::AzId => r.az_id.as_deref(),
+            Field::SublocationType => r.sublocation_type.as_deref(),
+            Field::SublocationId => r.sublocation_id.as_deref(),
+            Field::PktSrcAwsService => r.pkt_src_aws_service.as_deref(),
+            Field::PktDstAwsService => r.pkt_dst_aws_service.as_deref(),
+            Field::EcsClusterArn => ecs.and_then(|e| e.cluster_arn.as_deref()),
+            Field::EcsClusterName => ecs.and_then(|e| e.cluster_name.as_deref()),
+            Field::EcsContainerInstanceArn => ecs.and_then(|e| e.container_instance_arn.as_deref()),
+            Field::EcsContainerInstanceId => ecs.and_then(|e| e.container_instance_id.as_deref()),
+            Field::EcsContainerId => ecs.and_then(|e| e.container_id.as_deref()),
+            Field::EcsSecondContainerId => ecs.and_then(|e| e.second_container_id.as_deref()),
+            Field::EcsServiceName => ecs.and_then(|e| e.service_name.as_deref()),
+            Field::EcsTaskDefinitionArn => ecs.and_then(|e| e.task_definition_arn.as_deref()),
+            Field::EcsTaskArn => ecs.and_then(|e| e.task_arn.as_deref()),
+            Field::EcsTaskId => ecs.and_then(|e| e.task_id.as_deref()),
+            Field::RejectReason => r.reject_reason.as_deref(),
+            Field::ResourceId => r.resource_id.as_deref(),
+            Field::InstanceTag => tags.and_then(|t| t.instance[0].as_deref()),
+            Field::InstanceTag2 => tags.and_then(|t| t.instance[1].as_deref()),
+            Field::InterfaceTag => tags.and_then(|t| t.interface[0].as_deref()),
+            Field::InterfaceTag2 => tags.and_then(|t| t.interface[1].as_deref()),
+            Field::AsgTag => tags.and_then(|t| t.asg[0].as_deref()),
+            Field::AsgTag2 => tags.and_then(|t| t.asg[1].as_deref()),
+            Field::InterfaceType => r.interface_type.as_deref(),
+            Field::NextHopInterfaceId => hop.and_then(|h| h.interface_id.as_deref()),
+            Field::NextHopSubnetId => hop.and_then(|h| h.subnet_id.as_deref()),
+            Field::NextHopAzId => hop.and_then(|h| h.az_id.as_deref()),
+            Field::NextHopVpcId => hop.and_then(|h| h.vpc_id.as_deref()),
+            Field::NextHopInterfaceType => hop.and_then(|h| h.interface_type.as_deref()),
+            _ => return None,
+        };
+        Some(v)
     }
 }
 
@@ -105,7 +176,8 @@ pub enum FormatError {
     Unknown { token: String, valid: String },
 }
 
-fn valid_fields() -> String {
+/// The names of all fields, space-separated, for error messages.
+pub fn valid_fields() -> String {
     ALL_FIELDS.iter().map(|f| f.name()).collect::<Vec<_>>().join(" ")
 }
 
@@ -153,9 +225,16 @@ impl Format {
             let f = Field::from_name(name).ok_or_else(|| FormatError::Unknown { token: token.to_string(), valid: valid_fields() })?;
             fields.push(f);
         }
+        Format::from_fields(fields)
+    }
+
+    /// A format of the given fields, in that order (e.g. read from the
+    /// header line of an S3 text file).
+    pub fn from_fields(fields: Vec<Field>) -> Result<Format, FormatError> {
         if fields.is_empty() {
             return Err(FormatError::Empty { valid: valid_fields() });
         }
+        // AWS: the version is that of the newest field chosen.
         let version = fields.iter().map(|f| f.version()).max().unwrap_or(2);
         Ok(Format { fields, version })
     }
@@ -164,9 +243,19 @@ impl Format {
         &self.fields
     }
 
+    /// The value written in the `version` field.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
     /// The header line of S3 text files: the field names, space-separated.
     pub fn header(&self) -> String {
         self.fields.iter().map(|f| f.name()).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The `${a} ${b}` string this format was parsed from (normalised).
+    pub fn spec(&self) -> String {
+        self.fields.iter().map(|f| format!("${{{}}}", f.name())).collect::<Vec<_>>().join(" ")
     }
 
     /// Appends the record's line (without terminator) to `out`.
@@ -192,23 +281,16 @@ impl Format {
                 None => out.push(b'-'),
             }
         }
-        fn text(out: &mut Vec<u8>, s: &str) {
-            if s.is_empty() {
-                out.push(b'-');
-            } else {
-                out.extend_from_slice(s.as_bytes());
+        fn addr(out: &mut Vec<u8>, a: Option<IpAddr>) {
+            match a {
+                Some(a) => write!(out, "{a}").expect("write to Vec"),
+                None => out.push(b'-'),
             }
         }
         match f {
             Field::Version => num(out, Some(self.version)),
-            Field::AccountId => text(out, &r.account_id),
-            Field::InterfaceId => text(out, &r.interface_id),
-            Field::SrcAddr | Field::DstAddr => {
-                match if f == Field::SrcAddr { r.srcaddr } else { r.dstaddr } {
-                    Some(a) => write!(out, "{a}").expect("write to Vec"),
-                    None => out.push(b'-'),
-                }
-            }
+            Field::SrcAddr => addr(out, r.srcaddr),
+            Field::DstAddr => addr(out, r.dstaddr),
             Field::SrcPort => num(out, r.srcport),
             Field::DstPort => num(out, r.dstport),
             Field::Protocol => num(out, r.protocol),
@@ -216,24 +298,57 @@ impl Format {
             Field::Bytes => num(out, r.bytes),
             Field::Start => num(out, Some(r.start)),
             Field::End => num(out, Some(r.end)),
-            Field::Action => text(out, r.action.map_or("", |a| a.as_str())),
-            Field::LogStatus => text(out, r.log_status.as_str()),
+            Field::Action => write_text(out, r.action.map(|a| a.as_str())),
+            Field::LogStatus => write_text(out, Some(r.log_status.as_str())),
             Field::TcpFlags => num(out, r.tcp_flags),
-            Field::Type => text(
-                out,
-                match r.srcaddr {
-                    Some(std::net::IpAddr::V4(_)) => "IPv4",
-                    Some(std::net::IpAddr::V6(_)) => "IPv6",
-                    None => "",
-                },
-            ),
-            Field::PktSrcAddr | Field::PktDstAddr => {
-                match if f == Field::PktSrcAddr { r.pkt_srcaddr } else { r.pkt_dstaddr } {
-                    Some(a) => write!(out, "{a}").expect("write to Vec"),
-                    None => out.push(b'-'),
+            Field::Type => write_text(out, r.ip_type.map(|t| t.as_str())),
+            Field::PktSrcAddr => addr(out, r.pkt_srcaddr),
+            Field::PktDstAddr => addr(out, r.pkt_dstaddr),
+            Field::FlowDirection => write_text(out, r.flow_direction.map(|d| d.as_str())),
+            Field::TrafficPath => num(out, r.traffic_path),
+            Field::EncryptionStatus => num(out, r.encryption_status),
+            _ => {
+                let v = f.text(r).expect("every other field is text");
+                if f.is_tag() {
+                    write_tag(out, v)
+                } else {
+                    write_text(out, v)
                 }
             }
-            Field::FlowDirection => text(out, r.flow_direction.map_or("", |d| d.as_str())),
+        }
+    }
+}
+
+/// `None` and the empty string are both "no value": an empty field would
+/// shift every later column.
+fn write_text(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) if !s.is_empty() => out.extend_from_slice(s.as_bytes()),
+        _ => out.push(b'-'),
+    }
+}
+
+/// Bytes written as themselves in tag values: letters, digits and the
+/// punctuation EC2 allows in tags, except space. Everything else (space,
+/// `%`, control and non-ASCII bytes) is `%XX`, so a value stays one token.
+fn tag_byte_is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'=' | b'+' | b'@')
+}
+
+fn write_tag(out: &mut Vec<u8>, s: Option<&str>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    match s {
+        None | Some("") => out.push(b'-'),
+        // A lone hyphen would read back as "no value".
+        Some("-") => out.extend_from_slice(b"%2D"),
+        Some(s) => {
+            for &b in s.as_bytes() {
+                if tag_byte_is_plain(b) {
+                    out.push(b);
+                } else {
+                    out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+                }
+            }
         }
     }
 }
@@ -241,9 +356,10 @@ impl Format {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Action, LogStatus};
+    use crate::record::{Action, EcsMeta, LogStatus, NextHop, TagValues};
     use std::sync::Arc;
 
+    #[allow(clippy::too_many_arguments)]
     fn ok(
         iface: &str,
         src: &str,
@@ -268,80 +384,98 @@ mod tests {
         }
     }
 
-    /// The default-format examples of the AWS documentation
-    /// (../shared/reference/vpc-flow-logs.md §8.1), byte for byte.
+    /// All 54 names in AWS table order, written out by hand so that a change
+    /// to the field table shows up here.
+    const VALID: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status \
+vpc-id subnet-id instance-id tcp-flags type pkt-srcaddr pkt-dstaddr \
+region az-id sublocation-type sublocation-id \
+pkt-src-aws-service pkt-dst-aws-service flow-direction traffic-path \
+ecs-cluster-arn ecs-cluster-name ecs-container-instance-arn ecs-container-instance-id ecs-container-id ecs-second-container-id ecs-service-name ecs-task-definition-arn ecs-task-arn ecs-task-id \
+reject-reason resource-id encryption-status \
+instance-tag instance-tag-2 interface-tag interface-tag-2 asg-tag asg-tag-2 interface-type next-hop-interface-id next-hop-subnet-id next-hop-az-id next-hop-vpc-id next-hop-interface-type";
+
     #[test]
-    fn default_format_matches_aws_examples() {
-        let eni: Arc<str> = "eni-1235b8ca123456789".into();
-        let f = Format::default();
-        let cases = [
-            (
-                ok(&eni, "172.31.16.139", "172.31.16.21", (20641, 22), 6, 20, 4249, (1418530010, 1418530070), Action::Accept),
-                "2 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 1418530010 1418530070 ACCEPT OK",
-            ),
-            (
-                ok(&eni, "172.31.9.69", "172.31.9.12", (49761, 3389), 6, 20, 4249, (1418530010, 1418530070), Action::Reject),
-                "2 123456789010 eni-1235b8ca123456789 172.31.9.69 172.31.9.12 49761 3389 6 20 4249 1418530010 1418530070 REJECT OK",
-            ),
-            (
-                FlowRecord::status_only("123456789010".into(), eni.clone(), 1431280876, 1431280934, LogStatus::NoData),
-                "2 123456789010 eni-1235b8ca123456789 - - - - - - - 1431280876 1431280934 - NODATA",
-            ),
-            (
-                FlowRecord::status_only("123456789010".into(), "eni-11111111aaaaaaaaa".into(), 1431280876, 1431280934, LogStatus::SkipData),
-                "2 123456789010 eni-11111111aaaaaaaaa - - - - - - - 1431280876 1431280934 - SKIPDATA",
-            ),
-            (
-                ok(&eni, "203.0.113.12", "172.31.16.139", (0, 0), 1, 4, 336, (1432917027, 1432917142), Action::Accept),
-                "2 123456789010 eni-1235b8ca123456789 203.0.113.12 172.31.16.139 0 0 1 4 336 1432917027 1432917142 ACCEPT OK",
-            ),
-            (
-                ok(&eni, "172.31.16.139", "203.0.113.12", (0, 0), 1, 4, 336, (1432917094, 1432917142), Action::Reject),
-                "2 123456789010 eni-1235b8ca123456789 172.31.16.139 203.0.113.12 0 0 1 4 336 1432917094 1432917142 REJECT OK",
-            ),
-            (
-                ok(
-                    &eni,
-                    "2001:db8:1234:a100:8d6e:3477:df66:f105",
-                    "2001:db8:1234:a102:3304:8879:34cf:4071",
-                    (34892, 22),
-                    6,
-                    54,
-                    8855,
-                    (1477913708, 1477913820),
-                    Action::Accept,
-                ),
-                "2 123456789010 eni-1235b8ca123456789 2001:db8:1234:a100:8d6e:3477:df66:f105 2001:db8:1234:a102:3304:8879:34cf:4071 34892 22 6 54 8855 1477913708 1477913820 ACCEPT OK",
-            ),
-        ];
-        for (record, want) in cases {
-            assert_eq!(f.line(&record), want);
+    fn field_table_matches_aws() {
+        assert_eq!(valid_fields(), VALID);
+        let count = |v: u8| ALL_FIELDS.iter().filter(|f| f.version() <= v).count();
+        // Cumulative field counts per version, as in the AWS table.
+        assert_eq!([2, 3, 4, 5, 7, 8, 9, 10, 11].map(count), [14, 21, 25, 29, 39, 40, 41, 42, 54]);
+        for f in ALL_FIELDS {
+            assert_eq!(Field::from_name(f.name()), Some(f));
         }
+        assert_eq!(ALL_FIELDS.iter().filter(|f| f.is_tag()).count(), 6);
+    }
+
+    #[test]
+    fn ipv6_is_written_compressed_lowercase() {
+        let mut r = ok("eni-1", "::1", "fe80::1", (1, 2), 17, 1, 48, (5, 6), Action::Accept);
+        r.srcaddr = Some("2001:DB8:0:0:0:0:0:1".parse().unwrap());
+        assert_eq!(Format::default().line(&r), "2 123456789010 eni-1 2001:db8::1 fe80::1 1 2 17 1 48 5 6 ACCEPT OK");
     }
 
     #[test]
     fn custom_formats_take_the_highest_version() {
         let f = Format::parse("${srcaddr}  ${dstaddr}").unwrap();
-        assert_eq!((f.fields(), f.version), (&[Field::SrcAddr, Field::DstAddr][..], 2));
-        assert_eq!(Format::parse("${version} ${tcp-flags}").unwrap().version, 3);
-        assert_eq!(Format::parse("${flow-direction} ${version}").unwrap().version, 5);
+        assert_eq!((f.fields(), f.version()), (&[Field::SrcAddr, Field::DstAddr][..], 2));
+        let cases = [
+            ("${version} ${tcp-flags}", 3),
+            ("${region} ${version}", 4),
+            ("${flow-direction} ${version}", 5),
+            ("${version} ${traffic-path} ${pkt-srcaddr}", 5),
+            ("${ecs-task-id}", 7),
+            ("${reject-reason} ${srcaddr}", 8),
+            ("${resource-id}", 9),
+            ("${encryption-status} ${flow-direction}", 10),
+            ("${next-hop-interface-type} ${encryption-status}", 11),
+            ("${asg-tag-2}", 11),
+        ];
+        for (spec, v) in cases {
+            assert_eq!(Format::parse(spec).unwrap().version(), v, "{spec}");
+        }
         let all = ALL_FIELDS.iter().map(|f| format!("${{{}}}", f.name())).collect::<Vec<_>>().join(" ");
-        assert_eq!(Format::parse(&all).unwrap().header(), valid_fields());
+        let f = Format::parse(&all).unwrap();
+        assert_eq!((f.header(), f.version(), f.spec()), (VALID.to_string(), 11, all));
     }
 
+    /// Bad format strings → the exact message a user sees.
     #[test]
-    fn bad_formats_name_the_token() {
-        let valid = valid_fields();
-        assert_eq!(Format::parse("  "), Err(FormatError::Empty { valid: valid.clone() }));
-        assert_eq!(Format::parse("${srcaddr} dstaddr"), Err(FormatError::Malformed { token: "dstaddr".into(), valid: valid.clone() }));
-        assert_eq!(Format::parse("${srcaddr"), Err(FormatError::Malformed { token: "${srcaddr".into(), valid: valid.clone() }));
-        assert_eq!(Format::parse("${}"), Err(FormatError::Malformed { token: "${}".into(), valid: valid.clone() }));
-        assert_eq!(Format::parse("${srcaddr}${dstaddr}"), Err(FormatError::Malformed { token: "${srcaddr}${dstaddr}".into(), valid: valid.clone() }));
-        assert_eq!(Format::parse("${src-addr}"), Err(FormatError::Unknown { token: "${src-addr}".into(), valid: valid.clone() }));
+    fn bad_formats_give_exact_messages() {
+        let malformed = |t: &str| {
+            format!("malformed token {t:?} in log format: fields are written as ${{field-name}} and separated by spaces. Valid fields: {VALID}")
+        };
+        let unknown = |t: &str| format!("unknown field {t:?} in log format. Valid fields: {VALID}");
+        let empty = format!("empty log format: give at least one field, e.g. \"${{srcaddr}} ${{dstaddr}}\". Valid fields: {VALID}");
+        let table: Vec<(&str, String)> = vec![
+            ("", empty.clone()),
+            ("  \t ", empty.clone()),
+            ("${srcaddr} dstaddr", malformed("dstaddr")),
+            ("srcaddr", malformed("srcaddr")),
+            ("${srcaddr", malformed("${srcaddr")),
+            ("$srcaddr", malformed("$srcaddr")),
+            ("{srcaddr}", malformed("{srcaddr}")),
+            ("$(srcaddr)", malformed("$(srcaddr)")),
+            ("${}", malformed("${}")),
+            ("${srcaddr}${dstaddr}", malformed("${srcaddr}${dstaddr}")),
+            ("${srcaddr},${dstaddr}", malformed("${srcaddr},${dstaddr}")),
+            ("${${srcaddr}}", malformed("${${srcaddr}}")),
+            ("${version} ${srcaddr}}", malformed("${srcaddr}}")),
+            ("${src-addr}", unknown("${src-addr}")),
+            ("${SRCADDR}", unknown("${SRCADDR}")),
+            ("${ srcaddr}", malformed("${")),
+            ("${bogus}", unknown("${bogus}")),
+            ("${version} ${instance-tag-3}", unknown("${instance-tag-3}")),
+            ("${tcp_flags}", unknown("${tcp_flags}")),
+            ("${srcaddr} ${nope}", unknown("${nope}")),
+        ];
+        for (spec, want) in table {
+            assert_eq!(Format::parse(spec).unwrap_err().to_string(), want, "format {spec:?}");
+        }
+        // The structured error keeps the token for callers that want it.
         assert_eq!(
-            Format::parse("${bogus}").unwrap_err().to_string(),
-            format!("unknown field \"${{bogus}}\" in log format. Valid fields: {valid}")
+            Format::parse("${x}"),
+            Err(FormatError::Unknown { token: "${x}".into(), valid: VALID.into() })
         );
+        assert_eq!(Format::from_fields(vec![]), Err(FormatError::Empty { valid: VALID.into() }));
     }
 
     #[test]
@@ -352,10 +486,75 @@ mod tests {
         );
     }
 
+    /// Every field of a format with all 54 is `-` on an empty record, except
+    /// the ones AWS always fills (version, times, log-status).
     #[test]
-    fn ipv6_is_written_compressed_lowercase() {
-        let mut r = ok("eni-1", "::1", "fe80::1", (1, 2), 17, 1, 48, (5, 6), Action::Accept);
-        r.srcaddr = Some("2001:DB8:0:0:0:0:0:1".parse().unwrap());
-        assert_eq!(Format::default().line(&r), "2 123456789010 eni-1 2001:db8::1 fe80::1 1 2 17 1 48 5 6 ACCEPT OK");
+    fn unknown_values_are_hyphens() {
+        let all = Format::from_fields(ALL_FIELDS.to_vec()).unwrap();
+        let r = FlowRecord::status_only("1".into(), "eni-1".into(), 10, 20, LogStatus::NoData);
+        let line = all.line(&r);
+        let want = ALL_FIELDS
+            .iter()
+            .map(|f| match f {
+                Field::Version => "11",
+                Field::AccountId => "1",
+                Field::InterfaceId => "eni-1",
+                Field::Start => "10",
+                Field::End => "20",
+                Field::LogStatus => "NODATA",
+                _ => "-",
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(line, want);
+        // Empty strings must not produce an empty column.
+        let r = FlowRecord { account_id: Some("".into()), vpc_id: Some("".into()), ..FlowRecord::default() };
+        assert_eq!(Format::parse("${account-id} ${vpc-id} ${start}").unwrap().line(&r), "- - 0");
+    }
+
+    #[test]
+    fn grouped_fields_are_written() {
+        let s = |v: &str| Some(Arc::<str>::from(v));
+        let r = FlowRecord {
+            ecs: Some(Arc::new(EcsMeta {
+                cluster_name: s("prod"),
+                task_id: s("abc123"),
+                ..EcsMeta::default()
+            })),
+            tags: Some(Arc::new(TagValues {
+                instance: [s("web server"), None],
+                interface: [s("-"), s("ü%")],
+                asg: [s("a:b/c=d+e@f_g.h-i"), s("")],
+            })),
+            next_hop: Some(Arc::new(NextHop { interface_type: s("transit_gateway"), ..NextHop::default() })),
+            interface_type: s("nat_gateway"),
+            reject_reason: s("BPA"),
+            resource_id: s("nat-0123"),
+            encryption_status: Some(1),
+            traffic_path: Some(8),
+            ..FlowRecord::default()
+        };
+        let f = Format::parse(
+            "${ecs-cluster-name} ${ecs-cluster-arn} ${ecs-task-id} ${instance-tag} ${instance-tag-2} ${interface-tag} ${interface-tag-2} \
+             ${asg-tag} ${asg-tag-2} ${next-hop-interface-type} ${next-hop-vpc-id} ${interface-type} ${reject-reason} ${resource-id} \
+             ${encryption-status} ${traffic-path}",
+        )
+        .unwrap();
+        assert_eq!(
+            f.line(&r),
+            "prod - abc123 web%20server - %2D %C3%BC%25 a:b/c=d+e@f_g.h-i - transit_gateway - nat_gateway BPA nat-0123 1 8"
+        );
+    }
+
+    #[test]
+    fn type_comes_from_the_record_not_the_address() {
+        use crate::record::IpType;
+        let f = Format::parse("${type} ${srcaddr}").unwrap();
+        let mut r = ok("eni-1", "10.0.0.1", "10.0.0.2", (1, 2), 6, 1, 40, (1, 1), Action::Accept);
+        assert_eq!(f.line(&r), "- 10.0.0.1");
+        r.ip_type = Some(IpType::V4);
+        assert_eq!(f.line(&r), "IPv4 10.0.0.1");
+        r.ip_type = Some(IpType::Efa);
+        assert_eq!(f.line(&r), "EFA 10.0.0.1");
     }
 }

@@ -1,7 +1,12 @@
 //! The agent's main loop: capture → drain → enrich → format → ship, once per
 //! aggregation interval, and a final round on SIGINT/SIGTERM.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -18,6 +23,9 @@ use crate::{
     format::Format,
     ifaces,
     metrics::{self, Metrics},
+    config::Settings,
+    enrich::Enrichment,
+    metadata::{InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
     ship::{Output, Sink},
     watch::{self, LinkEvent},
 };
@@ -31,7 +39,8 @@ pub struct Config {
     pub format: Format,
     pub interval: Duration,
     pub outputs: Vec<Output>,
-    pub account_id: String,
+    /// Overrides the metadata provider's account id.
+    pub account_id: Option<String>,
     /// Capacity of each flow table generation.
     pub max_flows: u32,
     /// Where maps and attachments are pinned (`None`: not pinned).
@@ -51,6 +60,8 @@ pub enum OnExit {
     Keep,
 }
 
+const SYSFS: &str = "/sys";
+
 /// The next multiple of `interval` in Unix time, so windows line up across
 /// hosts (and with the 5-minute files of S3 destinations).
 fn next_boundary(interval: Duration) -> Instant {
@@ -60,7 +71,8 @@ fn next_boundary(interval: Duration) -> Instant {
     Instant::now() + Duration::from_nanos(wait as u64)
 }
 
-pub async fn run(cfg: Config) -> Result<()> {
+pub async fn run(settings: Settings) -> Result<()> {
+    let cfg = &settings.agent;
     // Subscribe first: a link created while we list is then not missed.
     let mut link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
     let links = ifaces::list_links().context("listing network interfaces in /sys/class/net")?;
@@ -74,7 +86,57 @@ pub async fn run(cfg: Config) -> Result<()> {
             .with_context(|| format!("listening on {addr} for metrics (--metrics-listen; `off` disables it)"))?;
         info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
     }
-    let mut ifs = Interfaces { machine: ifaces::machine_id(), attached: BTreeMap::new(), in_window: Vec::new(), forget: Vec::new() };
+    let machine = ifaces::machine_id();
+    let (mut provider, selection) =
+        MetadataProvider::new(&settings.metadata, Path::new(SYSFS), &machine).context("metadata configuration ([metadata])")?;
+    info!(source = ?selection.kind, why = %selection.why, "metadata provider");
+    // Native flow logs never show metadata, DNS, time sync or DHCP traffic of
+    // an instance: leave it out by default on EC2.
+    let enrichment = settings
+        .enrich
+        .build(&[], selection.kind == ProviderKind::Ec2)
+        .context("enrichment configuration ([enrich])")?;
+    let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
+    let snapshot = match provider.refresh(&link_ids).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("metadata: {e}; using what is known");
+            provider.cached(&link_ids)
+        }
+    };
+    let host = HostMeta {
+        account_id: cfg.account_id.as_deref().map_or_else(|| snapshot.host.account_id.clone(), Into::into),
+        account_override: cfg.account_id.is_some(),
+    };
+    // Refreshes run off the capture path: IMDS may be slow or retrying.
+    let (links_tx, links_rx) = tokio::sync::watch::channel(link_ids);
+    let (snap_tx, mut snap_rx) = tokio::sync::watch::channel(snapshot.clone());
+    let refresh = settings.metadata.refresh_interval();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(Instant::now() + refresh, refresh);
+        loop {
+            tick.tick().await;
+            let links = links_rx.borrow().clone();
+            let s = match provider.refresh(&links).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("metadata refresh: {e}; keeping what is known");
+                    provider.cached(&links)
+                }
+            };
+            if snap_tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+    let mut ifs = Interfaces {
+        machine,
+        attached: BTreeMap::new(),
+        in_window: Vec::new(),
+        forget: Vec::new(),
+        snapshot,
+        links: links_tx,
+    };
     for link in &selected {
         ifs.attach(&mut capture, link)?;
     }
@@ -82,7 +144,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         warn!(patterns = %cfg.ifaces.join(","), "no interface matches yet; waiting for matching interfaces to appear");
     }
     let mut sinks = cfg.outputs.iter().map(Sink::open).collect::<Result<Vec<_>>>()?;
-    let host = HostMeta { account_id: cfg.account_id.as_str().into() };
     let format = &cfg.format;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -100,7 +161,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
     if let Some(d) = tables.leftover()? {
         warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
-        ship(&host, &ifs.in_window, format, &d, &mut sinks, &metrics);
+        ship(&host, &ifs.in_window, format, &d, &mut sinks, &metrics, &enrichment);
         tables.release(&d)?;
     }
     loop {
@@ -120,6 +181,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                     }
                     LinkEvent::Removed { ifindex, .. } => ifs.gone(&mut capture, ifindex),
                 },
+                Ok(()) = snap_rx.changed() => {
+                    let s = snap_rx.borrow_and_update().clone();
+                    ifs.update(s);
+                }
             }
         };
         // In case a notification was missed.
@@ -136,7 +201,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             tables.rotate()?
         };
         metrics.drained(&drained, &ifs.in_window, cfg.max_flows, started.elapsed().as_secs_f64());
-        ship(&host, &ifs.in_window, format, &drained, &mut sinks, &metrics);
+        ship(&host, &ifs.in_window, format, &drained, &mut sinks, &metrics, &enrichment);
         tables.release(&drained)?;
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
@@ -169,8 +234,16 @@ pub async fn run(cfg: Config) -> Result<()> {
 }
 
 /// Formats one window's records and writes them to every destination.
-fn ship(host: &HostMeta, ifaces: &[InterfaceMeta], format: &Format, drained: &Drained, sinks: &mut [Sink], metrics: &Metrics) {
-    let records = enrich::build_records(host, ifaces, drained, None);
+fn ship(
+    host: &HostMeta,
+    ifaces: &[InterfaceMeta],
+    format: &Format,
+    drained: &Drained,
+    sinks: &mut [Sink],
+    metrics: &Metrics,
+    enrichment: &Enrichment,
+) {
+    let records = enrich::build_records(host, ifaces, drained, Some(enrichment));
     metrics.records(&records);
     let mut batch = Vec::with_capacity(records.len() * 120);
     for r in &records {
@@ -194,18 +267,35 @@ struct Interfaces {
     in_window: Vec<InterfaceMeta>,
     /// Gone interfaces whose metric series go after this window.
     forget: Vec<String>,
+    /// The latest metadata.
+    snapshot: Snapshot,
+    /// What the metadata refresher looks up.
+    links: tokio::sync::watch::Sender<Vec<LinkId>>,
 }
 
 impl Interfaces {
+    fn meta_for(&self, ifindex: u32, name: &str) -> InterfaceMeta {
+        let m = match self.snapshot.interface(name) {
+            Some(m) => m.clone(),
+            None => InterfaceMetadata::derived(&LinkId::from_sysfs(Path::new(SYSFS), name), &self.snapshot.host, &self.machine),
+        };
+        InterfaceMeta { ifindex, name: name.to_string(), interface_id: m.interface_id.clone(), meta: Some(Arc::new(m)) }
+    }
+
     fn attach(&mut self, capture: &mut Capture, link: &ifaces::LinkInfo) -> Result<()> {
         capture.attach(link)?;
-        let interface_id: Arc<str> = ifaces::derived_interface_id(&self.machine, &link.name).into();
-        info!(iface = %link.name, ifindex = link.ifindex, %interface_id, "attached (XDP ingress, TC egress)");
-        let meta = InterfaceMeta { ifindex: link.ifindex, name: link.name.clone(), interface_id };
+        let meta = self.meta_for(link.ifindex, &link.name);
+        info!(iface = %link.name, ifindex = link.ifindex, interface_id = %meta.interface_id, "attached (XDP ingress, TC egress)");
         if !self.in_window.iter().any(|m| m.ifindex == link.ifindex) {
             self.in_window.push(meta.clone());
         }
         self.attached.insert(link.ifindex, meta);
+        let name = link.name.clone();
+        self.links.send_modify(|l| {
+            if !l.iter().any(|x| x.name == name) {
+                l.push(LinkId::from_sysfs(Path::new(SYSFS), &name));
+            }
+        });
         Ok(())
     }
 
@@ -213,10 +303,27 @@ impl Interfaces {
         if let Some(m) = self.attached.remove(&ifindex) {
             capture.detach(ifindex);
             self.forget.push(m.name.clone());
+            self.links.send_modify(|l| l.retain(|x| x.name != m.name));
             warn!(iface = %m.name, ifindex, "interface disappeared; reporting its last window and going on with the others");
             if self.attached.is_empty() {
                 warn!("no interface left to capture on; waiting for matching interfaces to appear");
             }
+        }
+    }
+
+    /// New metadata (e.g. a hot-plugged ENI got its id): applies from the
+    /// current window on.
+    fn update(&mut self, s: Snapshot) {
+        self.snapshot = s;
+        let fresh: Vec<InterfaceMeta> = self.attached.values().map(|m| self.meta_for(m.ifindex, &m.name)).collect();
+        for m in fresh {
+            if self.attached.get(&m.ifindex).is_some_and(|old| old.interface_id != m.interface_id) {
+                info!(iface = %m.name, interface_id = %m.interface_id, "interface metadata changed");
+            }
+            if let Some(w) = self.in_window.iter_mut().find(|w| w.ifindex == m.ifindex) {
+                *w = m.clone();
+            }
+            self.attached.insert(m.ifindex, m);
         }
     }
 }

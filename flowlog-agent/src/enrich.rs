@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
+    metadata::InterfaceMetadata,
     aws_services::{AwsRangesError, AwsServices},
     drain::Drained,
     filter::{ExclusionConfig, Exclusions, TrafficType},
@@ -27,17 +28,55 @@ use crate::{
 };
 
 /// What the records need to know of an interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct InterfaceMeta {
     pub ifindex: u32,
     pub name: String,
     pub interface_id: Arc<str>,
+    /// From the metadata provider (account, VPC, subnet, instance, region,
+    /// AZ, addresses); `None` where only the derived id is known.
+    pub meta: Option<Arc<InterfaceMetadata>>,
 }
 
-/// Static metadata of this host, for now only the account id.
+/// Metadata of this host that is not per interface.
 #[derive(Clone, Debug)]
 pub struct HostMeta {
+    /// `account-id` where the interface's metadata has none.
     pub account_id: Arc<str>,
+    /// Set by `--account-id`: wins over every provider.
+    pub account_override: bool,
+}
+
+impl HostMeta {
+    pub fn new(account_id: impl Into<Arc<str>>) -> Self {
+        HostMeta { account_id: account_id.into(), account_override: false }
+    }
+}
+
+/// A record of `meta` with the interface's metadata fields filled in.
+fn base_record(host: &HostMeta, meta: &InterfaceMeta, start: u64, end: u64, status: LogStatus) -> FlowRecord {
+    let m = meta.meta.as_deref();
+    let account = match m {
+        Some(m) if !host.account_override => m.account_id.clone(),
+        _ => host.account_id.clone(),
+    };
+    FlowRecord {
+        vpc_id: m.and_then(|m| m.vpc_id.clone()),
+        subnet_id: m.and_then(|m| m.subnet_id.clone()),
+        instance_id: m.and_then(|m| m.instance_id.clone()),
+        region: m.and_then(|m| m.region.clone()),
+        az_id: m.and_then(|m| m.az_id.clone()),
+        ..FlowRecord::status_only(account, meta.interface_id.clone(), start, end, status)
+    }
+}
+
+/// The interface's addresses, primary private IPv4 first, for
+/// `srcaddr`/`dstaddr` normalisation.
+pub fn interface_addrs(m: &InterfaceMetadata) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = m.primary_ipv4.map(IpAddr::V4).into_iter().collect();
+    v.extend(m.ipv4s.iter().filter(|a| Some(**a) != m.primary_ipv4).map(|a| IpAddr::V4(*a)));
+    v.extend(m.ipv6s.iter().map(|a| IpAddr::V6(*a)));
+    v
 }
 
 /// Outside data for the fields and filters that need more than the
@@ -60,13 +99,16 @@ pub struct Enrichment {
 
 /// The enrichment part of the configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct EnrichConfig {
     /// Path of AWS's `ip-ranges.json`.
     pub ip_ranges: Option<PathBuf>,
     pub route_table: RouteTableConfig,
     pub exclusions: ExclusionConfig,
     pub traffic_type: TrafficType,
+    /// The VPC's CIDR blocks: where the VPC router (base+1) and Amazon DNS
+    /// (base+2) are, for the exclusions.
+    pub vpc_cidrs: Vec<IpNet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +129,10 @@ impl EnrichConfig {
         let exclusions = self
             .exclusions
             .enabled_or(exclusions_by_default)
-            .then(|| Exclusions::from_config(&self.exclusions, vpc_cidrs));
+            .then(|| {
+                let cidrs: Vec<IpNet> = self.vpc_cidrs.iter().chain(vpc_cidrs).copied().collect();
+                Exclusions::from_config(&self.exclusions, &cidrs)
+            });
         Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, interface_addrs: HashMap::new() })
     }
 }
@@ -147,6 +192,7 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
                 ifindex: *idx,
                 name: format!("ifindex{idx}"),
                 interface_id: format!("if-{idx}").into(),
+                meta: None,
             });
         }
     }
@@ -158,7 +204,8 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
         let mut flows = per_iface.remove(&meta.ifindex).unwrap_or_default();
         // Deterministic output: by first packet, then by key.
         flows.sort_by(|a, b| (a.1.first_seen_ns, a.0).cmp(&(b.1.first_seen_ns, b.0)));
-        let addrs = enrichment.and_then(|e| e.interface_addrs.get(&meta.ifindex));
+        let from_meta = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
+        let addrs = enrichment.and_then(|e| e.interface_addrs.get(&meta.ifindex)).or(from_meta.as_ref());
         let mut written = 0usize;
         for (k, v) in &flows {
             let (pkt_src, pkt_dst) = key_addrs(k);
@@ -193,7 +240,7 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
                 pkt_src_aws_service: service_of(pkt_src),
                 pkt_dst_aws_service: service_of(pkt_dst),
                 traffic_path: enrichment.and_then(|e| e.routes.as_ref()).and_then(|r| r.path(dir, pkt_dst)).map(|p| p.code()),
-                ..FlowRecord::status_only(host.account_id.clone(), meta.interface_id.clone(), start, end, LogStatus::Ok)
+                ..base_record(host, meta, start, end, LogStatus::Ok)
             });
             written += 1;
         }
@@ -206,7 +253,7 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
             None
         };
         if let Some(status) = status {
-            out.push(FlowRecord::status_only(host.account_id.clone(), meta.interface_id.clone(), w_start, w_end, status));
+            out.push(base_record(host, meta, w_start, w_end, status));
         }
     }
     out
@@ -246,7 +293,7 @@ mod tests {
     }
 
     fn iface(ifindex: u32, id: &str) -> InterfaceMeta {
-        InterfaceMeta { ifindex, name: format!("veth{ifindex}"), interface_id: id.into() }
+        InterfaceMeta { ifindex, name: format!("veth{ifindex}"), interface_id: id.into(), meta: None }
     }
 
     fn drained(flows: Vec<(FlowKey, FlowStats)>, fails: Vec<(u32, InsertFailures)>, unattributed: u64) -> Drained {
@@ -268,7 +315,7 @@ mod tests {
 
     #[test]
     fn flows_nodata_and_skipdata_per_interface() {
-        let host = HostMeta { account_id: "unknown".into() };
+        let host = HostMeta::new("unknown");
         let ifaces = [iface(2, "eni-a"), iface(3, "eni-b"), iface(4, "eni-c")];
         let d = drained(
             vec![
@@ -293,7 +340,7 @@ mod tests {
 
     #[test]
     fn unattributed_failures_mark_every_interface() {
-        let host = HostMeta { account_id: "1".into() };
+        let host = HostMeta::new("1");
         let d = drained(vec![(key(2, 1, 17, 0), stats(1, 28, 100, 100, 0))], vec![], 4);
         let l = lines(&build_records(&host, &[iface(2, "a"), iface(3, "b")], &d, None));
         assert_eq!(
@@ -309,7 +356,7 @@ mod tests {
     #[test]
     fn times_are_clamped_into_the_window() {
         // A packet stamped just before the flip that opened the window.
-        let host = HostMeta { account_id: "1".into() };
+        let host = HostMeta::new("1");
         let d = drained(vec![(key(2, 1, 17, 0), stats(1, 28, 99, 99, 0))], vec![], 0);
         let r = build_records(&host, &[iface(2, "a")], &d, None);
         assert_eq!((r[0].start, r[0].end), (1_700_000_100, 1_700_000_100));
@@ -389,7 +436,7 @@ mod tests {
         );
         // The reply leaves a little after the request arrived (same second).
         d.flows[1].1.first_seen_ns += 1_000;
-        let host = HostMeta { account_id: "123456789012".into() };
+        let host = HostMeta::new("123456789012");
         let records = build_records(&host, &[iface(2, "eni-1235b8ca123456789")], &d, Some(&e));
         let f = crate::format::Format::parse(crate::vectors::V5_FORMAT).unwrap();
         let got: Vec<String> = records.into_iter().map(|r| f.line(&crate::vectors::v5_interface_meta(r))).collect();
@@ -413,7 +460,7 @@ mod tests {
             flows.push(flow(2, peer, me, (port, 80), 6, direction::INGRESS, (1, 60), (t, t), 0x02));
             flows.push(flow(2, me, peer, (80, port), 6, direction::EGRESS, (1, 60), (t + 1, t + 1), 0x12 | TCP_SYN_ACK_SEEN));
         }
-        let records = build_records(&HostMeta { account_id: "1".into() }, &[iface(2, "eni-1")], &drained_at(flows, (1_700_000_000, 1_700_000_060)), Some(&e));
+        let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-1")], &drained_at(flows, (1_700_000_000, 1_700_000_060)), Some(&e));
         let f = crate::format::Format::parse("${flow-direction} ${traffic-path} ${srcaddr} ${dstaddr} ${srcport} ${dstport}").unwrap();
         let want: Vec<String> = crate::vectors::V10_TEXT.lines().skip(1).map(|l| l.rsplit_once(' ').unwrap().0.to_string()).collect();
         assert_eq!(records.iter().map(|r| f.line(r)).collect::<Vec<_>>(), want);
@@ -430,7 +477,7 @@ mod tests {
             ],
             (100, 160),
         );
-        let records = build_records(&HostMeta { account_id: "1".into() }, &[iface(2, "eni-1")], &d, None);
+        let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-1")], &d, None);
         let f = crate::format::Format::parse("${type} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr} ${tcp-flags} ${flow-direction} ${traffic-path} ${pkt-src-aws-service} ${action}").unwrap();
         assert_eq!(
             records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
@@ -457,7 +504,7 @@ mod tests {
             ],
             (100, 160),
         );
-        let records = build_records(&HostMeta { account_id: "1".into() }, &[iface(2, "eni-a"), iface(3, "eni-b")], &d, Some(&e));
+        let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-a"), iface(3, "eni-b")], &d, Some(&e));
         let f = crate::format::Format::parse("${interface-id} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr}").unwrap();
         assert_eq!(
             records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
@@ -481,9 +528,9 @@ mod tests {
             flow(3, "10.0.2.5", "10.0.9.9", (40002, 443), 6, direction::EGRESS, (1, 60), (103, 103), 0x02),
         ];
         let d = drained_at(flows, (100, 160));
-        let host = HostMeta { account_id: "1".into() };
+        let host = HostMeta::new("1");
         let ifaces = [iface(2, "eni-a"), iface(3, "eni-b")];
-        let cfg: EnrichConfig = serde_json::from_str(r#"{"exclusions": {}, "traffic_type": "ALL"}"#).unwrap();
+        let cfg: EnrichConfig = serde_json::from_str(r#"{"exclusions": {}, "traffic-type": "ALL"}"#).unwrap();
         let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], true).unwrap();
         assert_eq!(
             lines(&build_records(&host, &ifaces, &d, Some(&e))),
@@ -508,7 +555,7 @@ mod tests {
     #[test]
     fn enrich_config_errors() {
         let bad_routes: EnrichConfig = serde_json::from_str(
-            r#"{"route_table": {"routes": [{"destination": "0.0.0.0/0", "target": "igw"}, {"destination": "0.0.0.0/0", "target": "vgw"}]}}"#,
+            r#"{"route-table": {"routes": [{"destination": "0.0.0.0/0", "target": "igw"}, {"destination": "0.0.0.0/0", "target": "vgw"}]}}"#,
         )
         .unwrap();
         assert_eq!(bad_routes.build(&[], true).unwrap_err().to_string(), "route table: destination 0.0.0.0/0 is listed twice");

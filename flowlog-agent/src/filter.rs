@@ -84,7 +84,7 @@ const WINDOWS_ACTIVATION: [IpAddr; 2] = [IpAddr::V4(Ipv4Addr::new(169, 254, 169,
 /// IPv6 counterparts of the documented IPv4 services; AWS's list names only
 /// IPv4, so they are an inference.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ExclusionConfig {
     pub enabled: Option<bool>,
     pub instance_metadata: bool,
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn kinds_can_be_switched_off() {
-        let cfg: ExclusionConfig = serde_json::from_str(r#"{"amazon_dns": false, "dhcp": false, "extra": ["192.0.2.53"]}"#).unwrap();
+        let cfg: ExclusionConfig = serde_json::from_str(r#"{"amazon-dns": false, "dhcp": false, "extra": ["192.0.2.53"]}"#).unwrap();
         assert!(cfg.enabled_or(true));
         assert!(!cfg.enabled_or(false));
         let ex = Exclusions::from_config(&cfg, &["10.0.0.0/16".parse().unwrap()]);

@@ -1,9 +1,10 @@
-use std::{path::PathBuf, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use std::io::IsTerminal;
-
-use flowlog_agent::{agent, format::Format, ship::Output};
+use flowlog_agent::{
+    agent,
+    config::{FileConfig, Overrides, Settings},
+};
 
 /// eBPF flow logs in the AWS VPC Flow Logs format.
 #[derive(Parser, Debug)]
@@ -19,10 +20,17 @@ struct Cli {
 enum Cmd {
     /// Capture and write flow logs (the default).
     Run(RunArgs),
+    /// Validate the configuration and print the effective values.
+    CheckConfig(RunArgs),
 }
 
+/// Flags win over environment variables, which win over the config file.
+/// Defaults are those of the config file (see `flowlog.example.toml`).
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// Config file (TOML).
+    #[arg(long, short = 'c', env = "FLOWLOG_CONFIG")]
+    config: Option<PathBuf>,
     /// Interface name or glob (`veth*`) to capture on; repeatable.
     /// Default: every interface that is up, except loopback.
     #[arg(long = "iface", short = 'i', env = "FLOWLOG_IFACES", value_delimiter = ',')]
@@ -30,99 +38,108 @@ struct RunArgs {
     /// Glob of interfaces never to capture on (wins over --iface); repeatable.
     #[arg(long = "exclude-iface", env = "FLOWLOG_EXCLUDE_IFACES", value_delimiter = ',')]
     exclude_ifaces: Vec<String>,
-    /// Aggregation interval in seconds (AWS: 60 or 600). Any value ≥ 1.
-    #[arg(long, default_value_t = 60, env = "FLOWLOG_INTERVAL", value_parser = clap::value_parser!(u64).range(1..=3600))]
-    interval: u64,
-    /// Where records go: `stdout` or `file:<path>`; repeatable.
-    #[arg(long = "output", short = 'o', default_value = "stdout", env = "FLOWLOG_OUTPUTS", value_delimiter = ',')]
-    outputs: Vec<Output>,
+    /// Aggregation interval in seconds, 1..3600 (AWS: 60 or 600). Default 60.
+    #[arg(long, env = "FLOWLOG_INTERVAL")]
+    interval: Option<u64>,
+    /// Where records go: `stdout` or `file:<path>`; repeatable. Default stdout.
+    #[arg(long = "output", short = 'o', env = "FLOWLOG_OUTPUTS", value_delimiter = ',')]
+    outputs: Vec<String>,
     /// Record format, as `CreateFlowLogs --log-format` takes it, e.g.
     /// "${srcaddr} ${dstaddr} ${packets}". Default: the version 2 format.
     #[arg(long, env = "FLOWLOG_LOG_FORMAT")]
     log_format: Option<String>,
-    /// The `account-id` field.
-    #[arg(long, default_value = "unknown", env = "FLOWLOG_ACCOUNT_ID")]
-    account_id: String,
+    /// The `account-id` field; overrides what the metadata provider says.
+    #[arg(long, env = "FLOWLOG_ACCOUNT_ID")]
+    account_id: Option<String>,
     /// Flows per aggregation window the kernel table holds; beyond it,
-    /// packets of new flows are not counted and SKIPDATA is written.
-    #[arg(long, default_value_t = 65_536, env = "FLOWLOG_MAX_FLOWS", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
-    max_flows: u32,
+    /// packets of new flows are not counted and SKIPDATA is written. Default 65536.
+    #[arg(long, env = "FLOWLOG_MAX_FLOWS")]
+    max_flows: Option<u32>,
     /// Pin maps and attachments under this directory (on a BPF filesystem)
     /// so that a restarted agent reports what was counted in between.
-    #[arg(long, default_value = "/sys/fs/bpf/flowlog", env = "FLOWLOG_PIN_DIR")]
-    pin_dir: PathBuf,
+    /// Default /sys/fs/bpf/flowlog.
+    #[arg(long, env = "FLOWLOG_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
     /// Do not pin: every start begins with empty tables.
     #[arg(long, env = "FLOWLOG_NO_PIN")]
     no_pin: bool,
-    /// On SIGINT/SIGTERM: `detach` (final drain, detach, remove pins) or
-    /// `keep` (programs stay attached and counting for the next agent).
-    #[arg(long, value_enum, default_value = "detach", env = "FLOWLOG_ON_EXIT")]
-    on_exit: agent::OnExit,
-    /// Address of the Prometheus metrics and /healthz, /readyz endpoint, or `off`.
-    #[arg(long, default_value = "127.0.0.1:9750", env = "FLOWLOG_METRICS_LISTEN", value_parser = parse_listen)]
-    metrics_listen: Listen,
+    /// On SIGINT/SIGTERM: `detach` (final drain, detach, remove pins; the
+    /// default) or `keep` (programs stay attached and counting for the next agent).
+    #[arg(long, env = "FLOWLOG_ON_EXIT")]
+    on_exit: Option<String>,
+    /// Address of the Prometheus metrics and /healthz, /readyz endpoint, or
+    /// `off`. Default 127.0.0.1:9750.
+    #[arg(long, env = "FLOWLOG_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
-    #[arg(long, default_value = "info", env = "FLOWLOG_LOG")]
-    log: String,
+    #[arg(long, env = "FLOWLOG_LOG")]
+    log: Option<String>,
 }
 
-#[derive(Clone, Debug)]
-struct Listen(Option<std::net::SocketAddr>);
-
-fn parse_listen(s: &str) -> Result<Listen, String> {
-    if s == "off" {
-        return Ok(Listen(None));
+impl RunArgs {
+    fn settings(self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p).map_err(|e| e.to_string())?,
+            None => FileConfig::default(),
+        };
+        let o = Overrides {
+            interfaces: self.ifaces,
+            exclude_interfaces: self.exclude_ifaces,
+            interval: self.interval,
+            outputs: self.outputs,
+            log_format: self.log_format,
+            account_id: self.account_id,
+            max_flows: self.max_flows,
+            pin_dir: self.pin_dir,
+            no_pin: self.no_pin,
+            on_exit: self.on_exit,
+            metrics_listen: self.metrics_listen,
+            log: self.log,
+        };
+        Settings::resolve(file, o).map_err(|e| e.to_string())
     }
-    s.parse().map(|a| Listen(Some(a))).map_err(|_| format!("{s:?} is not `off` or an address like 127.0.0.1:9750 or [::1]:9750"))
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.cmd {
-        Some(Cmd::Run(a)) => a,
-        None => cli.run,
+    let (args, check) = match cli.cmd {
+        Some(Cmd::Run(a)) => (a, false),
+        Some(Cmd::CheckConfig(a)) => (a, true),
+        None => (cli.run, false),
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
-        eprintln!("invalid --log {:?}: {e}; using info", args.log);
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check {
+        if let Err(e) = settings.enrich.build(&[], false) {
+            eprintln!("error: enrich: {e}");
+            return ExitCode::from(2);
+        }
+        print!("{}", settings.render());
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log).unwrap_or_else(|e| {
+        eprintln!("invalid log filter {:?}: {e}; using info", settings.log);
         tracing_subscriber::EnvFilter::new("info")
     });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
 
-    if args.account_id.is_empty() || args.account_id.contains(char::is_whitespace) {
-        eprintln!("error: --account-id {:?} must be non-empty and without spaces", args.account_id);
-        return std::process::ExitCode::from(2);
-    }
-    let format = match args.log_format.as_deref().map(Format::parse).transpose() {
-        Ok(f) => f.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("error: --log-format: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let cfg = agent::Config {
-        format,
-        ifaces: args.ifaces,
-        exclude_ifaces: args.exclude_ifaces,
-        interval: Duration::from_secs(args.interval),
-        outputs: args.outputs,
-        account_id: args.account_id,
-        max_flows: args.max_flows,
-        pin_root: (!args.no_pin).then_some(args.pin_dir),
-        on_exit: args.on_exit,
-        metrics_listen: args.metrics_listen.0,
-    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(agent::run(cfg)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match rt.block_on(agent::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

@@ -254,8 +254,8 @@ mod tests {
             0,
         );
         let ifaces = [
-            InterfaceMeta { ifindex: 2, name: "eth0".into(), interface_id: "eni-a".into() },
-            InterfaceMeta { ifindex: 3, name: "eth1".into(), interface_id: "eni-b".into() },
+            InterfaceMeta { ifindex: 2, name: "eth0".into(), interface_id: "eni-a".into(), meta: None },
+            InterfaceMeta { ifindex: 3, name: "eth1".into(), interface_id: "eni-b".into(), meta: None },
         ];
         m.drained(&d, &ifaces, 10, 0.002);
         m.kernel_counters(5, 9);

@@ -29,6 +29,15 @@ impl FromStr for Output {
     }
 }
 
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Stdout => write!(f, "stdout"),
+            Output::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
 pub enum Sink {
     Stdout(io::Stdout),
     File { path: PathBuf, file: File },

@@ -85,7 +85,7 @@ impl Gateway {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Route {
     /// e.g. `10.0.0.0/16`, `0.0.0.0/0`, `::/0`.
     pub destination: IpNet,
@@ -94,7 +94,7 @@ pub struct Route {
 
 /// The route table section of the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct RouteTableConfig {
     /// Whether to report as a Nitro-based instance (codes 7 and 8). Every
     /// current instance type is Nitro-based, hence the default.

@@ -547,7 +547,10 @@ fn bad_interface_and_missing_privileges_fail_with_the_fix() {
     let out = Command::new(bin).args(["--log-format", "${srcaddr} ${nope}"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.starts_with("error: --log-format: unknown field \"${nope}\" in log format. Valid fields: version account-id"), "{err}");
+    assert!(
+        err.starts_with("error: invalid log-format = \"${srcaddr} ${nope}\": unknown field \"${nope}\" in log format. Valid fields: version account-id"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -763,4 +766,95 @@ fn runs_as_nobody_with_only_bpf_net_admin_and_perfmon() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("missing capabilities CAP_BPF:") && err.contains("CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"), "{err}");
+}
+
+#[test]
+fn config_file_with_on_prem_metadata_fills_the_records() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let dir = std::env::temp_dir().join(format!("flowlog-cfg-{}", t.a));
+    fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("flowlog.toml");
+    let format = "${version} ${account-id} ${interface-id} ${vpc-id} ${subnet-id} ${instance-id} ${region} ${az-id} ${srcaddr} ${dstaddr} ${pkt-dstaddr} ${dstport} ${packets} ${log-status}";
+    fs::write(
+        &cfg,
+        format!(
+            r#"
+interval = 3600
+log-format = "{format}"
+pin = false
+metrics-listen = "off"
+
+[metadata]
+mode = "onprem"
+
+[metadata.onprem]
+account-id = "123456789012"
+region = "eu-west-1"
+az-id = "euw1-az2"
+vpc-id = "vpc-0abc"
+instance-id = "i-0123456789abcdef0"
+
+[metadata.onprem.interfaces.{iface}]
+interface-id = "eni-0fedcba9876543210"
+subnet-id = "subnet-0aa"
+addresses = ["{a4}", "10.201.250.9"]
+"#,
+            iface = t.a_if,
+            a4 = t.a4
+        ),
+    )
+    .unwrap();
+    // The file says it all; only the interface and the output come from flags.
+    let out = std::env::temp_dir().join(format!("flowlog-e2e-{}-cfg.log", t.a));
+    let _ = fs::remove_file(&out);
+    let check = Command::new(env!("CARGO_BIN_EXE_flowlog-agent"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .args(["--interval", "30"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(shown.contains("interval = 30\n") && shown.contains("pin = false\n") && shown.contains("metrics-listen = \"off\"\n"), "{shown}");
+
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &t.a, env!("CARGO_BIN_EXE_flowlog-agent"), "--config"])
+        .arg(&cfg)
+        .args(["--iface", &t.a_if, "--output", &format!("file:{}", out.display())])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(" ready ") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "agent exited");
+    }
+    thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    // To the secondary address: srcaddr/dstaddr show the primary one.
+    let secondary = Ipv4Addr::new(10, 201, 250, 9);
+    sh(&["ip", "-n", &t.a, "addr", "add", &format!("{secondary}/32"), "dev", &t.a_if]);
+    sh(&["ip", "-n", &t.b, "route", "add", &format!("{secondary}/32"), "dev", &t.b_if]);
+    let rx = in_netns(&t.a, move || UdpSocket::bind((secondary, 7800)).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let b4 = t.b4;
+    let tx = in_netns(&t.b, move || UdpSocket::bind((b4, 7801)).unwrap());
+    send_udp(&tx, &rx, 2, 5);
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let text = fs::read_to_string(&out).unwrap();
+    let line = text.lines().find(|l| l.ends_with(" 7800 2 OK")).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        line,
+        format!(
+            "4 123456789012 eni-0fedcba9876543210 vpc-0abc subnet-0aa i-0123456789abcdef0 eu-west-1 euw1-az2 {} {} {secondary} 7800 2 OK",
+            t.b4, t.a4
+        )
+    );
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_file(&out);
 }

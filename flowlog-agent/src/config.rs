@@ -1,0 +1,280 @@
+//! The configuration: a TOML file, overridden by environment variables,
+//! overridden by command-line flags. Every key of the file has a flag and a
+//! variable (`interval` ↔ `--interval` ↔ `FLOWLOG_INTERVAL`).
+//!
+//! Errors name the key, the value and what is accepted.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    agent::{Config, OnExit},
+    enrich::EnrichConfig,
+    format::Format,
+    metadata::MetadataConfig,
+    ship::Output,
+};
+
+pub const DEFAULT_INTERVAL: u64 = 60;
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/flowlog";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9750";
+
+/// The file. Absent keys take the defaults below; unknown keys are errors
+/// (a typo must not silently fall back to a default).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub interfaces: Option<Vec<String>>,
+    pub exclude_interfaces: Option<Vec<String>>,
+    pub interval: Option<u64>,
+    pub outputs: Option<Vec<String>>,
+    pub log_format: Option<String>,
+    pub account_id: Option<String>,
+    pub max_flows: Option<u32>,
+    pub pin_dir: Option<PathBuf>,
+    pub pin: Option<bool>,
+    pub on_exit: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub log: Option<String>,
+    pub metadata: MetadataConfig,
+    pub enrich: EnrichConfig,
+}
+
+/// Values from flags or environment variables (clap fills both); `None`
+/// where neither was given.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub interfaces: Vec<String>,
+    pub exclude_interfaces: Vec<String>,
+    pub interval: Option<u64>,
+    pub outputs: Vec<String>,
+    pub log_format: Option<String>,
+    pub account_id: Option<String>,
+    pub max_flows: Option<u32>,
+    pub pin_dir: Option<PathBuf>,
+    pub no_pin: bool,
+    pub on_exit: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub log: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("invalid {key} = {value:?}: {accepted}")]
+    Invalid { key: &'static str, value: String, accepted: String },
+}
+
+fn invalid(key: &'static str, value: impl ToString, accepted: impl ToString) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_string(), accepted: accepted.to_string() }
+}
+
+impl FileConfig {
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Syntax { path: path.display().to_string(), reason })
+    }
+
+    /// Errors carry the full key (`metadata.onprem.account-id: ...`).
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        let toml_err = |e: toml::de::Error| e.to_string().trim_end().to_string();
+        let de = toml::Deserializer::parse(text).map_err(toml_err)?;
+        let cfg: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = toml_err(e.into_inner());
+            if path == "." { inner } else { format!("{path}: {inner}") }
+        })?;
+        cfg.metadata.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+}
+
+/// Everything the agent runs with, after precedence and validation.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub agent: Config,
+    pub log: String,
+    pub metadata: MetadataConfig,
+    pub enrich: EnrichConfig,
+}
+
+impl Settings {
+    pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, ConfigError> {
+        let pick_vec = |cli: Vec<String>, file: Option<Vec<String>>| if cli.is_empty() { file.unwrap_or_default() } else { cli };
+        let interval = o.interval.or(file.interval).unwrap_or(DEFAULT_INTERVAL);
+        if !(1..=3600).contains(&interval) {
+            return Err(invalid("interval", interval, "seconds from 1 to 3600 (AWS offers 60 and 600)"));
+        }
+        let max_flows = o.max_flows.or(file.max_flows).unwrap_or(DEFAULT_MAX_FLOWS);
+        if !(1..=16_777_216).contains(&max_flows) {
+            return Err(invalid("max-flows", max_flows, "1 to 16777216"));
+        }
+        let outputs = pick_vec(o.outputs, file.outputs);
+        let outputs = if outputs.is_empty() { vec!["stdout".to_string()] } else { outputs };
+        let outputs = outputs
+            .iter()
+            .map(|s| s.parse::<Output>().map_err(|e| invalid("outputs", s, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let format = match o.log_format.or(file.log_format) {
+            Some(spec) => Format::parse(&spec).map_err(|e| invalid("log-format", &spec, e))?,
+            None => Format::default(),
+        };
+        let account_id = o.account_id.or(file.account_id);
+        if let Some(a) = &account_id {
+            if a.is_empty() || a.contains(char::is_whitespace) {
+                return Err(invalid("account-id", a, "a non-empty value without spaces"));
+            }
+        }
+        let on_exit = match o.on_exit.or(file.on_exit).as_deref() {
+            None | Some("detach") => OnExit::Detach,
+            Some("keep") => OnExit::Keep,
+            Some(v) => return Err(invalid("on-exit", v, "detach or keep")),
+        };
+        let listen = o.metrics_listen.or(file.metrics_listen).unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
+        let metrics_listen: Option<SocketAddr> = match listen.as_str() {
+            "off" => None,
+            a => Some(a.parse().map_err(|_| invalid("metrics-listen", a, "off, or an address such as 127.0.0.1:9750 or [::1]:9750"))?),
+        };
+        let pin = !o.no_pin && file.pin.unwrap_or(true);
+        let pin_dir = o.pin_dir.or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into());
+        if pin && !pin_dir.is_absolute() {
+            return Err(invalid("pin-dir", pin_dir.display(), "an absolute path on a BPF filesystem"));
+        }
+        let include = pick_vec(o.interfaces, file.interfaces);
+        let exclude = pick_vec(o.exclude_interfaces, file.exclude_interfaces);
+        crate::ifaces::Selector::new(&include, &exclude).map_err(|e| invalid("interfaces", include.join(","), e))?;
+        Ok(Settings {
+            agent: Config {
+                ifaces: include,
+                exclude_ifaces: exclude,
+                format,
+                interval: Duration::from_secs(interval),
+                outputs,
+                account_id,
+                max_flows,
+                pin_root: pin.then_some(pin_dir),
+                on_exit,
+                metrics_listen,
+            },
+            log: o.log.or(file.log).unwrap_or_else(|| "info".into()),
+            metadata: file.metadata,
+            enrich: file.enrich,
+        })
+    }
+
+    /// The effective configuration as a config file would say it. Nothing
+    /// here is secret today (AWS credentials never pass through the config);
+    /// values of keys that look like secrets are redacted all the same.
+    pub fn render(&self) -> String {
+        let a = &self.agent;
+        let list = |v: &[String]| format!("[{}]", v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
+        let mut out = String::new();
+        let mut kv = |k: &str, v: String| {
+            let secret = ["secret", "password", "token"].iter().any(|s| k.contains(s));
+            out.push_str(&format!("{k} = {}\n", if secret { "\"<redacted>\"".to_string() } else { v }));
+        };
+        kv("interfaces", list(&a.ifaces));
+        kv("exclude-interfaces", list(&a.exclude_ifaces));
+        kv("interval", a.interval.as_secs().to_string());
+        kv("outputs", list(&a.outputs.iter().map(|o| o.to_string()).collect::<Vec<_>>()));
+        kv("log-format", format!("{:?}", a.format.spec()));
+        kv("account-id", a.account_id.as_ref().map_or("\"<from metadata>\"".into(), |s| format!("{s:?}")));
+        kv("max-flows", a.max_flows.to_string());
+        kv("pin", a.pin_root.is_some().to_string());
+        kv("pin-dir", format!("{:?}", a.pin_root.as_ref().map_or(String::new(), |p| p.display().to_string())));
+        kv("on-exit", format!("{:?}", if a.on_exit == OnExit::Keep { "keep" } else { "detach" }));
+        kv("metrics-listen", format!("{:?}", a.metrics_listen.map_or("off".to_string(), |s| s.to_string())));
+        kv("log", format!("{:?}", self.log));
+        out.push_str(&format!("\n# [metadata]\n# {:?}\n", self.metadata));
+        out.push_str(&format!("\n# [enrich]\n# {:?}\n", self.enrich));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(file: &str, o: Overrides) -> Result<Settings, String> {
+        let f = FileConfig::parse(file)?;
+        Settings::resolve(f, o).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let s = resolve("", Overrides::default()).unwrap();
+        assert_eq!(s.agent.interval, Duration::from_secs(60));
+        assert_eq!(s.agent.outputs, [Output::Stdout]);
+        assert_eq!(s.agent.max_flows, 65_536);
+        assert_eq!(s.agent.pin_root.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/flowlog")));
+        assert_eq!(s.agent.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));
+        assert_eq!(s.agent.format, Format::default());
+        assert_eq!(s.agent.account_id, None);
+        assert_eq!(s.log, "info");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = r#"
+            interfaces = ["veth*"]
+            interval = 600
+            max-flows = 1000
+            log-format = "${srcaddr} ${dstaddr}"
+            metrics-listen = "off"
+            pin = false
+            on-exit = "keep"
+            outputs = ["stdout", "file:/tmp/x.log"]
+        "#;
+        let s = resolve(file, Overrides::default()).unwrap();
+        assert_eq!((s.agent.ifaces.clone(), s.agent.interval.as_secs(), s.agent.max_flows), (vec!["veth*".to_string()], 600, 1000));
+        assert_eq!((s.agent.metrics_listen, s.agent.pin_root.clone(), s.agent.on_exit), (None, None, OnExit::Keep));
+        assert_eq!(s.agent.outputs.len(), 2);
+        let o = Overrides { interfaces: vec!["eth0".into()], interval: Some(5), ..Default::default() };
+        let s = resolve(file, o).unwrap();
+        assert_eq!((s.agent.ifaces, s.agent.interval.as_secs(), s.agent.max_flows), (vec!["eth0".to_string()], 5, 1000));
+    }
+
+    /// Each bad value → an error naming the key, the value and what is accepted.
+    #[test]
+    fn validation_table() {
+        let cases: &[(&str, &str)] = &[
+            ("interval = 0", "invalid interval = \"0\": seconds from 1 to 3600 (AWS offers 60 and 600)"),
+            ("interval = 7200", "invalid interval = \"7200\": seconds from 1 to 3600 (AWS offers 60 and 600)"),
+            ("max-flows = 0", "invalid max-flows = \"0\": 1 to 16777216"),
+            ("on-exit = \"stay\"", "invalid on-exit = \"stay\": detach or keep"),
+            ("metrics-listen = \"localhost\"", "invalid metrics-listen = \"localhost\": off, or an address such as 127.0.0.1:9750 or [::1]:9750"),
+            ("outputs = [\"s3\"]", "invalid outputs = \"s3\": invalid output \"s3\": expected `stdout` or `file:<path>`"),
+            ("account-id = \"a b\"", "invalid account-id = \"a b\": a non-empty value without spaces"),
+            ("pin-dir = \"bpf\"", "invalid pin-dir = \"bpf\": an absolute path on a BPF filesystem"),
+            ("interfaces = [\"veth[\"]", "invalid interfaces = \"veth[\": invalid interface pattern \"veth[\": unclosed character class; missing ']'"),
+        ];
+        for (file, want) in cases {
+            assert_eq!(resolve(file, Overrides::default()).unwrap_err(), *want, "{file}");
+        }
+        let e = resolve("log-format = \"${nope}\"", Overrides::default()).unwrap_err();
+        assert!(e.starts_with("invalid log-format = \"${nope}\": unknown field \"${nope}\""), "{e}");
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        assert!(FileConfig::parse("intervall = 5").unwrap_err().contains("unknown field `intervall`"));
+        let e = FileConfig::parse("interval = \"60\"").unwrap_err();
+        assert!(e.starts_with("interval: "), "{e}");
+        let e = FileConfig::parse("[metadata]\nmode = \"cloud\"").unwrap_err();
+        assert!(e.starts_with("metadata.mode: "), "{e}");
+        assert!(FileConfig::parse("[enrich]\nbogus = 1").unwrap_err().contains("enrich"));
+    }
+
+    #[test]
+    fn render_shows_effective_values() {
+        let s = resolve("interval = 10\naccount-id = \"123456789012\"", Overrides::default()).unwrap();
+        let r = s.render();
+        assert!(r.contains("interval = 10\n") && r.contains("account-id = \"123456789012\"\n") && r.contains("pin = true\n"), "{r}");
+    }
+}

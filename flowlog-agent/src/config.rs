@@ -278,3 +278,37 @@ mod tests {
         assert!(r.contains("interval = 10\n") && r.contains("account-id = \"123456789012\"\n") && r.contains("pin = true\n"), "{r}");
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../flowlog.example.toml");
+
+    /// The documented example parses, and says every key once, with its
+    /// default: the file and the code cannot drift apart.
+    #[test]
+    fn example_file_is_complete_and_parses_to_the_defaults() {
+        let parsed = FileConfig::parse(EXAMPLE).unwrap();
+        let s = Settings::resolve(parsed.clone(), Overrides::default()).unwrap();
+        let d = Settings::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(s.render(), d.render());
+        assert_eq!(parsed.metadata, MetadataConfig::default());
+        assert_eq!(parsed.enrich, EnrichConfig::default());
+        // Every key (commented or not) appears in the example.
+        let keys = [
+            "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
+            "on-exit", "metrics-listen", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
+            "timeout-ms", "max-attempts", "backoff-base-ms", "backoff-max-ms", "instance-tags", "region", "az-id", "vpc-id",
+            "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
+            "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
+        ];
+        for k in keys {
+            assert!(EXAMPLE.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{k} = "))), "{k} missing from the example");
+        }
+        // And every flag of the agent is named in it.
+        for flag in ["--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir", "--on-exit", "--metrics-listen", "--log"] {
+            assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");
+        }
+    }
+}

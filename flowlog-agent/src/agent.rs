@@ -16,7 +16,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    capture::{self, Capture},
+    capture::{self, Capture, KernelFilters},
     clock,
     drain::Drained,
     enrich::{self, HostMeta, InterfaceMeta},
@@ -48,6 +48,9 @@ pub struct Config {
     pub on_exit: OnExit,
     /// Address of the metrics/health endpoint (`None`: off).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Count 1 packet in N, scaled by N (0/1: all).
+    pub sample_rate: u32,
+    pub filters: KernelFilters,
 }
 
 /// What SIGINT/SIGTERM does with the kernel side.
@@ -78,7 +81,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let links = ifaces::list_links().context("listing network interfaces in /sys/class/net")?;
     let selector = ifaces::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
     let selected = selector.select(&links)?;
-    let (mut capture, mut tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref())?;
+    let (mut capture, mut tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters)?;
     let metrics = Metrics::new(cfg.interval);
     if let Some(addr) = cfg.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone())
@@ -153,6 +156,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         interfaces = ifs.attached.len(),
         interval_s = cfg.interval.as_secs_f64(),
         max_flows = cfg.max_flows,
+        sample_rate = cfg.sample_rate.max(1),
         outputs = %sinks.iter().map(Sink::describe).collect::<Vec<_>>().join(","),
         "ready"
     );
@@ -208,7 +212,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             warn!(packets = skipped, max_flows = cfg.max_flows, "flow table full: packets not counted, SKIPDATA written; raise --max-flows");
         }
         let c = tables.counters()?;
-        metrics.kernel_counters(c.malformed, c.non_ip);
+        metrics.kernel_counters(&c);
         if c.malformed > last_counters.malformed {
             info!(frames = c.malformed - last_counters.malformed, "malformed or truncated IP frames ignored in this window");
         }

@@ -15,9 +15,11 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
         ProgramError, SchedClassifier, Xdp, XdpMode,
     },
+    maps::{lpm_trie::{Key, LpmTrie}, Array, HashMap as AyaHashMap, MapData},
     Ebpf, EbpfLoader,
 };
-use flowlog_common::maps;
+use flowlog_common::{filters, globals, maps};
+use ipnet::IpNet;
 
 use crate::{drain::FlowTables, ifaces::LinkInfo};
 
@@ -32,6 +34,96 @@ const DRAIN_BATCH: usize = 8192;
 
 const FIX_PRIVS: &str = "run flowlog-agent as root, or give it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
 (for example `setcap cap_bpf,cap_net_admin,cap_perfmon+ep flowlog-agent`, or `capabilities.add` in a pod spec)";
+
+/// Sampling and filters applied in the kernel, before a packet is counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct KernelFilters {
+    /// Count only packets with an address (either end) in one of these.
+    pub include_cidrs: Vec<IpNet>,
+    /// Never count packets with an address (either end) in one of these.
+    pub exclude_cidrs: Vec<IpNet>,
+    /// Count only packets with a port (either end) in this list. ICMP and
+    /// other protocols without ports have port 0.
+    pub include_ports: Vec<u16>,
+    pub exclude_ports: Vec<u16>,
+    /// Count only these IP protocols (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6...).
+    pub protocols: Vec<u8>,
+}
+
+/// Entries each kernel filter map holds.
+pub const MAX_FILTER_ENTRIES: usize = 1024;
+
+impl KernelFilters {
+    pub fn bits(&self) -> u32 {
+        let mut b = 0;
+        for (on, bit) in [
+            (!self.include_cidrs.is_empty(), filters::INCLUDE_CIDRS),
+            (!self.exclude_cidrs.is_empty(), filters::EXCLUDE_CIDRS),
+            (!self.include_ports.is_empty(), filters::INCLUDE_PORTS),
+            (!self.exclude_ports.is_empty(), filters::EXCLUDE_PORTS),
+            (!self.protocols.is_empty(), filters::PROTOCOLS),
+        ] {
+            if on {
+                b |= bit;
+            }
+        }
+        b
+    }
+
+    /// Checks the sizes against the kernel maps; returns the offending key.
+    pub fn validate(&self) -> Result<(), (&'static str, usize)> {
+        for (k, n) in [
+            ("filters.include-cidrs", self.include_cidrs.len()),
+            ("filters.exclude-cidrs", self.exclude_cidrs.len()),
+            ("filters.include-ports", self.include_ports.len() + self.exclude_ports.len()),
+        ] {
+            if n > MAX_FILTER_ENTRIES {
+                return Err((k, n));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// IPv4 prefixes live in the IPv6 trie as IPv4-mapped (::ffff:0:0/96).
+fn lpm_key(net: &IpNet) -> Key<[u8; 16]> {
+    match net.trunc() {
+        IpNet::V4(n) => {
+            let mut d = [0u8; 16];
+            d[10] = 0xff;
+            d[11] = 0xff;
+            d[12..].copy_from_slice(&n.addr().octets());
+            Key::new(96 + u32::from(n.prefix_len()), d)
+        }
+        IpNet::V6(n) => Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+    }
+}
+
+fn fill_filters(ebpf: &mut Ebpf, f: &KernelFilters) -> Result<()> {
+    for (name, nets) in [(maps::INCLUDE_CIDRS, &f.include_cidrs), (maps::EXCLUDE_CIDRS, &f.exclude_cidrs)] {
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(ebpf.map_mut(name).context("no filter map")?)?;
+        for n in nets {
+            trie.insert(&lpm_key(n), 1, 0).with_context(|| format!("loading filter {n}"))?;
+        }
+    }
+    let mut ports: AyaHashMap<&mut MapData, u16, u8> = AyaHashMap::try_from(ebpf.map_mut(maps::FILTER_PORTS).context("no filter map")?)?;
+    let mut bits: BTreeMap<u16, u8> = BTreeMap::new();
+    for p in &f.include_ports {
+        *bits.entry(*p).or_default() |= filters::PORT_INCLUDE;
+    }
+    for p in &f.exclude_ports {
+        *bits.entry(*p).or_default() |= filters::PORT_EXCLUDE;
+    }
+    for (p, b) in bits {
+        ports.insert(p, b, 0)?;
+    }
+    let mut protos: Array<&mut MapData, u8> = Array::try_from(ebpf.map_mut(maps::FILTER_PROTOCOLS).context("no filter map")?)?;
+    for p in &f.protocols {
+        protos.set(u32::from(*p), 1, 0)?;
+    }
+    Ok(())
+}
 
 /// How an attachment is held. Pinned links outlive the agent: the programs
 /// keep counting into the pinned maps while no agent runs.
@@ -110,7 +202,7 @@ impl Capture {
     /// With `pin_root`, maps and attachments are pinned under
     /// `<pin_root>/v<layout>-<max_flows>/` and re-used by the next agent, so
     /// packets counted while no agent runs are reported after a restart.
-    pub fn load(max_flows: u32, pin_root: Option<&Path>) -> Result<(Capture, FlowTables)> {
+    pub fn load(max_flows: u32, pin_root: Option<&Path>, sample_rate: u32, filters: &KernelFilters) -> Result<(Capture, FlowTables)> {
         check_privileges()?;
         // Kernels < 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
         let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
@@ -119,7 +211,12 @@ impl Capture {
 
         let pin_dir = pin_root.map(|r| prepare_pin_dir(r, max_flows)).transpose()?;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(maps::FLOWS_0, max_flows).map_max_entries(maps::FLOWS_1, max_flows);
+        let filter_bits = filters.bits();
+        loader
+            .map_max_entries(maps::FLOWS_0, max_flows)
+            .map_max_entries(maps::FLOWS_1, max_flows)
+            .override_global(globals::SAMPLE_RATE, &sample_rate, true)
+            .override_global(globals::FILTERS, &filter_bits, true);
         let pin_paths: Vec<(&str, PathBuf)> = match &pin_dir {
             Some(d) => ALL_MAPS.iter().map(|m| (*m, d.join(m))).collect(),
             None => vec![],
@@ -128,6 +225,7 @@ impl Capture {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(explain_load)?;
+        fill_filters(&mut ebpf, filters)?;
         let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH)?;
         let ingress: &mut Xdp = ebpf.program_mut(INGRESS_PROGRAM).context("no XDP program")?.try_into()?;
         ingress.load().map_err(verifier)?;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::{
     agent::{Config, OnExit},
+    capture::KernelFilters,
     enrich::EnrichConfig,
     format::Format,
     metadata::MetadataConfig,
@@ -38,6 +39,8 @@ pub struct FileConfig {
     pub on_exit: Option<String>,
     pub metrics_listen: Option<String>,
     pub log: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub filters: KernelFilters,
     pub metadata: MetadataConfig,
     pub enrich: EnrichConfig,
 }
@@ -58,6 +61,12 @@ pub struct Overrides {
     pub on_exit: Option<String>,
     pub metrics_listen: Option<String>,
     pub log: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub include_cidrs: Vec<ipnet::IpNet>,
+    pub exclude_cidrs: Vec<ipnet::IpNet>,
+    pub include_ports: Vec<u16>,
+    pub exclude_ports: Vec<u16>,
+    pub protocols: Vec<u8>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +81,15 @@ pub enum ConfigError {
 
 fn invalid(key: &'static str, value: impl ToString, accepted: impl ToString) -> ConfigError {
     ConfigError::Invalid { key, value: value.to_string(), accepted: accepted.to_string() }
+}
+
+/// A list from the flags if any were given, else the file's.
+fn pick<T>(cli: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if cli.is_empty() {
+        file
+    } else {
+        cli
+    }
 }
 
 impl FileConfig {
@@ -146,6 +164,20 @@ impl Settings {
         if pin && !pin_dir.is_absolute() {
             return Err(invalid("pin-dir", pin_dir.display(), "an absolute path on a BPF filesystem"));
         }
+        let sample_rate = o.sample_rate.or(file.sample_rate).unwrap_or(1);
+        if sample_rate == 0 {
+            return Err(invalid("sample-rate", 0, "1 (every packet) or more (1 in N, counts scaled by N)"));
+        }
+        let filters = KernelFilters {
+            include_cidrs: pick(o.include_cidrs, file.filters.include_cidrs),
+            exclude_cidrs: pick(o.exclude_cidrs, file.filters.exclude_cidrs),
+            include_ports: pick(o.include_ports, file.filters.include_ports),
+            exclude_ports: pick(o.exclude_ports, file.filters.exclude_ports),
+            protocols: pick(o.protocols, file.filters.protocols),
+        };
+        if let Err((key, n)) = filters.validate() {
+            return Err(invalid(key, format!("{n} entries"), format!("at most {}", crate::capture::MAX_FILTER_ENTRIES)));
+        }
         let include = pick_vec(o.interfaces, file.interfaces);
         let exclude = pick_vec(o.exclude_interfaces, file.exclude_interfaces);
         crate::ifaces::Selector::new(&include, &exclude).map_err(|e| invalid("interfaces", include.join(","), e))?;
@@ -161,6 +193,8 @@ impl Settings {
                 pin_root: pin.then_some(pin_dir),
                 on_exit,
                 metrics_listen,
+                sample_rate,
+                filters,
             },
             log: o.log.or(file.log).unwrap_or_else(|| "info".into()),
             metadata: file.metadata,
@@ -191,6 +225,16 @@ impl Settings {
         kv("on-exit", format!("{:?}", if a.on_exit == OnExit::Keep { "keep" } else { "detach" }));
         kv("metrics-listen", format!("{:?}", a.metrics_listen.map_or("off".to_string(), |s| s.to_string())));
         kv("log", format!("{:?}", self.log));
+        kv("sample-rate", a.sample_rate.to_string());
+        let f = &a.filters;
+        let nets = |v: &[ipnet::IpNet]| list(&v.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+        let nums = |v: Vec<String>| format!("[{}]", v.join(", "));
+        out.push_str("\n[filters]\n");
+        out.push_str(&format!("include-cidrs = {}\n", nets(&f.include_cidrs)));
+        out.push_str(&format!("exclude-cidrs = {}\n", nets(&f.exclude_cidrs)));
+        out.push_str(&format!("include-ports = {}\n", nums(f.include_ports.iter().map(u16::to_string).collect())));
+        out.push_str(&format!("exclude-ports = {}\n", nums(f.exclude_ports.iter().map(u16::to_string).collect())));
+        out.push_str(&format!("protocols = {}\n", nums(f.protocols.iter().map(u8::to_string).collect())));
         out.push_str(&format!("\n# [metadata]\n# {:?}\n", self.metadata));
         out.push_str(&format!("\n# [enrich]\n# {:?}\n", self.enrich));
         out
@@ -252,6 +296,7 @@ mod tests {
             ("outputs = [\"s3\"]", "invalid outputs = \"s3\": invalid output \"s3\": expected `stdout` or `file:<path>`"),
             ("account-id = \"a b\"", "invalid account-id = \"a b\": a non-empty value without spaces"),
             ("pin-dir = \"bpf\"", "invalid pin-dir = \"bpf\": an absolute path on a BPF filesystem"),
+            ("sample-rate = 0", "invalid sample-rate = \"0\": 1 (every packet) or more (1 in N, counts scaled by N)"),
             ("interfaces = [\"veth[\"]", "invalid interfaces = \"veth[\": invalid interface pattern \"veth[\": unclosed character class; missing ']'"),
         ];
         for (file, want) in cases {
@@ -295,6 +340,7 @@ mod example {
         assert_eq!(s.render(), d.render());
         assert_eq!(parsed.metadata, MetadataConfig::default());
         assert_eq!(parsed.enrich, EnrichConfig::default());
+        assert_eq!(parsed.filters, KernelFilters::default());
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
@@ -302,12 +348,17 @@ mod example {
             "timeout-ms", "max-attempts", "backoff-base-ms", "backoff-max-ms", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
+            "sample-rate", "include-cidrs", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
         ];
         for k in keys {
             assert!(EXAMPLE.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{k} = "))), "{k} missing from the example");
         }
         // And every flag of the agent is named in it.
-        for flag in ["--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir", "--on-exit", "--metrics-listen", "--log"] {
+        for flag in [
+            "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
+            "--on-exit", "--metrics-listen", "--log", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
+            "--exclude-port", "--protocol",
+        ] {
             assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");
         }
     }

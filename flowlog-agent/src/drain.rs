@@ -63,6 +63,8 @@ struct Read {
 pub struct KernelCounters {
     pub malformed: u64,
     pub non_ip: u64,
+    pub filtered: u64,
+    pub sampled_out: u64,
 }
 
 pub struct FlowTables {
@@ -206,7 +208,12 @@ impl FlowTables {
 
     pub fn counters(&self) -> Result<KernelCounters> {
         let sum = |i: u32| -> Result<u64> { Ok(self.counters.get(&i, 0)?.iter().sum()) };
-        Ok(KernelCounters { malformed: sum(counters::MALFORMED)?, non_ip: sum(counters::NON_IP)? })
+        Ok(KernelCounters {
+            malformed: sum(counters::MALFORMED)?,
+            non_ip: sum(counters::NON_IP)?,
+            filtered: sum(counters::FILTERED)?,
+            sampled_out: sum(counters::SAMPLED_OUT)?,
+        })
     }
 }
 

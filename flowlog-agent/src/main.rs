@@ -74,6 +74,25 @@ struct RunArgs {
     /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
     #[arg(long, env = "FLOWLOG_LOG")]
     log: Option<String>,
+    /// Count 1 packet in N, chosen at random in the kernel; records then
+    /// show counts multiplied by N. Default 1 (every packet).
+    #[arg(long, env = "FLOWLOG_SAMPLE_RATE")]
+    sample_rate: Option<u32>,
+    /// Count only packets with an address (either end) in this CIDR; repeatable.
+    #[arg(long = "include-cidr", env = "FLOWLOG_INCLUDE_CIDRS", value_delimiter = ',')]
+    include_cidrs: Vec<ipnet::IpNet>,
+    /// Never count packets with an address (either end) in this CIDR; repeatable.
+    #[arg(long = "exclude-cidr", env = "FLOWLOG_EXCLUDE_CIDRS", value_delimiter = ',')]
+    exclude_cidrs: Vec<ipnet::IpNet>,
+    /// Count only packets with this port (either end); repeatable.
+    #[arg(long = "include-port", env = "FLOWLOG_INCLUDE_PORTS", value_delimiter = ',')]
+    include_ports: Vec<u16>,
+    /// Never count packets with this port (either end); repeatable.
+    #[arg(long = "exclude-port", env = "FLOWLOG_EXCLUDE_PORTS", value_delimiter = ',')]
+    exclude_ports: Vec<u16>,
+    /// Count only this IP protocol number (6 TCP, 17 UDP, 1 ICMP); repeatable.
+    #[arg(long = "protocol", env = "FLOWLOG_PROTOCOLS", value_delimiter = ',')]
+    protocols: Vec<u8>,
 }
 
 impl RunArgs {
@@ -95,6 +114,12 @@ impl RunArgs {
             on_exit: self.on_exit,
             metrics_listen: self.metrics_listen,
             log: self.log,
+            sample_rate: self.sample_rate,
+            include_cidrs: self.include_cidrs,
+            exclude_cidrs: self.exclude_cidrs,
+            include_ports: self.include_ports,
+            exclude_ports: self.exclude_ports,
+            protocols: self.protocols,
         };
         Settings::resolve(file, o).map_err(|e| e.to_string())
     }

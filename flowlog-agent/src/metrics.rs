@@ -66,6 +66,8 @@ pub struct Metrics {
     table_fill: Gauge<f64, AtomicU64>,
     malformed: Counter,
     non_ip: Counter,
+    filtered: Counter,
+    sampled_out: Counter,
     attached: Gauge,
     drain_seconds: Histogram,
     ready: AtomicBool,
@@ -88,6 +90,8 @@ impl Metrics {
             table_fill: Gauge::default(),
             malformed: Counter::default(),
             non_ip: Counter::default(),
+            filtered: Counter::default(),
+            sampled_out: Counter::default(),
             attached: Gauge::default(),
             drain_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             ready: AtomicBool::new(false),
@@ -110,6 +114,8 @@ impl Metrics {
         registry.register("flow_table_fill_ratio", "Flows in the last window / --max-flows", m.table_fill.clone());
         registry.register("malformed_frames", "IP frames shorter than their headers say", m.malformed.clone());
         registry.register("non_ip_frames", "Frames that are not IPv4/IPv6", m.non_ip.clone());
+        registry.register("filtered_packets", "Packets the kernel filters left out", m.filtered.clone());
+        registry.register("sampled_out_packets", "Packets sampling skipped (counted ones are scaled)", m.sampled_out.clone());
         registry.register("attached_interfaces", "Interfaces the programs are attached to", m.attached.clone());
         registry.register("drain_duration_seconds", "Time to flip and read the kernel tables", m.drain_seconds.clone());
         Arc::new(Metrics { registry, ..m })
@@ -159,9 +165,10 @@ impl Metrics {
     }
 
     /// The kernel's cumulative counters; metrics take the increase.
-    pub fn kernel_counters(&self, malformed: u64, non_ip: u64) {
-        self.malformed.inc_by(malformed.saturating_sub(self.malformed.get()));
-        self.non_ip.inc_by(non_ip.saturating_sub(self.non_ip.get()));
+    pub fn kernel_counters(&self, c: &crate::drain::KernelCounters) {
+        for (m, v) in [(&self.malformed, c.malformed), (&self.non_ip, c.non_ip), (&self.filtered, c.filtered), (&self.sampled_out, c.sampled_out)] {
+            m.inc_by(v.saturating_sub(m.get()));
+        }
     }
 
     /// Series of an interface that is gone, so pod churn does not grow them forever.
@@ -258,8 +265,9 @@ mod tests {
             InterfaceMeta { ifindex: 3, name: "eth1".into(), interface_id: "eni-b".into(), meta: None },
         ];
         m.drained(&d, &ifaces, 10, 0.002);
-        m.kernel_counters(5, 9);
-        m.kernel_counters(6, 9);
+        let c = |malformed, non_ip| crate::drain::KernelCounters { malformed, non_ip, filtered: 2, sampled_out: 0 };
+        m.kernel_counters(&c(5, 9));
+        m.kernel_counters(&c(6, 9));
         m.shipped("stdout", 4, true);
         let text = m.render();
         for line in [
@@ -270,6 +278,7 @@ mod tests {
             "flowlog_flow_table_fill_ratio 0.3",
             "flowlog_malformed_frames_total 6",
             "flowlog_non_ip_frames_total 9",
+            "flowlog_filtered_packets_total 2",
             "flowlog_records_shipped_total{output=\"stdout\"} 4",
             "flowlog_windows_total 1",
         ] {

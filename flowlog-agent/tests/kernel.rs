@@ -7,7 +7,7 @@ mod common;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use common::*;
 use flowlog_agent::{
-    capture::{Capture, EGRESS_PROGRAM, INGRESS_PROGRAM},
+    capture::{Capture, KernelFilters, EGRESS_PROGRAM, INGRESS_PROGRAM},
     drain::{Drained, FlowTables},
 };
 use flowlog_common::{direction, family, FlowKey, InsertFailures, TCP_SYN_ACK_SEEN};
@@ -24,7 +24,11 @@ struct Kernel {
 
 impl Kernel {
     fn load(max_flows: u32) -> Self {
-        let (capture, tables) = Capture::load(max_flows, None).expect("load eBPF programs");
+        Self::load_with(max_flows, 1, &KernelFilters::default())
+    }
+
+    fn load_with(max_flows: u32, sample_rate: u32, filters: &KernelFilters) -> Self {
+        let (capture, tables) = Capture::load(max_flows, None, sample_rate, filters).expect("load eBPF programs");
         Kernel { capture, tables }
     }
 
@@ -401,7 +405,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 3, dport: 4, payload: 2 });
 
     // Agent 1 counts, closes the window, reads it... and dies before releasing.
-    let (mut capture, mut tables) = Capture::load(64, Some(&root)).unwrap();
+    let (mut capture, mut tables) = Capture::load(64, Some(&root), 1, &Default::default()).unwrap();
     let mut k = Kernel { capture, tables };
     k.xdp(&f);
     k.xdp(&f);
@@ -411,7 +415,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     drop(k);
 
     // Agent 2 re-uses the pinned maps: the unreleased window, then the open one.
-    (capture, tables) = Capture::load(64, Some(&root)).unwrap();
+    (capture, tables) = Capture::load(64, Some(&root), 1, &Default::default()).unwrap();
     k = Kernel { capture, tables };
     let left = k.tables.leftover().unwrap().expect("leftover window");
     assert_eq!(entries(&left), [(v4key(A4, B4, 3, 4, UDP, 0), 2, 60, 0)]);
@@ -419,4 +423,68 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     assert!(k.tables.leftover().unwrap().is_none());
     assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 3, 4, UDP, 0), 1, 30, 0)]);
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn kernel_filters_keep_exactly_what_they_say() {
+    if !require_root() {
+        return;
+    }
+    let net = |s: &str| s.parse().unwrap();
+    let f = KernelFilters {
+        include_cidrs: vec![net("10.1.0.0/16"), net("2001:db8::/32")],
+        exclude_cidrs: vec![net("10.1.9.0/24")],
+        include_ports: vec![53, 443, 0],
+        exclude_ports: vec![22],
+        protocols: vec![6, 17, 1, 58],
+    };
+    let mut k = Kernel::load_with(1024, 1, &f);
+    let udp = |src: [u8; 4], dst: [u8; 4], sport, dport| frame_v4(&[], &V4::new(src, dst), &L4::Udp { sport, dport, payload: 0 });
+    let (a, b, out1, out2, ex) = ([10, 1, 0, 1], [10, 1, 0, 2], [10, 2, 0, 1], [10, 3, 0, 2], [10, 1, 9, 5]);
+    let kept = [
+        udp(a, b, 5353, 53),
+        udp(out1, b, 1000, 53), // one end inside is enough
+        frame_v4(&[], &V4::new(a, b), &L4::Icmp { payload: 8 }), // port 0 is listed
+        frame_v6(&[], &V6::new("2001:db8::1", "2001:db8::2"), &L4::Udp { sport: 9, dport: 443, payload: 0 }),
+    ];
+    let dropped = [
+        udp(out1, out2, 1000, 53),                                                               // no end inside
+        udp(ex, b, 1000, 53),                                                                    // excluded CIDR wins
+        frame_v4(&[], &V4::new(a, b), &L4::Tcp { sport: 22, dport: 443, flags: 2, options: 0, payload: 0 }), // excluded port
+        udp(a, b, 1000, 2000),                                                                   // no listed port
+        frame_v4(&[], &V4::new(a, b), &L4::Raw { proto: 47, bytes: vec![0; 8] }),                // GRE: protocol not listed
+        frame_v6(&[], &V6::new("2001:db9::1", "2001:db9::2"), &L4::Udp { sport: 9, dport: 443, payload: 0 }),
+    ];
+    let before = k.tables.counters().unwrap();
+    for fr in kept.iter().chain(dropped.iter()) {
+        assert_eq!(k.xdp(fr), XDP_PASS);
+    }
+    let mut want = vec![
+        (v4key(a, b, 5353, 53, UDP, 0), 1, 28, 0),
+        (v4key(out1, b, 1000, 53, UDP, 0), 1, 28, 0),
+        (v4key(a, b, 0, 0, ICMP, 0), 1, 36, 0),
+        (v6key("2001:db8::1", "2001:db8::2", 9, 443, UDP, 0), 1, 48, 0),
+    ];
+    want.sort();
+    assert_eq!(entries(&k.drain()), want);
+    assert_eq!(k.tables.counters().unwrap().filtered - before.filtered, dropped.len() as u64);
+}
+
+#[test]
+fn sampling_counts_one_in_n_and_scales() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load_with(64, 4, &KernelFilters::default());
+    let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 1, dport: 2, payload: 12 });
+    let p: &mut Xdp = k.capture.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+    p.test_run(TestRunOptions { data_in: Some(&f), repeat: 4000, ..TestRunOptions::new() }).unwrap();
+    let d = k.drain();
+    let (packets, bytes) = (d.flows[0].1.packets, d.flows[0].1.bytes);
+    // Each counted packet stands for 4; the rest are counted as sampled out.
+    assert_eq!((packets % 4, bytes), (0, packets * 40));
+    assert_eq!(packets / 4 + k.tables.counters().unwrap().sampled_out, 4000);
+    // 1000 samples expected (4000 packets, standard deviation about 110):
+    // the bounds are 9 deviations away.
+    assert!((3_000..=5_000).contains(&packets), "{packets}");
 }

@@ -9,7 +9,7 @@
 /// Version of the map layout (names, key and value types, sizes). Pinned
 /// maps of another version are not reused: an agent of a new layout starts
 /// clean and says so. Bump on every incompatible change.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Map names, as they appear in the eBPF object.
 pub mod maps {
@@ -26,6 +26,35 @@ pub mod maps {
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU `u64` counters indexed by [`super::counters`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Filters (configuration, not pinned): `LpmTrie<[u8; 16], u8>` of
+    /// IPv6 or IPv4-mapped prefixes.
+    pub const INCLUDE_CIDRS: &str = "INCLUDE_CIDRS";
+    pub const EXCLUDE_CIDRS: &str = "EXCLUDE_CIDRS";
+    /// `HashMap<u16, u8>`: port → [`super::filters::PORT_INCLUDE`] | [`super::filters::PORT_EXCLUDE`].
+    pub const FILTER_PORTS: &str = "FILTER_PORTS";
+    /// `Array<u8>` of 256: 1 where the protocol is counted.
+    pub const FILTER_PROTOCOLS: &str = "FILTER_PROTOCOLS";
+}
+
+/// Load-time settings of the programs (read-only globals: the verifier
+/// drops the code of filters that are off).
+pub mod globals {
+    /// `u32`: count 1 packet in N (scaled by N); 0 or 1 counts every packet.
+    pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
+    /// `u32`: bits of [`super::filters`] that are on.
+    pub const FILTERS: &str = "FILTERS";
+}
+
+/// Filter bits and map values.
+pub mod filters {
+    pub const INCLUDE_CIDRS: u32 = 1;
+    pub const EXCLUDE_CIDRS: u32 = 2;
+    pub const INCLUDE_PORTS: u32 = 4;
+    pub const EXCLUDE_PORTS: u32 = 8;
+    pub const PROTOCOLS: u32 = 16;
+    /// `FILTER_PORTS` value bits.
+    pub const PORT_INCLUDE: u8 = 1;
+    pub const PORT_EXCLUDE: u8 = 2;
 }
 
 /// Indexes into the per-CPU `COUNTERS` array.
@@ -39,8 +68,12 @@ pub mod counters {
     pub const UNATTRIBUTED_FAILS_0: u32 = 2;
     /// Same for generation 1.
     pub const UNATTRIBUTED_FAILS_1: u32 = 3;
+    /// Packets the filters left out.
+    pub const FILTERED: u32 = 4;
+    /// Packets sampling skipped (the counted ones stand for them).
+    pub const SAMPLED_OUT: u32 = 5;
     /// Number of counters.
-    pub const LEN: u32 = 4;
+    pub const LEN: u32 = 6;
 }
 
 /// Capture direction, relative to the interface.

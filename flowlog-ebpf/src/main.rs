@@ -25,12 +25,12 @@ use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_boot_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_boot_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
-use flowlog_common::{counters, direction, FlowKey, FlowStats, InsertFailures};
+use flowlog_common::{counters, direction, family, filters, FlowKey, FlowStats, InsertFailures};
 use parse::{Packet, ParseError};
 
 /// Overridden by the agent at load time (`--max-flows`).
@@ -54,6 +54,21 @@ static FAILS_1: HashMap<u32, InsertFailures> = HashMap::with_max_entries(MAX_FAI
 static GENERATION: Array<u32> = Array::with_max_entries(2, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
+#[map]
+static INCLUDE_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+static EXCLUDE_CIDRS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+#[map]
+static FILTER_PROTOCOLS: Array<u8> = Array::with_max_entries(256, 0);
+
+// Set by the agent at load time (read-only data: the verifier knows the
+// values and drops the code of what is off).
+#[unsafe(no_mangle)]
+static SAMPLE_RATE: u32 = 0;
+#[unsafe(no_mangle)]
+static FILTERS: u32 = 0;
 
 #[xdp]
 pub fn flowlog_ingress(ctx: XdpContext) -> u32 {
@@ -116,8 +131,71 @@ fn wire_counts(pkt: &Packet, gso_segs: u32, gso_size: u32) -> (u64, u64) {
     (segs, ip_len + (segs - 1) * hdr)
 }
 
+/// The address as an IPv6 or IPv4-mapped (::ffff:a.b.c.d) LPM key.
+#[inline(always)]
+fn lpm_key(fam: u8, a: &[u8; 16]) -> Key<[u8; 16]> {
+    if fam == family::IPV4 {
+        let mut m = [0u8; 16];
+        m[10] = 0xff;
+        m[11] = 0xff;
+        m[12] = a[0];
+        m[13] = a[1];
+        m[14] = a[2];
+        m[15] = a[3];
+        Key::new(128, m)
+    } else {
+        Key::new(128, *a)
+    }
+}
+
+/// The configured filters: protocols, ports (either end), CIDRs (either end).
+#[inline(always)]
+fn admitted(pkt: &Packet) -> bool {
+    let f = unsafe { core::ptr::read_volatile(&FILTERS) };
+    if f == 0 {
+        return true;
+    }
+    if f & filters::PROTOCOLS != 0 && !matches!(FILTER_PROTOCOLS.get(pkt.protocol as u32), Some(v) if *v != 0) {
+        return false;
+    }
+    if f & (filters::INCLUDE_PORTS | filters::EXCLUDE_PORTS) != 0 {
+        let bits = unsafe { FILTER_PORTS.get(pkt.src_port).copied().unwrap_or(0) | FILTER_PORTS.get(pkt.dst_port).copied().unwrap_or(0) };
+        if f & filters::INCLUDE_PORTS != 0 && bits & filters::PORT_INCLUDE == 0 {
+            return false;
+        }
+        if bits & filters::PORT_EXCLUDE != 0 {
+            return false;
+        }
+    }
+    if f & (filters::INCLUDE_CIDRS | filters::EXCLUDE_CIDRS) != 0 {
+        let (s, d) = (lpm_key(pkt.family, &pkt.src_addr), lpm_key(pkt.family, &pkt.dst_addr));
+        if f & filters::INCLUDE_CIDRS != 0 && INCLUDE_CIDRS.get(&s).is_none() && INCLUDE_CIDRS.get(&d).is_none() {
+            return false;
+        }
+        if f & filters::EXCLUDE_CIDRS != 0 && (EXCLUDE_CIDRS.get(&s).is_some() || EXCLUDE_CIDRS.get(&d).is_some()) {
+            return false;
+        }
+    }
+    true
+}
+
 #[inline(always)]
 fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
+    if !admitted(pkt) {
+        bump(counters::FILTERED, packets);
+        return;
+    }
+    let rate = unsafe { core::ptr::read_volatile(&SAMPLE_RATE) } as u64;
+    let (packets, bytes) = if rate > 1 {
+        // One packet (or GSO super-packet) in `rate`, standing for `rate`.
+        if unsafe { bpf_get_prandom_u32() } as u64 % rate != 0 {
+            bump(counters::SAMPLED_OUT, packets);
+            return;
+        }
+        (packets * rate, bytes * rate)
+    } else {
+        (packets, bytes)
+    };
     let key = FlowKey {
         ifindex,
         src_addr: pkt.src_addr,

@@ -39,6 +39,7 @@ pub struct FileConfig {
     pub on_exit: Option<String>,
     pub metrics_listen: Option<String>,
     pub log: Option<String>,
+    pub log_json: Option<bool>,
     pub sample_rate: Option<u32>,
     pub filters: KernelFilters,
     pub metadata: MetadataConfig,
@@ -61,6 +62,7 @@ pub struct Overrides {
     pub on_exit: Option<String>,
     pub metrics_listen: Option<String>,
     pub log: Option<String>,
+    pub log_json: bool,
     pub sample_rate: Option<u32>,
     pub include_cidrs: Vec<ipnet::IpNet>,
     pub exclude_cidrs: Vec<ipnet::IpNet>,
@@ -118,6 +120,8 @@ impl FileConfig {
 pub struct Settings {
     pub agent: Config,
     pub log: String,
+    /// The agent's own logs as JSON lines instead of text.
+    pub log_json: bool,
     pub metadata: MetadataConfig,
     pub enrich: EnrichConfig,
 }
@@ -197,6 +201,7 @@ impl Settings {
                 filters,
             },
             log: o.log.or(file.log).unwrap_or_else(|| "info".into()),
+            log_json: o.log_json || file.log_json.unwrap_or(false),
             metadata: file.metadata,
             enrich: file.enrich,
         })
@@ -225,6 +230,7 @@ impl Settings {
         kv("on-exit", format!("{:?}", if a.on_exit == OnExit::Keep { "keep" } else { "detach" }));
         kv("metrics-listen", format!("{:?}", a.metrics_listen.map_or("off".to_string(), |s| s.to_string())));
         kv("log", format!("{:?}", self.log));
+        kv("log-json", self.log_json.to_string());
         kv("sample-rate", a.sample_rate.to_string());
         let f = &a.filters;
         let nets = |v: &[ipnet::IpNet]| list(&v.iter().map(|n| n.to_string()).collect::<Vec<_>>());
@@ -348,7 +354,7 @@ mod example {
             "timeout-ms", "max-attempts", "backoff-base-ms", "backoff-max-ms", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
-            "sample-rate", "include-cidrs", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
+            "log-json", "sample-rate", "include-cidrs", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
         ];
         for k in keys {
             assert!(EXAMPLE.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{k} = "))), "{k} missing from the example");
@@ -356,7 +362,7 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--log", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
+            "--on-exit", "--metrics-listen", "--log", "--log-json", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol",
         ] {
             assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");

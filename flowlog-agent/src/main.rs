@@ -74,6 +74,9 @@ struct RunArgs {
     /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
     #[arg(long, env = "FLOWLOG_LOG")]
     log: Option<String>,
+    /// The agent's own logs as JSON lines (for log collectors) instead of text.
+    #[arg(long, env = "FLOWLOG_LOG_JSON")]
+    log_json: bool,
     /// Count 1 packet in N, chosen at random in the kernel; records then
     /// show counts multiplied by N. Default 1 (every packet).
     #[arg(long, env = "FLOWLOG_SAMPLE_RATE")]
@@ -114,6 +117,7 @@ impl RunArgs {
             on_exit: self.on_exit,
             metrics_listen: self.metrics_listen,
             log: self.log,
+            log_json: self.log_json,
             sample_rate: self.sample_rate,
             include_cidrs: self.include_cidrs,
             exclude_cidrs: self.exclude_cidrs,
@@ -151,7 +155,12 @@ fn main() -> ExitCode {
         eprintln!("invalid log filter {:?}: {e}; using info", settings.log);
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if settings.log_json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -136,7 +136,7 @@ impl Agent {
         let log = stderr.clone();
         thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.contains(" ready ") {
+                if line.contains(" ready ") || line.contains(r#""message":"ready""#) {
                     let _ = ready_tx.send(());
                 }
                 let mut l = log.lock().unwrap();
@@ -744,7 +744,7 @@ fn runs_as_nobody_with_only_bpf_net_admin_and_perfmon() {
     };
     let wrapper = only(caps);
     let w: Vec<&str> = wrapper.iter().map(|s| s.as_str()).collect();
-    let agent = Agent::start_wrapped(&t, &w, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT], "-caps");
+    let agent = Agent::start_wrapped(&t, &w, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--log-json"], "-caps");
     let status = fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().split_whitespace().nth(1).unwrap().to_string();
     // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39) and nothing else.
@@ -754,6 +754,11 @@ fn runs_as_nobody_with_only_bpf_net_admin_and_perfmon() {
     let (recs, log) = agent.stop();
     let got: Vec<(u64, u64)> = recs.iter().filter(|r| r.dport == Some(7700)).map(|r| (r.packets, r.bytes)).collect();
     assert_eq!(got, [(6, 6 * 38)], "{log}");
+    // --log-json: every log line is a JSON object with a message.
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
 
     // Without CAP_BPF: a clear refusal.
     let wrapper = only("+net_admin,+perfmon");

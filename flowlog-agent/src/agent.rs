@@ -24,7 +24,7 @@ use crate::{
     ifaces,
     metrics::{self, Metrics},
     config::Settings,
-    enrich::Enrichment,
+    enrich::{Enrichment, TagFields},
     metadata::{InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
     ship::{Output, Sink},
     watch::{self, LinkEvent},
@@ -139,6 +139,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         forget: Vec::new(),
         snapshot,
         links: links_tx,
+        tag_fields: settings.enrich.tag_fields.clone(),
     };
     for link in &selected {
         ifs.attach(&mut capture, link)?;
@@ -275,6 +276,7 @@ struct Interfaces {
     snapshot: Snapshot,
     /// What the metadata refresher looks up.
     links: tokio::sync::watch::Sender<Vec<LinkId>>,
+    tag_fields: TagFields,
 }
 
 impl Interfaces {
@@ -283,7 +285,8 @@ impl Interfaces {
             Some(m) => m.clone(),
             None => InterfaceMetadata::derived(&LinkId::from_sysfs(Path::new(SYSFS), name), &self.snapshot.host, &self.machine),
         };
-        InterfaceMeta { ifindex, name: name.to_string(), interface_id: m.interface_id.clone(), meta: Some(Arc::new(m)) }
+        let tags = self.tag_fields.values(&self.snapshot.host.instance_tags, &m.tags);
+        InterfaceMeta { ifindex, name: name.to_string(), interface_id: m.interface_id.clone(), meta: Some(Arc::new(m)), tags }
     }
 
     fn attach(&mut self, capture: &mut Capture, link: &ifaces::LinkInfo) -> Result<()> {

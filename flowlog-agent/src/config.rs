@@ -354,7 +354,7 @@ mod example {
             "timeout-ms", "max-attempts", "backoff-base-ms", "backoff-max-ms", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
-            "log-json", "sample-rate", "include-cidrs", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
+            "log-json", "sample-rate", "include-cidrs", "instance", "network-interface", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
         ];
         for k in keys {
             assert!(EXAMPLE.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{k} = "))), "{k} missing from the example");

@@ -22,7 +22,7 @@ use crate::{
     aws_services::{AwsRangesError, AwsServices},
     drain::Drained,
     filter::{ExclusionConfig, Exclusions, TrafficType},
-    record::{Direction, FlowRecord, LogStatus},
+    record::{Direction, FlowRecord, LogStatus, TagValues},
     semantics,
     traffic_path::{RouteError, RouteTable, RouteTableConfig},
 };
@@ -36,6 +36,8 @@ pub struct InterfaceMeta {
     /// From the metadata provider (account, VPC, subnet, instance, region,
     /// AZ, addresses); `None` where only the derived id is known.
     pub meta: Option<Arc<InterfaceMetadata>>,
+    /// Values of the configured tag fields (version 11).
+    pub tags: Option<Arc<TagValues>>,
 }
 
 /// Metadata of this host that is not per interface.
@@ -66,6 +68,7 @@ fn base_record(host: &HostMeta, meta: &InterfaceMeta, start: u64, end: u64, stat
         instance_id: m.and_then(|m| m.instance_id.clone()),
         region: m.and_then(|m| m.region.clone()),
         az_id: m.and_then(|m| m.az_id.clone()),
+        tags: meta.tags.clone(),
         ..FlowRecord::status_only(account, meta.interface_id.clone(), start, end, status)
     }
 }
@@ -109,6 +112,47 @@ pub struct EnrichConfig {
     /// The VPC's CIDR blocks: where the VPC router (base+1) and Amazon DNS
     /// (base+2) are, for the exclusions.
     pub vpc_cidrs: Vec<IpNet>,
+    pub tag_fields: TagFields,
+}
+
+/// The tag keys whose values fill `instance-tag`, `instance-tag-2`,
+/// `interface-tag`, `interface-tag-2` (like `TagFieldSpecifications` of
+/// `CreateFlowLogs`: up to two keys per resource type).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct TagFields {
+    pub instance: Vec<String>,
+    pub network_interface: Vec<String>,
+}
+
+impl TagFields {
+    pub fn validate(&self) -> Result<(), String> {
+        for (k, v) in [("enrich.tag-fields.instance", &self.instance), ("enrich.tag-fields.network-interface", &self.network_interface)] {
+            if v.len() > 2 {
+                return Err(format!("{k}: at most 2 tag keys, as in CreateFlowLogs; got {}", v.len()));
+            }
+            if let Some(bad) = v.iter().find(|t| t.is_empty() || t.len() > 128) {
+                return Err(format!("{k}: tag key {bad:?} must be 1 to 128 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tag field values of an interface; `None` when no key is configured.
+    pub fn values(&self, instance_tags: &std::collections::BTreeMap<String, String>, interface_tags: &std::collections::BTreeMap<String, String>) -> Option<Arc<TagValues>> {
+        if self.instance.is_empty() && self.network_interface.is_empty() {
+            return None;
+        }
+        let pick = |keys: &[String], tags: &std::collections::BTreeMap<String, String>| {
+            let get = |i: usize| keys.get(i).and_then(|k| tags.get(k)).map(|v| Arc::<str>::from(v.as_str()));
+            [get(0), get(1)]
+        };
+        Some(Arc::new(TagValues {
+            instance: pick(&self.instance, instance_tags),
+            interface: pick(&self.network_interface, interface_tags),
+            asg: [None, None],
+        }))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +161,8 @@ pub enum EnrichError {
     AwsRanges(#[from] AwsRangesError),
     #[error(transparent)]
     Routes(#[from] RouteError),
+    #[error("{0}")]
+    TagFields(String),
 }
 
 impl EnrichConfig {
@@ -124,6 +170,7 @@ impl EnrichConfig {
     /// router and DNS addresses; `exclusions_by_default` is the mode's
     /// default when the config does not say (on in EC2 mode).
     pub fn build(&self, vpc_cidrs: &[IpNet], exclusions_by_default: bool) -> Result<Enrichment, EnrichError> {
+        self.tag_fields.validate().map_err(EnrichError::TagFields)?;
         let aws_services = self.ip_ranges.as_deref().map(AwsServices::load).transpose()?;
         let routes = if self.route_table.routes.is_empty() { None } else { Some(RouteTable::new(&self.route_table)?) };
         let exclusions = self
@@ -193,6 +240,7 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
                 name: format!("ifindex{idx}"),
                 interface_id: format!("if-{idx}").into(),
                 meta: None,
+                tags: None,
             });
         }
     }
@@ -293,7 +341,7 @@ mod tests {
     }
 
     fn iface(ifindex: u32, id: &str) -> InterfaceMeta {
-        InterfaceMeta { ifindex, name: format!("veth{ifindex}"), interface_id: id.into(), meta: None }
+        InterfaceMeta { ifindex, name: format!("veth{ifindex}"), interface_id: id.into(), meta: None, tags: None }
     }
 
     fn drained(flows: Vec<(FlowKey, FlowStats)>, fails: Vec<(u32, InsertFailures)>, unattributed: u64) -> Drained {
@@ -360,6 +408,23 @@ mod tests {
         let d = drained(vec![(key(2, 1, 17, 0), stats(1, 28, 99, 99, 0))], vec![], 0);
         let r = build_records(&host, &[iface(2, "a")], &d, None);
         assert_eq!((r[0].start, r[0].end), (1_700_000_100, 1_700_000_100));
+    }
+
+    #[test]
+    fn tag_fields_fill_version_11_fields() {
+        let tf = TagFields { instance: vec!["team".into()], network_interface: vec!["role".into(), "env".into()] };
+        let inst = std::collections::BTreeMap::from([("team".to_string(), "net ops".to_string())]);
+        let ifc = std::collections::BTreeMap::from([("env".to_string(), "prod".to_string())]);
+        let mut m = iface(2, "eni-a");
+        m.tags = tf.values(&inst, &ifc);
+        let d = drained(vec![(key(2, 1, 17, 0), stats(1, 28, 100, 100, 0))], vec![], 0);
+        let f = crate::format::Format::parse("${interface-id} ${instance-tag} ${instance-tag-2} ${interface-tag} ${interface-tag-2} ${version}").unwrap();
+        let r = build_records(&HostMeta::new("1"), &[m], &d, None);
+        // Values are percent-encoded so that a space never splits a field.
+        assert_eq!(f.line(&r[0]), "eni-a net%20ops - - prod 11");
+        assert_eq!(TagFields::default().values(&inst, &ifc), None);
+        let e = TagFields { instance: vec!["a".into(), "b".into(), "c".into()], ..Default::default() }.validate().unwrap_err();
+        assert_eq!(e, "enrich.tag-fields.instance: at most 2 tag keys, as in CreateFlowLogs; got 3");
     }
 
     #[test]

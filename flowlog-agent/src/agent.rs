@@ -24,7 +24,7 @@ use crate::{
     ifaces,
     metrics::{self, Metrics},
     config::Settings,
-    enrich::{Enrichment, TagFields},
+    enrich::{EcsConfig, Enrichment, TagFields},
     metadata::{InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
     ship::{Output, Sink},
     watch::{self, LinkEvent},
@@ -140,6 +140,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         snapshot,
         links: links_tx,
         tag_fields: settings.enrich.tag_fields.clone(),
+        ecs: settings.enrich.ecs.clone(),
     };
     for link in &selected {
         ifs.attach(&mut capture, link)?;
@@ -277,6 +278,7 @@ struct Interfaces {
     /// What the metadata refresher looks up.
     links: tokio::sync::watch::Sender<Vec<LinkId>>,
     tag_fields: TagFields,
+    ecs: BTreeMap<String, EcsConfig>,
 }
 
 impl Interfaces {
@@ -286,7 +288,8 @@ impl Interfaces {
             None => InterfaceMetadata::derived(&LinkId::from_sysfs(Path::new(SYSFS), name), &self.snapshot.host, &self.machine),
         };
         let tags = self.tag_fields.values(&self.snapshot.host.instance_tags, &m.tags);
-        InterfaceMeta { ifindex, name: name.to_string(), interface_id: m.interface_id.clone(), meta: Some(Arc::new(m)), tags }
+        let ecs = self.ecs.get(name).map(EcsConfig::meta);
+        InterfaceMeta { ifindex, name: name.to_string(), interface_id: m.interface_id.clone(), meta: Some(Arc::new(m)), tags, ecs }
     }
 
     fn attach(&mut self, capture: &mut Capture, link: &ifaces::LinkInfo) -> Result<()> {

@@ -22,7 +22,7 @@ use crate::{
     aws_services::{AwsRangesError, AwsServices},
     drain::Drained,
     filter::{ExclusionConfig, Exclusions, TrafficType},
-    record::{Direction, FlowRecord, LogStatus, TagValues},
+    record::{Direction, EcsMeta, FlowRecord, LogStatus, TagValues},
     semantics,
     traffic_path::{RouteError, RouteTable, RouteTableConfig},
 };
@@ -38,6 +38,8 @@ pub struct InterfaceMeta {
     pub meta: Option<Arc<InterfaceMetadata>>,
     /// Values of the configured tag fields (version 11).
     pub tags: Option<Arc<TagValues>>,
+    /// ECS task of the interface (version 7), where configured.
+    pub ecs: Option<Arc<EcsMeta>>,
 }
 
 /// Metadata of this host that is not per interface.
@@ -69,6 +71,7 @@ fn base_record(host: &HostMeta, meta: &InterfaceMeta, start: u64, end: u64, stat
         region: m.and_then(|m| m.region.clone()),
         az_id: m.and_then(|m| m.az_id.clone()),
         tags: meta.tags.clone(),
+        ecs: meta.ecs.clone(),
         ..FlowRecord::status_only(account, meta.interface_id.clone(), start, end, status)
     }
 }
@@ -113,6 +116,43 @@ pub struct EnrichConfig {
     /// (base+2) are, for the exclusions.
     pub vpc_cidrs: Vec<IpNet>,
     pub tag_fields: TagFields,
+    /// ECS task metadata (version 7 fields) per interface name, for hosts
+    /// that know which task owns an interface (e.g. awsvpc task ENIs).
+    pub ecs: std::collections::BTreeMap<String, EcsConfig>,
+}
+
+/// The version 7 fields of one interface; absent ones are `-`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct EcsConfig {
+    pub cluster_arn: Option<String>,
+    pub cluster_name: Option<String>,
+    pub container_instance_arn: Option<String>,
+    pub container_instance_id: Option<String>,
+    pub container_id: Option<String>,
+    pub second_container_id: Option<String>,
+    pub service_name: Option<String>,
+    pub task_definition_arn: Option<String>,
+    pub task_arn: Option<String>,
+    pub task_id: Option<String>,
+}
+
+impl EcsConfig {
+    pub fn meta(&self) -> Arc<EcsMeta> {
+        let a = |v: &Option<String>| v.as_deref().map(Arc::<str>::from);
+        Arc::new(EcsMeta {
+            cluster_arn: a(&self.cluster_arn),
+            cluster_name: a(&self.cluster_name),
+            container_instance_arn: a(&self.container_instance_arn),
+            container_instance_id: a(&self.container_instance_id),
+            container_id: a(&self.container_id),
+            second_container_id: a(&self.second_container_id),
+            service_name: a(&self.service_name),
+            task_definition_arn: a(&self.task_definition_arn),
+            task_arn: a(&self.task_arn),
+            task_id: a(&self.task_id),
+        })
+    }
 }
 
 /// The tag keys whose values fill `instance-tag`, `instance-tag-2`,
@@ -241,6 +281,7 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
                 interface_id: format!("if-{idx}").into(),
                 meta: None,
                 tags: None,
+                ecs: None,
             });
         }
     }
@@ -341,7 +382,7 @@ mod tests {
     }
 
     fn iface(ifindex: u32, id: &str) -> InterfaceMeta {
-        InterfaceMeta { ifindex, name: format!("veth{ifindex}"), interface_id: id.into(), meta: None, tags: None }
+        InterfaceMeta { ifindex, name: format!("veth{ifindex}"), interface_id: id.into(), meta: None, tags: None, ecs: None }
     }
 
     fn drained(flows: Vec<(FlowKey, FlowStats)>, fails: Vec<(u32, InsertFailures)>, unattributed: u64) -> Drained {
@@ -423,6 +464,11 @@ mod tests {
         // Values are percent-encoded so that a space never splits a field.
         assert_eq!(f.line(&r[0]), "eni-a net%20ops - - prod 11");
         assert_eq!(TagFields::default().values(&inst, &ifc), None);
+        // ECS fields where configured, `-` for the ones not known.
+        let mut m = iface(2, "eni-a");
+        m.ecs = Some(EcsConfig { cluster_name: Some("prod".into()), task_id: Some("abc123".into()), ..Default::default() }.meta());
+        let f = crate::format::Format::parse("${ecs-cluster-name} ${ecs-service-name} ${ecs-task-id} ${version}").unwrap();
+        assert_eq!(f.line(&build_records(&HostMeta::new("1"), &[m], &d, None)[0]), "prod - abc123 7");
         let e = TagFields { instance: vec!["a".into(), "b".into(), "c".into()], ..Default::default() }.validate().unwrap_err();
         assert_eq!(e, "enrich.tag-fields.instance: at most 2 tag keys, as in CreateFlowLogs; got 3");
     }

@@ -261,8 +261,8 @@ mod tests {
             0,
         );
         let ifaces = [
-            InterfaceMeta { ifindex: 2, name: "eth0".into(), interface_id: "eni-a".into(), meta: None, tags: None },
-            InterfaceMeta { ifindex: 3, name: "eth1".into(), interface_id: "eni-b".into(), meta: None, tags: None },
+            InterfaceMeta { ifindex: 2, name: "eth0".into(), interface_id: "eni-a".into(), meta: None, tags: None, ecs: None },
+            InterfaceMeta { ifindex: 3, name: "eth1".into(), interface_id: "eni-b".into(), meta: None, tags: None, ecs: None },
         ];
         m.drained(&d, &ifaces, 10, 0.002);
         let c = |malformed, non_ip| crate::drain::KernelCounters { malformed, non_ip, filtered: 2, sampled_out: 0 };

@@ -103,16 +103,23 @@ impl FileConfig {
 
     /// Errors carry the full key (`metadata.onprem.account-id: ...`).
     pub fn parse(text: &str) -> Result<FileConfig, String> {
-        let toml_err = |e: toml::de::Error| e.to_string().trim_end().to_string();
-        let de = toml::Deserializer::parse(text).map_err(toml_err)?;
-        let cfg: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = toml_err(e.into_inner());
-            if path == "." { inner } else { format!("{path}: {inner}") }
-        })?;
+        let cfg: FileConfig = from_toml(text)?;
         cfg.metadata.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
+}
+
+/// Deserializes TOML; a type error names its full key on top of toml's
+/// message (which quotes the line but not the table it is in).
+pub fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let toml_err = |e: toml::de::Error| e.to_string().trim_end().to_string();
+    let de = toml::Deserializer::parse(text).map_err(toml_err)?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = toml_err(e.into_inner());
+        // A syntax error has no path (".").
+        if path == "." { inner } else { format!("{path}: {inner}") }
+    })
 }
 
 /// Everything the agent runs with, after precedence and validation.

@@ -232,15 +232,7 @@ impl MetadataConfig {
             #[serde(default)]
             metadata: MetadataConfig,
         }
-        let toml_err = |e: toml::de::Error| e.to_string().trim_end().to_string();
-        let de = toml::Deserializer::parse(doc).map_err(|e| ConfigError::Toml(toml_err(e)))?;
-        let d: Doc = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = toml_err(e.into_inner());
-            // A syntax error has no path ("."); a type error gets its key
-            // on top of toml's quoted line, which lacks the table name.
-            ConfigError::Toml(if path == "." { inner } else { format!("{path}: {inner}") })
-        })?;
+        let d: Doc = crate::config::from_toml(doc).map_err(ConfigError::Toml)?;
         d.metadata.validate()?;
         Ok(d.metadata)
     }

@@ -16,7 +16,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    capture::{self, Capture, KernelFilters},
+    capture::{self, Capture, IngressHook, KernelFilters},
     clock,
     drain::Drained,
     enrich::{self, HostMeta, InterfaceMeta},
@@ -51,6 +51,7 @@ pub struct Config {
     /// Count 1 packet in N, scaled by N (0/1: all).
     pub sample_rate: u32,
     pub filters: KernelFilters,
+    pub ingress_hook: IngressHook,
 }
 
 /// What SIGINT/SIGTERM does with the kernel side.
@@ -82,6 +83,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let selector = ifaces::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
     let selected = selector.select(&links)?;
     let (mut capture, mut tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters)?;
+    capture.set_ingress_hook(cfg.ingress_hook);
     let metrics = Metrics::new(cfg.interval);
     if let Some(addr) = cfg.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone())
@@ -293,9 +295,9 @@ impl Interfaces {
     }
 
     fn attach(&mut self, capture: &mut Capture, link: &ifaces::LinkInfo) -> Result<()> {
-        capture.attach(link)?;
+        let ingress = capture.attach(link)?;
         let meta = self.meta_for(link.ifindex, &link.name);
-        info!(iface = %link.name, ifindex = link.ifindex, interface_id = %meta.interface_id, "attached (XDP ingress, TC egress)");
+        info!(iface = %link.name, ifindex = link.ifindex, interface_id = %meta.interface_id, ingress, egress = "tc", "attached");
         if !self.in_window.iter().any(|m| m.ifindex == link.ifindex) {
             self.in_window.push(meta.clone());
         }

@@ -28,6 +28,33 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 pub const INGRESS_PROGRAM: &str = "flowlog_ingress";
 pub const EGRESS_PROGRAM: &str = "flowlog_egress";
+pub const INGRESS_TC_PROGRAM: &str = "flowlog_ingress_tc";
+
+/// Where ingress is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressHook {
+    /// XDP, or TC where XDP is refused (e.g. an MTU above what the driver's
+    /// XDP takes, such as 9001 on EC2 ENA interfaces).
+    #[default]
+    Auto,
+    /// XDP only: earliest, cheapest, before GRO.
+    Xdp,
+    /// TC only.
+    Tc,
+}
+
+impl std::str::FromStr for IngressHook {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IngressHook::Auto),
+            "xdp" => Ok(IngressHook::Xdp),
+            "tc" => Ok(IngressHook::Tc),
+            _ => Err("auto, xdp or tc".into()),
+        }
+    }
+}
 
 /// Flows drained per `bpf()` call.
 const DRAIN_BATCH: usize = 8192;
@@ -132,13 +159,14 @@ enum Hold {
     Owned(FdLink),
     /// Kernels without BPF links for this hook: aya holds it.
     Xdp(XdpLinkId),
-    Tc(SchedClassifierLinkId),
+    Tc(&'static str, SchedClassifierLinkId),
 }
 
 pub struct Attachment {
     pub link: LinkInfo,
-    xdp: Hold,
-    tc: Hold,
+    ingress: Hold,
+    egress: Hold,
+    ingress_hook: &'static str,
 }
 
 pub struct Capture {
@@ -146,6 +174,7 @@ pub struct Capture {
     attached: BTreeMap<u32, Attachment>,
     /// `<pin root>/v<layout>-<max flows>`, when pinning.
     pin_dir: Option<PathBuf>,
+    ingress_hook: IngressHook,
 }
 
 /// Capabilities the agent needs, by bit number (linux/capability.h).
@@ -229,9 +258,15 @@ impl Capture {
         let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH)?;
         let ingress: &mut Xdp = ebpf.program_mut(INGRESS_PROGRAM).context("no XDP program")?.try_into()?;
         ingress.load().map_err(verifier)?;
-        let egress: &mut SchedClassifier = ebpf.program_mut(EGRESS_PROGRAM).context("no TC program")?.try_into()?;
-        egress.load().map_err(verifier)?;
-        Ok((Capture { ebpf, attached: BTreeMap::new(), pin_dir }, tables))
+        for name in [EGRESS_PROGRAM, INGRESS_TC_PROGRAM] {
+            let tc: &mut SchedClassifier = ebpf.program_mut(name).context("no TC program")?.try_into()?;
+            tc.load().map_err(verifier)?;
+        }
+        Ok((Capture { ebpf, attached: BTreeMap::new(), pin_dir, ingress_hook: IngressHook::Auto }, tables))
+    }
+
+    pub fn set_ingress_hook(&mut self, hook: IngressHook) {
+        self.ingress_hook = hook;
     }
 
     /// The loaded object, for tests that run the programs with BPF_PROG_TEST_RUN.
@@ -243,38 +278,62 @@ impl Capture {
         self.attached.values().map(|a| &a.link)
     }
 
-    /// Attaches both programs to `link`. Attaching twice is a no-op. Where a
-    /// previous agent left pinned attachments for the same interface, their
-    /// programs are replaced in place, without a gap in counting.
-    pub fn attach(&mut self, link: &LinkInfo) -> Result<()> {
-        if self.attached.contains_key(&link.ifindex) {
-            return Ok(());
+    /// Attaches the ingress and egress programs to `link`. Attaching twice
+    /// is a no-op. Where a previous agent left pinned attachments for the
+    /// same interface, their programs are replaced in place, without a gap.
+    /// Returns where ingress is counted (`"xdp"` or `"tc"`).
+    pub fn attach(&mut self, link: &LinkInfo) -> Result<&'static str> {
+        if let Some(a) = self.attached.get(&link.ifindex) {
+            return Ok(a.ingress_hook);
         }
         // bpffs refuses names with dots (reserved), and interface names may
         // have them (eth0.100): pins are named by ifindex only.
-        let pins = self.pin_dir.as_ref().map(|d| {
-            let links = d.join("links");
-            (links.join(format!("{}-xdp", link.ifindex)), links.join(format!("{}-tc", link.ifindex)))
-        });
+        let pin = |kind: &str| self.pin_dir.as_ref().map(|d| d.join("links").join(format!("{}-{kind}", link.ifindex)));
+        let (pin_xdp, pin_tcin, pin_tc) = (pin("xdp"), pin("tcin"), pin("tc"));
+        let (ingress, hook) = match self.ingress_hook {
+            IngressHook::Xdp => (self.attach_xdp(link, pin_xdp.as_deref())?, "xdp"),
+            IngressHook::Tc => (self.attach_tc(INGRESS_TC_PROGRAM, link, TcAttachType::Ingress, pin_tcin.as_deref())?, "tc"),
+            IngressHook::Auto => match self.attach_xdp(link, pin_xdp.as_deref()) {
+                Ok(h) => (h, "xdp"),
+                Err(e) => {
+                    tracing::warn!(iface = %link.name, "XDP refused ({e:#}); counting ingress at TC instead");
+                    (self.attach_tc(INGRESS_TC_PROGRAM, link, TcAttachType::Ingress, pin_tcin.as_deref())?, "tc")
+                }
+            },
+        };
+        let egress = match self.attach_tc(EGRESS_PROGRAM, link, TcAttachType::Egress, pin_tc.as_deref()) {
+            Ok(h) => h,
+            Err(e) => {
+                release(ingress, &mut self.ebpf);
+                return Err(e);
+            }
+        };
+        self.attached.insert(link.ifindex, Attachment { link: link.clone(), ingress, egress, ingress_hook: hook });
+        Ok(hook)
+    }
+
+    fn attach_xdp(&mut self, link: &LinkInfo, pin: Option<&Path>) -> Result<Hold> {
         let ingress: &mut Xdp = self.ebpf.program_mut(INGRESS_PROGRAM).unwrap().try_into()?;
-        let reused = pins.as_ref().and_then(|p| reuse(&p.0)).and_then(|fd| XdpLink::try_from(fd).ok());
+        let reused = pin.and_then(reuse).and_then(|fd| XdpLink::try_from(fd).ok());
         // A pinned link of an interface that was deleted is defunct: attach anew.
-        let xdp_id = match reused.map(|old| ingress.attach_to_link(old)) {
+        let id = match reused.map(|old| ingress.attach_to_link(old)) {
             Some(Ok(id)) => id,
             _ => ingress.attach_to_if_index(link.ifindex, XdpMode::Default).map_err(|e| {
                 anyhow::Error::new(e).context(format!(
-                    "attaching XDP to {} (another XDP program there? `ip link show {}` shows it)",
+                    "attaching XDP to {} (another XDP program there, or an MTU its XDP support refuses? `ip link show {}` shows both; \
+                     --ingress-hook tc counts ingress at TC instead)",
                     link.name, link.name
                 ))
             })?,
         };
-        let xdp = match ingress.take_link(xdp_id).map(FdLink::try_from) {
-            Ok(Ok(fd)) => hold(fd, pins.as_ref().map(|p| p.0.as_path()))?,
+        Ok(match ingress.take_link(id).map(FdLink::try_from) {
+            Ok(Ok(fd)) => hold(fd, pin)?,
             // Netlink-attached (old kernel): leave it to aya, nothing to pin.
             _ => Hold::Xdp(ingress.attach_to_if_index(link.ifindex, XdpMode::Default)?),
-        };
+        })
+    }
 
-        let egress: &mut SchedClassifier = self.ebpf.program_mut(EGRESS_PROGRAM).unwrap().try_into()?;
+    fn attach_tc(&mut self, program: &'static str, link: &LinkInfo, kind: TcAttachType, pin: Option<&Path>) -> Result<Hold> {
         let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         if !tcx {
             // Before TCX, TC programs hang off a clsact qdisc.
@@ -282,29 +341,19 @@ impl Capture {
                 tracing::debug!(iface = %link.name, "clsact: {e}");
             }
         }
-        let reused = pins.as_ref().and_then(|p| reuse(&p.1)).and_then(|fd| SchedClassifierLink::try_from(fd).ok());
-        let attached = match reused.map(|old| egress.attach_to_link(old)) {
-            Some(Ok(id)) => Ok(id),
-            _ => egress
-                .attach(&link.name, TcAttachType::Egress)
-                .map_err(|e| anyhow::Error::new(e).context(format!("attaching TC egress to {}", link.name))),
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(program).unwrap().try_into()?;
+        let reused = pin.and_then(reuse).and_then(|fd| SchedClassifierLink::try_from(fd).ok());
+        let id = match reused.map(|old| prog.attach_to_link(old)) {
+            Some(Ok(id)) => id,
+            _ => prog
+                .attach(&link.name, kind)
+                .map_err(|e| anyhow::Error::new(e).context(format!("attaching TC {kind:?} to {}", link.name)))?,
         };
-        let tc_id = match attached {
-            Ok(id) => id,
-            Err(e) => {
-                release(xdp, &mut self.ebpf);
-                return Err(e);
-            }
-        };
-        let tc = match egress.take_link(tc_id) {
-            Ok(l) => match FdLink::try_from(l) {
-                Ok(fd) => hold(fd, pins.as_ref().map(|p| p.1.as_path()))?,
-                Err(_) => Hold::Tc(egress.attach(&link.name, TcAttachType::Egress)?),
-            },
-            Err(e) => return Err(e.into()),
-        };
-        self.attached.insert(link.ifindex, Attachment { link: link.clone(), xdp, tc });
-        Ok(())
+        let l = prog.take_link(id)?;
+        Ok(match FdLink::try_from(l) {
+            Ok(fd) => hold(fd, pin)?,
+            Err(_) => Hold::Tc(program, prog.attach(&link.name, kind)?),
+        })
     }
 
     /// Detaches from one interface (and removes its pins). Errors are
@@ -312,8 +361,8 @@ impl Capture {
     /// attachments with it.
     pub fn detach(&mut self, ifindex: u32) -> Option<LinkInfo> {
         let a = self.attached.remove(&ifindex)?;
-        release(a.xdp, &mut self.ebpf);
-        release(a.tc, &mut self.ebpf);
+        release(a.ingress, &mut self.ebpf);
+        release(a.egress, &mut self.ebpf);
         Some(a.link)
     }
 
@@ -369,8 +418,8 @@ fn release(h: Hold, ebpf: &mut Ebpf) {
                 let _ = p.detach(id);
             }
         }
-        Hold::Tc(id) => {
-            if let Ok(p) = <&mut SchedClassifier>::try_from(ebpf.program_mut(EGRESS_PROGRAM).unwrap()) {
+        Hold::Tc(program, id) => {
+            if let Ok(p) = <&mut SchedClassifier>::try_from(ebpf.program_mut(program).unwrap()) {
                 let _ = p.detach(id);
             }
         }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::{
     agent::{Config, OnExit},
-    capture::KernelFilters,
+    capture::{IngressHook, KernelFilters},
     enrich::EnrichConfig,
     format::Format,
     metadata::MetadataConfig,
@@ -40,6 +40,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub log: Option<String>,
     pub log_json: Option<bool>,
+    pub ingress_hook: Option<String>,
     pub sample_rate: Option<u32>,
     pub filters: KernelFilters,
     pub metadata: MetadataConfig,
@@ -63,6 +64,7 @@ pub struct Overrides {
     pub metrics_listen: Option<String>,
     pub log: Option<String>,
     pub log_json: bool,
+    pub ingress_hook: Option<String>,
     pub sample_rate: Option<u32>,
     pub include_cidrs: Vec<ipnet::IpNet>,
     pub exclude_cidrs: Vec<ipnet::IpNet>,
@@ -175,6 +177,10 @@ impl Settings {
         if pin && !pin_dir.is_absolute() {
             return Err(invalid("pin-dir", pin_dir.display(), "an absolute path on a BPF filesystem"));
         }
+        let ingress_hook = match o.ingress_hook.or(file.ingress_hook) {
+            Some(h) => h.parse::<IngressHook>().map_err(|e| invalid("ingress-hook", &h, e))?,
+            None => IngressHook::Auto,
+        };
         let sample_rate = o.sample_rate.or(file.sample_rate).unwrap_or(1);
         if sample_rate == 0 {
             return Err(invalid("sample-rate", 0, "1 (every packet) or more (1 in N, counts scaled by N)"));
@@ -206,6 +212,7 @@ impl Settings {
                 metrics_listen,
                 sample_rate,
                 filters,
+                ingress_hook,
             },
             log: o.log.or(file.log).unwrap_or_else(|| "info".into()),
             log_json: o.log_json || file.log_json.unwrap_or(false),
@@ -238,6 +245,7 @@ impl Settings {
         kv("metrics-listen", format!("{:?}", a.metrics_listen.map_or("off".to_string(), |s| s.to_string())));
         kv("log", format!("{:?}", self.log));
         kv("log-json", self.log_json.to_string());
+        kv("ingress-hook", format!("{:?}", format!("{:?}", a.ingress_hook).to_lowercase()));
         kv("sample-rate", a.sample_rate.to_string());
         let f = &a.filters;
         let nets = |v: &[ipnet::IpNet]| list(&v.iter().map(|n| n.to_string()).collect::<Vec<_>>());
@@ -309,6 +317,7 @@ mod tests {
             ("outputs = [\"s3\"]", "invalid outputs = \"s3\": invalid output \"s3\": expected `stdout` or `file:<path>`"),
             ("account-id = \"a b\"", "invalid account-id = \"a b\": a non-empty value without spaces"),
             ("pin-dir = \"bpf\"", "invalid pin-dir = \"bpf\": an absolute path on a BPF filesystem"),
+            ("ingress-hook = \"ebpf\"", "invalid ingress-hook = \"ebpf\": auto, xdp or tc"),
             ("sample-rate = 0", "invalid sample-rate = \"0\": 1 (every packet) or more (1 in N, counts scaled by N)"),
             ("interfaces = [\"veth[\"]", "invalid interfaces = \"veth[\": invalid interface pattern \"veth[\": unclosed character class; missing ']'"),
         ];
@@ -361,7 +370,7 @@ mod example {
             "timeout-ms", "max-attempts", "backoff-base-ms", "backoff-max-ms", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
-            "log-json", "sample-rate", "include-cidrs", "instance", "network-interface", "cluster-arn", "cluster-name", "container-instance-arn",
+            "log-json", "ingress-hook", "sample-rate", "include-cidrs", "instance", "network-interface", "cluster-arn", "cluster-name", "container-instance-arn",
             "container-instance-id", "container-id", "second-container-id", "service-name", "task-definition-arn", "task-arn", "task-id", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
         ];
         for k in keys {
@@ -370,7 +379,7 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--log", "--log-json", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
+            "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol",
         ] {
             assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");

@@ -77,6 +77,10 @@ struct RunArgs {
     /// The agent's own logs as JSON lines (for log collectors) instead of text.
     #[arg(long, env = "FLOWLOG_LOG_JSON")]
     log_json: bool,
+    /// Where ingress is counted: `auto` (XDP, or TC where XDP is refused,
+    /// e.g. for a jumbo MTU), `xdp` or `tc`. Default auto.
+    #[arg(long, env = "FLOWLOG_INGRESS_HOOK")]
+    ingress_hook: Option<String>,
     /// Count 1 packet in N, chosen at random in the kernel; records then
     /// show counts multiplied by N. Default 1 (every packet).
     #[arg(long, env = "FLOWLOG_SAMPLE_RATE")]
@@ -118,6 +122,7 @@ impl RunArgs {
             metrics_listen: self.metrics_listen,
             log: self.log,
             log_json: self.log_json,
+            ingress_hook: self.ingress_hook,
             sample_rate: self.sample_rate,
             include_cidrs: self.include_cidrs,
             exclude_cidrs: self.exclude_cidrs,

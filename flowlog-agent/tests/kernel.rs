@@ -488,3 +488,16 @@ fn sampling_counts_one_in_n_and_scales() {
     // the bounds are 9 deviations away.
     assert!((3_000..=5_000).contains(&packets), "{packets}");
 }
+
+#[test]
+fn tc_ingress_program_counts_ingress() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(64);
+    let p: &mut SchedClassifier = k.capture.ebpf_mut().program_mut(flowlog_agent::capture::INGRESS_TC_PROGRAM).unwrap().try_into().unwrap();
+    let f = frame_v4(&[], &V4::new(A4, B4), &L4::Tcp { sport: 7, dport: 8, flags: 0x02, options: 0, payload: 0 });
+    let r = p.test_run(TestRunOptions { data_in: Some(&f), ..TestRunOptions::new() }).unwrap();
+    assert_eq!(r.return_value, TC_ACT_UNSPEC);
+    assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 7, 8, TCP, direction::INGRESS), 1, 40, 0x02)]);
+}

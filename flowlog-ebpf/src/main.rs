@@ -85,6 +85,19 @@ pub fn flowlog_ingress(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn flowlog_egress(ctx: TcContext) -> i32 {
+    tc_count(&ctx, direction::EGRESS)
+}
+
+/// Ingress at TC, where XDP cannot attach (e.g. NICs whose MTU is above
+/// what their XDP support takes). Sees packets after GRO: `wire_counts`
+/// splits them back into wire segments.
+#[classifier]
+pub fn flowlog_ingress_tc(ctx: TcContext) -> i32 {
+    tc_count(&ctx, direction::INGRESS)
+}
+
+#[inline(always)]
+fn tc_count(ctx: &TcContext, dir: u8) -> i32 {
     let skb = ctx.skb.skb;
     let len = ctx.len() as usize;
     let mut res = parse::parse(ctx.data(), ctx.data_end(), len);
@@ -102,7 +115,7 @@ pub fn flowlog_egress(ctx: TcContext) -> i32 {
             let (gso_segs, gso_size, ifindex) =
                 unsafe { ((*skb).gso_segs, (*skb).gso_size, (*skb).ifindex) };
             let (packets, bytes) = wire_counts(&pkt, gso_segs, gso_size);
-            count(ifindex, direction::EGRESS, &pkt, packets, bytes);
+            count(ifindex, dir, &pkt, packets, bytes);
         }
         Err(e) => bump_error(e),
     }

@@ -39,6 +39,10 @@ pub struct Config {
     pub on_exit: OnExit,
     /// Address of the metrics/health endpoint (`None`: off).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Which records are written (`--traffic-type`).
+    pub traffic_type: crate::filter::TrafficType,
+    /// What counts as REJECT (`--reject-reasons`, `--reject-reason-map`).
+    pub reject: crate::reject::RejectConfig,
 }
 
 /// What SIGINT/SIGTERM does with the kernel side.
@@ -61,12 +65,18 @@ fn next_boundary(interval: Duration) -> Instant {
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
+    let drops = crate::reject::DropSetup::prepare(&cfg.reject)?;
     // Subscribe first: a link created while we list is then not missed.
     let mut link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
     let links = ifaces::list_links().context("listing network interfaces in /sys/class/net")?;
     let selector = ifaces::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
     let selected = selector.select(&links)?;
-    let (mut capture, mut tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref())?;
+    let (mut capture, mut tables) = Capture::load_with(cfg.max_flows, cfg.pin_root.as_deref(), drops.as_ref())?;
+    let enrichment = enrich::Enrichment {
+        traffic_type: cfg.traffic_type,
+        reject_reasons: drops.map(|d| d.reasons).unwrap_or_default(),
+        ..Default::default()
+    };
     let metrics = Metrics::new(cfg.interval);
     if let Some(addr) = cfg.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone())
@@ -100,7 +110,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
     if let Some(d) = tables.leftover()? {
         warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
-        ship(&host, &ifs.in_window, format, &d, &mut sinks, &metrics);
+        ship(&host, &ifs.in_window, format, &d, &mut sinks, &metrics, &enrichment);
         tables.release(&d)?;
     }
     loop {
@@ -136,7 +146,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             tables.rotate()?
         };
         metrics.drained(&drained, &ifs.in_window, cfg.max_flows, started.elapsed().as_secs_f64());
-        ship(&host, &ifs.in_window, format, &drained, &mut sinks, &metrics);
+        ship(&host, &ifs.in_window, format, &drained, &mut sinks, &metrics, &enrichment);
         tables.release(&drained)?;
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
@@ -146,6 +156,12 @@ pub async fn run(cfg: Config) -> Result<()> {
         metrics.kernel_counters(c.malformed, c.non_ip);
         if c.malformed > last_counters.malformed {
             info!(frames = c.malformed - last_counters.malformed, "malformed or truncated IP frames ignored in this window");
+        }
+        if c.reject_not_moved > last_counters.reject_not_moved {
+            warn!(
+                packets = c.reject_not_moved - last_counters.reject_not_moved,
+                "dropped packets reported as REJECT whose ACCEPT count was in an earlier window (dropped long after they arrived)"
+            );
         }
         last_counters = c;
 
@@ -169,8 +185,17 @@ pub async fn run(cfg: Config) -> Result<()> {
 }
 
 /// Formats one window's records and writes them to every destination.
-fn ship(host: &HostMeta, ifaces: &[InterfaceMeta], format: &Format, drained: &Drained, sinks: &mut [Sink], metrics: &Metrics) {
-    let records = enrich::build_records(host, ifaces, drained, None);
+#[allow(clippy::too_many_arguments)]
+fn ship(
+    host: &HostMeta,
+    ifaces: &[InterfaceMeta],
+    format: &Format,
+    drained: &Drained,
+    sinks: &mut [Sink],
+    metrics: &Metrics,
+    enrichment: &enrich::Enrichment,
+) {
+    let records = enrich::build_records(host, ifaces, drained, Some(enrichment));
     metrics.records(&records);
     let mut batch = Vec::with_capacity(records.len() * 120);
     for r in &records {

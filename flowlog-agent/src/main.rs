@@ -61,6 +61,20 @@ struct RunArgs {
     /// Address of the Prometheus metrics and /healthz, /readyz endpoint, or `off`.
     #[arg(long, default_value = "127.0.0.1:9750", env = "FLOWLOG_METRICS_LISTEN", value_parser = parse_listen)]
     metrics_listen: Listen,
+    /// Which records to write, like a flow log's traffic type: `ACCEPT`,
+    /// `REJECT` or `ALL`.
+    #[arg(long, default_value = "ALL", env = "FLOWLOG_TRAFFIC_TYPE")]
+    traffic_type: flowlog_agent::filter::TrafficType,
+    /// Kernel drop reasons (`enum skb_drop_reason` names without the
+    /// `SKB_DROP_REASON_` prefix) whose packets are REJECT, e.g.
+    /// `NETFILTER_DROP,NO_SOCKET`; `none`: no REJECT records, no drop hook.
+    #[arg(long, value_delimiter = ',', env = "FLOWLOG_REJECT_REASONS", default_value = "NETFILTER_DROP")]
+    reject_reasons: Vec<String>,
+    /// `DROP_REASON=TEXT`: the `reject-reason` field of REJECT records of that
+    /// drop reason (default `-`, as AWS writes for reasons other than its
+    /// own); repeatable.
+    #[arg(long, value_delimiter = ',', env = "FLOWLOG_REJECT_REASON_MAP")]
+    reject_reason_map: Vec<String>,
     /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
     #[arg(long, default_value = "info", env = "FLOWLOG_LOG")]
     log: String,
@@ -99,6 +113,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let reject = match flowlog_agent::reject::RejectConfig::from_args(&args.reject_reasons, &args.reject_reason_map) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let cfg = agent::Config {
         format,
         ifaces: args.ifaces,
@@ -110,6 +131,8 @@ fn main() -> std::process::ExitCode {
         pin_root: (!args.no_pin).then_some(args.pin_dir),
         on_exit: args.on_exit,
         metrics_listen: args.metrics_listen.0,
+        traffic_type: args.traffic_type,
+        reject,
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

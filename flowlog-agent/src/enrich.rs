@@ -125,6 +125,9 @@ fn unix_secs(boot_ns: u64, boot_to_unix_ns: i128) -> u64 {
     }
 }
 
+/// A flow of one window with its action and `reject-reason`.
+type Entry<'a> = (&'a FlowKey, &'a FlowStats, Action, Option<Arc<str>>);
+
 /// Builds the records of one window.
 ///
 /// `interfaces` are all interfaces that were attached during the window
@@ -141,7 +144,7 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
     // dropped) are no records: their packets are in the REJECT entries.
     let no_reasons = RejectReasons::default();
     let rejects = reject::merge(&drained.rejects, enrichment.map_or(&no_reasons, |e| &e.reject_reasons));
-    let mut per_iface: BTreeMap<u32, Vec<(&FlowKey, &FlowStats, Action, Option<Arc<str>>)>> = BTreeMap::new();
+    let mut per_iface: BTreeMap<u32, Vec<Entry<'_>>> = BTreeMap::new();
     for (k, v) in drained.flows.iter().filter(|f| f.1.packets > 0) {
         per_iface.entry(k.ifindex).or_default().push((k, v, semantics::CAPTURED_ACTION, None));
     }

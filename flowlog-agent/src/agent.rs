@@ -52,6 +52,11 @@ pub struct Config {
     pub sample_rate: u32,
     pub filters: KernelFilters,
     pub ingress_hook: IngressHook,
+    /// What counts as REJECT (`reject-reasons`, `reject-reason-map`).
+    pub reject: crate::reject::RejectConfig,
+    /// Whether the reasons were asked for (then missing BTF is an error;
+    /// with the default, REJECT is switched off with a warning).
+    pub reject_explicit: bool,
 }
 
 /// What SIGINT/SIGTERM does with the kernel side.
@@ -77,12 +82,21 @@ fn next_boundary(interval: Duration) -> Instant {
 
 pub async fn run(settings: Settings) -> Result<()> {
     let cfg = &settings.agent;
+    let drops = match crate::reject::DropSetup::prepare(&cfg.reject) {
+        Ok(d) => d,
+        Err(e) if !cfg.reject_explicit => {
+            warn!("REJECT records are off: {e:#}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     // Subscribe first: a link created while we list is then not missed.
     let mut link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
     let links = ifaces::list_links().context("listing network interfaces in /sys/class/net")?;
     let selector = ifaces::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
     let selected = selector.select(&links)?;
-    let (mut capture, mut tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters)?;
+    let (mut capture, mut tables) =
+        Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops.as_ref())?;
     capture.set_ingress_hook(cfg.ingress_hook);
     let metrics = Metrics::new(cfg.interval);
     if let Some(addr) = cfg.metrics_listen {
@@ -97,10 +111,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     info!(source = ?selection.kind, why = %selection.why, "metadata provider");
     // Native flow logs never show metadata, DNS, time sync or DHCP traffic of
     // an instance: leave it out by default on EC2.
-    let enrichment = settings
+    let mut enrichment = settings
         .enrich
         .build(&[], selection.kind == ProviderKind::Ec2)
         .context("enrichment configuration ([enrich])")?;
+    if let Some(d) = &drops {
+        enrichment.reject_reasons = d.reasons.clone();
+    }
     let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
     let snapshot = match provider.refresh(&link_ids).await {
         Ok(s) => s,
@@ -220,6 +237,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         if c.malformed > last_counters.malformed {
             info!(frames = c.malformed - last_counters.malformed, "malformed or truncated IP frames ignored in this window");
         }
+        if c.reject_not_moved > last_counters.reject_not_moved {
+            warn!(
+                packets = c.reject_not_moved - last_counters.reject_not_moved,
+                "dropped packets reported as REJECT whose ACCEPT count was in an earlier window (dropped long after they arrived)"
+            );
+        }
         last_counters = c;
 
         // The next window reports the interfaces attached now.
@@ -242,6 +265,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 }
 
 /// Formats one window's records and writes them to every destination.
+#[allow(clippy::too_many_arguments)]
 fn ship(
     host: &HostMeta,
     ifaces: &[InterfaceMeta],

@@ -13,7 +13,7 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::{self, SchedClassifierLink, SchedClassifierLinkId, TcAttachType},
         xdp::{XdpLink, XdpLinkId},
-        ProgramError, SchedClassifier, Xdp, XdpMode,
+        BtfTracePoint, ProgramError, SchedClassifier, Xdp, XdpMode,
     },
     maps::{lpm_trie::{Key, LpmTrie}, Array, HashMap as AyaHashMap, MapData},
     Ebpf, EbpfLoader,
@@ -21,7 +21,11 @@ use aya::{
 use flowlog_common::{filters, globals, maps};
 use ipnet::IpNet;
 
-use crate::{drain::FlowTables, ifaces::LinkInfo};
+use crate::{
+    drain::FlowTables,
+    ifaces::LinkInfo,
+    reject::{self, DropSetup},
+};
 
 /// The kernel programs, built from `flowlog-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog.bpf.o"));
@@ -175,6 +179,8 @@ pub struct Capture {
     /// `<pin root>/v<layout>-<max flows>`, when pinning.
     pin_dir: Option<PathBuf>,
     ingress_hook: IngressHook,
+    /// The drop program (REJECT), when enabled: its link and namespace.
+    drops: Option<(Hold, u32)>,
 }
 
 /// Capabilities the agent needs, by bit number (linux/capability.h).
@@ -231,7 +237,13 @@ impl Capture {
     /// With `pin_root`, maps and attachments are pinned under
     /// `<pin_root>/v<layout>-<max_flows>/` and re-used by the next agent, so
     /// packets counted while no agent runs are reported after a restart.
-    pub fn load(max_flows: u32, pin_root: Option<&Path>, sample_rate: u32, filters: &KernelFilters) -> Result<(Capture, FlowTables)> {
+    pub fn load(
+        max_flows: u32,
+        pin_root: Option<&Path>,
+        sample_rate: u32,
+        filters: &KernelFilters,
+        drops: Option<&DropSetup>,
+    ) -> Result<(Capture, FlowTables)> {
         check_privileges()?;
         // Kernels < 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
         let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
@@ -246,6 +258,10 @@ impl Capture {
             .map_max_entries(maps::FLOWS_1, max_flows)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .override_global(globals::FILTERS, &filter_bits, true);
+        loader.map_max_entries(maps::REJECTS_0, max_flows).map_max_entries(maps::REJECTS_1, max_flows);
+        if let Some(d) = drops {
+            loader.override_global("DROP_CONFIG", &d.config, true);
+        }
         let pin_paths: Vec<(&str, PathBuf)> = match &pin_dir {
             Some(d) => ALL_MAPS.iter().map(|m| (*m, d.join(m))).collect(),
             None => vec![],
@@ -262,7 +278,43 @@ impl Capture {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).context("no TC program")?.try_into()?;
             tc.load().map_err(verifier)?;
         }
-        Ok((Capture { ebpf, attached: BTreeMap::new(), pin_dir, ingress_hook: IngressHook::Auto }, tables))
+        let mut capture = Capture { ebpf, attached: BTreeMap::new(), pin_dir, ingress_hook: IngressHook::Auto, drops: None };
+        if let Some(d) = drops {
+            capture.attach_drops(d)?;
+        }
+        Ok((capture, tables))
+    }
+
+    /// Loads and attaches the drop program; sets the drop reasons.
+    fn attach_drops(&mut self, d: &DropSetup) -> Result<()> {
+        let mut reasons: aya::maps::HashMap<_, u32, u32> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut(maps::DROP_REASONS).context("no DROP_REASONS map")?)?;
+        // Pinned maps keep the reasons of the previous agent: replace them.
+        let old: Vec<u32> = reasons.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            let _ = reasons.remove(&k);
+        }
+        for v in d.reasons.values() {
+            reasons.insert(v, 1, 0).context("setting the drop reasons")?;
+        }
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let prog: &mut BtfTracePoint = self.ebpf.program_mut(reject::DROP_PROGRAM).context("no drop program")?.try_into()?;
+        prog.load(reject::TRACEPOINT, &btf).map_err(verifier)?;
+        let pin = self.pin_dir.as_ref().map(|p| p.join("drop-link"));
+        // A previous agent's drop program: detach it first, or both would
+        // count every drop.
+        if let Some(old) = pin.as_deref().and_then(reuse) {
+            drop(old);
+        }
+        let id = prog.attach().context("attaching to the kfree_skb tracepoint")?;
+        let fd = FdLink::from(prog.take_link(id)?);
+        self.drops = Some((hold(fd, pin.as_deref())?, d.netns));
+        Ok(())
+    }
+
+    fn drop_ifaces(&mut self) -> Option<aya::maps::HashMap<&mut aya::maps::MapData, flowlog_common::DropIface, u32>> {
+        self.drops.as_ref()?;
+        aya::maps::HashMap::try_from(self.ebpf.map_mut(maps::DROP_IFACES)?).ok()
     }
 
     pub fn set_ingress_hook(&mut self, hook: IngressHook) {
@@ -309,6 +361,14 @@ impl Capture {
             }
         };
         self.attached.insert(link.ifindex, Attachment { link: link.clone(), ingress, egress, ingress_hook: hook });
+        if let Some(netns) = self.drops.as_ref().map(|d| d.1) {
+            let key = flowlog_common::DropIface { ifindex: link.ifindex, netns };
+            if let Some(mut m) = self.drop_ifaces() {
+                if let Err(e) = m.insert(key, 1, 0) {
+                    tracing::warn!(iface = %link.name, "REJECT will not be reported for this interface: {e}");
+                }
+            }
+        }
         Ok(hook)
     }
 
@@ -361,6 +421,11 @@ impl Capture {
     /// attachments with it.
     pub fn detach(&mut self, ifindex: u32) -> Option<LinkInfo> {
         let a = self.attached.remove(&ifindex)?;
+        if let Some(netns) = self.drops.as_ref().map(|d| d.1) {
+            if let Some(mut m) = self.drop_ifaces() {
+                let _ = m.remove(&flowlog_common::DropIface { ifindex, netns });
+            }
+        }
         release(a.ingress, &mut self.ebpf);
         release(a.egress, &mut self.ebpf);
         Some(a.link)
@@ -370,6 +435,9 @@ impl Capture {
         let all: Vec<u32> = self.attached.keys().copied().collect();
         for i in all {
             self.detach(i);
+        }
+        if let Some((h, _)) = self.drops.take() {
+            release(h, &mut self.ebpf);
         }
     }
 
@@ -447,7 +515,18 @@ fn reuse(path: &Path) -> Option<FdLink> {
     }
 }
 
-const ALL_MAPS: [&str; 6] = [maps::FLOWS_0, maps::FLOWS_1, maps::FAILS_0, maps::FAILS_1, maps::GENERATION, maps::COUNTERS];
+const ALL_MAPS: [&str; 10] = [
+    maps::FLOWS_0,
+    maps::FLOWS_1,
+    maps::FAILS_0,
+    maps::FAILS_1,
+    maps::GENERATION,
+    maps::COUNTERS,
+    maps::REJECTS_0,
+    maps::REJECTS_1,
+    maps::DROP_IFACES,
+    maps::DROP_REASONS,
+];
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 fn is_bpffs(p: &Path) -> bool {

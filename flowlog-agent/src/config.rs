@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub log: Option<String>,
     pub log_json: Option<bool>,
     pub ingress_hook: Option<String>,
+    pub reject_reasons: Option<Vec<String>>,
+    pub reject_reason_map: Option<Vec<String>>,
     pub sample_rate: Option<u32>,
     pub filters: KernelFilters,
     pub metadata: MetadataConfig,
@@ -65,6 +67,9 @@ pub struct Overrides {
     pub log: Option<String>,
     pub log_json: bool,
     pub ingress_hook: Option<String>,
+    pub traffic_type: Option<String>,
+    pub reject_reasons: Vec<String>,
+    pub reject_reason_map: Vec<String>,
     pub sample_rate: Option<u32>,
     pub include_cidrs: Vec<ipnet::IpNet>,
     pub exclude_cidrs: Vec<ipnet::IpNet>,
@@ -181,6 +186,15 @@ impl Settings {
             Some(h) => h.parse::<IngressHook>().map_err(|e| invalid("ingress-hook", &h, e))?,
             None => IngressHook::Auto,
         };
+        let reasons = pick(o.reject_reasons, file.reject_reasons.unwrap_or_default());
+        let reject_explicit = !reasons.is_empty();
+        let reason_map = pick(o.reject_reason_map, file.reject_reason_map.unwrap_or_default());
+        let reject = crate::reject::RejectConfig::from_args(&reasons, &reason_map)
+            .map_err(|e| invalid("reject-reasons", reasons.join(","), format!("{e:#}")))?;
+        let mut enrich = file.enrich;
+        if let Some(t) = o.traffic_type {
+            enrich.traffic_type = t.parse().map_err(|e| invalid("traffic-type", &t, e))?;
+        }
         let sample_rate = o.sample_rate.or(file.sample_rate).unwrap_or(1);
         if sample_rate == 0 {
             return Err(invalid("sample-rate", 0, "1 (every packet) or more (1 in N, counts scaled by N)"));
@@ -213,11 +227,13 @@ impl Settings {
                 sample_rate,
                 filters,
                 ingress_hook,
+                reject,
+                reject_explicit,
             },
             log: o.log.or(file.log).unwrap_or_else(|| "info".into()),
             log_json: o.log_json || file.log_json.unwrap_or(false),
             metadata: file.metadata,
-            enrich: file.enrich,
+            enrich,
         })
     }
 
@@ -246,6 +262,9 @@ impl Settings {
         kv("log", format!("{:?}", self.log));
         kv("log-json", self.log_json.to_string());
         kv("ingress-hook", format!("{:?}", format!("{:?}", a.ingress_hook).to_lowercase()));
+        kv("traffic-type", format!("{:?}", format!("{:?}", self.enrich.traffic_type).to_uppercase()));
+        kv("reject-reasons", list(&a.reject.reasons));
+        kv("reject-reason-map", list(&a.reject.reason_map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()));
         kv("sample-rate", a.sample_rate.to_string());
         let f = &a.filters;
         let nets = |v: &[ipnet::IpNet]| list(&v.iter().map(|n| n.to_string()).collect::<Vec<_>>());
@@ -370,7 +389,7 @@ mod example {
             "timeout-ms", "max-attempts", "backoff-base-ms", "backoff-max-ms", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
-            "log-json", "ingress-hook", "sample-rate", "include-cidrs", "instance", "network-interface", "cluster-arn", "cluster-name", "container-instance-arn",
+            "log-json", "ingress-hook", "reject-reasons", "reject-reason-map", "sample-rate", "include-cidrs", "instance", "network-interface", "cluster-arn", "cluster-name", "container-instance-arn",
             "container-instance-id", "container-id", "second-container-id", "service-name", "task-definition-arn", "task-arn", "task-id", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
         ];
         for k in keys {
@@ -379,7 +398,7 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
+            "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol",
         ] {
             assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");

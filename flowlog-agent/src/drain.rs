@@ -16,7 +16,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
-use flowlog_common::{counters, maps, FlowKey, FlowStats, InsertFailures};
+use flowlog_common::{counters, maps, FlowKey, FlowStats, InsertFailures, RejectKey, GENERATION_GRACE};
 
 use crate::{clock, sys};
 
@@ -24,6 +24,10 @@ use crate::{clock, sys};
 #[derive(Clone, Debug, Default)]
 pub struct Drained {
     pub flows: Vec<(FlowKey, FlowStats)>,
+    /// REJECT counts (see [`crate::reject`]). Packets moved here from an
+    /// ingress ACCEPT entry are no longer in `flows`, whose entries may be
+    /// left with 0 packets.
+    pub rejects: Vec<(RejectKey, FlowStats)>,
     /// Failed inserts per ifindex.
     pub fails: Vec<(u32, InsertFailures)>,
     /// Failed inserts whose interface could not be recorded.
@@ -46,7 +50,13 @@ impl Drained {
         window_start_unix_ns: u64,
         window_end_unix_ns: u64,
     ) -> Self {
-        Drained { flows, fails, unattributed_failures, boot_to_unix_ns, window_start_unix_ns, window_end_unix_ns, read: vec![] }
+        Drained { flows, rejects: vec![], fails, unattributed_failures, boot_to_unix_ns, window_start_unix_ns, window_end_unix_ns, read: vec![] }
+    }
+
+    /// Adds REJECT counts to a window built with [`Drained::from_parts`].
+    pub fn with_rejects(mut self, rejects: Vec<(RejectKey, FlowStats)>) -> Self {
+        self.rejects = rejects;
+        self
     }
 }
 
@@ -54,6 +64,7 @@ impl Drained {
 struct Read {
     generation: u32,
     flow_keys: Vec<FlowKey>,
+    reject_keys: Vec<RejectKey>,
     fail_keys: Vec<u32>,
     unattributed: bool,
 }
@@ -65,11 +76,16 @@ pub struct KernelCounters {
     pub non_ip: u64,
     pub filtered: u64,
     pub sampled_out: u64,
+    /// See [`counters::REJECT_NOT_MOVED`].
+    pub reject_not_moved: u64,
+    /// See [`counters::REJECT_UNPARSED`].
+    pub reject_unparsed: u64,
 }
 
 pub struct FlowTables {
     flows: [HashMap<MapData, FlowKey, FlowStats>; 2],
     fails: [HashMap<MapData, u32, InsertFailures>; 2],
+    rejects: [HashMap<MapData, RejectKey, FlowStats>; 2],
     generation: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     barrier: sys::RcuBarrier,
@@ -101,6 +117,7 @@ impl FlowTables {
         Ok(FlowTables {
             flows: [take(ebpf, maps::FLOWS_0)?, take(ebpf, maps::FLOWS_1)?],
             fails: [take(ebpf, maps::FAILS_0)?, take(ebpf, maps::FAILS_1)?],
+            rejects: [take(ebpf, maps::REJECTS_0)?, take(ebpf, maps::REJECTS_1)?],
             generation,
             counters: take(ebpf, maps::COUNTERS)?,
             barrier,
@@ -115,11 +132,12 @@ impl FlowTables {
     pub fn leftover(&mut self) -> Result<Option<Drained>> {
         let idle = 1 - self.current;
         let mut d = self.read_generation(idle, 0, 0)?;
-        if d.flows.is_empty() && d.fails.is_empty() && d.unattributed_failures == 0 {
+        if d.flows.is_empty() && d.rejects.is_empty() && d.fails.is_empty() && d.unattributed_failures == 0 {
             return Ok(None);
         }
-        let first = d.flows.iter().map(|f| f.1.first_seen_ns).min();
-        let last = d.flows.iter().map(|f| f.1.last_seen_ns).max();
+        let stats = || d.flows.iter().map(|f| &f.1).chain(d.rejects.iter().map(|r| &r.1));
+        let first = stats().map(|s| s.first_seen_ns).min();
+        let last = stats().map(|s| s.last_seen_ns).max();
         let to_unix = |t: u64| (t as i128 + d.boot_to_unix_ns).max(0) as u64;
         d.window_start_unix_ns = first.map_or(self.window_start_unix_ns, to_unix).min(self.window_start_unix_ns);
         d.window_end_unix_ns = last.map_or(self.window_start_unix_ns, to_unix).max(d.window_start_unix_ns);
@@ -144,10 +162,12 @@ impl FlowTables {
         let late = self.read_generation(1 - old, self.window_start_unix_ns, end)?;
         self.window_start_unix_ns = next_start;
         d.flows.extend(late.flows);
+        d.rejects.extend(late.rejects);
         d.fails.extend(late.fails);
         d.unattributed_failures += late.unattributed_failures;
         d.read.extend(late.read);
         d.flows = merge_flows(d.flows);
+        d.rejects = merge_flows(d.rejects);
         d.fails = merge_fails(d.fails);
         Ok(d)
     }
@@ -157,6 +177,7 @@ impl FlowTables {
         for r in &d.read {
             let g = r.generation as usize;
             sys::delete_keys(self.flows[g].map().fd().as_fd(), &r.flow_keys).context("emptying the flow table")?;
+            sys::delete_keys(self.rejects[g].map().fd().as_fd(), &r.reject_keys).context("emptying the REJECT table")?;
             sys::delete_keys(self.fails[g].map().fd().as_fd(), &r.fail_keys).context("emptying the failure table")?;
             if r.unattributed {
                 let idx = unattributed_index(r.generation);
@@ -175,8 +196,13 @@ impl FlowTables {
         let new = 1 - old;
         // Noted before the flip: packets of the next window are stamped later.
         let next_start = clock::unix_ns();
+        // The drop program may still take ACCEPT counts back from the old
+        // generation until the second barrier (see `reject`).
+        self.generation.set(GENERATION_GRACE, old + 1, 0).context("switching generation")?;
         self.generation.set(0, new, 0).context("switching generation")?;
         self.generation.set(1, (next_start / NS) as u32, 0).context("noting the flip time")?;
+        self.barrier.wait().context("waiting for running programs (synchronize_rcu)")?;
+        self.generation.set(GENERATION_GRACE, 0, 0).context("switching generation")?;
         self.barrier.wait().context("waiting for running programs (synchronize_rcu)")?;
         self.current = new;
         Ok((old, clock::unix_ns(), next_start))
@@ -188,15 +214,19 @@ impl FlowTables {
         sys::lookup_all(self.flows[i].map().fd().as_fd(), self.batch, &mut flows).context("reading the flow table")?;
         let mut fails = Vec::new();
         sys::lookup_all(self.fails[i].map().fd().as_fd(), 1024, &mut fails).context("reading the failure table")?;
+        let mut rejects = Vec::new();
+        sys::lookup_all(self.rejects[i].map().fd().as_fd(), self.batch, &mut rejects).context("reading the REJECT table")?;
         let unattributed: u64 = self.counters.get(&unattributed_index(g), 0).context("reading counters")?.iter().sum();
         let read = Read {
             generation: g,
             flow_keys: flows.iter().map(|f: &(FlowKey, FlowStats)| f.0).collect(),
+            reject_keys: rejects.iter().map(|f: &(RejectKey, FlowStats)| f.0).collect(),
             fail_keys: fails.iter().map(|f: &(u32, InsertFailures)| f.0).collect(),
             unattributed: unattributed > 0,
         };
         Ok(Drained {
             flows,
+            rejects,
             fails,
             unattributed_failures: unattributed,
             boot_to_unix_ns: clock::boot_to_unix_offset_ns(),
@@ -213,6 +243,8 @@ impl FlowTables {
             non_ip: sum(counters::NON_IP)?,
             filtered: sum(counters::FILTERED)?,
             sampled_out: sum(counters::SAMPLED_OUT)?,
+            reject_not_moved: sum(counters::REJECT_NOT_MOVED)?,
+            reject_unparsed: sum(counters::REJECT_UNPARSED)?,
         })
     }
 }
@@ -226,8 +258,8 @@ fn unattributed_index(g: u32) -> u32 {
 }
 
 /// The final drain reads two tables that may hold the same flow.
-fn merge_flows(v: Vec<(FlowKey, FlowStats)>) -> Vec<(FlowKey, FlowStats)> {
-    let mut m: std::collections::BTreeMap<FlowKey, FlowStats> = Default::default();
+fn merge_flows<K: Ord>(v: Vec<(K, FlowStats)>) -> Vec<(K, FlowStats)> {
+    let mut m: std::collections::BTreeMap<K, FlowStats> = Default::default();
     for (k, s) in v {
         m.entry(k)
             .and_modify(|e| {

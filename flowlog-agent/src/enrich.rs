@@ -22,7 +22,8 @@ use crate::{
     aws_services::{AwsRangesError, AwsServices},
     drain::Drained,
     filter::{ExclusionConfig, Exclusions, TrafficType},
-    record::{Direction, EcsMeta, FlowRecord, LogStatus, TagValues},
+    record::{Action, Direction, EcsMeta, FlowRecord, LogStatus, TagValues},
+    reject::{self, RejectReasons},
     semantics,
     traffic_path::{RouteError, RouteTable, RouteTableConfig},
 };
@@ -101,6 +102,8 @@ pub struct Enrichment {
     /// `srcaddr`/`dstaddr` normalisation. Interfaces not listed keep the
     /// packet addresses.
     pub interface_addrs: HashMap<u32, Vec<IpAddr>>,
+    /// `reject-reason` text of kernel drop reasons (none: `-`).
+    pub reject_reasons: RejectReasons,
 }
 
 /// The enrichment part of the configuration file.
@@ -220,7 +223,7 @@ impl EnrichConfig {
                 let cidrs: Vec<IpNet> = self.vpc_cidrs.iter().chain(vpc_cidrs).copied().collect();
                 Exclusions::from_config(&self.exclusions, &cidrs)
             });
-        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, interface_addrs: HashMap::new() })
+        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, interface_addrs: HashMap::new(), reject_reasons: RejectReasons::default() })
     }
 }
 
@@ -254,6 +257,9 @@ fn unix_secs(boot_ns: u64, boot_to_unix_ns: i128) -> u64 {
     }
 }
 
+/// A flow of one window with its action and `reject-reason`.
+type Entry<'a> = (&'a FlowKey, &'a FlowStats, Action, Option<Arc<str>>);
+
 /// Builds the records of one window.
 ///
 /// `interfaces` are all interfaces that were attached during the window
@@ -266,9 +272,16 @@ fn unix_secs(boot_ns: u64, boot_to_unix_ns: i128) -> u64 {
 /// an interface with only such flows gets a NODATA record.
 pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, enrichment: Option<&Enrichment>) -> Vec<FlowRecord> {
     let (w_start, w_end) = (drained.window_start_unix_ns / 1_000_000_000, drained.window_end_unix_ns / 1_000_000_000);
-    let mut per_iface: BTreeMap<u32, Vec<(&FlowKey, &FlowStats)>> = BTreeMap::new();
-    for (k, v) in &drained.flows {
-        per_iface.entry(k.ifindex).or_default().push((k, v));
+    // ACCEPT entries the drop program emptied (every packet of the flow was
+    // dropped) are no records: their packets are in the REJECT entries.
+    let no_reasons = RejectReasons::default();
+    let rejects = reject::merge(&drained.rejects, enrichment.map_or(&no_reasons, |e| &e.reject_reasons));
+    let mut per_iface: BTreeMap<u32, Vec<Entry<'_>>> = BTreeMap::new();
+    for (k, v) in drained.flows.iter().filter(|f| f.1.packets > 0) {
+        per_iface.entry(k.ifindex).or_default().push((k, v, semantics::CAPTURED_ACTION, None));
+    }
+    for (k, v, reason) in &rejects {
+        per_iface.entry(k.ifindex).or_default().push((k, v, Action::Reject, reason.clone()));
     }
     let failed: BTreeMap<u32, u64> = drained.fails.iter().map(|(i, f)| (*i, f.packets)).collect();
 
@@ -292,14 +305,16 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
     for meta in &order {
         let mut flows = per_iface.remove(&meta.ifindex).unwrap_or_default();
         // Deterministic output: by first packet, then by key.
-        flows.sort_by(|a, b| (a.1.first_seen_ns, a.0).cmp(&(b.1.first_seen_ns, b.0)));
+        flows.sort_by(|a, b| {
+            (a.1.first_seen_ns, a.0, a.2 == Action::Reject, &a.3).cmp(&(b.1.first_seen_ns, b.0, b.2 == Action::Reject, &b.3))
+        });
         let from_meta = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
         let addrs = enrichment.and_then(|e| e.interface_addrs.get(&meta.ifindex)).or(from_meta.as_ref());
         let mut written = 0usize;
-        for (k, v) in &flows {
+        for (k, v, action, reject_reason) in &flows {
             let (pkt_src, pkt_dst) = key_addrs(k);
             let dir = if k.direction == direction::INGRESS { Direction::Ingress } else { Direction::Egress };
-            let action = semantics::CAPTURED_ACTION;
+            let action = *action;
             if let Some(e) = enrichment {
                 let excluded = e.exclusions.as_ref().is_some_and(|x| x.excludes(pkt_src, pkt_dst, k.protocol, k.src_port, k.dst_port));
                 if excluded || !e.traffic_type.admits(Some(action)) {
@@ -329,6 +344,7 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
                 pkt_src_aws_service: service_of(pkt_src),
                 pkt_dst_aws_service: service_of(pkt_dst),
                 traffic_path: enrichment.and_then(|e| e.routes.as_ref()).and_then(|r| r.path(dir, pkt_dst)).map(|p| p.code()),
+                reject_reason: reject_reason.clone(),
                 ..base_record(host, meta, start, end, LogStatus::Ok)
             });
             written += 1;

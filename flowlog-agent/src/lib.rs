@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod aws_services;
+pub mod btf;
 pub mod capture;
 pub mod clock;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod parse;
 pub mod prefix;
 pub mod record;
+pub mod reject;
 pub mod semantics;
 pub mod ship;
 pub mod sys;

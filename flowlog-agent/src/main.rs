@@ -81,6 +81,22 @@ struct RunArgs {
     /// e.g. for a jumbo MTU), `xdp` or `tc`. Default auto.
     #[arg(long, env = "FLOWLOG_INGRESS_HOOK")]
     ingress_hook: Option<String>,
+    /// Which records to write, like a flow log's traffic type: `ACCEPT`,
+    /// `REJECT` or `ALL` (overrides `[enrich] traffic-type`). Default ALL.
+    #[arg(long, env = "FLOWLOG_TRAFFIC_TYPE")]
+    traffic_type: Option<String>,
+    /// Kernel drop reasons (`enum skb_drop_reason` names without the
+    /// `SKB_DROP_REASON_` prefix) whose packets are REJECT, e.g.
+    /// `NETFILTER_DROP,NO_SOCKET`; `none`: no REJECT records, no drop hook.
+    /// Default NETFILTER_DROP (switched off with a warning where the kernel
+    /// has no BTF).
+    #[arg(long, value_delimiter = ',', env = "FLOWLOG_REJECT_REASONS")]
+    reject_reasons: Vec<String>,
+    /// `DROP_REASON=TEXT`: the `reject-reason` field of REJECT records of that
+    /// drop reason (default `-`, as AWS writes for reasons other than its
+    /// own); repeatable.
+    #[arg(long, value_delimiter = ',', env = "FLOWLOG_REJECT_REASON_MAP")]
+    reject_reason_map: Vec<String>,
     /// Count 1 packet in N, chosen at random in the kernel; records then
     /// show counts multiplied by N. Default 1 (every packet).
     #[arg(long, env = "FLOWLOG_SAMPLE_RATE")]
@@ -123,6 +139,9 @@ impl RunArgs {
             log: self.log,
             log_json: self.log_json,
             ingress_hook: self.ingress_hook,
+            traffic_type: self.traffic_type,
+            reject_reasons: self.reject_reasons,
+            reject_reason_map: self.reject_reason_map,
             sample_rate: self.sample_rate,
             include_cidrs: self.include_cidrs,
             exclude_cidrs: self.exclude_cidrs,

@@ -265,7 +265,7 @@ mod tests {
             InterfaceMeta { ifindex: 3, name: "eth1".into(), interface_id: "eni-b".into(), meta: None, tags: None, ecs: None },
         ];
         m.drained(&d, &ifaces, 10, 0.002);
-        let c = |malformed, non_ip| crate::drain::KernelCounters { malformed, non_ip, filtered: 2, sampled_out: 0 };
+        let c = |malformed, non_ip| crate::drain::KernelCounters { malformed, non_ip, filtered: 2, ..Default::default() };
         m.kernel_counters(&c(5, 9));
         m.kernel_counters(&c(6, 9));
         m.shipped("stdout", 4, true);

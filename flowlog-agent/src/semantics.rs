@@ -15,7 +15,7 @@ pub fn ip_type(addr: IpAddr) -> IpType {
 
 /// `action` of a flow the agent captured. The hooks count packets that
 /// reached or left the interface, i.e. traffic that was let through; REJECT
-/// needs a drop hook, which a later stage adds.
+/// records come from the drop hook (see [`crate::reject`]).
 pub const CAPTURED_ACTION: Action = Action::Accept;
 
 /// The interface's primary private IPv4 address: by convention the first

@@ -28,7 +28,7 @@ impl Kernel {
     }
 
     fn load_with(max_flows: u32, sample_rate: u32, filters: &KernelFilters) -> Self {
-        let (capture, tables) = Capture::load(max_flows, None, sample_rate, filters).expect("load eBPF programs");
+        let (capture, tables) = Capture::load(max_flows, None, sample_rate, filters, None).expect("load eBPF programs");
         Kernel { capture, tables }
     }
 
@@ -405,7 +405,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 3, dport: 4, payload: 2 });
 
     // Agent 1 counts, closes the window, reads it... and dies before releasing.
-    let (mut capture, mut tables) = Capture::load(64, Some(&root), 1, &Default::default()).unwrap();
+    let (mut capture, mut tables) = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
     let mut k = Kernel { capture, tables };
     k.xdp(&f);
     k.xdp(&f);
@@ -415,7 +415,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     drop(k);
 
     // Agent 2 re-uses the pinned maps: the unreleased window, then the open one.
-    (capture, tables) = Capture::load(64, Some(&root), 1, &Default::default()).unwrap();
+    (capture, tables) = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
     k = Kernel { capture, tables };
     let left = k.tables.leftover().unwrap().expect("leftover window");
     assert_eq!(entries(&left), [(v4key(A4, B4, 3, 4, UDP, 0), 2, 60, 0)]);

@@ -9,7 +9,7 @@
 /// Version of the map layout (names, key and value types, sizes). Pinned
 /// maps of another version are not reused: an agent of a new layout starts
 /// clean and says so. Bump on every incompatible change.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Map names, as they appear in the eBPF object.
 pub mod maps {
@@ -22,7 +22,8 @@ pub mod maps {
     /// Failed flow inserts per interface, generation 1.
     pub const FAILS_1: &str = "FAILS_1";
     /// `u32`s: [0] the generation the programs write to now (0 or 1),
-    /// [1] the Unix second of the last flip (written by the agent only).
+    /// [1] the Unix second of the last flip (written by the agent only),
+    /// [2] see [`super::GENERATION_GRACE`].
     pub const GENERATION: &str = "GENERATION";
     /// Per-CPU `u64` counters indexed by [`super::counters`].
     pub const COUNTERS: &str = "COUNTERS";
@@ -34,6 +35,15 @@ pub mod maps {
     pub const FILTER_PORTS: &str = "FILTER_PORTS";
     /// `Array<u8>` of 256: 1 where the protocol is counted.
     pub const FILTER_PROTOCOLS: &str = "FILTER_PROTOCOLS";
+    /// REJECT counts of generation 0 (`HashMap<RejectKey, FlowStats>`),
+    /// written by the drop program.
+    pub const REJECTS_0: &str = "REJECTS_0";
+    /// REJECT counts of generation 1.
+    pub const REJECTS_1: &str = "REJECTS_1";
+    /// Interfaces the drop program reports (`HashMap<DropIface, u32>`).
+    pub const DROP_IFACES: &str = "DROP_IFACES";
+    /// Kernel drop reasons counted as REJECT (`HashMap<u32, u32>`).
+    pub const DROP_REASONS: &str = "DROP_REASONS";
 }
 
 /// Load-time settings of the programs (read-only globals: the verifier
@@ -57,6 +67,12 @@ pub mod filters {
     pub const PORT_EXCLUDE: u8 = 2;
 }
 
+/// Index of `GENERATION` the agent sets, during a flip, to `old + 1`: the
+/// drop program may still move counts out of the old generation's ACCEPT
+/// table (a packet counted before the flip and dropped after it). 0: only
+/// the current generation.
+pub const GENERATION_GRACE: u32 = 2;
+
 /// Indexes into the per-CPU `COUNTERS` array.
 pub mod counters {
     /// IP frames that were shorter than their headers say (not counted as flows).
@@ -72,8 +88,16 @@ pub mod counters {
     pub const FILTERED: u32 = 4;
     /// Packets sampling skipped (the counted ones stand for them).
     pub const SAMPLED_OUT: u32 = 5;
+    /// Ingress packets dropped (REJECT) whose ACCEPT count could not be taken
+    /// back: no entry of the same flow with enough packets in the current
+    /// window nor in the one being closed. They are in an ACCEPT record of
+    /// an earlier window *and* in a REJECT record.
+    pub const REJECT_NOT_MOVED: u32 = 6;
+    /// Dropped packets of a watched interface whose headers could not be
+    /// read (not in the linear area, or malformed): not counted as REJECT.
+    pub const REJECT_UNPARSED: u32 = 7;
     /// Number of counters.
-    pub const LEN: u32 = 6;
+    pub const LEN: u32 = 8;
 }
 
 /// Capture direction, relative to the interface.
@@ -142,10 +166,78 @@ pub struct InsertFailures {
     pub bytes: u64,
 }
 
+/// Key of the REJECT tables: the flow and the kernel's drop reason
+/// (`enum skb_drop_reason` value of the running kernel). 48 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RejectKey {
+    pub flow: FlowKey,
+    pub reason: u32,
+}
+
+/// Key of `DROP_IFACES`: an interface the agent captures on. Interface
+/// indexes are per network namespace, and the drop tracepoint sees every
+/// namespace, so the namespace's inode number is part of the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DropIface {
+    pub ifindex: u32,
+    pub netns: u32,
+}
+
+/// Byte offsets into kernel structures, read by the agent from the running
+/// kernel's BTF and given to the drop program as a read-only global (aya-ebpf
+/// has no CO-RE relocations). `enabled == 0`: the program does nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropConfig {
+    pub enabled: u32,
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_len: u32,
+    pub skb_network_header: u32,
+    pub skb_tail: u32,
+    pub skb_end: u32,
+    pub skb_dev: u32,
+    pub skb_iif: u32,
+    pub skb_refdst: u32,
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net.net`; `u32::MAX` on kernels without namespaces.
+    pub dev_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    pub dst_dev: u32,
+    pub shinfo_gso_size: u32,
+    pub shinfo_gso_segs: u32,
+}
+
+impl DropConfig {
+    pub const DISABLED: DropConfig = DropConfig {
+        enabled: 0,
+        skb_head: 0,
+        skb_data: 0,
+        skb_len: 0,
+        skb_network_header: 0,
+        skb_tail: 0,
+        skb_end: 0,
+        skb_dev: 0,
+        skb_iif: 0,
+        skb_refdst: 0,
+        dev_ifindex: 0,
+        dev_net: 0,
+        net_inum: 0,
+        dst_dev: 0,
+        shinfo_gso_size: 0,
+        shinfo_gso_segs: 0,
+    };
+}
+
 // The layout is part of the kernel/user contract: fail the build if it moves.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<InsertFailures>() == 16);
+const _: () = assert!(core::mem::size_of::<RejectKey>() == 48);
+const _: () = assert!(core::mem::size_of::<DropIface>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -153,4 +245,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::InsertFailures {}
+    unsafe impl aya::Pod for super::RejectKey {}
+    unsafe impl aya::Pod for super::DropIface {}
+    unsafe impl aya::Pod for super::DropConfig {}
 }

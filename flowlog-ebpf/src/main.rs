@@ -19,6 +19,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod drops;
 mod parse;
 
 use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
@@ -49,9 +50,10 @@ static FAILS_0: HashMap<u32, InsertFailures> = HashMap::with_max_entries(MAX_FAI
 #[map]
 static FAILS_1: HashMap<u32, InsertFailures> = HashMap::with_max_entries(MAX_FAIL_IFACES, 0);
 /// [0]: generation the programs write to; [1]: Unix second of the last
-/// flip, kept by the agent so a restarted agent knows when its window began.
+/// flip, kept by the agent so a restarted agent knows when its window began;
+/// [2]: `GENERATION_GRACE` (drop program, see `drops`).
 #[map]
-static GENERATION: Array<u32> = Array::with_max_entries(2, 0);
+static GENERATION: Array<u32> = Array::with_max_entries(3, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);
 #[map]

@@ -1,0 +1,340 @@
+//! REJECT end to end: two network namespaces joined by a veth pair, the
+//! agent on one end (`a`), nftables rules in `a` that drop chosen ports, and
+//! real traffic. Every dropped packet must be in a REJECT record and in no
+//! ACCEPT record; packets and bytes exact. Needs root and `nft`.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+use common::require_root;
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let fd = fs::File::open(&path).unwrap();
+        // SAFETY: valid netns fd; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+struct Topo {
+    a: String,
+    b: String,
+    a_if: String,
+    a4: Ipv4Addr,
+    b4: Ipv4Addr,
+    a6: Ipv6Addr,
+    b6: Ipv6Addr,
+}
+
+impl Topo {
+    /// `nft`: rules for namespace `a`'s `inet flowlog` table.
+    fn new(nft: &str) -> Topo {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{}", std::process::id() % 100_000, n);
+        let t = Topo {
+            a: format!("flr-{id}-a"),
+            b: format!("flr-{id}-b"),
+            a_if: format!("fra{id}"),
+            a4: Ipv4Addr::new(10, 203, n as u8, 1),
+            b4: Ipv4Addr::new(10, 203, n as u8, 2),
+            a6: format!("fd00:203:{n}::1").parse().unwrap(),
+            b6: format!("fd00:203:{n}::2").parse().unwrap(),
+        };
+        let b_if = format!("frb{id}");
+        sh(&["ip", "netns", "add", &t.a]);
+        sh(&["ip", "netns", "add", &t.b]);
+        sh(&["ip", "link", "add", &t.a_if, "netns", &t.a, "type", "veth", "peer", "name", &b_if, "netns", &t.b]);
+        for (ns, ifname, v4, v6) in [(&t.a, &t.a_if, t.a4, t.a6), (&t.b, &b_if, t.b4, t.b6)] {
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"]);
+            sh(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let rules = format!("table inet flowlog {{\n{nft}\n}}\n");
+        let file = std::env::temp_dir().join(format!("{}.nft", t.a));
+        fs::write(&file, rules).unwrap();
+        sh(&["ip", "netns", "exec", &t.a, "nft", "-f", file.to_str().unwrap()]);
+        let _ = fs::remove_file(file);
+        t
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+const FORMAT: &str = "${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${action} ${log-status} ${flow-direction} ${reject-reason}";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rec {
+    tuple: Option<(IpAddr, IpAddr, u16, u16, u8)>,
+    packets: u64,
+    bytes: u64,
+    action: String,
+    status: String,
+    direction: String,
+    reject_reason: String,
+}
+
+impl Rec {
+    fn parse(line: &str) -> Rec {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 12, "{line:?}");
+        let tuple = (f[9] == "OK").then(|| (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap(), f[5].parse().unwrap()));
+        Rec {
+            tuple,
+            packets: f[6].parse().unwrap_or(0),
+            bytes: f[7].parse().unwrap_or(0),
+            action: f[8].into(),
+            status: f[9].into(),
+            direction: f[10].into(),
+            reject_reason: f[11].into(),
+        }
+    }
+}
+
+struct Agent {
+    child: Child,
+    out: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    fn start(t: &Topo, extra: &[&str]) -> Agent {
+        let out = std::env::temp_dir().join(format!("flowlog-reject-{}-{}.log", t.a, NEXT.fetch_add(1, Ordering::SeqCst)));
+        let _ = fs::remove_file(&out);
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &t.a, env!("CARGO_BIN_EXE_flowlog-agent"), "--iface", &t.a_if, "--no-pin"])
+            .args(["--interval", "3600", "--metrics-listen", "off", "--log-format", FORMAT])
+            .args(["--output", &format!("file:{}", out.display())])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start agent");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let (pipe, log) = (child.stderr.take().unwrap(), stderr.clone());
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains(" ready ") {
+                    let _ = tx.send(());
+                }
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = child.kill();
+            panic!("agent not ready: {}", stderr.lock().unwrap());
+        }
+        Agent { child, out, stderr }
+    }
+
+    fn stop(mut self) -> (Vec<Rec>, String) {
+        // Let the last dropped packets reach the drop hook.
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let log = self.stderr.lock().unwrap().clone();
+        assert!(status.success(), "agent exit {status}: {log}");
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        let _ = fs::remove_file(&self.out);
+        (text.lines().map(Rec::parse).collect(), log)
+    }
+}
+
+type Key = ((IpAddr, IpAddr, u16, u16, u8), String, String);
+
+/// (tuple, direction, action) → (packets, bytes, records, reject-reasons).
+fn totals(recs: &[Rec]) -> BTreeMap<Key, (u64, u64, usize, String)> {
+    let mut m = BTreeMap::new();
+    for r in recs.iter().filter(|r| r.status == "OK") {
+        let e = m.entry((r.tuple.unwrap(), r.direction.clone(), r.action.clone())).or_insert((0, 0, 0, String::new()));
+        e.0 += r.packets;
+        e.1 += r.bytes;
+        e.2 += 1;
+        e.3 = r.reject_reason.clone();
+    }
+    m
+}
+
+/// A socket in `b` sending to `a`, and a receiver in `a` on `port`.
+fn pair(t: &Topo, v6: bool, port: u16) -> (UdpSocket, UdpSocket) {
+    let (a, b): (IpAddr, IpAddr) = if v6 { (t.a6.into(), t.b6.into()) } else { (t.a4.into(), t.b4.into()) };
+    let rx = in_netns(&t.a, move || UdpSocket::bind(SocketAddr::new(a, port)).unwrap());
+    let tx = in_netns(&t.b, move || UdpSocket::bind(SocketAddr::new(b, 0)).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    (tx, rx)
+}
+
+/// Sends datagrams of the given payload sizes; those for which `delivered`
+/// says so must arrive, the others must not.
+fn send(tx: &UdpSocket, rx: &UdpSocket, sizes: &[usize], delivered: impl Fn(usize) -> bool) {
+    let to = rx.local_addr().unwrap();
+    let mut buf = vec![0u8; 65536];
+    for &size in sizes {
+        tx.send_to(&vec![7u8; size], to).unwrap();
+        if delivered(size) {
+            assert_eq!(rx.recv(&mut buf).expect("datagram lost"), size);
+        }
+    }
+    rx.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    assert!(rx.recv(&mut buf).is_err(), "a datagram the firewall should drop arrived");
+}
+
+fn tuple(tx: &UdpSocket, rx: &UdpSocket) -> (IpAddr, IpAddr, u16, u16, u8) {
+    let (s, d) = (tx.local_addr().unwrap(), rx.local_addr().unwrap());
+    (s.ip(), d.ip(), s.port(), d.port(), 17)
+}
+
+const RULES: &str = "
+chain input {
+    type filter hook input priority 0;
+    udp dport { 7601, 7611 } drop
+    udp dport { 7603, 7613 } udp length > 300 drop
+}
+chain output {
+    type filter hook output priority 0;
+    udp dport { 7605, 7615 } drop
+}";
+
+#[test]
+fn dropped_ports_are_reject_allowed_ports_accept_mixed_flows_split_exactly() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(RULES);
+    let agent = Agent::start(&t, &[]);
+    let mut want: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
+    let mut absent: Vec<Key> = Vec::new();
+    for v6 in [false, true] {
+        let off = if v6 { 10 } else { 0 };
+        let ip_hdr = if v6 { 48 } else { 28 }; // IP + UDP headers
+        let ing = "ingress".to_string();
+
+        // N = 7 datagrams to a dropped port: REJECT 7, no ACCEPT.
+        let (tx, rx) = pair(&t, v6, 7601 + off);
+        send(&tx, &rx, &[100; 7], |_| false);
+        want.insert((tuple(&tx, &rx), ing.clone(), "REJECT".into()), (7, 7 * (ip_hdr + 100)));
+        absent.push((tuple(&tx, &rx), ing.clone(), "ACCEPT".into()));
+
+        // Allowed port: ACCEPT only.
+        let (tx, rx) = pair(&t, v6, 7602 + off);
+        send(&tx, &rx, &[50; 5], |_| true);
+        want.insert((tuple(&tx, &rx), ing.clone(), "ACCEPT".into()), (5, 5 * (ip_hdr + 50)));
+        absent.push((tuple(&tx, &rx), ing.clone(), "REJECT".into()));
+
+        // One 5-tuple, small datagrams allowed and large ones dropped.
+        let (tx, rx) = pair(&t, v6, 7603 + off);
+        let sizes = [40, 400, 60, 500, 80, 100, 600];
+        send(&tx, &rx, &sizes, |s| s + 8 <= 300);
+        want.insert((tuple(&tx, &rx), ing.clone(), "ACCEPT".into()), (4, 4 * ip_hdr + 40 + 60 + 80 + 100));
+        want.insert((tuple(&tx, &rx), ing.clone(), "REJECT".into()), (3, 3 * ip_hdr + 400 + 500 + 600));
+
+        // Egress: the output chain drops before TC egress ever sees the packet.
+        let (a, b): (IpAddr, IpAddr) = if v6 { (t.a6.into(), t.b6.into()) } else { (t.a4.into(), t.b4.into()) };
+        let out = in_netns(&t.a, move || UdpSocket::bind(SocketAddr::new(a, 0)).unwrap());
+        let to = SocketAddr::new(b, 7605 + off);
+        for _ in 0..4 {
+            let e = out.send_to(&[1u8; 30], to).expect_err("the output chain drops it");
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        }
+        let tu = (a, b, out.local_addr().unwrap().port(), 7605 + off, 17);
+        want.insert((tu, "egress".into(), "REJECT".into()), (4, 4 * (ip_hdr + 30)));
+        absent.push((tu, "egress".into(), "ACCEPT".into()));
+    }
+    let (recs, log) = agent.stop();
+    let m = totals(&recs);
+    for (k, (packets, bytes)) in &want {
+        let got = m.get(k).unwrap_or_else(|| panic!("no record for {k:?}: {m:#?}\n{log}"));
+        assert_eq!((got.0, got.1, got.2), (*packets, *bytes, 1), "{k:?}: {m:#?}");
+        assert_eq!(got.3, "-", "{k:?}");
+    }
+    for k in &absent {
+        assert!(!m.contains_key(k), "unexpected {k:?}: {m:#?}");
+    }
+    assert!(!log.contains("earlier window"), "{log}");
+}
+
+#[test]
+fn traffic_type_reasons_and_reject_reason_map() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(RULES);
+    let run = |extra: &[&str], closed_port_rejects: bool| -> BTreeMap<Key, (u64, u64, usize, String)> {
+        let agent = Agent::start(&t, extra);
+        let (tx, rx) = pair(&t, false, 7601);
+        send(&tx, &rx, &[10; 3], |_| false);
+        let (tx2, rx2) = pair(&t, true, 7602);
+        send(&tx2, &rx2, &[10; 2], |_| true);
+        // Nothing listens on 7609: the UDP layer drops it (NO_SOCKET).
+        let closed = SocketAddr::new(t.a4.into(), 7609);
+        tx.send_to(&[1u8; 20], closed).unwrap();
+        let (recs, log) = agent.stop();
+        let m = totals(&recs);
+        let closed_key = ((IpAddr::from(t.b4), closed.ip(), tx.local_addr().unwrap().port(), 7609, 17), "ingress".to_string(), "REJECT".to_string());
+        assert_eq!(m.get(&closed_key).map(|v| (v.0, v.1)), closed_port_rejects.then_some((1, 48)), "{m:#?}\n{log}");
+        m
+    };
+    let actions = |m: &BTreeMap<Key, (u64, u64, usize, String)>| {
+        let mut a: Vec<(u16, String, String)> = m.iter().filter(|(k, _)| k.0 .3 >= 7600).map(|(k, v)| (k.0 .3, k.2.clone(), v.3.clone())).collect();
+        a.sort();
+        a
+    };
+    let s = |v: &[(u16, &str, &str)]| -> Vec<(u16, String, String)> { v.iter().map(|x| (x.0, x.1.to_string(), x.2.to_string())).collect() };
+
+    let m = run(&["--traffic-type", "REJECT", "--reject-reason-map", "NETFILTER_DROP=FW"], false);
+    assert_eq!(actions(&m), s(&[(7601, "REJECT", "FW")]));
+    let m = run(&["--traffic-type", "ACCEPT"], false);
+    assert_eq!(actions(&m), s(&[(7602, "ACCEPT", "-"), (7609, "ACCEPT", "-")]));
+    let m = run(&["--reject-reasons", "NETFILTER_DROP,NO_SOCKET", "--reject-reason-map", "NO_SOCKET=CLOSED"], true);
+    assert_eq!(actions(&m), s(&[(7601, "REJECT", "-"), (7602, "ACCEPT", "-"), (7609, "REJECT", "CLOSED")]));
+    // No drop hook: the firewall's drops stay ACCEPT (what XDP saw).
+    let m = run(&["--reject-reasons", "none"], false);
+    assert_eq!(actions(&m), s(&[(7601, "ACCEPT", "-"), (7602, "ACCEPT", "-"), (7609, "ACCEPT", "-")]));
+}
+
+#[test]
+fn unknown_drop_reason_fails_with_the_list() {
+    if !require_root() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_flowlog-agent")).args(["--iface", "lo", "--no-pin", "--metrics-listen", "off", "--reject-reasons", "NOPE"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown drop reason NOPE") && err.contains("NETFILTER_DROP") && err.contains("NO_SOCKET"), "{err}");
+}

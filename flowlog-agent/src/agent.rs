@@ -8,7 +8,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     time::{sleep_until, Instant},
 };
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     capture::{self, Capture},
@@ -16,7 +16,7 @@ use crate::{
     enrich::{self, HostMeta, InterfaceMeta},
     format::Format,
     ifaces,
-    ship::{Output, Sink},
+    ship::{ShipConfig, Shipper},
 };
 
 #[derive(Clone, Debug)]
@@ -25,7 +25,8 @@ pub struct Config {
     pub ifaces: Vec<String>,
     pub format: Format,
     pub interval: Duration,
-    pub outputs: Vec<Output>,
+    /// Outputs, spool, AWS settings.
+    pub ship: ShipConfig,
     pub account_id: String,
     /// Capacity of each flow table generation.
     pub max_flows: u32,
@@ -52,7 +53,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         info!(iface = %link.name, ifindex = link.ifindex, %interface_id, "attached (XDP ingress, TC egress)");
         metas.insert(link.ifindex, InterfaceMeta { ifindex: link.ifindex, name: link.name.clone(), interface_id });
     }
-    let mut sinks = cfg.outputs.iter().map(Sink::open).collect::<Result<Vec<_>>>()?;
+    let mut shipper = Shipper::start(&cfg.ship).await?;
     let host = HostMeta { account_id: cfg.account_id.as_str().into() };
     let format = &cfg.format;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -61,7 +62,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         interfaces = metas.len(),
         interval_s = cfg.interval.as_secs_f64(),
         max_flows = cfg.max_flows,
-        outputs = %sinks.iter().map(Sink::describe).collect::<Vec<_>>().join(","),
+        outputs = %shipper.describe(),
         "ready"
     );
 
@@ -89,16 +90,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             tables.rotate()?
         };
         let records = enrich::build_records(&host, &window_ifaces, &drained);
-        let mut batch = Vec::with_capacity(records.len() * 120);
-        for r in &records {
-            format.write(r, &mut batch);
-            batch.push(b'\n');
-        }
-        for s in &mut sinks {
-            if let Err(e) = s.write_batch(&batch) {
-                error!(output = %s.describe(), records = records.len(), "records of this window were not written: {e:#}");
-            }
-        }
+        shipper.send(format, &records);
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
             warn!(packets = skipped, max_flows = cfg.max_flows, "flow table full: packets not counted, SKIPDATA written; raise --max-flows");
@@ -117,6 +109,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
         window_ifaces = metas.values().cloned().collect();
         if stop {
+            shipper.shutdown().await;
             info!("stopped after the final drain");
             return Ok(());
         }

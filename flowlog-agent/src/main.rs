@@ -3,7 +3,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 
-use flowlog_agent::{agent, format::Format, ship::Output};
+use flowlog_agent::{
+    agent,
+    format::Format,
+    ship::{aws::AwsSettings, s3::ObjectOptions, Output, ShipConfig},
+};
 
 /// eBPF flow logs in the AWS VPC Flow Logs format.
 #[derive(Parser, Debug)]
@@ -30,7 +34,11 @@ struct RunArgs {
     /// Aggregation interval in seconds (AWS: 60 or 600). Any value ≥ 1.
     #[arg(long, default_value_t = 60, env = "FLOWLOG_INTERVAL", value_parser = clap::value_parser!(u64).range(1..=3600))]
     interval: u64,
-    /// Where records go: `stdout` or `file:<path>`; repeatable.
+    /// Where records go; repeatable (fan-out): `stdout`, `file:<path>` (one
+    /// record per line), `dir:<path>` (the S3 layout on a local directory),
+    /// `s3://<bucket>[/<prefix>]`, `cloudwatch:<log-group>[?retention=<days>]`,
+    /// `firehose:<delivery-stream>`. `dir:` and `s3:` take
+    /// `?format=parquet&hive&per-hour`. All but stdout/file go through the spool.
     #[arg(long = "output", short = 'o', default_value = "stdout", env = "FLOWLOG_OUTPUTS", value_delimiter = ',')]
     outputs: Vec<Output>,
     /// Record format, as `CreateFlowLogs --log-format` takes it, e.g.
@@ -44,6 +52,30 @@ struct RunArgs {
     /// packets of new flows are not counted and SKIPDATA is written.
     #[arg(long, default_value_t = 65_536, env = "FLOWLOG_MAX_FLOWS", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
+    /// AWS region of the AWS outputs (default: the SDK's chain, AWS_REGION...).
+    #[arg(long, env = "FLOWLOG_REGION")]
+    region: Option<String>,
+    /// Endpoint override for the AWS services (e.g. a local test server).
+    #[arg(long, env = "FLOWLOG_AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
+    /// The flow log id in S3 object names.
+    #[arg(long, default_value = "fl-00000000000000000", env = "FLOWLOG_FLOW_LOG_ID")]
+    flow_log_id: String,
+    /// Spool directory: records wait here until every spooled output has them.
+    #[arg(long, default_value = "/var/lib/flowlog-agent/spool", env = "FLOWLOG_SPOOL_DIR")]
+    spool_dir: std::path::PathBuf,
+    /// Bound of the spool; past it the oldest records are dropped (and counted).
+    #[arg(long, default_value_t = 1 << 30, env = "FLOWLOG_SPOOL_MAX_BYTES")]
+    spool_max_bytes: u64,
+    /// Seconds S3 and dir outputs gather records into files (AWS: 300).
+    #[arg(long, default_value_t = 300, env = "FLOWLOG_FILE_INTERVAL", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    file_interval: u64,
+    /// Size at which S3/dir files are rotated, in bytes (AWS: 75 MB).
+    #[arg(long, default_value_t = 75_000_000, env = "FLOWLOG_FILE_MAX_BYTES")]
+    file_max_bytes: usize,
+    /// Seconds a graceful shutdown may take to flush the outputs.
+    #[arg(long, default_value_t = 10, env = "FLOWLOG_SHUTDOWN_TIMEOUT")]
+    shutdown_timeout: u64,
     /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
     #[arg(long, default_value = "info", env = "FLOWLOG_LOG")]
     log: String,
@@ -76,11 +108,22 @@ fn main() -> std::process::ExitCode {
         format,
         ifaces: args.ifaces,
         interval: Duration::from_secs(args.interval),
-        outputs: args.outputs,
+        ship: ShipConfig {
+            outputs: args.outputs,
+            account_id: args.account_id.clone(),
+            aws: AwsSettings { region: args.region, endpoint_url: args.aws_endpoint_url },
+            flow_log_id: args.flow_log_id,
+            spool_dir: args.spool_dir,
+            spool_max_bytes: args.spool_max_bytes,
+            flush_interval: Duration::from_secs(args.file_interval),
+            objects: ObjectOptions { rotate_bytes: args.file_max_bytes.max(1), ..ObjectOptions::default() },
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+            ..ShipConfig::default()
+        },
         account_id: args.account_id,
         max_flows: args.max_flows,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

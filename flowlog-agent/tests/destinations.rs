@@ -415,6 +415,7 @@ async fn throttling_5xx_and_partial_failures_are_retried_without_loss() {
     for r in [
         Rule { matches: "PutLogEvents".into(), fault: Fault::Throttle, count: 3 },
         Rule { matches: "PutLogEvents".into(), fault: Fault::Error500, count: 2 },
+        Rule { matches: "PutLogEvents".into(), fault: Fault::RejectTooOld, count: 1 },
         Rule { matches: "PUT /throttle/".into(), fault: Fault::Throttle, count: 2 },
         Rule { matches: "PUT /throttle/".into(), fault: Fault::Error500, count: 2 },
         Rule { matches: "PutRecordBatch".into(), fault: Fault::HalfFail, count: 2 },
@@ -426,9 +427,11 @@ async fn throttling_5xx_and_partial_failures_are_retried_without_loss() {
     sh.send(&format, &recs);
     wait_delivered(&sh, 1500, Duration::from_secs(90)).await;
     assert_eq!(proxy.pending_faults(), 0);
-    assert_eq!(proxy.faults_served.load(Ordering::Relaxed), 13);
+    assert_eq!(proxy.faults_served.load(Ordering::Relaxed), 14);
     let fh = stats(&sh, 2);
     assert!(fh.partial_retries.load(Ordering::Relaxed) > 0);
+    // rejectedLogEventsInfo is counted (here a fake: moto stored the events).
+    assert_eq!(stats(&sh, 1).rejected.load(Ordering::Relaxed), 1);
     sh.shutdown().await;
     check_all_once(moto, &format, &recs, "throttle", "throttle", "fh-throttle-bucket").await;
 }

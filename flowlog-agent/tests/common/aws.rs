@@ -253,6 +253,9 @@ pub enum Fault {
     /// Firehose only: forward the first half of the records, report the
     /// second half as failed.
     HalfFail,
+    /// CloudWatch only: forward, then add rejectedLogEventsInfo
+    /// (tooOldLogEventEndIndex 1) to the answer.
+    RejectTooOld,
     /// 403 AccessDenied (S3) / 400 UnrecognizedClientException (JSON).
     AccessDenied,
 }
@@ -296,7 +299,7 @@ fn fault_response(fault: Fault, s3: bool) -> Response<Full<Bytes>> {
         (Fault::AccessDenied, true) => (403, "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>".to_string(), "application/xml"),
         (Fault::AccessDenied, false) => (400, r#"{"__type":"UnrecognizedClientException","message":"The security token included in the request is invalid."}"#.to_string(), "application/x-amz-json-1.1"),
         (_, true) => (500, "<Error><Code>InternalError</Code><Message>injected</Message></Error>".to_string(), "application/xml"),
-        (Fault::HalfFail, false) => unreachable!(),
+        (Fault::HalfFail | Fault::RejectTooOld, false) => unreachable!(),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -331,7 +334,7 @@ async fn handle(
     let mut body = body.collect().await?.to_bytes();
     if let Some(f) = fault {
         faults.fetch_add(1, Ordering::Relaxed);
-        if f != Fault::HalfFail {
+        if f != Fault::HalfFail && f != Fault::RejectTooOld {
             return Ok(fault_response(f, s3));
         }
     }
@@ -366,6 +369,11 @@ async fn handle(
             rr.push(serde_json::json!({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "Slow down."}));
         }
         v["FailedPutCount"] = serde_json::json!(failed_tail);
+        rbytes = Bytes::from(serde_json::to_vec(&v).unwrap());
+    }
+    if fault == Some(Fault::RejectTooOld) {
+        let mut v: serde_json::Value = serde_json::from_slice(&rbytes).unwrap_or_else(|_| serde_json::json!({}));
+        v["rejectedLogEventsInfo"] = serde_json::json!({"tooOldLogEventEndIndex": 1});
         rbytes = Bytes::from(serde_json::to_vec(&v).unwrap());
     }
     let mut out = Response::from_parts(rparts, Full::new(rbytes));

@@ -52,9 +52,9 @@ fn records(n: usize, ifaces: usize, t0: u64) -> Vec<FlowRecord> {
         .map(|i| {
             let w = t0 + 60 * (i as u64 / 50);
             FlowRecord {
-                srcaddr: Some(format!("10.0.{}.{}", i / 250, i % 250 + 1).parse().unwrap()),
+                srcaddr: Some(format!("10.{}.{}.{}", i / 62_500, (i / 250) % 250, i % 250 + 1).parse().unwrap()),
                 dstaddr: Some("10.1.0.1".parse().unwrap()),
-                srcport: Some(1024 + i as u16),
+                srcport: Some(1024u16.wrapping_add(i as u16)),
                 dstport: Some(443),
                 protocol: Some(6),
                 packets: Some(i as u64 + 1),
@@ -436,6 +436,28 @@ async fn throttling_5xx_and_partial_failures_are_retried_without_loss() {
     check_all_once(moto, &format, &recs, "throttle", "throttle", "fh-throttle-bucket").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_deadline_keeps_undelivered_records_in_the_spool() {
+    harness::test_env();
+    let spool = tmp("deadline");
+    // Nothing listens there: the startup check only warns, delivery cannot happen.
+    let dead = format!("http://127.0.0.1:{}", harness::free_port());
+    let mut cfg = config(vec!["cloudwatch:deadline".parse().unwrap()], Some(&dead), &spool);
+    cfg.shutdown_timeout = Duration::from_secs(1);
+    let mut sh = Shipper::start(&cfg).await.unwrap();
+    sh.send(&Format::default(), &records(300, 2, t0()));
+    let t = Instant::now();
+    sh.shutdown().await;
+    let dt = t.elapsed();
+    assert!(dt >= Duration::from_millis(900) && dt < Duration::from_secs(3), "shutdown took {dt:?}");
+    let moto = harness::moto();
+    let cfg = config(vec!["cloudwatch:deadline".parse().unwrap()], Some(moto), &spool);
+    let sh = Shipper::start(&cfg).await.unwrap();
+    // All 300 were kept and are now delivered.
+    wait_delivered(&sh, 300, Duration::from_secs(60)).await;
+    sh.shutdown().await;
+}
+
 /// The child side of `kill_9_with_a_non_empty_spool_then_restart_delivers`:
 /// spools records for outputs whose endpoint is down, says so, and waits to
 /// be killed.
@@ -549,4 +571,53 @@ async fn bad_configuration_is_a_clear_startup_error() {
     assert!(e.contains("cloudwatch:denied: access denied or invalid credentials") && e.contains("UnrecognizedClientException"), "{e}");
     // Output syntax errors name the problem.
     assert!("s3://Bad_Bucket".parse::<Output>().unwrap_err().contains("not a valid S3 bucket name"));
+}
+
+/// Figures (not a check): `cargo test -p flowlog-agent --test destinations
+/// measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn measure() {
+    use flowlog_agent::ship::spool::{Batch, Spool, SpoolRecord};
+    let format = Format::default();
+    let recs = records(100_000, 8, t0());
+    let batch = Batch { header: format.header(), records: recs.iter().map(|r| SpoolRecord { interface_id: r.interface_id.to_string(), start: r.start, end: r.end, line: format.line(r) }).collect() };
+    let text: usize = batch.text_len();
+    // Spool: 100 appends of 1,000 records (fsync each).
+    let dir = tmp("measure-spool");
+    let sp = Spool::open(&dir, 1 << 30, &["x".to_string()]).unwrap();
+    let t = Instant::now();
+    for c in batch.records.chunks(1000) {
+        sp.append(&Batch { header: batch.header.clone(), records: c.to_vec() }).unwrap();
+    }
+    let dt = t.elapsed();
+    eprintln!("spool: 100,000 records ({} text bytes) in 100 fsynced appends: {dt:?}, {:.0} records/s, {} bytes on disk", text, 100_000.0 / dt.as_secs_f64(), sp.bytes());
+    let t = Instant::now();
+    assert_eq!(sp.pending_records("x").unwrap(), 100_000);
+    eprintln!("spool: reading it back: {:?}", t.elapsed());
+    // Encoding.
+    let lines: Vec<&str> = batch.records.iter().map(|r| r.line.as_str()).collect();
+    let t = Instant::now();
+    let gz = flowlog_agent::ship::parquet::gzip_text(&batch.header, &lines).unwrap();
+    eprintln!("gzip text: {} → {} bytes ({:.1}×) in {:?}", text, gz.len(), text as f64 / gz.len() as f64, t.elapsed());
+    let t = Instant::now();
+    let pq = flowlog_agent::ship::parquet::parquet_file(&batch.header, &lines).unwrap();
+    eprintln!("parquet: {} → {} bytes ({:.1}×) in {:?}", text, pq.len(), text as f64 / pq.len() as f64, t.elapsed());
+    // Delivery to moto, 20,000 records per destination.
+    let moto = harness::moto();
+    harness::s3(moto).await.create_bucket().bucket("measure").send().await.unwrap();
+    harness::create_delivery_stream(moto, "fh-measure", "fh-measure-bucket").await;
+    for out in ["s3://measure", "cloudwatch:measure", "firehose:fh-measure"] {
+        let spool = tmp(&format!("measure-{}", out.replace([':', '/'], "_")));
+        let cfg = config(vec![out.parse().unwrap()], Some(moto), &spool);
+        let mut sh = Shipper::start(&cfg).await.unwrap();
+        let t = Instant::now();
+        for w in recs[..20_000].chunks(1000) {
+            sh.send(&format, w);
+        }
+        wait_delivered(&sh, 20_000, Duration::from_secs(300)).await;
+        let dt = t.elapsed();
+        eprintln!("{out}: 20,000 records delivered to moto in {dt:?} ({:.0} records/s, {} calls/objects)", 20_000.0 / dt.as_secs_f64(), stats(&sh, 0).calls.load(Ordering::Relaxed) + stats(&sh, 0).objects.load(Ordering::Relaxed));
+        sh.shutdown().await;
+    }
 }

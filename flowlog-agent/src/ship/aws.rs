@@ -244,7 +244,7 @@ where
 pub fn startup_check(dest: &str, f: Failure) -> Result<()> {
     match f {
         Failure::Transient(m) => {
-            warn!(destination = dest, "cannot reach the service at startup ({m}); records are spooled until it answers");
+            warn!(destination = dest, "no usable answer from the service at startup ({m}); records are spooled until it answers");
             Ok(())
         }
         Failure::Auth(m) => bail!("{dest}: access denied or invalid credentials: {m}"),

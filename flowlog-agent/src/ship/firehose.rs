@@ -29,6 +29,9 @@ impl FirehoseDest {
     pub async fn check(&self) -> Result<()> {
         match self.client.describe_delivery_stream().delivery_stream_name(&self.stream).send().await {
             Ok(_) => Ok(()),
+            // The service answered 2xx with a description this SDK cannot
+            // parse (e.g. a field it requires is missing): the stream exists.
+            Err(aws_sdk_firehose::error::SdkError::ResponseError(r)) if r.raw().status().is_success() => Ok(()),
             Err(e) => match classify(&e) {
                 Failure::NotFound(_) => anyhow::bail!("{}: delivery stream {:?} does not exist", self.name, self.stream),
                 f => startup_check(&self.name, f),

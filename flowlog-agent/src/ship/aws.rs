@@ -217,7 +217,7 @@ where
                 return Ok(v);
             }
             Err(e) => {
-                let first = attempt == 0 || attempt % 10 == 0;
+                let first = attempt.is_multiple_of(10);
                 match &e {
                     Failure::Auth(_) | Failure::Other(_) if first => error!(destination = dest, operation = what, attempt, "{e}; retrying (records stay in the spool)"),
                     _ if first => warn!(destination = dest, operation = what, attempt, "{e}; retrying"),

@@ -139,6 +139,8 @@ struct Inner {
     active: File,
     /// Acknowledged position of each configured destination.
     cursors: HashMap<String, Pos>,
+    /// Holds the spool's `flock` (one agent per spool directory).
+    _lock: File,
 }
 
 /// The spool. Cheap to clone; the writer and every reader share it.
@@ -193,6 +195,12 @@ impl Spool {
             .and_then(|mut f| f.write_all(b"ok"))
             .with_context(|| format!("spool directory {}: not writable", dir.display()))?;
         let _ = fs::remove_file(&probe);
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("spool directory {}: cannot open its lock file", dir.display()))?;
+        // SAFETY: flock on a valid fd; released when the file is closed or the process dies.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!("spool directory {} is in use by another flowlog-agent (give each agent its own --spool-dir)", dir.display());
+        }
         let rd = fs::read_dir(dir).with_context(|| format!("spool directory {}: cannot list it", dir.display()))?;
         let mut segments = BTreeMap::new();
         for e in rd {
@@ -252,6 +260,7 @@ impl Spool {
                 segments,
                 active,
                 cursors,
+                _lock: lock,
             })),
             tx: Arc::new(tx),
             stats: Arc::new(SpoolStats::default()),
@@ -514,6 +523,7 @@ mod tests {
         let (g1, p1) = ra.next_batch().unwrap().unwrap();
         assert_eq!(g1, b1);
         s.ack("a", p1).unwrap();
+        drop(ra);
         drop(s);
         let s = Spool::open(&dir, 1 << 30, &dests).unwrap();
         let mut ra = s.reader("a");
@@ -588,6 +598,17 @@ mod tests {
         s.ack("a", last.unwrap()).unwrap();
         assert_eq!(s.bytes(), 0);
         assert_eq!(s.stats.dropped_records.load(Ordering::Relaxed), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn one_agent_per_spool_dir() {
+        let dir = tmpdir("lock");
+        let s = Spool::open(&dir, 1 << 20, &[]).unwrap();
+        let e = Spool::open(&dir, 1 << 20, &[]).err().unwrap();
+        assert!(e.to_string().contains("is in use by another flowlog-agent"), "{e}");
+        drop(s);
+        Spool::open(&dir, 1 << 20, &[]).unwrap();
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -115,11 +115,10 @@ pub fn moto() -> &'static str {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().expect("starting moto_server");
+            let mut child = cmd.spawn().expect("starting moto_server");
             tx.send(child.id()).unwrap();
-            loop {
-                std::thread::park();
-            }
+            // This thread lives as long as moto (PR_SET_PDEATHSIG is per thread).
+            let _ = child.wait();
         });
         rx.recv().unwrap();
         let url = format!("http://127.0.0.1:{port}");

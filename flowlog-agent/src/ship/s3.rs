@@ -28,7 +28,8 @@ use super::{
 pub struct ObjectOptions {
     /// New file when a file's text would pass this many bytes (AWS: 75 MB).
     pub rotate_bytes: usize,
-    /// Objects at least this large are uploaded in parts.
+    /// Objects at least this large are uploaded in parts of `part_size`
+    /// (S3: at least 5 MiB but the last).
     pub multipart_threshold: usize,
     pub part_size: usize,
 }
@@ -97,7 +98,7 @@ impl S3Dest {
 
     async fn put_parts(&self, key: &str, id: &str, body: &[u8]) -> Result<(), Failure> {
         let mut parts = Vec::new();
-        for (i, chunk) in body.chunks(self.opts.part_size.max(5 << 20)).enumerate() {
+        for (i, chunk) in body.chunks(self.opts.part_size.max(1)).enumerate() {
             let n = i as i32 + 1;
             let r = self
                 .client

@@ -26,7 +26,7 @@ use crate::{
     config::Settings,
     enrich::{EcsConfig, Enrichment, TagFields},
     metadata::{InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
-    ship::{Output, Sink},
+    ship::{ShipConfig, Shipper},
     watch::{self, LinkEvent},
 };
 
@@ -38,7 +38,8 @@ pub struct Config {
     pub exclude_ifaces: Vec<String>,
     pub format: Format,
     pub interval: Duration,
-    pub outputs: Vec<Output>,
+    /// Outputs, spool, AWS settings.
+    pub ship: ShipConfig,
     /// Overrides the metadata provider's account id.
     pub account_id: Option<String>,
     /// Capacity of each flow table generation.
@@ -167,7 +168,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     if selected.is_empty() {
         warn!(patterns = %cfg.ifaces.join(","), "no interface matches yet; waiting for matching interfaces to appear");
     }
-    let mut sinks = cfg.outputs.iter().map(Sink::open).collect::<Result<Vec<_>>>()?;
+    let mut ship_cfg = cfg.ship.clone();
+    ship_cfg.account_id = host.account_id.to_string();
+    let mut shipper = Shipper::start(&ship_cfg).await?;
     let format = &cfg.format;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -178,7 +181,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         interval_s = cfg.interval.as_secs_f64(),
         max_flows = cfg.max_flows,
         sample_rate = cfg.sample_rate.max(1),
-        outputs = %sinks.iter().map(Sink::describe).collect::<Vec<_>>().join(","),
+        outputs = %shipper.describe(),
         "ready"
     );
 
@@ -186,7 +189,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
     if let Some(d) = tables.leftover()? {
         warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
-        ship(&host, &ifs.in_window, format, &d, &mut sinks, &metrics, &enrichment);
+        ship(&host, &ifs.in_window, format, &d, &mut shipper, &metrics, &enrichment);
         tables.release(&d)?;
     }
     loop {
@@ -226,7 +229,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             tables.rotate()?
         };
         metrics.drained(&drained, &ifs.in_window, cfg.max_flows, started.elapsed().as_secs_f64());
-        ship(&host, &ifs.in_window, format, &drained, &mut sinks, &metrics, &enrichment);
+        ship(&host, &ifs.in_window, format, &drained, &mut shipper, &metrics, &enrichment);
         tables.release(&drained)?;
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
@@ -252,6 +255,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         metrics.set_attached(ifs.attached.len());
         if stop {
+            shipper.shutdown().await;
             if keep {
                 capture.keep_pinned();
                 info!("stopped; programs stay attached and keep counting for the next agent (--on-exit keep)");
@@ -271,24 +275,16 @@ fn ship(
     ifaces: &[InterfaceMeta],
     format: &Format,
     drained: &Drained,
-    sinks: &mut [Sink],
+    shipper: &mut Shipper,
     metrics: &Metrics,
     enrichment: &Enrichment,
 ) {
     let records = enrich::build_records(host, ifaces, drained, Some(enrichment));
     metrics.records(&records);
-    let mut batch = Vec::with_capacity(records.len() * 120);
-    for r in &records {
-        format.write(r, &mut batch);
-        batch.push(b'\n');
+    for (output, ok) in shipper.send(format, &records) {
+        metrics.shipped(&output, records.len(), ok);
     }
-    for s in sinks {
-        let res = s.write_batch(&batch);
-        metrics.shipped(&s.describe(), records.len(), res.is_ok());
-        if let Err(e) = res {
-            error!(output = %s.describe(), records = records.len(), "records of this window were not written: {e:#}");
-        }
-    }
+    metrics.destinations(shipper);
 }
 
 /// The attached interfaces, and all that were attached during the window.

@@ -14,7 +14,7 @@ use crate::{
     enrich::EnrichConfig,
     format::Format,
     metadata::MetadataConfig,
-    ship::Output,
+    ship::{aws::AwsSettings, s3::ObjectOptions, Output, ShipConfig},
 };
 
 pub const DEFAULT_INTERVAL: u64 = 60;
@@ -31,6 +31,14 @@ pub struct FileConfig {
     pub exclude_interfaces: Option<Vec<String>>,
     pub interval: Option<u64>,
     pub outputs: Option<Vec<String>>,
+    pub region: Option<String>,
+    pub aws_endpoint_url: Option<String>,
+    pub flow_log_id: Option<String>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: Option<u64>,
+    pub file_interval: Option<u64>,
+    pub file_max_bytes: Option<usize>,
+    pub shutdown_timeout: Option<u64>,
     pub log_format: Option<String>,
     pub account_id: Option<String>,
     pub max_flows: Option<u32>,
@@ -57,6 +65,14 @@ pub struct Overrides {
     pub exclude_interfaces: Vec<String>,
     pub interval: Option<u64>,
     pub outputs: Vec<String>,
+    pub region: Option<String>,
+    pub aws_endpoint_url: Option<String>,
+    pub flow_log_id: Option<String>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: Option<u64>,
+    pub file_interval: Option<u64>,
+    pub file_max_bytes: Option<usize>,
+    pub shutdown_timeout: Option<u64>,
     pub log_format: Option<String>,
     pub account_id: Option<String>,
     pub max_flows: Option<u32>,
@@ -157,6 +173,30 @@ impl Settings {
             .iter()
             .map(|s| s.parse::<Output>().map_err(|e| invalid("outputs", s, e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let defaults = ShipConfig::default();
+        let file_interval = o.file_interval.or(file.file_interval).unwrap_or(defaults.flush_interval.as_secs());
+        if !(1..=3600).contains(&file_interval) {
+            return Err(invalid("file-interval", file_interval, "seconds from 1 to 3600 (AWS: 300)"));
+        }
+        let file_max_bytes = o.file_max_bytes.or(file.file_max_bytes).unwrap_or(defaults.objects.rotate_bytes);
+        if file_max_bytes == 0 {
+            return Err(invalid("file-max-bytes", 0, "a size in bytes above 0 (AWS: 75000000)"));
+        }
+        let spool_max_bytes = o.spool_max_bytes.or(file.spool_max_bytes).unwrap_or(defaults.spool_max_bytes);
+        if spool_max_bytes < 1 << 20 {
+            return Err(invalid("spool-max-bytes", spool_max_bytes, "at least 1048576 (1 MiB)"));
+        }
+        let ship = ShipConfig {
+            outputs,
+            aws: AwsSettings { region: o.region.or(file.region), endpoint_url: o.aws_endpoint_url.or(file.aws_endpoint_url) },
+            flow_log_id: o.flow_log_id.or(file.flow_log_id).unwrap_or(defaults.flow_log_id.clone()),
+            spool_dir: o.spool_dir.or(file.spool_dir).unwrap_or(defaults.spool_dir.clone()),
+            spool_max_bytes,
+            flush_interval: Duration::from_secs(file_interval),
+            objects: ObjectOptions { rotate_bytes: file_max_bytes, ..defaults.objects.clone() },
+            shutdown_timeout: Duration::from_secs(o.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(defaults.shutdown_timeout.as_secs())),
+            ..defaults
+        };
         let format = match o.log_format.or(file.log_format) {
             Some(spec) => Format::parse(&spec).map_err(|e| invalid("log-format", &spec, e))?,
             None => Format::default(),
@@ -218,7 +258,7 @@ impl Settings {
                 exclude_ifaces: exclude,
                 format,
                 interval: Duration::from_secs(interval),
-                outputs,
+                ship,
                 account_id,
                 max_flows,
                 pin_root: pin.then_some(pin_dir),
@@ -251,7 +291,15 @@ impl Settings {
         kv("interfaces", list(&a.ifaces));
         kv("exclude-interfaces", list(&a.exclude_ifaces));
         kv("interval", a.interval.as_secs().to_string());
-        kv("outputs", list(&a.outputs.iter().map(|o| o.to_string()).collect::<Vec<_>>()));
+        kv("outputs", list(&a.ship.outputs.iter().map(|o| o.to_string()).collect::<Vec<_>>()));
+        kv("region", format!("{:?}", a.ship.aws.region.clone().unwrap_or_default()));
+        kv("aws-endpoint-url", format!("{:?}", a.ship.aws.endpoint_url.clone().unwrap_or_default()));
+        kv("flow-log-id", format!("{:?}", a.ship.flow_log_id));
+        kv("spool-dir", format!("{:?}", a.ship.spool_dir.display().to_string()));
+        kv("spool-max-bytes", a.ship.spool_max_bytes.to_string());
+        kv("file-interval", a.ship.flush_interval.as_secs().to_string());
+        kv("file-max-bytes", a.ship.objects.rotate_bytes.to_string());
+        kv("shutdown-timeout", a.ship.shutdown_timeout.as_secs().to_string());
         kv("log-format", format!("{:?}", a.format.spec()));
         kv("account-id", a.account_id.as_ref().map_or("\"<from metadata>\"".into(), |s| format!("{s:?}")));
         kv("max-flows", a.max_flows.to_string());
@@ -294,7 +342,7 @@ mod tests {
     fn defaults() {
         let s = resolve("", Overrides::default()).unwrap();
         assert_eq!(s.agent.interval, Duration::from_secs(60));
-        assert_eq!(s.agent.outputs, [Output::Stdout]);
+        assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
         assert_eq!(s.agent.max_flows, 65_536);
         assert_eq!(s.agent.pin_root.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/flowlog")));
         assert_eq!(s.agent.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));
@@ -318,7 +366,7 @@ mod tests {
         let s = resolve(file, Overrides::default()).unwrap();
         assert_eq!((s.agent.ifaces.clone(), s.agent.interval.as_secs(), s.agent.max_flows), (vec!["veth*".to_string()], 600, 1000));
         assert_eq!((s.agent.metrics_listen, s.agent.pin_root.clone(), s.agent.on_exit), (None, None, OnExit::Keep));
-        assert_eq!(s.agent.outputs.len(), 2);
+        assert_eq!(s.agent.ship.outputs.len(), 2);
         let o = Overrides { interfaces: vec!["eth0".into()], interval: Some(5), ..Default::default() };
         let s = resolve(file, o).unwrap();
         assert_eq!((s.agent.ifaces, s.agent.interval.as_secs(), s.agent.max_flows), (vec!["eth0".to_string()], 5, 1000));
@@ -333,7 +381,9 @@ mod tests {
             ("max-flows = 0", "invalid max-flows = \"0\": 1 to 16777216"),
             ("on-exit = \"stay\"", "invalid on-exit = \"stay\": detach or keep"),
             ("metrics-listen = \"localhost\"", "invalid metrics-listen = \"localhost\": off, or an address such as 127.0.0.1:9750 or [::1]:9750"),
-            ("outputs = [\"s3\"]", "invalid outputs = \"s3\": invalid output \"s3\": expected `stdout` or `file:<path>`"),
+            ("outputs = [\"s3\"]", "invalid outputs = \"s3\": invalid output \"s3\": expected `stdout`, `file:<path>`, `dir:<path>[?options]`, `s3://<bucket>[/<prefix>][?options]` (options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>]` or `firehose:<delivery-stream>`"),
+            ("spool-max-bytes = 10", "invalid spool-max-bytes = \"10\": at least 1048576 (1 MiB)"),
+            ("file-interval = 0", "invalid file-interval = \"0\": seconds from 1 to 3600 (AWS: 300)"),
             ("account-id = \"a b\"", "invalid account-id = \"a b\": a non-empty value without spaces"),
             ("pin-dir = \"bpf\"", "invalid pin-dir = \"bpf\": an absolute path on a BPF filesystem"),
             ("ingress-hook = \"ebpf\"", "invalid ingress-hook = \"ebpf\": auto, xdp or tc"),
@@ -389,7 +439,8 @@ mod example {
             "timeout-ms", "max-attempts", "backoff-base-ms", "backoff-max-ms", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
-            "log-json", "ingress-hook", "reject-reasons", "reject-reason-map", "sample-rate", "include-cidrs", "instance", "network-interface", "cluster-arn", "cluster-name", "container-instance-arn",
+            "log-json", "ingress-hook", "reject-reasons", "reject-reason-map", "region", "aws-endpoint-url", "flow-log-id", "spool-dir",
+            "spool-max-bytes", "file-interval", "file-max-bytes", "shutdown-timeout", "sample-rate", "include-cidrs", "instance", "network-interface", "cluster-arn", "cluster-name", "container-instance-arn",
             "container-instance-id", "container-id", "second-container-id", "service-name", "task-definition-arn", "task-arn", "task-id", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
         ];
         for k in keys {
@@ -398,7 +449,8 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
+            "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
+            "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol",
         ] {
             assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");

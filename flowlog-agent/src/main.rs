@@ -41,9 +41,40 @@ struct RunArgs {
     /// Aggregation interval in seconds, 1..3600 (AWS: 60 or 600). Default 60.
     #[arg(long, env = "FLOWLOG_INTERVAL")]
     interval: Option<u64>,
-    /// Where records go: `stdout` or `file:<path>`; repeatable. Default stdout.
+    /// Where records go; repeatable (fan-out): `stdout`, `file:<path>` (one
+    /// record per line), `dir:<path>` (the S3 layout on a local directory),
+    /// `s3://<bucket>[/<prefix>]`, `cloudwatch:<log-group>[?retention=<days>]`,
+    /// `firehose:<delivery-stream>`. `dir:` and `s3:` take
+    /// `?format=parquet&hive&per-hour`. All but stdout/file go through the
+    /// spool. Default stdout.
     #[arg(long = "output", short = 'o', env = "FLOWLOG_OUTPUTS", value_delimiter = ',')]
     outputs: Vec<String>,
+    /// AWS region of the AWS outputs (default: the SDK's chain, AWS_REGION...).
+    #[arg(long, env = "FLOWLOG_REGION")]
+    region: Option<String>,
+    /// Endpoint override for the AWS services (e.g. a local test server).
+    #[arg(long, env = "FLOWLOG_AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
+    /// The flow log id in S3 object names. Default fl-00000000000000000.
+    #[arg(long, env = "FLOWLOG_FLOW_LOG_ID")]
+    flow_log_id: Option<String>,
+    /// Spool directory: records wait here until every spooled output has
+    /// them. Default /var/lib/flowlog-agent/spool.
+    #[arg(long, env = "FLOWLOG_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Bound of the spool in bytes; past it the oldest records are dropped
+    /// (and counted). Default 1073741824.
+    #[arg(long, env = "FLOWLOG_SPOOL_MAX_BYTES")]
+    spool_max_bytes: Option<u64>,
+    /// Seconds S3 and dir outputs gather records into files (AWS: 300). Default 300.
+    #[arg(long, env = "FLOWLOG_FILE_INTERVAL")]
+    file_interval: Option<u64>,
+    /// Size at which S3/dir files are rotated, in bytes (AWS: 75 MB). Default 75000000.
+    #[arg(long, env = "FLOWLOG_FILE_MAX_BYTES")]
+    file_max_bytes: Option<usize>,
+    /// Seconds a graceful shutdown may take to flush the outputs. Default 10.
+    #[arg(long, env = "FLOWLOG_SHUTDOWN_TIMEOUT")]
+    shutdown_timeout: Option<u64>,
     /// Record format, as `CreateFlowLogs --log-format` takes it, e.g.
     /// "${srcaddr} ${dstaddr} ${packets}". Default: the version 2 format.
     #[arg(long, env = "FLOWLOG_LOG_FORMAT")]
@@ -129,6 +160,14 @@ impl RunArgs {
             exclude_interfaces: self.exclude_ifaces,
             interval: self.interval,
             outputs: self.outputs,
+            region: self.region,
+            aws_endpoint_url: self.aws_endpoint_url,
+            flow_log_id: self.flow_log_id,
+            spool_dir: self.spool_dir,
+            spool_max_bytes: self.spool_max_bytes,
+            file_interval: self.file_interval,
+            file_max_bytes: self.file_max_bytes,
+            shutdown_timeout: self.shutdown_timeout,
             log_format: self.log_format,
             account_id: self.account_id,
             max_flows: self.max_flows,
@@ -186,7 +225,8 @@ fn main() -> ExitCode {
         logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
 
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // Two workers: destinations deliver while the main loop waits in bpf().
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

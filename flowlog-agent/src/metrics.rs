@@ -70,6 +70,10 @@ pub struct Metrics {
     sampled_out: Counter,
     attached: Gauge,
     drain_seconds: Histogram,
+    delivered: Family<OutputLabel, Counter>,
+    rejected: Family<OutputLabel, Counter>,
+    spool_bytes: Gauge,
+    spool_dropped: Counter,
     ready: AtomicBool,
     last_window_unix: AtomicU64,
     interval: Duration,
@@ -94,6 +98,10 @@ impl Metrics {
             sampled_out: Counter::default(),
             attached: Gauge::default(),
             drain_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            delivered: Family::default(),
+            rejected: Family::default(),
+            spool_bytes: Gauge::default(),
+            spool_dropped: Counter::default(),
             ready: AtomicBool::new(false),
             last_window_unix: AtomicU64::new(clock::unix_ns() / 1_000_000_000),
             interval,
@@ -117,6 +125,10 @@ impl Metrics {
         registry.register("filtered_packets", "Packets the kernel filters left out", m.filtered.clone());
         registry.register("sampled_out_packets", "Packets sampling skipped (counted ones are scaled)", m.sampled_out.clone());
         registry.register("attached_interfaces", "Interfaces the programs are attached to", m.attached.clone());
+        registry.register("records_delivered", "Records a spooled destination acknowledged", m.delivered.clone());
+        registry.register("records_rejected", "Records a destination refused for good", m.rejected.clone());
+        registry.register("spool_bytes", "Size of the on-disk spool", m.spool_bytes.clone());
+        registry.register("spool_dropped_records", "Records dropped because the spool was full", m.spool_dropped.clone());
         registry.register("drain_duration_seconds", "Time to flip and read the kernel tables", m.drain_seconds.clone());
         Arc::new(Metrics { registry, ..m })
     }
@@ -162,6 +174,23 @@ impl Metrics {
     pub fn shipped(&self, output: &str, n: usize, ok: bool) {
         let l = OutputLabel { output: output.into() };
         if ok { &self.shipped } else { &self.dropped }.get_or_create(&l).inc_by(n as u64);
+    }
+
+    /// Spooled destinations' counters and the spool's size.
+    pub fn destinations(&self, shipper: &crate::ship::Shipper) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, st) in &shipper.stats {
+            let l = OutputLabel { output: name.clone() };
+            for (fam, v) in [(&self.delivered, st.delivered.load(Relaxed)), (&self.rejected, st.rejected.load(Relaxed))] {
+                let c = fam.get_or_create(&l);
+                c.inc_by(v.saturating_sub(c.get()));
+            }
+        }
+        if let Some(sp) = shipper.spool() {
+            self.spool_bytes.set(sp.bytes() as i64);
+            let dropped = sp.stats.dropped_records.load(Relaxed);
+            self.spool_dropped.inc_by(dropped.saturating_sub(self.spool_dropped.get()));
+        }
     }
 
     /// The kernel's cumulative counters; metrics take the increase.

@@ -270,7 +270,7 @@ fn manifest_problems(text: &str) -> Vec<String> {
         p.push("/etc/machine-id of the node must be mounted read-only at /etc/machine-id".into());
     }
     // With a read-only root, file outputs must land on a writable mount.
-    for o in &s.agent.outputs {
+    for o in &s.agent.ship.outputs {
         if let Output::File(path) = o {
             let writable = mounts.iter().any(|m| {
                 m["readOnly"].as_bool() != Some(true) && m["mountPath"].as_str().is_some_and(|mp| path.starts_with(mp))
@@ -304,7 +304,7 @@ fn kubernetes_config_resolves_with_the_agents_parser() {
     assert_eq!(s.agent.on_exit, OnExit::Keep);
     assert_eq!(s.agent.metrics_listen, Some("0.0.0.0:9750".parse().unwrap()));
     assert_eq!(s.agent.pin_root.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
-    assert_eq!(s.agent.outputs, [Output::Stdout]);
+    assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
     assert_eq!(s.agent.interval.as_secs(), 60);
     assert_eq!(s.agent.ifaces, ["eth*", "ens*", "veth*", "eni*", "cali*", "lxc*"]);
     // The metrics port is the agent's default one.

@@ -20,6 +20,11 @@ const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "
 const DEBIAN_TEST_TOOLS: &[&str] = &["iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// moto, the local AWS server the destination tests talk to (pinned: 5.2.1
+/// answers CompleteMultipartUpload with a root element the SDK refuses).
+/// Same venv and version as flowlog-agent/tests/common/aws.rs.
+const MOTO_VERSION: &str = "5.2.5";
+const MOTO_VENV: &str = "target/test-tools/moto";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -36,7 +41,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\
-                 \n  setup           install the eBPF toolchain if missing (Debian packages, bpf-linker)\
+                 \n  setup           install the eBPF toolchain if missing (Debian packages, bpf-linker) and moto (test server)\
                  \n  build           setup, then build the agent (release)\
                  \n  run [-- ARGS]   setup, build, and run the agent as root with ARGS\
                  \n  test [ARGS]     setup, then run every test (needs root); ARGS go to `cargo test`"
@@ -141,6 +146,7 @@ fn setup() -> Result<()> {
     if test_tools_missing && is_root() {
         apt_install(DEBIAN_TEST_TOOLS)?;
     }
+    setup_moto()?;
     if bpf_linker_ok() {
         return Ok(());
     }
@@ -155,6 +161,28 @@ fn setup() -> Result<()> {
     }
     step(&format!("installing bpf-linker {BPF_LINKER_VERSION} (about a minute)"));
     run(&mut install)
+}
+
+/// A venv with moto[server] for the destination tests (PyPI).
+fn setup_moto() -> Result<()> {
+    let venv = root_dir().join(MOTO_VENV);
+    let py = venv.join("bin/python");
+    let check = format!("import moto, moto.server, flask; assert moto.__version__ == '{MOTO_VERSION}'");
+    if Command::new(&py).args(["-c", &check]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    step(&format!("installing moto[server]=={MOTO_VERSION} (local AWS server for the destination tests) into {}", venv.display()));
+    if !py.exists() {
+        if Command::new("python3").arg("--version").output().is_err() {
+            apt_install(&["python3", "python3-venv", "python3-pip"])?;
+        }
+        if run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).is_err() {
+            // Debian's python3 without ensurepip.
+            apt_install(&["python3-venv"])?;
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        }
+    }
+    run(Command::new(&py).args(["-m", "pip", "install", "--quiet", &format!("moto[server]=={MOTO_VERSION}")]))
 }
 
 fn build_release() -> Result<()> {

@@ -1,0 +1,279 @@
+//! What the AWS destinations share: the SDK configuration (default
+//! credential chain, region, endpoint override), error classification and
+//! the retry loop with jittered exponential backoff.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::{bail, Result};
+use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls;
+use tracing::{error, warn};
+
+use super::Stop;
+
+#[derive(Clone, Debug, Default)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    /// Endpoint override (tests: the local server).
+    pub endpoint_url: Option<String>,
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`...
+pub fn valid_region(r: &str) -> bool {
+    let parts: Vec<&str> = r.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && parts.last().unwrap().bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Loads the SDK configuration: default credential chain, `region` or the
+/// chain's region, the endpoint override, and no SDK-level retries (the
+/// destinations retry themselves, without limit, from the spool).
+pub async fn sdk_config(s: &AwsSettings) -> Result<SdkConfig> {
+    if let Some(r) = &s.region {
+        if !valid_region(r) {
+            bail!("invalid AWS region {r:?}: expected a region name such as us-east-1");
+        }
+    }
+    if let Some(e) = &s.endpoint_url {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            bail!("invalid --aws-endpoint-url {e:?}: expected http://host:port or https://host");
+        }
+    }
+    let http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https();
+    let mut l = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).operation_attempt_timeout(Duration::from_secs(60)).build());
+    if let Some(r) = &s.region {
+        l = l.region(Region::new(r.clone()));
+    }
+    if let Some(e) = &s.endpoint_url {
+        l = l.endpoint_url(e.clone());
+    }
+    let c = l.load().await;
+    match c.region() {
+        None => bail!("no AWS region: give --region or set AWS_REGION"),
+        Some(r) if !valid_region(r.as_ref()) => bail!("invalid AWS region {:?}: expected a region name such as us-east-1", r.as_ref()),
+        Some(_) => {}
+    }
+    Ok(c)
+}
+
+/// What went wrong with one call.
+#[derive(Debug)]
+pub enum Failure {
+    /// Throttling, 5xx, network: retry.
+    Transient(String),
+    /// Access denied, bad or expired credentials: retry (slowly), loudly.
+    Auth(String),
+    /// The log group/stream, bucket or delivery stream is missing.
+    NotFound(String),
+    /// Anything else the service refused.
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Transient(m) => write!(f, "transient: {m}"),
+            Failure::Auth(m) => write!(f, "access denied or bad credentials: {m}"),
+            Failure::NotFound(m) => write!(f, "not found: {m}"),
+            Failure::Other(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+const AUTH_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidSignatureException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "MissingAuthenticationToken",
+    "AuthFailure",
+    "AllAccessDisabled",
+];
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "SlowDown",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalError",
+    "InternalFailure",
+    "InternalServerError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "LimitExceededException",
+];
+const NOT_FOUND_CODES: &[&str] = &["ResourceNotFoundException", "NoSuchBucket", "NotFound", "NoSuchKey", "NoSuchUpload"];
+
+/// Sorts an SDK error into a [`Failure`].
+pub fn classify<E, R>(e: &SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HasStatus,
+{
+    let msg = format!("{}", aws_sdk_s3::error::DisplayErrorContext(e));
+    match e {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("");
+            let status = se.raw().status_code();
+            if AUTH_CODES.contains(&code) || status == 403 {
+                Failure::Auth(msg)
+            } else if TRANSIENT_CODES.contains(&code) || status >= 500 || status == 429 {
+                Failure::Transient(msg)
+            } else if NOT_FOUND_CODES.contains(&code) || status == 404 {
+                Failure::NotFound(msg)
+            } else {
+                Failure::Other(msg)
+            }
+        }
+        SdkError::ResponseError(r) => {
+            let status = r.raw().status_code();
+            if status == 403 {
+                Failure::Auth(msg)
+            } else if status == 404 {
+                Failure::NotFound(msg)
+            } else {
+                Failure::Transient(msg)
+            }
+        }
+        SdkError::ConstructionFailure(_) => {
+            if msg.contains("credentials") {
+                Failure::Auth(msg)
+            } else {
+                Failure::Other(msg)
+            }
+        }
+        _ => Failure::Transient(msg),
+    }
+}
+
+pub trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// Exponential backoff with jitter: attempt n waits a random time in
+/// [d/2, d], d = min(max, base × 2^n).
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { base: Duration::from_millis(200), max: Duration::from_secs(60) }
+    }
+}
+
+impl RetryPolicy {
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let d = self.base.saturating_mul(1u32 << attempt.min(20)).min(self.max);
+        let half = d / 2;
+        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
+    }
+}
+
+/// The call was given up because the shutdown deadline passed; the data
+/// stays in the spool.
+#[derive(Debug)]
+pub struct Interrupted;
+
+/// Runs `f` until it succeeds, sleeping with backoff between failures, or
+/// until the shutdown deadline passes.
+pub async fn retry<T, F, Fut>(dest: &str, what: &str, policy: &RetryPolicy, stop: &Stop, mut f: F) -> Result<T, Interrupted>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        let r = tokio::select! {
+            r = f(attempt) => r,
+            _ = stop.expired() => return Err(Interrupted),
+        };
+        match r {
+            Ok(v) => {
+                if attempt > 0 {
+                    tracing::info!(destination = dest, operation = what, attempts = attempt + 1, "succeeded after retries");
+                }
+                return Ok(v);
+            }
+            Err(e) => {
+                let first = attempt.is_multiple_of(10);
+                match &e {
+                    Failure::Auth(_) | Failure::Other(_) if first => error!(destination = dest, operation = what, attempt, "{e}; retrying (records stay in the spool)"),
+                    _ if first => warn!(destination = dest, operation = what, attempt, "{e}; retrying"),
+                    _ => tracing::debug!(destination = dest, operation = what, attempt, "{e}; retrying"),
+                }
+                // Auth and unknown errors are not fixed by retrying quickly.
+                let a = match e {
+                    Failure::Auth(_) | Failure::Other(_) => attempt + 4,
+                    _ => attempt,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(policy.delay(a)) => {},
+                    _ = stop.expired() => return Err(Interrupted),
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Startup checks: a definite refusal (missing resource, access denied) is
+/// an error; an unreachable service is only a warning (the spool holds the
+/// records until it comes back).
+pub fn startup_check(dest: &str, f: Failure) -> Result<()> {
+    match f {
+        Failure::Transient(m) => {
+            warn!(destination = dest, "no usable answer from the service at startup ({m}); records are spooled until it answers");
+            Ok(())
+        }
+        Failure::Auth(m) => bail!("{dest}: access denied or invalid credentials: {m}"),
+        Failure::NotFound(m) => bail!("{dest}: does not exist: {m}"),
+        Failure::Other(m) => bail!("{dest}: {m}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions() {
+        for r in ["us-east-1", "eu-central-2", "us-gov-west-1", "cn-north-1", "ap-southeast-4"] {
+            assert!(valid_region(r), "{r}");
+        }
+        for r in ["", "us-east", "US-EAST-1", "us east 1", "useast1", "us--1", "us-east-1a"] {
+            assert!(!valid_region(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let p = RetryPolicy { base: Duration::from_millis(100), max: Duration::from_secs(2) };
+        for a in 0..30 {
+            let d = p.delay(a);
+            let full = Duration::from_millis(100).saturating_mul(1 << a.min(20)).min(Duration::from_secs(2));
+            assert!(d >= full / 2 && d <= full, "{a}: {d:?}");
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Kinesis Data Firehose destination: `PutRecordBatch` of
+//! `{"message":"<record>"}` records within its limits (500 records and
+//! 4 MiB per call, 1,000 KiB per record); after a partial failure only the
+//! failed records are sent again.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use anyhow::Result;
+use aws_sdk_firehose::{primitives::Blob, types::Record, Client};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use super::{
+    aws::{classify, retry, startup_check, Failure, Interrupted, RetryPolicy},
+    batch::{fh_payload, fh_split},
+    spool::Batch,
+    BoxFut, Destination, ShipStats, Stop,
+};
+
+pub struct FirehoseDest {
+    pub name: String,
+    pub client: Client,
+    pub stream: String,
+    pub retry: RetryPolicy,
+    pub stats: Arc<ShipStats>,
+}
+
+impl FirehoseDest {
+    pub async fn check(&self) -> Result<()> {
+        match self.client.describe_delivery_stream().delivery_stream_name(&self.stream).send().await {
+            Ok(_) => Ok(()),
+            // The service answered 2xx with a description this SDK cannot
+            // parse (e.g. a field it requires is missing): the stream exists.
+            Err(aws_sdk_firehose::error::SdkError::ResponseError(r)) if r.raw().status().is_success() => Ok(()),
+            Err(e) => match classify(&e) {
+                Failure::NotFound(_) => anyhow::bail!("{}: delivery stream {:?} does not exist", self.name, self.stream),
+                f => startup_check(&self.name, f),
+            },
+        }
+    }
+
+    /// Sends what is left in `pending`; keeps only the failed records there.
+    async fn put(&self, pending: &Mutex<Vec<Vec<u8>>>) -> Result<(), Failure> {
+        let mut p = pending.lock().await;
+        let records: Vec<Record> = p.iter().map(|d| Record::builder().data(Blob::new(d.clone())).build().expect("data set")).collect();
+        let r = self.client.put_record_batch().delivery_stream_name(&self.stream).set_records(Some(records)).send().await.map_err(|e| classify(&e))?;
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if r.failed_put_count() == 0 {
+            p.clear();
+            return Ok(());
+        }
+        let resp = r.request_responses();
+        let mut failed = Vec::new();
+        let mut codes = Vec::new();
+        for (i, d) in p.drain(..).enumerate() {
+            match resp.get(i) {
+                Some(rr) if rr.error_code().is_none() && rr.record_id().is_some() => {}
+                Some(rr) => {
+                    codes.push(rr.error_code().unwrap_or("?").to_string());
+                    failed.push(d);
+                }
+                None => failed.push(d),
+            }
+        }
+        codes.dedup();
+        let n = failed.len();
+        *p = failed;
+        self.stats.partial_retries.fetch_add(n as u64, Ordering::Relaxed);
+        Err(Failure::Transient(format!("PutRecordBatch: {n} records failed ({}); sending them again", codes.join(", "))))
+    }
+}
+
+impl Destination for FirehoseDest {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn deliver<'a>(&'a mut self, batches: &'a [Batch], stop: &'a Stop) -> BoxFut<'a> {
+        Box::pin(async move {
+            let payloads: Vec<Vec<u8>> = batches.iter().flat_map(|b| b.records.iter()).map(|r| fh_payload(&r.line)).collect();
+            let (calls, too_big) = fh_split(payloads);
+            if !too_big.is_empty() {
+                self.stats.rejected.fetch_add(too_big.len() as u64, Ordering::Relaxed);
+                warn!(destination = %self.name, records = too_big.len(), "records over Firehose's 1,000 KiB limit cannot be sent; dropped");
+            }
+            for call in calls {
+                let n = call.len() as u64;
+                let pending = Mutex::new(call);
+                retry(&self.name, "PutRecordBatch", &self.retry, stop, |_| self.put(&pending)).await?;
+                self.stats.delivered.fetch_add(n, Ordering::Relaxed);
+                debug!(destination = %self.name, records = n, "PutRecordBatch");
+            }
+            Ok::<(), Interrupted>(())
+        })
+    }
+}

@@ -1,0 +1,631 @@
+//! Destinations.
+//!
+//! - `stdout` and `file:<path>`: one record per line, written directly.
+//! - `dir:<path>`, `s3://bucket/prefix`, `cloudwatch:<group>`,
+//!   `firehose:<stream>`: every batch is first appended to the on-disk
+//!   [`spool`], then each destination delivers from it in its own task and
+//!   acknowledges; a batch leaves the spool once every destination has
+//!   acknowledged it. A slow or failing destination holds only its own
+//!   cursor: capture and the other destinations go on.
+
+pub mod aws;
+pub mod batch;
+pub mod cloudwatch;
+pub mod firehose;
+pub mod parquet;
+pub mod s3;
+pub mod spool;
+
+use std::{
+    fmt,
+    fs::{File, OpenOptions},
+    future::Future,
+    io::{self, Write},
+    path::PathBuf,
+    pin::Pin,
+    str::FromStr,
+    sync::{
+        atomic::AtomicU64,
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tracing::{error, info, warn};
+
+use crate::{format::Format, record::FlowRecord};
+use batch::{CwLimits, FileFormat, Layout};
+use spool::{Batch, Spool, SpoolRecord};
+
+/// Options of the S3-layout destinations (`s3://…?format=parquet&hive&per-hour`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LayoutOptions {
+    pub format: FileFormat,
+    pub hive: bool,
+    pub per_hour: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    /// Appends records to a file, one per line.
+    File(PathBuf),
+    /// The S3 layout in a local directory.
+    Dir { path: PathBuf, opts: LayoutOptions },
+    S3 { bucket: String, prefix: String, opts: LayoutOptions },
+    CloudWatch { group: String, retention_days: Option<i32> },
+    Firehose { stream: String },
+}
+
+const OUTPUT_SYNTAX: &str = "expected `stdout`, `file:<path>`, `dir:<path>[?options]`, `s3://<bucket>[/<prefix>][?options]` \
+(options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>]` or `firehose:<delivery-stream>`";
+
+fn parse_layout_opts(s: &str, q: Option<&str>) -> Result<LayoutOptions, String> {
+    let mut o = LayoutOptions::default();
+    for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+        let flag = || match v {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(format!("invalid output {s:?}: {k}={v:?} is not true or false")),
+        };
+        match k {
+            "format" => {
+                o.format = match v {
+                    "text" | "plain-text" => FileFormat::Text,
+                    "parquet" => FileFormat::Parquet,
+                    _ => return Err(format!("invalid output {s:?}: format={v:?}: expected text or parquet")),
+                }
+            }
+            "hive" => o.hive = flag()?,
+            "per-hour" | "per_hour" => o.per_hour = flag()?,
+            _ => return Err(format!("invalid output {s:?}: unknown option {k:?} (format, hive, per-hour)")),
+        }
+    }
+    Ok(o)
+}
+
+fn layout_query(o: &LayoutOptions) -> String {
+    let mut q = Vec::new();
+    if o.format == FileFormat::Parquet {
+        q.push("format=parquet");
+    }
+    if o.hive {
+        q.push("hive");
+    }
+    if o.per_hour {
+        q.push("per-hour");
+    }
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+impl FromStr for Output {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid output {s:?}: {OUTPUT_SYNTAX}");
+        if s == "stdout" || s == "-" {
+            return Ok(Output::Stdout);
+        }
+        if let Some(p) = s.strip_prefix("file:") {
+            return if p.is_empty() { Err(bad()) } else { Ok(Output::File(PathBuf::from(p))) };
+        }
+        if let Some(rest) = s.strip_prefix("dir:") {
+            let (p, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
+            if p.is_empty() {
+                return Err(bad());
+            }
+            return Ok(Output::Dir { path: PathBuf::from(p), opts: parse_layout_opts(s, q)? });
+        }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (p, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
+            let (bucket, prefix) = p.split_once('/').unwrap_or((p, ""));
+            let prefix = prefix.trim_matches('/');
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && !bucket.starts_with(['-', '.'])
+                && !bucket.ends_with(['-', '.']);
+            if !valid_bucket {
+                return Err(format!("invalid output {s:?}: {bucket:?} is not a valid S3 bucket name (3-63 characters: a-z 0-9 . -)"));
+            }
+            if prefix.split('/').any(|c| c == "AWSLogs") {
+                return Err(format!("invalid output {s:?}: AWSLogs is reserved and cannot be part of the prefix"));
+            }
+            return Ok(Output::S3 { bucket: bucket.into(), prefix: prefix.into(), opts: parse_layout_opts(s, q)? });
+        }
+        if let Some(rest) = s.strip_prefix("cloudwatch:") {
+            let (g, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
+            if g.is_empty() || g.len() > 512 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/#".contains(&b)) {
+                return Err(format!("invalid output {s:?}: log group names are 1-512 characters of a-z A-Z 0-9 . _ - / #"));
+            }
+            let mut retention_days = None;
+            for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
+                match kv.split_once('=') {
+                    Some(("retention", v)) => {
+                        retention_days = Some(v.parse::<i32>().ok().filter(|d| *d > 0).ok_or_else(|| format!("invalid output {s:?}: retention={v:?} is not a number of days"))?)
+                    }
+                    _ => return Err(format!("invalid output {s:?}: unknown option {kv:?} (retention=<days>)")),
+                }
+            }
+            return Ok(Output::CloudWatch { group: g.into(), retention_days });
+        }
+        if let Some(st) = s.strip_prefix("firehose:") {
+            if st.is_empty() || st.len() > 64 || !st.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                return Err(format!("invalid output {s:?}: delivery stream names are 1-64 characters of a-z A-Z 0-9 . _ -"));
+            }
+            return Ok(Output::Firehose { stream: st.into() });
+        }
+        Err(bad())
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::Stdout => write!(f, "stdout"),
+            Output::File(p) => write!(f, "file:{}", p.display()),
+            Output::Dir { path, opts } => write!(f, "dir:{}{}", path.display(), layout_query(opts)),
+            Output::S3 { bucket, prefix, opts } => {
+                write!(f, "s3://{bucket}")?;
+                if !prefix.is_empty() {
+                    write!(f, "/{prefix}")?;
+                }
+                write!(f, "{}", layout_query(opts))
+            }
+            Output::CloudWatch { group, retention_days } => {
+                write!(f, "cloudwatch:{group}")?;
+                if let Some(d) = retention_days {
+                    write!(f, "?retention={d}")?;
+                }
+                Ok(())
+            }
+            Output::Firehose { stream } => write!(f, "firehose:{stream}"),
+        }
+    }
+}
+
+impl Output {
+    /// Whether records for it go through the spool.
+    pub fn spooled(&self) -> bool {
+        !matches!(self, Output::Stdout | Output::File(_))
+    }
+}
+
+pub enum Sink {
+    Stdout(io::Stdout),
+    File { path: PathBuf, file: File },
+}
+
+impl Sink {
+    pub fn open(o: &Output) -> Result<Sink> {
+        Ok(match o {
+            Output::Stdout => Sink::Stdout(io::stdout()),
+            Output::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening output file {}", path.display()))?;
+                Sink::File { path: path.clone(), file }
+            }
+            other => anyhow::bail!("{other} is a spooled output, not a direct sink"),
+        })
+    }
+
+    /// Writes a batch of newline-terminated records in one go.
+    pub fn write_batch(&mut self, lines: &[u8]) -> Result<()> {
+        match self {
+            Sink::Stdout(s) => {
+                let mut l = s.lock();
+                l.write_all(lines)?;
+                l.flush()?;
+            }
+            Sink::File { path, file } => {
+                file.write_all(lines).with_context(|| format!("writing {}", path.display()))?;
+                file.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::Stdout(_) => "stdout".into(),
+            Sink::File { path, .. } => format!("file:{}", path.display()),
+        }
+    }
+}
+
+/// Counters of one destination.
+#[derive(Debug, Default)]
+pub struct ShipStats {
+    /// Records acknowledged by the destination.
+    pub delivered: AtomicU64,
+    /// Records the service refused for good (CloudWatch rejectedLogEventsInfo,
+    /// Firehose records over 1,000 KiB).
+    pub rejected: AtomicU64,
+    /// Records sent again after a Firehose partial failure.
+    pub partial_retries: AtomicU64,
+    /// S3 objects / local files written.
+    pub objects: AtomicU64,
+    /// Service calls that succeeded.
+    pub calls: AtomicU64,
+}
+
+/// The shutdown signal: `None` while running, then the deadline by which
+/// destinations give up (what is left stays in the spool).
+#[derive(Clone)]
+pub struct Stop(watch::Receiver<Option<Instant>>);
+
+impl Stop {
+    pub fn stopping(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+    /// Resolves once the deadline has passed.
+    pub async fn expired(&self) {
+        let mut rx = self.0.clone();
+        let deadline = loop {
+            if let Some(d) = *rx.borrow_and_update() {
+                break d;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::time::sleep_until(deadline).await;
+    }
+    async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+pub type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<(), aws::Interrupted>> + Send + 'a>>;
+
+/// A spooled destination.
+pub trait Destination: Send + 'static {
+    fn name(&self) -> &str;
+    /// Whether batches accumulate into files (S3 layouts) for up to the
+    /// flush interval, instead of going out as soon as they are spooled.
+    fn batches_files(&self) -> bool {
+        false
+    }
+    /// Deliver once this much text is pending, whatever the flush interval.
+    fn max_pending_bytes(&self) -> usize {
+        4 << 20
+    }
+    /// Delivers every record of `batches`, retrying as long as it takes;
+    /// `Err` only when the shutdown deadline passed.
+    fn deliver<'a>(&'a mut self, batches: &'a [Batch], stop: &'a Stop) -> BoxFut<'a>;
+}
+
+#[derive(Clone, Debug)]
+pub struct ShipConfig {
+    pub outputs: Vec<Output>,
+    /// `account-id` used in S3 key names.
+    pub account_id: String,
+    pub aws: aws::AwsSettings,
+    /// Region in S3 key names when no AWS destination sets one.
+    pub flow_log_id: String,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    /// How long S3/dir destinations gather records into files (AWS: 5 min).
+    pub flush_interval: Duration,
+    pub objects: s3::ObjectOptions,
+    pub retry: aws::RetryPolicy,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ShipConfig {
+    fn default() -> Self {
+        ShipConfig {
+            outputs: vec![Output::Stdout],
+            account_id: "unknown".into(),
+            aws: aws::AwsSettings::default(),
+            flow_log_id: "fl-00000000000000000".into(),
+            spool_dir: PathBuf::from("/var/lib/flowlog-agent/spool"),
+            spool_max_bytes: 1 << 30,
+            flush_interval: Duration::from_secs(300),
+            objects: s3::ObjectOptions::default(),
+            retry: aws::RetryPolicy::default(),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Fan-out to every configured output.
+pub struct Shipper {
+    direct: Vec<Sink>,
+    spool: Option<Spool>,
+    tasks: Vec<(String, JoinHandle<()>)>,
+    stop_tx: watch::Sender<Option<Instant>>,
+    shutdown_timeout: Duration,
+    /// Per spooled destination, by name.
+    pub stats: Vec<(String, Arc<ShipStats>)>,
+}
+
+impl Shipper {
+    /// Opens every output, checks the AWS ones (clear errors for a missing
+    /// bucket, log group or delivery stream, bad region, access denied, an
+    /// unusable spool directory) and starts one task per spooled output.
+    pub async fn start(cfg: &ShipConfig) -> Result<Shipper> {
+        let direct = cfg.outputs.iter().filter(|o| !o.spooled()).map(Sink::open).collect::<Result<Vec<_>>>()?;
+        let spooled: Vec<&Output> = cfg.outputs.iter().filter(|o| o.spooled()).collect();
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let mut sh = Shipper { direct, spool: None, tasks: Vec::new(), stop_tx, shutdown_timeout: cfg.shutdown_timeout, stats: Vec::new() };
+        if spooled.is_empty() {
+            return Ok(sh);
+        }
+        let names: Vec<String> = spooled.iter().map(|o| o.to_string()).collect();
+        let mut dedup = names.clone();
+        dedup.sort();
+        dedup.dedup();
+        if dedup.len() != names.len() {
+            anyhow::bail!("the same output is given twice: {}", names.join(", "));
+        }
+        let needs_aws = spooled.iter().any(|o| matches!(o, Output::S3 { .. } | Output::CloudWatch { .. } | Output::Firehose { .. }));
+        let sdk = if needs_aws { Some(aws::sdk_config(&cfg.aws).await?) } else { None };
+        let region = sdk
+            .as_ref()
+            .and_then(|c| c.region().map(|r| r.to_string()))
+            .or_else(|| cfg.aws.region.clone())
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .unwrap_or_else(|| "local".into());
+        let mut dests: Vec<Box<dyn Destination>> = Vec::new();
+        for (o, name) in spooled.iter().zip(&names) {
+            let stats = Arc::new(ShipStats::default());
+            sh.stats.push((name.clone(), stats.clone()));
+            let layout = |prefix: &str, opts: &LayoutOptions| Layout {
+                prefix: prefix.to_string(),
+                account_id: cfg.account_id.clone(),
+                region: region.clone(),
+                flow_log_id: cfg.flow_log_id.clone(),
+                hive: opts.hive,
+                per_hour: opts.per_hour,
+                format: opts.format,
+            };
+            match o {
+                Output::Dir { path, opts } => {
+                    let d = s3::DirDest { name: name.clone(), root: path.clone(), layout: layout("", opts), opts: cfg.objects.clone(), retry: cfg.retry, stats };
+                    d.check()?;
+                    dests.push(Box::new(d));
+                }
+                Output::S3 { bucket, prefix, opts } => {
+                    let d = s3::S3Dest {
+                        name: name.clone(),
+                        client: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk.as_ref().unwrap()).force_path_style(cfg.aws.endpoint_url.is_some()).build()),
+                        bucket: bucket.clone(),
+                        layout: layout(prefix, opts),
+                        opts: cfg.objects.clone(),
+                        retry: cfg.retry,
+                        stats,
+                    };
+                    d.check().await?;
+                    dests.push(Box::new(d));
+                }
+                Output::CloudWatch { group, retention_days } => {
+                    let d = cloudwatch::CloudWatchDest {
+                        name: name.clone(),
+                        client: aws_sdk_cloudwatchlogs::Client::new(sdk.as_ref().unwrap()),
+                        group: group.clone(),
+                        retention_days: *retention_days,
+                        limits: CwLimits::default(),
+                        retry: cfg.retry,
+                        stats,
+                        streams: Default::default(),
+                    };
+                    d.check().await?;
+                    dests.push(Box::new(d));
+                }
+                Output::Firehose { stream } => {
+                    let d = firehose::FirehoseDest { name: name.clone(), client: aws_sdk_firehose::Client::new(sdk.as_ref().unwrap()), stream: stream.clone(), retry: cfg.retry, stats };
+                    d.check().await?;
+                    dests.push(Box::new(d));
+                }
+                Output::Stdout | Output::File(_) => unreachable!(),
+            }
+        }
+        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &names)?;
+        for n in &names {
+            let p = spool.pending_records(n)?;
+            if p > 0 {
+                info!(destination = %n, records = p, "spool: delivering records left from before");
+            }
+        }
+        for d in dests {
+            let name = d.name().to_string();
+            let task = tokio::spawn(drive(d, spool.clone(), Stop(stop_rx.clone()), cfg.flush_interval));
+            sh.tasks.push((name, task));
+        }
+        sh.spool = Some(spool);
+        Ok(sh)
+    }
+
+    pub fn spool(&self) -> Option<&Spool> {
+        self.spool.as_ref()
+    }
+
+    pub fn describe(&self) -> String {
+        self.direct.iter().map(Sink::describe).chain(self.tasks.iter().map(|(n, _)| n.clone())).collect::<Vec<_>>().join(",")
+    }
+
+    /// Hands a window's records to every output. Never waits for a
+    /// destination: direct outputs are written, spooled ones appended.
+    /// Returns, per direct output (and `spool` for the spooled ones), whether
+    /// the records were written.
+    pub fn send(&mut self, format: &Format, records: &[FlowRecord]) -> Vec<(String, bool)> {
+        let mut results = Vec::new();
+        if !self.direct.is_empty() {
+            let mut text = Vec::with_capacity(records.len() * 120);
+            for r in records {
+                format.write(r, &mut text);
+                text.push(b'\n');
+            }
+            for s in &mut self.direct {
+                let res = s.write_batch(&text);
+                if let Err(e) = &res {
+                    error!(output = %s.describe(), records = records.len(), "records of this window were not written: {e:#}");
+                }
+                results.push((s.describe(), res.is_ok()));
+            }
+        }
+        if self.spool.is_some() && !records.is_empty() {
+            let batch = Batch {
+                header: format.header(),
+                records: records
+                    .iter()
+                    .map(|r| SpoolRecord {
+                        interface_id: r.interface_id.as_deref().unwrap_or("-").to_string(),
+                        start: r.start,
+                        end: r.end,
+                        line: format.line(r),
+                    })
+                    .collect(),
+            };
+            results.push(("spool".to_string(), self.send_batch(&batch)));
+        }
+        results
+    }
+
+    /// Appends a batch to the spool (spooled outputs only).
+    pub fn send_batch(&mut self, batch: &Batch) -> bool {
+        if let Some(sp) = &self.spool {
+            if let Err(e) = sp.append(batch) {
+                error!(records = batch.records.len(), "records of this window could not be spooled and are lost: {e:#}");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Graceful shutdown: every destination flushes what it can before the
+    /// deadline; the rest stays in the spool for the next start.
+    pub async fn shutdown(self) {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        let _ = self.stop_tx.send(Some(deadline));
+        for (name, t) in self.tasks {
+            match tokio::time::timeout_at(deadline + Duration::from_secs(1), t).await {
+                Ok(_) => {}
+                Err(_) => warn!(destination = %name, "did not finish before the shutdown deadline"),
+            }
+        }
+        if let Some(sp) = &self.spool {
+            for (name, _) in &self.stats {
+                match sp.pending_records(name) {
+                    Ok(0) => {}
+                    Ok(n) => warn!(destination = %name, records = n, "not delivered before the shutdown deadline; kept in the spool for the next start"),
+                    Err(e) => warn!(destination = %name, "spool: {e:#}"),
+                }
+            }
+        }
+    }
+}
+
+/// One destination's loop: read from the spool at its cursor, deliver,
+/// acknowledge.
+async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flush_interval: Duration) {
+    let name = dest.name().to_string();
+    let mut reader = spool.reader(&name);
+    let mut pending: Vec<Batch> = Vec::new();
+    let mut pending_end = reader.pos();
+    let mut pending_bytes = 0usize;
+    let mut first_at: Option<Instant> = None;
+    loop {
+        while pending_bytes < dest.max_pending_bytes() {
+            match reader.next_batch() {
+                Ok(Some((b, end))) => {
+                    pending_bytes += b.text_len();
+                    pending.push(b);
+                    pending_end = end;
+                    first_at.get_or_insert_with(Instant::now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error!(destination = %name, "reading the spool: {e:#}");
+                    break;
+                }
+            }
+        }
+        let stopping = stop.stopping();
+        let flush_at = first_at.map(|t| t + if dest.batches_files() { flush_interval } else { Duration::ZERO });
+        let due = !pending.is_empty() && (stopping || pending_bytes >= dest.max_pending_bytes() || flush_at.is_some_and(|t| t <= Instant::now()));
+        if due {
+            match dest.deliver(&pending, &stop).await {
+                Ok(()) => {
+                    if let Err(e) = spool.ack(&name, pending_end) {
+                        error!(destination = %name, "spool: {e:#}");
+                    }
+                    pending.clear();
+                    pending_bytes = 0;
+                    first_at = None;
+                }
+                Err(aws::Interrupted) => {
+                    warn!(destination = %name, records = pending.iter().map(|b| b.records.len()).sum::<usize>(), "shutdown deadline passed; records stay in the spool");
+                    return;
+                }
+            }
+            continue;
+        }
+        if stopping && pending.is_empty() {
+            return;
+        }
+        let wake = flush_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = reader.changed() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_outputs() {
+        assert_eq!("stdout".parse::<Output>(), Ok(Output::Stdout));
+        assert_eq!("file:/tmp/x.log".parse::<Output>(), Ok(Output::File("/tmp/x.log".into())));
+        assert!("bogus".parse::<Output>().unwrap_err().starts_with("invalid output \"bogus\": expected `stdout`, `file:<path>`"));
+        assert!("file:".parse::<Output>().is_err());
+        let o = "s3://my-bucket/a/b/?format=parquet&hive".parse::<Output>().unwrap();
+        assert_eq!(o, Output::S3 { bucket: "my-bucket".into(), prefix: "a/b".into(), opts: LayoutOptions { format: FileFormat::Parquet, hive: true, per_hour: false } });
+        assert_eq!(o.to_string(), "s3://my-bucket/a/b?format=parquet&hive");
+        assert_eq!("s3://b3t".parse::<Output>().unwrap(), Output::S3 { bucket: "b3t".into(), prefix: "".into(), opts: LayoutOptions::default() });
+        assert!("s3://Bad_Bucket".parse::<Output>().unwrap_err().contains("not a valid S3 bucket name"));
+        assert!("s3://bucket/AWSLogs".parse::<Output>().unwrap_err().contains("reserved"));
+        assert!("s3://bucket?format=csv".parse::<Output>().unwrap_err().contains("format=\"csv\""));
+        assert_eq!(
+            "dir:/var/log/flows?per-hour".parse::<Output>().unwrap(),
+            Output::Dir { path: "/var/log/flows".into(), opts: LayoutOptions { per_hour: true, ..Default::default() } }
+        );
+        assert_eq!("cloudwatch:/vpc/flows?retention=7".parse::<Output>().unwrap(), Output::CloudWatch { group: "/vpc/flows".into(), retention_days: Some(7) });
+        assert!("cloudwatch:a b".parse::<Output>().is_err());
+        assert!("cloudwatch:g?retention=x".parse::<Output>().is_err());
+        assert_eq!("firehose:fh-1".parse::<Output>().unwrap(), Output::Firehose { stream: "fh-1".into() });
+        assert!("firehose:".parse::<Output>().is_err());
+    }
+
+    #[test]
+    fn file_sink_appends_lines() {
+        let dir = std::env::temp_dir().join(format!("flowlog-ship-{}", std::process::id()));
+        let path = dir.join("sub/out.log");
+        let mut s = Sink::open(&Output::File(path.clone())).unwrap();
+        s.write_batch(b"a\n").unwrap();
+        s.write_batch(b"b\n").unwrap();
+        drop(s);
+        let mut s = Sink::open(&Output::File(path.clone())).unwrap();
+        s.write_batch(b"c\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\nc\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod aws_services;
 pub mod capture;
 pub mod clock;
+pub mod compare;
 pub mod config;
 pub mod drain;
 pub mod enrich;

@@ -605,7 +605,7 @@ pub fn compare(
             },
         };
         let s = side as usize;
-        match srcs[s].next_record()? {
+        match srcs[s].next_record().map_err(|e| e.context(side.name()))? {
             Some(r) => {
                 n[s] += 1;
                 if r.start >= since && r.start < until {

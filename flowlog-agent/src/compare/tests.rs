@@ -3,7 +3,7 @@
 use std::{io::Write as _, sync::Arc};
 
 use super::{
-    source::{local, name_time, sort_objects, ObjectReader, RecordSource, VecSource},
+    source::{local, name_time, parquet_object as pq, sort_objects, ObjectReader, RecordSource, VecSource},
     *,
 };
 use crate::{
@@ -271,59 +271,12 @@ fn write_native_tree(dir: &std::path::Path, recs: &[FlowRecord], format: &Format
         let base = format!("123456789012_vpcflowlogs_{region}_fl-1234abcd_19700101T{h:02}{m:02}Z_abcdef01");
         let lines: Vec<String> = rs.iter().map(|r| format.line(r)).collect();
         if parquet {
-            std::fs::write(d.join(format!("{base}.log.parquet")), parquet_file(&format.header(), &lines)).unwrap();
+            std::fs::write(d.join(format!("{base}.log.parquet")), pq(&format.header(), &lines).unwrap()).unwrap();
         } else {
             let text = format!("{}\n{}\n", format.header(), lines.join("\n"));
             std::fs::write(d.join(format!("{base}.log.gz")), gz(&text)).unwrap();
         }
     }
-}
-
-/// A Parquet object as AWS writes them: one optional column per field
-/// (INT32, INT64 or STRING), `-` as null.
-pub(crate) fn parquet_file(header: &str, lines: &[String]) -> Vec<u8> {
-    use parquet::{
-        basic::{LogicalType, Repetition, Type as Physical},
-        data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type},
-        file::{properties::WriterProperties, writer::SerializedFileWriter},
-        schema::types::Type,
-    };
-    let names: Vec<&str> = header.split(' ').collect();
-    let kind = |n: &str| match n {
-        "version" | "srcport" | "dstport" | "protocol" | "tcp-flags" | "traffic-path" | "encryption-status" => 32,
-        "packets" | "bytes" | "start" | "end" => 64,
-        _ => 0,
-    };
-    let fields = names
-        .iter()
-        .map(|n| {
-            let b = match kind(n) {
-                32 => Type::primitive_type_builder(n, Physical::INT32),
-                64 => Type::primitive_type_builder(n, Physical::INT64),
-                _ => Type::primitive_type_builder(n, Physical::BYTE_ARRAY).with_logical_type(Some(LogicalType::String)),
-            };
-            Arc::new(b.with_repetition(Repetition::OPTIONAL).build().unwrap())
-        })
-        .collect();
-    let schema = Arc::new(Type::group_type_builder("schema").with_fields(fields).build().unwrap());
-    let mut w = SerializedFileWriter::new(Vec::new(), schema, Arc::new(WriterProperties::builder().build())).unwrap();
-    let mut rg = w.next_row_group().unwrap();
-    let rows: Vec<Vec<&str>> = lines.iter().map(|l| l.split(' ').collect()).collect();
-    let mut i = 0;
-    while let Some(mut col) = rg.next_column().unwrap() {
-        let vals: Vec<&str> = rows.iter().map(|r| r[i]).filter(|v| *v != "-").collect();
-        let defs: Vec<i16> = rows.iter().map(|r| i16::from(r[i] != "-")).collect();
-        match kind(names[i]) {
-            32 => col.typed::<Int32Type>().write_batch(&vals.iter().map(|v| v.parse().unwrap()).collect::<Vec<i32>>(), Some(&defs), None),
-            64 => col.typed::<Int64Type>().write_batch(&vals.iter().map(|v| v.parse().unwrap()).collect::<Vec<i64>>(), Some(&defs), None),
-            _ => col.typed::<ByteArrayType>().write_batch(&vals.iter().map(|v| ByteArray::from(*v)).collect::<Vec<_>>(), Some(&defs), None),
-        }
-        .unwrap();
-        col.close().unwrap();
-        i += 1;
-    }
-    rg.close().unwrap();
-    w.into_inner().unwrap()
 }
 
 const NATIVE_V5: &str = "${log-status} ${start} ${end} ${account-id} ${flow-direction} ${tcp-flags}  ${dstaddr} ${srcaddr} ${dstport} ${srcport} ${protocol} ${interface-id} ${packets} ${bytes} ${action} ${version} ${vpc-id}";
@@ -423,7 +376,7 @@ fn corrupt_gzip_names_the_file_and_line() {
 #[test]
 fn truncated_parquet_names_the_object() {
     let dir = tempdir("bad-parquet");
-    let body = parquet_file(HEADER, &[LINE.to_string(), LINE.to_string()]);
+    let body = pq(HEADER, &[LINE.to_string(), LINE.to_string()]).unwrap();
     let p = dir.join("x.log.parquet");
     std::fs::write(&p, &body).unwrap();
     assert_eq!(read_all(&p).unwrap(), 2);
@@ -431,11 +384,11 @@ fn truncated_parquet_names_the_object() {
     let e = format!("{:#}", read_all(&p).unwrap_err());
     assert!(e.starts_with(&format!("{}: not a readable Parquet file: ", p.display())), "{e}");
     // Parquet columns must be flow log fields.
-    let body = parquet_file("srcaddr colour", &["10.0.0.1 red".to_string()]);
+    let body = pq("srcaddr colour", &["10.0.0.1 red".to_string()]).unwrap();
     let e = ObjectReader::from_bytes("s3://b/k.parquet", body.into(), &Format::default()).err().unwrap();
     assert_eq!(e.to_string(), "s3://b/k.parquet: Parquet column \"colour\" is not a flow log field");
     // A bad value names the row, field and value.
-    let body = parquet_file("srcaddr packets", &["10.0.0.1 3".to_string(), "10.0.0.300 4".to_string()]);
+    let body = pq("srcaddr packets", &["10.0.0.1 3".to_string(), "10.0.0.300 4".to_string()]).unwrap();
     let mut r = ObjectReader::from_bytes("s3://b/k.parquet", body.into(), &Format::default()).unwrap();
     assert!(r.next().unwrap().is_some());
     assert_eq!(r.next().unwrap_err().to_string(), "s3://b/k.parquet: row 2: field srcaddr (column 1): \"10.0.0.300\" is not an IP address or -");

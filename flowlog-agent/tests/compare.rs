@@ -89,7 +89,7 @@ fn exit_status_and_output_formats() {
     let base = ["compare", "--native", n.to_str().unwrap(), "--agent", a.to_str().unwrap(), "--interface-map", "eni-a=eni-1"];
     let (code, out, err, _) = run(&base);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("interface  native flows"), "{out}");
+    assert!(out.starts_with("interface  flows n/a  matched"), "{out}");
     assert!(out.contains("\neni-1 "), "{out}");
     let (code, out, _, _) = run(&[&base[..], &["--max-missing-flows", "0", "--max-packet-delta-pct", "10"]].concat());
     assert_eq!(code, 3);
@@ -321,4 +321,45 @@ fn s3_prefix_against_cloudwatch_log_group() {
     assert_eq!(code, 1);
     assert!(err.starts_with("error: native: listing s3://no-such-bucket/x: ") && err.contains("NoSuchBucket"), "{err}");
     drop(m);
+}
+
+/// The worked example of the README: its command, run on the committed
+/// files, prints what the README shows.
+#[test]
+fn readme_example_is_current() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let fmt = "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${tcp-flags}";
+    let native = root.join("examples/compare/native");
+    let agent = root.join("examples/compare/agent.txt");
+    let args = [
+        "compare",
+        "--native",
+        native.to_str().unwrap(),
+        "--agent",
+        agent.to_str().unwrap(),
+        "--agent-format",
+        fmt,
+        "--interface-map",
+        "eni-2ee1fb4213a13053a=eni-0f9e8d7c6b5a40312",
+        "--max-packet-delta-pct",
+        "1",
+        "--max-missing-flows",
+        "0",
+    ];
+    for a in ["--native examples/compare/native --agent examples/compare/agent.txt", fmt, "--interface-map eni-2ee1fb4213a13053a=eni-0f9e8d7c6b5a40312 --max-packet-delta-pct 1 --max-missing-flows 0"] {
+        assert!(readme.contains(a), "README lacks {a:?}");
+    }
+    let (code, out, err, _) = run(&args);
+    assert_eq!(code, 3, "{err}");
+    assert!(readme.contains(&format!("{out}$ echo $?\n3\n")), "README example output differs; now:\n{out}");
+    let (_, out, _, _) = run(&[&args[..], &["--output-format", "json"]].concat());
+    let o = &json(&out)["overall"];
+    let want = serde_json::json!({
+        "matched_flows": o["matched_flows"], "only_native_flows": o["only_native_flows"], "only_agent_flows": o["only_agent_flows"],
+        "packets": o["packets"], "matched_packets": o["matched_packets"],
+    });
+    let shown = readme.split("jq '.overall | {matched_flows, only_native_flows, only_agent_flows, packets, matched_packets}'\n").nth(1).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&shown[..shown.find("\n}\n").unwrap() + 2]).unwrap();
+    assert_eq!(shown, want);
 }

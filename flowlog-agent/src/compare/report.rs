@@ -15,8 +15,7 @@ fn skew(s: &Skew) -> String {
 fn row(name: &str, s: &Stats) -> Vec<String> {
     vec![
         name.to_string(),
-        s.native.flows.to_string(),
-        s.agent.flows.to_string(),
+        format!("{}/{}", s.native.flows, s.agent.flows),
         s.matched_flows.to_string(),
         s.only_native_flows.to_string(),
         s.only_agent_flows.to_string(),
@@ -36,17 +35,16 @@ fn row(name: &str, s: &Stats) -> Vec<String> {
 pub fn table(r: &Report, exceeded: &[String]) -> String {
     let header: Vec<String> = [
         "interface",
-        "native flows",
-        "agent flows",
+        "flows n/a",
         "matched",
         "only native",
         "only agent",
         "packets Δ",
         "bytes Δ",
-        "matched packets Δ",
-        "start skew s",
-        "end skew s",
-        "tcp-flags ≠",
+        "matched pkts Δ",
+        "start skew",
+        "end skew",
+        "flags differ",
         "NODATA n/a",
         "SKIPDATA n/a",
     ]
@@ -96,7 +94,7 @@ pub fn table(r: &Report, exceeded: &[String]) -> String {
     );
     let _ = writeln!(
         out,
-        "skew = agent - native, mean of absolute values / largest; Δ = agent - native; tolerance {}s, reorder window {}s, peak open flows {}",
+        "n/a = native/agent; Δ = agent - native; skew = agent - native in seconds: mean of absolute values/largest;\ntolerance {}s, reorder window {}s, peak open flows {}",
         r.tolerance, r.reorder_window, r.peak_open_flows
     );
     if r.late_records != [0, 0] {

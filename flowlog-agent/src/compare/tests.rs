@@ -497,9 +497,9 @@ fn report_renderings() {
     let r = scenario_report(60, 23);
     let t = report::table(&r, &["x exceeds y".into()]);
     let lines: Vec<&str> = t.lines().collect();
-    assert!(lines[0].starts_with("interface  native flows  agent flows  matched"), "{t}");
+    assert!(lines[0].starts_with("interface  flows n/a  matched  only native  only agent"), "{t}");
     assert!(lines[1].starts_with("eni-1  "), "{t}");
-    assert!(lines[4].starts_with("all  ") && lines[4].contains("-32 (-5.12%)") && lines[4].contains("2/1"), "{t}");
+    assert!(lines[4].starts_with("all  ") && lines[4].contains("-32 (-5.12%)") && lines[4].contains("  4/4  ") && lines[4].contains("2/1"), "{t}");
     assert!(t.ends_with("EXCEEDED: x exceeds y\n"), "{t}");
     let j: serde_json::Value = serde_json::from_str(&report::json(&r, &[])).unwrap();
     assert_eq!(j["overall"]["packets"]["delta_pct"], -5.12);

@@ -579,6 +579,10 @@ pub fn fmt_pct(p: Option<f64>) -> String {
     }
 }
 
+/// Called with the matcher, the records read per side and the sources'
+/// positions.
+pub type Progress<'a> = dyn FnMut(&Matcher, [u64; 2], [String; 2]) + 'a;
+
 /// Reads both sources in step (always the one behind in time) through a
 /// [`Matcher`]. `progress` is called every 65,536 records with the matcher,
 /// the records read per side and the sources' positions.
@@ -586,7 +590,7 @@ pub fn compare(
     native: &mut dyn source::RecordSource,
     agent: &mut dyn source::RecordSource,
     opts: MatchOptions,
-    progress: &mut dyn FnMut(&Matcher, [u64; 2], [String; 2]),
+    progress: &mut Progress<'_>,
 ) -> anyhow::Result<Report> {
     let (since, until) = (opts.since, opts.until);
     let mut m = Matcher::new(opts);

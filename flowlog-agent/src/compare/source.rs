@@ -182,7 +182,7 @@ impl ObjectReader {
     }
 
     /// The next record of the object.
-    pub fn next(&mut self) -> Result<Option<FlowRecord>> {
+    pub fn next_record(&mut self) -> Result<Option<FlowRecord>> {
         match self {
             ObjectReader::Text { name, input, parser, default, buf, line } => loop {
                 buf.clear();
@@ -195,18 +195,15 @@ impl ObjectReader {
                 if text.trim().is_empty() {
                     continue;
                 }
-                let p = match parser {
-                    Some(p) => p,
-                    None => {
-                        let first = text.split_ascii_whitespace().next().unwrap_or("");
-                        if Field::from_name(first).is_some() {
-                            let p = RecordParser::from_header(text).map_err(|e| anyhow!("{name}: line {line}: {e}"))?;
-                            *parser = Some(p);
-                            continue;
-                        }
-                        parser.insert(RecordParser::new(default.clone()))
-                    }
-                };
+                // A header line: at the start, or again further on where
+                // files were concatenated (`cat a.log.gz b.log.gz`).
+                let first = text.split_ascii_whitespace().next().unwrap_or("");
+                if Field::from_name(first).is_some() && (parser.is_none() || text.split_ascii_whitespace().all(|t| Field::from_name(t).is_some())) {
+                    let p = RecordParser::from_header(text).map_err(|e| anyhow!("{name}: line {line}: {e}"))?;
+                    *parser = Some(p);
+                    continue;
+                }
+                let p = parser.get_or_insert_with(|| RecordParser::new(default.clone()));
                 // Line numbers are ours: the parser does not see blank lines.
                 return match p.parse_line(text) {
                     Ok(Some(r)) => Ok(Some(r.record)),
@@ -271,7 +268,7 @@ impl<F: FnMut(&str) -> Result<ObjectReader>> RecordSource for ObjectSource<F> {
     fn next_record(&mut self) -> Result<Option<&FlowRecord>> {
         loop {
             if let Some(cur) = &mut self.current {
-                if let Some(r) = cur.next()? {
+                if let Some(r) = cur.next_record()? {
                     self.record = r;
                     return Ok(Some(&self.record));
                 }

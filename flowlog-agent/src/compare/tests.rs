@@ -390,8 +390,8 @@ fn truncated_parquet_names_the_object() {
     // A bad value names the row, field and value.
     let body = pq("srcaddr packets", &["10.0.0.1 3".to_string(), "10.0.0.300 4".to_string()]).unwrap();
     let mut r = ObjectReader::from_bytes("s3://b/k.parquet", body.into(), &Format::default()).unwrap();
-    assert!(r.next().unwrap().is_some());
-    assert_eq!(r.next().unwrap_err().to_string(), "s3://b/k.parquet: row 2: field srcaddr (column 1): \"10.0.0.300\" is not an IP address or -");
+    assert!(r.next_record().unwrap().is_some());
+    assert_eq!(r.next_record().unwrap_err().to_string(), "s3://b/k.parquet: row 2: field srcaddr (column 1): \"10.0.0.300\" is not an IP address or -");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -414,6 +414,24 @@ fn wrong_field_counts_name_the_line() {
     // Tolerated irregularities: double spaces, `-`, `unknown`, CRLF.
     std::fs::write(&p, "2 unknown eni-1  - - - - - - - 1000 1060 - NODATA\r\n2 123 eni-1 10.0.0.1 10.0.0.2 1 2 6 3 180 1000 1010 ACCEPT OK\n").unwrap();
     assert_eq!(read_all(&p).unwrap(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `cat a.log.gz b.log.gz`: two gzip members, each with its header line
+/// (here in different field orders).
+#[test]
+fn concatenated_gzip_files_with_their_headers() {
+    let dir = tempdir("concat");
+    let p = dir.join("all.log.gz");
+    let mut body = gz(&format!("{HEADER}\n{LINE}\n"));
+    body.extend(gz("srcaddr dstaddr packets interface-id\n10.0.0.1 10.0.0.2 5 eni-2\n10.0.0.1 10.0.0.2 6 eni-2\n"));
+    std::fs::write(&p, &body).unwrap();
+    let mut s = local(&p, Format::default()).unwrap();
+    let mut got = Vec::new();
+    while let Some(r) = s.next_record().unwrap() {
+        got.push((r.interface_id.as_deref().unwrap().to_string(), r.packets));
+    }
+    assert_eq!(got, [("eni-1".into(), Some(3)), ("eni-2".into(), Some(5)), ("eni-2".into(), Some(6))]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

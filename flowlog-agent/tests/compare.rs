@@ -276,6 +276,10 @@ fn s3_prefix_against_cloudwatch_log_group() {
             InputLogEvent::builder().timestamp(start as i64 * 1000).message(e).build().unwrap()
         });
         logs.put_log_events().log_group_name("/flowlog/agent").log_stream_name("eni-1-all").set_log_events(Some(ev.collect())).send().await.unwrap();
+        // Another interface's stream: read only without ?stream=.
+        logs.create_log_stream().log_group_name("/flowlog/agent").log_stream_name("eni-9-all").send().await.unwrap();
+        let e = InputLogEvent::builder().timestamp((t0 as i64 + 20) * 1000).message(al("10.0.0.5", 1005, 2, t0 + 20)).build().unwrap();
+        logs.put_log_events().log_group_name("/flowlog/agent").log_stream_name("eni-9-all").log_events(e).send().await.unwrap();
     });
 
     let args = [
@@ -283,7 +287,7 @@ fn s3_prefix_against_cloudwatch_log_group() {
         "--native",
         "s3://native-logs/flows/",
         "--agent",
-        "cloudwatch:///flowlog/agent",
+        "cloudwatch:///flowlog/agent?stream=eni-1-all",
         "--agent-format",
         afmt,
         "--aws-endpoint-url",
@@ -303,6 +307,16 @@ fn s3_prefix_against_cloudwatch_log_group() {
     assert_eq!((o["packets"]["native"].as_u64(), o["packets"]["agent"].as_u64()), (Some(22), Some(17)));
     assert_eq!((o["matched_packets"]["delta"].as_i64(), o["start_skew"]["max_signed"].as_i64()), (Some(-1), Some(1)));
     assert_eq!(o["native"]["nodata"], 1);
+
+    // The whole group: eni-9's stream too, its interface from the stream name.
+    let mut all = args.to_vec();
+    all[4] = "cloudwatch:///flowlog/agent";
+    let (code, out, err, _) = run(&all);
+    assert_eq!(code, 0, "{err}");
+    let j = json(&out);
+    assert_eq!(j["interfaces"].as_object().unwrap().keys().collect::<Vec<_>>(), ["eni-1", "eni-9"]);
+    assert_eq!((j["overall"]["agent"]["records"].as_u64(), j["overall"]["only_agent_flows"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(j["interfaces"]["eni-9"]["only_agent_packets"], 2);
 
     // One stream, a time range, and errors naming the object.
     let since = (t0 + 300).to_string();

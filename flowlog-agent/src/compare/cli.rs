@@ -62,6 +62,10 @@ pub struct CompareArgs {
     /// Make flow-direction part of the flow key (both sides must log it).
     #[arg(long)]
     pub match_direction: bool,
+    /// List the N earliest flows only native logs have, only the agent
+    /// logged, and with other counts.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub examples: usize,
     /// Only records with start >= this (Unix seconds or YYYY-MM-DDTHH:MM:SSZ);
     /// also the start of the CloudWatch query.
     #[arg(long, value_parser = parse_time, value_name = "TIME")]
@@ -171,6 +175,7 @@ pub fn run(a: &CompareArgs, progress: bool) -> Result<(Report, Vec<String>)> {
         match_direction: a.match_direction,
         since: a.since.unwrap_or(0),
         until: a.until.unwrap_or(u64::MAX),
+        examples: a.examples,
     };
     let bar = if progress && std::io::stderr().is_terminal() {
         let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());

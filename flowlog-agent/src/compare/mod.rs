@@ -81,11 +81,13 @@ pub struct MatchOptions {
     /// Only records with `since <= start < until` are compared.
     pub since: u64,
     pub until: u64,
+    /// Flows to list per kind of difference (the earliest ones).
+    pub examples: usize,
 }
 
 impl Default for MatchOptions {
     fn default() -> Self {
-        MatchOptions { tolerance: 5, reorder_window: 900, interface_map: HashMap::new(), match_direction: false, since: 0, until: u64::MAX }
+        MatchOptions { tolerance: 5, reorder_window: 900, interface_map: HashMap::new(), match_direction: false, since: 0, until: u64::MAX, examples: 0 }
     }
 }
 
@@ -276,6 +278,66 @@ pub struct Report {
     pub peak_open_flows: usize,
     pub tolerance: u64,
     pub reorder_window: u64,
+    /// The earliest flows of each kind of difference (`--examples`).
+    pub examples: Examples,
+}
+
+/// One flow (activity group) of the report's examples.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct FlowExample {
+    pub start: u64,
+    pub end: u64,
+    pub interface: String,
+    /// `srcaddr:srcport -> dstaddr:dstport protocol` (`-` where unknown).
+    pub flow: String,
+    /// Packets and bytes per side (0 for the side that has none).
+    pub native_packets: u64,
+    pub agent_packets: u64,
+    pub native_bytes: u64,
+    pub agent_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Examples {
+    pub only_native: Vec<FlowExample>,
+    pub only_agent: Vec<FlowExample>,
+    /// Matched flows with other packet or byte counts.
+    pub count_mismatch: Vec<FlowExample>,
+}
+
+/// Keeps the `n` earliest.
+fn keep(v: &mut Vec<FlowExample>, e: FlowExample, n: usize) {
+    if n == 0 || (v.len() == n && v.last().is_some_and(|l| &e >= l)) {
+        return;
+    }
+    let i = v.partition_point(|x| x < &e);
+    v.insert(i, e);
+    v.truncate(n);
+}
+
+fn example(key: &Key, g: &Group) -> FlowExample {
+    fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map_or_else(|| "-".to_string(), |v| v.to_string())
+    }
+    let addr = |a: Option<IpAddr>, p: Option<u16>| match a {
+        Some(IpAddr::V6(a)) => format!("[{a}]:{}", opt(p)),
+        a => format!("{}:{}", opt(a), opt(p)),
+    };
+    let [n, a] = g.parts.map(|p| p.unwrap_or_default());
+    let mut flow = format!("{} -> {} {}", addr(key.src, key.sport), addr(key.dst, key.dport), opt(key.proto));
+    if let Some(d) = key.direction {
+        flow = format!("{flow} {}", d.as_str());
+    }
+    FlowExample {
+        start: g.lo,
+        end: g.hi,
+        interface: key.interface.to_string(),
+        flow,
+        native_packets: n.packets,
+        agent_packets: a.packets,
+        native_bytes: n.bytes,
+        agent_bytes: a.bytes,
+    }
 }
 
 /// The matching engine: feed records of both sides with [`Matcher::push`]
@@ -293,12 +355,13 @@ pub struct Matcher {
     closed_before: u64,
     late: [u64; 2],
     peak_open: usize,
+    examples: Examples,
 }
 
 impl Matcher {
     pub fn new(opts: MatchOptions) -> Matcher {
         let map = opts.interface_map.iter().map(|(a, n)| (Arc::from(a.as_str()), Arc::from(n.as_str()))).collect();
-        Matcher { opts, map, open: HashMap::new(), stats: HashMap::new(), seen: [None; 2], done: [false; 2], closed_before: 0, late: [0; 2], peak_open: 0 }
+        Matcher { opts, map, open: HashMap::new(), stats: HashMap::new(), seen: [None; 2], done: [false; 2], closed_before: 0, late: [0; 2], peak_open: 0, examples: Examples::default() }
     }
 
     /// Activity groups held now.
@@ -460,6 +523,18 @@ impl Matcher {
     }
 
     fn close(&mut self, key: &Key, g: Group) {
+        let n = self.opts.examples;
+        if n > 0 {
+            let list = match g.parts {
+                [Some(x), Some(y)] if x.packets != y.packets || x.bytes != y.bytes => Some(&mut self.examples.count_mismatch),
+                [Some(_), None] => Some(&mut self.examples.only_native),
+                [None, Some(_)] => Some(&mut self.examples.only_agent),
+                _ => None,
+            };
+            if let Some(list) = list {
+                keep(list, example(key, &g), n);
+            }
+        }
         let st = self.stats(&key.interface);
         match g.parts {
             [Some(n), Some(a)] => {
@@ -515,6 +590,7 @@ impl Matcher {
             peak_open_flows: self.peak_open,
             tolerance: self.opts.tolerance,
             reorder_window: self.opts.reorder_window,
+            examples: self.examples,
         }
     }
 }

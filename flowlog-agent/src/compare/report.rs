@@ -97,12 +97,33 @@ pub fn table(r: &Report, exceeded: &[String]) -> String {
         "n/a = native/agent; Δ = agent - native; skew = agent - native in seconds: mean of absolute values/largest;\ntolerance {}s, reorder window {}s, peak open flows {}",
         r.tolerance, r.reorder_window, r.peak_open_flows
     );
+    for (title, list) in [
+        ("only in native logs", &r.examples.only_native),
+        ("only in agent logs", &r.examples.only_agent),
+        ("with other counts (packets, bytes native/agent)", &r.examples.count_mismatch),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\nflows {title}, earliest first:");
+        for e in list {
+            let _ = write!(out, "  {}..{}  {}  {}", e.start, e.end, e.interface, e.flow);
+            let _ = match (e.native_packets > 0 || e.native_bytes > 0, e.agent_packets > 0 || e.agent_bytes > 0) {
+                (true, true) => writeln!(out, "  {}/{} packets, {}/{} bytes", e.native_packets, e.agent_packets, e.native_bytes, e.agent_bytes),
+                (true, false) => writeln!(out, "  {} packets, {} bytes", e.native_packets, e.native_bytes),
+                _ => writeln!(out, "  {} packets, {} bytes", e.agent_packets, e.agent_bytes),
+            };
+        }
+    }
     if r.late_records != [0, 0] {
         let _ = writeln!(
             out,
             "warning: late records (older than the reorder window): native {}, agent {}; increase --reorder-window",
             r.late_records[0], r.late_records[1]
         );
+    }
+    if !exceeded.is_empty() {
+        out.push('\n');
     }
     for e in exceeded {
         let _ = writeln!(out, "EXCEEDED: {e}");

@@ -158,6 +158,7 @@ fn known_differences_give_exact_figures() {
     assert_eq!((o.tcp_flags_mismatches, o.action_mismatches, o.direction_mismatches), (1, 0, 0));
     assert_eq!((o.native.nodata, o.agent.nodata, o.native.skipdata, o.agent.skipdata), (2, 1, 0, 1));
     assert_eq!(r.late_records, [0, 0]);
+    assert_eq!(r.examples, Examples::default());
     assert_eq!(r.interfaces.keys().collect::<Vec<_>>(), ["eni-1", "eni-2"]);
     let e1 = &r.interfaces["eni-1"];
     assert_eq!((e1.native.flows, e1.agent.flows, e1.matched_flows, e1.only_native_flows, e1.only_agent_flows), (3, 2, 2, 1, 0));
@@ -213,6 +214,34 @@ fn pauses_split_flows() {
     // With a tolerance above the pause, one flow.
     let r = run(records(&[f(p)], 60, 0, &[]), records(&[f(pkts(1000, 10, 10))], 60, 30, &[]), MatchOptions { tolerance: 100, ..Default::default() });
     assert_eq!((r.overall.matched_flows, r.overall.matched_packets.delta), (1, -10));
+}
+
+#[test]
+fn examples_list_the_earliest_flows() {
+    let (n, a) = scenario();
+    let ex = |n_ex| {
+        let o = MatchOptions { examples: n_ex, ..opts() };
+        run(records(&n, 60, 23, NATIVE_STATUS), records(&a, 60, 0, AGENT_STATUS), o).examples
+    };
+    let e = ex(5);
+    let one = |start, end, iface: &str, flow: &str, counts: [u64; 4]| FlowExample {
+        start,
+        end,
+        interface: iface.into(),
+        flow: flow.into(),
+        native_packets: counts[0],
+        agent_packets: counts[1],
+        native_bytes: counts[2],
+        agent_bytes: counts[3],
+    };
+    assert_eq!(e.only_native, [one(1100, 1104, "eni-1", "10.0.0.1:5353 -> 10.0.0.3:53 17", [5, 0, 300, 0])]);
+    assert_eq!(e.only_agent, [one(1250, 1252, "eni-2", "10.0.1.1:9999 -> 10.0.1.9:9999 17", [0, 3, 0, 210])]);
+    assert_eq!(e.count_mismatch, [one(1000, 1299, "eni-1", "10.0.0.2:443 -> 10.0.0.1:40000 6", [300, 270, 300_000, 270_000])]);
+    let mut v = Vec::new();
+    for s in [5, 3, 9, 1, 4] {
+        keep(&mut v, one(s, s, "i", "f", [0; 4]), 3);
+    }
+    assert_eq!(v.iter().map(|e| e.start).collect::<Vec<_>>(), [1, 3, 4]);
 }
 
 #[test]

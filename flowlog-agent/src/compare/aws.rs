@@ -9,7 +9,7 @@ use aws_sdk_cloudwatchlogs::error::DisplayErrorContext;
 use aws_smithy_http_client::tls;
 use tokio::runtime::Runtime;
 
-use super::source::{interface_from_stream, sort_objects, ObjectReader, ObjectSource, RecordSource};
+use super::source::{interface_from_stream, may_hold, sort_objects, ObjectReader, ObjectSource, RecordSource};
 use crate::{format::Format, parse::RecordParser, record::FlowRecord};
 
 /// `--region` and `--aws-endpoint-url`.
@@ -65,7 +65,9 @@ impl Aws {
 }
 
 /// Every object under `s3://bucket/prefix`, in time order.
-pub fn s3(aws: &Aws, bucket: &str, prefix: &str, default: Format) -> Result<Box<dyn RecordSource>> {
+/// Objects that cannot hold records with `since <= start < until` are not
+/// fetched (see [`super::source::may_hold`]).
+pub fn s3(aws: &Aws, bucket: &str, prefix: &str, default: Format, since: u64, until: u64) -> Result<Box<dyn RecordSource>> {
     let client = aws.s3();
     let mut keys = Vec::new();
     let mut pages = client.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
@@ -86,6 +88,7 @@ pub fn s3(aws: &Aws, bucket: &str, prefix: &str, default: Format) -> Result<Box<
         bail!("s3://{bucket}/{prefix}: no objects");
     }
     sort_objects(&mut keys);
+    keys.retain(|k| may_hold(k, since, until));
     let aws = aws.clone();
     let bucket = bucket.to_string();
     Ok(Box::new(ObjectSource::new(keys, move |key| {

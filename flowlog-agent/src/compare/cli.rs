@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{
     aws::{Aws, AwsOptions, CloudWatchSource},
     compare, report,
-    source::{local, Location, RecordSource},
+    source::{local_in, Location, RecordSource},
     Limits, MatchOptions, Report,
 };
 use crate::format::Format;
@@ -140,9 +140,10 @@ fn open(loc: &Location, format: Format, a: &CompareArgs, aws: &mut Option<Aws>) 
         }
         Ok(aws.clone().expect("set"))
     };
+    let (since, until) = (a.since.unwrap_or(0), a.until.unwrap_or(u64::MAX));
     let src: Box<dyn RecordSource> = match loc {
-        Location::Local(p) => local(p, format)?,
-        Location::S3 { bucket, prefix } => super::aws::s3(&get_aws()?, bucket, prefix, format)?,
+        Location::Local(p) => local_in(p, format, since, until)?,
+        Location::S3 { bucket, prefix } => super::aws::s3(&get_aws()?, bucket, prefix, format, since, until)?,
         Location::CloudWatch { group, stream } => {
             Box::new(CloudWatchSource::new(&get_aws()?, group, stream.as_deref(), a.since, a.until, a.cloudwatch_slice, format)?)
         }
@@ -180,6 +181,8 @@ pub fn run(a: &CompareArgs, progress: bool) -> Result<(Report, Vec<String>)> {
     let bar = if progress && std::io::stderr().is_terminal() {
         let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         b.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+        b.set_message("reading");
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
         b
     } else {
         ProgressBar::hidden()

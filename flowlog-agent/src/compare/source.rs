@@ -94,6 +94,23 @@ pub fn name_time(name: &str) -> Option<&str> {
     })
 }
 
+/// Unix seconds of the `YYYYMMDDTHHmmZ` in an object name.
+pub fn name_secs(name: &str) -> Option<u64> {
+    let t = name_time(name)?;
+    super::cli::parse_time(&format!("{}-{}-{}T{}:{}:00Z", &t[..4], &t[4..6], &t[6..8], &t[9..11], &t[11..13])).ok()
+}
+
+/// Whether an object may hold records with `since <= start < until`. The
+/// time in an AWS object name is the 5-minute bucket of its records' `end`,
+/// and `start` is at most an aggregation interval (10 minutes; 15 were
+/// documented once) before `end`. Objects without a time are always read.
+pub fn may_hold(name: &str, since: u64, until: u64) -> bool {
+    match name_secs(name) {
+        Some(t) => t + 300 > since && t.saturating_sub(900) < until,
+        None => true,
+    }
+}
+
 /// Sorts object names by the time in their name, then by name.
 pub fn sort_objects(names: &mut [String]) {
     names.sort_by(|a, b| (name_time(a), a.as_str()).cmp(&(name_time(b), b.as_str())));
@@ -287,10 +304,17 @@ impl<F: FnMut(&str) -> Result<ObjectReader>> RecordSource for ObjectSource<F> {
 
 /// A local file or directory.
 pub fn local(path: &Path, default: Format) -> Result<Box<dyn RecordSource>> {
-    let names = list_files(path)?;
+    local_in(path, default, 0, u64::MAX)
+}
+
+/// A local file or directory, without the objects that cannot hold
+/// records with `since <= start < until` (see [`may_hold`]).
+pub fn local_in(path: &Path, default: Format, since: u64, until: u64) -> Result<Box<dyn RecordSource>> {
+    let mut names = list_files(path)?;
     if names.is_empty() {
         bail!("{}: no files", path.display());
     }
+    names.retain(|n| may_hold(n, since, until));
     Ok(Box::new(ObjectSource::new(names, move |n| ObjectReader::open_file(n, &default))))
 }
 

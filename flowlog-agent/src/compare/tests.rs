@@ -356,6 +356,18 @@ fn objects_sort_by_the_time_in_their_name() {
     assert_eq!(v.iter().map(|n| name_time(n).unwrap_or("-")).collect::<Vec<_>>(), ["-", "20180620T1620Z", "20180620T1625Z", "20180620T1630Z"]);
 }
 
+#[test]
+fn objects_outside_the_time_range_are_skipped() {
+    let k = "x/1_vpcflowlogs_us-east-1_fl-1_20180620T1620Z_00000000.log.gz";
+    let t = 1_529_511_600; // 2018-06-20T16:20:00Z
+    assert_eq!(source::name_secs(k), Some(t));
+    assert!(source::may_hold(k, 0, u64::MAX));
+    // Ends in [16:20, 16:25): starts from 16:05 (15 minutes before) on.
+    assert!(source::may_hold(k, t + 299, u64::MAX) && !source::may_hold(k, t + 300, u64::MAX));
+    assert!(source::may_hold(k, 0, t - 899) && !source::may_hold(k, 0, t - 900));
+    assert!(source::may_hold("agent.log", t, t + 1));
+}
+
 // ---- bad input ----
 
 fn read_all(path: &std::path::Path) -> anyhow::Result<u64> {

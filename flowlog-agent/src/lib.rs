@@ -16,6 +16,7 @@ pub mod aws_services;
 pub mod btf;
 pub mod capture;
 pub mod clock;
+pub mod compare;
 pub mod config;
 pub mod drain;
 pub mod enrich;

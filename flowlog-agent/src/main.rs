@@ -2,7 +2,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use flowlog_agent::{
-    agent,
+    agent, compare,
     config::{FileConfig, Overrides, Settings},
 };
 
@@ -22,6 +22,8 @@ enum Cmd {
     Run(RunArgs),
     /// Validate the configuration and print the effective values.
     CheckConfig(RunArgs),
+    /// Compare flow logs with AWS's native VPC flow logs.
+    Compare(compare::cli::CompareArgs),
 }
 
 /// Flags win over environment variables, which win over the config file.
@@ -197,6 +199,7 @@ fn main() -> ExitCode {
     let (args, check) = match cli.cmd {
         Some(Cmd::Run(a)) => (a, false),
         Some(Cmd::CheckConfig(a)) => (a, true),
+        Some(Cmd::Compare(a)) => return compare::cli::main(a),
         None => (cli.run, false),
     };
     let settings = match args.settings() {

@@ -1,0 +1,244 @@
+//! The `compare` subcommand: arguments, sources, output, exit status.
+
+use std::{collections::HashMap, io::IsTerminal, process::ExitCode, time::Instant};
+
+use anyhow::{anyhow, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{
+    aws::{Aws, AwsOptions, CloudWatchSource},
+    compare, report,
+    source::{local_in, Location, RecordSource},
+    Limits, MatchOptions, Report,
+};
+use crate::format::Format;
+
+/// Exit status when a `--max-*` limit is exceeded.
+pub const EXIT_EXCEEDED: u8 = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Compare the agent's flow logs with AWS's native VPC flow logs.
+///
+/// A source is a file or directory (text, gzip text or Parquet; every file
+/// below a directory), `s3://bucket/prefix` (native key layout) or
+/// `cloudwatch://log-group[?stream=log-stream]`.
+///
+/// Exit status: 0, 3 when a --max-* limit is exceeded, 1 when a source
+/// cannot be read, 2 for invalid arguments.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The native (AWS) flow logs.
+    #[arg(long, value_name = "SOURCE")]
+    pub native: Location,
+    /// The agent's flow logs.
+    #[arg(long, value_name = "SOURCE")]
+    pub agent: Location,
+    /// Format of native text without a header line (CloudWatch events, or
+    /// files without one), as `--log-format` takes it. Default: version 2.
+    #[arg(long, value_name = "FORMAT")]
+    pub native_format: Option<String>,
+    /// Format of the agent's text without a header line (its `--log-format`).
+    #[arg(long, value_name = "FORMAT")]
+    pub agent_format: Option<String>,
+    /// `agent-id=native-id`: the agent's interface id that native logs name
+    /// otherwise; repeatable or comma-separated.
+    #[arg(long = "interface-map", value_name = "AGENT=NATIVE", value_delimiter = ',')]
+    pub interface_map: Vec<String>,
+    /// Seconds by which the [start, end] of two records may be apart and
+    /// still belong to one flow.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub tolerance: u64,
+    /// Seconds by which a source may be out of time order (memory grows
+    /// with the flows active within it).
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    pub reorder_window: u64,
+    /// Make flow-direction part of the flow key (both sides must log it).
+    #[arg(long)]
+    pub match_direction: bool,
+    /// List the N earliest flows only native logs have, only the agent
+    /// logged, and with other counts.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub examples: usize,
+    /// Only records with start >= this (Unix seconds or YYYY-MM-DDTHH:MM:SSZ);
+    /// also the start of the CloudWatch query.
+    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    pub since: Option<u64>,
+    /// Only records with start < this; also the end of the CloudWatch query.
+    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    pub until: Option<u64>,
+    /// CloudWatch events are fetched and ordered in slices of this many seconds.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub cloudwatch_slice: u64,
+    /// AWS region of S3/CloudWatch sources (default: the SDK's chain).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Endpoint of S3/CloudWatch Logs (a local test server).
+    #[arg(long, value_name = "URL")]
+    pub aws_endpoint_url: Option<String>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output_format: OutputFormat,
+    /// No progress bar on stderr (there is none when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Limit on |packet delta| in percent of native packets, overall.
+    #[arg(long, value_name = "PCT")]
+    pub max_packet_delta_pct: Option<f64>,
+    /// Limit on |byte delta| in percent of native bytes, overall.
+    #[arg(long, value_name = "PCT")]
+    pub max_byte_delta_pct: Option<f64>,
+    /// Limit on flows only native logs have.
+    #[arg(long, value_name = "N")]
+    pub max_missing_flows: Option<u64>,
+    /// Limit on flows only the agent logged.
+    #[arg(long, value_name = "N")]
+    pub max_extra_flows: Option<u64>,
+    /// Limit on start/end skew of matched flows, seconds.
+    #[arg(long, value_name = "SECS")]
+    pub max_skew: Option<u64>,
+    /// Limit on matched flows whose tcp-flags differ.
+    #[arg(long, value_name = "N")]
+    pub max_tcp_flags_mismatches: Option<u64>,
+}
+
+/// Unix seconds or `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let bad = || format!("invalid time {s:?}: expected Unix seconds or YYYY-MM-DDTHH:MM:SSZ");
+    let b = s.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+        return Err(bad());
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().map_err(|_| bad());
+    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return Err(bad());
+    }
+    // Days from civil (H. Hinnant).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    u64::try_from(days * 86400 + h * 3600 + mi * 60 + se).map_err(|_| bad())
+}
+
+fn open(loc: &Location, format: Format, a: &CompareArgs, aws: &mut Option<Aws>) -> Result<Box<dyn RecordSource>> {
+    let mut get_aws = || -> Result<Aws> {
+        if aws.is_none() {
+            *aws = Some(Aws::new(&AwsOptions { region: a.region.clone(), endpoint_url: a.aws_endpoint_url.clone() })?);
+        }
+        Ok(aws.clone().expect("set"))
+    };
+    let (since, until) = (a.since.unwrap_or(0), a.until.unwrap_or(u64::MAX));
+    let src: Box<dyn RecordSource> = match loc {
+        Location::Local(p) => local_in(p, format, since, until)?,
+        Location::S3 { bucket, prefix } => super::aws::s3(&get_aws()?, bucket, prefix, format, since, until)?,
+        Location::CloudWatch { group, stream } => {
+            Box::new(CloudWatchSource::new(&get_aws()?, group, stream.as_deref(), a.since, a.until, a.cloudwatch_slice, format)?)
+        }
+    };
+    Ok(src)
+}
+
+/// Runs a comparison; the report and the limits it exceeds.
+pub fn run(a: &CompareArgs, progress: bool) -> Result<(Report, Vec<String>)> {
+    let fmt = |s: &Option<String>, what: &str| -> Result<Format> {
+        match s {
+            None => Ok(Format::default()),
+            Some(s) => Format::parse(s).map_err(|e| anyhow!("--{what}: {e}")),
+        }
+    };
+    let mut map = HashMap::new();
+    for m in &a.interface_map {
+        let (ag, na) = m.split_once('=').filter(|(x, y)| !x.is_empty() && !y.is_empty()).ok_or_else(|| {
+            anyhow!("invalid --interface-map {m:?}: expected agent-interface-id=native-interface-id, e.g. eni-0a1=eni-0b2")
+        })?;
+        map.insert(ag.to_string(), na.to_string());
+    }
+    let mut aws = None;
+    let mut native = open(&a.native, fmt(&a.native_format, "native-format")?, a, &mut aws).map_err(|e| anyhow!("native: {e:#}"))?;
+    let mut agent = open(&a.agent, fmt(&a.agent_format, "agent-format")?, a, &mut aws).map_err(|e| anyhow!("agent: {e:#}"))?;
+    let opts = MatchOptions {
+        tolerance: a.tolerance,
+        reorder_window: a.reorder_window,
+        interface_map: map,
+        match_direction: a.match_direction,
+        since: a.since.unwrap_or(0),
+        until: a.until.unwrap_or(u64::MAX),
+        examples: a.examples,
+    };
+    let bar = if progress && std::io::stderr().is_terminal() {
+        let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        b.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"));
+        b.set_message("reading");
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let t0 = Instant::now();
+    let mut cb = |m: &super::Matcher, n: [u64; 2], pos: [String; 2]| {
+        let rate = (n[0] + n[1]) as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!(
+            "native {} records ({}), agent {} records ({}), {} open flows, {:.0} records/s",
+            n[0],
+            pos[0],
+            n[1],
+            pos[1],
+            m.open_flows(),
+            rate
+        ));
+        bar.tick();
+    };
+    let r = compare(native.as_mut(), agent.as_mut(), opts, &mut cb);
+    bar.finish_and_clear();
+    let r = r?;
+    let limits = Limits {
+        max_packet_delta_pct: a.max_packet_delta_pct,
+        max_byte_delta_pct: a.max_byte_delta_pct,
+        max_missing_flows: a.max_missing_flows,
+        max_extra_flows: a.max_extra_flows,
+        max_skew: a.max_skew,
+        max_tcp_flags_mismatches: a.max_tcp_flags_mismatches,
+    };
+    let exceeded = limits.check(&r);
+    Ok((r, exceeded))
+}
+
+/// `flowlog-agent compare`.
+pub fn main(a: CompareArgs) -> ExitCode {
+    let (r, exceeded) = match run(&a, !a.no_progress) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = match a.output_format {
+        OutputFormat::Table => report::table(&r, &exceeded),
+        OutputFormat::Json => report::json(&r, &exceeded),
+        OutputFormat::Csv => report::csv(&r),
+    };
+    print!("{out}");
+    if exceeded.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        if a.output_format == OutputFormat::Csv {
+            for e in &exceeded {
+                eprintln!("exceeded: {e}");
+            }
+        }
+        ExitCode::from(EXIT_EXCEEDED)
+    }
+}

@@ -1,5 +1,7 @@
 //! Builds the eBPF programs (`flowlog-ebpf`) and leaves the object in
-//! `$OUT_DIR/flowlog.bpf.o`, which the agent embeds.
+//! `$OUT_DIR/flowlog.bpf.o`, which the agent embeds. The benchmark-only
+//! programs of the same crate go to `$OUT_DIR/flowlog-bench.bpf.o`, which only
+//! `examples/bench.rs` embeds.
 //!
 //! The eBPF crate needs `-Z build-std=core` for `bpfel-unknown-none`, so a
 //! toolchain with the core sources, plus `bpf-linker`. Two routes work:
@@ -30,6 +32,7 @@ struct Toolchain {
 fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let object = out_dir.join("flowlog.bpf.o");
+    let bench_object = out_dir.join("flowlog-bench.bpf.o");
     println!("cargo:rerun-if-env-changed=FLOWLOG_EBPF_OBJECT");
     println!("cargo:rerun-if-env-changed=FLOWLOG_EBPF_TOOLCHAIN");
 
@@ -37,6 +40,9 @@ fn main() {
         println!("cargo:rerun-if-changed={prebuilt}");
         std::fs::copy(&prebuilt, &object)
             .unwrap_or_else(|e| fail(&format!("cannot read FLOWLOG_EBPF_OBJECT={prebuilt}: {e}")));
+        // No benchmark programs in a prebuilt setup: the benchmark says so.
+        std::fs::write(&bench_object, b"")
+            .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", bench_object.display())));
         return;
     }
 
@@ -96,9 +102,10 @@ fn main() {
             toolchain.name
         ));
     }
-    let built = target_dir.join("bpfel-unknown-none/release/flowlog");
-    std::fs::copy(&built, &object)
-        .unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+    for (bin, dest) in [("flowlog", &object), ("flowlog-bench", &bench_object)] {
+        let built = target_dir.join("bpfel-unknown-none/release").join(bin);
+        std::fs::copy(&built, dest).unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+    }
 }
 
 fn fail(why: &str) -> ! {

@@ -1,4 +1,6 @@
-//! Kernel timestamps (`bpf_ktime_get_boot_ns`, i.e. CLOCK_BOOTTIME) to Unix time.
+//! Kernel timestamps to Unix time. The capture programs read
+//! CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`), the drop program the
+//! precise CLOCK_MONOTONIC (`bpf_ktime_get_ns`): one clock, two precisions.
 
 fn now(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -12,20 +14,15 @@ pub fn unix_ns() -> u64 {
     now(libc::CLOCK_REALTIME).max(0) as u64
 }
 
-/// Boot-clock nanoseconds.
-pub fn boot_ns() -> u64 {
-    now(libc::CLOCK_BOOTTIME).max(0) as u64
-}
-
-/// Add this to a boot-clock time to get Unix nanoseconds. Sampled at every
+/// Add this to a kernel timestamp to get Unix nanoseconds. Sampled at every
 /// drain, so wall-clock steps (NTP) apply from the next window on.
-pub fn boot_to_unix_offset_ns() -> i128 {
+pub fn kernel_to_unix_offset_ns() -> i128 {
     // The smallest bracket of three tries keeps the error to a few µs.
     let mut best: Option<(i128, i128)> = None;
     for _ in 0..3 {
-        let b1 = now(libc::CLOCK_BOOTTIME);
+        let b1 = now(libc::CLOCK_MONOTONIC);
         let r = now(libc::CLOCK_REALTIME);
-        let b2 = now(libc::CLOCK_BOOTTIME);
+        let b2 = now(libc::CLOCK_MONOTONIC);
         let width = b2 - b1;
         if best.is_none_or(|(w, _)| width < w) {
             best = Some((width, r - (b1 + width / 2)));

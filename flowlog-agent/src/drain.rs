@@ -32,8 +32,8 @@ pub struct Drained {
     pub fails: Vec<(u32, InsertFailures)>,
     /// Failed inserts whose interface could not be recorded.
     pub unattributed_failures: u64,
-    /// Add to kernel (boot clock) times to get Unix ns.
-    pub boot_to_unix_ns: i128,
+    /// Add to kernel (CLOCK_MONOTONIC) times to get Unix ns.
+    pub kernel_to_unix_ns: i128,
     pub window_start_unix_ns: u64,
     pub window_end_unix_ns: u64,
     /// What to delete once the records are safe: per generation, the keys read.
@@ -46,11 +46,11 @@ impl Drained {
         flows: Vec<(FlowKey, FlowStats)>,
         fails: Vec<(u32, InsertFailures)>,
         unattributed_failures: u64,
-        boot_to_unix_ns: i128,
+        kernel_to_unix_ns: i128,
         window_start_unix_ns: u64,
         window_end_unix_ns: u64,
     ) -> Self {
-        Drained { flows, rejects: vec![], fails, unattributed_failures, boot_to_unix_ns, window_start_unix_ns, window_end_unix_ns, read: vec![] }
+        Drained { flows, rejects: vec![], fails, unattributed_failures, kernel_to_unix_ns, window_start_unix_ns, window_end_unix_ns, read: vec![] }
     }
 
     /// Adds REJECT counts to a window built with [`Drained::from_parts`].
@@ -138,7 +138,7 @@ impl FlowTables {
         let stats = || d.flows.iter().map(|f| &f.1).chain(d.rejects.iter().map(|r| &r.1));
         let first = stats().map(|s| s.first_seen_ns).min();
         let last = stats().map(|s| s.last_seen_ns).max();
-        let to_unix = |t: u64| (t as i128 + d.boot_to_unix_ns).max(0) as u64;
+        let to_unix = |t: u64| (t as i128 + d.kernel_to_unix_ns).max(0) as u64;
         d.window_start_unix_ns = first.map_or(self.window_start_unix_ns, to_unix).min(self.window_start_unix_ns);
         d.window_end_unix_ns = last.map_or(self.window_start_unix_ns, to_unix).max(d.window_start_unix_ns);
         Ok(Some(d))
@@ -229,7 +229,7 @@ impl FlowTables {
             rejects,
             fails,
             unattributed_failures: unattributed,
-            boot_to_unix_ns: clock::boot_to_unix_offset_ns(),
+            kernel_to_unix_ns: clock::kernel_to_unix_offset_ns(),
             window_start_unix_ns,
             window_end_unix_ns,
             read: vec![read],

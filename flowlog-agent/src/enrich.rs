@@ -248,8 +248,8 @@ pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
     (addr(key.family, &key.src_addr), addr(key.family, &key.dst_addr))
 }
 
-fn unix_secs(boot_ns: u64, boot_to_unix_ns: i128) -> u64 {
-    let ns = boot_ns as i128 + boot_to_unix_ns;
+fn unix_secs(boot_ns: u64, kernel_to_unix_ns: i128) -> u64 {
+    let ns = boot_ns as i128 + kernel_to_unix_ns;
     if ns <= 0 {
         0
     } else {
@@ -325,8 +325,8 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
                 Some(a) => semantics::normalise_addrs(dir, pkt_src, pkt_dst, a),
                 None => (pkt_src, pkt_dst),
             };
-            let start = unix_secs(v.first_seen_ns, drained.boot_to_unix_ns).clamp(w_start, w_end);
-            let end = unix_secs(v.last_seen_ns, drained.boot_to_unix_ns).clamp(start, w_end);
+            let start = unix_secs(v.first_seen_ns, drained.kernel_to_unix_ns).clamp(w_start, w_end);
+            let end = unix_secs(v.last_seen_ns, drained.kernel_to_unix_ns).clamp(start, w_end);
             out.push(FlowRecord {
                 srcaddr: Some(src),
                 dstaddr: Some(dst),
@@ -402,7 +402,7 @@ mod tests {
     }
 
     fn drained(flows: Vec<(FlowKey, FlowStats)>, fails: Vec<(u32, InsertFailures)>, unattributed: u64) -> Drained {
-        // boot clock 100 s == unix 1_700_000_100 s
+        // kernel clock 100 s == unix 1_700_000_100 s
         Drained::from_parts(
             flows,
             fails,
@@ -503,7 +503,7 @@ mod tests {
         assert_eq!(aws_tcp_flags(0x42), 2); // SYN+ECE
     }
 
-    /// A flow between two addresses, in `drained_at` time (boot clock = Unix).
+    /// A flow between two addresses, in `drained_at` time (kernel clock = Unix).
     #[allow(clippy::too_many_arguments)]
     fn flow(ifindex: u32, src: &str, dst: &str, ports: (u16, u16), proto: u8, dir: u8, counts: (u64, u64), secs: (u64, u64), flags: u32) -> (FlowKey, FlowStats) {
         let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());

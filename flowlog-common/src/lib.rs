@@ -9,7 +9,7 @@
 /// Version of the map layout (names, key and value types, sizes). Pinned
 /// maps of another version are not reused: an agent of a new layout starts
 /// clean and says so. Bump on every incompatible change.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Map names, as they appear in the eBPF object.
 pub mod maps {
@@ -149,9 +149,9 @@ pub struct FlowStats {
     pub packets: u64,
     /// Bytes at the IP layer (IP header included, link header excluded).
     pub bytes: u64,
-    /// `bpf_ktime_get_boot_ns()` of the first packet in the window.
+    /// CLOCK_MONOTONIC (coarse) time of the first packet in the window.
     pub first_seen_ns: u64,
-    /// `bpf_ktime_get_boot_ns()` of the last packet in the window.
+    /// CLOCK_MONOTONIC (coarse) time of the last packet in the window.
     pub last_seen_ns: u64,
     /// OR of the raw TCP flags byte, plus [`TCP_SYN_ACK_SEEN`].
     pub tcp_flags: u32,

@@ -25,7 +25,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering::{Relaxed, SeqCst}};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
     maps::HashMap,
     programs::BtfTracePointContext,
@@ -130,7 +130,7 @@ fn on_drop(skb: usize, reason: u32) {
         Some(g) => *g,
         None => 0,
     };
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
     let mut target = generation;
     if dir == direction::INGRESS {
         let other = 1 - generation;

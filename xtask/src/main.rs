@@ -1,4 +1,5 @@
-//! `cargo xtask <task>`: set up the eBPF toolchain, run the agent, run the tests.
+//! `cargo xtask <task>`: set up the eBPF toolchain, run the agent, run the
+//! tests, run the benchmarks.
 //!
 //! Every task installs what is missing first (Debian packages, bpf-linker)
 //! and says what it does; when everything is there it costs a few checks.
@@ -38,13 +39,16 @@ fn main() -> ExitCode {
         "build" => setup().and_then(|_| build_release()),
         "run" => setup().and_then(|_| run_agent(&rest)),
         "test" => setup().and_then(|_| test(&rest)),
+        "bench" => setup().and_then(|_| bench(&rest)),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\
                  \n  setup           install the eBPF toolchain if missing (Debian packages, bpf-linker) and moto (test server)\
                  \n  build           setup, then build the agent (release)\
                  \n  run [-- ARGS]   setup, build, and run the agent as root with ARGS\
-                 \n  test [ARGS]     setup, then run every test (needs root); ARGS go to `cargo test`"
+                 \n  test [ARGS]     setup, then run every test (needs root); ARGS go to `cargo test`\
+                 \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
+                 \n                  ARGS: --only kernel,veth,drain  --rounds N  --veth-secs S"
             );
             return if task == "help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }
@@ -211,4 +215,16 @@ fn test(args: &[String]) -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(args)
         .env("FLOWLOG_REQUIRE_ROOT_TESTS", "1"))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load eBPF programs and create network namespaces: run `cargo xtask bench` as root");
+    }
+    step("running the benchmarks (flowlog-agent/examples/bench; results on stdout, see BENCHMARKS.md)");
+    let args: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    run(cargo()
+        .current_dir(root_dir())
+        .args(["run", "--quiet", "--release", "-p", "flowlog-agent", "--example", "bench", "--"])
+        .args(args))
 }

@@ -1,0 +1,380 @@
+//! Benchmarks 3 and 4: drain + format, ship to a file, and peak RSS.
+//!
+//! Method: one child process per size (so `ru_maxrss` is that size's peak),
+//! which loads the agent's programs and maps exactly as the agent does
+//! (`Capture::load` with `--max-flows` ≥ the size), fills the flow table of
+//! the current generation from userspace with BPF_MAP_UPDATE_BATCH (4,096
+//! entries per call, so filling adds no memory of its own), and then times
+//! what the agent does once per window (agent.rs): `FlowTables::rotate()`
+//! (flip, RCU barrier, batched lookup-and-delete), `enrich::build_records`,
+//! `Format::write` of every record into one buffer, `Sink::write_batch` to a
+//! file. Single-threaded, so records/s is per core.
+
+use std::{
+    fs,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use flowlog_agent::{
+    capture::Capture,
+    enrich::{self, HostMeta, InterfaceMeta},
+    format::Format,
+    ifaces,
+    ship::{Output, Sink},
+};
+use flowlog_common::{family, maps, FlowKey, FlowStats};
+
+use crate::{
+    kernel::thousands,
+    util::{median, thread_cpu_ns},
+};
+
+pub const CHILD_ARG: &str = "__drain-child";
+const IFINDEX: u32 = 2;
+/// Keys per BPF_MAP_UPDATE_BATCH call while filling.
+const FILL_CHUNK: usize = 4096;
+
+/// (flows, family, windows timed).
+const CASES: [(usize, &str, usize); 4] =
+    [(10_000, "v4", 9), (100_000, "v4", 7), (1_000_000, "v4", 5), (1_000_000, "v6", 5)];
+
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    pub flows: usize,
+    pub family: String,
+    /// Median CPU ms of each stage (rotate: also wall ms, which includes
+    /// waiting for the RCU grace period).
+    pub rotate_ms: f64,
+    pub rotate_wall_ms: f64,
+    /// Of which CPU time in the kernel (the batched lookup-and-delete).
+    pub rotate_sys_ms: f64,
+    pub enrich_ms: f64,
+    pub format_ms: f64,
+    pub ship_ms: f64,
+    /// Bytes of formatted records per window.
+    pub bytes: u64,
+    /// Peak and after-load resident set, KiB.
+    pub maxrss_kib: u64,
+    pub base_rss_kib: u64,
+    /// rotate() of an empty table: the flip and RCU barrier alone.
+    pub empty_rotate_ms: f64,
+}
+
+pub struct Results {
+    pub rows: Vec<Row>,
+    pub out_dir: PathBuf,
+}
+
+pub fn run() -> Result<Results> {
+    let exe = std::env::current_exe()?;
+    // A disk-backed directory (not tmpfs), under the build's target dir.
+    let out_dir = exe.parent().and_then(Path::parent).map(|p| p.join("bench-out")).unwrap_or_else(|| "bench-out".into());
+    fs::create_dir_all(&out_dir)?;
+    let mut rows = Vec::new();
+    for (flows, fam, windows) in CASES {
+        eprintln!("    {} flows ({fam}), {windows} windows", thousands(flows));
+        let out = Command::new(&exe)
+            .args([CHILD_ARG, &flows.to_string(), fam, &windows.to_string()])
+            .arg(&out_dir)
+            .output()
+            .context("starting the drain child")?;
+        if !out.status.success() {
+            bail!("drain child for {flows} flows failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("RESULT ")).ok_or_else(|| anyhow!("no result from child: {text}"))?;
+        let get = |k: &str| -> Result<f64> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                .ok_or_else(|| anyhow!("no {k} in {line}"))?
+                .parse()
+                .with_context(|| format!("{k} in {line}"))
+        };
+        rows.push(Row {
+            flows,
+            family: if fam == "v4" { "IPv4".into() } else { "IPv6".into() },
+            rotate_ms: get("rotate_ms")?,
+            rotate_wall_ms: get("rotate_wall_ms")?,
+            rotate_sys_ms: get("rotate_sys_ms")?,
+            enrich_ms: get("enrich_ms")?,
+            format_ms: get("format_ms")?,
+            ship_ms: get("ship_ms")?,
+            bytes: get("bytes")? as u64,
+            maxrss_kib: get("maxrss_kib")? as u64,
+            base_rss_kib: get("base_rss_kib")? as u64,
+            empty_rotate_ms: get("empty_rotate_ms")?,
+        });
+    }
+    let _ = fs::remove_dir(&out_dir);
+    Ok(Results { rows, out_dir })
+}
+
+pub fn print(r: &Results) {
+    println!("## 3. Drain + format (one window, single thread; median of the timed windows)\n");
+    println!(
+        "Default (version 2) format; 1 interface; 3/4 TCP, 1/4 UDP, many addresses and ports. Times are the \
+         thread's CPU time (so records/s is per core, whatever else runs), except \"drain wall\", which also \
+         counts the wait for the RCU grace period. drain = `FlowTables::rotate()` (generation flip, RCU \
+         barrier, batched lookup-and-delete; \"in kernel\" is its system time); enrich = \
+         `enrich::build_records`; format = `Format::write` of every record into one buffer. Peak RSS = \
+         `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows.\n"
+    );
+    println!(
+        "| flows | family | drain | (in kernel) | drain wall | enrich | format | drain+format | records/s/core | peak RSS | RSS after load |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for x in &r.rows {
+        let total = x.rotate_ms + x.enrich_ms + x.format_ms;
+        println!(
+            "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.1} MiB | {:.1} MiB |",
+            thousands(x.flows),
+            x.family,
+            x.rotate_ms,
+            x.rotate_sys_ms,
+            x.rotate_wall_ms,
+            x.enrich_ms,
+            x.format_ms,
+            total,
+            x.flows as f64 / total * 1e3 / 1e6,
+            x.maxrss_kib as f64 / 1024.0,
+            x.base_rss_kib as f64 / 1024.0,
+        );
+    }
+    let mut empty: Vec<f64> = r.rows.iter().map(|x| x.empty_rotate_ms).collect();
+    println!(
+        "\nA window's fixed cost, `rotate()` of an empty table (flip + RCU barrier, wall): {:.1} ms (median of {}).\n",
+        median(&mut empty),
+        empty.len()
+    );
+    println!("## 4. Ship to a local file (`Sink::write_batch`, `--output file:`)\n");
+    println!(
+        "One `write` of the window's formatted records, appended to a new file in {} (ext4 on the VM's disk, into \
+         the page cache: the sink does not fsync). CPU time of the call.\n",
+        r.out_dir.display()
+    );
+    println!("| flows | family | bytes | write | records/s | MB/s |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for x in &r.rows {
+        println!(
+            "| {} | {} | {:.1} MB | {:.1} ms | {:.1} M | {:.0} |",
+            thousands(x.flows),
+            x.family,
+            x.bytes as f64 / 1e6,
+            x.ship_ms,
+            x.flows as f64 / x.ship_ms * 1e3 / 1e6,
+            x.bytes as f64 / 1e6 / (x.ship_ms / 1e3)
+        );
+    }
+    println!();
+}
+
+// ---- child ----
+
+fn rss_kib(field: &str) -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim().trim_end_matches(" kB").trim().to_string())))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A dup of this process's fd of the map called `name`: FlowTables owns the
+/// maps, so they are found through /proc/self/fdinfo (map_id) and their ids.
+fn own_map_fd(name: &str) -> Result<OwnedFd> {
+    for e in fs::read_dir("/proc/self/fdinfo")? {
+        let e = e?;
+        let Ok(info) = fs::read_to_string(e.path()) else { continue };
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|v| v.trim().parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(mi) = aya::maps::MapInfo::from_id(id) else { continue };
+        if mi.name_as_str() == Some(name) {
+            let fd: i32 = e.file_name().to_string_lossy().parse()?;
+            // SAFETY: fd is open in this process; F_DUPFD_CLOEXEC returns a new one we own.
+            let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            ensure!(dup >= 0, "dup: {}", std::io::Error::last_os_error());
+            // SAFETY: new fd, owned by nobody else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(dup) });
+        }
+    }
+    bail!("map {name} not found among this process's fds")
+}
+
+/// BPF_MAP_UPDATE_BATCH: inserts `keys[i] -> values[i]`.
+fn update_batch(map: &OwnedFd, keys: &[FlowKey], values: &[FlowStats]) -> Result<()> {
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let mut attr = [0u64; 20]; // union bpf_attr, zero tail
+    attr[2] = keys.as_ptr() as u64;
+    attr[3] = values.as_ptr() as u64;
+    attr[4] = keys.len() as u64 | ((map.as_raw_fd() as u64) << 32); // count, map_fd
+    // SAFETY: attr describes valid arrays of `count` keys and values.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    ensure!(r == 0, "BPF_MAP_UPDATE_BATCH: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Flow `i` of the benchmark's traffic mix: many hosts and ports, 3/4 TCP.
+fn flow(i: usize, v6: bool, now_ns: u64) -> (FlowKey, FlowStats) {
+    let i32 = i as u32;
+    let mut key = FlowKey {
+        ifindex: IFINDEX,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port: 1024 + (i32 % 60_000) as u16,
+        dst_port: [443, 80, 53, 5432, 8080, 6379, 22, 9092][i % 8],
+        protocol: if i % 4 == 3 { 17 } else { 6 },
+        direction: (i % 2) as u8,
+        family: if v6 { family::IPV6 } else { family::IPV4 },
+        _pad: 0,
+    };
+    if v6 {
+        key.src_addr = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        key.dst_addr = [0x20, 0x01, 0x0d, 0xb8, 0xa, 0xb, 0, 0, 0x12, 0x34, 0, 0, 0, 0, (i % 7) as u8, 1];
+    } else {
+        key.src_addr[..4].copy_from_slice(&[10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        key.dst_addr[..4].copy_from_slice(&[172, 16, (i % 7) as u8, 10 + (i % 200) as u8]);
+    }
+    let packets = 1 + (i as u64 * 7919) % 5_000;
+    // First packets spread over a 60 s window in ticks of the programs'
+    // coarse clock (4 ms here): ~67 flows share a timestamp at 1M flows.
+    let tick = (i as u64 * 7919) % 15_000;
+    let first_seen_ns = now_ns.saturating_sub(60_000_000_000) + tick * 4_000_000;
+    let stats = FlowStats {
+        packets,
+        bytes: packets * (52 + (i as u64 % 1400)),
+        first_seen_ns,
+        last_seen_ns: (first_seen_ns + (i as u64 % 97) * 100_000_000).min(now_ns),
+        tcp_flags: if key.protocol == 6 { 0x1b } else { 0 },
+        _pad: 0,
+    };
+    (key, stats)
+}
+
+/// CLOCK_MONOTONIC, the programs' clock (the boot clock before it; the two
+/// differ only by time spent suspended).
+fn kernel_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn fill(map: &OwnedFd, n: usize, v6: bool) -> Result<()> {
+    let now = kernel_now_ns();
+    let mut keys = Vec::with_capacity(FILL_CHUNK);
+    let mut values = Vec::with_capacity(FILL_CHUNK);
+    let mut i = 0;
+    while i < n {
+        keys.clear();
+        values.clear();
+        for j in i..(i + FILL_CHUNK).min(n) {
+            let (k, v) = flow(j, v6, now);
+            keys.push(k);
+            values.push(v);
+        }
+        update_batch(map, &keys, &values)?;
+        i += keys.len();
+    }
+    Ok(())
+}
+
+/// CPU time this process spent in the kernel, ms.
+fn sys_cpu_ms() -> f64 {
+    // SAFETY: getrusage with a valid out pointer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_stime.tv_sec as f64 * 1e3 + ru.ru_stime.tv_usec as f64 / 1e3
+}
+
+/// Runs `f`; returns its result, the thread's CPU ms and the wall ms. CPU
+/// time is what "per core" means, and unlike wall time it does not grow
+/// while other work on the machine holds the CPU.
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
+    let (c0, t0) = (thread_cpu_ns(), Instant::now());
+    let v = f()?;
+    Ok((v, (thread_cpu_ns() - c0) as f64 / 1e6, t0.elapsed().as_secs_f64() * 1e3))
+}
+
+/// `__drain-child <flows> <v4|v6> <windows> <out dir>`
+pub fn child(args: &[String]) -> Result<()> {
+    let [n, fam, windows, out_dir] = args else { bail!("usage: {CHILD_ARG} FLOWS v4|v6 WINDOWS OUT_DIR") };
+    let n: usize = n.parse()?;
+    let windows: usize = windows.parse()?;
+    let v6 = fam == "v6";
+    let max_flows = (n.next_power_of_two() as u32).max(65_536);
+    let (_capture, mut tables) = Capture::load(max_flows, None, 1, &Default::default(), None)?;
+    let flow_maps = [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?];
+    let host = HostMeta::new("123456789012");
+    let interfaces = [InterfaceMeta {
+        ifindex: IFINDEX,
+        name: "eth0".into(),
+        interface_id: ifaces::derived_interface_id("bench-machine", "eth0").into(),
+        meta: None,
+        tags: None,
+        ecs: None,
+    }];
+    let format = Format::default();
+    let path = Path::new(out_dir).join(format!("flows-{}.log", std::process::id()));
+    let base_rss = rss_kib("VmRSS:");
+
+    // Generation 0 is current after loading; each rotate() flips it.
+    let ((), _, empty_rotate) = timed(|| tables.rotate().map(drop))?;
+    let mut current = 1;
+
+    let (mut rot, mut rot_wall, mut rot_sys, mut enr, mut fmt, mut shp) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut bytes = 0;
+    for _ in 0..windows {
+        fill(&flow_maps[current], n, v6)?;
+        current = 1 - current;
+
+        let sys0 = sys_cpu_ms();
+        let (drained, cpu, wall) = timed(|| tables.rotate())?;
+        (rot.push(cpu), rot_wall.push(wall), rot_sys.push(sys_cpu_ms() - sys0));
+        ensure!(drained.flows.len() == n, "drained {} flows, filled {n}", drained.flows.len());
+
+        let (records, cpu, _) = timed(|| Ok(enrich::build_records(&host, &interfaces, &drained, None)))?;
+        enr.push(cpu);
+
+        // As agent::run does it.
+        let (batch, cpu, _) = timed(|| {
+            let mut batch = Vec::with_capacity(records.len() * 120);
+            for r in &records {
+                format.write(r, &mut batch);
+                batch.push(b'\n');
+            }
+            Ok(batch)
+        })?;
+        fmt.push(cpu);
+        bytes = batch.len();
+
+        let mut sink = Sink::open(&Output::File(path.clone()))?;
+        let ((), cpu, _) = timed(|| sink.write_batch(&batch))?;
+        shp.push(cpu);
+        drop(sink);
+        fs::remove_file(&path)?;
+
+        // The window leaves the kernel only once shipped: part of the drain.
+        let sys0 = sys_cpu_ms();
+        let ((), cpu, wall) = timed(|| tables.release(&drained))?;
+        let (last_cpu, last_wall, last_sys) = (rot.last_mut().unwrap(), rot_wall.last_mut().unwrap(), rot_sys.last_mut().unwrap());
+        (*last_cpu += cpu, *last_wall += wall, *last_sys += sys_cpu_ms() - sys0);
+    }
+    // SAFETY: getrusage with a valid out pointer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    println!(
+        "RESULT rotate_ms={:.3} rotate_wall_ms={:.3} rotate_sys_ms={:.3} enrich_ms={:.3} format_ms={:.3} ship_ms={:.3} bytes={bytes} maxrss_kib={} base_rss_kib={base_rss} empty_rotate_ms={empty_rotate:.3}",
+        median(&mut rot),
+        median(&mut rot_wall),
+        median(&mut rot_sys),
+        median(&mut enr),
+        median(&mut fmt),
+        median(&mut shp),
+        ru.ru_maxrss,
+    );
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `cargo xtask bench`: flowlog's benchmarks, in one run (see BENCHMARKS.md).
+//!
+//! 1. kernel: cost per packet of the XDP and TC programs (BPF_PROG_TEST_RUN)
+//!    beside a pass-only and a minimal per-CPU-hash program;
+//! 2. veth: packet rate between two network namespaces without and with the
+//!    programs attached;
+//! 3. drain: rotate + build_records + format of 10K/100K/1M flows, peak RSS;
+//! 4. ship: the formatted records written to a file destination.
+//!
+//! Needs root. Prints Markdown tables on stdout, progress on stderr.
+//! Options: `--only kernel,veth,drain` (sections), `--rounds N` (samples per
+//! figure, default 7), `--veth-secs S` (seconds per veth sample, default 3).
+
+mod drain;
+mod kernel;
+mod util;
+mod veth;
+
+use std::{process::ExitCode, time::Instant};
+
+use anyhow::{bail, Context, Result};
+
+struct Opts {
+    sections: Vec<String>,
+    rounds: usize,
+    veth_secs: f64,
+}
+
+fn parse_opts(args: &[String]) -> Result<Opts> {
+    let mut o = Opts { sections: vec!["kernel".into(), "veth".into(), "drain".into()], rounds: 7, veth_secs: 3.0 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--only" => o.sections = val()?.split(',').map(str::to_string).collect(),
+            "--rounds" => o.rounds = val()?.parse().context("--rounds")?,
+            "--veth-secs" => o.veth_secs = val()?.parse().context("--veth-secs")?,
+            "--" => {}
+            other => bail!("unknown option {other}; options: --only kernel,veth,drain  --rounds N  --veth-secs S"),
+        }
+    }
+    for s in &o.sections {
+        if !["kernel", "veth", "drain"].contains(&s.as_str()) {
+            bail!("unknown section {s}: expected kernel, veth or drain");
+        }
+    }
+    if o.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The drain section runs each size in a child process, for its peak RSS.
+    if args.first().map(String::as_str) == Some(drain::CHILD_ARG) {
+        return match drain::child(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench child: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match parse_opts(&args).and_then(|o| run(&o)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(o: &Opts) -> Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs and creates network namespaces: run it as root (`cargo xtask bench`)");
+    }
+    let started = Instant::now();
+    let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_default();
+    println!("# flowlog benchmarks\n");
+    println!(
+        "Machine: {} CPUs ({cpu}), Linux {}. 1-min load at start: {:.2}. Rounds per figure: {}.\n",
+        util::nproc(),
+        kernel_release.trim(),
+        util::load1(),
+        o.rounds
+    );
+    let has = |s: &str| o.sections.iter().any(|x| x == s);
+    if has("kernel") {
+        eprintln!("==> 1. kernel cost per packet (BPF_PROG_TEST_RUN)");
+        let r = kernel::run(o.rounds)?;
+        print_kernel(&r);
+    }
+    if has("veth") {
+        eprintln!("==> 2. veth throughput between two network namespaces");
+        let r = veth::run(o.rounds.min(5), o.veth_secs)?;
+        veth::print(&r);
+    }
+    if has("drain") {
+        eprintln!("==> 3./4. drain + format, ship to a file, peak RSS (one child process per size)");
+        let r = drain::run()?;
+        drain::print(&r);
+    }
+    println!("1-min load at the end: {:.2}. Total time: {:.0?}.", util::load1(), started.elapsed());
+    Ok(())
+}
+
+fn print_kernel(r: &kernel::Results) {
+    println!("## 1. Kernel cost per packet (ns, BPF_PROG_TEST_RUN, median of {} runs)\n", r.rounds);
+    println!(
+        "60-byte IPv4 (64 on the wire) and 74-byte IPv6 (78) TCP frames. `pass` returns at once; `min` parses \
+         and counts in a per-CPU hash; `flowlog` is the agent's program. Every column includes the driver and \
+         its tail call: {:.1} ns (XDP), {:.1} ns (TC). \"added\" = minus `pass`: the program's own cost. \
+         \"test_run ratio\" = flowlog / min without the driver, as BPF_PROG_TEST_RUN would report them \
+         (its per-run overhead included).\n",
+        r.driver_overhead_ns[0], r.driver_overhead_ns[1]
+    );
+    println!("| hook | family | flows | pass | min | flowlog | min added | flowlog added | added ratio | test_run ratio |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &r.rows {
+        let c = row.cost;
+        let driver = r.driver_overhead_ns[if row.hook == kernel::Hook::Xdp { 0 } else { 1 }];
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× | {:.2}× |",
+            row.hook.name(),
+            row.family.name(),
+            row.flows,
+            c.pass,
+            c.min,
+            c.flowlog,
+            c.min - c.pass,
+            c.flowlog - c.pass,
+            c.net_ratio(),
+            (c.flowlog - driver) / (c.min - driver)
+        );
+    }
+    println!();
+}

@@ -24,7 +24,6 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering::{Relaxed, SeqCst}};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map},
     maps::HashMap,
@@ -32,11 +31,11 @@ use aya_ebpf::{
     Global,
 };
 use flowlog_common::{
-    counters, direction, family, DropConfig, DropIface, FlowKey, FlowStats, InsertFailures, RejectKey, GENERATION_GRACE,
+    counters, direction, family, DropConfig, DropIface, FlowKey, FlowStats, RejectKey, GENERATION_GRACE,
 };
 
 use crate::{
-    add, add_failure, bump, parse::Packet, wire_counts, DEFAULT_MAX_FLOWS, EEXIST, FAILS_0, FAILS_1, FLOWS_0, FLOWS_1,
+    bump, parse::Packet, wire_counts, DEFAULT_MAX_FLOWS, FAILS_0, FAILS_1, FLOWS_0, FLOWS_1,
     GENERATION,
 };
 
@@ -142,9 +141,9 @@ fn on_drop(skb: usize, reason: u32) {
         }
     }
     if target == 0 {
-        account_reject(&REJECTS_0, &FAILS_0, counters::UNATTRIBUTED_FAILS_0, &key, packets, bytes, pkt.tcp_flags, now);
+        crate::account(&REJECTS_0, &FAILS_0, counters::UNATTRIBUTED_FAILS_0, &key, key.flow.ifindex, packets, bytes, pkt.tcp_flags, now);
     } else {
-        account_reject(&REJECTS_1, &FAILS_1, counters::UNATTRIBUTED_FAILS_1, &key, packets, bytes, pkt.tcp_flags, now);
+        crate::account(&REJECTS_1, &FAILS_1, counters::UNATTRIBUTED_FAILS_1, &key, key.flow.ifindex, packets, bytes, pkt.tcp_flags, now);
     }
 }
 
@@ -379,49 +378,3 @@ fn take_back(g: u32, key: &FlowKey, packets: u64, bytes: u64) -> bool {
     false
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn account_reject(
-    rejects: &HashMap<RejectKey, FlowStats>,
-    fails: &HashMap<u32, InsertFailures>,
-    unattributed: u32,
-    key: &RejectKey,
-    packets: u64,
-    bytes: u64,
-    flags: u32,
-    now: u64,
-) {
-    if let Some(v) = rejects.get_ptr_mut(key) {
-        unsafe { add(v, packets, bytes, flags, now) };
-        return;
-    }
-    let init = FlowStats { packets, bytes, first_seen_ns: now, last_seen_ns: now, tcp_flags: flags, _pad: 0 };
-    match rejects.insert(key, &init, BPF_NOEXIST as u64) {
-        Ok(()) => return,
-        Err(e) if e == -EEXIST => {
-            if let Some(v) = rejects.get_ptr_mut(key) {
-                unsafe { add(v, packets, bytes, flags, now) };
-                return;
-            }
-        }
-        Err(_) => {}
-    }
-    // REJECT table full: like a failed flow insert, SKIPDATA for the interface.
-    let ifindex = key.flow.ifindex;
-    if let Some(f) = fails.get_ptr_mut(ifindex) {
-        unsafe { add_failure(f, packets, bytes) };
-        return;
-    }
-    let first = InsertFailures { packets, bytes };
-    match fails.insert(ifindex, &first, BPF_NOEXIST as u64) {
-        Ok(()) => return,
-        Err(e) if e == -EEXIST => {
-            if let Some(f) = fails.get_ptr_mut(ifindex) {
-                unsafe { add_failure(f, packets, bytes) };
-                return;
-            }
-        }
-        Err(_) => {}
-    }
-    bump(unattributed, packets);
-}

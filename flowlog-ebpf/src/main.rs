@@ -235,19 +235,23 @@ fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
     // Separate call sites per generation keep every map pointer a constant
     // for the verifier.
     if generation == 0 {
-        account(&FLOWS_0, &FAILS_0, counters::UNATTRIBUTED_FAILS_0, &key, packets, bytes, pkt.tcp_flags, now);
+        account(&FLOWS_0, &FAILS_0, counters::UNATTRIBUTED_FAILS_0, &key, ifindex, packets, bytes, pkt.tcp_flags, now);
     } else {
-        account(&FLOWS_1, &FAILS_1, counters::UNATTRIBUTED_FAILS_1, &key, packets, bytes, pkt.tcp_flags, now);
+        account(&FLOWS_1, &FAILS_1, counters::UNATTRIBUTED_FAILS_1, &key, ifindex, packets, bytes, pkt.tcp_flags, now);
     }
 }
 
+/// Adds to `key`'s entry, creating it if needed; a failed insert is counted
+/// against `ifindex` (SKIPDATA). Shared by the flow tables and the REJECT
+/// tables of the drop program.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn account(
-    flows: &HashMap<FlowKey, FlowStats>,
+fn account<K>(
+    flows: &HashMap<K, FlowStats>,
     fails: &HashMap<u32, InsertFailures>,
     unattributed: u32,
-    key: &FlowKey,
+    key: &K,
+    ifindex: u32,
     packets: u64,
     bytes: u64,
     flags: u32,
@@ -277,15 +281,15 @@ fn account(
         Err(_) => {}
     }
     // The flow table is full (E2BIG) or the insert failed otherwise.
-    if let Some(f) = fails.get_ptr_mut(key.ifindex) {
+    if let Some(f) = fails.get_ptr_mut(ifindex) {
         unsafe { add_failure(f, packets, bytes) };
         return;
     }
     let first = InsertFailures { packets, bytes };
-    match fails.insert(key.ifindex, &first, BPF_NOEXIST as u64) {
+    match fails.insert(ifindex, &first, BPF_NOEXIST as u64) {
         Ok(()) => return,
         Err(e) if e == -EEXIST => {
-            if let Some(f) = fails.get_ptr_mut(key.ifindex) {
+            if let Some(f) = fails.get_ptr_mut(ifindex) {
                 unsafe { add_failure(f, packets, bytes) };
                 return;
             }

@@ -22,7 +22,7 @@ use crate::{
     enrich::{self, HostMeta, InterfaceMeta},
     format::Format,
     ifaces,
-    metrics::{self, Metrics},
+    metrics::{self, Metrics, RecordCounts},
     config::Settings,
     enrich::{EcsConfig, Enrichment, TagFields},
     metadata::{InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
@@ -279,10 +279,15 @@ fn ship(
     metrics: &Metrics,
     enrichment: &Enrichment,
 ) {
-    let records = enrich::build_records(host, ifaces, drained, Some(enrichment));
-    metrics.records(&records);
-    for (output, ok) in shipper.send(format, &records) {
-        metrics.shipped(&output, records.len(), ok);
+    let mut counts = RecordCounts::default();
+    let mut window = shipper.window(format);
+    enrich::for_each_record(host, ifaces, drained, Some(enrichment), |r| {
+        counts.add(r);
+        window.push(r);
+    });
+    metrics.records(&counts);
+    for (output, ok) in window.finish() {
+        metrics.shipped(&output, counts.total(), ok);
     }
     metrics.destinations(shipper);
 }

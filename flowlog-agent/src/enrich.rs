@@ -249,18 +249,45 @@ pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
 }
 
 fn unix_secs(boot_ns: u64, kernel_to_unix_ns: i128) -> u64 {
+    // i64 holds every date until 2262; i128 division is a slow library call.
+    if let (Ok(t), Ok(off)) = (i64::try_from(boot_ns), i64::try_from(kernel_to_unix_ns)) {
+        if let Some(ns) = t.checked_add(off) {
+            return (ns.max(0) / 1_000_000_000) as u64;
+        }
+    }
     let ns = boot_ns as i128 + kernel_to_unix_ns;
-    if ns <= 0 {
-        0
-    } else {
-        (ns / 1_000_000_000) as u64
+    (ns.max(0) / 1_000_000_000) as u64
+}
+
+/// A flow of the window in output order: ifindex (32 bits), first seen
+/// (64), index (32) into `drained.flows`, or `flows.len() + i` for the
+/// `i`-th merged REJECT entry.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Slot(u128);
+
+impl Slot {
+    fn new(ifindex: u32, first_seen_ns: u64, idx: usize) -> Slot {
+        Slot((ifindex as u128) << 96 | (first_seen_ns as u128) << 32 | idx as u32 as u128)
+    }
+    fn ifindex(self) -> u32 {
+        (self.0 >> 96) as u32
+    }
+    fn idx(self) -> usize {
+        self.0 as u32 as usize
     }
 }
 
-/// A flow of one window with its action and `reject-reason`.
-type Entry<'a> = (&'a FlowKey, &'a FlowStats, Action, Option<Arc<str>>);
+/// Builds the records of one window (see [`for_each_record`]).
+pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, enrichment: Option<&Enrichment>) -> Vec<FlowRecord> {
+    let mut out = Vec::with_capacity(drained.flows.len() + interfaces.len());
+    for_each_record(host, interfaces, drained, enrichment, |r| out.push(r.clone()));
+    out
+}
 
-/// Builds the records of one window.
+/// Hands the records of one window to `emit`, one at a time, in order:
+/// per interface, flows by first packet (flows with the same time in the
+/// order the kernel table gave them, ACCEPT before REJECT), then the
+/// interface's NODATA or SKIPDATA record.
 ///
 /// `interfaces` are all interfaces that were attached during the window
 /// (including ones that disappeared in it): each gets its flow records, or
@@ -270,26 +297,58 @@ type Entry<'a> = (&'a FlowKey, &'a FlowStats, Action, Option<Arc<str>>);
 ///
 /// With `enrichment`, flows the filters leave out do not count as traffic:
 /// an interface with only such flows gets a NODATA record.
-pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, enrichment: Option<&Enrichment>) -> Vec<FlowRecord> {
+///
+/// Records are streamed, not collected, because a window can hold a million
+/// flows: the caller formats each one into its output buffer, so a window
+/// costs its text, not its text plus a record per flow. The per-interface
+/// fields are filled once; per flow only the flow's fields change.
+pub fn for_each_record(
+    host: &HostMeta,
+    interfaces: &[InterfaceMeta],
+    drained: &Drained,
+    enrichment: Option<&Enrichment>,
+    mut emit: impl FnMut(&FlowRecord),
+) {
     let (w_start, w_end) = (drained.window_start_unix_ns / 1_000_000_000, drained.window_end_unix_ns / 1_000_000_000);
     // ACCEPT entries the drop program emptied (every packet of the flow was
     // dropped) are no records: their packets are in the REJECT entries.
     let no_reasons = RejectReasons::default();
     let rejects = reject::merge(&drained.rejects, enrichment.map_or(&no_reasons, |e| &e.reject_reasons));
-    let mut per_iface: BTreeMap<u32, Vec<Entry<'_>>> = BTreeMap::new();
-    for (k, v) in drained.flows.iter().filter(|f| f.1.packets > 0) {
-        per_iface.entry(k.ifindex).or_default().push((k, v, semantics::CAPTURED_ACTION, None));
-    }
-    for (k, v, reason) in &rejects {
-        per_iface.entry(k.ifindex).or_default().push((k, v, Action::Reject, reason.clone()));
-    }
+    let n_flows = drained.flows.len();
+    let entry = |i: usize| -> (&FlowKey, &FlowStats, Action, Option<&Arc<str>>) {
+        if i < n_flows {
+            let (k, v) = &drained.flows[i];
+            (k, v, semantics::CAPTURED_ACTION, None)
+        } else {
+            let (k, v, r) = &rejects[i - n_flows];
+            (k, v, Action::Reject, r.as_ref())
+        }
+    };
+    // The order is (interface, first packet, place in the window), packed
+    // into one u128 per flow: sorting plain integers is several times faster
+    // than comparing keys through pointers into a million scattered entries,
+    // and ties (the capture clock ticks every few ms) need no key compare.
+    let mut slots: Vec<Slot> = drained
+        .flows
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.1.packets > 0)
+        .map(|(i, (k, v))| Slot::new(k.ifindex, v.first_seen_ns, i))
+        .chain(rejects.iter().enumerate().map(|(i, (k, v, _))| Slot::new(k.ifindex, v.first_seen_ns, n_flows + i)))
+        .collect();
+    slots.sort_unstable();
     let failed: BTreeMap<u32, u64> = drained.fails.iter().map(|(i, f)| (*i, f.packets)).collect();
 
     let mut order: Vec<InterfaceMeta> = interfaces.to_vec();
-    for idx in per_iface.keys().chain(failed.keys()) {
-        if !order.iter().any(|m| m.ifindex == *idx) {
+    let mut seen_ifindex = None;
+    for idx in slots.iter().map(|s| s.ifindex()).chain(failed.keys().copied()) {
+        if seen_ifindex == Some(idx) {
+            continue;
+        }
+        seen_ifindex = Some(idx);
+        if !order.iter().any(|m| m.ifindex == idx) {
             order.push(InterfaceMeta {
-                ifindex: *idx,
+                ifindex: idx,
                 name: format!("ifindex{idx}"),
                 interface_id: format!("if-{idx}").into(),
                 meta: None,
@@ -301,20 +360,17 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
 
     let services = enrichment.and_then(|e| e.aws_services.as_ref());
     let service_of = |a: IpAddr| services.and_then(|s| s.lookup(a)).cloned();
-    let mut out = Vec::with_capacity(drained.flows.len() + order.len());
     for meta in &order {
-        let mut flows = per_iface.remove(&meta.ifindex).unwrap_or_default();
-        // Deterministic output: by first packet, then by key.
-        flows.sort_by(|a, b| {
-            (a.1.first_seen_ns, a.0, a.2 == Action::Reject, &a.3).cmp(&(b.1.first_seen_ns, b.0, b.2 == Action::Reject, &b.3))
-        });
+        let lo = slots.partition_point(|s| s.ifindex() < meta.ifindex);
+        let hi = lo + slots[lo..].partition_point(|s| s.ifindex() == meta.ifindex);
         let from_meta = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
         let addrs = enrichment.and_then(|e| e.interface_addrs.get(&meta.ifindex)).or(from_meta.as_ref());
+        let mut rec = base_record(host, meta, w_start, w_end, LogStatus::Ok);
         let mut written = 0usize;
-        for (k, v, action, reject_reason) in &flows {
+        for slot in &slots[lo..hi] {
+            let (k, v, action, reject_reason) = entry(slot.idx());
             let (pkt_src, pkt_dst) = key_addrs(k);
             let dir = if k.direction == direction::INGRESS { Direction::Ingress } else { Direction::Egress };
-            let action = *action;
             if let Some(e) = enrichment {
                 let excluded = e.exclusions.as_ref().is_some_and(|x| x.excludes(pkt_src, pkt_dst, k.protocol, k.src_port, k.dst_port));
                 if excluded || !e.traffic_type.admits(Some(action)) {
@@ -326,27 +382,30 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
                 None => (pkt_src, pkt_dst),
             };
             let start = unix_secs(v.first_seen_ns, drained.kernel_to_unix_ns).clamp(w_start, w_end);
-            let end = unix_secs(v.last_seen_ns, drained.kernel_to_unix_ns).clamp(start, w_end);
-            out.push(FlowRecord {
-                srcaddr: Some(src),
-                dstaddr: Some(dst),
-                pkt_srcaddr: Some(pkt_src),
-                pkt_dstaddr: Some(pkt_dst),
-                srcport: Some(k.src_port),
-                dstport: Some(k.dst_port),
-                protocol: Some(k.protocol),
-                packets: Some(v.packets),
-                bytes: Some(v.bytes),
-                action: Some(action),
-                tcp_flags: Some(if k.protocol == 6 { aws_tcp_flags(v.tcp_flags) } else { 0 }),
-                ip_type: Some(semantics::ip_type(pkt_src)),
-                flow_direction: Some(dir),
-                pkt_src_aws_service: service_of(pkt_src),
-                pkt_dst_aws_service: service_of(pkt_dst),
-                traffic_path: enrichment.and_then(|e| e.routes.as_ref()).and_then(|r| r.path(dir, pkt_dst)).map(|p| p.code()),
-                reject_reason: reject_reason.clone(),
-                ..base_record(host, meta, start, end, LogStatus::Ok)
-            });
+            rec.start = start;
+            rec.end = unix_secs(v.last_seen_ns, drained.kernel_to_unix_ns).clamp(start, w_end);
+            rec.srcaddr = Some(src);
+            rec.dstaddr = Some(dst);
+            rec.pkt_srcaddr = Some(pkt_src);
+            rec.pkt_dstaddr = Some(pkt_dst);
+            rec.srcport = Some(k.src_port);
+            rec.dstport = Some(k.dst_port);
+            rec.protocol = Some(k.protocol);
+            rec.packets = Some(v.packets);
+            rec.bytes = Some(v.bytes);
+            rec.action = Some(action);
+            rec.tcp_flags = Some(if k.protocol == 6 { aws_tcp_flags(v.tcp_flags) } else { 0 });
+            rec.ip_type = Some(semantics::ip_type(pkt_src));
+            rec.flow_direction = Some(dir);
+            if services.is_some() {
+                rec.pkt_src_aws_service = service_of(pkt_src);
+                rec.pkt_dst_aws_service = service_of(pkt_dst);
+            }
+            rec.traffic_path = enrichment.and_then(|e| e.routes.as_ref()).and_then(|r| r.path(dir, pkt_dst)).map(|p| p.code());
+            if rec.reject_reason.as_ref() != reject_reason {
+                rec.reject_reason = reject_reason.cloned();
+            }
+            emit(&rec);
             written += 1;
         }
         let skipped = failed.contains_key(&meta.ifindex) || drained.unattributed_failures > 0;
@@ -358,10 +417,9 @@ pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Dr
             None
         };
         if let Some(status) = status {
-            out.push(base_record(host, meta, w_start, w_end, status));
+            emit(&base_record(host, meta, w_start, w_end, status));
         }
     }
-    out
 }
 
 #[cfg(test)]

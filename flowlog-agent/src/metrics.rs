@@ -32,6 +32,28 @@ use crate::{
     record::{FlowRecord, LogStatus},
 };
 
+/// Records of one window by `log-status`, counted as they stream by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub ok: usize,
+    pub nodata: usize,
+    pub skipdata: usize,
+}
+
+impl RecordCounts {
+    pub fn add(&mut self, r: &FlowRecord) {
+        match r.log_status {
+            LogStatus::Ok => self.ok += 1,
+            LogStatus::NoData => self.nodata += 1,
+            LogStatus::SkipData => self.skipdata += 1,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.ok + self.nodata + self.skipdata
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IfaceDir {
     pub interface: String,
@@ -160,14 +182,11 @@ impl Metrics {
         }
     }
 
-    pub fn records(&self, records: &[FlowRecord]) {
-        for r in records {
-            let s = match r.log_status {
-                LogStatus::Ok => "OK",
-                LogStatus::NoData => "NODATA",
-                LogStatus::SkipData => "SKIPDATA",
-            };
-            self.records.get_or_create(&Status { log_status: s.into() }).inc();
+    pub fn records(&self, counts: &RecordCounts) {
+        for (status, n) in [(LogStatus::Ok, counts.ok), (LogStatus::NoData, counts.nodata), (LogStatus::SkipData, counts.skipdata)] {
+            if n > 0 {
+                self.records.get_or_create(&Status { log_status: status.as_str().into() }).inc_by(n as u64);
+            }
         }
     }
 

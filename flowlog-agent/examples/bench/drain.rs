@@ -50,6 +50,8 @@ pub struct Row {
     /// waiting for the RCU grace period).
     pub rotate_ms: f64,
     pub rotate_wall_ms: f64,
+    /// Of `rotate_ms`: emptying the table after shipping (`release`).
+    pub release_ms: f64,
     /// Of which CPU time in the kernel (the batched lookup-and-delete).
     pub rotate_sys_ms: f64,
     pub enrich_ms: f64,
@@ -99,6 +101,7 @@ pub fn run() -> Result<Results> {
             family: if fam == "v4" { "IPv4".into() } else { "IPv6".into() },
             rotate_ms: get("rotate_ms")?,
             rotate_wall_ms: get("rotate_wall_ms")?,
+            release_ms: get("release_ms")?,
             rotate_sys_ms: get("rotate_sys_ms")?,
             enrich_ms: get("enrich_ms")?,
             format_ms: get("format_ms")?,
@@ -124,17 +127,18 @@ pub fn print(r: &Results) {
          `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows.\n"
     );
     println!(
-        "| flows | family | drain | (in kernel) | drain wall | enrich | format | drain+format | records/s/core | peak RSS | RSS after load |"
+        "| flows | family | drain | (in kernel) | (release) | drain wall | enrich | format | drain+format | records/s/core | peak RSS | RSS after load |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for x in &r.rows {
         let total = x.rotate_ms + x.enrich_ms + x.format_ms;
         println!(
-            "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.1} MiB | {:.1} MiB |",
             thousands(x.flows),
             x.family,
             x.rotate_ms,
             x.rotate_sys_ms,
+            x.release_ms,
             x.rotate_wall_ms,
             x.enrich_ms,
             x.format_ms,
@@ -327,6 +331,8 @@ pub fn child(args: &[String]) -> Result<()> {
 
     let (mut rot, mut rot_wall, mut rot_sys, mut enr, mut fmt, mut shp) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut bytes = 0;
+    let mut rel = vec![];
+    let mut batch = Vec::new();
     for _ in 0..windows {
         fill(&flow_maps[current], n, v6)?;
         current = 1 - current;
@@ -336,20 +342,29 @@ pub fn child(args: &[String]) -> Result<()> {
         (rot.push(cpu), rot_wall.push(wall), rot_sys.push(sys_cpu_ms() - sys0));
         ensure!(drained.flows.len() == n, "drained {} flows, filled {n}", drained.flows.len());
 
-        let (records, cpu, _) = timed(|| Ok(enrich::build_records(&host, &interfaces, &drained, None)))?;
+        // Records alone (what formatting leaves aside).
+        let (count, cpu, _) = timed(|| {
+            let mut count = 0usize;
+            enrich::for_each_record(&host, &interfaces, &drained, None, |r| count += std::hint::black_box(r).packets.is_some() as usize);
+            Ok(count)
+        })?;
+        ensure!(count == n, "built {count} records from {n} flows");
         enr.push(cpu);
 
-        // As agent::run does it.
-        let (batch, cpu, _) = timed(|| {
-            let mut batch = Vec::with_capacity(records.len() * 120);
-            for r in &records {
+        // As agent::ship does it (ship::WindowWriter): records streamed
+        // into the formatter, one buffer of lines.
+        // The buffer is reused across windows as WindowWriter reuses it.
+        batch.clear();
+        let ((), cpu, _) = timed(|| {
+            enrich::for_each_record(&host, &interfaces, &drained, None, |r| {
                 format.write(r, &mut batch);
                 batch.push(b'\n');
-            }
-            Ok(batch)
+            });
+            Ok(())
         })?;
-        fmt.push(cpu);
+        fmt.push(cpu - enr.last().unwrap());
         bytes = batch.len();
+        ensure!(batch.iter().filter(|&&b| b == b'\n').count() == n, "formatted lines != {n}");
 
         let mut sink = Sink::open(&Output::File(path.clone()))?;
         let ((), cpu, _) = timed(|| sink.write_batch(&batch))?;
@@ -360,6 +375,7 @@ pub fn child(args: &[String]) -> Result<()> {
         // The window leaves the kernel only once shipped: part of the drain.
         let sys0 = sys_cpu_ms();
         let ((), cpu, wall) = timed(|| tables.release(&drained))?;
+        rel.push(cpu);
         let (last_cpu, last_wall, last_sys) = (rot.last_mut().unwrap(), rot_wall.last_mut().unwrap(), rot_sys.last_mut().unwrap());
         (*last_cpu += cpu, *last_wall += wall, *last_sys += sys_cpu_ms() - sys0);
     }
@@ -367,7 +383,8 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     println!(
-        "RESULT rotate_ms={:.3} rotate_wall_ms={:.3} rotate_sys_ms={:.3} enrich_ms={:.3} format_ms={:.3} ship_ms={:.3} bytes={bytes} maxrss_kib={} base_rss_kib={base_rss} empty_rotate_ms={empty_rotate:.3}",
+        "RESULT release_ms={:.3} rotate_ms={:.3} rotate_wall_ms={:.3} rotate_sys_ms={:.3} enrich_ms={:.3} format_ms={:.3} ship_ms={:.3} bytes={bytes} maxrss_kib={} base_rss_kib={base_rss} empty_rotate_ms={empty_rotate:.3}",
+        median(&mut rel),
         median(&mut rot),
         median(&mut rot_wall),
         median(&mut rot_sys),

@@ -342,6 +342,63 @@ impl Default for ShipConfig {
     }
 }
 
+/// One window on its way to the outputs (from [`Shipper::window`]).
+pub struct WindowWriter<'a> {
+    shipper: &'a mut Shipper,
+    format: &'a Format,
+    /// Lines for the direct outputs, `\n`-terminated.
+    text: Vec<u8>,
+    /// The batch for the spooled outputs.
+    spooled: Option<Batch>,
+    records: usize,
+}
+
+impl WindowWriter<'_> {
+    pub fn push(&mut self, r: &FlowRecord) {
+        let start = self.text.len();
+        self.format.write(r, &mut self.text);
+        if let Some(b) = &mut self.spooled {
+            b.records.push(SpoolRecord {
+                interface_id: r.interface_id.as_deref().unwrap_or("-").to_string(),
+                start: r.start,
+                end: r.end,
+                line: String::from_utf8(self.text[start..].to_vec()).expect("records are ASCII"),
+            });
+        }
+        if self.shipper.direct.is_empty() {
+            self.text.truncate(start);
+        } else {
+            self.text.push(b'\n');
+        }
+        self.records += 1;
+    }
+
+    /// Writes the direct outputs and appends to the spool. Never waits for
+    /// a destination. Returns, per direct output (and `spool` for the
+    /// spooled ones), whether the records were written.
+    pub fn finish(self) -> Vec<(String, bool)> {
+        let mut results = Vec::new();
+        for s in &mut self.shipper.direct {
+            let res = s.write_batch(&self.text);
+            if let Err(e) = &res {
+                error!(output = %s.describe(), records = self.records, "records of this window were not written: {e:#}");
+            }
+            results.push((s.describe(), res.is_ok()));
+        }
+        if let Some(batch) = self.spooled.filter(|b| !b.records.is_empty()) {
+            results.push(("spool".to_string(), self.shipper.send_batch(&batch)));
+        }
+        // Kept for the next window (no page faults for a buffer of the same
+        // size), unless this window was much smaller than a past peak.
+        let mut text = self.text;
+        if text.capacity() <= 2 * text.len() + (1 << 20) {
+            text.clear();
+            self.shipper.text = text;
+        }
+        results
+    }
+}
+
 /// Fan-out to every configured output.
 pub struct Shipper {
     direct: Vec<Sink>,
@@ -351,6 +408,8 @@ pub struct Shipper {
     shutdown_timeout: Duration,
     /// Per spooled destination, by name.
     pub stats: Vec<(String, Arc<ShipStats>)>,
+    /// The direct outputs' text buffer, reused across windows.
+    text: Vec<u8>,
 }
 
 impl Shipper {
@@ -361,7 +420,7 @@ impl Shipper {
         let direct = cfg.outputs.iter().filter(|o| !o.spooled()).map(Sink::open).collect::<Result<Vec<_>>>()?;
         let spooled: Vec<&Output> = cfg.outputs.iter().filter(|o| o.spooled()).collect();
         let (stop_tx, stop_rx) = watch::channel(None);
-        let mut sh = Shipper { direct, spool: None, tasks: Vec::new(), stop_tx, shutdown_timeout: cfg.shutdown_timeout, stats: Vec::new() };
+        let mut sh = Shipper { direct, spool: None, tasks: Vec::new(), stop_tx, shutdown_timeout: cfg.shutdown_timeout, stats: Vec::new(), text: Vec::new() };
         if spooled.is_empty() {
             return Ok(sh);
         }
@@ -458,42 +517,22 @@ impl Shipper {
         self.direct.iter().map(Sink::describe).chain(self.tasks.iter().map(|(n, _)| n.clone())).collect::<Vec<_>>().join(",")
     }
 
-    /// Hands a window's records to every output. Never waits for a
-    /// destination: direct outputs are written, spooled ones appended.
-    /// Returns, per direct output (and `spool` for the spooled ones), whether
-    /// the records were written.
+    /// Hands a window's records to every output (see [`Shipper::window`]).
     pub fn send(&mut self, format: &Format, records: &[FlowRecord]) -> Vec<(String, bool)> {
-        let mut results = Vec::new();
-        if !self.direct.is_empty() {
-            let mut text = Vec::with_capacity(records.len() * 120);
-            for r in records {
-                format.write(r, &mut text);
-                text.push(b'\n');
-            }
-            for s in &mut self.direct {
-                let res = s.write_batch(&text);
-                if let Err(e) = &res {
-                    error!(output = %s.describe(), records = records.len(), "records of this window were not written: {e:#}");
-                }
-                results.push((s.describe(), res.is_ok()));
-            }
+        let mut w = self.window(format);
+        for r in records {
+            w.push(r);
         }
-        if self.spool.is_some() && !records.is_empty() {
-            let batch = Batch {
-                header: format.header(),
-                records: records
-                    .iter()
-                    .map(|r| SpoolRecord {
-                        interface_id: r.interface_id.as_deref().unwrap_or("-").to_string(),
-                        start: r.start,
-                        end: r.end,
-                        line: format.line(r),
-                    })
-                    .collect(),
-            };
-            results.push(("spool".to_string(), self.send_batch(&batch)));
-        }
-        results
+        w.finish()
+    }
+
+    /// Starts handing a window's records to every output, one at a time,
+    /// so that a window is held as text, never as a `Vec<FlowRecord>`.
+    /// Each record is formatted once, whatever the number of outputs.
+    pub fn window<'a>(&'a mut self, format: &'a Format) -> WindowWriter<'a> {
+        let spooled = self.spool.is_some().then(|| Batch { header: format.header(), records: Vec::new() });
+        let text = std::mem::take(&mut self.text);
+        WindowWriter { shipper: self, format, text, spooled, records: 0 }
     }
 
     /// Appends a batch to the spool (spooled outputs only).

@@ -374,14 +374,25 @@ impl Capture {
     }
 }
 
+/// Default ingress hook: TC on these veths.
 #[test]
 fn udp_tcp_icmp_both_directions_are_exact() {
+    both_directions_exact("auto", "tc");
+}
+
+/// XDP ingress on a live interface.
+#[test]
+fn udp_tcp_icmp_both_directions_are_exact_with_xdp_ingress() {
+    both_directions_exact("xdp", "xdp");
+}
+
+fn both_directions_exact(hook: &str, expect_hook: &str) {
     if !require_root() {
         return;
     }
     let t = Topo::new(true);
     let cap = Capture::open(&t.a, &t.a_if);
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT]);
+    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", hook]);
 
     // UDP both ways, IPv4 and IPv6.
     let (tx_in, rx_in) = udp_pair(&t, true, false, 5000);
@@ -416,6 +427,7 @@ fn udp_tcp_icmp_both_directions_are_exact() {
     thread::sleep(Duration::from_millis(300));
 
     let (recs, log) = agent.stop();
+    assert!(log.contains(&format!("ingress=\"{expect_hook}\"")), "{log}");
     let m = totals(&recs);
     let (a4, b4, a6, b6): (IpAddr, IpAddr, IpAddr, IpAddr) = (t.a4.into(), t.b4.into(), t.a6.into(), t.b6.into());
     let port = |s: &UdpSocket| s.local_addr().unwrap().port();
@@ -646,6 +658,8 @@ fn hot_plugged_interfaces_are_attached_once_and_counted() {
     send(3);
     let (recs, log) = agent.stop();
     assert_eq!(log.lines().filter(|l| l.contains(" attached ")).count(), 2, "{log}");
+    // The default ingress hook on veths is TC (XDP slows veth's receive path).
+    assert!(log.lines().filter(|l| l.contains(" attached ")).all(|l| l.contains("ingress=\"tc\"")), "{log}");
     assert!(log.contains("interface disappeared"), "{log}");
     let flows: Vec<(String, u64, u64)> = recs
         .iter()
@@ -873,7 +887,8 @@ fn jumbo_mtu_falls_back_to_tc_ingress_and_stays_exact() {
     // veth takes XDP (without multi-buffer) only up to about a page of MTU.
     sh(&["ip", "-n", &t.a, "link", "set", &t.a_if, "mtu", "9000"]);
     sh(&["ip", "-n", &t.b, "link", "set", &t.b_if, "mtu", "9000"]);
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT]);
+    // `xdp` tries XDP on veths too, and falls back where it is refused.
+    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", "xdp"]);
     let (tx_in, rx_in) = udp_pair(&t, true, false, 7900);
     send_udp(&tx_in, &rx_in, 9, 8000);
     let (tx_out, rx_out) = udp_pair(&t, false, false, 7901);

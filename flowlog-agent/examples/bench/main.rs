@@ -100,6 +100,8 @@ fn run(o: &Opts) -> Result<()> {
         eprintln!("==> 2. veth throughput between two network namespaces");
         let r = veth::run(o.rounds.min(5), o.veth_secs)?;
         veth::print(&r);
+        let tcp = veth::run_tcp(o.rounds.min(5), o.veth_secs)?;
+        veth::print_tcp(&tcp, o.veth_secs);
     }
     if has("drain") {
         eprintln!("==> 3./4. drain + format, ship to a file, peak RSS (one child process per size)");

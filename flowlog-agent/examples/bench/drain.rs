@@ -339,7 +339,9 @@ pub fn child(args: &[String]) -> Result<()> {
 
         let sys0 = sys_cpu_ms();
         let (drained, cpu, wall) = timed(|| tables.rotate())?;
-        (rot.push(cpu), rot_wall.push(wall), rot_sys.push(sys_cpu_ms() - sys0));
+        rot.push(cpu);
+        rot_wall.push(wall);
+        rot_sys.push(sys_cpu_ms() - sys0);
         ensure!(drained.flows.len() == n, "drained {} flows, filled {n}", drained.flows.len());
 
         // Records alone (what formatting leaves aside).
@@ -377,7 +379,9 @@ pub fn child(args: &[String]) -> Result<()> {
         let ((), cpu, wall) = timed(|| tables.release(&drained))?;
         rel.push(cpu);
         let (last_cpu, last_wall, last_sys) = (rot.last_mut().unwrap(), rot_wall.last_mut().unwrap(), rot_sys.last_mut().unwrap());
-        (*last_cpu += cpu, *last_wall += wall, *last_sys += sys_cpu_ms() - sys0);
+        *last_cpu += cpu;
+        *last_wall += wall;
+        *last_sys += sys_cpu_ms() - sys0;
     }
     // SAFETY: getrusage with a valid out pointer.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };

@@ -261,15 +261,7 @@ fn unattributed_index(g: u32) -> u32 {
 fn merge_flows<K: Ord>(v: Vec<(K, FlowStats)>) -> Vec<(K, FlowStats)> {
     let mut m: std::collections::BTreeMap<K, FlowStats> = Default::default();
     for (k, s) in v {
-        m.entry(k)
-            .and_modify(|e| {
-                e.packets += s.packets;
-                e.bytes += s.bytes;
-                e.first_seen_ns = e.first_seen_ns.min(s.first_seen_ns);
-                e.last_seen_ns = e.last_seen_ns.max(s.last_seen_ns);
-                e.tcp_flags |= s.tcp_flags;
-            })
-            .or_insert(s);
+        m.entry(k).and_modify(|e| e.absorb(&s)).or_insert(s);
     }
     m.into_iter().collect()
 }

@@ -136,15 +136,7 @@ pub fn merge(rejects: &[(RejectKey, FlowStats)], reasons: &RejectReasons) -> Vec
         if s.packets == 0 {
             continue;
         }
-        m.entry((k.flow, reasons.text(k.reason)))
-            .and_modify(|e| {
-                e.packets += s.packets;
-                e.bytes += s.bytes;
-                e.first_seen_ns = e.first_seen_ns.min(s.first_seen_ns);
-                e.last_seen_ns = e.last_seen_ns.max(s.last_seen_ns);
-                e.tcp_flags |= s.tcp_flags;
-            })
-            .or_insert(*s);
+        m.entry((k.flow, reasons.text(k.reason))).and_modify(|e| e.absorb(s)).or_insert(*s);
     }
     m.into_iter().map(|((k, r), s)| (k, s, r)).collect()
 }

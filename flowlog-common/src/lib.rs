@@ -158,6 +158,18 @@ pub struct FlowStats {
     pub _pad: u32,
 }
 
+impl FlowStats {
+    /// Adds another entry of the same flow (userspace: two tables or two
+    /// drop reasons that hold the same flow).
+    pub fn absorb(&mut self, o: &FlowStats) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.first_seen_ns = self.first_seen_ns.min(o.first_seen_ns);
+        self.last_seen_ns = self.last_seen_ns.max(o.last_seen_ns);
+        self.tcp_flags |= o.tcp_flags;
+    }
+}
+
 /// Packets whose flow could not be inserted (map full) in one window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

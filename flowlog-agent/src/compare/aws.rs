@@ -4,13 +4,17 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
+use aws_config::{retry::RetryConfig, SdkConfig};
 use aws_sdk_cloudwatchlogs::error::DisplayErrorContext;
-use aws_smithy_http_client::tls;
 use tokio::runtime::Runtime;
 
 use super::source::{interface_from_stream, may_hold, sort_objects, ObjectReader, ObjectSource, RecordSource};
-use crate::{format::Format, parse::RecordParser, record::FlowRecord};
+use crate::{
+    format::Format,
+    parse::RecordParser,
+    record::FlowRecord,
+    ship::aws::{sdk_config_with, AwsSettings},
+};
 
 /// `--region` and `--aws-endpoint-url`.
 #[derive(Clone, Debug, Default)]
@@ -30,27 +34,9 @@ pub struct Aws {
 impl Aws {
     /// Default credential chain and region, or the given ones.
     pub fn new(o: &AwsOptions) -> Result<Aws> {
-        if let Some(e) = &o.endpoint_url {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                bail!("invalid --aws-endpoint-url {e:?}: expected http://host:port or https://host");
-            }
-        }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
-        let http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https();
-        let mut l = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(RetryConfig::standard().with_max_attempts(5))
-            .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).operation_attempt_timeout(Duration::from_secs(120)).build());
-        if let Some(r) = &o.region {
-            l = l.region(Region::new(r.clone()));
-        }
-        if let Some(e) = &o.endpoint_url {
-            l = l.endpoint_url(e.clone());
-        }
-        let sdk = rt.block_on(l.load());
-        if sdk.region().is_none() {
-            bail!("no AWS region: give --region or set AWS_REGION");
-        }
+        let settings = AwsSettings { region: o.region.clone(), endpoint_url: o.endpoint_url.clone() };
+        let sdk = rt.block_on(sdk_config_with(&settings, RetryConfig::standard().with_max_attempts(5), Duration::from_secs(120)))?;
         Ok(Aws { rt: Arc::new(rt), sdk, path_style: o.endpoint_url.is_some() })
     }
 

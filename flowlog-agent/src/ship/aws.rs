@@ -32,6 +32,12 @@ pub fn valid_region(r: &str) -> bool {
 /// chain's region, the endpoint override, and no SDK-level retries (the
 /// destinations retry themselves, without limit, from the spool).
 pub async fn sdk_config(s: &AwsSettings) -> Result<SdkConfig> {
+    sdk_config_with(s, RetryConfig::disabled(), Duration::from_secs(60)).await
+}
+
+/// [`sdk_config`] with the SDK's own retries and per-attempt timeout (for
+/// `compare`, which reads once and has no spool to retry from).
+pub async fn sdk_config_with(s: &AwsSettings, retry: RetryConfig, attempt_timeout: Duration) -> Result<SdkConfig> {
     if let Some(r) = &s.region {
         if !valid_region(r) {
             bail!("invalid AWS region {r:?}: expected a region name such as us-east-1");
@@ -45,8 +51,8 @@ pub async fn sdk_config(s: &AwsSettings) -> Result<SdkConfig> {
     let http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https();
     let mut l = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).operation_attempt_timeout(Duration::from_secs(60)).build());
+        .retry_config(retry)
+        .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).operation_attempt_timeout(attempt_timeout).build());
     if let Some(r) = &s.region {
         l = l.region(Region::new(r.clone()));
     }

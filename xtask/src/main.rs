@@ -48,7 +48,7 @@ fn main() -> ExitCode {
                  \n  run [-- ARGS]   setup, build, and run the agent as root with ARGS\
                  \n  test [ARGS]     setup, then run every test (needs root); ARGS go to `cargo test`\
                  \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
-                 \n                  ARGS: --only kernel,veth,drain  --rounds N  --veth-secs S"
+                 \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S"
             );
             return if task == "help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }

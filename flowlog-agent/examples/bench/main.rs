@@ -5,14 +5,16 @@
 //! 2. veth: packet rate between two network namespaces without and with the
 //!    programs attached;
 //! 3. drain: rotate + build_records + format of 10K/100K/1M flows, peak RSS;
-//! 4. ship: the formatted records written to a file destination.
+//! 4. the formatted records written to a file destination;
+//! 5. ship: records/s to S3, CloudWatch Logs and Firehose on moto.
 //!
 //! Needs root. Prints Markdown tables on stdout, progress on stderr.
-//! Options: `--only kernel,veth,drain` (sections), `--rounds N` (samples per
-//! figure, default 7), `--veth-secs S` (seconds per veth sample, default 3).
+//! Options: `--only kernel,veth,drain,ship` (sections), `--rounds N` (samples
+//! per figure, default 7), `--veth-secs S` (seconds per veth sample, default 3).
 
 mod drain;
 mod kernel;
+mod ship;
 mod util;
 mod veth;
 
@@ -27,7 +29,7 @@ struct Opts {
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { sections: vec!["kernel".into(), "veth".into(), "drain".into()], rounds: 7, veth_secs: 3.0 };
+    let mut o = Opts { sections: vec!["kernel".into(), "veth".into(), "drain".into(), "ship".into()], rounds: 7, veth_secs: 3.0 };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -36,12 +38,12 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--rounds" => o.rounds = val()?.parse().context("--rounds")?,
             "--veth-secs" => o.veth_secs = val()?.parse().context("--veth-secs")?,
             "--" => {}
-            other => bail!("unknown option {other}; options: --only kernel,veth,drain  --rounds N  --veth-secs S"),
+            other => bail!("unknown option {other}; options: --only kernel,veth,drain,ship  --rounds N  --veth-secs S"),
         }
     }
     for s in &o.sections {
-        if !["kernel", "veth", "drain"].contains(&s.as_str()) {
-            bail!("unknown section {s}: expected kernel, veth or drain");
+        if !["kernel", "veth", "drain", "ship"].contains(&s.as_str()) {
+            bail!("unknown section {s}: expected kernel, veth, drain or ship");
         }
     }
     if o.rounds == 0 {
@@ -107,6 +109,11 @@ fn run(o: &Opts) -> Result<()> {
         eprintln!("==> 3./4. drain + format, ship to a file, peak RSS (one child process per size)");
         let r = drain::run()?;
         drain::print(&r);
+    }
+    if has("ship") {
+        eprintln!("==> 5. ship to S3, CloudWatch Logs and Firehose on moto (local AWS-compatible server)");
+        let r = ship::run()?;
+        ship::print(&r);
     }
     println!("1-min load at the end: {:.2}. Total time: {:.0?}.", util::load1(), started.elapsed());
     Ok(())

@@ -45,6 +45,8 @@ const BUCKET: &str = "flowlog-bench";
 const FH_STREAM: &str = "flowlog-bench";
 const FH_BUCKET: &str = "flowlog-bench-firehose";
 const LOG_GROUP: &str = "flowlog-bench";
+/// As installed by `cargo xtask setup` (xtask/src/main.rs).
+const MOTO_VERSION: &str = "5.2.5";
 
 pub struct Row {
     pub destination: &'static str,
@@ -299,7 +301,7 @@ pub fn run() -> Result<Vec<Row>> {
 }
 
 pub fn print(rows: &[Row]) {
-    println!("## 5. Ship to AWS destinations on a local AWS-compatible server (moto {})\n", "5.2.5");
+    println!("## 5. Ship to AWS destinations on a local AWS-compatible server (moto {MOTO_VERSION})\n");
     println!(
         "{} version-2 records per destination over {IFACES} interfaces, handed over as windows of {} \
          (`Shipper::send`, as the agent does once per window); timed from the first window until the \

@@ -6,9 +6,12 @@
 //! the current generation from userspace with BPF_MAP_UPDATE_BATCH (4,096
 //! entries per call, so filling adds no memory of its own), and then times
 //! what the agent does once per window (agent.rs): `FlowTables::rotate()`
-//! (flip, RCU barrier, batched lookup-and-delete), `enrich::build_records`,
-//! `Format::write` of every record into one buffer, `Sink::write_batch` to a
-//! file. Single-threaded, so records/s is per core.
+//! (flip, RCU barrier, batched lookup), `enrich::for_each_record` streaming
+//! into `Format::write` (one buffer of lines, reused across windows, as
+//! `ship::WindowWriter` does), `Sink::write_batch` to a file, and
+//! `FlowTables::release()` (batched delete of what was read). Records alone
+//! (`for_each_record` without formatting) are timed in a separate pass.
+//! Single-threaded, so records/s is per core.
 
 use std::{
     fs,
@@ -121,19 +124,22 @@ pub fn print(r: &Results) {
     println!(
         "Default (version 2) format; 1 interface; 3/4 TCP, 1/4 UDP, many addresses and ports. Times are the \
          thread's CPU time (so records/s is per core, whatever else runs), except \"drain wall\", which also \
-         counts the wait for the RCU grace period. drain = `FlowTables::rotate()` (generation flip, RCU \
-         barrier, batched lookup-and-delete; \"in kernel\" is its system time); enrich = \
-         `enrich::build_records`; format = `Format::write` of every record into one buffer. Peak RSS = \
+         counts the wait for the RCU grace periods. drain = `FlowTables::rotate()` (generation flip, RCU \
+         barriers, BPF_MAP_LOOKUP_BATCH) + `FlowTables::release()` after shipping (BPF_MAP_DELETE_BATCH of \
+         the keys read; shown apart as \"release\"); \"in kernel\" is the system time of both. records = \
+         `enrich::for_each_record` alone; format = the same records streamed into `Format::write` (one \
+         buffer of lines, reused across windows as the agent does), minus records. \"user part\" = \
+         records + format: the agent's own code without the kernel's map operations. Peak RSS = \
          `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows.\n"
     );
     println!(
-        "| flows | family | drain | (in kernel) | (release) | drain wall | enrich | format | drain+format | records/s/core | peak RSS | RSS after load |"
+        "| flows | family | drain | (in kernel) | (release) | drain wall | records | format | drain+format | records/s/core | user part /core | peak RSS | RSS after load |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for x in &r.rows {
         let total = x.rotate_ms + x.enrich_ms + x.format_ms;
         println!(
-            "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.1} MiB | {:.1} MiB |",
             thousands(x.flows),
             x.family,
             x.rotate_ms,
@@ -144,13 +150,14 @@ pub fn print(r: &Results) {
             x.format_ms,
             total,
             x.flows as f64 / total * 1e3 / 1e6,
+            x.flows as f64 / (x.enrich_ms + x.format_ms) * 1e3 / 1e6,
             x.maxrss_kib as f64 / 1024.0,
             x.base_rss_kib as f64 / 1024.0,
         );
     }
     let mut empty: Vec<f64> = r.rows.iter().map(|x| x.empty_rotate_ms).collect();
     println!(
-        "\nA window's fixed cost, `rotate()` of an empty table (flip + RCU barrier, wall): {:.1} ms (median of {}).\n",
+        "\nA window's fixed cost, `rotate()` of an empty table (flip + RCU barriers, wall): {:.1} ms (median of {}).\n",
         median(&mut empty),
         empty.len()
     );

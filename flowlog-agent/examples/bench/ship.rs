@@ -10,9 +10,10 @@
 //! CloudWatch events per stream, the objects Firehose wrote): a rate without
 //! that check would not count.
 //!
-//! moto is a Python server on the same two CPUs, so these figures measure
-//! the agent and moto together; against AWS the limits are the services'
-//! quotas and the network, not the agent (see BENCHMARKS.md).
+//! moto is a Python server on loopback, on the same CPUs as the agent, so
+//! these figures measure the agent and moto together; against AWS the
+//! limits are the services' quotas and the network, not the agent (see
+//! BENCHMARKS.md).
 
 use std::{
     io::Read,
@@ -245,9 +246,10 @@ async fn one(destination: &'static str, output: &str, endpoint: &str, spool: &Pa
         flow_log_id: "fl-0123456789abcdef0".into(),
         spool_dir: spool.to_path_buf(),
         spool_max_bytes: 1 << 30,
-        // S3 files close after this (AWS: 5 minutes); 4 MiB of text closes
-        // one sooner.
-        flush_interval: Duration::from_secs(1),
+        // S3 files close as soon as their records are spooled (AWS: every 5
+        // minutes; here 75 MB of text would close one sooner): any interval
+        // would be waiting, timed as if it were shipping.
+        flush_interval: Duration::ZERO,
         objects: ObjectOptions::default(),
         retry: RetryPolicy { base: Duration::from_millis(50), max: Duration::from_millis(500) },
         shutdown_timeout: Duration::from_secs(10),
@@ -306,23 +308,25 @@ pub fn print(rows: &[Row]) {
         "{} version-2 records per destination over {IFACES} interfaces, handed over as windows of {} \
          (`Shipper::send`, as the agent does once per window); timed from the first window until the \
          destination's task reports every record acknowledged; then the service is read back and must hold \
-         exactly the records sent. S3: gzip text objects (files close after 1 s or 4 MiB here; 5 minutes by \
-         default); CloudWatch Logs: one stream per interface, PutLogEvents batches; Firehose: PutRecordBatch. \
-         moto (Python) runs on the same 2 CPUs and does most of the work per record: these rates are a floor \
-         set by the local server, not the agent's ceiling.\n",
+         exactly the records sent. S3: gzip text objects, flush interval 0 here (5 minutes by \
+         default), so a file closes with what was spooled when the previous upload returned and no waiting is \
+         timed; CloudWatch Logs: one stream per interface, PutLogEvents batches; Firehose: PutRecordBatch. \
+         moto (Python) runs on loopback on the same {} CPUs as the agent and does most of the work per record: \
+         these rates are a floor set by the local server, not the agent's ceiling.\n",
         thousands(RECORDS),
-        thousands(WINDOW)
+        thousands(WINDOW),
+        crate::util::nproc()
     );
     println!("| destination | records | text | time | records/s | requests |");
     println!("|---|---:|---:|---:|---:|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.1} MB | {:.2} s | {:.0} | {} |",
+            "| {} | {} | {:.1} MB | {:.2} s | {} | {} |",
             r.destination,
             thousands(r.records),
             r.bytes as f64 / 1e6,
             r.secs,
-            r.records as f64 / r.secs,
+            thousands((r.records as f64 / r.secs) as usize),
             match r.destination {
                 "S3" => format!("{} objects", r.objects),
                 "CloudWatch Logs" => format!("{} PutLogEvents", r.calls),

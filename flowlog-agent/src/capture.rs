@@ -42,8 +42,10 @@ pub enum IngressHook {
     ///
     /// XDP on a veth switches the veth to its XDP receive path (a NAPI poll
     /// per packet batch), which costs more than the program itself: in
-    /// `cargo xtask bench` a pass-only XDP program alone takes a veth from
-    /// 100% to about 83% of its packet rate. TC keeps veth's normal path.
+    /// `cargo xtask bench` (BENCHMARKS.md, section 2) a pass-only XDP
+    /// program alone takes a veth to 58% of its packet rate, and flowlog's
+    /// XDP program takes a TCP stream to 23% of its throughput (no GSO
+    /// across the veth). TC keeps veth's normal path.
     #[default]
     Auto,
     /// XDP wherever the interface takes it (veths included): earliest,

@@ -55,7 +55,7 @@ pub struct Row {
     pub rotate_wall_ms: f64,
     /// Of `rotate_ms`: emptying the table after shipping (`release`).
     pub release_ms: f64,
-    /// Of which CPU time in the kernel (the batched lookup-and-delete).
+    /// Of which CPU time in the kernel (the batched lookup and delete).
     pub rotate_sys_ms: f64,
     pub enrich_ms: f64,
     pub format_ms: f64,

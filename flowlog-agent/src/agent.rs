@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::Duration,
 };
@@ -15,60 +15,20 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+use flowlog_records::format::Format;
 use crate::{
-    capture::{self, Capture, IngressHook, KernelFilters},
-    clock,
+    capture::{self, Capture},
+    drain::clock,
     drain::Drained,
     enrich::{self, HostMeta, InterfaceMeta},
-    format::Format,
-    ifaces,
+    capture::links,
     metrics::{self, Metrics, RecordCounts},
-    config::Settings,
+    config::{OnExit, Settings},
     enrich::{EcsConfig, Enrichment, TagFields},
     metadata::{InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
-    ship::{ShipConfig, Shipper},
-    watch::{self, LinkEvent},
+    ship::Shipper,
+    capture::watch::{self, LinkEvent},
 };
-
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Interface names or globs; empty = every up, non-loopback interface.
-    pub ifaces: Vec<String>,
-    /// Globs of interfaces never to capture on.
-    pub exclude_ifaces: Vec<String>,
-    pub format: Format,
-    pub interval: Duration,
-    /// Outputs, spool, AWS settings.
-    pub ship: ShipConfig,
-    /// Overrides the metadata provider's account id.
-    pub account_id: Option<String>,
-    /// Capacity of each flow table generation.
-    pub max_flows: u32,
-    /// Where maps and attachments are pinned (`None`: not pinned).
-    pub pin_root: Option<PathBuf>,
-    pub on_exit: OnExit,
-    /// Address of the metrics/health endpoint (`None`: off).
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Count 1 packet in N, scaled by N (0/1: all).
-    pub sample_rate: u32,
-    pub filters: KernelFilters,
-    pub ingress_hook: IngressHook,
-    /// What counts as REJECT (`reject-reasons`, `reject-reason-map`).
-    pub reject: crate::reject::RejectConfig,
-    /// Whether the reasons were asked for (then missing BTF is an error;
-    /// with the default, REJECT is switched off with a warning).
-    pub reject_explicit: bool,
-}
-
-/// What SIGINT/SIGTERM does with the kernel side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnExit {
-    /// Final drain, then detach and remove the pins.
-    Detach,
-    /// Drain the current window, leave the programs counting into the
-    /// pinned maps for the next agent (restarts and upgrades lose nothing).
-    Keep,
-}
 
 const SYSFS: &str = "/sys";
 
@@ -83,7 +43,7 @@ fn next_boundary(interval: Duration) -> Instant {
 
 pub async fn run(settings: Settings) -> Result<()> {
     let cfg = &settings.agent;
-    let drops = match crate::reject::DropSetup::prepare(&cfg.reject) {
+    let drops = match crate::capture::reject::DropSetup::prepare(&cfg.reject) {
         Ok(d) => d,
         Err(e) if !cfg.reject_explicit => {
             warn!("REJECT records are off: {e:#}");
@@ -93,8 +53,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     // Subscribe first: a link created while we list is then not missed.
     let mut link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
-    let links = ifaces::list_links().context("listing network interfaces in /sys/class/net")?;
-    let selector = ifaces::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
+    let links = links::list_links().context("listing network interfaces in /sys/class/net")?;
+    let selector = links::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
     let selected = selector.select(&links)?;
     let (mut capture, mut tables) =
         Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops.as_ref())?;
@@ -106,7 +66,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             .with_context(|| format!("listening on {addr} for metrics (--metrics-listen; `off` disables it)"))?;
         info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
     }
-    let machine = ifaces::machine_id();
+    let machine = links::machine_id();
     let (mut provider, selection) =
         MetadataProvider::new(&settings.metadata, Path::new(SYSFS), &machine).context("metadata configuration ([metadata])")?;
     info!(source = ?selection.kind, why = %selection.why, "metadata provider");
@@ -319,7 +279,7 @@ impl Interfaces {
         InterfaceMeta { ifindex, name: name.to_string(), interface_id: m.interface_id.clone(), meta: Some(Arc::new(m)), tags, ecs }
     }
 
-    fn attach(&mut self, capture: &mut Capture, link: &ifaces::LinkInfo) -> Result<()> {
+    fn attach(&mut self, capture: &mut Capture, link: &links::LinkInfo) -> Result<()> {
         let ingress = capture.attach(link)?;
         let meta = self.meta_for(link.ifindex, &link.name);
         info!(iface = %link.name, ifindex = link.ifindex, interface_id = %meta.interface_id, ingress, egress = "tc", "attached");

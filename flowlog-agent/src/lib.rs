@@ -1,38 +1,23 @@
 //! flowlog agent: eBPF flow capture → AWS VPC Flow Logs records.
 //!
-//! One module per stage: [`capture`] (load/attach) → [`drain`] (read the
-//! kernel tables once per window) → [`enrich`] (records with metadata) →
-//! [`format`] (byte-exact text) → [`ship`] (destinations). [`agent`] runs the
-//! loop. Everything but `capture`, `drain` and `sys` is pure and tested
-//! without root.
+//! One folder per stage of the pipeline:
+//! [`capture`] (load, attach and pin the programs, REJECT from drops, link
+//! watching) → [`drain`] (read the quiescent kernel tables once per window)
+//! → [`enrich`] (records with metadata) → format (`flowlog_records::format`)
+//! → [`ship`] (destinations). [`agent`] runs the loop with the [`config`] it
+//! is given and reports through [`metrics`]; [`metadata`] answers who this
+//! host and its interfaces are; [`compare`] checks records against native
+//! flow logs.
 //!
-//! Record model: [`record`] (the fields), [`semantics`] (values from the
-//! packet and interface), [`aws_services`], [`traffic_path`] and [`filter`]
-//! (outside data used by [`enrich`]), [`prefix`] (their longest-prefix
-//! lookup), [`parse`] (text back to records).
+//! The record model (fields, formats, parser, pure enrichment rules) is the
+//! `flowlog-records` crate: no kernel, async or AWS dependency.
 
 pub mod agent;
-pub mod aws_services;
-pub mod btf;
 pub mod capture;
-pub mod clock;
 pub mod compare;
 pub mod config;
 pub mod drain;
 pub mod enrich;
-pub mod filter;
-pub mod format;
-pub mod ifaces;
 pub mod metadata;
 pub mod metrics;
-pub mod parse;
-pub mod prefix;
-pub mod record;
-pub mod reject;
-pub mod semantics;
 pub mod ship;
-pub mod sys;
-pub mod traffic_path;
-#[cfg(test)]
-mod vectors;
-pub mod watch;

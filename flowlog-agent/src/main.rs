@@ -2,7 +2,8 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use flowlog_agent::{
-    agent, compare,
+    agent,
+    compare,
     config::{FileConfig, Overrides, Settings},
 };
 

@@ -25,11 +25,11 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
+use flowlog_records::record::{FlowRecord, LogStatus};
 use crate::{
-    clock,
+    drain::clock,
     drain::Drained,
     enrich::InterfaceMeta,
-    record::{FlowRecord, LogStatus},
 };
 
 /// Records of one window by `log-status`, counted as they stream by.

@@ -4,9 +4,7 @@
 //! directory, S3, CloudWatch Logs and Firehose is compared record by record
 //! with the agent's own `file:` output. Needs root.
 
-mod common;
-#[path = "common/aws.rs"]
-mod harness;
+use flowlog_testkit::aws as harness;
 
 use std::{
     fs,
@@ -20,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use common::require_root;
+use flowlog_testkit::require_root;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -2,9 +2,7 @@
 //! bounded memory (peak RSS of the child), and S3 / CloudWatch Logs sources
 //! against a moto server on loopback.
 
-#[path = "common/aws.rs"]
-#[allow(dead_code)]
-mod harness;
+use flowlog_testkit::aws as harness;
 
 use std::{
     io::{Read, Write},

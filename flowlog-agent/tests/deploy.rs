@@ -14,10 +14,9 @@ use std::{
     process::Command,
 };
 
-mod common;
 
 use flowlog_agent::{
-    agent::OnExit,
+    config::OnExit,
     config::{FileConfig, Overrides, Settings, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_DIR},
     ship::Output,
 };
@@ -579,7 +578,7 @@ fn systemd_sandbox_allows_what_the_agent_calls() {
         eprintln!("strace, systemd-analyze or ip not installed: skipped");
         return;
     }
-    if !common::require_root() {
+    if !flowlog_testkit::require_root() {
         return;
     }
     let unit = parse_unit(&read(UNIT));

@@ -3,8 +3,7 @@
 //! an endpoint override, results read back with the SDK and compared record
 //! by record. No root needed.
 
-#[path = "common/aws.rs"]
-mod harness;
+use flowlog_testkit::aws as harness;
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -14,16 +13,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowlog_agent::{
+use flowlog_records::{
     format::Format,
     record::{Action, FlowRecord, LogStatus},
-    ship::{
+};
+use flowlog_agent::ship::{
         aws::{AwsSettings, RetryPolicy},
         parquet::hash8,
         s3::ObjectOptions,
         Output, ShipConfig, ShipStats, Shipper,
-    },
-};
+    };
 use harness::{Fault, Proxy, Rule};
 
 const ACCOUNT: &str = "123456789012";
@@ -34,10 +33,9 @@ fn t0() -> u64 {
     (now - 3600) / 300 * 300 + 200
 }
 
-/// The key folder (default layout) of records ending at `end`.
-fn day_folder(end: u64) -> String {
-    let (y, mo, d, _, _) = flowlog_agent::ship::batch::civil(end);
-    format!("{y:04}/{mo:02}/{d:02}/")
+/// UTC `strftime` of Unix seconds (jiff, not the agent's own key code).
+fn utc(t: u64, fmt: &str) -> String {
+    jiff::Timestamp::from_second(t as i64).unwrap().strftime(fmt).to_string()
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -132,8 +130,7 @@ fn check_text_objects(objs: &[(String, Vec<u8>)], folder_prefix: &str, format: &
         for l in it {
             let end: u64 = l.split(' ').nth(11).unwrap().parse().unwrap();
             let b = end - end % 300;
-            let (y, mo, d, h, mi) = flowlog_agent::ship::batch::civil(b);
-            assert_eq!(stamp, format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}Z"), "{l} in {name}");
+            assert_eq!(stamp, utc(b, "%Y%m%dT%H%MZ"), "{l} in {name}");
             lines.push(l.to_string());
         }
     }
@@ -324,8 +321,7 @@ async fn dir_round_trip_text_and_parquet() {
     objs.sort();
     let got = check_text_objects(&objs, "AWSLogs/123456789012/vpcflowlogs/us-east-1/", &format);
     assert_same("dir", got, recs.iter().map(|r| format.line(r)).collect());
-    let (_, _, _, h, _) = flowlog_agent::ship::batch::civil(recs[0].end);
-    let pq = root.join(format!("pq/AWSLogs/123456789012/vpcflowlogs/us-east-1/{}{h:02}", day_folder(recs[0].end)));
+    let pq = root.join(format!("pq/AWSLogs/123456789012/vpcflowlogs/us-east-1/{}", utc(recs[0].end, "%Y/%m/%d/%H")));
     let n = std::fs::read_dir(&pq).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".log.parquet")).count();
     assert!(n >= 1, "{n} parquet files in {}", pq.display());
 }

@@ -2,7 +2,6 @@
 //! attached to one end (`a`), real traffic from sockets in both namespaces,
 //! and the records the agent wrote compared with what was sent. Needs root.
 
-mod common;
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use common::require_root;
+use flowlog_testkit::require_root;
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
 

@@ -2,10 +2,9 @@
 //! case checks the exact flow-table entry the kernel wrote (read back by the
 //! agent's own drain). Needs root.
 
-mod common;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use common::*;
+use flowlog_testkit::{frames::*, require_root};
 use flowlog_agent::{
     capture::{Capture, KernelFilters, EGRESS_PROGRAM, INGRESS_PROGRAM},
     drain::{Drained, FlowTables},

@@ -3,7 +3,6 @@
 //! real traffic. Every dropped packet must be in a REJECT record and in no
 //! ACCEPT record; packets and bytes exact. Needs root and `nft`.
 
-mod common;
 
 use std::{
     collections::BTreeMap,
@@ -21,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use common::require_root;
+use flowlog_testkit::require_root;
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
 

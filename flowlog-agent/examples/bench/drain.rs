@@ -22,11 +22,11 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use flowlog_records::format::Format;
 use flowlog_agent::{
     capture::Capture,
     enrich::{self, HostMeta, InterfaceMeta},
-    format::Format,
-    ifaces,
+    capture::links,
     ship::{Output, Sink},
 };
 use flowlog_common::{family, maps, FlowKey, FlowStats};
@@ -323,7 +323,7 @@ pub fn child(args: &[String]) -> Result<()> {
     let interfaces = [InterfaceMeta {
         ifindex: IFINDEX,
         name: "eth0".into(),
-        interface_id: ifaces::derived_interface_id("bench-machine", "eth0").into(),
+        interface_id: links::derived_interface_id("bench-machine", "eth0").into(),
         meta: None,
         tags: None,
         ecs: None,

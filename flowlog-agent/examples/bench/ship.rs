@@ -25,15 +25,15 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use flowlog_agent::{
+use flowlog_records::{
     format::Format,
     record::{Action, FlowRecord, LogStatus},
-    ship::{
+};
+use flowlog_agent::ship::{
         aws::{AwsSettings, RetryPolicy},
         s3::ObjectOptions,
         ShipConfig, ShipStats, Shipper,
-    },
-};
+    };
 
 use crate::kernel::thousands;
 

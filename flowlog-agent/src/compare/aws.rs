@@ -9,12 +9,12 @@ use aws_sdk_cloudwatchlogs::error::DisplayErrorContext;
 use tokio::runtime::Runtime;
 
 use super::source::{interface_from_stream, may_hold, sort_objects, ObjectReader, ObjectSource, RecordSource};
-use crate::{
+use flowlog_records::{
     format::Format,
     parse::RecordParser,
     record::FlowRecord,
-    ship::aws::{sdk_config_with, AwsSettings},
 };
+use crate::ship::aws::{sdk_config_with, AwsSettings};
 
 /// `--region` and `--aws-endpoint-url`.
 #[derive(Clone, Debug, Default)]

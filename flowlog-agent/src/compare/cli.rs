@@ -9,10 +9,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{
     aws::{Aws, AwsOptions, CloudWatchSource},
     compare, report,
-    source::{local_in, Location, RecordSource},
+    source::{self, local_in, Location, RecordSource},
     Limits, MatchOptions, Report,
 };
-use crate::format::Format;
+use flowlog_records::format::Format;
 
 /// Exit status when a `--max-*` limit is exceeded.
 pub const EXIT_EXCEEDED: u8 = 3;
@@ -66,12 +66,13 @@ pub struct CompareArgs {
     /// logged, and with other counts.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub examples: usize,
-    /// Only records with start >= this (Unix seconds or YYYY-MM-DDTHH:MM:SSZ);
+    /// Only records with start >= this (Unix seconds or RFC 3339:
+    /// 2018-06-20T16:20:00Z, 2018-06-20T18:20:00+02:00, fractions rounded up);
     /// also the start of the CloudWatch query.
-    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    #[arg(long, value_parser = source::parse_time, value_name = "TIME")]
     pub since: Option<u64>,
     /// Only records with start < this; also the end of the CloudWatch query.
-    #[arg(long, value_parser = parse_time, value_name = "TIME")]
+    #[arg(long, value_parser = source::parse_time, value_name = "TIME")]
     pub until: Option<u64>,
     /// CloudWatch events are fetched and ordered in slices of this many seconds.
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
@@ -105,32 +106,6 @@ pub struct CompareArgs {
     /// Limit on matched flows whose tcp-flags differ.
     #[arg(long, value_name = "N")]
     pub max_tcp_flags_mismatches: Option<u64>,
-}
-
-/// Unix seconds or `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn parse_time(s: &str) -> Result<u64, String> {
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
-    }
-    let bad = || format!("invalid time {s:?}: expected Unix seconds or YYYY-MM-DDTHH:MM:SSZ");
-    let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
-        return Err(bad());
-    }
-    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().map_err(|_| bad());
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return Err(bad());
-    }
-    // Days from civil (H. Hinnant).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    u64::try_from(days * 86400 + h * 3600 + mi * 60 + se).map_err(|_| bad())
 }
 
 fn open(loc: &Location, format: Format, a: &CompareArgs, aws: &mut Option<Aws>) -> Result<Box<dyn RecordSource>> {

@@ -49,7 +49,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::record::{Action, Direction, FlowRecord, LogStatus};
+use flowlog_records::record::{Action, Direction, FlowRecord, LogStatus};
 
 /// Which side a record comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

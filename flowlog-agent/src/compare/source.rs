@@ -27,7 +27,7 @@ use parquet::{
     record::{reader::RowIter, Field as PqField},
 };
 
-use crate::{
+use flowlog_records::{
     format::{Field, Format},
     parse::RecordParser,
     record::FlowRecord,
@@ -96,8 +96,22 @@ pub fn name_time(name: &str) -> Option<&str> {
 
 /// Unix seconds of the `YYYYMMDDTHHmmZ` in an object name.
 pub fn name_secs(name: &str) -> Option<u64> {
-    let t = name_time(name)?;
-    super::cli::parse_time(&format!("{}-{}-{}T{}:{}:00Z", &t[..4], &t[4..6], &t[6..8], &t[9..11], &t[11..13])).ok()
+    let t = jiff::civil::DateTime::strptime("%Y%m%dT%H%MZ", name_time(name)?).ok()?;
+    u64::try_from(t.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_second()).ok()
+}
+
+/// `--since`/`--until`: Unix seconds or an RFC 3339 time with any offset.
+/// Records hold whole seconds, so a fraction rounds up: `start >= 10.5` and
+/// `start < 10.5` mean `start >= 11` and `start < 11`.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let ts: jiff::Timestamp = s.parse().map_err(|e| {
+        format!("invalid time {s:?}: expected Unix seconds or an RFC 3339 time such as 2018-06-20T16:20:00Z or 2018-06-20T18:20:00+02:00 ({e})")
+    })?;
+    let secs = ts.as_second() + i64::from(ts.subsec_nanosecond() > 0);
+    u64::try_from(secs).map_err(|_| format!("invalid time {s:?}: before 1970"))
 }
 
 /// Whether an object may hold records with `since <= start < until`. The

@@ -6,7 +6,7 @@ use super::{
     source::{local, name_time, parquet_object as pq, sort_objects, ObjectReader, RecordSource, VecSource},
     *,
 };
-use crate::{
+use flowlog_records::{
     format::Format,
     record::{Action, Direction, FlowRecord, LogStatus},
 };
@@ -586,7 +586,13 @@ fn locations_parse() {
     assert!("cloudwatch://g?x=1".parse::<Location>().is_err());
     assert!("http://x".parse::<Location>().is_err());
     assert_eq!("./a".parse::<Location>().unwrap(), Location::Local("./a".into()));
-    assert_eq!(cli::parse_time("2018-06-20T16:20:00Z"), Ok(1_529_511_600));
-    assert_eq!(cli::parse_time("1529511600"), Ok(1_529_511_600));
-    assert!(cli::parse_time("2018-13-20T16:20:00Z").is_err());
+    assert_eq!(source::parse_time("2018-06-20T16:20:00Z"), Ok(1_529_511_600));
+    assert_eq!(source::parse_time("2018-06-20T18:20:00+02:00"), Ok(1_529_511_600));
+    assert_eq!(source::parse_time("2018-06-20T16:19:59.25Z"), Ok(1_529_511_600));
+    assert_eq!(source::parse_time("1529511600"), Ok(1_529_511_600));
+    assert!(source::parse_time("2018-13-20T16:20:00Z").is_err());
+    assert!(source::parse_time("2018-06-20T16:20:00").unwrap_err().contains("RFC 3339"), "an offset is required");
+    assert!(source::parse_time("1969-12-31T23:59:59Z").is_err());
+    assert_eq!(source::name_secs("123_vpcflowlogs_us-east-1_fl-1_20180620T1620Z_ab.log.gz"), Some(1_529_511_600));
+    assert_eq!(source::name_secs("x_20181320T1620Z_ab.log.gz"), None);
 }

@@ -40,7 +40,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use serde::Deserialize;
 
-use super::MacAddr;
+use super::model::MacAddr;
 
 /// Where metadata comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -232,7 +232,7 @@ impl MetadataConfig {
             #[serde(default)]
             metadata: MetadataConfig,
         }
-        let d: Doc = crate::config::from_toml(doc).map_err(ConfigError::Toml)?;
+        let d: Doc = crate::config::de::from_toml(doc).map_err(ConfigError::Toml)?;
         d.metadata.validate()?;
         Ok(d.metadata)
     }

@@ -24,11 +24,8 @@ use std::{
 use serde::Deserialize;
 use tracing::warn;
 
-use super::{
-    config::Ec2Config,
-    imds::{lines, ImdsClient, ImdsError},
-    HostMetadata, InterfaceMetadata, LinkId, MacAddr, Origin, Snapshot, UNKNOWN_ACCOUNT,
-};
+use super::{config::Ec2Config, imds::{lines, ImdsClient, ImdsError}};
+use super::model::{HostMetadata, InterfaceMetadata, LinkId, MacAddr, Origin, Snapshot, UNKNOWN_ACCOUNT};
 
 const MACS: &str = "meta-data/network/interfaces/macs/";
 
@@ -215,7 +212,8 @@ impl Ec2Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{config::Mode, fake_imds::FakeImds, MetadataConfig, MetadataProvider, ProviderKind};
+    use crate::metadata::{config::Mode, MetadataConfig, MetadataProvider, ProviderKind};
+    use flowlog_testkit::fake_imds::FakeImds;
 
     const MAC0: &str = "0a:1b:2c:3d:4e:01";
     const MAC1: &str = "0a:1b:2c:3d:4e:02";
@@ -346,7 +344,7 @@ mod tests {
         assert_eq!(s.interfaces, want);
         // The unknown MAC: derived id, host values, no VPC or subnet.
         let d = s.interface("docker0").unwrap();
-        assert_eq!(&*d.interface_id, crate::ifaces::derived_interface_id("machine-1", "docker0"));
+        assert_eq!(&*d.interface_id, crate::capture::links::derived_interface_id("machine-1", "docker0"));
         assert_eq!((d.origin, d.vpc_id.as_deref(), d.instance_id.as_deref()), (Origin::Derived, None, Some("i-0123456789abcdef0")));
         assert_eq!(p.cached(&links()), s);
         // Every request carried a valid token; one PUT for all of them.

@@ -267,7 +267,7 @@ pub(crate) fn lines(s: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::fake_imds::FakeImds;
+    use flowlog_testkit::fake_imds::FakeImds;
 
     fn cfg(endpoint: &str) -> Ec2Config {
         Ec2Config { endpoint: endpoint.into(), max_attempts: 4, backoff_base_ms: 1, backoff_max_ms: 8, timeout_ms: 2_000, ..Ec2Config::default() }

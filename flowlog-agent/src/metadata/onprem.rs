@@ -8,10 +8,8 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
-use super::{
-    config::{ConfigError, InterfaceKey, InterfaceOverride, OnPremConfig},
-    HostMetadata, InterfaceMetadata, LinkId, MacAddr, Origin, Snapshot, UNKNOWN_ACCOUNT,
-};
+use super::{config::{ConfigError, InterfaceKey, InterfaceOverride, OnPremConfig}};
+use super::model::{HostMetadata, InterfaceMetadata, LinkId, MacAddr, Origin, Snapshot, UNKNOWN_ACCOUNT};
 
 pub struct OnPremProvider {
     cfg: OnPremConfig,
@@ -111,7 +109,7 @@ mod tests {
     fn nothing_configured_gives_documented_defaults() {
         let p = provider("");
         let m = p.interface(&link("eth0", Some("02:00:00:00:00:01")));
-        let derived = crate::ifaces::derived_interface_id("machine-1", "eth0");
+        let derived = crate::capture::links::derived_interface_id("machine-1", "eth0");
         assert_eq!(fields(&m), format!("unknown - - {derived} - - -"));
         assert_eq!((m.origin, m.primary_ipv4, m.ipv4s.len(), m.tags.len()), (Origin::Derived, None, 0, 0));
         assert_eq!(p.host(), &HostMetadata::default());
@@ -143,7 +141,7 @@ mod tests {
             subnet-id = "subnet-3"
             "#,
         );
-        let d = |n: &str| crate::ifaces::derived_interface_id("machine-1", n);
+        let d = |n: &str| crate::capture::links::derived_interface_id("machine-1", n);
         let cases = [
             // Name entry; its MAC also has an entry, but the name wins.
             (link("eth0", Some("02:00:00:00:00:01")), "123456789012 vpc-1 subnet-2 eni-by-name i-1 eu-west-1 euw1-az1".to_string(), Origin::Config),

@@ -10,7 +10,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use tracing::{error, warn};
 
-use super::Stop;
+use super::stop::Stop;
 
 #[derive(Clone, Debug, Default)]
 pub struct AwsSettings {

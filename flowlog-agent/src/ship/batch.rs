@@ -146,21 +146,11 @@ pub struct Layout {
     pub format: FileFormat,
 }
 
-/// Civil date of Unix seconds (UTC): (year, month, day, hour, minute).
-pub fn civil(t: u64) -> (i64, u32, u32, u32, u32) {
-    let days = (t / 86_400) as i64;
-    let secs = t % 86_400;
-    // Howard Hinnant's days_from_civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (secs / 3600) as u32, ((secs % 3600) / 60) as u32)
+/// UTC calendar time of Unix seconds, for object keys. (Seconds past
+/// year 9999 cannot come from a clock; they are clamped, not a panic.)
+fn utc(t: u64) -> jiff::civil::DateTime {
+    let ts = jiff::Timestamp::from_second(i64::try_from(t).unwrap_or(i64::MAX)).unwrap_or(jiff::Timestamp::MAX);
+    ts.to_zoned(jiff::tz::TimeZone::UTC).datetime()
 }
 
 /// The 5-minute bucket (Unix seconds) a record with this `end` belongs to.
@@ -171,7 +161,8 @@ pub fn bucket_of(end: u64) -> u64 {
 impl Layout {
     /// The folder of a bucket, ending with `/`.
     pub fn folder(&self, bucket: u64) -> String {
-        let (y, mo, d, h, _) = civil(bucket);
+        let t = utc(bucket);
+        let (y, mo, d, h) = (t.year(), t.month(), t.day(), t.hour());
         let mut s = String::new();
         if !self.prefix.is_empty() {
             s.push_str(&self.prefix);
@@ -197,7 +188,8 @@ impl Layout {
     /// `<account>_vpcflowlogs_<region>_<flow-log-id>_<YYYYMMDDTHHmmZ>_<hash>.log.gz`
     /// (`.log.parquet` for Parquet).
     pub fn file_name(&self, bucket: u64, hash8: &str) -> String {
-        let (y, mo, d, h, mi) = civil(bucket);
+        let t = utc(bucket);
+        let (y, mo, d, h, mi) = (t.year(), t.month(), t.day(), t.hour(), t.minute());
         let ext = match self.format {
             FileFormat::Text => "log.gz",
             FileFormat::Parquet => "log.parquet",
@@ -335,7 +327,6 @@ mod tests {
         // 2018-06-20T16:24:59Z → bucket 16:20.
         let end = 1_529_511_899;
         let b = bucket_of(end);
-        assert_eq!(civil(b), (2018, 6, 20, 16, 20));
         assert_eq!(
             layout(false, false, FileFormat::Text).key(b, "fe123456"),
             "logs/x/AWSLogs/123456789012/vpcflowlogs/us-east-1/2018/06/20/123456789012_vpcflowlogs_us-east-1_fl-1234abcd_20180620T1620Z_fe123456.log.gz"
@@ -355,8 +346,9 @@ mod tests {
         let mut l = layout(false, false, FileFormat::Text);
         l.prefix.clear();
         assert!(l.folder(0).starts_with("AWSLogs/123456789012/vpcflowlogs/us-east-1/1970/01/01/"));
-        assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0));
-        assert_eq!(civil(1_735_689_599), (2024, 12, 31, 23, 59));
+        assert!(l.key(951_782_400, "0").starts_with("AWSLogs/123456789012/vpcflowlogs/us-east-1/2000/02/29/123456789012_vpcflowlogs_us-east-1_fl-1234abcd_20000229T0000Z_0."));
+        assert!(l.key(1_735_689_599, "0").contains("/2024/12/31/123456789012_vpcflowlogs_us-east-1_fl-1234abcd_20241231T2359Z_0."));
+        assert!(l.key(u64::MAX, "0").contains("/9999/12/"), "clamped to the calendar's end, no panic");
     }
 
     #[test]

@@ -16,7 +16,8 @@ use super::{
     aws::{classify, retry, startup_check, Failure, Interrupted, RetryPolicy},
     batch::{cw_events_by_stream, cw_split, CwEvent, CwLimits},
     spool::Batch,
-    BoxFut, Destination, ShipStats, Stop,
+    destination::{BoxFut, Destination, ShipStats},
+    stop::Stop,
 };
 
 pub struct CloudWatchDest {

@@ -14,7 +14,8 @@ use super::{
     aws::{classify, retry, startup_check, Failure, Interrupted, RetryPolicy},
     batch::{fh_payload, fh_split},
     spool::Batch,
-    BoxFut, Destination, ShipStats, Stop,
+    destination::{BoxFut, Destination, ShipStats},
+    stop::Stop,
 };
 
 pub struct FirehoseDest {

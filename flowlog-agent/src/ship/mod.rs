@@ -1,4 +1,4 @@
-//! Destinations.
+//! The ship stage: formatted records to their destinations, without loss.
 //!
 //! - `stdout` and `file:<path>`: one record per line, written directly.
 //! - `dir:<path>`, `s3://bucket/prefix`, `cloudwatch:<group>`,
@@ -11,23 +11,20 @@
 pub mod aws;
 pub mod batch;
 pub mod cloudwatch;
+pub mod destination;
 pub mod firehose;
 pub mod parquet;
 pub mod s3;
 pub mod spool;
+pub mod stop;
 
 use std::{
     fmt,
     fs::{File, OpenOptions},
-    future::Future,
     io::{self, Write},
     path::PathBuf,
-    pin::Pin,
     str::FromStr,
-    sync::{
-        atomic::AtomicU64,
-        Arc,
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -35,9 +32,14 @@ use anyhow::{Context, Result};
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{error, info, warn};
 
-use crate::{format::Format, record::FlowRecord};
+use flowlog_records::{
+    format::Format,
+    record::FlowRecord,
+};
 use batch::{CwLimits, FileFormat, Layout};
 use spool::{Batch, Spool, SpoolRecord};
+pub use destination::{BoxFut, Destination, ShipStats};
+pub use stop::Stop;
 
 /// Options of the S3-layout destinations (`s3://…?format=parquet&hive&per-hour`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -242,70 +244,6 @@ impl Sink {
             Sink::File { path, .. } => format!("file:{}", path.display()),
         }
     }
-}
-
-/// Counters of one destination.
-#[derive(Debug, Default)]
-pub struct ShipStats {
-    /// Records acknowledged by the destination.
-    pub delivered: AtomicU64,
-    /// Records the service refused for good (CloudWatch rejectedLogEventsInfo,
-    /// Firehose records over 1,000 KiB).
-    pub rejected: AtomicU64,
-    /// Records sent again after a Firehose partial failure.
-    pub partial_retries: AtomicU64,
-    /// S3 objects / local files written.
-    pub objects: AtomicU64,
-    /// Service calls that succeeded.
-    pub calls: AtomicU64,
-}
-
-/// The shutdown signal: `None` while running, then the deadline by which
-/// destinations give up (what is left stays in the spool).
-#[derive(Clone)]
-pub struct Stop(watch::Receiver<Option<Instant>>);
-
-impl Stop {
-    pub fn stopping(&self) -> bool {
-        self.0.borrow().is_some()
-    }
-    /// Resolves once the deadline has passed.
-    pub async fn expired(&self) {
-        let mut rx = self.0.clone();
-        let deadline = loop {
-            if let Some(d) = *rx.borrow_and_update() {
-                break d;
-            }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::time::sleep_until(deadline).await;
-    }
-    async fn changed(&mut self) {
-        if self.0.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-pub type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<(), aws::Interrupted>> + Send + 'a>>;
-
-/// A spooled destination.
-pub trait Destination: Send + 'static {
-    fn name(&self) -> &str;
-    /// Whether batches accumulate into files (S3 layouts) for up to the
-    /// flush interval, instead of going out as soon as they are spooled.
-    fn batches_files(&self) -> bool {
-        false
-    }
-    /// Deliver once this much text is pending, whatever the flush interval.
-    fn max_pending_bytes(&self) -> usize {
-        4 << 20
-    }
-    /// Delivers every record of `batches`, retrying as long as it takes;
-    /// `Err` only when the shutdown deadline passed.
-    fn deliver<'a>(&'a mut self, batches: &'a [Batch], stop: &'a Stop) -> BoxFut<'a>;
 }
 
 #[derive(Clone, Debug)]

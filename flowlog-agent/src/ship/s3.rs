@@ -21,7 +21,8 @@ use super::{
     batch::{group_files, Layout},
     parquet::{encode, hash8},
     spool::Batch,
-    BoxFut, Destination, ShipStats, Stop,
+    destination::{BoxFut, Destination, ShipStats},
+    stop::Stop,
 };
 
 #[derive(Clone, Debug)]

@@ -1,22 +1,7 @@
-//! Shared by the root-only tests: a frame builder and the root gate.
-#![allow(dead_code)]
+//! Frames for BPF_PROG_TEST_RUN: Ethernet with VLAN tags, IPv4 with options
+//! and fragments, IPv6 with extension headers, TCP/UDP/ICMP.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-
-/// Tests that need root (BPF, network namespaces) call this first. Under
-/// `cargo xtask test` (and CI) FLOWLOG_REQUIRE_ROOT_TESTS=1 turns a missing
-/// privilege into a failure instead of a skip.
-pub fn require_root() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("FLOWLOG_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("this test needs root (BPF programs, network namespaces)");
-    }
-    eprintln!("skipped: needs root; run `cargo xtask test` as root");
-    false
-}
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;

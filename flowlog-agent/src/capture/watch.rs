@@ -11,7 +11,7 @@ use netlink_packet_route::{
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use tokio::sync::mpsc;
 
-use crate::ifaces::LinkInfo;
+use crate::capture::links::LinkInfo;
 
 /// rtnetlink multicast group of link changes (linux/rtnetlink.h RTMGRP_LINK).
 const RTMGRP_LINK: u32 = 1;

@@ -1,4 +1,6 @@
-//! Reads the kernel flow tables once per window, exactly once per packet.
+//! The drain stage: reads the kernel flow tables once per window, exactly
+//! once per packet ([`sys`] has the raw `bpf()` calls aya lacks, [`clock`]
+//! turns kernel times into Unix time).
 //!
 //! The programs write to the generation named in `GENERATION[0]`. To close a
 //! window the agent writes the other generation there and then waits for an
@@ -9,6 +11,9 @@
 //! leaves the entries in place, and the next agent reports them (at worst a
 //! window reported twice, never lost).
 
+pub mod clock;
+pub mod sys;
+
 use std::os::fd::AsFd;
 
 use anyhow::{anyhow, Context, Result};
@@ -18,13 +23,12 @@ use aya::{
 };
 use flowlog_common::{counters, maps, FlowKey, FlowStats, InsertFailures, RejectKey, GENERATION_GRACE};
 
-use crate::{clock, sys};
 
 /// Everything one window counted.
 #[derive(Clone, Debug, Default)]
 pub struct Drained {
     pub flows: Vec<(FlowKey, FlowStats)>,
-    /// REJECT counts (see [`crate::reject`]). Packets moved here from an
+    /// REJECT counts (see [`crate::capture::reject`]). Packets moved here from an
     /// ingress ACCEPT entry are no longer in `flows`, whose entries may be
     /// left with 0 packets.
     pub rejects: Vec<(RejectKey, FlowStats)>,

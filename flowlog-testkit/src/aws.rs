@@ -2,7 +2,6 @@
 //! when missing) on a free loopback port, SDK clients pointed at it, and a
 //! loopback proxy in front of it that can be taken down (outage) or answer
 //! chosen requests with throttling / 5xx / partial failures.
-#![allow(dead_code)]
 
 use std::{
     collections::VecDeque,

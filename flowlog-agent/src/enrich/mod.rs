@@ -1,4 +1,7 @@
-//! Drained kernel counters + interface metadata → flow records.
+//! The enrich stage: drained kernel counters + interface metadata → flow
+//! records. The rules that need only data (AWS service ranges, traffic-path,
+//! exclusions, address normalisation) live in `flowlog_records`; this module
+//! applies them per window.
 //!
 //! Pure logic: no syscalls, so the window rules (one record per flow per
 //! interface, NODATA for idle interfaces, SKIPDATA where inserts failed) are
@@ -17,15 +20,17 @@ use flowlog_common::{direction, family, FlowKey, FlowStats, TCP_SYN_ACK_SEEN};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{
-    metadata::InterfaceMetadata,
+use flowlog_records::{
     aws_services::{AwsRangesError, AwsServices},
-    drain::Drained,
     filter::{ExclusionConfig, Exclusions, TrafficType},
     record::{Action, Direction, EcsMeta, FlowRecord, LogStatus, TagValues},
-    reject::{self, RejectReasons},
     semantics,
     traffic_path::{RouteError, RouteTable, RouteTableConfig},
+};
+use crate::{
+    metadata::InterfaceMetadata,
+    drain::Drained,
+    capture::reject::{self, RejectReasons},
 };
 
 /// What the records need to know of an interface.
@@ -472,7 +477,7 @@ mod tests {
     }
 
     fn lines(records: &[FlowRecord]) -> Vec<String> {
-        let f = crate::format::Format::default();
+        let f = flowlog_records::format::Format::default();
         records.iter().map(|r| f.line(r)).collect()
     }
 
@@ -533,7 +538,7 @@ mod tests {
         let mut m = iface(2, "eni-a");
         m.tags = tf.values(&inst, &ifc);
         let d = drained(vec![(key(2, 1, 17, 0), stats(1, 28, 100, 100, 0))], vec![], 0);
-        let f = crate::format::Format::parse("${interface-id} ${instance-tag} ${instance-tag-2} ${interface-tag} ${interface-tag-2} ${version}").unwrap();
+        let f = flowlog_records::format::Format::parse("${interface-id} ${instance-tag} ${instance-tag-2} ${interface-tag} ${interface-tag-2} ${version}").unwrap();
         let r = build_records(&HostMeta::new("1"), &[m], &d, None);
         // Values are percent-encoded so that a space never splits a field.
         assert_eq!(f.line(&r[0]), "eni-a net%20ops - - prod 11");
@@ -541,7 +546,7 @@ mod tests {
         // ECS fields where configured, `-` for the ones not known.
         let mut m = iface(2, "eni-a");
         m.ecs = Some(EcsConfig { cluster_name: Some("prod".into()), task_id: Some("abc123".into()), ..Default::default() }.meta());
-        let f = crate::format::Format::parse("${ecs-cluster-name} ${ecs-service-name} ${ecs-task-id} ${version}").unwrap();
+        let f = flowlog_records::format::Format::parse("${ecs-cluster-name} ${ecs-service-name} ${ecs-task-id} ${version}").unwrap();
         assert_eq!(f.line(&build_records(&HostMeta::new("1"), &[m], &d, None)[0]), "prod - abc123 7");
         let e = TagFields { instance: vec!["a".into(), "b".into(), "c".into()], ..Default::default() }.validate().unwrap_err();
         assert_eq!(e, "enrich.tag-fields.instance: at most 2 tag keys, as in CreateFlowLogs; got 3");
@@ -600,7 +605,7 @@ mod tests {
     /// the interface metadata comes out of `build_records`.
     #[test]
     fn v5_example_from_packets() {
-        let routes: crate::traffic_path::RouteTableConfig = serde_json::from_str(
+        let routes: flowlog_records::traffic_path::RouteTableConfig = serde_json::from_str(
             r#"{"routes": [{"destination": "10.0.0.0/16", "target": "local"}, {"destination": "0.0.0.0/0", "target": "igw"}]}"#,
         )
         .unwrap();
@@ -623,9 +628,9 @@ mod tests {
         d.flows[1].1.first_seen_ns += 1_000;
         let host = HostMeta::new("123456789012");
         let records = build_records(&host, &[iface(2, "eni-1235b8ca123456789")], &d, Some(&e));
-        let f = crate::format::Format::parse(crate::vectors::V5_FORMAT).unwrap();
-        let got: Vec<String> = records.into_iter().map(|r| f.line(&crate::vectors::v5_interface_meta(r))).collect();
-        assert_eq!(got, crate::vectors::V5_LINES);
+        let f = flowlog_records::format::Format::parse(flowlog_records::vectors::V5_FORMAT).unwrap();
+        let got: Vec<String> = records.into_iter().map(|r| f.line(&flowlog_records::vectors::v5_interface_meta(r))).collect();
+        assert_eq!(got, flowlog_records::vectors::V5_LINES);
     }
 
     /// The v10 example's `traffic-path` (reference §8.7): 1 for egress inside
@@ -646,8 +651,8 @@ mod tests {
             flows.push(flow(2, me, peer, (80, port), 6, direction::EGRESS, (1, 60), (t + 1, t + 1), 0x12 | TCP_SYN_ACK_SEEN));
         }
         let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-1")], &drained_at(flows, (1_700_000_000, 1_700_000_060)), Some(&e));
-        let f = crate::format::Format::parse("${flow-direction} ${traffic-path} ${srcaddr} ${dstaddr} ${srcport} ${dstport}").unwrap();
-        let want: Vec<String> = crate::vectors::V10_TEXT.lines().skip(1).map(|l| l.rsplit_once(' ').unwrap().0.to_string()).collect();
+        let f = flowlog_records::format::Format::parse("${flow-direction} ${traffic-path} ${srcaddr} ${dstaddr} ${srcport} ${dstport}").unwrap();
+        let want: Vec<String> = flowlog_records::vectors::V10_TEXT.lines().skip(1).map(|l| l.rsplit_once(' ').unwrap().0.to_string()).collect();
         assert_eq!(records.iter().map(|r| f.line(r)).collect::<Vec<_>>(), want);
     }
 
@@ -663,7 +668,7 @@ mod tests {
             (100, 160),
         );
         let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-1")], &d, None);
-        let f = crate::format::Format::parse("${type} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr} ${tcp-flags} ${flow-direction} ${traffic-path} ${pkt-src-aws-service} ${action}").unwrap();
+        let f = flowlog_records::format::Format::parse("${type} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr} ${tcp-flags} ${flow-direction} ${traffic-path} ${pkt-src-aws-service} ${action}").unwrap();
         assert_eq!(
             records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
             [
@@ -690,7 +695,7 @@ mod tests {
             (100, 160),
         );
         let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-a"), iface(3, "eni-b")], &d, Some(&e));
-        let f = crate::format::Format::parse("${interface-id} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr}").unwrap();
+        let f = flowlog_records::format::Format::parse("${interface-id} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr}").unwrap();
         assert_eq!(
             records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
             [

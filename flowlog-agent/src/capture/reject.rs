@@ -26,7 +26,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use flowlog_common::{DropConfig, FlowKey, FlowStats, RejectKey};
 
-use crate::btf::Btf;
+use crate::capture::btf::Btf;
 
 /// The program, as named in the eBPF object.
 pub const DROP_PROGRAM: &str = "flowlog_drop";
@@ -300,11 +300,13 @@ mod tests {
 
     #[test]
     fn records_split_accept_and_reject_and_filter_by_traffic_type() {
+        use flowlog_records::{
+            filter::TrafficType,
+            format::Format,
+        };
         use crate::{
             drain::Drained,
             enrich::{build_records, Enrichment, HostMeta, InterfaceMeta},
-            filter::TrafficType,
-            format::Format,
         };
         let mut k = key(1);
         k.family = family::IPV4;
@@ -360,6 +362,6 @@ mod tests {
         // Without a mapping every reject-reason is `-`.
         let plain = build_records(&host, &ifaces, &d, None);
         assert!(plain.iter().all(|r| r.reject_reason.is_none()));
-        assert_eq!(plain.iter().filter(|r| r.action == Some(crate::record::Action::Reject)).count(), 3);
+        assert_eq!(plain.iter().filter(|r| r.action == Some(flowlog_records::record::Action::Reject)).count(), 3);
     }
 }

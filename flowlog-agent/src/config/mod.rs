@@ -4,18 +4,61 @@
 //!
 //! Errors name the key, the value and what is accepted.
 
+pub mod de;
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+use flowlog_records::format::Format;
 use crate::{
-    agent::{Config, OnExit},
-    capture::{IngressHook, KernelFilters},
+    capture::{reject::RejectConfig, IngressHook, KernelFilters},
     enrich::EnrichConfig,
-    format::Format,
     metadata::MetadataConfig,
     ship::{aws::AwsSettings, s3::ObjectOptions, Output, ShipConfig},
 };
+
+/// What the main loop ([`crate::agent::run`]) runs with, after precedence
+/// and validation (see [`Settings`]).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Interface names or globs; empty = every up, non-loopback interface.
+    pub ifaces: Vec<String>,
+    /// Globs of interfaces never to capture on.
+    pub exclude_ifaces: Vec<String>,
+    pub format: Format,
+    pub interval: Duration,
+    /// Outputs, spool, AWS settings.
+    pub ship: ShipConfig,
+    /// Overrides the metadata provider's account id.
+    pub account_id: Option<String>,
+    /// Capacity of each flow table generation.
+    pub max_flows: u32,
+    /// Where maps and attachments are pinned (`None`: not pinned).
+    pub pin_root: Option<PathBuf>,
+    pub on_exit: OnExit,
+    /// Address of the metrics/health endpoint (`None`: off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Count 1 packet in N, scaled by N (0/1: all).
+    pub sample_rate: u32,
+    pub filters: KernelFilters,
+    pub ingress_hook: IngressHook,
+    /// What counts as REJECT (`reject-reasons`, `reject-reason-map`).
+    pub reject: RejectConfig,
+    /// Whether the reasons were asked for (then missing BTF is an error;
+    /// with the default, REJECT is switched off with a warning).
+    pub reject_explicit: bool,
+}
+
+/// What SIGINT/SIGTERM does with the kernel side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Final drain, then detach and remove the pins.
+    Detach,
+    /// Drain the current window, leave the programs counting into the
+    /// pinned maps for the next agent (restarts and upgrades lose nothing).
+    Keep,
+}
 
 pub const DEFAULT_INTERVAL: u64 = 60;
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
@@ -126,24 +169,12 @@ impl FileConfig {
 
     /// Errors carry the full key (`metadata.onprem.account-id: ...`).
     pub fn parse(text: &str) -> Result<FileConfig, String> {
-        let cfg: FileConfig = from_toml(text)?;
+        let cfg: FileConfig = de::from_toml(text)?;
         cfg.metadata.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
 }
 
-/// Deserializes TOML; a type error names its full key on top of toml's
-/// message (which quotes the line but not the table it is in).
-pub fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    let toml_err = |e: toml::de::Error| e.to_string().trim_end().to_string();
-    let de = toml::Deserializer::parse(text).map_err(toml_err)?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = toml_err(e.into_inner());
-        // A syntax error has no path (".").
-        if path == "." { inner } else { format!("{path}: {inner}") }
-    })
-}
 
 /// Everything the agent runs with, after precedence and validation.
 #[derive(Clone, Debug)]
@@ -229,7 +260,7 @@ impl Settings {
         let reasons = pick(o.reject_reasons, file.reject_reasons.unwrap_or_default());
         let reject_explicit = !reasons.is_empty();
         let reason_map = pick(o.reject_reason_map, file.reject_reason_map.unwrap_or_default());
-        let reject = crate::reject::RejectConfig::from_args(&reasons, &reason_map)
+        let reject = crate::capture::reject::RejectConfig::from_args(&reasons, &reason_map)
             .map_err(|e| invalid("reject-reasons", reasons.join(","), format!("{e:#}")))?;
         let mut enrich = file.enrich;
         if let Some(t) = o.traffic_type {
@@ -251,7 +282,7 @@ impl Settings {
         }
         let include = pick_vec(o.interfaces, file.interfaces);
         let exclude = pick_vec(o.exclude_interfaces, file.exclude_interfaces);
-        crate::ifaces::Selector::new(&include, &exclude).map_err(|e| invalid("interfaces", include.join(","), e))?;
+        crate::capture::links::Selector::new(&include, &exclude).map_err(|e| invalid("interfaces", include.join(","), e))?;
         Ok(Settings {
             agent: Config {
                 ifaces: include,
@@ -419,7 +450,7 @@ mod tests {
 mod example {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../flowlog.example.toml");
+    const EXAMPLE: &str = include_str!("../../../flowlog.example.toml");
 
     /// The documented example parses, and says every key once, with its
     /// default: the file and the code cannot drift apart.

@@ -1,7 +1,7 @@
 //! Field values that follow from the packet and the capturing interface
 //! alone (`type`, `srcaddr`/`dstaddr`, `action`), as AWS defines them.
 //!
-//! Pure functions; [`crate::enrich`] applies them to every flow.
+//! Pure functions; the agent's enrich stage applies them to every flow.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -15,7 +15,7 @@ pub fn ip_type(addr: IpAddr) -> IpType {
 
 /// `action` of a flow the agent captured. The hooks count packets that
 /// reached or left the interface, i.e. traffic that was let through; REJECT
-/// records come from the drop hook (see [`crate::reject`]).
+/// records come from the drop hook (the agent's `capture::reject`).
 pub const CAPTURED_ACTION: Action = Action::Accept;
 
 /// The interface's primary private IPv4 address: by convention the first

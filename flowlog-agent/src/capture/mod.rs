@@ -1,5 +1,18 @@
-//! Loads the eBPF programs and attaches them: XDP for ingress (it has no
-//! egress hook), TC for egress (TCX on kernels ≥ 6.6, a clsact qdisc before).
+//! The capture stage, the kernel side of the agent: loads the eBPF programs,
+//! attaches them (XDP or TC for ingress, TC for egress: TCX on kernels ≥ 6.6,
+//! a clsact qdisc before) and pins maps and links so a restart hands over
+//! without a gap. REJECT comes from the kernel's own drop decisions
+//! ([`reject`], offsets from [`btf`]); [`links`] and [`watch`] say which
+//! interfaces to attach to as they come and go.
+//!
+//! Everything here needs root and a kernel; what can be decided without one
+//! (which interfaces match, which hook an interface gets) is kept in pure
+//! functions so it is tested without either.
+
+pub mod btf;
+pub mod links;
+pub mod reject;
+pub mod watch;
 
 use std::{
     collections::BTreeMap,
@@ -21,11 +34,9 @@ use aya::{
 use flowlog_common::{filters, globals, maps};
 use ipnet::IpNet;
 
-use crate::{
-    drain::FlowTables,
-    ifaces::LinkInfo,
-    reject::{self, DropSetup},
-};
+use crate::drain::FlowTables;
+use links::LinkInfo;
+use reject::DropSetup;
 
 /// The kernel programs, built from `flowlog-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog.bpf.o"));
@@ -362,7 +373,7 @@ impl Capture {
         // have them (eth0.100): pins are named by ifindex only.
         let pin = |kind: &str| self.pin_dir.as_ref().map(|d| d.join("links").join(format!("{}-{kind}", link.ifindex)));
         let (pin_xdp, pin_tcin, pin_tc) = (pin("xdp"), pin("tcin"), pin("tc"));
-        let driver = crate::ifaces::driver(&link.name);
+        let driver = crate::capture::links::driver(&link.name);
         let (ingress, hook) = if self.ingress_hook.tries_xdp(driver.as_deref()) {
             match self.attach_xdp(link, pin_xdp.as_deref()) {
                 Ok(h) => (h, "xdp"),
@@ -604,7 +615,7 @@ fn prepare_pin_dir(root: &Path, max_flows: u32) -> Result<PathBuf> {
 
 /// Removes link pins of interfaces that are gone.
 fn prune_link_pins(dir: &Path) {
-    let alive: Vec<String> = crate::ifaces::list_links()
+    let alive: Vec<String> = crate::capture::links::list_links()
         .map(|l| l.iter().map(|l| l.ifindex.to_string()).collect())
         .unwrap_or_default();
     let Ok(entries) = fs::read_dir(dir.join("links")) else { return };
@@ -623,7 +634,7 @@ fn verifier(e: ProgramError) -> anyhow::Error {
 
 /// Does the interface still exist with the same index?
 pub fn still_present(link: &LinkInfo) -> bool {
-    crate::ifaces::read_link(&link.name).is_some_and(|l| l.ifindex == link.ifindex)
+    crate::capture::links::read_link(&link.name).is_some_and(|l| l.ifindex == link.ifindex)
 }
 
 #[cfg(test)]

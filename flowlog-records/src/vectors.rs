@@ -1,6 +1,11 @@
 //! The test vectors of the reference (`../shared/reference/vpc-flow-logs.md`
 //! §8): every line is written byte for byte from an equivalent record, and
-//! read back to that same record.
+//! read back to that same record. Public so that the agent's tests check
+//! its enrich stage against the same lines.
+
+// Most of this module is the checks, which exist only under `cfg(test)`;
+// what the agent's tests share is the `pub` items.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -19,6 +24,7 @@ fn t(s: &str) -> Option<Arc<str>> {
     Some(s.into())
 }
 
+#[cfg(test)]
 /// Writes each record and parses each line back; `version` must read back
 /// as the format's version wherever the format has the field.
 fn check(format: &Format, cases: &[(FlowRecord, &str)]) {
@@ -281,18 +287,18 @@ fn transit_gateway() {
     check(&format, &cases);
 }
 
-pub(crate) const V5_FORMAT: &str = "${version} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${start} ${end} ${type} ${packets} ${bytes} \
+pub const V5_FORMAT: &str = "${version} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${start} ${end} ${type} ${packets} ${bytes} \
 ${account-id} ${vpc-id} ${subnet-id} ${instance-id} ${interface-id} ${region} ${az-id} ${sublocation-type} ${sublocation-id} \
 ${action} ${tcp-flags} ${pkt-srcaddr} ${pkt-dstaddr} ${pkt-src-aws-service} ${pkt-dst-aws-service} ${traffic-path} ${flow-direction} ${log-status}";
 
-pub(crate) const V5_LINES: [&str; 2] = [
+pub const V5_LINES: [&str; 2] = [
     "5 52.95.128.179 10.0.0.71 80 34210 6 1616729292 1616729349 IPv4 14 15044 123456789012 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-0c50d5961bcb2d47b eni-1235b8ca123456789 ap-southeast-2 apse2-az3 - - ACCEPT 19 52.95.128.179 10.0.0.71 S3 - - ingress OK",
     "5 10.0.0.71 52.95.128.179 34210 80 6 1616729292 1616729349 IPv4 7 471 123456789012 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-0c50d5961bcb2d47b eni-1235b8ca123456789 ap-southeast-2 apse2-az3 - - ACCEPT 3 10.0.0.71 52.95.128.179 - S3 8 egress OK",
 ];
 
 /// Fills the interface metadata of the v5 example into a record (what the
 /// metadata stage does; `enrich` tests build the rest from packets).
-pub(crate) fn v5_interface_meta(r: FlowRecord) -> FlowRecord {
+pub fn v5_interface_meta(r: FlowRecord) -> FlowRecord {
     FlowRecord {
         account_id: t("123456789012"),
         vpc_id: t("vpc-abcdefab012345678"),
@@ -336,7 +342,7 @@ fn v5_service_path_direction() {
     check(&format, &[(ingress, V5_LINES[0]), (egress, V5_LINES[1])]);
 }
 
-pub(crate) const V10_TEXT: &str = "flow-direction traffic-path srcaddr dstaddr srcport dstport encryption-status
+pub const V10_TEXT: &str = "flow-direction traffic-path srcaddr dstaddr srcport dstport encryption-status
 ingress - 10.0.133.8 10.0.128.55 43236 80 1
 egress 1 10.0.128.55 10.0.133.8 80 43236 1
 ingress - 10.0.133.8 10.0.128.55 36902 80 1

@@ -5,7 +5,7 @@
 //! `skb->head` the way a C program compiled with clang would. Instead the
 //! agent looks the offsets up here, at load time, in the running kernel's
 //! own type information, and hands them to the program as read-only globals
-//! (see [`crate::reject`]). Enum values (drop reasons) are read the same
+//! (see [`super::reject`]). Enum values (drop reasons) are read the same
 //! way: they differ between kernel versions.
 
 use std::{collections::HashMap, fmt, path::Path};

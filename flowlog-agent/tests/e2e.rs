@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use flowlog_testkit::require_root;
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
@@ -899,4 +900,174 @@ fn jumbo_mtu_falls_back_to_tc_ingress_and_stays_exact() {
     let port = |s: &UdpSocket| s.local_addr().unwrap().port();
     assert_eq!(get(&m, (b4, a4, port(&tx_in), 7900, 17), "ingress"), (9, 9 * 8028, 0));
     assert_eq!(get(&m, (a4, b4, port(&tx_out), 7901, 17), "egress"), (4, 4 * 128, 0));
+}
+
+/// flowlog's programs on each TC hook (ingress, egress) of an interface in
+/// `ns`: netlink filters (kernels before 6.6, `tc filter show`) plus TCX
+/// links (6.6+). Kernel program names are cut to 15 bytes.
+fn flowlog_tc_programs(ns: &str, ifname: &str) -> [usize; 2] {
+    let mut n = [0; 2];
+    for (i, hook) in ["ingress", "egress"].iter().enumerate() {
+        let out = Command::new("ip").args(["netns", "exec", ns, "tc", "filter", "show", "dev", ifname, hook]).output().unwrap();
+        n[i] += String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" flowlog_")).count();
+    }
+    let name = ifname.to_string();
+    let tcx = in_netns(ns, move || {
+        [TcAttachType::Ingress, TcAttachType::Egress].map(|k| match SchedClassifier::query_tcx(&name, k) {
+            Ok((_, progs)) => progs.iter().filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("flowlog_"))).count(),
+            // No TCX on this kernel.
+            Err(_) => 0,
+        })
+    });
+    [n[0] + tcx[0], n[1] + tcx[1]]
+}
+
+fn own_bpffs() -> &'static str {
+    // `ip netns exec` gives the agent a fresh /sys, so /sys/fs/bpf would not
+    // survive between two agents: pin on a bpffs of our own instead.
+    let bpffs = "/run/flowlog-test-bpffs";
+    fs::create_dir_all(bpffs).unwrap();
+    if !Command::new("mountpoint").args(["-q", bpffs]).status().unwrap().success() {
+        sh(&["mount", "-t", "bpf", "bpf", bpffs]);
+    }
+    bpffs
+}
+
+#[test]
+fn restart_with_keep_hands_over_exactly_with_one_program_per_hook() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let pin = format!("{}/{}", own_bpffs(), t.a);
+    let keep = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin, "--on-exit", "keep"];
+    // Traffic starts once the first agent counts, and flows through both
+    // handovers.
+    let mut agent = Agent::start_tagged(&t, &[&t.a_if], &keep, "-k0");
+    let (tx, rx) = udp_pair(&t, true, false, 7600);
+    let sender = {
+        let (tx, rx) = (tx.try_clone().unwrap(), rx.try_clone().unwrap());
+        thread::spawn(move || {
+            let mut sent = 0u64;
+            let until = std::time::Instant::now() + Duration::from_millis(6000);
+            while std::time::Instant::now() < until {
+                send_udp(&tx, &rx, 1, 80);
+                sent += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            sent
+        })
+    };
+    let mut recs = Vec::new();
+    // Two restarts with `keep`: each hands over to the next agent.
+    for round in 1..3 {
+        assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1], "round {round}: one program per hook while running");
+        thread::sleep(Duration::from_millis(1200));
+        mid_window();
+        let (r, log) = agent.stop();
+        recs.extend(r);
+        // Left counting for the next agent, still exactly once per hook.
+        assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1], "round {round}, no agent running: {log}");
+        thread::sleep(Duration::from_millis(300));
+        // The last agent runs with the default `detach`.
+        let args: &[&str] = if round < 2 { &keep } else { &keep[..6] };
+        agent = Agent::start_tagged(&t, &[&t.a_if], args, &format!("-k{round}"));
+    }
+    assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1]);
+    let sent = sender.join().unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let (more, log) = agent.stop();
+    recs.extend(more);
+    let port = tx.local_addr().unwrap().port();
+    let got: (u64, u64) = recs
+        .iter()
+        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7600))
+        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    // Three agents, two handovers: every datagram exactly once.
+    assert_eq!(got, (sent, sent * 108), "{log}");
+    // `detach` (the default) leaves nothing on the interface.
+    assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0], "{log}");
+    let _ = fs::remove_dir(&pin);
+}
+
+#[test]
+fn kill_9_leaves_one_program_per_hook_and_detach_removes_it() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let pin = format!("{}/{}", own_bpffs(), t.a);
+    let args = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin];
+    for round in 0..2 {
+        let a = Agent::start_tagged(&t, &[&t.a_if], &args, &format!("-9{round}"));
+        assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1], "round {round}");
+        a.kill9();
+        assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1], "round {round}: after kill -9");
+    }
+    let a = Agent::start_tagged(&t, &[&t.a_if], &args, "-92");
+    let (tx, rx) = udp_pair(&t, true, false, 7610);
+    send_udp(&tx, &rx, 25, 80);
+    let (recs, log) = a.stop();
+    let port = tx.local_addr().unwrap().port();
+    let got: (u64, u64) = recs
+        .iter()
+        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7610))
+        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    assert_eq!(got, (25, 25 * 108), "{log}");
+    assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0], "{log}");
+    // Without pins (the other path), a graceful stop removes the programs too.
+    let a = Agent::start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
+    assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1]);
+    a.stop();
+    assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0]);
+    let _ = fs::remove_dir(&pin);
+}
+
+/// The benchmark object holds foreign-looking programs: one that ends the TC
+/// chain, one XDP pass program.
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog-bench.bpf.o"));
+
+#[test]
+fn programs_attached_before_the_agent_cannot_hide_traffic() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let ifname = t.a_if.clone();
+    // Another loader's programs, attached first: a TC program that ends the
+    // chain on both hooks, and an XDP program.
+    let foreign = in_netns(&t.a, move || {
+        let mut ebpf = aya::EbpfLoader::new().load(BENCH_OBJECT).expect("benchmark object (not built with FLOWLOG_EBPF_OBJECT?)");
+        let stop: &mut SchedClassifier = ebpf.program_mut("bench_tc_stop").unwrap().try_into().unwrap();
+        stop.load().unwrap();
+        if !flowlog_agent::capture::tcx_supported() {
+            let _ = aya::programs::tc::qdisc_add_clsact(&ifname);
+        }
+        stop.attach(&ifname, TcAttachType::Ingress).unwrap();
+        stop.attach(&ifname, TcAttachType::Egress).unwrap();
+        let xdp: &mut aya::programs::Xdp = ebpf.program_mut("bench_xdp_pass").unwrap().try_into().unwrap();
+        xdp.load().unwrap();
+        xdp.attach(&ifname, aya::programs::XdpMode::default()).unwrap();
+        ebpf
+    });
+    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", "xdp"]);
+    let (tx, rx) = udp_pair(&t, true, false, 7620);
+    send_udp(&tx, &rx, 30, 80);
+    let (rtx, rrx) = udp_pair(&t, false, false, 7621);
+    send_udp(&rtx, &rrx, 20, 100);
+    let (recs, log) = agent.stop();
+    // XDP holds one program per interface: the agent says so and counts
+    // ingress at TC, first in the chain.
+    assert!(log.contains("XDP refused") && log.contains("counting ingress at TC instead"), "{log}");
+    assert!(log.lines().any(|l| l.contains(" attached ") && l.contains("ingress=\"tc\"")), "{log}");
+    let sum = |sport: u16, dport: u16, dir: &str| -> (u64, u64) {
+        recs.iter()
+            .filter(|r| r.status == "OK" && r.direction == dir && r.sport == Some(sport) && r.dport == Some(dport))
+            .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes))
+    };
+    assert_eq!(sum(tx.local_addr().unwrap().port(), 7620, "ingress"), (30, 30 * 108), "{log}");
+    assert_eq!(sum(rtx.local_addr().unwrap().port(), 7621, "egress"), (20, 20 * 128), "{log}");
+    // The other loader's programs are untouched.
+    assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0]);
+    drop(foreign);
 }

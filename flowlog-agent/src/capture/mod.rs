@@ -12,6 +12,7 @@
 pub mod btf;
 pub mod links;
 pub mod reject;
+pub mod tc;
 pub mod watch;
 
 use std::{
@@ -23,8 +24,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     programs::{
-        links::{FdLink, PinnedLink},
-        tc::{self, SchedClassifierLink, SchedClassifierLinkId, TcAttachType},
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcAttachType},
         xdp::{XdpLink, XdpLinkId},
         BtfTracePoint, ProgramError, SchedClassifier, Xdp, XdpMode,
     },
@@ -44,6 +45,16 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const INGRESS_PROGRAM: &str = "flowlog_ingress";
 pub const EGRESS_PROGRAM: &str = "flowlog_egress";
 pub const INGRESS_TC_PROGRAM: &str = "flowlog_ingress_tc";
+/// The programs that run as TC filters before TCX, by the names the kernel
+/// shows for them.
+pub const TC_PROGRAMS: [&str; 2] = [EGRESS_PROGRAM, INGRESS_TC_PROGRAM];
+
+/// TCX (BPF links on the TC hooks, ordered) arrived in Linux 6.6; before it,
+/// TC programs are netlink filters ([`tc`]). The same test aya's own
+/// `SchedClassifier::attach` makes.
+pub fn tcx_supported() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+}
 
 /// Where ingress is counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -434,26 +445,26 @@ impl Capture {
     }
 
     fn attach_tc(&mut self, program: &'static str, link: &LinkInfo, kind: TcAttachType, pin: Option<&Path>) -> Result<Hold> {
-        let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        if !tcx {
-            // Before TCX, TC programs hang off a clsact qdisc.
-            if let Err(e) = tc::qdisc_add_clsact(&link.name) {
-                tracing::debug!(iface = %link.name, "clsact: {e}");
-            }
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(program).context("no TC program")?.try_into()?;
+        if !tcx_supported() {
+            // No BPF link to hold or pin: the filter's fixed place is how the
+            // next agent finds it (see `tc`).
+            return Ok(Hold::Tc(program, tc::attach(prog, &TC_PROGRAMS, &link.name, link.ifindex, kind)?));
         }
-        let prog: &mut SchedClassifier = self.ebpf.program_mut(program).unwrap().try_into()?;
         let reused = pin.and_then(reuse).and_then(|fd| SchedClassifierLink::try_from(fd).ok());
         let id = match reused.map(|old| prog.attach_to_link(old)) {
+            // The swap keeps the link's place in the chain.
             Some(Ok(id)) => id,
+            // First in the TCX chain: a program attached earlier that ends the
+            // chain (TC_ACT_OK, a redirect: CNIs do) would otherwise hide
+            // packets from flowlog. Ours always continues (TCX_NEXT).
             _ => prog
-                .attach(&link.name, kind)
-                .map_err(|e| anyhow::Error::new(e).context(format!("attaching TC {kind:?} to {}", link.name)))?,
+                .attach_with_options(&link.name, kind, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                .map_err(|e| anyhow::Error::new(e).context(format!("attaching TCX {kind:?} to {}", link.name)))?,
         };
         let l = prog.take_link(id)?;
-        Ok(match FdLink::try_from(l) {
-            Ok(fd) => hold(fd, pin)?,
-            Err(_) => Hold::Tc(program, prog.attach(&link.name, kind)?),
-        })
+        let fd = FdLink::try_from(l).map_err(|e| anyhow::anyhow!("the TCX attachment on {} is not a BPF link: {e}", link.name))?;
+        hold(fd, pin)
     }
 
     /// Detaches from one interface (and removes its pins). Errors are

@@ -15,7 +15,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, map, xdp},
     maps::{Array, PerCpuHashMap, ProgramArray},
     programs::{TcContext, XdpContext},
@@ -62,6 +62,14 @@ pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
+}
+
+/// Ends the TC chain (TC_ACT_OK, TCX "pass"), as a CNI's program does: the
+/// e2e tests put it on a hook before the agent starts, and flowlog must still
+/// see every packet.
+#[classifier]
+pub fn bench_tc_stop(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
 }
 
 #[xdp]

@@ -156,9 +156,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
     if let Some(d) = tables.leftover()? {
         warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
-        ship(&host, &ifs.in_window, format, &d, &mut shipper, &metrics, &enrichment);
-        tables.release(&d)?;
+        if ship(&host, &ifs.in_window, format, &d, &mut shipper, &metrics, &enrichment) {
+            tables.release(&d)?;
+        }
     }
+    // Interfaces whose attach failed once: not retried every window.
+    let mut refused = std::collections::BTreeSet::new();
     loop {
         let deadline = next_boundary(cfg.interval);
         let stop = loop {
@@ -175,6 +178,7 @@ pub async fn run(settings: Settings) -> Result<()> {
                         }
                     }
                     LinkEvent::Removed { ifindex, .. } => ifs.gone(&mut capture, ifindex),
+                    LinkEvent::Overrun => relist(&mut ifs, &mut capture, &selector, &mut refused),
                 },
                 Ok(()) = snap_rx.changed() => {
                     let s = snap_rx.borrow_and_update().clone();
@@ -182,12 +186,7 @@ pub async fn run(settings: Settings) -> Result<()> {
                 }
             }
         };
-        // In case a notification was missed.
-        for a in capture.attached().cloned().collect::<Vec<_>>() {
-            if !capture::still_present(&a) {
-                ifs.gone(&mut capture, a.ifindex);
-            }
-        }
+        relist(&mut ifs, &mut capture, &selector, &mut refused);
         let started = std::time::Instant::now();
         let drained = if stop && !keep {
             capture.detach_all();
@@ -196,8 +195,14 @@ pub async fn run(settings: Settings) -> Result<()> {
             tables.rotate()?
         };
         metrics.drained(&drained, &ifs.in_window, cfg.max_flows, started.elapsed().as_secs_f64());
-        ship(&host, &ifs.in_window, format, &drained, &mut shipper, &metrics, &enrichment);
-        tables.release(&drained)?;
+        let written = ship(&host, &ifs.in_window, format, &drained, &mut shipper, &metrics, &enrichment);
+        if written {
+            tables.release(&drained)?;
+        } else if !stop || keep {
+            // Left in the kernel table: the programs add to it again two
+            // windows on, and that window reports both (times widened).
+            warn!(flows = drained.flows.len(), "no output took this window's records: they stay in the kernel and are reported with a later window");
+        }
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
             warn!(packets = skipped, max_flows = cfg.max_flows, "flow table full: packets not counted, SKIPDATA written; raise --max-flows");
@@ -226,8 +231,14 @@ pub async fn run(settings: Settings) -> Result<()> {
             if keep {
                 capture.keep_pinned();
                 info!("stopped; programs stay attached and keep counting for the next agent (--on-exit keep)");
-            } else {
+            } else if written || capture.pin_dir().is_none() {
+                if !written {
+                    error!(flows = drained.flows.len(), "no output took the final window's records and nothing is pinned: they are lost");
+                }
                 capture.remove_pins();
+                info!("stopped after the final drain");
+            } else {
+                warn!(flows = drained.flows.len(), "no output took the final window's records: the pinned tables keep them for the next agent");
                 info!("stopped after the final drain");
             }
             return Ok(());
@@ -235,7 +246,37 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
 }
 
+/// Compares the attached interfaces with a fresh list of links, by ifindex:
+/// a notification lost to a netlink overrun is recovered (new interfaces
+/// attached, vanished ones reported), and a renamed interface, which keeps
+/// its ifindex and its programs, stays attached.
+fn relist(ifs: &mut Interfaces, capture: &mut Capture, selector: &links::Selector, refused: &mut std::collections::BTreeSet<u32>) {
+    let now = match links::list_links() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("cannot list interfaces to check for missed link events: {e}");
+            return;
+        }
+    };
+    for a in capture.attached().cloned().collect::<Vec<_>>() {
+        if !now.iter().any(|l| l.ifindex == a.ifindex) {
+            ifs.gone(capture, a.ifindex);
+        }
+    }
+    refused.retain(|i| now.iter().any(|l| l.ifindex == *i));
+    let missing: Vec<&links::LinkInfo> =
+        now.iter().filter(|l| !ifs.attached.contains_key(&l.ifindex) && !refused.contains(&l.ifindex) && selector.wants(l)).collect();
+    for l in missing {
+        if let Err(e) = ifs.attach(capture, l) {
+            error!(iface = %l.name, "cannot attach to an interface: {e:#}");
+            refused.insert(l.ifindex);
+        }
+    }
+}
+
 /// Formats one window's records and writes them to every destination.
+/// Whether at least one output (or the spool) took them: only then may the
+/// kernel tables forget them.
 #[allow(clippy::too_many_arguments)]
 fn ship(
     host: &HostMeta,
@@ -245,7 +286,7 @@ fn ship(
     shipper: &mut Shipper,
     metrics: &Metrics,
     enrichment: &Enrichment,
-) {
+) -> bool {
     let mut counts = RecordCounts::default();
     let mut window = shipper.window(format);
     enrich::for_each_record(host, ifaces, drained, Some(enrichment), |r| {
@@ -253,10 +294,12 @@ fn ship(
         window.push(r);
     });
     metrics.records(&counts);
-    for (output, ok) in window.finish() {
-        metrics.shipped(&output, counts.total(), ok);
+    let results = window.finish();
+    for (output, ok) in &results {
+        metrics.shipped(output, counts.total(), *ok);
     }
     metrics.destinations(shipper);
+    results.is_empty() || results.iter().any(|(_, ok)| *ok)
 }
 
 /// The attached interfaces, and all that were attached during the window.

@@ -119,6 +119,11 @@ impl Agent {
     /// `wrapper` runs the agent (e.g. `setpriv ...`) inside namespace `a`.
     fn start_wrapped(t: &Topo, wrapper: &[&str], ifaces: &[&str], extra: &[&str], tag: &str) -> Agent {
         let out = std::env::temp_dir().join(format!("flowlog-e2e-{}{tag}.log", t.a));
+        Agent::start_writing(t, wrapper, ifaces, extra, out)
+    }
+
+    /// Records go to `out` (`file:` output).
+    fn start_writing(t: &Topo, wrapper: &[&str], ifaces: &[&str], extra: &[&str], out: PathBuf) -> Agent {
         let _ = fs::remove_file(&out);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &t.a]).args(wrapper).arg(env!("CARGO_BIN_EXE_flowlog-agent"));
@@ -1070,4 +1075,65 @@ fn programs_attached_before_the_agent_cannot_hide_traffic() {
     // The other loader's programs are untouched.
     assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0]);
     drop(foreign);
+}
+
+#[test]
+fn a_window_no_output_could_take_stays_in_the_kernel_and_is_reported_later() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    // The only output is a file on a small tmpfs that is full.
+    let dir = PathBuf::from(format!("/run/flowlog-full-{}", t.a));
+    fs::create_dir_all(&dir).unwrap();
+    sh(&["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", dir.to_str().unwrap()]);
+    let filler = dir.join("filler");
+    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"]).stderr(Stdio::null()).status();
+    let agent = Agent::start_writing(&t, &[], &[&t.a_if], &["--interval", "1", "--log-format", FORMAT], dir.join("records.log"));
+    let (tx, rx) = udp_pair(&t, true, false, 7630);
+    send_udp(&tx, &rx, 20, 80);
+    // Two windows close while nothing can be written.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while agent.stderr.lock().unwrap().matches("no output took this window's records").count() < 2 {
+        assert!(std::time::Instant::now() < until, "{}", agent.stderr.lock().unwrap());
+        thread::sleep(Duration::from_millis(100));
+    }
+    fs::remove_file(&filler).unwrap();
+    send_udp(&tx, &rx, 10, 80);
+    thread::sleep(Duration::from_millis(2500));
+    let (recs, log) = agent.stop();
+    let _ = Command::new("umount").arg(&dir).status();
+    let _ = fs::remove_dir(&dir);
+    let port = tx.local_addr().unwrap().port();
+    let got: (u64, u64) = recs
+        .iter()
+        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7630))
+        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    assert_eq!(got, (30, 30 * 108), "{recs:#?}\n{log}");
+}
+
+#[test]
+fn a_renamed_interface_stays_attached_and_counted() {
+    if !require_root() {
+        return;
+    }
+    let t = Topo::new(false);
+    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
+    let (tx, rx) = udp_pair(&t, true, false, 7640);
+    send_udp(&tx, &rx, 10, 80);
+    let renamed = format!("rn{}", &t.a_if[3..]);
+    sh(&["ip", "-n", &t.a, "link", "set", &t.a_if, "down"]);
+    sh(&["ip", "-n", &t.a, "link", "set", &t.a_if, "name", &renamed]);
+    sh(&["ip", "-n", &t.a, "link", "set", &renamed, "up"]);
+    // Windows close (and links are listed again) after the rename.
+    thread::sleep(Duration::from_millis(2200));
+    send_udp(&tx, &rx, 15, 80);
+    let (recs, log) = agent.stop();
+    assert!(!log.contains("interface disappeared"), "{log}");
+    let port = tx.local_addr().unwrap().port();
+    let got: (u64, u64) = recs
+        .iter()
+        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7640))
+        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    assert_eq!(got, (25, 25 * 108), "{log}");
 }

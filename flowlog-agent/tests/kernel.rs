@@ -2,8 +2,10 @@
 //! case checks the exact flow-table entry the kernel wrote (read back by the
 //! agent's own drain). Needs root.
 
-
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
 use flowlog_testkit::{frames::*, require_root};
 use flowlog_agent::{
     capture::{Capture, KernelFilters, EGRESS_PROGRAM, INGRESS_PROGRAM},
@@ -421,6 +423,35 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     k.tables.release(&left).unwrap();
     assert!(k.tables.leftover().unwrap().is_none());
     assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 3, 4, UDP, 0), 1, 30, 0)]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_second_agent_on_the_same_pins_is_refused_and_a_half_done_flip_is_finished() {
+    if !require_root() {
+        return;
+    }
+    let bpffs = std::path::Path::new("/run/flowlog-test-bpffs");
+    std::fs::create_dir_all(bpffs).unwrap();
+    if !std::process::Command::new("mountpoint").arg("-q").arg(bpffs).status().unwrap().success() {
+        assert!(std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(bpffs).status().unwrap().success());
+    }
+    let root = bpffs.join(format!("kernel-test-lock-{}", std::process::id()));
+    let first = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
+    let err = match Capture::load(64, Some(&root), 1, &Default::default(), None) {
+        Ok(_) => panic!("a second agent on the same pin directory was let in"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("another flowlog agent is running with pin directory") && err.contains("--pin-dir"), "{err}");
+    // The first agent dies between setting the drop program's grace and
+    // clearing it (the middle of a flip).
+    let path = root.join(format!("v{}-64", flowlog_common::MAP_LAYOUT_VERSION)).join(flowlog_common::maps::GENERATION);
+    let mut generation: Array<MapData, u32> = Array::try_from(Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
+    generation.set(flowlog_common::GENERATION_GRACE, 1, 0).unwrap();
+    drop(first);
+    let next = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
+    assert_eq!(generation.get(&flowlog_common::GENERATION_GRACE, 0).unwrap(), 0, "the next agent finishes the flip before it reads");
+    drop(next);
     std::fs::remove_dir_all(&root).unwrap();
 }
 

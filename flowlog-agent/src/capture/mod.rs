@@ -220,6 +220,8 @@ pub struct Capture {
     attached: BTreeMap<u32, Attachment>,
     /// `<pin root>/v<layout>-<max flows>`, when pinning.
     pin_dir: Option<PathBuf>,
+    /// Held while the agent runs (see `lock_dir`).
+    _pin_lock: Option<fs::File>,
     ingress_hook: IngressHook,
     /// The drop program (REJECT), when enabled: its link and namespace.
     drops: Option<(Hold, u32)>,
@@ -292,7 +294,10 @@ impl Capture {
         // SAFETY: plain setrlimit with a valid struct.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
-        let pin_dir = pin_root.map(|r| prepare_pin_dir(r, max_flows)).transpose()?;
+        let (pin_dir, pin_lock) = match pin_root.map(|r| prepare_pin_dir(r, max_flows)).transpose()? {
+            Some((d, l)) => (Some(d), Some(l)),
+            None => (None, None),
+        };
         let mut loader = EbpfLoader::new();
         let filter_bits = filters.bits();
         loader
@@ -320,7 +325,7 @@ impl Capture {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).context("no TC program")?.try_into()?;
             tc.load().map_err(verifier)?;
         }
-        let mut capture = Capture { ebpf, attached: BTreeMap::new(), pin_dir, ingress_hook: IngressHook::Auto, drops: None };
+        let mut capture = Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None };
         if let Some(d) = drops {
             capture.attach_drops(d)?;
         }
@@ -589,7 +594,7 @@ fn is_bpffs(p: &Path) -> bool {
 
 /// Makes `<root>/v<layout>-<max_flows>` on a BPF filesystem (mounting
 /// /sys/fs/bpf when it is not), and removes pinned state of any other layout.
-fn prepare_pin_dir(root: &Path, max_flows: u32) -> Result<PathBuf> {
+fn prepare_pin_dir(root: &Path, max_flows: u32) -> Result<(PathBuf, fs::File)> {
     let fs_root = Path::new("/sys/fs/bpf");
     if root.starts_with(fs_root) && !is_bpffs(fs_root) {
         let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
@@ -607,6 +612,7 @@ fn prepare_pin_dir(root: &Path, max_flows: u32) -> Result<PathBuf> {
     if !is_bpffs(root) {
         anyhow::bail!("{} is not on a BPF filesystem: choose a --pin-dir under a bpffs mount (/sys/fs/bpf)", root.display());
     }
+    let lock = lock_dir(root)?;
     let name = format!("v{}-{}", flowlog_common::MAP_LAYOUT_VERSION, max_flows);
     for entry in fs::read_dir(root)?.flatten() {
         if entry.file_name() != name.as_str() {
@@ -621,7 +627,29 @@ fn prepare_pin_dir(root: &Path, max_flows: u32) -> Result<PathBuf> {
     }
     let dir = root.join(name);
     fs::create_dir_all(dir.join("links"))?;
-    Ok(dir)
+    Ok((dir, lock))
+}
+
+/// Two agents on one pin directory would flip and empty each other's tables
+/// (and the second would replace the first's programs): the directory is
+/// locked for the agent's lifetime. bpffs holds no regular files, but
+/// `flock` works on the directory itself; the kernel drops the lock when the
+/// process ends, however it ends.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir).with_context(|| format!("opening pin directory {}", dir.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            anyhow::bail!(
+                "another flowlog agent is running with pin directory {}: stop it first, or give this one its own --pin-dir",
+                dir.display()
+            );
+        }
+        return Err(anyhow::Error::new(e).context(format!("locking pin directory {}", dir.display())));
+    }
+    Ok(f)
 }
 
 /// Removes link pins of interfaces that are gone.
@@ -641,11 +669,6 @@ fn prune_link_pins(dir: &Path) {
 fn verifier(e: ProgramError) -> anyhow::Error {
     // The verifier log is in the error's Display; keep all of it.
     anyhow::anyhow!("the kernel rejected flowlog's eBPF program: {e:#}")
-}
-
-/// Does the interface still exist with the same index?
-pub fn still_present(link: &LinkInfo) -> bool {
-    crate::capture::links::read_link(&link.name).is_some_and(|l| l.ifindex == link.ifindex)
 }
 
 #[cfg(test)]

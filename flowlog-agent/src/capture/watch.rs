@@ -21,6 +21,8 @@ pub enum LinkEvent {
     /// A link was created or changed (name, up/down).
     Changed(LinkInfo),
     Removed { ifindex: u32, name: String },
+    /// The kernel dropped notifications (ENOBUFS): list the links again.
+    Overrun,
 }
 
 fn link_info(m: &LinkMessage) -> Option<LinkInfo> {
@@ -75,9 +77,14 @@ pub fn spawn() -> io::Result<mpsc::UnboundedReceiver<LinkEvent>> {
                         }
                     }
                 }
-                // ENOBUFS: we fell behind and missed events; the agent's
-                // periodic check of attached interfaces still catches removals.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => tracing::warn!("missed link notifications (ENOBUFS)"),
+                // ENOBUFS: we fell behind and missed events; the agent lists
+                // the links again (it also does every window).
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!("missed link notifications (ENOBUFS): listing the interfaces again");
+                    if tx.send(LinkEvent::Overrun).is_err() {
+                        return;
+                    }
+                }
                 Err(e) => {
                     tracing::error!("link notifications stopped: {e}");
                     return;

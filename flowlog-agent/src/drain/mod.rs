@@ -111,13 +111,26 @@ impl FlowTables {
     /// agent (pinned), it goes on in the generation and window that agent
     /// left.
     pub fn new(ebpf: &mut Ebpf, batch: usize) -> Result<Self> {
-        let generation: Array<MapData, u32> = take(ebpf, maps::GENERATION)?;
+        let mut generation: Array<MapData, u32> = take(ebpf, maps::GENERATION)?;
         let current = generation.get(&0, 0).context("reading the generation")? & 1;
         let last_flip = generation.get(&1, 0).context("reading the generation")? as u64;
         let now = clock::unix_ns();
         let window_start_unix_ns = if last_flip > 0 && last_flip * NS <= now { last_flip * NS } else { now };
         let barrier = sys::RcuBarrier::new(generation.map().fd().as_fd())
             .context("creating the ARRAY_OF_MAPS used to wait for running programs")?;
+        // A previous agent may have died in the middle of a flip: with the
+        // drop program's grace still set, or with programs that read the old
+        // generation still running. Clear the grace, then wait for every
+        // running program, before anything is read.
+        let grace = generation.get(&GENERATION_GRACE, 0).context("reading the generation")?;
+        if grace != 0 {
+            tracing::warn!("a previous agent stopped in the middle of a window flip: finishing it");
+            generation.set(GENERATION_GRACE, 0, 0).context("resetting the flip state")?;
+        }
+        if generation.get(&0, 0).context("reading the generation")? > 1 {
+            generation.set(0, current, 0).context("resetting the generation")?;
+        }
+        barrier.wait().context("waiting for running programs (synchronize_rcu)")?;
         Ok(FlowTables {
             flows: [take(ebpf, maps::FLOWS_0)?, take(ebpf, maps::FLOWS_1)?],
             fails: [take(ebpf, maps::FAILS_0)?, take(ebpf, maps::FAILS_1)?],

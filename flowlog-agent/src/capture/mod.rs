@@ -26,7 +26,7 @@ use aya::{
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcAttachType},
-        xdp::{XdpLink, XdpLinkId},
+        xdp::XdpLink,
         BtfTracePoint, ProgramError, SchedClassifier, Xdp, XdpMode,
     },
     maps::{lpm_trie::{Key, LpmTrie}, Array, HashMap as AyaHashMap, MapData},
@@ -70,9 +70,12 @@ pub enum IngressHook {
     /// across the veth). TC keeps veth's normal path.
     #[default]
     Auto,
-    /// XDP wherever the interface takes it (veths included): earliest,
+    /// XDP wherever the driver has it natively (veths included): earliest,
     /// before GRO. TC where XDP is refused (e.g. an MTU above what the
-    /// driver's XDP takes, such as 9001 on EC2 ENA interfaces).
+    /// driver's XDP takes, such as 9001 on EC2 ENA interfaces) and on
+    /// devices without native XDP (vlan, bond, bridge, macvlan, vxlan,
+    /// dummy...): generic XDP would run after GRO and count a merged packet
+    /// as one.
     Xdp,
     /// TC only.
     Tc,
@@ -203,8 +206,7 @@ fn fill_filters(ebpf: &mut Ebpf, f: &KernelFilters) -> Result<()> {
 enum Hold {
     Pinned(PinnedLink),
     Owned(FdLink),
-    /// Kernels without BPF links for this hook: aya holds it.
-    Xdp(XdpLinkId),
+    /// A netlink TC filter (no TCX before 6.6): aya holds its place.
     Tc(&'static str, SchedClassifierLinkId),
 }
 
@@ -434,19 +436,20 @@ impl Capture {
         // A pinned link of an interface that was deleted is defunct: attach anew.
         let id = match reused.map(|old| ingress.attach_to_link(old)) {
             Some(Ok(id)) => id,
-            _ => ingress.attach_to_if_index(link.ifindex, XdpMode::Default).map_err(|e| {
+            // Native (driver) mode only, never the generic fallback.
+            _ => ingress.attach_to_if_index(link.ifindex, XdpMode::Driver).map_err(|e| {
                 anyhow::Error::new(e).context(format!(
-                    "attaching XDP to {} (another XDP program there, or an MTU its XDP support refuses? `ip link show {}` shows both; \
-                     --ingress-hook tc counts ingress at TC instead)",
+                    "attaching XDP to {} (no native XDP in its driver, another XDP program there, or an MTU its XDP support \
+                     refuses? `ip link show {}` shows the last two; --ingress-hook tc counts ingress at TC instead)",
                     link.name, link.name
                 ))
             })?,
         };
-        Ok(match ingress.take_link(id).map(FdLink::try_from) {
-            Ok(Ok(fd)) => hold(fd, pin)?,
-            // Netlink-attached (old kernel): leave it to aya, nothing to pin.
-            _ => Hold::Xdp(ingress.attach_to_if_index(link.ifindex, XdpMode::Default)?),
-        })
+        // XDP links exist since Linux 5.9, below the supported range; never
+        // attach a second time (that is how kernels got two copies of a hook).
+        let fd = FdLink::try_from(ingress.take_link(id)?)
+            .map_err(|e| anyhow::anyhow!("XDP on {} is not a BPF link (Linux 5.9 and later have them): {e}", link.name))?;
+        hold(fd, pin)
     }
 
     fn attach_tc(&mut self, program: &'static str, link: &LinkInfo, kind: TcAttachType, pin: Option<&Path>) -> Result<Hold> {
@@ -537,11 +540,6 @@ fn release(h: Hold, ebpf: &mut Ebpf) {
         // Dropping the last fd of an unpinned link detaches it.
         Hold::Pinned(p) => drop(p.unpin()),
         Hold::Owned(fd) => drop(fd),
-        Hold::Xdp(id) => {
-            if let Ok(p) = <&mut Xdp>::try_from(ebpf.program_mut(INGRESS_PROGRAM).unwrap()) {
-                let _ = p.detach(id);
-            }
-        }
         Hold::Tc(program, id) => {
             if let Ok(p) = <&mut SchedClassifier>::try_from(ebpf.program_mut(program).unwrap()) {
                 let _ = p.detach(id);

@@ -31,7 +31,7 @@ use aya_ebpf::{
     Global,
 };
 use flowlog_common::{
-    counters, direction, family, DropConfig, DropIface, FlowKey, FlowStats, RejectKey, GENERATION_GRACE,
+    counters, direction, family, DropConfig, DropIface, FlowKey, FlowStats, RejectKey, TcpFlagsSeen, GENERATION_GRACE,
 };
 
 use crate::{
@@ -240,7 +240,7 @@ fn ipv4(base: usize, linear: u64, l3_len: u64) -> Option<Packet> {
         dst_port: 0,
         protocol: ip[9],
         family: family::IPV4,
-        tcp_flags: 0,
+        tcp_flags: TcpFlagsSeen::NONE,
         ip_len: tot_len as u32,
         hdr_len: ihl as u32,
     };
@@ -271,7 +271,7 @@ fn ipv6(base: usize, linear: u64, l3_len: u64) -> Option<Packet> {
         dst_port: 0,
         protocol: 0,
         family: family::IPV6,
-        tcp_flags: 0,
+        tcp_flags: TcpFlagsSeen::NONE,
         ip_len: ip_len as u32,
         hdr_len: 40,
     };
@@ -331,12 +331,7 @@ fn l4(base: usize, linear: u64, off: u64, l4_len: u64, pkt: &mut Packet) -> Opti
             if doff < 20 || doff > l4_len {
                 return None;
             }
-            let flags = t[13];
-            let mut v = flags as u32;
-            if flags & 0x12 == 0x12 {
-                v |= flowlog_common::TCP_SYN_ACK_SEEN;
-            }
-            pkt.tcp_flags = v;
+            pkt.tcp_flags = TcpFlagsSeen::of_packet(t[13]);
             pkt.hdr_len = (off + doff) as u32;
         }
         IPPROTO_UDP => {

@@ -11,6 +11,7 @@
 
 pub mod btf;
 pub mod links;
+pub mod probe;
 pub mod reject;
 pub mod watch;
 
@@ -36,6 +37,7 @@ use ipnet::IpNet;
 
 use crate::drain::FlowTables;
 use links::LinkInfo;
+use probe::KernelFeatures;
 use reject::DropSetup;
 
 /// The kernel programs, built from `flowlog-ebpf` by build.rs.
@@ -212,6 +214,7 @@ pub struct Capture {
     ingress_hook: IngressHook,
     /// The drop program (REJECT), when enabled: its link and namespace.
     drops: Option<(Hold, u32)>,
+    features: KernelFeatures,
 }
 
 /// Capabilities the agent needs, by bit number (linux/capability.h).
@@ -253,7 +256,7 @@ fn explain_load(e: aya::EbpfError) -> anyhow::Error {
         anyhow::anyhow!("loading the eBPF programs was refused ({text}): {FIX_PRIVS}")
     } else if lower.contains("function not implemented") || lower.contains("invalid argument") && lower.contains("map") {
         anyhow::anyhow!(
-            "this kernel cannot create the eBPF maps ({text}). flowlog needs Linux ≥ 5.12 built with \
+            "this kernel cannot create the eBPF maps ({text}). flowlog needs Linux ≥ 5.10 built with \
              CONFIG_BPF_SYSCALL and CONFIG_NET_CLS_BPF (BTF is not required); \
              check `zgrep BPF /proc/config.gz` or /boot/config-$(uname -r)"
         )
@@ -281,14 +284,18 @@ impl Capture {
         // SAFETY: plain setrlimit with a valid struct.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
+        let features = probe::detect()?;
+        probe::log(&features, drops.is_some());
         let pin_dir = pin_root.map(|r| prepare_pin_dir(r, max_flows)).transpose()?;
         let mut loader = EbpfLoader::new();
         let filter_bits = filters.bits();
+        let coarse_clock = u32::from(features.coarse_clock);
         loader
             .map_max_entries(maps::FLOWS_0, max_flows)
             .map_max_entries(maps::FLOWS_1, max_flows)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
-            .override_global(globals::FILTERS, &filter_bits, true);
+            .override_global(globals::FILTERS, &filter_bits, true)
+            .override_global(globals::COARSE_CLOCK, &coarse_clock, true);
         loader.map_max_entries(maps::REJECTS_0, max_flows).map_max_entries(maps::REJECTS_1, max_flows);
         if let Some(d) = drops {
             loader.override_global("DROP_CONFIG", &d.config, true);
@@ -309,7 +316,7 @@ impl Capture {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).context("no TC program")?.try_into()?;
             tc.load().map_err(verifier)?;
         }
-        let mut capture = Capture { ebpf, attached: BTreeMap::new(), pin_dir, ingress_hook: IngressHook::Auto, drops: None };
+        let mut capture = Capture { ebpf, attached: BTreeMap::new(), pin_dir, ingress_hook: IngressHook::Auto, drops: None, features };
         if let Some(d) = drops {
             capture.attach_drops(d)?;
         }
@@ -346,6 +353,11 @@ impl Capture {
     fn drop_ifaces(&mut self) -> Option<aya::maps::HashMap<&mut aya::maps::MapData, flowlog_common::DropIface, u32>> {
         self.drops.as_ref()?;
         aya::maps::HashMap::try_from(self.ebpf.map_mut(maps::DROP_IFACES)?).ok()
+    }
+
+    /// What [`probe::detect`] found on this kernel.
+    pub fn features(&self) -> KernelFeatures {
+        self.features
     }
 
     pub fn set_ingress_hook(&mut self, hook: IngressHook) {
@@ -413,7 +425,7 @@ impl Capture {
     }
 
     fn attach_xdp(&mut self, link: &LinkInfo, pin: Option<&Path>) -> Result<Hold> {
-        let ingress: &mut Xdp = self.ebpf.program_mut(INGRESS_PROGRAM).unwrap().try_into()?;
+        let ingress: &mut Xdp = self.ebpf.program_mut(INGRESS_PROGRAM).context("no XDP program")?.try_into()?;
         let reused = pin.and_then(reuse).and_then(|fd| XdpLink::try_from(fd).ok());
         // A pinned link of an interface that was deleted is defunct: attach anew.
         let id = match reused.map(|old| ingress.attach_to_link(old)) {
@@ -434,14 +446,13 @@ impl Capture {
     }
 
     fn attach_tc(&mut self, program: &'static str, link: &LinkInfo, kind: TcAttachType, pin: Option<&Path>) -> Result<Hold> {
-        let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        if !tcx {
+        if !self.features.tcx {
             // Before TCX, TC programs hang off a clsact qdisc.
             if let Err(e) = tc::qdisc_add_clsact(&link.name) {
                 tracing::debug!(iface = %link.name, "clsact: {e}");
             }
         }
-        let prog: &mut SchedClassifier = self.ebpf.program_mut(program).unwrap().try_into()?;
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(program).context("no TC program")?.try_into()?;
         let reused = pin.and_then(reuse).and_then(|fd| SchedClassifierLink::try_from(fd).ok());
         let id = match reused.map(|old| prog.attach_to_link(old)) {
             Some(Ok(id)) => id,
@@ -522,12 +533,12 @@ fn release(h: Hold, ebpf: &mut Ebpf) {
         Hold::Pinned(p) => drop(p.unpin()),
         Hold::Owned(fd) => drop(fd),
         Hold::Xdp(id) => {
-            if let Ok(p) = <&mut Xdp>::try_from(ebpf.program_mut(INGRESS_PROGRAM).unwrap()) {
+            if let Some(Ok(p)) = ebpf.program_mut(INGRESS_PROGRAM).map(<&mut Xdp>::try_from) {
                 let _ = p.detach(id);
             }
         }
         Hold::Tc(program, id) => {
-            if let Ok(p) = <&mut SchedClassifier>::try_from(ebpf.program_mut(program).unwrap()) {
+            if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut SchedClassifier>::try_from) {
                 let _ = p.detach(id);
             }
         }

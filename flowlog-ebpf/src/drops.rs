@@ -17,6 +17,12 @@
 //!   before TC egress, so a dropped outgoing packet was never counted: it is
 //!   only added to REJECT.
 //!
+//! Unlike the capture programs this one uses fetch-add (5.12 on x86-64, 5.18
+//! in the arm64 JIT). It is only loaded where `kfree_skb` has drop reasons
+//! (5.17, checked in the agent's BTF before load), so x86-64 always has it;
+//! only an arm64 5.17 kernel would refuse it. The capture programs are
+//! separate programs of the same object: their load never sees this code.
+//!
 //! The program reads `struct sk_buff` with `bpf_probe_read_kernel` at offsets
 //! the agent found in the kernel's BTF (`DROP_CONFIG`); it never writes to
 //! the packet and returns 0.

@@ -321,8 +321,9 @@ fn account<K>(
 
 /// Adds to an entry other CPUs may update at the same time. Only the plain
 /// atomic add (no BPF_FETCH: the result is unused and the ordering relaxed,
-/// so LLVM emits `lock +=`), which kernels before 5.12 (x86-64) and arm64
-/// JITs before 5.18 accept; the flags take plain byte stores.
+/// so LLVM emits `lock +=`): kernels before 5.12 on x86-64 take no other
+/// atomic, and the arm64 JIT none before 5.18, so the same code covers arm64
+/// kernels 5.10-5.17 (not run in CI: no arm64 machine). Flags: byte stores.
 #[inline(always)]
 unsafe fn add(v: *mut FlowStats, packets: u64, bytes: u64, flags: TcpFlagsSeen, now: u64) {
     unsafe {

@@ -1045,7 +1045,7 @@ fn programs_attached_before_the_agent_cannot_hide_traffic() {
         let mut ebpf = aya::EbpfLoader::new().load(BENCH_OBJECT).expect("benchmark object (not built with FLOWLOG_EBPF_OBJECT?)");
         let stop: &mut SchedClassifier = ebpf.program_mut("bench_tc_stop").unwrap().try_into().unwrap();
         stop.load().unwrap();
-        if !flowlog_agent::capture::tcx_supported() {
+        if !flowlog_agent::capture::probe::tcx_available() {
             let _ = aya::programs::tc::qdisc_add_clsact(&ifname);
         }
         stop.attach(&ifname, TcAttachType::Ingress).unwrap();

@@ -11,7 +11,8 @@ use flowlog_agent::{
     capture::{Capture, KernelFilters, EGRESS_PROGRAM, INGRESS_PROGRAM},
     drain::{Drained, FlowTables},
 };
-use flowlog_common::{direction, family, FlowKey, InsertFailures, TCP_SYN_ACK_SEEN};
+use flowlog_agent::enrich::aws_tcp_flags;
+use flowlog_common::{direction, family, FlowKey, InsertFailures, TcpFlagsSeen};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: TCX "next"
@@ -102,15 +103,15 @@ fn v6key(src: &str, dst: &str, sport: u16, dport: u16, proto: u8, dir: u8) -> Fl
     }
 }
 
-/// (key, packets, bytes, raw tcp flags) of every entry, sorted.
-fn entries(d: &Drained) -> Vec<(FlowKey, u64, u64, u32)> {
-    let mut v: Vec<_> = d.flows.iter().map(|(k, s)| (*k, s.packets, s.bytes, s.tcp_flags)).collect();
+/// (key, packets, bytes, AWS `tcp-flags` value) of every entry, sorted.
+fn entries(d: &Drained) -> Vec<(FlowKey, u64, u64, u8)> {
+    let mut v: Vec<_> = d.flows.iter().map(|(k, s)| (*k, s.packets, s.bytes, aws_tcp_flags(&s.tcp_flags))).collect();
     v.sort();
     v
 }
 
 /// The same packet seen once at ingress and once at egress.
-fn expect_both(d: &Drained, k: FlowKey, packets: u64, bytes: u64, flags: u32) {
+fn expect_both(d: &Drained, k: FlowKey, packets: u64, bytes: u64, flags: u8) {
     let ing = FlowKey { direction: direction::INGRESS, ..k };
     let eg = FlowKey { direction: direction::EGRESS, ..k };
     let mut want = vec![(ing, packets, bytes, flags), (eg, packets, bytes, flags)];
@@ -151,7 +152,7 @@ fn ipv6_tcp_udp_icmpv6() {
     let ip = V6::new(A6, B6);
 
     k.both(&frame_v6(&[], &ip, &L4::Tcp { sport: 1234, dport: 22, flags: 0x12, options: 0, payload: 10 }));
-    expect_both(&k.drain(), v6key(A6, B6, 1234, 22, TCP, 0), 1, 70, 0x12 | TCP_SYN_ACK_SEEN);
+    expect_both(&k.drain(), v6key(A6, B6, 1234, 22, TCP, 0), 1, 70, 18);
 
     k.both(&frame_v6(&[], &ip, &L4::Udp { sport: 7, dport: 9, payload: 0 }));
     expect_both(&k.drain(), v6key(A6, B6, 7, 9, UDP, 0), 1, 48, 0);
@@ -310,12 +311,12 @@ fn packets_of_one_flow_aggregate_and_flags_or() {
     let mut k = Kernel::load(1024);
     let ip = V4::new(A4, B4);
     let seg = |flags, payload| frame_v4(&[], &ip, &L4::Tcp { sport: 999, dport: 80, flags, options: 0, payload });
-    // SYN, ACK, PSH+ACK with 100 bytes, FIN+ACK: OR = 0x1b, no SYN-ACK packet.
+    // SYN, ACK, PSH+ACK with 100 bytes, FIN+ACK: SYN and FIN, no SYN-ACK packet.
     for (flags, payload) in [(0x02, 0), (0x10, 0), (0x18, 100), (0x11, 0)] {
         assert_eq!(k.xdp(&seg(flags, payload)), XDP_PASS);
     }
     let d = k.drain();
-    assert_eq!(entries(&d), [(v4key(A4, B4, 999, 80, TCP, direction::INGRESS), 4, 40 * 4 + 100, 0x1b)]);
+    assert_eq!(entries(&d), [(v4key(A4, B4, 999, 80, TCP, direction::INGRESS), 4, 40 * 4 + 100, 0x03)]);
     let s = d.flows[0].1;
     assert!(s.first_seen_ns <= s.last_seen_ns && s.first_seen_ns > 0);
 
@@ -323,7 +324,7 @@ fn packets_of_one_flow_aggregate_and_flags_or() {
     let f = seg(0x10, 1000);
     let p: &mut Xdp = k.capture.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap().try_into().unwrap();
     p.test_run(TestRunOptions { data_in: Some(&f), repeat: 1000, ..TestRunOptions::new() }).unwrap();
-    assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 999, 80, TCP, direction::INGRESS), 1000, 1040 * 1000, 0x10)]);
+    assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 999, 80, TCP, direction::INGRESS), 1000, 1040 * 1000, 0)]);
 }
 
 #[test]
@@ -340,7 +341,7 @@ fn gso_super_packets_count_as_wire_segments() {
     // gso_segs 0 (not computed yet): derived from gso_size.
     assert_eq!(k.tc(&f, Some((0, 1000))), TC_ACT_UNSPEC);
     let one = 3052u64 + 2 * 52;
-    assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 5, 6, TCP, direction::EGRESS), 6, 2 * one, 0x18)]);
+    assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 5, 6, TCP, direction::EGRESS), 6, 2 * one, 0)]);
 
     // UDP GSO over IPv6: 3 datagrams of up to 1400 bytes.
     let f = frame_v6(&[], &V6::new(A6, B6), &L4::Udp { sport: 7, dport: 8, payload: 3000 });
@@ -530,4 +531,136 @@ fn tc_ingress_program_counts_ingress() {
     let r = p.test_run(TestRunOptions { data_in: Some(&f), ..TestRunOptions::new() }).unwrap();
     assert_eq!(r.return_value, TC_ACT_UNSPEC);
     assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 7, 8, TCP, direction::INGRESS), 1, 40, 0x02)]);
+}
+
+/// Every raw TCP flags byte, as one packet through XDP and TC: the entry
+/// holds exactly FIN, SYN, RST and SYN-ACK of that byte. Then every subset
+/// of {FIN, SYN, RST, SYN-ACK} packets after a plain ACK (so each flag is
+/// set on an existing entry, not by its insert): all of them, nothing more.
+#[test]
+fn every_tcp_flag_combination_survives() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let ip = V4::new(A4, B4);
+    let seg = |sport: u16, flags: u8| frame_v4(&[], &ip, &L4::Tcp { sport, dport: 80, flags, options: 0, payload: 0 });
+    for raw in 0..=255u8 {
+        k.both(&seg(1000 + u16::from(raw), raw));
+    }
+    let d = k.drain();
+    assert_eq!(d.flows.len(), 512);
+    for (key, s) in &d.flows {
+        let raw = (key.src_port - 1000) as u8;
+        let want = TcpFlagsSeen { fin: raw & 1, syn: (raw >> 1) & 1, rst: (raw >> 2) & 1, syn_ack: u8::from(raw & 0x12 == 0x12) };
+        assert_eq!((s.packets, s.tcp_flags, s._pad), (1, want, 0), "flags {raw:#04x}, {key:?}");
+    }
+
+    const PACKETS: [(u8, u8); 4] = [(0x11, 0x01), (0x02, 0x02), (0x14, 0x04), (0x12, 0x12)]; // (raw, AWS value)
+    for subset in 0..16u16 {
+        k.both(&seg(2000 + subset, 0x10));
+        for (i, (raw, _)) in PACKETS.iter().enumerate() {
+            if subset & (1 << i) != 0 {
+                k.both(&seg(2000 + subset, *raw));
+            }
+        }
+    }
+    let d = k.drain();
+    assert_eq!(d.flows.len(), 32);
+    for (key, s) in &d.flows {
+        let subset = key.src_port - 2000;
+        let want = PACKETS.iter().enumerate().filter(|(i, _)| subset & (1 << i) != 0).fold(0, |a, (_, (_, aws))| a | aws);
+        assert_eq!(aws_tcp_flags(&s.tcp_flags), want, "subset {subset:#06b}, {key:?}");
+        assert_eq!(s.packets, 1 + u64::from(subset.count_ones()));
+    }
+}
+
+/// CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: zeroed cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return vec![0];
+    }
+    (0..libc::CPU_SETSIZE as usize).filter(|c| unsafe { libc::CPU_ISSET(*c, &set) }).collect()
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: as above, for one CPU of the allowed set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU {cpu}");
+    }
+}
+
+/// Threads pinned to every CPU run the XDP and the TC ingress program at the
+/// same time (BPF_PROG_TEST_RUN with repeat) on one flow, each thread with
+/// another TCP flag: the entry is created by racing inserts, and its totals
+/// are exact (plain atomic add) with every flag present (byte stores).
+#[test]
+fn concurrent_updates_are_exact() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load(1024);
+    let cpus = allowed_cpus();
+    let threads = (2 * cpus.len()).max(4);
+    const REPEAT: u32 = 20_000;
+    // FIN+ACK, SYN, RST+ACK, SYN+ACK; the same length, so the same bytes.
+    let flags = [0x11u8, 0x02, 0x14, 0x12];
+    let frames: Vec<Vec<u8>> = (0..threads)
+        .map(|i| frame_v4(&[], &V4::new(A4, B4), &L4::Tcp { sport: 4000, dport: 80, flags: flags[i % 4], options: 0, payload: 10 }))
+        .collect();
+    let ebpf = k.capture.ebpf_mut();
+    let xdp: &Xdp = ebpf.program(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+    let tc: &SchedClassifier = ebpf.program(flowlog_agent::capture::INGRESS_TC_PROGRAM).unwrap().try_into().unwrap();
+    let start = std::sync::Barrier::new(threads);
+    std::thread::scope(|s| {
+        for (i, frame) in frames.iter().enumerate() {
+            let (cpu, start) = (cpus[i % cpus.len()], &start);
+            s.spawn(move || {
+                pin_to_cpu(cpu);
+                start.wait();
+                let opts = TestRunOptions { data_in: Some(frame), repeat: REPEAT, ..TestRunOptions::new() };
+                // Both programs count ingress on lo: the same entry.
+                let r = if i % 2 == 0 { xdp.test_run(opts).map(|r| r.return_value) } else { tc.test_run(opts).map(|r| r.return_value) };
+                assert_eq!(r.expect("test_run"), if i % 2 == 0 { XDP_PASS } else { TC_ACT_UNSPEC });
+            });
+        }
+    });
+    let d = k.drain();
+    let total = threads as u64 * u64::from(REPEAT);
+    assert_eq!(entries(&d), [(v4key(A4, B4, 4000, 80, TCP, direction::INGRESS), total, 50 * total, 0x17)], "{threads} threads on CPUs {cpus:?}");
+    assert_eq!(d.flows[0].1.tcp_flags, TcpFlagsSeen { fin: 1, syn: 1, rst: 1, syn_ack: 1 });
+    assert!(d.fails.is_empty() && d.unattributed_failures == 0);
+}
+
+/// The startup probe finds what this kernel has, and the programs loaded
+/// with it (the other tests) read a clock consistent with CLOCK_MONOTONIC.
+#[test]
+fn kernel_features_and_clock() {
+    if !require_root() {
+        return;
+    }
+    let f = flowlog_agent::capture::probe::detect().expect("probe");
+    let v = aya::util::KernelVersion::current().unwrap();
+    assert_eq!(f.coarse_clock, v >= aya::util::KernelVersion::new(5, 11, 0), "{v:?}");
+    assert_eq!(f.tcx, v >= aya::util::KernelVersion::new(6, 6, 0));
+    let mut k = Kernel::load(64);
+    assert_eq!(k.capture.features(), f);
+    let mono = || {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid clock id and out pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    let before = mono();
+    k.both(&frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 1, dport: 2, payload: 0 }));
+    let after = mono();
+    let d = k.drain();
+    for (_, s) in &d.flows {
+        // The coarse clock lags by up to a tick (at most 10 ms at HZ=100).
+        assert!(s.first_seen_ns + 10_000_000 >= before && s.last_seen_ns <= after, "{before} {s:?} {after}");
+    }
 }

@@ -4,12 +4,12 @@
 //! layout of a map key is the same on both sides and never contains
 //! uninitialised padding: the kernel hashes every byte of a key, so a stray
 //! byte would split one flow into several entries.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Version of the map layout (names, key and value types, sizes). Pinned
 /// maps of another version are not reused: an agent of a new layout starts
 /// clean and says so. Bump on every incompatible change.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Map names, as they appear in the eBPF object.
 pub mod maps {
@@ -53,6 +53,12 @@ pub mod globals {
     pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
     /// `u32`: bits of [`super::filters`] that are on.
     pub const FILTERS: &str = "FILTERS";
+    /// `u32`: 1 where the kernel has `bpf_ktime_get_coarse_ns` (5.11), else
+    /// 0 and the programs read `bpf_ktime_get_ns`. Both are CLOCK_MONOTONIC.
+    /// The verifier follows only the branch of the frozen value, and a
+    /// privileged load removes the other before it resolves helpers, so an
+    /// older kernel never sees the helper it lacks.
+    pub const COARSE_CLOCK: &str = "COARSE_CLOCK";
 }
 
 /// Filter bits and map values.
@@ -112,12 +118,6 @@ pub mod family {
     pub const IPV6: u8 = 6;
 }
 
-/// Extra bit in [`FlowStats::tcp_flags`], above the 8 raw TCP flag bits: set
-/// when one packet carried SYN and ACK together. AWS reports SYN-ACK (18) only
-/// for such packets, which an OR of raw flags over the window cannot tell apart
-/// from a SYN followed by a plain ACK.
-pub const TCP_SYN_ACK_SEEN: u32 = 1 << 8;
-
 /// One flow, per interface and direction. 44 bytes, no implicit padding.
 ///
 /// IPv4 addresses occupy the first 4 bytes of the address arrays; the other
@@ -138,10 +138,57 @@ pub struct FlowKey {
     pub _pad: u8,
 }
 
+/// The TCP flags AWS reports in `tcp-flags` (FIN 1, SYN 2, RST 4, SYN-ACK
+/// 18), seen in a window: one byte each, 0 or 1.
+///
+/// Bytes, not bits of one word: several CPUs update the same entry, and
+/// setting a bit without losing a concurrent one needs an atomic OR, which
+/// kernels before 5.12 (x86-64) or 5.18 (arm64 JIT) refuse. A program sets a
+/// byte with a plain one-byte store of 1 when it reads 0; racing stores all
+/// write the same value, so no flag is ever lost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlagsSeen {
+    pub fin: u8,
+    pub syn: u8,
+    pub rst: u8,
+    /// One packet carried SYN and ACK together. AWS reports SYN-ACK only for
+    /// such packets, not for a SYN followed by a plain ACK.
+    pub syn_ack: u8,
+}
+
+impl TcpFlagsSeen {
+    pub const NONE: TcpFlagsSeen = TcpFlagsSeen { fin: 0, syn: 0, rst: 0, syn_ack: 0 };
+
+    /// The flags of one packet, from the raw TCP flags byte.
+    pub const fn of_packet(flags: u8) -> TcpFlagsSeen {
+        TcpFlagsSeen {
+            fin: flags & 0x01,
+            syn: (flags >> 1) & 1,
+            rst: (flags >> 2) & 1,
+            syn_ack: (flags & 0x12 == 0x12) as u8,
+        }
+    }
+
+    pub const fn any(&self) -> bool {
+        self.fin | self.syn | self.rst | self.syn_ack != 0
+    }
+
+    pub fn absorb(&mut self, o: &TcpFlagsSeen) {
+        self.fin |= o.fin;
+        self.syn |= o.syn;
+        self.rst |= o.rst;
+        self.syn_ack |= o.syn_ack;
+    }
+}
+
 /// Counters of one flow in one aggregation window. 40 bytes.
 ///
-/// `packets`, `bytes` and `tcp_flags` are updated with atomic instructions
-/// because the map is shared by all CPUs.
+/// The map is shared by all CPUs. `packets` and `bytes` only ever get the
+/// plain atomic add (BPF_ATOMIC | BPF_ADD without BPF_FETCH, once called
+/// BPF_XADD): the only atomic instruction every supported kernel accepts
+/// (atomic OR and every fetch variant arrived in 5.12 on x86-64 and 5.18 in
+/// the arm64 JIT). The flags need no atomic at all (see [`TcpFlagsSeen`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -149,12 +196,13 @@ pub struct FlowStats {
     pub packets: u64,
     /// Bytes at the IP layer (IP header included, link header excluded).
     pub bytes: u64,
-    /// CLOCK_MONOTONIC (coarse) time of the first packet in the window.
+    /// CLOCK_MONOTONIC time of the first packet in the window (the coarse
+    /// clock where the kernel has it, see [`globals::COARSE_CLOCK`]).
     pub first_seen_ns: u64,
-    /// CLOCK_MONOTONIC (coarse) time of the last packet in the window.
+    /// CLOCK_MONOTONIC time of the last packet in the window.
     pub last_seen_ns: u64,
-    /// OR of the raw TCP flags byte, plus [`TCP_SYN_ACK_SEEN`].
-    pub tcp_flags: u32,
+    pub tcp_flags: TcpFlagsSeen,
+    /// Zero: keeps the size a multiple of 8 without implicit padding.
     pub _pad: u32,
 }
 
@@ -166,7 +214,7 @@ impl FlowStats {
         self.bytes += o.bytes;
         self.first_seen_ns = self.first_seen_ns.min(o.first_seen_ns);
         self.last_seen_ns = self.last_seen_ns.max(o.last_seen_ns);
-        self.tcp_flags |= o.tcp_flags;
+        self.tcp_flags.absorb(&o.tcp_flags);
     }
 }
 
@@ -246,6 +294,7 @@ impl DropConfig {
 
 // The layout is part of the kernel/user contract: fail the build if it moves.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
+const _: () = assert!(core::mem::size_of::<TcpFlagsSeen>() == 4);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<InsertFailures>() == 16);
 const _: () = assert!(core::mem::size_of::<RejectKey>() == 48);
@@ -256,8 +305,37 @@ mod pod {
     // SAFETY: plain #[repr(C)] data without implicit padding (asserted above).
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::TcpFlagsSeen {}
     unsafe impl aya::Pod for super::InsertFailures {}
     unsafe impl aya::Pod for super::RejectKey {}
     unsafe impl aya::Pod for super::DropIface {}
     unsafe impl aya::Pod for super::DropConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_of_a_packet() {
+        let s = |fin, syn, rst, syn_ack| TcpFlagsSeen { fin, syn, rst, syn_ack };
+        assert_eq!(TcpFlagsSeen::of_packet(0x10), TcpFlagsSeen::NONE); // ACK
+        assert_eq!(TcpFlagsSeen::of_packet(0x02), s(0, 1, 0, 0));
+        assert_eq!(TcpFlagsSeen::of_packet(0x12), s(0, 1, 0, 1));
+        assert_eq!(TcpFlagsSeen::of_packet(0x11), s(1, 0, 0, 0));
+        assert_eq!(TcpFlagsSeen::of_packet(0x14), s(0, 0, 1, 0));
+        assert_eq!(TcpFlagsSeen::of_packet(0xff), s(1, 1, 1, 1));
+        assert!(!TcpFlagsSeen::of_packet(0x18).any());
+    }
+
+    #[test]
+    fn absorb_adds_counts_and_joins_flags() {
+        let a = FlowStats { packets: 2, bytes: 100, first_seen_ns: 5, last_seen_ns: 9, tcp_flags: TcpFlagsSeen::of_packet(0x02), _pad: 0 };
+        let b = FlowStats { packets: 3, bytes: 50, first_seen_ns: 3, last_seen_ns: 7, tcp_flags: TcpFlagsSeen::of_packet(0x11), _pad: 0 };
+        let mut m = a;
+        m.absorb(&b);
+        assert_eq!((m.packets, m.bytes, m.first_seen_ns, m.last_seen_ns), (5, 150, 3, 9));
+        assert_eq!(m.tcp_flags, TcpFlagsSeen { fin: 1, syn: 1, rst: 0, syn_ack: 0 });
+        assert_eq!(m._pad, 0);
+    }
 }

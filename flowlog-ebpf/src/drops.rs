@@ -17,6 +17,12 @@
 //!   before TC egress, so a dropped outgoing packet was never counted: it is
 //!   only added to REJECT.
 //!
+//! Unlike the capture programs this one uses fetch-add (5.12 on x86-64, 5.18
+//! in the arm64 JIT). It is only loaded where `kfree_skb` has drop reasons
+//! (5.17, checked in the agent's BTF before load), so x86-64 always has it;
+//! only an arm64 5.17 kernel would refuse it. The capture programs are
+//! separate programs of the same object: their load never sees this code.
+//!
 //! The program reads `struct sk_buff` with `bpf_probe_read_kernel` at offsets
 //! the agent found in the kernel's BTF (`DROP_CONFIG`); it never writes to
 //! the packet and returns 0.
@@ -31,7 +37,7 @@ use aya_ebpf::{
     Global,
 };
 use flowlog_common::{
-    counters, direction, family, DropConfig, DropIface, FlowKey, FlowStats, RejectKey, GENERATION_GRACE,
+    counters, direction, family, DropConfig, DropIface, FlowKey, FlowStats, RejectKey, TcpFlagsSeen, GENERATION_GRACE,
 };
 
 use crate::{
@@ -240,7 +246,7 @@ fn ipv4(base: usize, linear: u64, l3_len: u64) -> Option<Packet> {
         dst_port: 0,
         protocol: ip[9],
         family: family::IPV4,
-        tcp_flags: 0,
+        tcp_flags: TcpFlagsSeen::NONE,
         ip_len: tot_len as u32,
         hdr_len: ihl as u32,
     };
@@ -271,7 +277,7 @@ fn ipv6(base: usize, linear: u64, l3_len: u64) -> Option<Packet> {
         dst_port: 0,
         protocol: 0,
         family: family::IPV6,
-        tcp_flags: 0,
+        tcp_flags: TcpFlagsSeen::NONE,
         ip_len: ip_len as u32,
         hdr_len: 40,
     };
@@ -331,12 +337,7 @@ fn l4(base: usize, linear: u64, off: u64, l4_len: u64, pkt: &mut Packet) -> Opti
             if doff < 20 || doff > l4_len {
                 return None;
             }
-            let flags = t[13];
-            let mut v = flags as u32;
-            if flags & 0x12 == 0x12 {
-                v |= flowlog_common::TCP_SYN_ACK_SEEN;
-            }
-            pkt.tcp_flags = v;
+            pkt.tcp_flags = TcpFlagsSeen::of_packet(t[13]);
             pkt.hdr_len = (off + doff) as u32;
         }
         IPPROTO_UDP => {

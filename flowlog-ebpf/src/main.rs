@@ -2,8 +2,9 @@
 //! 5-tuple, at XDP (ingress) and TC/TCX (egress).
 //!
 //! Design, in short (details in the agent's `capture` and `drain` modules):
-//! - One shared `BPF_MAP_TYPE_HASH` per generation; counters are updated with
-//!   atomic instructions, never a racy `+=`.
+//! - One shared `BPF_MAP_TYPE_HASH` per generation; packet and byte counts
+//!   are updated with the plain atomic add, never a racy `+=`, and TCP flags
+//!   with one-byte stores that cannot lose a flag (see `FlowStats`).
 //! - The programs read the active generation from `GENERATION` once per packet.
 //!   The agent flips it and then waits for an RCU grace period, after which no
 //!   program can still be writing to the old generation; only then is the old
@@ -15,23 +16,26 @@
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so core's Atomic* types lack
-// fetch_add; the intrinsics lower to the BPF atomic add/or instructions.
+// fetch_add; the intrinsic lowers to the BPF atomic add instruction.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
 mod drops;
 mod parse;
 
-use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
+use core::{
+    intrinsics::{atomic_xadd, AtomicOrdering::Relaxed},
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
-use flowlog_common::{counters, direction, family, filters, FlowKey, FlowStats, InsertFailures};
+use flowlog_common::{counters, direction, family, filters, FlowKey, FlowStats, InsertFailures, TcpFlagsSeen};
 use parse::{Packet, ParseError};
 
 /// Overridden by the agent at load time (`--max-flows`).
@@ -71,6 +75,12 @@ static FILTER_PROTOCOLS: Array<u8> = Array::with_max_entries(256, 0);
 static SAMPLE_RATE: u32 = 0;
 #[unsafe(no_mangle)]
 static FILTERS: u32 = 0;
+/// 1: the kernel has `bpf_ktime_get_coarse_ns` (5.11). 0, the default, works
+/// everywhere. The verifier sees the frozen value and never walks the other
+/// branch; a privileged load deletes it before resolving helper calls, so a
+/// 5.10 kernel never meets the helper it does not know.
+#[unsafe(no_mangle)]
+static COARSE_CLOCK: u32 = 0;
 
 #[xdp]
 pub fn flowlog_ingress(ctx: XdpContext) -> u32 {
@@ -194,6 +204,19 @@ fn admitted(pkt: &Packet) -> bool {
     true
 }
 
+/// CLOCK_MONOTONIC, coarse where the kernel has it: records carry whole
+/// seconds, and the precise boot clock cost ~30 ns per packet against ~4 ns
+/// (BENCHMARKS.md). The coarse clock lags by at most one tick (1-4 ms), which
+/// the agent absorbs by clamping record times into their window.
+#[inline(always)]
+fn now_ns() -> u64 {
+    if unsafe { read_volatile(&COARSE_CLOCK) } != 0 {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
 #[inline(always)]
 fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
     if !admitted(pkt) {
@@ -227,11 +250,8 @@ fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
         None => 0,
     };
     // Read the clock after the generation: the agent notes a window's start
-    // before it flips. CLOCK_MONOTONIC_COARSE, not a precise clock: records
-    // carry whole seconds, and the precise boot clock cost ~30 ns per packet
-    // against ~4 ns (BENCHMARKS.md). It lags by at most one tick (1-4 ms),
-    // which the agent absorbs by clamping record times into their window.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // before it flips.
+    let now = now_ns();
     // Separate call sites per generation keep every map pointer a constant
     // for the verifier.
     if generation == 0 {
@@ -254,7 +274,7 @@ fn account<K>(
     ifindex: u32,
     packets: u64,
     bytes: u64,
-    flags: u32,
+    flags: TcpFlagsSeen,
     now: u64,
 ) {
     if let Some(v) = flows.get_ptr_mut(key) {
@@ -299,8 +319,13 @@ fn account<K>(
     bump(unattributed, packets);
 }
 
+/// Adds to an entry other CPUs may update at the same time. Only the plain
+/// atomic add (no BPF_FETCH: the result is unused and the ordering relaxed,
+/// so LLVM emits `lock +=`): kernels before 5.12 on x86-64 take no other
+/// atomic, and the arm64 JIT none before 5.18, so the same code covers arm64
+/// kernels 5.10-5.17 (not run in CI: no arm64 machine). Flags: byte stores.
 #[inline(always)]
-unsafe fn add(v: *mut FlowStats, packets: u64, bytes: u64, flags: u32, now: u64) {
+unsafe fn add(v: *mut FlowStats, packets: u64, bytes: u64, flags: TcpFlagsSeen, now: u64) {
     unsafe {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets, packets);
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes, bytes);
@@ -309,8 +334,25 @@ unsafe fn add(v: *mut FlowStats, packets: u64, bytes: u64, flags: u32, now: u64)
         if now > (*v).last_seen_ns {
             (*v).last_seen_ns = now;
         }
-        if flags != 0 && (*v).tcp_flags & flags != flags {
-            atomic_or::<u32, u32, { Relaxed }>(&raw mut (*v).tcp_flags, flags);
+        if flags.any() {
+            let f = &raw mut (*v).tcp_flags;
+            set_flag(&raw mut (*f).fin, flags.fin);
+            set_flag(&raw mut (*f).syn, flags.syn);
+            set_flag(&raw mut (*f).rst, flags.rst);
+            set_flag(&raw mut (*f).syn_ack, flags.syn_ack);
+        }
+    }
+}
+
+/// Sets a flag byte to 1 when the packet has the flag and the byte is still
+/// 0. Volatile, so the compiler keeps each a one-byte store and never merges
+/// the four into a read-modify-write of the word, which could undo another
+/// CPU's store; racing stores of the same 1 lose nothing.
+#[inline(always)]
+unsafe fn set_flag(byte: *mut u8, seen: u8) {
+    unsafe {
+        if seen != 0 && read_volatile(byte) == 0 {
+            write_volatile(byte, 1);
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use core::mem::size_of;
 
-use flowlog_common::family;
+use flowlog_common::{family, TcpFlagsSeen};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -24,9 +24,6 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers followed before giving up and counting the packet with
 /// the extension header as protocol (ports 0).
 const MAX_IPV6_EXT: usize = 6;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 pub enum ParseError {
     /// Not IPv4/IPv6: ARP, LLDP, ... Not a flow.
@@ -46,8 +43,8 @@ pub struct Packet {
     pub dst_port: u16,
     pub protocol: u8,
     pub family: u8,
-    /// Raw TCP flags | TCP_SYN_ACK_SEEN; 0 for other protocols.
-    pub tcp_flags: u32,
+    /// The reported TCP flags of this packet; none for other protocols.
+    pub tcp_flags: TcpFlagsSeen,
     /// IP-layer length of this packet (as the IP header says).
     pub ip_len: u32,
     /// IP + extension + L4 header bytes, repeated in every GSO segment.
@@ -143,7 +140,7 @@ fn parse_ipv4(data: usize, data_end: usize, len: usize, l3: usize) -> Result<Pac
         dst_port: 0,
         protocol: ip[9],
         family: family::IPV4,
-        tcp_flags: 0,
+        tcp_flags: TcpFlagsSeen::NONE,
         ip_len: tot_len as u32,
         hdr_len: ihl as u32,
     };
@@ -176,7 +173,7 @@ fn parse_ipv6(data: usize, data_end: usize, len: usize, l3: usize) -> Result<Pac
         dst_port: 0,
         protocol: 0,
         family: family::IPV6,
-        tcp_flags: 0,
+        tcp_flags: TcpFlagsSeen::NONE,
         ip_len: ip_len as u32,
         hdr_len: 40,
     };
@@ -246,12 +243,7 @@ fn parse_l4(
             if doff < 20 || doff > l4_len {
                 return Err(ParseError::Malformed);
             }
-            let flags = t[13];
-            let mut v = flags as u32;
-            if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-                v |= flowlog_common::TCP_SYN_ACK_SEEN;
-            }
-            pkt.tcp_flags = v;
+            pkt.tcp_flags = TcpFlagsSeen::of_packet(t[13]);
             pkt.hdr_len = (l3_hdr + doff) as u32;
         }
         IPPROTO_UDP => {

@@ -29,7 +29,7 @@ use flowlog_agent::{
     capture::links,
     ship::{Output, Sink},
 };
-use flowlog_common::{family, maps, FlowKey, FlowStats};
+use flowlog_common::{family, maps, FlowKey, FlowStats, TcpFlagsSeen};
 
 use crate::{
     kernel::thousands,
@@ -259,7 +259,7 @@ fn flow(i: usize, v6: bool, now_ns: u64) -> (FlowKey, FlowStats) {
         bytes: packets * (52 + (i as u64 % 1400)),
         first_seen_ns,
         last_seen_ns: (first_seen_ns + (i as u64 % 97) * 100_000_000).min(now_ns),
-        tcp_flags: if key.protocol == 6 { 0x1b } else { 0 },
+        tcp_flags: if key.protocol == 6 { TcpFlagsSeen::of_packet(0x1b) } else { TcpFlagsSeen::NONE },
         _pad: 0,
     };
     (key, stats)

@@ -11,6 +11,7 @@
 
 pub mod btf;
 pub mod links;
+pub mod probe;
 pub mod reject;
 pub mod tc;
 pub mod watch;
@@ -37,6 +38,7 @@ use ipnet::IpNet;
 
 use crate::drain::FlowTables;
 use links::LinkInfo;
+use probe::KernelFeatures;
 use reject::DropSetup;
 
 /// The kernel programs, built from `flowlog-ebpf` by build.rs.
@@ -49,12 +51,6 @@ pub const INGRESS_TC_PROGRAM: &str = "flowlog_ingress_tc";
 /// shows for them.
 pub const TC_PROGRAMS: [&str; 2] = [EGRESS_PROGRAM, INGRESS_TC_PROGRAM];
 
-/// TCX (BPF links on the TC hooks, ordered) arrived in Linux 6.6; before it,
-/// TC programs are netlink filters ([`tc`]). The same test aya's own
-/// `SchedClassifier::attach` makes.
-pub fn tcx_supported() -> bool {
-    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-}
 
 /// Where ingress is counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -227,6 +223,7 @@ pub struct Capture {
     ingress_hook: IngressHook,
     /// The drop program (REJECT), when enabled: its link and namespace.
     drops: Option<(Hold, u32)>,
+    features: KernelFeatures,
 }
 
 /// Capabilities the agent needs, by bit number (linux/capability.h).
@@ -268,7 +265,7 @@ fn explain_load(e: aya::EbpfError) -> anyhow::Error {
         anyhow::anyhow!("loading the eBPF programs was refused ({text}): {FIX_PRIVS}")
     } else if lower.contains("function not implemented") || lower.contains("invalid argument") && lower.contains("map") {
         anyhow::anyhow!(
-            "this kernel cannot create the eBPF maps ({text}). flowlog needs Linux ≥ 5.12 built with \
+            "this kernel cannot create the eBPF maps ({text}). flowlog needs Linux ≥ 5.10 built with \
              CONFIG_BPF_SYSCALL and CONFIG_NET_CLS_BPF (BTF is not required); \
              check `zgrep BPF /proc/config.gz` or /boot/config-$(uname -r)"
         )
@@ -296,17 +293,21 @@ impl Capture {
         // SAFETY: plain setrlimit with a valid struct.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
+        let features = probe::detect()?;
+        probe::log(&features, drops.is_some());
         let (pin_dir, pin_lock) = match pin_root.map(|r| prepare_pin_dir(r, max_flows)).transpose()? {
             Some((d, l)) => (Some(d), Some(l)),
             None => (None, None),
         };
         let mut loader = EbpfLoader::new();
         let filter_bits = filters.bits();
+        let coarse_clock = u32::from(features.coarse_clock);
         loader
             .map_max_entries(maps::FLOWS_0, max_flows)
             .map_max_entries(maps::FLOWS_1, max_flows)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
-            .override_global(globals::FILTERS, &filter_bits, true);
+            .override_global(globals::FILTERS, &filter_bits, true)
+            .override_global(globals::COARSE_CLOCK, &coarse_clock, true);
         loader.map_max_entries(maps::REJECTS_0, max_flows).map_max_entries(maps::REJECTS_1, max_flows);
         if let Some(d) = drops {
             loader.override_global("DROP_CONFIG", &d.config, true);
@@ -327,7 +328,8 @@ impl Capture {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).context("no TC program")?.try_into()?;
             tc.load().map_err(verifier)?;
         }
-        let mut capture = Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None };
+        let mut capture =
+            Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features };
         if let Some(d) = drops {
             capture.attach_drops(d)?;
         }
@@ -364,6 +366,11 @@ impl Capture {
     fn drop_ifaces(&mut self) -> Option<aya::maps::HashMap<&mut aya::maps::MapData, flowlog_common::DropIface, u32>> {
         self.drops.as_ref()?;
         aya::maps::HashMap::try_from(self.ebpf.map_mut(maps::DROP_IFACES)?).ok()
+    }
+
+    /// What [`probe::detect`] found on this kernel.
+    pub fn features(&self) -> KernelFeatures {
+        self.features
     }
 
     pub fn set_ingress_hook(&mut self, hook: IngressHook) {
@@ -431,7 +438,7 @@ impl Capture {
     }
 
     fn attach_xdp(&mut self, link: &LinkInfo, pin: Option<&Path>) -> Result<Hold> {
-        let ingress: &mut Xdp = self.ebpf.program_mut(INGRESS_PROGRAM).unwrap().try_into()?;
+        let ingress: &mut Xdp = self.ebpf.program_mut(INGRESS_PROGRAM).context("no XDP program")?.try_into()?;
         let reused = pin.and_then(reuse).and_then(|fd| XdpLink::try_from(fd).ok());
         // A pinned link of an interface that was deleted is defunct: attach anew.
         let id = match reused.map(|old| ingress.attach_to_link(old)) {
@@ -454,7 +461,7 @@ impl Capture {
 
     fn attach_tc(&mut self, program: &'static str, link: &LinkInfo, kind: TcAttachType, pin: Option<&Path>) -> Result<Hold> {
         let prog: &mut SchedClassifier = self.ebpf.program_mut(program).context("no TC program")?.try_into()?;
-        if !tcx_supported() {
+        if !self.features.tcx {
             // No BPF link to hold or pin: the filter's fixed place is how the
             // next agent finds it (see `tc`).
             return Ok(Hold::Tc(program, tc::attach(prog, &TC_PROGRAMS, &link.name, link.ifindex, kind)?));
@@ -541,7 +548,7 @@ fn release(h: Hold, ebpf: &mut Ebpf) {
         Hold::Pinned(p) => drop(p.unpin()),
         Hold::Owned(fd) => drop(fd),
         Hold::Tc(program, id) => {
-            if let Ok(p) = <&mut SchedClassifier>::try_from(ebpf.program_mut(program).unwrap()) {
+            if let Some(Ok(p)) = ebpf.program_mut(program).map(<&mut SchedClassifier>::try_from) {
                 let _ = p.detach(id);
             }
         }

@@ -257,8 +257,9 @@ mod tests {
         }
     }
 
-    fn st(p: u64, first: u64, last: u64, flags: u32) -> FlowStats {
-        FlowStats { packets: p, bytes: p * 100, first_seen_ns: first, last_seen_ns: last, tcp_flags: flags, _pad: 0 }
+    fn st(p: u64, first: u64, last: u64, flags: u8) -> FlowStats {
+        let tcp_flags = flowlog_common::TcpFlagsSeen::of_packet(flags);
+        FlowStats { packets: p, bytes: p * 100, first_seen_ns: first, last_seen_ns: last, tcp_flags, _pad: 0 }
     }
 
     #[test]
@@ -270,13 +271,13 @@ mod tests {
         let got = merge(
             &[
                 (rk(1, 10), st(2, 50, 60, 0x02)),
-                (rk(1, 11), st(3, 40, 55, 0x10)),
+                (rk(1, 11), st(3, 40, 55, 0x11)),
                 (rk(1, 12), st(1, 70, 70, 0)),
                 (rk(2, 10), st(0, 1, 1, 0)), // emptied: no record
             ],
             &reasons,
         );
-        assert_eq!(got, [(key(1), st(5, 40, 60, 0x12), None), (key(1), st(1, 70, 70, 0), Some("CLOSED".into()))]);
+        assert_eq!(got, [(key(1), st(5, 40, 60, 0x03), None), (key(1), st(1, 70, 70, 0), Some("CLOSED".into()))]);
     }
 
     #[test]

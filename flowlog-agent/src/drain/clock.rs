@@ -1,6 +1,10 @@
 //! Kernel timestamps to Unix time. The capture programs read
-//! CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`), the drop program the
-//! precise CLOCK_MONOTONIC (`bpf_ktime_get_ns`): one clock, two precisions.
+//! CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns`) where the kernel has it
+//! (5.11) and the precise CLOCK_MONOTONIC (`bpf_ktime_get_ns`) before; the
+//! drop program always the precise one. Both helpers read the same clock
+//! (the timekeeper's monotonic base; the coarse one only skips the clocksource
+//! read and lags by at most a tick), so one offset from CLOCK_MONOTONIC
+//! serves every program and kernel.
 
 fn now(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -1,10 +1,10 @@
-//! The two `bpf(2)` commands aya 0.14 does not wrap: creating an
-//! `ARRAY_OF_MAPS` without an ELF definition (our RCU barrier) and
-//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH`.
+//! The `bpf(2)` commands aya 0.14 does not wrap: creating an `ARRAY_OF_MAPS`
+//! without an ELF definition (our RCU barrier), the hash map batch
+//! operations, and the small probes of [`crate::capture::probe`].
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -12,6 +12,8 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
 /// `union bpf_attr` is 160 bytes on 6.x kernels; the kernel accepts any
@@ -30,7 +32,9 @@ impl Attr {
         self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
     }
     fn get_u32(&self, off: usize) -> u32 {
-        u32::from_ne_bytes(self.0[off..off + 4].try_into().unwrap())
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.0[off..off + 4]);
+        u32::from_ne_bytes(b)
     }
 }
 
@@ -83,6 +87,46 @@ impl RcuBarrier {
         attr.put_u64(16, &value as *const u32 as u64);
         attr.put_u64(24, 0); // BPF_ANY
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    }
+}
+
+/// Whether the kernel has the hash map batch operations (5.6): a batch
+/// lookup of an empty hash answers ENOENT; kernels without the command EINVAL.
+pub fn hash_batch_supported() -> io::Result<bool> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, BPF_MAP_TYPE_HASH);
+    attr.put_u32(4, 4); // key_size
+    attr.put_u32(8, 4); // value_size
+    attr.put_u32(12, 1); // max_entries
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)? as RawFd;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    let map = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    match lookup_all(map.as_fd(), 1, &mut out) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads a tiny program (without a verifier log) to see whether the kernel
+/// accepts it; the fd is closed at once. EINVAL and EACCES are the
+/// verifier's "no"; other errors are returned.
+pub fn program_loads(prog_type: u32, insns: &[u64]) -> io::Result<bool> {
+    let license = c"GPL";
+    let mut attr = Attr::new();
+    attr.put_u32(0, prog_type);
+    attr.put_u32(4, insns.len() as u32);
+    attr.put_u64(8, insns.as_ptr() as u64);
+    attr.put_u64(16, license.as_ptr() as u64);
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => {
+            // SAFETY: a new fd that nothing else owns; closing it unloads the program.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+            Ok(true)
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -16,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use flowlog_common::{direction, family, FlowKey, FlowStats, TCP_SYN_ACK_SEEN};
+use flowlog_common::{direction, family, FlowKey, FlowStats, TcpFlagsSeen};
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -234,12 +234,9 @@ impl EnrichConfig {
 
 /// AWS `tcp-flags`: FIN 1, SYN 2, RST 4, and 18 for a packet with SYN and ACK
 /// together; other flags (ACK, PSH, URG, ECE, CWR) are not reported.
-pub fn aws_tcp_flags(kernel_flags: u32) -> u8 {
-    let mut v = (kernel_flags & 0x07) as u8;
-    if kernel_flags & TCP_SYN_ACK_SEEN != 0 {
-        v |= 0x12;
-    }
-    v
+pub fn aws_tcp_flags(seen: &TcpFlagsSeen) -> u8 {
+    let bit = |b: u8, v: u8| if b != 0 { v } else { 0 };
+    bit(seen.fin, 0x01) | bit(seen.syn, 0x02) | bit(seen.rst, 0x04) | bit(seen.syn_ack, 0x12)
 }
 
 pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
@@ -399,7 +396,7 @@ pub fn for_each_record(
             rec.packets = Some(v.packets);
             rec.bytes = Some(v.bytes);
             rec.action = Some(action);
-            rec.tcp_flags = Some(if k.protocol == 6 { aws_tcp_flags(v.tcp_flags) } else { 0 });
+            rec.tcp_flags = Some(if k.protocol == 6 { aws_tcp_flags(&v.tcp_flags) } else { 0 });
             rec.ip_type = Some(semantics::ip_type(pkt_src));
             rec.flow_direction = Some(dir);
             if services.is_some() {
@@ -449,13 +446,14 @@ mod tests {
         k
     }
 
-    fn stats(packets: u64, bytes: u64, first_s: u64, last_s: u64, flags: u32) -> FlowStats {
+    /// `flags`: the raw TCP flags of one packet standing for the window.
+    fn stats(packets: u64, bytes: u64, first_s: u64, last_s: u64, flags: u8) -> FlowStats {
         FlowStats {
             packets,
             bytes,
             first_seen_ns: first_s * 1_000_000_000 + 5,
             last_seen_ns: last_s * 1_000_000_000 + 7,
-            tcp_flags: flags,
+            tcp_flags: TcpFlagsSeen::of_packet(flags),
             _pad: 0,
         }
     }
@@ -554,21 +552,31 @@ mod tests {
 
     #[test]
     fn tcp_flags_follow_aws_rules() {
-        assert_eq!(aws_tcp_flags(0x10), 0); // ACK alone
-        assert_eq!(aws_tcp_flags(0x18), 0); // PSH+ACK
-        assert_eq!(aws_tcp_flags(0x02), 2); // SYN
-        assert_eq!(aws_tcp_flags(0x12 | TCP_SYN_ACK_SEEN), 18); // SYN-ACK
-        // SYN then a separate ACK: the OR has both bits but no SYN-ACK packet.
-        assert_eq!(aws_tcp_flags(0x12), 2);
-        assert_eq!(aws_tcp_flags(0x13 | TCP_SYN_ACK_SEEN), 19); // SYN-ACK + FIN
-        assert_eq!(aws_tcp_flags(0x03), 3); // SYN + FIN
-        assert_eq!(aws_tcp_flags(0x04 | 0x10), 4); // RST+ACK
-        assert_eq!(aws_tcp_flags(0x42), 2); // SYN+ECE
+        // The flags of the packets of a window.
+        let seen = |packets: &[u8]| {
+            let mut s = TcpFlagsSeen::NONE;
+            for p in packets {
+                s.absorb(&TcpFlagsSeen::of_packet(*p));
+            }
+            aws_tcp_flags(&s)
+        };
+        assert_eq!(seen(&[0x10]), 0); // ACK alone
+        assert_eq!(seen(&[0x18]), 0); // PSH+ACK
+        assert_eq!(seen(&[0x02]), 2); // SYN
+        assert_eq!(seen(&[0x12]), 18); // SYN-ACK
+        // SYN then a separate ACK: no SYN-ACK packet.
+        assert_eq!(seen(&[0x02, 0x10]), 2);
+        assert_eq!(seen(&[0x12, 0x11]), 19); // SYN-ACK + FIN
+        assert_eq!(seen(&[0x03]), 3); // SYN + FIN
+        assert_eq!(seen(&[0x04 | 0x10]), 4); // RST+ACK
+        assert_eq!(seen(&[0x42]), 2); // SYN+ECE
+        assert_eq!(seen(&[0x02, 0x12, 0x11, 0x14]), 23); // all four
+        assert_eq!(seen(&[]), 0);
     }
 
     /// A flow between two addresses, in `drained_at` time (kernel clock = Unix).
     #[allow(clippy::too_many_arguments)]
-    fn flow(ifindex: u32, src: &str, dst: &str, ports: (u16, u16), proto: u8, dir: u8, counts: (u64, u64), secs: (u64, u64), flags: u32) -> (FlowKey, FlowStats) {
+    fn flow(ifindex: u32, src: &str, dst: &str, ports: (u16, u16), proto: u8, dir: u8, counts: (u64, u64), secs: (u64, u64), flags: u8) -> (FlowKey, FlowStats) {
         let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
         let mut k = key(ifindex, ports.0, proto, dir);
         k.dst_port = ports.1;
@@ -615,8 +623,9 @@ mod tests {
             interface_addrs: HashMap::from([(2, vec!["10.0.0.71".parse().unwrap()])]),
             ..Enrichment::default()
         };
-        let syn_ack_fin = 0x13 | TCP_SYN_ACK_SEEN;
-        let syn_then_ack_fin = 0x13;
+        // One packet with SYN, ACK and FIN; SYN and FIN in separate packets.
+        let syn_ack_fin = 0x13;
+        let syn_then_ack_fin = 0x03;
         let mut d = drained_at(
             vec![
                 flow(2, "52.95.128.179", "10.0.0.71", (80, 34210), 6, direction::INGRESS, (14, 15044), (1616729292, 1616729349), syn_ack_fin),
@@ -648,7 +657,7 @@ mod tests {
         for (i, (peer, port)) in [("10.0.133.8", 43236), ("10.0.133.8", 36902), ("10.0.130.104", 55016), ("10.0.130.104", 60276)].into_iter().enumerate() {
             let t = 1_700_000_000 + 2 * i as u64;
             flows.push(flow(2, peer, me, (port, 80), 6, direction::INGRESS, (1, 60), (t, t), 0x02));
-            flows.push(flow(2, me, peer, (80, port), 6, direction::EGRESS, (1, 60), (t + 1, t + 1), 0x12 | TCP_SYN_ACK_SEEN));
+            flows.push(flow(2, me, peer, (80, port), 6, direction::EGRESS, (1, 60), (t + 1, t + 1), 0x12));
         }
         let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-1")], &drained_at(flows, (1_700_000_000, 1_700_000_060)), Some(&e));
         let f = flowlog_records::format::Format::parse("${flow-direction} ${traffic-path} ${srcaddr} ${dstaddr} ${srcport} ${dstport}").unwrap();

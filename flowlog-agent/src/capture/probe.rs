@@ -1,0 +1,112 @@
+//! What the running kernel offers, checked once before the programs load:
+//! a missing requirement stops the agent with the feature and the kernel
+//! release that has it, instead of a verifier log; optional features pick
+//! the best path the kernel takes.
+//!
+//! Requirements (x86-64 releases): XDP and TC programs; hash, array, per-CPU
+//! array, LPM trie and array-of-maps maps (the last one is the drain's RCU
+//! barrier); global data, `.rodata` (5.2); the hash map batch operations
+//! the drain reads and empties the tables with (5.6); `__sk_buff.gso_size`
+//! (5.7). The counters use only the plain atomic add, which every kernel
+//! and JIT takes, so no atomics need probing: atomic OR and the fetch
+//! variants (5.12 on x86-64, 5.18 in the arm64 JIT) are not used by the
+//! capture programs. Only the REJECT drop program uses fetch-add, and it
+//! needs `enum skb_drop_reason` (5.17) anyway, checked in [`super::reject`].
+//!
+//! Optional: `bpf_ktime_get_coarse_ns` (5.11; else `bpf_ktime_get_ns`, the
+//! same CLOCK_MONOTONIC at a higher cost per packet) and TCX (6.6; else a
+//! clsact qdisc).
+
+use anyhow::{bail, Result};
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper},
+    util::KernelVersion,
+};
+
+use crate::drain::sys;
+
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// What the capture programs may use on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelFeatures {
+    /// `bpf_ktime_get_coarse_ns` from XDP and TC programs.
+    pub coarse_clock: bool,
+    /// TC programs attach through TCX links rather than a clsact qdisc.
+    pub tcx: bool,
+}
+
+/// TCX arrived in 6.6; aya attaches through it from there on.
+pub fn tcx_available() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+fn release() -> String {
+    // SAFETY: plain uname with a zeroed out struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: uname NUL-terminates its fields.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// Checks every requirement; returns the optional features found. The error
+/// names each missing feature and the Linux release that brought it.
+pub fn detect() -> Result<KernelFeatures> {
+    let mut missing: Vec<String> = Vec::new();
+    let mut need = |ok: Result<bool, String>, what: &str, since: &str| match ok {
+        Ok(true) => {}
+        Ok(false) => missing.push(format!("{what} (Linux {since})")),
+        Err(e) => missing.push(format!("{what} (Linux {since}; probing it failed: {e})")),
+    };
+    for (t, what, since) in [(ProgramType::Xdp, "XDP programs", "4.8"), (ProgramType::SchedClassifier, "TC (sched_cls) programs", "4.1")] {
+        need(is_program_supported(t).map_err(|e| e.to_string()), what, since);
+    }
+    for (t, what, since) in [
+        (MapType::Hash, "BPF_MAP_TYPE_HASH", "3.19"),
+        (MapType::Array, "BPF_MAP_TYPE_ARRAY", "3.19"),
+        (MapType::PerCpuArray, "BPF_MAP_TYPE_PERCPU_ARRAY", "4.6"),
+        (MapType::LpmTrie, "BPF_MAP_TYPE_LPM_TRIE", "4.11"),
+        (MapType::ArrayOfMaps, "BPF_MAP_TYPE_ARRAY_OF_MAPS", "4.12"),
+    ] {
+        need(is_map_supported(t).map_err(|e| e.to_string()), what, since);
+    }
+    need(Ok(aya::features().bpf_global_data()), "BPF global data (.rodata)", "5.2");
+    need(sys::hash_batch_supported().map_err(|e| e.to_string()), "batch operations on BPF_MAP_TYPE_HASH", "5.6");
+    // r0 = *(u32 *)(r1 + offsetof(struct __sk_buff, gso_size)); exit
+    let gso_size = [0x0000_0000_00b0_1061u64, 0x95];
+    need(sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &gso_size).map_err(|e| e.to_string()), "__sk_buff.gso_size in TC programs", "5.7");
+    if !missing.is_empty() {
+        bail!(
+            "this kernel ({}) lacks what flowlog's eBPF programs need: {}. flowlog runs on Linux ≥ 5.10 \
+             (Debian 11, Amazon Linux 2 and later) built with CONFIG_BPF_SYSCALL, CONFIG_NET_CLS_BPF and CONFIG_BPF_JIT",
+            release(),
+            missing.join("; ")
+        );
+    }
+    // Either program type without it: both read the precise clock (one global).
+    let coarse = |t| match is_helper_supported(t, BpfHelper::BPF_FUNC_ktime_get_coarse_ns) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!("probing bpf_ktime_get_coarse_ns: {e}; using bpf_ktime_get_ns");
+            false
+        }
+    };
+    let coarse_clock = coarse(ProgramType::Xdp) && coarse(ProgramType::SchedClassifier);
+    Ok(KernelFeatures { coarse_clock, tcx: tcx_available() })
+}
+
+/// One line of what was found, logged once at startup.
+pub fn log(f: &KernelFeatures, reject: bool) {
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    tracing::info!(
+        kernel = %release(),
+        coarse_clock = yn(f.coarse_clock),
+        tcx = yn(f.tcx),
+        reject = yn(reject),
+        "kernel features (coarse clock: Linux 5.11, TCX: 6.6, REJECT: 5.17 with BTF)"
+    );
+}

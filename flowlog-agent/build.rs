@@ -1,16 +1,22 @@
-//! Builds the eBPF programs (`flowlog-ebpf`) and leaves the object in
-//! `$OUT_DIR/flowlog.bpf.o`, which the agent embeds. The benchmark-only
-//! programs of the same crate go to `$OUT_DIR/flowlog-bench.bpf.o`, which only
-//! `examples/bench.rs` embeds.
+//! Provides the eBPF programs (`flowlog-ebpf`) as `$OUT_DIR/flowlog.bpf.o`,
+//! which the agent embeds, and the benchmark-only programs of the same crate
+//! as `$OUT_DIR/flowlog-bench.bpf.o` (benchmarks and e2e tests embed it).
 //!
-//! The eBPF crate needs `-Z build-std=core` for `bpfel-unknown-none`, so a
-//! toolchain with the core sources, plus `bpf-linker`. Two routes work:
+//! The objects are committed in `flowlog-ebpf/prebuilt/` with a SHA-256 of
+//! the sources they were built from (`inputs.sha256`). When the sources are
+//! unchanged the committed objects are used, so `cargo build` needs nothing
+//! but stable Rust. When they changed (or `FLOWLOG_EBPF_BUILD=1`), the eBPF
+//! crate is built here, which needs `-Z build-std=core` for
+//! `bpfel-unknown-none` and `bpf-linker`. Two toolchain routes work:
 //! - rustup's nightly with the `rust-src` component (most developer machines);
 //! - Debian's `rustc-web`/`cargo-web` with `rust-web-src`, unlocked with
 //!   `RUSTC_BOOTSTRAP=1` (machines where rustup cannot download rust-src).
 //!
 //! `FLOWLOG_EBPF_TOOLCHAIN=rustup|debian` forces a route; `FLOWLOG_EBPF_OBJECT`
-//! skips the build and embeds a prebuilt object (packaging).
+//! embeds another prebuilt object (packaging). `FLOWLOG_EBPF_PREBUILT=write`
+//! (`cargo xtask ebpf`) stores a fresh build in `prebuilt/`;
+//! `FLOWLOG_EBPF_PREBUILT=check` fails unless a fresh build is byte for byte
+//! the committed one (CI).
 
 use std::{
     env,
@@ -48,14 +54,30 @@ fn main() {
 
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let ebpf_dir = manifest.join("../flowlog-ebpf");
-    for p in [
-        "../flowlog-ebpf/src",
-        "../flowlog-ebpf/Cargo.toml",
-        "../flowlog-ebpf/Cargo.lock",
-        "../flowlog-ebpf/.cargo/config.toml",
-        "../flowlog-common/src",
-    ] {
-        println!("cargo:rerun-if-changed={}", manifest.join(p).display());
+    let prebuilt_dir = ebpf_dir.join("prebuilt");
+    println!("cargo:rerun-if-env-changed=FLOWLOG_EBPF_BUILD");
+    println!("cargo:rerun-if-env-changed=FLOWLOG_EBPF_PREBUILT");
+    for p in INPUTS {
+        println!("cargo:rerun-if-changed={}", manifest.join("..").join(p).display());
+    }
+    println!("cargo:rerun-if-changed={}", prebuilt_dir.display());
+    let root = manifest.join("..");
+    let hash = inputs_hash(&root).unwrap_or_else(|e| fail(&format!("cannot read the eBPF sources: {e}")));
+    let committed = std::fs::read_to_string(prebuilt_dir.join("inputs.sha256")).unwrap_or_default();
+    let mode = env::var("FLOWLOG_EBPF_PREBUILT").unwrap_or_default();
+    let force = env::var("FLOWLOG_EBPF_BUILD").is_ok_and(|v| v == "1") || !mode.is_empty();
+    if !force && committed.trim() == hash {
+        for (name, dest) in [("flowlog.bpf.o", &object), ("flowlog-bench.bpf.o", &bench_object)] {
+            std::fs::copy(prebuilt_dir.join(name), dest)
+                .unwrap_or_else(|e| fail(&format!("cannot copy the committed {name}: {e}")));
+        }
+        return;
+    }
+    if !force {
+        println!(
+            "cargo:warning=the eBPF sources differ from those of the committed objects (flowlog-ebpf/prebuilt): building them; \
+             `cargo xtask ebpf` stores the new objects"
+        );
     }
 
     let path = search_path();
@@ -90,6 +112,17 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    // Reproducible objects: no checkout or home directory paths in the debug
+    // info (BTF line info names source files). RUSTFLAGS replaces the target
+    // rustflags of flowlog-ebpf/.cargo/config.toml, so they are repeated here.
+    let mut flags = vec!["-Ctarget-cpu=v3".to_string()];
+    if let Ok(r) = root.canonicalize() {
+        flags.push(format!("--remap-path-prefix={}=/flowlog", r.display()));
+    }
+    if let Some(home) = env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))) {
+        flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+    }
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
     for (k, v) in &toolchain.envs {
         cmd.env(k, v);
     }
@@ -106,6 +139,92 @@ fn main() {
         let built = target_dir.join("bpfel-unknown-none/release").join(bin);
         std::fs::copy(&built, dest).unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
     }
+    match mode.as_str() {
+        "write" => {
+            std::fs::create_dir_all(&prebuilt_dir).unwrap_or_else(|e| fail(&format!("{}: {e}", prebuilt_dir.display())));
+            for (name, src) in [("flowlog.bpf.o", &object), ("flowlog-bench.bpf.o", &bench_object)] {
+                std::fs::copy(src, prebuilt_dir.join(name)).unwrap_or_else(|e| fail(&format!("cannot store {name}: {e}")));
+            }
+            std::fs::write(prebuilt_dir.join("inputs.sha256"), format!("{hash}\n"))
+                .unwrap_or_else(|e| fail(&format!("cannot store inputs.sha256: {e}")));
+            std::fs::write(prebuilt_dir.join("toolchain.txt"), toolchain_versions(&toolchain, &path))
+                .unwrap_or_else(|e| fail(&format!("cannot store toolchain.txt: {e}")));
+        }
+        "check" => {
+            if committed.trim() != hash {
+                fail(&format!(
+                    "flowlog-ebpf/prebuilt/inputs.sha256 is {:?}, the sources hash to {hash}: run `cargo xtask ebpf` and commit prebuilt/",
+                    committed.trim()
+                ));
+            }
+            for (name, fresh) in [("flowlog.bpf.o", &object), ("flowlog-bench.bpf.o", &bench_object)] {
+                let a = std::fs::read(prebuilt_dir.join(name)).unwrap_or_default();
+                let b = std::fs::read(fresh).unwrap_or_default();
+                if a != b {
+                    fail(&format!(
+                        "the committed flowlog-ebpf/prebuilt/{name} ({} bytes) differs from a fresh build ({} bytes) of the same sources \
+                         with {}: run `cargo xtask ebpf` and commit prebuilt/ (toolchain.txt says what built the committed one)",
+                        a.len(),
+                        b.len(),
+                        toolchain.name
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What the committed objects are built from, relative to the workspace
+/// root. A file added elsewhere that the eBPF crate reads must be listed.
+const INPUTS: [&str; 6] = [
+    "flowlog-ebpf/src",
+    "flowlog-ebpf/Cargo.toml",
+    "flowlog-ebpf/Cargo.lock",
+    "flowlog-ebpf/.cargo/config.toml",
+    "flowlog-common/src",
+    "flowlog-common/Cargo.toml",
+];
+
+/// SHA-256 over every input file: its path, its length, its bytes, in path
+/// order, so a renamed or moved file changes it too.
+fn inputs_hash(root: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let full = root.join(rel);
+        if full.is_dir() {
+            for e in std::fs::read_dir(&full)? {
+                walk(root, &rel.join(e?.file_name()), out)?;
+            }
+        } else {
+            out.push(rel.to_path_buf());
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for p in INPUTS {
+        walk(root, Path::new(p), &mut files)?;
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        let bytes = std::fs::read(root.join(f))?;
+        h.update(f.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn toolchain_versions(t: &Toolchain, path: &[PathBuf]) -> String {
+    let version = |cmd: &mut Command| {
+        cmd.output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_else(|| "unknown".into())
+    };
+    let mut rustc = Command::new(&t.cargo[0]);
+    rustc.args(&t.cargo[1..]).arg("--version").envs(t.envs.iter().map(|(k, v)| (*k, v.as_str())));
+    let linker = find_in(path, "bpf-linker").map_or("unknown".into(), |l| version(Command::new(l).arg("--version")));
+    format!("route: {}\ncargo: {}\nbpf-linker: {}\n", t.name, version(&mut rustc), linker)
 }
 
 fn fail(why: &str) -> ! {

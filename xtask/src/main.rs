@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod vm;
+
 /// Debian packages of the toolchain route in docs (see README "Building").
 const DEBIAN_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// LLVM that bpf-linker links against: the same major as rustc-web's LLVM.
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         "run" => setup().and_then(|_| run_agent(&rest)),
         "test" => setup().and_then(|_| test(&rest)),
         "bench" => setup().and_then(|_| bench(&rest)),
+        "vmtest" => vm::vmtest(&rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\
@@ -48,7 +51,9 @@ fn main() -> ExitCode {
                  \n  run [-- ARGS]   setup, build, and run the agent as root with ARGS\
                  \n  test [ARGS]     setup, then run every test (needs root); ARGS go to `cargo test`\
                  \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
-                 \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S"
+                 \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S\
+                 \n  vmtest [ARGS]   setup, then run the root-needing suites in QEMU VMs on Debian's 5.10, 6.1, 6.12 kernels (~15 min);\
+                 \n                  ARGS: --kernel 5.10|6.1|6.12|all  --suite NAME...  --jobs N  (see `cargo xtask vmtest --help`)"
             );
             return if task == "help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }

@@ -184,6 +184,7 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
     let objs = harness::objects(&s3, "rt-parquet", "").await;
     assert!(!objs.is_empty());
     let mut rows = Vec::new();
+    let mut nodata = Vec::new();
     let mut large = 0;
     for (key, body) in &objs {
         // The folder is the file's 5-minute bucket: year=…/month=…/day=…/hour=….
@@ -200,8 +201,8 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
         use parquet::basic::Type::*;
         let want: Vec<(String, parquet::basic::Type)> = [
             ("version", INT32),
-            ("account-id", BYTE_ARRAY),
-            ("interface-id", BYTE_ARRAY),
+            ("account_id", BYTE_ARRAY),
+            ("interface_id", BYTE_ARRAY),
             ("srcaddr", BYTE_ARRAY),
             ("dstaddr", BYTE_ARRAY),
             ("srcport", INT32),
@@ -212,9 +213,9 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
             ("start", INT64),
             ("end", INT64),
             ("action", BYTE_ARRAY),
-            ("log-status", BYTE_ARRAY),
-            ("tcp-flags", INT32),
-            ("flow-direction", BYTE_ARRAY),
+            ("log_status", BYTE_ARRAY),
+            ("tcp_flags", INT32),
+            ("flow_direction", BYTE_ARRAY),
         ]
         .into_iter()
         .map(|(n, t)| (n.to_string(), t))
@@ -222,7 +223,11 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
         assert_eq!(cols, want);
         for row in r.get_row_iter(None).unwrap() {
             let row = row.unwrap();
-            // Back to the text form: nulls are `-`.
+            if row.get_column_iter().any(|(_, f)| *f == parquet::record::Field::Str("NODATA".into())) {
+                let f: Vec<&parquet::record::Field> = row.get_column_iter().map(|(_, f)| f).collect();
+                nodata.push((f[3].clone(), f[5].clone(), f[8].clone(), f[12].clone()));
+            }
+            // Back to the text form: nulls (numbers) and `-` (strings) are `-`.
             let line = row
                 .get_column_iter()
                 .map(|(_, f)| match f {
@@ -238,6 +243,9 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
         }
     }
     assert!(large > 0, "no object took the multipart path");
+    // `-`: the string in STRING columns (srcaddr, action), null in numeric ones (srcport, packets).
+    use parquet::record::Field as F;
+    assert_eq!(nodata, vec![(F::Str("-".into()), F::Null, F::Null, F::Str("-".into()))]);
     assert_same("S3 Parquet", rows, recs.iter().map(|r| format.line(r)).collect());
 }
 

@@ -544,14 +544,25 @@ async fn bad_configuration_is_a_clear_startup_error() {
     let moto = harness::moto();
     let spool = tmp("badcfg");
     let err = |cfg: ShipConfig| async move { format!("{:#}", Shipper::start(&cfg).await.err().expect("startup should fail")) };
+    // No account id (metadata gave none): an error, not objects under AWSLogs/unknown/.
+    let mut c = config(vec!["s3://no-account".parse().unwrap()], Some(moto), &spool);
+    c.account_id = "unknown".into();
+    let e = err(c).await;
+    assert!(e.starts_with("s3://no-account: the AWS account id is \"unknown\", not a 12-digit account id;") && e.contains("--account-id") && e.contains("[metadata.onprem]"), "{e}");
     let e = err(config(vec!["s3://no-such-bucket".parse().unwrap()], Some(moto), &spool)).await;
     assert!(e.contains("bucket \"no-such-bucket\" does not exist"), "{e}");
     let e = err(config(vec!["firehose:no-such-stream".parse().unwrap()], Some(moto), &spool)).await;
     assert!(e.contains("delivery stream \"no-such-stream\" does not exist"), "{e}");
     let mut c = config(vec!["cloudwatch:g".parse().unwrap()], Some(moto), &spool);
-    c.aws.region = Some("us-middle".into());
+    c.aws.region = Some("US_Middle-1".into());
     let e = err(c).await;
-    assert!(e.contains("invalid AWS region \"us-middle\""), "{e}");
+    assert!(e.contains("invalid AWS region \"US_Middle-1\""), "{e}");
+    // Any region of the right shape is the SDK's to judge: a real one that
+    // an older, stricter check refused starts.
+    harness::s3(moto).await.create_bucket().bucket("eusc").send().await.unwrap();
+    let mut c = config(vec!["s3://eusc".parse().unwrap()], Some(moto), &tmp("eusc-spool"));
+    c.aws.region = Some("eusc-de-east-1".into());
+    Shipper::start(&c).await.expect("eusc-de-east-1 is a region").shutdown().await;
     let mut c = config(vec!["cloudwatch:g".parse().unwrap()], Some(moto), &spool);
     c.aws.endpoint_url = Some("127.0.0.1:4566".into());
     assert!(err(c).await.contains("invalid --aws-endpoint-url"));

@@ -229,3 +229,115 @@ async fn pyarrow_reads_the_parquet_objects_by_name_and_they_are_v1_plain() {
     assert_eq!(rows, want);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn agent_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flowlog-agent"));
+    c.env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", REGION)
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    c
+}
+
+/// CSV text → interface → column → value, for the given columns.
+fn csv_rows(text: &str, columns: &[&str]) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    lines
+        .map(|l| {
+            let v: BTreeMap<&str, &str> = header.iter().copied().zip(l.split(',')).collect();
+            (v["interface"].to_string(), columns.iter().map(|c| (c.to_string(), v.get(c).unwrap_or_else(|| panic!("no column {c} in {header:?}")).to_string())).collect())
+        })
+        .collect()
+}
+
+/// `compare --emit-sql athena`, run by DuckDB over a text table (native)
+/// and a Parquet table (agent) of deploy/athena/, gives the same figures
+/// as `compare` reading the same objects: drops, count drift, split
+/// records, flows moved beyond the tolerance, extra flows, an interface
+/// mapped, NODATA on one side only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emitted_sql_in_duckdb_gives_the_report_of_compare() {
+    let moto = harness::moto();
+    let s3 = harness::s3(moto).await;
+    let native = records();
+    let mapped = "eni-0a1b2c3d4e5f60713";
+    let (mut agent, mut dropped, mut moved) = (Vec::new(), 0, 0);
+    for (i, r) in native.iter().enumerate() {
+        let mut r = r.clone();
+        if r.interface_id.as_deref() == Some(mapped) {
+            r.interface_id = Some("eni-agent3".into());
+        }
+        if r.log_status != LogStatus::Ok {
+            // NODATA only on two interfaces.
+            if i % 2 == 0 {
+                agent.push(r);
+            }
+            continue;
+        }
+        if i % 13 == 5 {
+            dropped += 1;
+            continue;
+        }
+        if i % 19 == 4 {
+            moved += 1;
+            r.start += 300;
+            r.end += 300;
+        }
+        if i % 7 == 3 {
+            r.packets = r.packets.map(|p| p + 1);
+            r.bytes = r.bytes.map(|b| b + 100);
+        }
+        let p = r.packets.unwrap();
+        if i % 17 == 2 && p >= 2 && r.end > r.start {
+            let mid = r.start + (r.end - r.start) / 2;
+            let (b, half) = (r.bytes.unwrap(), p / 2);
+            agent.push(FlowRecord { end: mid, packets: Some(half), bytes: Some(b / 2), ..r.clone() });
+            agent.push(FlowRecord { start: mid + 1, packets: Some(p - half), bytes: Some(b - b / 2), ..r });
+            continue;
+        }
+        agent.push(r);
+    }
+    for k in 0..3u16 {
+        let mut r = native[k as usize].clone();
+        r.srcport = Some(9000 + k);
+        agent.push(r);
+    }
+    for b in ["cmp-native", "cmp-agent"] {
+        s3.create_bucket().bucket(b).send().await.unwrap();
+    }
+    ship("s3://cmp-native/flows", &ddl_format(), &native, &tmp("cmp-native")).await;
+    ship("s3://cmp-agent/flows?format=parquet&hive&per-hour", &Format::default(), &agent, &tmp("cmp-agent")).await;
+
+    let map = format!("eni-agent3={mapped}");
+    let out = agent_bin()
+        .args(["compare", "--native", "s3://cmp-native/flows", "--agent", "s3://cmp-agent/flows", "--aws-endpoint-url", moto])
+        .args(["--interface-map", &map, "--output-format", "csv", "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "compare: {}", String::from_utf8_lossy(&out.stderr));
+    let columns: Vec<&str> = flowlog_agent::compare::sql::COLUMNS.split(',').collect();
+    let want = csv_rows(&String::from_utf8(out.stdout).unwrap(), &columns);
+    // The data exercise every kind of difference.
+    let all = &want["*"];
+    let n = |c: &str| all[c].parse::<u64>().unwrap();
+    assert_eq!((n("matched_flows"), n("only_native_flows"), n("only_agent_flows")), (400 - dropped - moved, dropped + moved, moved + 3));
+    assert!(n("packet_mismatches") > 0 && n("native_nodata") == 4 && n("agent_nodata") == 2, "{all:?}");
+    assert_eq!(want.len(), 5, "{:?}", want.keys());
+
+    let out = agent_bin().args(["compare", "--emit-sql", "athena", "--interface-map", &map]).output().unwrap();
+    assert!(out.status.success(), "--emit-sql: {}", String::from_utf8_lossy(&out.stderr));
+    let query = tmp("cmp-query.sql");
+    std::fs::write(&query, &out.stdout).unwrap();
+    let ddl = |n: &str| root().join(format!("deploy/athena/{n}.sql")).display().to_string();
+    let py = harness::ensure_lake();
+    let endpoint = moto.trim_start_matches("http://").to_string();
+    let args = [query.display().to_string(), endpoint, ACCOUNT.into(), REGION.into(), ddl("vpc_flow_logs_text_plain_daily"), "cmp-native".into(), "flows".into(), ddl("vpc_flow_logs_parquet_hive_hourly"), "cmp-agent".into(), "flows".into()];
+    let out = Command::new(py).arg(root().join("flowlog-agent/tests/lake/compare_sql.py")).args(&args).output().unwrap();
+    assert!(out.status.success(), "compare_sql.py: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().next(), Some(flowlog_agent::compare::sql::COLUMNS));
+    assert_eq!(csv_rows(&text, &columns), want);
+}

@@ -184,6 +184,7 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
     let objs = harness::objects(&s3, "rt-parquet", "").await;
     assert!(!objs.is_empty());
     let mut rows = Vec::new();
+    let mut nodata = Vec::new();
     let mut large = 0;
     for (key, body) in &objs {
         // The folder is the file's 5-minute bucket: year=…/month=…/day=…/hour=….
@@ -200,8 +201,8 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
         use parquet::basic::Type::*;
         let want: Vec<(String, parquet::basic::Type)> = [
             ("version", INT32),
-            ("account-id", BYTE_ARRAY),
-            ("interface-id", BYTE_ARRAY),
+            ("account_id", BYTE_ARRAY),
+            ("interface_id", BYTE_ARRAY),
             ("srcaddr", BYTE_ARRAY),
             ("dstaddr", BYTE_ARRAY),
             ("srcport", INT32),
@@ -212,9 +213,9 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
             ("start", INT64),
             ("end", INT64),
             ("action", BYTE_ARRAY),
-            ("log-status", BYTE_ARRAY),
-            ("tcp-flags", INT32),
-            ("flow-direction", BYTE_ARRAY),
+            ("log_status", BYTE_ARRAY),
+            ("tcp_flags", INT32),
+            ("flow_direction", BYTE_ARRAY),
         ]
         .into_iter()
         .map(|(n, t)| (n.to_string(), t))
@@ -222,7 +223,11 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
         assert_eq!(cols, want);
         for row in r.get_row_iter(None).unwrap() {
             let row = row.unwrap();
-            // Back to the text form: nulls are `-`.
+            if row.get_column_iter().any(|(_, f)| *f == parquet::record::Field::Str("NODATA".into())) {
+                let f: Vec<&parquet::record::Field> = row.get_column_iter().map(|(_, f)| f).collect();
+                nodata.push((f[3].clone(), f[5].clone(), f[8].clone(), f[12].clone()));
+            }
+            // Back to the text form: nulls (numbers) and `-` (strings) are `-`.
             let line = row
                 .get_column_iter()
                 .map(|(_, f)| match f {
@@ -238,6 +243,9 @@ async fn s3_parquet_hive_per_hour_multipart_round_trip() {
         }
     }
     assert!(large > 0, "no object took the multipart path");
+    // `-`: the string in STRING columns (srcaddr, action), null in numeric ones (srcport, packets).
+    use parquet::record::Field as F;
+    assert_eq!(nodata, vec![(F::Str("-".into()), F::Null, F::Null, F::Str("-".into()))]);
     assert_same("S3 Parquet", rows, recs.iter().map(|r| format.line(r)).collect());
 }
 
@@ -536,14 +544,25 @@ async fn bad_configuration_is_a_clear_startup_error() {
     let moto = harness::moto();
     let spool = tmp("badcfg");
     let err = |cfg: ShipConfig| async move { format!("{:#}", Shipper::start(&cfg).await.err().expect("startup should fail")) };
+    // No account id (metadata gave none): an error, not objects under AWSLogs/unknown/.
+    let mut c = config(vec!["s3://no-account".parse().unwrap()], Some(moto), &spool);
+    c.account_id = "unknown".into();
+    let e = err(c).await;
+    assert!(e.starts_with("s3://no-account: the AWS account id is \"unknown\", not a 12-digit account id;") && e.contains("--account-id") && e.contains("[metadata.onprem]"), "{e}");
     let e = err(config(vec!["s3://no-such-bucket".parse().unwrap()], Some(moto), &spool)).await;
     assert!(e.contains("bucket \"no-such-bucket\" does not exist"), "{e}");
     let e = err(config(vec!["firehose:no-such-stream".parse().unwrap()], Some(moto), &spool)).await;
     assert!(e.contains("delivery stream \"no-such-stream\" does not exist"), "{e}");
     let mut c = config(vec!["cloudwatch:g".parse().unwrap()], Some(moto), &spool);
-    c.aws.region = Some("us-middle".into());
+    c.aws.region = Some("US_Middle-1".into());
     let e = err(c).await;
-    assert!(e.contains("invalid AWS region \"us-middle\""), "{e}");
+    assert!(e.contains("invalid AWS region \"US_Middle-1\""), "{e}");
+    // Any region of the right shape is the SDK's to judge: a real one that
+    // an older, stricter check refused starts.
+    harness::s3(moto).await.create_bucket().bucket("eusc").send().await.unwrap();
+    let mut c = config(vec!["s3://eusc".parse().unwrap()], Some(moto), &tmp("eusc-spool"));
+    c.aws.region = Some("eusc-de-east-1".into());
+    Shipper::start(&c).await.expect("eusc-de-east-1 is a region").shutdown().await;
     let mut c = config(vec!["cloudwatch:g".parse().unwrap()], Some(moto), &spool);
     c.aws.endpoint_url = Some("127.0.0.1:4566".into());
     assert!(err(c).await.contains("invalid --aws-endpoint-url"));

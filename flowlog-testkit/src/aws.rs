@@ -92,6 +92,41 @@ pub fn ensure_moto() -> std::path::PathBuf {
     py
 }
 
+/// PyPI packages of the data-lake tests (DuckDB with its httpfs extension
+/// from PyPI: DuckDB's own extension repository is not reachable from CI;
+/// pyarrow as a second Parquet reader). Same list in `cargo xtask setup`.
+pub const LAKE_PACKAGES: [&str; 3] = ["duckdb==1.5.5", "duckdb-extension-httpfs==1.5.5", "pyarrow==26.0.1"];
+
+fn lake_ok(py: &std::path::Path) -> bool {
+    Command::new(py)
+        .args(["-c", "import duckdb, duckdb_extension_httpfs, pyarrow; assert duckdb.__version__ == '1.5.5' and pyarrow.__version__ == '26.0.1'"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The Python of `target/test-tools/lake` (DuckDB, pyarrow), installed from
+/// PyPI when missing, or FLOWLOG_LAKE_PYTHON.
+pub fn ensure_lake() -> std::path::PathBuf {
+    let py = match std::env::var_os("FLOWLOG_LAKE_PYTHON") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools/lake/bin/python"),
+    };
+    if lake_ok(&py) {
+        return py;
+    }
+    let venv = py.parent().unwrap().parent().unwrap().to_path_buf();
+    eprintln!("installing {} from PyPI into {}", LAKE_PACKAGES.join(" "), venv.display());
+    if !py.exists() {
+        let st = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().expect("python3 -m venv");
+        assert!(st.success(), "python3 -m venv {} failed", venv.display());
+    }
+    let st = Command::new(&py).args(["-m", "pip", "install", "--quiet"]).args(LAKE_PACKAGES).status().expect("pip");
+    assert!(st.success(), "pip install {} failed", LAKE_PACKAGES.join(" "));
+    assert!(lake_ok(&py), "DuckDB/pyarrow installed but not importable");
+    py
+}
+
 /// The moto server shared by the tests of this binary. It dies with the
 /// test process (PR_SET_PDEATHSIG from a thread that never ends).
 pub fn moto() -> &'static str {

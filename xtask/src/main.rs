@@ -156,6 +156,7 @@ fn setup() -> Result<()> {
         apt_install(DEBIAN_TEST_TOOLS)?;
     }
     setup_moto()?;
+    setup_lake()?;
     if bpf_linker_ok() {
         return Ok(());
     }
@@ -192,6 +193,23 @@ fn setup_moto() -> Result<()> {
         }
     }
     run(Command::new(&py).args(["-m", "pip", "install", "--quiet", &format!("moto[server]=={MOTO_VERSION}")]))
+}
+
+/// A venv with DuckDB (+ httpfs) and pyarrow for the data-lake tests
+/// (flowlog-agent/tests/lake.rs; same pins as flowlog_testkit::aws::LAKE_PACKAGES).
+fn setup_lake() -> Result<()> {
+    let venv = root_dir().join("target/test-tools/lake");
+    let py = venv.join("bin/python");
+    let pkgs = ["duckdb==1.5.5", "duckdb-extension-httpfs==1.5.5", "pyarrow==26.0.1"];
+    let check = "import duckdb, duckdb_extension_httpfs, pyarrow; assert duckdb.__version__ == '1.5.5' and pyarrow.__version__ == '26.0.1'";
+    if Command::new(&py).args(["-c", check]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    step(&format!("installing {} (data-lake tests) into {}", pkgs.join(" "), venv.display()));
+    if !py.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(&py).args(["-m", "pip", "install", "--quiet"]).args(pkgs))
 }
 
 fn build_release() -> Result<()> {

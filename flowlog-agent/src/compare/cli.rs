@@ -24,6 +24,11 @@ pub enum OutputFormat {
     Csv,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SqlDialect {
+    Athena,
+}
+
 /// Compare the agent's flow logs with AWS's native VPC flow logs.
 ///
 /// A source is a file or directory (text, gzip text or Parquet; every file
@@ -35,11 +40,22 @@ pub enum OutputFormat {
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
     /// The native (AWS) flow logs.
-    #[arg(long, value_name = "SOURCE")]
-    pub native: Location,
+    #[arg(long, value_name = "SOURCE", required_unless_present = "emit_sql")]
+    pub native: Option<Location>,
     /// The agent's flow logs.
-    #[arg(long, value_name = "SOURCE")]
-    pub agent: Location,
+    #[arg(long, value_name = "SOURCE", required_unless_present = "emit_sql")]
+    pub agent: Option<Location>,
+    /// Print the comparison as SQL over two tables (deploy/athena/) instead
+    /// of reading sources: for Athena (the query also runs in DuckDB).
+    /// Uses --tolerance, --interface-map, --match-direction, --since, --until.
+    #[arg(long, value_enum, value_name = "DIALECT", conflicts_with_all = ["native", "agent"])]
+    pub emit_sql: Option<SqlDialect>,
+    /// With --emit-sql: the table of the native flow logs.
+    #[arg(long, default_value = "native_flow_logs", value_name = "TABLE")]
+    pub native_table: String,
+    /// With --emit-sql: the table of the agent's flow logs.
+    #[arg(long, default_value = "agent_flow_logs", value_name = "TABLE")]
+    pub agent_table: String,
     /// Format of native text without a header line (CloudWatch events, or
     /// files without one), as `--log-format` takes it. Default: version 2.
     #[arg(long, value_name = "FORMAT")]
@@ -126,6 +142,41 @@ fn open(loc: &Location, format: Format, a: &CompareArgs, aws: &mut Option<Aws>) 
     Ok(src)
 }
 
+fn interface_map(a: &CompareArgs) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut map = std::collections::BTreeMap::new();
+    for m in &a.interface_map {
+        let (ag, na) = m.split_once('=').filter(|(x, y)| !x.is_empty() && !y.is_empty()).ok_or_else(|| {
+            anyhow!("invalid --interface-map {m:?}: expected agent-interface-id=native-interface-id, e.g. eni-0a1=eni-0b2")
+        })?;
+        map.insert(ag.to_string(), na.to_string());
+    }
+    Ok(map)
+}
+
+fn table_name(t: &str, what: &str) -> Result<()> {
+    // Interpolated into the SQL: a (database-qualified) identifier only.
+    if t.is_empty() || !t.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')) {
+        return Err(anyhow!("invalid --{what} {t:?}: expected a table name such as flow_logs or db.flow_logs (letters, digits, _)"));
+    }
+    Ok(())
+}
+
+/// `--emit-sql`: the query.
+pub fn sql(a: &CompareArgs) -> Result<String> {
+    table_name(&a.native_table, "native-table")?;
+    table_name(&a.agent_table, "agent-table")?;
+    let map = interface_map(a)?;
+    Ok(super::sql::emit(&super::sql::SqlOptions {
+        native_table: &a.native_table,
+        agent_table: &a.agent_table,
+        tolerance: a.tolerance,
+        interface_map: &map,
+        match_direction: a.match_direction,
+        since: a.since,
+        until: a.until,
+    }))
+}
+
 /// Runs a comparison; the report and the limits it exceeds.
 pub fn run(a: &CompareArgs, progress: bool) -> Result<(Report, Vec<String>)> {
     let fmt = |s: &Option<String>, what: &str| -> Result<Format> {
@@ -134,16 +185,11 @@ pub fn run(a: &CompareArgs, progress: bool) -> Result<(Report, Vec<String>)> {
             Some(s) => Format::parse(s).map_err(|e| anyhow!("--{what}: {e}")),
         }
     };
-    let mut map = HashMap::new();
-    for m in &a.interface_map {
-        let (ag, na) = m.split_once('=').filter(|(x, y)| !x.is_empty() && !y.is_empty()).ok_or_else(|| {
-            anyhow!("invalid --interface-map {m:?}: expected agent-interface-id=native-interface-id, e.g. eni-0a1=eni-0b2")
-        })?;
-        map.insert(ag.to_string(), na.to_string());
-    }
+    let map: HashMap<String, String> = interface_map(a)?.into_iter().collect();
+    let (Some(native), Some(agent)) = (&a.native, &a.agent) else { return Err(anyhow!("--native and --agent are both needed")) };
     let mut aws = None;
-    let mut native = open(&a.native, fmt(&a.native_format, "native-format")?, a, &mut aws).map_err(|e| anyhow!("native: {e:#}"))?;
-    let mut agent = open(&a.agent, fmt(&a.agent_format, "agent-format")?, a, &mut aws).map_err(|e| anyhow!("agent: {e:#}"))?;
+    let mut native = open(native, fmt(&a.native_format, "native-format")?, a, &mut aws).map_err(|e| anyhow!("native: {e:#}"))?;
+    let mut agent = open(agent, fmt(&a.agent_format, "agent-format")?, a, &mut aws).map_err(|e| anyhow!("agent: {e:#}"))?;
     let opts = MatchOptions {
         tolerance: a.tolerance,
         reorder_window: a.reorder_window,
@@ -193,6 +239,18 @@ pub fn run(a: &CompareArgs, progress: bool) -> Result<(Report, Vec<String>)> {
 
 /// `flowlog-agent compare`.
 pub fn main(a: CompareArgs) -> ExitCode {
+    if a.emit_sql.is_some() {
+        return match sql(&a) {
+            Ok(q) => {
+                print!("{q}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let (r, exceeded) = match run(&a, !a.no_progress) {
         Ok(x) => x,
         Err(e) => {

@@ -40,6 +40,7 @@ pub mod aws;
 pub mod cli;
 pub mod report;
 pub mod source;
+pub mod sql;
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -6,7 +6,8 @@
 //! with a header line of field names (what AWS writes to S3) or not (the
 //! agent's files, CloudWatch events): then the source's `--*-format` (by
 //! default the version 2 format) says what the fields are. Parquet columns
-//! are named after the fields (`-` or `_` between words).
+//! are named after the fields, `_` between words as AWS writes them or `-`
+//! (files of earlier versions of the agent); a null or `-` is `-`.
 //!
 //! Objects are read one at a time, in the order of the time stamp in their
 //! name (`..._20180620T1620Z_<hash>.log.gz`, S3 layout) and then of their
@@ -367,9 +368,21 @@ pub fn interface_from_stream(stream: &str) -> Arc<str> {
 }
 
 /// Records as AWS writes Parquet objects: one optional column per field of
-/// `header` (INT32, INT64 or STRING per the field table), `-` as null.
-/// For tests and examples; the S3 destination has its own writer.
+/// `header` (INT32, INT64 or STRING per the field table), named with `_`
+/// (`account_id`), `-` as null in numeric columns and as the string `-` in
+/// STRING ones. For tests and examples; the S3 destination has its own
+/// writer.
 pub fn parquet_object(header: &str, lines: &[String]) -> Result<Vec<u8>> {
+    parquet_object_as(header, lines, false)
+}
+
+/// What earlier versions of the agent wrote (columns named `account-id`, every
+/// `-` null): files that `compare` still reads.
+pub fn parquet_object_legacy(header: &str, lines: &[String]) -> Result<Vec<u8>> {
+    parquet_object_as(header, lines, true)
+}
+
+fn parquet_object_as(header: &str, lines: &[String], legacy: bool) -> Result<Vec<u8>> {
     use parquet::{
         basic::{LogicalType, Repetition, Type as Physical},
         data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type},
@@ -385,10 +398,11 @@ pub fn parquet_object(header: &str, lines: &[String]) -> Result<Vec<u8>> {
     let fields = names
         .iter()
         .map(|n| {
+            let c = if legacy { n.to_string() } else { n.replace('-', "_") };
             let b = match kind(n) {
-                32 => Type::primitive_type_builder(n, Physical::INT32),
-                64 => Type::primitive_type_builder(n, Physical::INT64),
-                _ => Type::primitive_type_builder(n, Physical::BYTE_ARRAY).with_logical_type(Some(LogicalType::String)),
+                32 => Type::primitive_type_builder(&c, Physical::INT32),
+                64 => Type::primitive_type_builder(&c, Physical::INT64),
+                _ => Type::primitive_type_builder(&c, Physical::BYTE_ARRAY).with_logical_type(Some(LogicalType::String)),
             };
             b.with_repetition(Repetition::OPTIONAL).build().map(Arc::new)
         })
@@ -402,8 +416,9 @@ pub fn parquet_object(header: &str, lines: &[String]) -> Result<Vec<u8>> {
     }
     let mut i = 0;
     while let Some(mut col) = rg.next_column()? {
-        let vals: Vec<&str> = rows.iter().map(|r| r[i]).filter(|v| *v != "-").collect();
-        let defs: Vec<i16> = rows.iter().map(|r| i16::from(r[i] != "-")).collect();
+        let null = |v: &str| v == "-" && (legacy || kind(names[i]) != 0);
+        let vals: Vec<&str> = rows.iter().map(|r| r[i]).filter(|v| !null(v)).collect();
+        let defs: Vec<i16> = rows.iter().map(|r| i16::from(!null(r[i]))).collect();
         let num = |v: &&str| v.parse::<i64>().map_err(|_| anyhow!("field {}: {v:?} is not a number", names[i]));
         match kind(names[i]) {
             32 => {

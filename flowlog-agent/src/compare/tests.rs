@@ -3,7 +3,7 @@
 use std::{io::Write as _, sync::Arc};
 
 use super::{
-    source::{local, name_time, parquet_object as pq, sort_objects, ObjectReader, RecordSource, VecSource},
+    source::{local, name_time, parquet_object as pq, parquet_object_legacy, sort_objects, ObjectReader, RecordSource, VecSource},
     *,
 };
 use flowlog_records::{
@@ -284,7 +284,9 @@ fn gz(text: &str) -> Vec<u8> {
 
 /// The native records as S3 would store them: one object per 5 minutes of
 /// `end`, in the dated key layout of two regions, with a header line.
-fn write_native_tree(dir: &std::path::Path, recs: &[FlowRecord], format: &Format, parquet: bool) {
+/// `parquet`: 0 text, 1 Parquet as AWS writes it, 2 Parquet as earlier
+/// agents wrote it (`account-id` columns, `-` as null).
+fn write_native_tree(dir: &std::path::Path, recs: &[FlowRecord], format: &Format, parquet: u8) {
     let mut by_obj: BTreeMap<(u64, usize), Vec<&FlowRecord>> = BTreeMap::new();
     for r in recs {
         // Two regions (two directory trees) with objects of the same times.
@@ -299,8 +301,9 @@ fn write_native_tree(dir: &std::path::Path, recs: &[FlowRecord], format: &Format
         std::fs::create_dir_all(&d).unwrap();
         let base = format!("123456789012_vpcflowlogs_{region}_fl-1234abcd_19700101T{h:02}{m:02}Z_abcdef01");
         let lines: Vec<String> = rs.iter().map(|r| format.line(r)).collect();
-        if parquet {
-            std::fs::write(d.join(format!("{base}.log.parquet")), pq(&format.header(), &lines).unwrap()).unwrap();
+        if parquet > 0 {
+            let write = if parquet == 1 { pq } else { parquet_object_legacy };
+            std::fs::write(d.join(format!("{base}.log.parquet")), write(&format.header(), &lines).unwrap()).unwrap();
         } else {
             let text = format!("{}\n{}\n", format.header(), lines.join("\n"));
             std::fs::write(d.join(format!("{base}.log.gz")), gz(&text)).unwrap();
@@ -311,7 +314,7 @@ fn write_native_tree(dir: &std::path::Path, recs: &[FlowRecord], format: &Format
 const NATIVE_V5: &str = "${log-status} ${start} ${end} ${account-id} ${flow-direction} ${tcp-flags}  ${dstaddr} ${srcaddr} ${dstport} ${srcport} ${protocol} ${interface-id} ${packets} ${bytes} ${action} ${version} ${vpc-id}";
 const AGENT_V3: &str = "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${tcp-flags} ${flow-direction}";
 
-fn file_report(parquet: bool, name: &str) -> Report {
+fn file_report(parquet: u8, name: &str) -> Report {
     let (n, a) = scenario();
     let dir = tempdir(name);
     let nf = Format::parse(NATIVE_V5).unwrap();
@@ -336,12 +339,18 @@ fn no_peak(mut r: Report) -> Report {
 /// header-less text in the agent's format: the same figures as in memory.
 #[test]
 fn gzip_tree_with_headers_against_plain_text() {
-    assert_eq!(no_peak(file_report(false, "text")), no_peak(scenario_report(60, 23)));
+    assert_eq!(no_peak(file_report(0, "text")), no_peak(scenario_report(60, 23)));
 }
 
 #[test]
 fn parquet_against_text() {
-    assert_eq!(no_peak(file_report(true, "parquet")), no_peak(scenario_report(60, 23)));
+    assert_eq!(no_peak(file_report(1, "parquet")), no_peak(scenario_report(60, 23)));
+}
+
+/// Files of earlier versions (`account-id` columns, `-` as null) read the same.
+#[test]
+fn legacy_parquet_against_text() {
+    assert_eq!(no_peak(file_report(2, "parquet-legacy")), no_peak(scenario_report(60, 23)));
 }
 
 #[test]
@@ -595,4 +604,26 @@ fn locations_parse() {
     assert!(source::parse_time("1969-12-31T23:59:59Z").is_err());
     assert_eq!(source::name_secs("123_vpcflowlogs_us-east-1_fl-1_20180620T1620Z_ab.log.gz"), Some(1_529_511_600));
     assert_eq!(source::name_secs("x_20181320T1620Z_ab.log.gz"), None);
+}
+
+/// The agent's own Parquet writer, AWS's spelling and the earlier one: the
+/// same records back, `-` in numeric (null) and STRING columns alike.
+#[test]
+fn parquet_of_every_spelling_reads_back_the_same_records() {
+    let lines = [LINE.to_string(), "2 123456789012 eni-1 - - - - - - - 1000 1060 - NODATA".to_string()];
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let bodies = [
+        ("agent", crate::ship::parquet::parquet_file(HEADER, &refs).unwrap()),
+        ("aws", pq(HEADER, &lines).unwrap()),
+        ("legacy", parquet_object_legacy(HEADER, &lines).unwrap()),
+    ];
+    let f = Format::default();
+    for (what, body) in bodies {
+        let mut r = ObjectReader::from_bytes("x.parquet", body.into(), &f).unwrap();
+        let mut got = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            got.push(f.line(&rec));
+        }
+        assert_eq!(got, lines, "{what}");
+    }
 }

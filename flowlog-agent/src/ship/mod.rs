@@ -280,6 +280,24 @@ impl Default for ShipConfig {
     }
 }
 
+/// An `s3://` output writes the account and region into every key
+/// (`AWSLogs/<account>/vpcflowlogs/<region>/`), where Athena's partitions,
+/// bucket policies and `compare` look for them: a placeholder such as
+/// `unknown` would put the records where no reader finds them.
+pub fn check_s3_identity(output: &str, account: &str, region: Option<&str>) -> Result<()> {
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        anyhow::bail!(
+            "{output}: the AWS account id is {account:?}, not a 12-digit account id; S3 keys need it (AWSLogs/<account>/...): \
+             set `account-id` in the config file or --account-id, or `account-id` in [metadata.onprem], or run where the instance metadata service gives it"
+        );
+    }
+    match region {
+        None => anyhow::bail!("{output}: no AWS region; S3 keys need it (AWSLogs/<account>/vpcflowlogs/<region>/): set `region` in the config file, --region or AWS_REGION"),
+        Some(r) if !aws::valid_region(r) => anyhow::bail!("{output}: invalid AWS region {r:?}: expected lowercase letters, digits and dashes, such as us-east-1"),
+        Some(_) => Ok(()),
+    }
+}
+
 /// One window on its way to the outputs (from [`Shipper::window`]).
 pub struct WindowWriter<'a> {
     shipper: &'a mut Shipper,
@@ -371,12 +389,14 @@ impl Shipper {
         }
         let needs_aws = spooled.iter().any(|o| matches!(o, Output::S3 { .. } | Output::CloudWatch { .. } | Output::Firehose { .. }));
         let sdk = if needs_aws { Some(aws::sdk_config(&cfg.aws).await?) } else { None };
-        let region = sdk
-            .as_ref()
-            .and_then(|c| c.region().map(|r| r.to_string()))
-            .or_else(|| cfg.aws.region.clone())
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .unwrap_or_else(|| "local".into());
+        let known_region = sdk.as_ref().and_then(|c| c.region().map(|r| r.to_string())).or_else(|| cfg.aws.region.clone()).or_else(|| std::env::var("AWS_REGION").ok());
+        for (o, name) in spooled.iter().zip(&names) {
+            if matches!(o, Output::S3 { .. }) {
+                check_s3_identity(name, &cfg.account_id, known_region.as_deref())?;
+            }
+        }
+        // Only `dir:` outputs may lack a region (a machine outside AWS).
+        let region = known_region.unwrap_or_else(|| "local".into());
         let mut dests: Vec<Box<dyn Destination>> = Vec::new();
         for (o, name) in spooled.iter().zip(&names) {
             let stats = Arc::new(ShipStats::default());
@@ -567,6 +587,25 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_needs_a_12_digit_account_and_a_region() {
+        assert!(check_s3_identity("s3://b", "123456789012", Some("eusc-de-east-1")).is_ok());
+        let e = check_s3_identity("s3://b", "unknown", Some("us-east-1")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "s3://b: the AWS account id is \"unknown\", not a 12-digit account id; S3 keys need it (AWSLogs/<account>/...): \
+             set `account-id` in the config file or --account-id, or `account-id` in [metadata.onprem], or run where the instance metadata service gives it"
+        );
+        for a in ["12345678901", "1234567890123", "12345678901x", ""] {
+            assert!(check_s3_identity("s3://b", a, Some("us-east-1")).is_err(), "{a}");
+        }
+        assert_eq!(
+            check_s3_identity("s3://b", "123456789012", None).unwrap_err().to_string(),
+            "s3://b: no AWS region; S3 keys need it (AWSLogs/<account>/vpcflowlogs/<region>/): set `region` in the config file, --region or AWS_REGION"
+        );
+        assert!(check_s3_identity("s3://b", "123456789012", Some("US-EAST-1")).is_err());
+    }
 
     #[test]
     fn parses_outputs() {

@@ -76,6 +76,8 @@ fn moto_ok(py: &std::path::Path) -> bool {
 
 /// Installs moto[server] (pinned) from PyPI into the venv when missing.
 pub fn ensure_moto() -> std::path::PathBuf {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let py = moto_python();
     if moto_ok(&py) {
         return py;
@@ -108,6 +110,9 @@ fn lake_ok(py: &std::path::Path) -> bool {
 /// The Python of `target/test-tools/lake` (DuckDB, pyarrow), installed from
 /// PyPI when missing, or FLOWLOG_LAKE_PYTHON.
 pub fn ensure_lake() -> std::path::PathBuf {
+    // Tests of one binary run in parallel: one pip at a time into the venv.
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let py = match std::env::var_os("FLOWLOG_LAKE_PYTHON") {
         Some(p) => std::path::PathBuf::from(p),
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools/lake/bin/python"),

@@ -38,18 +38,23 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let res = match task {
         "setup" => setup(),
-        "build" => setup().and_then(|_| build_release()),
-        "run" => setup().and_then(|_| run_agent(&rest)),
+        // The committed eBPF objects need no eBPF toolchain to build the agent
+        // (build.rs says what to install when the eBPF sources changed).
+        "build" => build_release(),
+        "run" => run_agent(&rest),
         "test" => setup().and_then(|_| test(&rest)),
         "bench" => setup().and_then(|_| bench(&rest)),
         "vmtest" => vm::vmtest(&rest),
+        "ebpf" => setup().and_then(|_| ebpf_objects()),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\
                  \n  setup           install the eBPF toolchain if missing (Debian packages, bpf-linker) and moto (test server)\
-                 \n  build           setup, then build the agent (release)\
-                 \n  run [-- ARGS]   setup, build, and run the agent as root with ARGS\
-                 \n  test [ARGS]     setup, then run every test (needs root); ARGS go to `cargo test`\
+                 \n  build           build the agent (release; stable Rust is enough)\
+                 \n  ebpf            setup, then rebuild the committed eBPF objects (flowlog-ebpf/prebuilt) from their sources\
+                 \n  run [-- ARGS]   build, and run the agent as root with ARGS\
+                 \n  test [ARGS]     setup, then run every test (needs root): the committed eBPF objects rebuilt and compared,\
+                 \n                  the host suites, then the root suites on the kernel matrix (vmtest); ARGS go to `cargo test`\
                  \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
                  \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S\
                  \n  vmtest [ARGS]   setup, then run the root-needing suites in QEMU VMs on Debian's 5.10, 6.1, 6.12 kernels (~15 min);\
@@ -121,7 +126,8 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     step(&format!("installing Debian packages: {}", missing.join(" ")));
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        // Wait for another apt (unattended upgrades, a parallel setup) instead of failing.
+        .args(["install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
@@ -228,16 +234,36 @@ fn run_agent(args: &[String]) -> Result<()> {
     run(Command::new(exe).args(args))
 }
 
+/// `cargo xtask ebpf`: a fresh build of the eBPF crate stored as the
+/// committed objects, with the hash of their sources (flowlog-agent/build.rs).
+fn ebpf_objects() -> Result<()> {
+    step("building the eBPF programs into flowlog-ebpf/prebuilt (commit them with the sources)");
+    run(cargo().current_dir(root_dir()).args(["build", "-p", "flowlog-agent"]).env("FLOWLOG_EBPF_PREBUILT", "write"))
+}
+
 fn test(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the kernel tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
     }
-    step("running all tests (unit, eBPF programs via BPF_PROG_TEST_RUN, end-to-end in network namespaces)");
-    run(cargo()
+    // Every build of this run (host suites and the VM suites' binaries)
+    // rebuilds the eBPF objects and fails unless they are the committed
+    // bytes: one setting for all, so nothing is built twice.
+    std::env::set_var("FLOWLOG_EBPF_PREBUILT", "check");
+    step("running the host suites (unit, eBPF programs via BPF_PROG_TEST_RUN, end-to-end in network namespaces) on this kernel");
+    let host = run(cargo()
         .current_dir(root_dir())
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(args)
-        .env("FLOWLOG_REQUIRE_ROOT_TESTS", "1"))
+        .env("FLOWLOG_REQUIRE_ROOT_TESTS", "1"));
+    // The kernel matrix even when a host suite failed: both results count.
+    let matrix = if args.is_empty() {
+        step("running the root suites on the kernel matrix (cargo xtask vmtest --kernel all)");
+        vm::vmtest(&["--kernel".to_string(), "all".to_string()])
+    } else {
+        step("test ARGS given: the kernel matrix is skipped (run `cargo xtask vmtest`)");
+        Ok(())
+    };
+    host.and(matrix)
 }
 
 fn bench(args: &[String]) -> Result<()> {

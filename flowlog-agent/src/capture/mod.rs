@@ -337,7 +337,13 @@ impl Capture {
         let mut capture =
             Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features };
         if let Some(d) = drops {
-            capture.attach_drops(d)?;
+            match capture.attach_drops(d) {
+                Ok(()) => {}
+                Err(e) if d.optional => {
+                    tracing::warn!("REJECT records are off: the drop program cannot run on this kernel ({e:#}); --reject-reasons makes this an error");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok((capture, tables))
     }

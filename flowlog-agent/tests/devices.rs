@@ -164,8 +164,9 @@ fn bond_is_exact() {
     Pair::set_addr(&p.a, "bond0", p.addr(1));
     Pair::set_addr(&p.b, "vb", p.addr(2));
     // A bond has native XDP where its slaves do (veth does; bonding since
-    // 5.15): whichever hook the agent gets, it must count on the bond.
-    stacked_any_hook("bond_is_exact", &p, "vb", "bond0");
+    // 5.15), but the program then runs on the slaves with their ifindex:
+    // the agent counts a bond at TC.
+    stacked("bond_is_exact", &p, "bond0", "vb", "bond0", "tc", true);
 }
 
 /// Like `stacked`, for a device that may or may not have native XDP: the

@@ -172,7 +172,7 @@ impl Agent {
                 l.push('\n');
             }
         });
-        if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        if ready_rx.recv_timeout(Duration::from_secs(120)).is_err() {
             let _ = child.kill();
             panic!("agent not ready: {}", stderr.lock().unwrap());
         }

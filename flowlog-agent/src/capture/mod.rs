@@ -88,6 +88,9 @@ impl IngressHook {
     /// first (else at TC).
     pub fn tries_xdp(self, driver: Option<&str>) -> bool {
         match self {
+            // A bond's XDP program runs on its slaves and sees their
+            // ifindex: its packets would be counted under the slaves.
+            _ if driver == Some("bonding") => false,
             IngressHook::Auto => driver != Some("veth"),
             IngressHook::Xdp => true,
             IngressHook::Tc => false,
@@ -709,6 +712,8 @@ mod tests {
             (IngressHook::Auto, None, true),
             (IngressHook::Xdp, Some("veth"), true),
             (IngressHook::Tc, Some("ena"), false),
+            (IngressHook::Xdp, Some("bonding"), false),
+            (IngressHook::Auto, Some("bonding"), false),
         ];
         for (hook, driver, xdp) in cases {
             assert_eq!(hook.tries_xdp(driver), xdp, "{hook:?} {driver:?}");

@@ -44,7 +44,7 @@ fn next_boundary(interval: Duration) -> Instant {
 pub async fn run(settings: Settings) -> Result<()> {
     let cfg = &settings.agent;
     let drops = match crate::capture::reject::DropSetup::prepare(&cfg.reject) {
-        Ok(d) => d,
+        Ok(d) => d.map(|d| crate::capture::reject::DropSetup { optional: !cfg.reject_explicit, ..d }),
         Err(e) if !cfg.reject_explicit => {
             warn!("REJECT records are off: {e:#}");
             None

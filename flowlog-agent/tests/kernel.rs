@@ -664,3 +664,63 @@ fn kernel_features_and_clock() {
         assert!(s.first_seen_ns + 10_000_000 >= before && s.last_seen_ns <= after, "{before} {s:?} {after}");
     }
 }
+
+/// A device without a link-layer header (tun here; wireguard, ipip, sit and
+/// gre alike): its packets start with the IP header, and the agent attaches
+/// the L3 programs, which count them exactly. Through a real tun device in
+/// a namespace of this thread, not BPF_PROG_TEST_RUN: for TC programs
+/// test_run always pushes an Ethernet header's length back in front of the
+/// data (net/bpf/test_run.c), whatever the device, so it cannot present a
+/// bare IP packet.
+#[test]
+fn l3_programs_count_bare_ip_packets_exactly() {
+    if !require_root() {
+        return;
+    }
+    std::thread::spawn(|| {
+        use std::{io::Write, os::fd::AsRawFd};
+        // SAFETY: a new network namespace for this thread (and the commands it runs) only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        let tun = flowlog_testkit::netns::open_tun("fltun0");
+        for cmd in [&["ip", "addr", "add", "10.1.0.1/24", "dev", "fltun0"][..], &["ip", "link", "set", "fltun0", "up"]] {
+            flowlog_testkit::netns::sh(cmd);
+        }
+        let ifindex = unsafe { libc::if_nametoindex(c"fltun0".as_ptr()) };
+        assert_eq!(flowlog_agent::capture::links::device_type("fltun0"), Some(65534));
+        let mut k = Kernel::load(64);
+        let link = flowlog_agent::capture::links::LinkInfo { name: "fltun0".into(), ifindex, up: true, loopback: false };
+        k.capture.set_ingress_hook(flowlog_agent::capture::IngressHook::Xdp);
+        // Never XDP without an Ethernet header, even when asked.
+        assert_eq!(k.capture.attach(&link).unwrap(), "tc");
+        let a: [u8; 4] = [10, 1, 0, 2];
+        let b: [u8; 4] = [10, 1, 0, 1];
+        // Ingress: bare IP packets written to the tun.
+        let v4 = V4::new(a, b).packet(TCP, &L4::Tcp { sport: 7, dport: 8, flags: 0x02, options: 0, payload: 100 }.bytes(false));
+        let v6 = V6::new(A6, B6).packet(UDP, &L4::Udp { sport: 53, dport: 5353, payload: 33 }.bytes(true));
+        let mut f = std::fs::File::from(tun);
+        for p in [&v4, &v6] {
+            assert_eq!(f.write(p).unwrap(), p.len());
+        }
+        // Egress: UDP datagrams routed out of the tun.
+        let sock = std::net::UdpSocket::bind("10.1.0.1:4000").unwrap();
+        for _ in 0..3 {
+            sock.send_to(&[7u8; 200], "10.1.0.2:4001").unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = f.as_raw_fd();
+        k.capture.detach_all();
+        let d = k.drain();
+        let on = |key: FlowKey| FlowKey { ifindex, ..key };
+        let mut want = vec![
+            (on(v4key(a, b, 7, 8, TCP, direction::INGRESS)), 1, 140, 0x02),
+            (on(v6key(A6, B6, 53, 5353, UDP, direction::INGRESS)), 1, 40 + 8 + 33, 0),
+            (on(v4key(b, a, 4000, 4001, UDP, direction::EGRESS)), 3, 3 * (20 + 8 + 200), 0),
+        ];
+        want.sort();
+        // Only these flows (the stack may send ICMPv6 of its own on the tun).
+        let got: Vec<_> = entries(&d).into_iter().filter(|(key, ..)| key.protocol != 58).collect();
+        assert_eq!(got, want);
+    })
+    .join()
+    .unwrap();
+}

@@ -108,18 +108,48 @@ pub fn flowlog_ingress_tc(ctx: TcContext) -> i32 {
     tc_count(&ctx, direction::INGRESS)
 }
 
+/// Egress of a device without a link-layer header (wireguard, tun, ipip,
+/// sit, gre, ppp...): the packet starts with its IP header. The agent
+/// attaches these two to such devices, and never XDP; Ethernet devices keep
+/// the programs above and pay nothing for this.
+#[classifier]
+pub fn flowlog_egr_l3(ctx: TcContext) -> i32 {
+    tc_count_l3(&ctx, direction::EGRESS)
+}
+
+/// Ingress of a device without a link-layer header.
+#[classifier]
+pub fn flowlog_ingr_l3(ctx: TcContext) -> i32 {
+    tc_count_l3(&ctx, direction::INGRESS)
+}
+
 #[inline(always)]
 fn tc_count(ctx: &TcContext, dir: u8) -> i32 {
+    tc_count_with::<false>(ctx, dir)
+}
+
+#[inline(always)]
+fn tc_count_l3(ctx: &TcContext, dir: u8) -> i32 {
+    tc_count_with::<true>(ctx, dir)
+}
+
+/// `L3`: the packet starts at the IP header (a constant: each program has
+/// only its own parser).
+#[inline(always)]
+fn tc_count_with<const L3: bool>(ctx: &TcContext, dir: u8) -> i32 {
     let skb = ctx.skb.skb;
     let len = ctx.len() as usize;
-    let mut res = parse::parse(ctx.data(), ctx.data_end(), len);
+    // skb->protocol is in network byte order.
+    let proto = if L3 { u16::from_be(unsafe { (*skb).protocol } as u16) } else { 0 };
+    let parse = |d: usize, e: usize, l: usize| if L3 { parse::parse_l3(d, e, l, proto) } else { parse::parse(d, e, l) };
+    let mut res = parse(ctx.data(), ctx.data_end(), len);
     if let Err(ParseError::NotLinear) = res {
         // Headers beyond the linear area (rare on egress): make them linear
         // and parse once more. 256 bytes covers Ethernet + VLANs + IPv6 with
         // extension headers + TCP with options.
         let want = if len < 256 { len } else { 256 };
         if ctx.pull_data(want as u32).is_ok() {
-            res = parse::parse(ctx.data(), ctx.data_end(), len);
+            res = parse(ctx.data(), ctx.data_end(), len);
         }
     }
     match res {

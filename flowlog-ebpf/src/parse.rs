@@ -1,4 +1,6 @@
-//! Frame parser shared by the XDP and TC programs.
+//! Frame parser shared by the XDP and TC programs: Ethernet frames
+//! ([`parse`]) and, for devices without a link-layer header, bare IP
+//! packets ([`parse_l3`]), with the same IP and L4 code.
 //!
 //! Every read goes through [`at`], which checks the bounds against `data_end`
 //! first: the verifier requires it, and it is what keeps truncated frames from
@@ -103,6 +105,19 @@ pub fn parse(data: usize, data_end: usize, len: usize) -> Result<Packet, ParseEr
         l3 += 4;
     }
 
+    parse_from(data, data_end, len, l3, proto)
+}
+
+/// A packet of a device without a link-layer header (wireguard, tun, ipip,
+/// sit, gre...): at TC, `data` is the IP header itself and `proto` is
+/// `skb->protocol` (host order), which says IPv4 or IPv6.
+#[inline(always)]
+pub fn parse_l3(data: usize, data_end: usize, len: usize, proto: u16) -> Result<Packet, ParseError> {
+    parse_from(data, data_end, len, 0, proto)
+}
+
+#[inline(always)]
+fn parse_from(data: usize, data_end: usize, len: usize, l3: usize, proto: u16) -> Result<Packet, ParseError> {
     match proto {
         ETH_P_IP => parse_ipv4(data, data_end, len, l3),
         ETH_P_IPV6 => parse_ipv6(data, data_end, len, l3),

@@ -1,11 +1,13 @@
 //! Test support for flowlog, kept out of the agent's `src/` so that no fake
 //! can reach the shipped binary: a fake IMDS ([`fake_imds`]), the moto
 //! harness and a fault-injecting proxy ([`aws`]), frame builders for
-//! `BPF_PROG_TEST_RUN` ([`frames`]).
+//! `BPF_PROG_TEST_RUN` ([`frames`]), network namespaces with a running
+//! agent and a packet capture ([`netns`]).
 
 pub mod aws;
 pub mod fake_imds;
 pub mod frames;
+pub mod netns;
 
 /// Tests that need root (BPF, network namespaces) call this first. Under
 /// `cargo xtask test` (and CI) FLOWLOG_REQUIRE_ROOT_TESTS=1 turns a missing

@@ -39,6 +39,59 @@ pub fn read_link(name: &str) -> Option<LinkInfo> {
     Some(LinkInfo { name: name.to_string(), ifindex, up: flags & IFF_UP != 0, loopback: flags & IFF_LOOPBACK != 0 })
 }
 
+/// What a device's packets start with at TC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    /// An Ethernet header (also loopback's, and any type not known below).
+    Ethernet,
+    /// The IP header: no link-layer header at all.
+    Ip,
+}
+
+/// Device types (`/sys/class/net/<if>/type`, ARPHRD_* in linux/if_arp.h)
+/// whose packets have no link-layer header at TC: tun and wireguard
+/// (NONE), ipip (TUNNEL), ip6tnl (TUNNEL6), sit, gre (IPGRE), ip6gre,
+/// rmnet/qmi (RAWIP) and ppp (whose header is added after TC and removed
+/// before it). Ethernet is 1; gretap, vxlan, bridges, bonds, vlans,
+/// macvlans and veths are all Ethernet.
+pub const IP_HEADER_TYPES: [u16; 8] = [65534, 768, 769, 776, 778, 823, 519, 512];
+
+pub fn header_of_type(ty: u16) -> Header {
+    if IP_HEADER_TYPES.contains(&ty) {
+        Header::Ip
+    } else {
+        Header::Ethernet
+    }
+}
+
+/// What the packets of `name` start with; Ethernet if its type cannot be read.
+pub fn link_header(name: &str) -> Header {
+    device_type(name).map_or(Header::Ethernet, header_of_type)
+}
+
+/// The device type (`/sys/class/net/<if>/type`), asked of the kernel
+/// (SIOCGIFHWADDR) rather than sysfs, which shows the namespace that
+/// mounted it.
+pub fn device_type(name: &str) -> Option<u16> {
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: zeroed ifreq is valid; plain socket/ioctl, fd closed below.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in name.bytes().enumerate() {
+            req.ifr_name[i] = b as libc::c_char;
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let r = libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut req);
+        libc::close(fd);
+        (r == 0).then_some(req.ifr_ifru.ifru_hwaddr.sa_family)
+    }
+}
+
 /// The interface's driver name as `ethtool -i` shows it (`veth`, `ena`,
 /// `virtio_net`...), or `None` where the device does not say.
 pub fn driver(name: &str) -> Option<String> {
@@ -212,6 +265,18 @@ mod tests {
         // Default: what is up and not loopback, minus excludes.
         let d = Selector::new(&[], &["docker*".to_string()]).unwrap();
         assert!(d.wants(&new("cali1", true)) && !d.wants(&new("cali2", false)) && !d.wants(&new("docker0", true)));
+    }
+
+    #[test]
+    fn device_types_without_a_link_header() {
+        // ARPHRD_ETHER, LOOPBACK, and an unknown type: Ethernet.
+        for ty in [1, 772, 32] {
+            assert_eq!(header_of_type(ty), Header::Ethernet, "{ty}");
+        }
+        // NONE (tun, wireguard), TUNNEL (ipip), SIT, IPGRE, TUNNEL6, IP6GRE.
+        for ty in [65534, 768, 776, 778, 769, 823] {
+            assert_eq!(header_of_type(ty), Header::Ip, "{ty}");
+        }
     }
 
     #[test]

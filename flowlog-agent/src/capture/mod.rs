@@ -47,9 +47,15 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const INGRESS_PROGRAM: &str = "flowlog_ingress";
 pub const EGRESS_PROGRAM: &str = "flowlog_egress";
 pub const INGRESS_TC_PROGRAM: &str = "flowlog_ingress_tc";
+/// The TC programs of devices without a link-layer header (wireguard, tun,
+/// ipip, sit, gre...): they parse from the IP header. Names of at most 15
+/// bytes, so the kernel's program names (cut to 15) are these too, and
+/// distinct from the others.
+pub const INGRESS_L3_PROGRAM: &str = "flowlog_ingr_l3";
+pub const EGRESS_L3_PROGRAM: &str = "flowlog_egr_l3";
 /// The programs that run as TC filters before TCX, by the names the kernel
-/// shows for them.
-pub const TC_PROGRAMS: [&str; 2] = [EGRESS_PROGRAM, INGRESS_TC_PROGRAM];
+/// shows for them: every TC program, so stale filters of any are found.
+pub const TC_PROGRAMS: [&str; 4] = [EGRESS_PROGRAM, INGRESS_TC_PROGRAM, EGRESS_L3_PROGRAM, INGRESS_L3_PROGRAM];
 
 
 /// Where ingress is counted.
@@ -82,6 +88,9 @@ impl IngressHook {
     /// first (else at TC).
     pub fn tries_xdp(self, driver: Option<&str>) -> bool {
         match self {
+            // A bond's XDP program runs on its slaves and sees their
+            // ifindex: its packets would be counted under the slaves.
+            _ if driver == Some("bonding") => false,
             IngressHook::Auto => driver != Some("veth"),
             IngressHook::Xdp => true,
             IngressHook::Tc => false,
@@ -324,14 +333,20 @@ impl Capture {
         let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH)?;
         let ingress: &mut Xdp = ebpf.program_mut(INGRESS_PROGRAM).context("no XDP program")?.try_into()?;
         ingress.load().map_err(verifier)?;
-        for name in [EGRESS_PROGRAM, INGRESS_TC_PROGRAM] {
+        for name in TC_PROGRAMS {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).context("no TC program")?.try_into()?;
             tc.load().map_err(verifier)?;
         }
         let mut capture =
             Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features };
         if let Some(d) = drops {
-            capture.attach_drops(d)?;
+            match capture.attach_drops(d) {
+                Ok(()) => {}
+                Err(e) if d.optional => {
+                    tracing::warn!("REJECT records are off: the drop program cannot run on this kernel ({e:#}); --reject-reasons makes this an error");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok((capture, tables))
     }
@@ -399,16 +414,25 @@ impl Capture {
         let pin = |kind: &str| self.pin_dir.as_ref().map(|d| d.join("links").join(format!("{}-{kind}", link.ifindex)));
         let (pin_xdp, pin_tcin, pin_tc) = (pin("xdp"), pin("tcin"), pin("tc"));
         let driver = crate::capture::links::driver(&link.name);
-        let (ingress, hook) = if self.ingress_hook.tries_xdp(driver.as_deref()) {
+        let header = links::link_header(&link.name);
+        let (in_tc, out_tc) = match header {
+            links::Header::Ip => (INGRESS_L3_PROGRAM, EGRESS_L3_PROGRAM),
+            links::Header::Ethernet => (INGRESS_TC_PROGRAM, EGRESS_PROGRAM),
+        };
+        // No XDP without an Ethernet header: the XDP program parses one.
+        let (ingress, hook) = if header == links::Header::Ethernet && self.ingress_hook.tries_xdp(driver.as_deref()) {
             match self.attach_xdp(link, pin_xdp.as_deref()) {
                 Ok(h) => (h, "xdp"),
                 Err(e) => {
                     tracing::warn!(iface = %link.name, "XDP refused ({e:#}); counting ingress at TC instead");
-                    (self.attach_tc(INGRESS_TC_PROGRAM, link, TcAttachType::Ingress, pin_tcin.as_deref())?, "tc")
+                    (self.attach_tc(in_tc, link, TcAttachType::Ingress, pin_tcin.as_deref())?, "tc")
                 }
             }
         } else {
-            (self.attach_tc(INGRESS_TC_PROGRAM, link, TcAttachType::Ingress, pin_tcin.as_deref())?, "tc")
+            if header == links::Header::Ip {
+                tracing::debug!(iface = %link.name, "no Ethernet header on this device: IP-header TC programs");
+            }
+            (self.attach_tc(in_tc, link, TcAttachType::Ingress, pin_tcin.as_deref())?, "tc")
         };
         // A previous agent may have counted ingress at the other hook (another
         // ingress-hook setting): its pinned link would go on counting into
@@ -418,7 +442,7 @@ impl Capture {
             tracing::warn!(iface = %link.name, "ingress moved to {hook} from a previous agent's other hook: detaching that one (packets of this instant may be counted at both)");
             let _ = fs::remove_file(p);
         }
-        let egress = match self.attach_tc(EGRESS_PROGRAM, link, TcAttachType::Egress, pin_tc.as_deref()) {
+        let egress = match self.attach_tc(out_tc, link, TcAttachType::Egress, pin_tc.as_deref()) {
             Ok(h) => h,
             Err(e) => {
                 release(ingress, &mut self.ebpf);
@@ -688,6 +712,8 @@ mod tests {
             (IngressHook::Auto, None, true),
             (IngressHook::Xdp, Some("veth"), true),
             (IngressHook::Tc, Some("ena"), false),
+            (IngressHook::Xdp, Some("bonding"), false),
+            (IngressHook::Auto, Some("bonding"), false),
         ];
         for (hook, driver, xdp) in cases {
             assert_eq!(hook.tries_xdp(driver), xdp, "{hook:?} {driver:?}");

@@ -195,6 +195,10 @@ pub struct DropSetup {
     /// This process's network namespace (inode number), which its
     /// interface indexes belong to.
     pub netns: u32,
+    /// REJECT was not asked for explicitly (the default reasons): a kernel
+    /// that refuses the drop program (the arm64 JIT before 5.18 has no
+    /// fetch-add) gets a warning and no REJECT records, not a failed start.
+    pub optional: bool,
 }
 
 impl DropSetup {
@@ -210,7 +214,7 @@ impl DropSetup {
         check_tracepoint(&btf)?;
         let reasons = cfg.resolve(&btf)?;
         let config = drop_config(&btf).context("reading struct offsets from BTF for the drop program")?;
-        Ok(Some(DropSetup { config, reasons, netns: current_netns()? }))
+        Ok(Some(DropSetup { config, reasons, netns: current_netns()?, optional: false }))
     }
 }
 

@@ -153,7 +153,7 @@ impl Agent {
                 log.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
             let _ = child.kill();
             panic!("agent not ready: {}", stderr.lock().unwrap());
         }

@@ -20,30 +20,12 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use flowlog_testkit::require_root;
+use flowlog_testkit::{
+    netns::{in_netns, sh, spawn_in_netns},
+    require_root,
+};
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Runs `f` on a new thread inside network namespace `ns`. Sockets it
-/// creates belong to that namespace and can be used from any thread.
-fn spawn_in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: valid netns fd; only this thread changes namespace.
-        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-        f()
-    })
-}
-
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    spawn_in_netns(ns, f).join().unwrap()
-}
 
 /// Two namespaces `a` and `b`, veth `a_if` <-> `b_if`, 10.201.<n>.1/.2 and
 /// fd00:201:<n>::1/::2. Removed on drop.
@@ -578,14 +560,7 @@ fn kill_9_and_restart_loses_nothing() {
         return;
     }
     let t = Topo::new(false);
-    // `ip netns exec` gives the agent a fresh /sys, so /sys/fs/bpf would not
-    // survive between the two agents: pin on a bpffs of our own instead.
-    let bpffs = "/run/flowlog-test-bpffs";
-    fs::create_dir_all(bpffs).unwrap();
-    if !Command::new("mountpoint").args(["-q", bpffs]).status().unwrap().success() {
-        sh(&["mount", "-t", "bpf", "bpf", bpffs]);
-    }
-    let pin = format!("{bpffs}/{}", t.a);
+    let pin = format!("{}/{}", flowlog_testkit::test_bpffs().display(), t.a);
     let args = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin];
     let first = Agent::start_tagged(&t, &[&t.a_if], &args, "-1");
     let (tx, rx) = udp_pair(&t, true, false, 7400);
@@ -929,24 +904,13 @@ fn flowlog_tc_programs(ns: &str, ifname: &str) -> [usize; 2] {
     [n[0] + tcx[0], n[1] + tcx[1]]
 }
 
-fn own_bpffs() -> &'static str {
-    // `ip netns exec` gives the agent a fresh /sys, so /sys/fs/bpf would not
-    // survive between two agents: pin on a bpffs of our own instead.
-    let bpffs = "/run/flowlog-test-bpffs";
-    fs::create_dir_all(bpffs).unwrap();
-    if !Command::new("mountpoint").args(["-q", bpffs]).status().unwrap().success() {
-        sh(&["mount", "-t", "bpf", "bpf", bpffs]);
-    }
-    bpffs
-}
-
 #[test]
 fn restart_with_keep_hands_over_exactly_with_one_program_per_hook() {
     if !require_root() {
         return;
     }
     let t = Topo::new(false);
-    let pin = format!("{}/{}", own_bpffs(), t.a);
+    let pin = format!("{}/{}", flowlog_testkit::test_bpffs().display(), t.a);
     let keep = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin, "--on-exit", "keep"];
     // Traffic starts once the first agent counts, and flows through both
     // handovers.
@@ -1003,7 +967,7 @@ fn kill_9_leaves_one_program_per_hook_and_detach_removes_it() {
         return;
     }
     let t = Topo::new(false);
-    let pin = format!("{}/{}", own_bpffs(), t.a);
+    let pin = format!("{}/{}", flowlog_testkit::test_bpffs().display(), t.a);
     let args = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin];
     for round in 0..2 {
         let a = Agent::start_tagged(&t, &[&t.a_if], &args, &format!("-9{round}"));

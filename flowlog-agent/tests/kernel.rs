@@ -398,11 +398,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     if !require_root() {
         return;
     }
-    let bpffs = std::path::Path::new("/run/flowlog-test-bpffs");
-    std::fs::create_dir_all(bpffs).unwrap();
-    if !std::process::Command::new("mountpoint").arg("-q").arg(bpffs).status().unwrap().success() {
-        assert!(std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(bpffs).status().unwrap().success());
-    }
+    let bpffs = flowlog_testkit::test_bpffs();
     let root = bpffs.join(format!("kernel-test-{}", std::process::id()));
     let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 3, dport: 4, payload: 2 });
 
@@ -432,11 +428,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_a_half_done_flip_is_finished()
     if !require_root() {
         return;
     }
-    let bpffs = std::path::Path::new("/run/flowlog-test-bpffs");
-    std::fs::create_dir_all(bpffs).unwrap();
-    if !std::process::Command::new("mountpoint").arg("-q").arg(bpffs).status().unwrap().success() {
-        assert!(std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(bpffs).status().unwrap().success());
-    }
+    let bpffs = flowlog_testkit::test_bpffs();
     let root = bpffs.join(format!("kernel-test-lock-{}", std::process::id()));
     let first = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
     let err = match Capture::load(64, Some(&root), 1, &Default::default(), None) {

@@ -9,7 +9,6 @@ use std::{
     fs,
     io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -20,26 +19,12 @@ use std::{
     time::Duration,
 };
 
-use flowlog_testkit::require_root;
+use flowlog_testkit::{
+    netns::{in_netns, sh},
+    require_root,
+};
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let fd = fs::File::open(&path).unwrap();
-        // SAFETY: valid netns fd; only this thread changes namespace.
-        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        f()
-    })
-    .join()
-    .unwrap()
-}
 
 struct Topo {
     a: String,

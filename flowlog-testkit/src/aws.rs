@@ -76,21 +76,26 @@ fn moto_ok(py: &std::path::Path) -> bool {
 
 /// Installs moto[server] (pinned) from PyPI into the venv when missing.
 pub fn ensure_moto() -> std::path::PathBuf {
+    ensure_venv(moto_python(), &[&format!("moto[server]=={MOTO_VERSION}")], moto_ok)
+}
+
+/// The venv of `py` with `packages` from PyPI, created and filled unless
+/// `ok` already holds. Tests of one binary run in parallel: one pip at a time.
+fn ensure_venv(py: std::path::PathBuf, packages: &[&str], ok: fn(&std::path::Path) -> bool) -> std::path::PathBuf {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let py = moto_python();
-    if moto_ok(&py) {
+    if ok(&py) {
         return py;
     }
     let venv = py.parent().unwrap().parent().unwrap().to_path_buf();
-    eprintln!("installing moto[server]=={MOTO_VERSION} from PyPI into {}", venv.display());
+    eprintln!("installing {} from PyPI into {}", packages.join(" "), venv.display());
     if !py.exists() {
         let st = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().expect("python3 -m venv");
         assert!(st.success(), "python3 -m venv {} failed", venv.display());
     }
-    let st = Command::new(&py).args(["-m", "pip", "install", "--quiet", &format!("moto[server]=={MOTO_VERSION}")]).status().expect("pip");
-    assert!(st.success(), "pip install moto[server] failed");
-    assert!(moto_ok(&py), "moto installed but not importable");
+    let st = Command::new(&py).args(["-m", "pip", "install", "--quiet"]).args(packages).status().expect("pip");
+    assert!(st.success(), "pip install {} failed", packages.join(" "));
+    assert!(ok(&py), "{} installed but not importable", packages.join(" "));
     py
 }
 
@@ -110,26 +115,11 @@ fn lake_ok(py: &std::path::Path) -> bool {
 /// The Python of `target/test-tools/lake` (DuckDB, pyarrow), installed from
 /// PyPI when missing, or FLOWLOG_LAKE_PYTHON.
 pub fn ensure_lake() -> std::path::PathBuf {
-    // Tests of one binary run in parallel: one pip at a time into the venv.
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let py = match std::env::var_os("FLOWLOG_LAKE_PYTHON") {
         Some(p) => std::path::PathBuf::from(p),
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools/lake/bin/python"),
     };
-    if lake_ok(&py) {
-        return py;
-    }
-    let venv = py.parent().unwrap().parent().unwrap().to_path_buf();
-    eprintln!("installing {} from PyPI into {}", LAKE_PACKAGES.join(" "), venv.display());
-    if !py.exists() {
-        let st = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().expect("python3 -m venv");
-        assert!(st.success(), "python3 -m venv {} failed", venv.display());
-    }
-    let st = Command::new(&py).args(["-m", "pip", "install", "--quiet"]).args(LAKE_PACKAGES).status().expect("pip");
-    assert!(st.success(), "pip install {} failed", LAKE_PACKAGES.join(" "));
-    assert!(lake_ok(&py), "DuckDB/pyarrow installed but not importable");
-    py
+    ensure_venv(py, &LAKE_PACKAGES, lake_ok)
 }
 
 /// The moto server shared by the tests of this binary. It dies with the

@@ -24,3 +24,17 @@ pub fn require_root() -> bool {
     false
 }
 
+
+/// A BPF filesystem of the tests' own, for pinning: `ip netns exec` gives a
+/// process a fresh /sys, so /sys/fs/bpf would not survive from one agent to
+/// the next inside a test namespace.
+pub fn test_bpffs() -> &'static std::path::Path {
+    let dir = std::path::Path::new("/run/flowlog-test-bpffs");
+    std::fs::create_dir_all(dir).expect("creating /run/flowlog-test-bpffs");
+    let mounted = std::process::Command::new("mountpoint").arg("-q").arg(dir).status().is_ok_and(|s| s.success());
+    if !mounted {
+        let st = std::process::Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir).status().expect("mount");
+        assert!(st.success(), "mount -t bpf bpf {}", dir.display());
+    }
+    dir
+}

@@ -331,9 +331,12 @@ impl Capture {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(explain_load)?;
         fill_filters(&mut ebpf, filters)?;
         let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH)?;
-        let ingress: &mut Xdp = ebpf.program_mut(INGRESS_PROGRAM).context("no XDP program")?.try_into()?;
-        ingress.load().map_err(verifier)?;
-        for name in TC_PROGRAMS {
+        // The Ethernet TC programs go on every interface: verified now, so a
+        // kernel that refuses them stops the agent at once. XDP and the
+        // IP-header programs are verified when an interface first needs them
+        // (each verification costs start-up time: much of it on small or
+        // emulated machines).
+        for name in [EGRESS_PROGRAM, INGRESS_TC_PROGRAM] {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).context("no TC program")?.try_into()?;
             tc.load().map_err(verifier)?;
         }
@@ -463,6 +466,9 @@ impl Capture {
 
     fn attach_xdp(&mut self, link: &LinkInfo, pin: Option<&Path>) -> Result<Hold> {
         let ingress: &mut Xdp = self.ebpf.program_mut(INGRESS_PROGRAM).context("no XDP program")?.try_into()?;
+        if ingress.fd().is_err() {
+            ingress.load().map_err(verifier)?;
+        }
         let reused = pin.and_then(reuse).and_then(|fd| XdpLink::try_from(fd).ok());
         // A pinned link of an interface that was deleted is defunct: attach anew.
         let id = match reused.map(|old| ingress.attach_to_link(old)) {
@@ -485,6 +491,9 @@ impl Capture {
 
     fn attach_tc(&mut self, program: &'static str, link: &LinkInfo, kind: TcAttachType, pin: Option<&Path>) -> Result<Hold> {
         let prog: &mut SchedClassifier = self.ebpf.program_mut(program).context("no TC program")?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load().map_err(verifier)?;
+        }
         if !self.features.tcx {
             // No BPF link to hold or pin: the filter's fixed place is how the
             // next agent finds it (see `tc`).

@@ -122,7 +122,14 @@ async fn handle(st: &Mutex<State>, req: Request<Incoming>) -> Response<Full<Byte
     if stall {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
-    Response::builder().status(status).header("content-type", "text/plain").body(Full::new(Bytes::from(body))).unwrap()
+    let mut r = Response::builder().status(status).header("content-type", "text/plain");
+    // As IMDS does: a token comes with its TTL (the AWS SDK requires it).
+    if status == 200 && req.method() == Method::PUT {
+        if let Some(ttl) = req.headers().get("x-aws-ec2-metadata-token-ttl-seconds") {
+            r = r.header("x-aws-ec2-metadata-token-ttl-seconds", ttl.clone());
+        }
+    }
+    r.body(Full::new(Bytes::from(body))).unwrap()
 }
 
 impl State {

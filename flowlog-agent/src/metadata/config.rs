@@ -6,13 +6,12 @@
 //! refresh-interval-secs = 60    # how often ENIs and addresses are re-read
 //!
 //! [metadata.ec2]                # used only when EC2 is selected
-//! endpoint = "http://169.254.169.254"   # IPv6-only Nitro: "http://[fd00:ec2::254]"
+//! # endpoint = "http://169.254.169.254" # default: AWS_EC2_METADATA_SERVICE_ENDPOINT, else by mode
+//! # endpoint-mode = "IPv6"            # IPv6-only Nitro: http://[fd00:ec2::254]
 //! token-ttl-secs = 21600
 //! connect-timeout-ms = 1000
 //! timeout-ms = 3000
 //! max-attempts = 5
-//! backoff-base-ms = 100
-//! backoff-max-ms = 3000
 //! instance-tags = false
 //!
 //! [metadata.onprem]             # used only when on-prem is selected
@@ -77,36 +76,60 @@ impl Default for MetadataConfig {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Ec2Config {
     /// Base URL, `http://` only (IMDS has no TLS). Contacted only when EC2
-    /// mode is selected or detected.
-    pub endpoint: String,
-    /// Session token lifetime asked for, 1..=21600 s (IMDS bounds).
+    /// mode is selected or detected. Unset: `AWS_EC2_METADATA_SERVICE_ENDPOINT`,
+    /// else the address of [`Self::endpoint_mode`] (see [`super::imds`]).
+    pub endpoint: Option<String>,
+    /// `IPv4` (`http://169.254.169.254`) or `IPv6` (`http://[fd00:ec2::254]`,
+    /// Nitro instances with the IPv6 endpoint turned on). Unset:
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE`, else IPv4.
+    pub endpoint_mode: Option<EndpointMode>,
+    /// Session token lifetime asked for, 1..=21600 s (IMDS bounds). The
+    /// SDK renews a token 120 s before it ends, so below 120 s every
+    /// request gets a new one.
     pub token_ttl_secs: u32,
     pub connect_timeout_ms: u64,
-    /// Whole-request limit. A token PUT that hits it in a container usually
-    /// means the instance's PUT response hop limit is 1 (see [`super::imds`]).
+    /// Per-attempt limit (connect to last byte). A token PUT that hits it in a
+    /// container usually means the instance's PUT response hop limit is 1
+    /// (see [`super::imds`]).
     pub timeout_ms: u64,
-    /// Tries per request on throttling (429), 5xx and connection errors.
+    /// Tries per request on throttling (429), 5xx, refused connections and
+    /// timeouts, with the SDK's standard backoff (exponential, jittered).
     pub max_attempts: u32,
-    /// Backoff before retry n is about base·2^(n-1), capped at max, with
-    /// jitter so many agents do not retry in step.
-    pub backoff_base_ms: u64,
-    pub backoff_max_ms: u64,
     /// Read `meta-data/tags/instance/*` (needs "instance tags in metadata"
     /// enabled on the instance; absent otherwise). Off by default: one
     /// request per tag per refresh.
     pub instance_tags: bool,
 }
 
+/// Which of the two IMDS addresses to use without an explicit endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum EndpointMode {
+    #[serde(rename = "IPv4", alias = "ipv4")]
+    Ipv4,
+    #[serde(rename = "IPv6", alias = "ipv6")]
+    Ipv6,
+}
+
+impl std::str::FromStr for EndpointMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            _ if s.eq_ignore_ascii_case("ipv4") => Ok(EndpointMode::Ipv4),
+            _ if s.eq_ignore_ascii_case("ipv6") => Ok(EndpointMode::Ipv6),
+            _ => Err(format!("{s:?} is not an endpoint mode: expected IPv4 or IPv6")),
+        }
+    }
+}
+
 impl Default for Ec2Config {
     fn default() -> Self {
         Ec2Config {
-            endpoint: "http://169.254.169.254".into(),
+            endpoint: None,
+            endpoint_mode: None,
             token_ttl_secs: 21_600,
             connect_timeout_ms: 1_000,
             timeout_ms: 3_000,
             max_attempts: 5,
-            backoff_base_ms: 100,
-            backoff_max_ms: 3_000,
             instance_tags: false,
         }
     }
@@ -121,12 +144,6 @@ impl Ec2Config {
     }
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
-    }
-    pub fn backoff_base(&self) -> Duration {
-        Duration::from_millis(self.backoff_base_ms)
-    }
-    pub fn backoff_max(&self) -> Duration {
-        Duration::from_millis(self.backoff_max_ms)
     }
 }
 
@@ -254,12 +271,14 @@ impl MetadataConfig {
 impl Ec2Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let k = |f: &str| format!("metadata.ec2.{f}");
-        let url = reqwest::Url::parse(&self.endpoint).map_err(|e| key_err(k("endpoint"), format!("{:?} is not a URL: {e}", self.endpoint)))?;
-        if url.scheme() != "http" {
-            return Err(key_err(k("endpoint"), format!("{:?}: only http:// (the metadata service has no TLS)", self.endpoint)));
-        }
-        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-            return Err(key_err(k("endpoint"), format!("{:?}: give scheme, host and port only; /latest/... is added", self.endpoint)));
+        if let Some(e) = &self.endpoint {
+            let url: hyper::Uri = e.parse().map_err(|err| key_err(k("endpoint"), format!("{e:?} is not a URL: {err}")))?;
+            if url.scheme_str() != Some("http") {
+                return Err(key_err(k("endpoint"), format!("{e:?}: only http:// (the metadata service has no TLS)")));
+            }
+            if url.host().is_none() || !matches!(url.path(), "" | "/") || url.query().is_some() || url.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(key_err(k("endpoint"), format!("{e:?}: give scheme, host and port only; /latest/... is added")));
+            }
         }
         if !(1..=21_600).contains(&self.token_ttl_secs) {
             return Err(key_err(k("token-ttl-secs"), format!("{} is outside 1..=21600 (the bounds IMDS accepts)", self.token_ttl_secs)));
@@ -267,13 +286,10 @@ impl Ec2Config {
         if !(1..=10).contains(&self.max_attempts) {
             return Err(key_err(k("max-attempts"), format!("{} is outside 1..=10", self.max_attempts)));
         }
-        for (f, v) in [("connect-timeout-ms", self.connect_timeout_ms), ("timeout-ms", self.timeout_ms), ("backoff-base-ms", self.backoff_base_ms)] {
+        for (f, v) in [("connect-timeout-ms", self.connect_timeout_ms), ("timeout-ms", self.timeout_ms)] {
             if v == 0 {
                 return Err(key_err(k(f), "must be at least 1"));
             }
-        }
-        if self.backoff_max_ms < self.backoff_base_ms {
-            return Err(key_err(k("backoff-max-ms"), format!("{} is below backoff-base-ms ({})", self.backoff_max_ms, self.backoff_base_ms)));
         }
         Ok(())
     }
@@ -323,7 +339,7 @@ mod tests {
         assert_eq!(MetadataConfig::from_toml("[other]\nx = 1\n").unwrap(), MetadataConfig::default());
         let d = MetadataConfig::default();
         assert_eq!(d.mode, Mode::Auto);
-        assert_eq!(d.ec2.endpoint, "http://169.254.169.254");
+        assert_eq!((d.ec2.endpoint.as_deref(), d.ec2.endpoint_mode), (None, None));
         assert_eq!(d.ec2.token_ttl(), Duration::from_secs(21_600));
         assert_eq!(d.refresh_interval(), Duration::from_secs(60));
         d.validate().unwrap();
@@ -374,7 +390,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.mode, Mode::Ec2);
-        assert_eq!((c.ec2.endpoint.as_str(), c.ec2.token_ttl_secs, c.ec2.instance_tags), ("http://[fd00:ec2::254]", 60, true));
+        assert_eq!((c.ec2.endpoint.as_deref().unwrap(), c.ec2.token_ttl_secs, c.ec2.instance_tags), ("http://[fd00:ec2::254]", 60, true));
         assert_eq!(c.ec2.max_attempts, Ec2Config::default().max_attempts);
     }
 
@@ -408,7 +424,8 @@ mod tests {
             ("[metadata.ec2]\ntoken-ttl-secs = -1", "metadata.ec2.token-ttl-secs"),
             ("[metadata.ec2]\nmax-attempts = 0", "metadata.ec2.max-attempts"),
             ("[metadata.ec2]\ntimeout-ms = 0", "metadata.ec2.timeout-ms"),
-            ("[metadata.ec2]\nbackoff-base-ms = 500\nbackoff-max-ms = 100", "metadata.ec2.backoff-max-ms"),
+            ("[metadata.ec2]\nendpoint-mode = \"ipv5\"", "metadata.ec2.endpoint-mode"),
+            ("[metadata.ec2]\nbackoff-base-ms = 500", "backoff-base-ms"),
             ("[metadata]\nmode = ", "mode"),
         ];
         for (doc, key) in cases {

@@ -224,7 +224,7 @@ mod tests {
     }
 
     fn cfg(endpoint: &str) -> Ec2Config {
-        Ec2Config { endpoint: endpoint.into(), max_attempts: 3, backoff_base_ms: 1, backoff_max_ms: 4, ..Ec2Config::default() }
+        Ec2Config { endpoint: Some(endpoint.into()), max_attempts: 3, ..Ec2Config::default() }
     }
 
     /// One ENI as the fake serves it.
@@ -452,7 +452,7 @@ mod tests {
         let good = p.refresh(&links()).await.unwrap();
         fake.throttle(u32::MAX, 503);
         let e = p.refresh(&links()).await.unwrap_err();
-        assert!(e.to_string().contains("after 3 attempt(s)"), "{e}");
+        assert!(e.to_string().contains("up to 3 attempt(s)"), "{e}");
         assert_eq!(p.cached(&links()), good);
     }
 

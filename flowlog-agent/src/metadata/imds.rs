@@ -1,18 +1,23 @@
-//! IMDSv2: the session-token form of the EC2 instance metadata service.
+//! IMDSv2 through the AWS SDK's client (`aws_config::imds::Client`).
 //!
-//! A `PUT /latest/api/token` carrying the wanted lifetime in
-//! `X-aws-ec2-metadata-token-ttl-seconds` (1..=21600 s) returns a token;
-//! every `GET /latest/...` then carries it in `X-aws-ec2-metadata-token`.
-//! The client keeps one token and reuses it until shortly before it expires,
-//! because the service is throttled per instance and a PUT per GET would
-//! double the load. A 401 means the token is no longer valid (expired, or
-//! the instance was stopped and started): the client gets a new one and
-//! repeats the request once.
-//!
-//! Throttling (429), server errors (500/502/503/504), timeouts and refused
-//! connections are retried with exponential backoff and jitter, a bounded
-//! number of times; then the call fails with the last cause. 403 (metadata
-//! service off, or this request refused) and other statuses are final.
+//! The SDK does the protocol: a `PUT /latest/api/token` with the wanted
+//! lifetime, the token on every `GET /latest/...`, one cached token reused
+//! until 120 s before it expires (so a TTL below that gets a fresh token per
+//! request), and its standard retry strategy (exponential backoff with
+//! jitter, a retry quota). What is added here:
+//! - the endpoint: `[metadata.ec2] endpoint`, else the standard
+//!   `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the mode (`endpoint-mode`,
+//!   else `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE`: `IPv4`
+//!   `http://169.254.169.254`, `IPv6` `http://[fd00:ec2::254]`), resolved
+//!   here so the agent knows which address to keep out of its flow logs;
+//! - retries of throttling (429), 5xx, refused connections and timeouts
+//!   (the SDK's default classifier retries only 5xx and 401, for a quick
+//!   credential chain; an agent refreshing in the background wants more);
+//! - a 401 (the token was revoked: the instance was stopped and started)
+//!   gets a new client, so a new token, and the request is repeated once:
+//!   the SDK retries a 401 with the cached token, which cannot help;
+//! - 404 is `None` (the item does not exist on this instance), and errors
+//!   that say what failed, where, and what to do.
 //!
 //! # Containers and the hop limit
 //! The token PUT response is sent with an IP TTL equal to the instance's
@@ -23,27 +28,32 @@
 //! --instance-id i-... --http-put-response-hop-limit 2` (or host networking).
 //! A timed-out PUT names this in its error.
 
-use std::{
-    error::Error as _,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{error::Error as _, sync::RwLock};
 
+use aws_config::imds::client::error::{ImdsError as SdkImdsError, TokenError};
+use aws_config::provider_config::ProviderConfig;
+use aws_sdk_s3::error::SdkError;
+use aws_smithy_runtime_api::client::{
+    interceptors::context::InterceptorContext,
+    orchestrator::HttpResponse,
+    retries::classifiers::{ClassifyRetry, RetryAction, SharedRetryClassifier},
+};
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
-use super::config::Ec2Config;
+use super::config::{Ec2Config, EndpointMode};
 
-const TOKEN_PATH: &str = "/latest/api/token";
-const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+pub const ENDPOINT_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
+pub const ENDPOINT_MODE_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE";
+pub const IPV4_ENDPOINT: &str = "http://169.254.169.254";
+pub const IPV6_ENDPOINT: &str = "http://[fd00:ec2::254]";
 
 const HOP_LIMIT_HINT: &str = " (a token PUT that times out from a container usually means the instance's metadata \
 PUT response hop limit is 1; it must be 2 or more: aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
-    #[error("cannot set up the HTTP client for instance metadata: {0}")]
+    #[error("cannot set up the client for instance metadata: {0}")]
     Client(String),
     #[error(
         "instance metadata at {endpoint} refused {what} (HTTP 403): the metadata service is turned off for this instance, or it does not allow this request"
@@ -53,42 +63,77 @@ pub enum ImdsError {
     Status { endpoint: String, what: String, status: u16 },
     #[error("instance metadata at {endpoint} rejected a freshly issued token for {what} (HTTP 401 twice)")]
     Unauthorized { endpoint: String, what: String },
-    #[error("no usable answer from instance metadata at {endpoint} for {what} after {attempts} attempt(s); last: {last}{hint}")]
+    #[error("no usable answer from instance metadata at {endpoint} for {what} after up to {attempts} attempt(s); last: {last}{hint}")]
     GaveUp { endpoint: String, what: String, attempts: u32, last: String, hint: &'static str },
     #[error("instance metadata {what}: {problem}")]
     Invalid { what: String, problem: String },
 }
 
-/// Why one try failed, and whether trying again may help.
-enum Fail {
-    Retry { why: String, put_timed_out: bool },
-    Unauthorized,
-    Fatal(ImdsError),
+/// What to retry: throttling, server errors, and failures without an
+/// answer (refused, reset, timed out). Not 401 (see the module doc), 403
+/// or other client errors.
+#[derive(Debug)]
+struct Classifier;
+
+impl ClassifyRetry for Classifier {
+    fn name(&self) -> &'static str {
+        "flowlog IMDS"
+    }
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        if let Some(r) = ctx.response() {
+            return match r.status().as_u16() {
+                429 => RetryAction::throttling_error(),
+                s if s >= 500 => RetryAction::server_error(),
+                _ => RetryAction::NoActionIndicated,
+            };
+        }
+        match ctx.output_or_error() {
+            Some(Err(e)) if e.is_connector_error() || e.is_timeout_error() || e.is_response_error() => RetryAction::transient_error(),
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
 }
 
-struct Token {
-    value: String,
-    renew_at: Instant,
+/// The endpoint as the SDK would choose it, with the config file in the
+/// place of explicit settings: config endpoint, `AWS_EC2_METADATA_SERVICE_ENDPOINT`,
+/// config mode, `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE`, IPv4.
+pub fn resolve_endpoint(cfg: &Ec2Config, env: impl Fn(&str) -> Option<String>) -> Result<String, ImdsError> {
+    if let Some(e) = &cfg.endpoint {
+        return Ok(e.trim_end_matches('/').to_string());
+    }
+    if let Some(e) = env(ENDPOINT_ENV).filter(|e| !e.is_empty()) {
+        let u: hyper::Uri = e.parse().map_err(|err| ImdsError::Client(format!("{ENDPOINT_ENV}={e:?} is not a URL: {err}")))?;
+        if u.scheme_str() != Some("http") || u.host().is_none() {
+            return Err(ImdsError::Client(format!("{ENDPOINT_ENV}={e:?}: expected http://host[:port]")));
+        }
+        return Ok(e.trim_end_matches('/').to_string());
+    }
+    let mode = match cfg.endpoint_mode {
+        Some(m) => m,
+        None => match env(ENDPOINT_MODE_ENV).filter(|m| !m.is_empty()) {
+            Some(m) => m.parse().map_err(|p| ImdsError::Client(format!("{ENDPOINT_MODE_ENV}: {p}")))?,
+            None => EndpointMode::Ipv4,
+        },
+    };
+    Ok(match mode {
+        EndpointMode::Ipv4 => IPV4_ENDPOINT,
+        EndpointMode::Ipv6 => IPV6_ENDPOINT,
+    }
+    .to_string())
 }
 
 pub struct ImdsClient {
-    http: reqwest::Client,
+    /// Replaced by a fresh one (empty token cache) after a 401.
+    sdk: RwLock<aws_config::imds::Client>,
+    builder: aws_config::imds::client::Builder,
     endpoint: String,
-    ttl: Duration,
     max_attempts: u32,
-    backoff_base: Duration,
-    backoff_max: Duration,
-    token: Mutex<Option<Token>>,
 }
 
-fn retryable(status: u16) -> bool {
-    matches!(status, 429 | 500 | 502 | 503 | 504)
-}
-
-/// reqwest's own message is only "error sending request"; the cause
-/// (refused, timed out) is further down the chain.
-fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
+/// An error and its causes, each once: the SDK's own messages are short
+/// ("dispatch failure"); the cause (refused, timed out) is further down.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
         let t = c.to_string();
@@ -101,29 +146,31 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
+fn retryable(status: u16) -> bool {
+    status == 429 || status >= 500
+}
+
 impl ImdsClient {
     /// Builds the client; no request is made until the first [`Self::get`].
     pub fn new(cfg: &Ec2Config) -> Result<Self, ImdsError> {
-        let http = reqwest::Client::builder()
-            // An HTTP(S)_PROXY of the environment must not see metadata
-            // requests: a proxy cannot reach the instance's link-local
-            // address, and the token would leak to it.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
+        let endpoint = resolve_endpoint(cfg, |k| std::env::var(k).ok())?;
+        // Plain HTTP and no proxy: an HTTP(S)_PROXY of the environment must
+        // not see metadata requests (a proxy cannot reach the link-local
+        // address, and the token would leak to it); this client has none.
+        let http = aws_smithy_http_client::Builder::new().build_http();
+        let provider = ProviderConfig::without_region().with_http_client(http);
+        let builder = aws_config::imds::Client::builder()
+            .configure(&provider)
+            .endpoint(&endpoint)
+            .map_err(|e| ImdsError::Client(format!("endpoint {endpoint:?}: {e}")))?
+            .token_ttl(cfg.token_ttl())
+            .max_attempts(cfg.max_attempts.max(1))
             .connect_timeout(cfg.connect_timeout())
-            .timeout(cfg.timeout())
-            .user_agent(concat!("flowlog-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ImdsError::Client(describe(&e)))?;
-        Ok(ImdsClient {
-            http,
-            endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
-            ttl: cfg.token_ttl(),
-            max_attempts: cfg.max_attempts.max(1),
-            backoff_base: cfg.backoff_base(),
-            backoff_max: cfg.backoff_max(),
-            token: Mutex::new(None),
-        })
+            // Per request. Not the attempt timeout: an attempt includes the
+            // token PUT with its own retries.
+            .read_timeout(cfg.timeout())
+            .retry_classifier(SharedRetryClassifier::new(Classifier));
+        Ok(ImdsClient { sdk: RwLock::new(builder.clone().build()), builder, endpoint, max_attempts: cfg.max_attempts.max(1) })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -134,30 +181,68 @@ impl ImdsClient {
     /// `None` for 404 (the item does not exist on this instance).
     pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsError> {
         let what = format!("GET /latest/{path}");
-        let mut attempt = 0;
         let mut renewed = false;
         loop {
-            attempt += 1;
-            match self.get_once(path, &what).await {
-                Ok(v) => return Ok(v),
-                Err(Fail::Fatal(e)) => return Err(e),
-                // An expired token is routine: renew at once, once.
-                Err(Fail::Unauthorized) if !renewed => {
-                    debug!(%what, "IMDS token rejected; getting a new one");
-                    renewed = true;
-                    attempt -= 1;
-                }
-                Err(Fail::Unauthorized) => return Err(ImdsError::Unauthorized { endpoint: self.endpoint.clone(), what }),
-                Err(Fail::Retry { why, put_timed_out }) => {
-                    if attempt >= self.max_attempts {
-                        let hint = if put_timed_out { HOP_LIMIT_HINT } else { "" };
-                        return Err(ImdsError::GaveUp { endpoint: self.endpoint.clone(), what, attempts: attempt, last: why, hint });
+            let sdk = self.sdk.read().unwrap().clone();
+            match sdk.get(format!("/latest/{path}")).await {
+                Ok(v) => return Ok(Some(v.into())),
+                Err(e) => match self.classify(&e, &what) {
+                    Outcome::NotFound => return Ok(None),
+                    Outcome::Unauthorized if !renewed => {
+                        // A revoked token is routine: renew at once, once.
+                        debug!(%what, "IMDS token rejected; getting a new one");
+                        renewed = true;
+                        *self.sdk.write().unwrap() = self.builder.clone().build();
                     }
-                    let wait = self.backoff(attempt);
-                    debug!(%what, attempt, cause = %why, wait_ms = wait.as_millis() as u64, "IMDS request failed; retrying");
-                    tokio::time::sleep(wait).await;
+                    Outcome::Unauthorized => return Err(ImdsError::Unauthorized { endpoint: self.endpoint.clone(), what }),
+                    Outcome::Error(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    fn gave_up(&self, what: &str, last: String, hint: &'static str) -> ImdsError {
+        ImdsError::GaveUp { endpoint: self.endpoint.clone(), what: what.to_string(), attempts: self.max_attempts, last, hint }
+    }
+
+    fn status(&self, what: &str, status: u16) -> Outcome {
+        let (endpoint, what) = (self.endpoint.clone(), what.to_string());
+        Outcome::Error(match status {
+            403 => ImdsError::Forbidden { endpoint, what },
+            s if retryable(s) => return Outcome::Error(self.gave_up(&what, format!("HTTP {s}"), "")),
+            status => ImdsError::Status { endpoint, what, status },
+        })
+    }
+
+    fn classify(&self, e: &SdkImdsError, what: &str) -> Outcome {
+        match e {
+            SdkImdsError::ErrorResponse(r) => match r.response().status().as_u16() {
+                404 => Outcome::NotFound,
+                401 => Outcome::Unauthorized,
+                s => self.status(what, s),
+            },
+            SdkImdsError::FailedToLoadToken(_) => {
+                let put = "the token PUT";
+                match e.source().and_then(|s| s.downcast_ref::<SdkError<TokenError, HttpResponse>>()) {
+                    Some(SdkError::ServiceError(c)) if c.raw().status().as_u16() != 200 => self.status(put, c.raw().status().as_u16()),
+                    Some(SdkError::ServiceError(c)) => {
+                        Outcome::Error(ImdsError::Invalid { what: put.into(), problem: c.err().to_string() })
+                    }
+                    Some(t @ SdkError::TimeoutError(_)) => Outcome::Error(self.gave_up(put, format!("timed out: {}", describe(t)), HOP_LIMIT_HINT)),
+                    Some(SdkError::DispatchFailure(d)) if d.is_timeout() => {
+                        Outcome::Error(self.gave_up(put, format!("timed out: {}", describe(e)), HOP_LIMIT_HINT))
+                    }
+                    _ => Outcome::Error(self.gave_up(put, describe(e), "")),
                 }
             }
+            SdkImdsError::IoError(_) | SdkImdsError::Unexpected(_) => {
+                let mut d = describe(e);
+                if timed_out(e) && !d.contains("timed out") {
+                    d = format!("timed out: {d}");
+                }
+                Outcome::Error(self.gave_up(what, d, ""))
+            }
+            _ => Outcome::Error(self.gave_up(what, describe(e), "")),
         }
     }
 
@@ -176,87 +261,23 @@ impl ImdsClient {
                 .map_err(|e| ImdsError::Invalid { what: format!("/latest/{path}"), problem: format!("not the expected JSON: {e}") }),
         }
     }
+}
 
-    /// Wait before try `attempt + 1`: base·2^(attempt-1), capped, then half
-    /// of it fixed and half random, so retries neither collapse to zero
-    /// nor line up across hosts.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.backoff_base.saturating_mul(1u32 << (attempt - 1).min(20)).min(self.backoff_max);
-        let half = exp / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
+enum Outcome {
+    NotFound,
+    Unauthorized,
+    Error(ImdsError),
+}
 
-    fn send_fail(&self, e: reqwest::Error, is_put: bool) -> Fail {
-        if e.is_builder() {
-            return Fail::Fatal(ImdsError::Invalid { what: if is_put { "token PUT".into() } else { "request".into() }, problem: describe(&e) });
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(c) = src {
+        if c.to_string().to_lowercase().contains("timeout") || c.to_string().to_lowercase().contains("timed out") {
+            return true;
         }
-        Fail::Retry { why: describe(&e), put_timed_out: is_put && e.is_timeout() }
+        src = c.source();
     }
-
-    async fn get_once(&self, path: &str, what: &str) -> Result<Option<String>, Fail> {
-        let token = self.token().await?;
-        let resp = self
-            .http
-            .get(format!("{}/latest/{path}", self.endpoint))
-            .header(TOKEN_HEADER, token.as_str())
-            .send()
-            .await
-            .map_err(|e| self.send_fail(e, false))?;
-        match resp.status().as_u16() {
-            200 => resp.text().await.map(Some).map_err(|e| Fail::Retry { why: format!("reading the answer: {}", describe(&e)), put_timed_out: false }),
-            404 => Ok(None),
-            401 => {
-                self.forget_token(&token);
-                Err(Fail::Unauthorized)
-            }
-            403 => Err(Fail::Fatal(ImdsError::Forbidden { endpoint: self.endpoint.clone(), what: what.to_string() })),
-            s if retryable(s) => Err(Fail::Retry { why: format!("HTTP {s}"), put_timed_out: false }),
-            s => Err(Fail::Fatal(ImdsError::Status { endpoint: self.endpoint.clone(), what: what.to_string(), status: s })),
-        }
-    }
-
-    fn forget_token(&self, value: &str) {
-        let mut t = self.token.lock().unwrap();
-        if t.as_ref().is_some_and(|t| t.value == value) {
-            *t = None;
-        }
-    }
-
-    /// The cached token, or a new one from a PUT. Renewal starts a tenth of
-    /// the TTL (at most a minute) before expiry, so a token never runs out
-    /// between being read here and arriving at the service.
-    async fn token(&self) -> Result<String, Fail> {
-        if let Some(t) = self.token.lock().unwrap().as_ref() {
-            if Instant::now() < t.renew_at {
-                return Ok(t.value.clone());
-            }
-        }
-        let what = "the token PUT";
-        let sent = Instant::now();
-        let resp = self
-            .http
-            .put(format!("{}{TOKEN_PATH}", self.endpoint))
-            .header(TTL_HEADER, self.ttl.as_secs().to_string())
-            .send()
-            .await
-            .map_err(|e| self.send_fail(e, true))?;
-        match resp.status().as_u16() {
-            200 => {
-                let body = resp.text().await.map_err(|e| Fail::Retry { why: format!("reading the token: {}", describe(&e)), put_timed_out: false })?;
-                let value = body.trim().to_string();
-                if value.is_empty() {
-                    return Err(Fail::Fatal(ImdsError::Invalid { what: what.into(), problem: "empty token".into() }));
-                }
-                let margin = (self.ttl / 10).min(Duration::from_secs(60));
-                *self.token.lock().unwrap() = Some(Token { value: value.clone(), renew_at: sent + self.ttl - margin });
-                debug!(ttl_s = self.ttl.as_secs(), "new IMDS session token");
-                Ok(value)
-            }
-            403 => Err(Fail::Fatal(ImdsError::Forbidden { endpoint: self.endpoint.clone(), what: what.into() })),
-            s if retryable(s) => Err(Fail::Retry { why: format!("HTTP {s} to the token PUT"), put_timed_out: false }),
-            s => Err(Fail::Fatal(ImdsError::Status { endpoint: self.endpoint.clone(), what: what.into(), status: s })),
-        }
-    }
+    false
 }
 
 /// Non-empty trimmed lines of a text answer.
@@ -268,9 +289,10 @@ pub(crate) fn lines(s: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use flowlog_testkit::fake_imds::FakeImds;
+    use std::time::Duration;
 
     fn cfg(endpoint: &str) -> Ec2Config {
-        Ec2Config { endpoint: endpoint.into(), max_attempts: 4, backoff_base_ms: 1, backoff_max_ms: 8, timeout_ms: 2_000, ..Ec2Config::default() }
+        Ec2Config { endpoint: Some(endpoint.into()), max_attempts: 4, timeout_ms: 2_000, ..Ec2Config::default() }
     }
 
     #[tokio::test]
@@ -300,20 +322,26 @@ mod tests {
         assert_eq!((s.puts, s.unauthorized, s.gets), (2, 1, 3));
     }
 
+    /// The SDK renews a token 120 s before its end: a TTL under that is
+    /// one token per request, and an expired one is never sent.
     #[tokio::test]
-    async fn token_is_renewed_before_its_ttl_ends() {
+    async fn short_ttl_tokens_are_renewed_before_they_end() {
         let fake = FakeImds::start().await;
         fake.set("meta-data/instance-id", "i-1");
         let c = ImdsClient::new(&Ec2Config { token_ttl_secs: 1, ..cfg(&fake.endpoint()) }).unwrap();
         c.get("meta-data/instance-id").await.unwrap();
-        c.get("meta-data/instance-id").await.unwrap();
-        assert_eq!(fake.stats().puts, 1);
-        tokio::time::sleep(Duration::from_millis(950)).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
         c.get("meta-data/instance-id").await.unwrap();
         let s = fake.stats();
-        assert_eq!(s.puts, 2, "renewed ahead of expiry");
+        assert_eq!(s.puts, 2, "renewed");
         assert_eq!(s.unauthorized, 0, "never sent an expired token");
         assert_eq!(s.ttls_asked, vec![1, 1]);
+        // Above the SDK's renewal margin the token is kept.
+        let c = ImdsClient::new(&Ec2Config { token_ttl_secs: 300, ..cfg(&fake.endpoint()) }).unwrap();
+        for _ in 0..3 {
+            c.get("meta-data/instance-id").await.unwrap();
+        }
+        assert_eq!(fake.stats().puts, 3);
     }
 
     #[tokio::test]
@@ -344,7 +372,7 @@ mod tests {
         let e = c.get("meta-data/instance-id").await.unwrap_err();
         assert!(matches!(e, ImdsError::GaveUp { attempts: 4, .. }), "{e:?}");
         let msg = e.to_string();
-        assert!(msg.contains(&fake.endpoint()) && msg.contains("after 4 attempt(s)") && msg.contains("HTTP 503"), "{msg}");
+        assert!(msg.contains(&fake.endpoint()) && msg.contains("up to 4 attempt(s)") && msg.contains("HTTP 503"), "{msg}");
         assert_eq!(fake.stats().throttled, 4);
     }
 
@@ -367,7 +395,8 @@ mod tests {
         fake.stall_puts();
         let c = ImdsClient::new(&Ec2Config { timeout_ms: 100, max_attempts: 2, ..cfg(&fake.endpoint()) }).unwrap();
         let msg = c.get("meta-data/instance-id").await.unwrap_err().to_string();
-        assert!(msg.contains("timed out") && msg.contains("hop limit") && msg.contains("after 2 attempt(s)"), "{msg}");
+        assert!(msg.contains("timed out") && msg.contains("hop limit") && msg.contains("up to 2 attempt(s)"), "{msg}");
+        assert_eq!(fake.stats().puts, 2, "the timed-out PUT was retried");
     }
 
     #[tokio::test]
@@ -409,16 +438,52 @@ mod tests {
         assert!(e.to_string().contains("/latest/dynamic/bad"), "{e}");
     }
 
+    /// Config endpoint, then the standard variables, then the mode.
     #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let c = ImdsClient::new(&Ec2Config { backoff_base_ms: 100, backoff_max_ms: 1_000, ..Ec2Config::default() }).unwrap();
-        for _ in 0..50 {
-            let (a, b, d) = (c.backoff(1), c.backoff(3), c.backoff(10));
-            assert!(a >= Duration::from_millis(50) && a <= Duration::from_millis(100), "{a:?}");
-            assert!(b >= Duration::from_millis(200) && b <= Duration::from_millis(400), "{b:?}");
-            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1_000), "{d:?}");
+    fn endpoint_resolution_follows_the_sdk_order() {
+        let env = |vars: &'static [(&'static str, &'static str)]| move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let d = Ec2Config::default();
+        assert_eq!(resolve_endpoint(&d, env(&[])).unwrap(), IPV4_ENDPOINT);
+        assert_eq!(resolve_endpoint(&d, env(&[(ENDPOINT_MODE_ENV, "IPv6")])).unwrap(), IPV6_ENDPOINT);
+        assert_eq!(resolve_endpoint(&d, env(&[(ENDPOINT_MODE_ENV, "IPv6"), (ENDPOINT_ENV, "http://127.0.0.1:9/")])).unwrap(), "http://127.0.0.1:9");
+        let v6 = Ec2Config { endpoint_mode: Some(EndpointMode::Ipv6), ..d.clone() };
+        assert_eq!(resolve_endpoint(&v6, env(&[(ENDPOINT_MODE_ENV, "IPv4")])).unwrap(), IPV6_ENDPOINT);
+        assert_eq!(resolve_endpoint(&v6, env(&[(ENDPOINT_ENV, "http://127.0.0.1:9")])).unwrap(), "http://127.0.0.1:9", "the variable is an explicit endpoint");
+        let e = Ec2Config { endpoint: Some("http://127.0.0.1:8/".into()), ..v6 };
+        assert_eq!(resolve_endpoint(&e, env(&[(ENDPOINT_ENV, "http://127.0.0.1:9")])).unwrap(), "http://127.0.0.1:8");
+        assert!(resolve_endpoint(&d, env(&[(ENDPOINT_MODE_ENV, "IPv5")])).unwrap_err().to_string().contains(ENDPOINT_MODE_ENV));
+        assert!(resolve_endpoint(&d, env(&[(ENDPOINT_ENV, "https://x")])).is_err());
+    }
+
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` reaches the real client: this
+    /// test runs itself again in a child process with the variable set to
+    /// the fake (the parent's environment stays as it is).
+    #[tokio::test]
+    async fn the_standard_endpoint_variable_is_used() {
+        const CHILD: &str = "FLOWLOG_TEST_IMDS_ENV_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let c = ImdsClient::new(&Ec2Config { max_attempts: 1, ..Ec2Config::default() }).unwrap();
+            assert_eq!(c.endpoint(), std::env::var(ENDPOINT_ENV).unwrap());
+            assert_eq!(c.get("meta-data/instance-id").await.unwrap().as_deref(), Some("i-env"));
+            return;
         }
-        let spread: std::collections::BTreeSet<Duration> = (0..20).map(|_| c.backoff(5)).collect();
-        assert!(spread.len() > 1, "jitter");
+        let fake = FakeImds::start().await;
+        fake.set("meta-data/instance-id", "i-env");
+        let exe = std::env::current_exe().unwrap();
+        let endpoint = fake.endpoint();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(exe)
+                .args(["--exact", "metadata::imds::tests::the_standard_endpoint_variable_is_used", "--nocapture"])
+                .env(CHILD, "1")
+                .env(ENDPOINT_ENV, endpoint)
+                .env_remove(ENDPOINT_MODE_ENV)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+        assert_eq!(fake.stats().puts, 1);
     }
 }

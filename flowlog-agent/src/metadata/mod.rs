@@ -3,13 +3,13 @@
 //!
 //! Two sources sit behind [`MetadataProvider`]:
 //! - [`ec2`]: the instance metadata service, spoken to as IMDSv2 by
-//!   [`imds::ImdsClient`]; OS interfaces are matched to ENIs by MAC address.
+//!   [`imds::ImdsClient`] (the AWS SDK's IMDS client); OS interfaces are matched to ENIs by MAC address.
 //! - [`onprem`]: the `[metadata.onprem]` section of the config file.
 //!
 //! [`detect::select`] picks one from [`config::Mode`]. In `auto` mode it only
 //! reads DMI/hypervisor files, so a host that is not on EC2 never sends a
-//! packet towards the metadata address; the endpoint itself always comes from
-//! config.
+//! packet towards the metadata address; the endpoint comes from config or the
+//! standard `AWS_EC2_METADATA_SERVICE_ENDPOINT[_MODE]` variables.
 //!
 //! # How the agent uses it
 //! ```ignore

@@ -19,6 +19,75 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
 }
 
+/// Per-output AWS options (`s3://bucket?region=..&endpoint=..&role-arn=..`);
+/// each unset one is the global setting (`region`, `aws-endpoint-url`, the
+/// default credential chain).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutputAws {
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    /// A role to assume for this output's calls (a cross-account delivery
+    /// role, as native flow logs have), with the default chain's credentials.
+    pub role_arn: Option<String>,
+}
+
+impl OutputAws {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(r) = &self.region {
+            if !valid_region(r) {
+                return Err(format!("region={r:?} is not a region name such as us-east-1"));
+            }
+        }
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 9 {
+                return Err(format!("endpoint={e:?}: expected http://host:port or https://host"));
+            }
+        }
+        if let Some(a) = &self.role_arn {
+            if !valid_role_arn(a) {
+                return Err(format!("role-arn={a:?} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The options as query parts, in a fixed order.
+    pub fn query(&self) -> Vec<String> {
+        [("region", &self.region), ("endpoint", &self.endpoint), ("role-arn", &self.role_arn)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect()
+    }
+}
+
+/// `arn:<partition>:iam::<12 digits>:role/<path/name>`.
+pub fn valid_role_arn(a: &str) -> bool {
+    let p: Vec<&str> = a.splitn(6, ':').collect();
+    p.len() == 6
+        && p[0] == "arn"
+        && p[1].starts_with("aws")
+        && p[2] == "iam"
+        && p[3].is_empty()
+        && p[4].len() == 12
+        && p[4].bytes().all(|b| b.is_ascii_digit())
+        && p[5].strip_prefix("role/").is_some_and(|n| !n.is_empty() && !n.ends_with('/'))
+}
+
+/// The SDK configuration of one output: its region and endpoint over the
+/// global ones and, with `role-arn`, credentials from STS AssumeRole (asked
+/// in the output's region, at the global endpoint: a per-output endpoint is
+/// the destination service's, not STS's). The role is assumed on the first
+/// call, so the startup check of the output shows a role that cannot be
+/// assumed.
+pub async fn output_sdk_config(global: &AwsSettings, o: &OutputAws) -> Result<SdkConfig> {
+    let s = AwsSettings { region: o.region.clone().or_else(|| global.region.clone()), endpoint_url: o.endpoint.clone().or_else(|| global.endpoint_url.clone()) };
+    let c = sdk_config(&s).await?;
+    let Some(role) = &o.role_arn else { return Ok(c) };
+    let sts = sdk_config(&AwsSettings { region: c.region().map(|r| r.to_string()), endpoint_url: global.endpoint_url.clone() }).await?;
+    let p = aws_config::sts::AssumeRoleProvider::builder(role.clone()).session_name("flowlog-agent").configure(&sts).build().await;
+    Ok(c.into_builder().credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(p)).build())
+}
+
 /// A region name's shape: non-empty, lowercase letters, digits and dashes.
 /// Only the shape: the set of regions grows (`eusc-de-east-1`), and the
 /// SDK and the service are the judges of the rest.

@@ -56,13 +56,42 @@ pub enum Output {
     File(PathBuf),
     /// The S3 layout in a local directory.
     Dir { path: PathBuf, opts: LayoutOptions },
-    S3 { bucket: String, prefix: String, opts: LayoutOptions },
-    CloudWatch { group: String, retention_days: Option<i32> },
-    Firehose { stream: String },
+    S3 { bucket: String, prefix: String, opts: LayoutOptions, aws: aws::OutputAws },
+    CloudWatch { group: String, retention_days: Option<i32>, aws: aws::OutputAws },
+    Firehose { stream: String, aws: aws::OutputAws },
 }
 
 const OUTPUT_SYNTAX: &str = "expected `stdout`, `file:<path>`, `dir:<path>[?options]`, `s3://<bucket>[/<prefix>][?options]` \
-(options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>]` or `firehose:<delivery-stream>`";
+(options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>";
+
+/// Takes the AWS options (region, endpoint, role-arn) out of a query;
+/// returns them and the rest of the query.
+fn take_aws(s: &str, q: Option<&str>) -> Result<(aws::OutputAws, Option<String>), String> {
+    let mut a = aws::OutputAws::default();
+    let mut rest = Vec::new();
+    for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
+        let slot = match kv.split_once('=') {
+            Some(("region", v)) => Some((&mut a.region, v)),
+            Some(("endpoint", v)) => Some((&mut a.endpoint, v)),
+            Some(("role-arn" | "role_arn", v)) => Some((&mut a.role_arn, v)),
+            _ => None,
+        };
+        match slot {
+            Some((slot, v)) => *slot = Some(v.to_string()),
+            None => rest.push(kv),
+        }
+    }
+    a.validate().map_err(|e| format!("invalid output {s:?}: {e}"))?;
+    Ok((a, if rest.is_empty() { None } else { Some(rest.join("&")) }))
+}
+
+fn query(parts: Vec<String>) -> String {
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
 
 fn parse_layout_opts(s: &str, q: Option<&str>) -> Result<LayoutOptions, String> {
     let mut o = LayoutOptions::default();
@@ -89,22 +118,18 @@ fn parse_layout_opts(s: &str, q: Option<&str>) -> Result<LayoutOptions, String> 
     Ok(o)
 }
 
-fn layout_query(o: &LayoutOptions) -> String {
+fn layout_query(o: &LayoutOptions) -> Vec<String> {
     let mut q = Vec::new();
     if o.format == FileFormat::Parquet {
-        q.push("format=parquet");
+        q.push("format=parquet".to_string());
     }
     if o.hive {
-        q.push("hive");
+        q.push("hive".to_string());
     }
     if o.per_hour {
-        q.push("per-hour");
+        q.push("per-hour".to_string());
     }
-    if q.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", q.join("&"))
-    }
+    q
 }
 
 impl FromStr for Output {
@@ -126,6 +151,8 @@ impl FromStr for Output {
         }
         if let Some(rest) = s.strip_prefix("s3://") {
             let (p, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
+            let (aws, q) = take_aws(s, q)?;
+            let q = q.as_deref();
             let (bucket, prefix) = p.split_once('/').unwrap_or((p, ""));
             let prefix = prefix.trim_matches('/');
             let valid_bucket = (3..=63).contains(&bucket.len())
@@ -138,10 +165,12 @@ impl FromStr for Output {
             if prefix.split('/').any(|c| c == "AWSLogs") {
                 return Err(format!("invalid output {s:?}: AWSLogs is reserved and cannot be part of the prefix"));
             }
-            return Ok(Output::S3 { bucket: bucket.into(), prefix: prefix.into(), opts: parse_layout_opts(s, q)? });
+            return Ok(Output::S3 { bucket: bucket.into(), prefix: prefix.into(), opts: parse_layout_opts(s, q)?, aws });
         }
         if let Some(rest) = s.strip_prefix("cloudwatch:") {
             let (g, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
+            let (aws, q) = take_aws(s, q)?;
+            let q = q.as_deref();
             if g.is_empty() || g.len() > 512 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/#".contains(&b)) {
                 return Err(format!("invalid output {s:?}: log group names are 1-512 characters of a-z A-Z 0-9 . _ - / #"));
             }
@@ -154,13 +183,18 @@ impl FromStr for Output {
                     _ => return Err(format!("invalid output {s:?}: unknown option {kv:?} (retention=<days>)")),
                 }
             }
-            return Ok(Output::CloudWatch { group: g.into(), retention_days });
+            return Ok(Output::CloudWatch { group: g.into(), retention_days, aws });
         }
-        if let Some(st) = s.strip_prefix("firehose:") {
+        if let Some(rest) = s.strip_prefix("firehose:") {
+            let (st, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
+            let (aws, q) = take_aws(s, q)?;
+            if let Some(q) = q {
+                return Err(format!("invalid output {s:?}: unknown option {q:?} (region, endpoint, role-arn)"));
+            }
             if st.is_empty() || st.len() > 64 || !st.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
                 return Err(format!("invalid output {s:?}: delivery stream names are 1-64 characters of a-z A-Z 0-9 . _ -"));
             }
-            return Ok(Output::Firehose { stream: st.into() });
+            return Ok(Output::Firehose { stream: st.into(), aws });
         }
         Err(bad())
     }
@@ -171,27 +205,33 @@ impl fmt::Display for Output {
         match self {
             Output::Stdout => write!(f, "stdout"),
             Output::File(p) => write!(f, "file:{}", p.display()),
-            Output::Dir { path, opts } => write!(f, "dir:{}{}", path.display(), layout_query(opts)),
-            Output::S3 { bucket, prefix, opts } => {
+            Output::Dir { path, opts } => write!(f, "dir:{}{}", path.display(), query(layout_query(opts))),
+            Output::S3 { bucket, prefix, opts, aws } => {
                 write!(f, "s3://{bucket}")?;
                 if !prefix.is_empty() {
                     write!(f, "/{prefix}")?;
                 }
-                write!(f, "{}", layout_query(opts))
+                write!(f, "{}", query([layout_query(opts), aws.query()].concat()))
             }
-            Output::CloudWatch { group, retention_days } => {
+            Output::CloudWatch { group, retention_days, aws } => {
                 write!(f, "cloudwatch:{group}")?;
-                if let Some(d) = retention_days {
-                    write!(f, "?retention={d}")?;
-                }
-                Ok(())
+                let r = retention_days.iter().map(|d| format!("retention={d}")).collect();
+                write!(f, "{}", query([r, aws.query()].concat()))
             }
-            Output::Firehose { stream } => write!(f, "firehose:{stream}"),
+            Output::Firehose { stream, aws } => write!(f, "firehose:{stream}{}", query(aws.query())),
         }
     }
 }
 
 impl Output {
+    /// The per-output AWS options of an AWS destination.
+    pub fn aws(&self) -> Option<&aws::OutputAws> {
+        match self {
+            Output::S3 { aws, .. } | Output::CloudWatch { aws, .. } | Output::Firehose { aws, .. } => Some(aws),
+            _ => None,
+        }
+    }
+
     /// Whether records for it go through the spool.
     pub fn spooled(&self) -> bool {
         !matches!(self, Output::Stdout | Output::File(_))
@@ -387,12 +427,24 @@ impl Shipper {
         if dedup.len() != names.len() {
             anyhow::bail!("the same output is given twice: {}", names.join(", "));
         }
-        let needs_aws = spooled.iter().any(|o| matches!(o, Output::S3 { .. } | Output::CloudWatch { .. } | Output::Firehose { .. }));
+        let needs_aws = spooled.iter().any(|o| o.aws().is_some_and(|a| a.region.is_none()));
         let sdk = if needs_aws { Some(aws::sdk_config(&cfg.aws).await?) } else { None };
         let known_region = sdk.as_ref().and_then(|c| c.region().map(|r| r.to_string())).or_else(|| cfg.aws.region.clone()).or_else(|| std::env::var("AWS_REGION").ok());
+        // One SDK configuration per distinct set of output options.
+        let mut sdks: Vec<(aws::OutputAws, aws_config::SdkConfig)> = Vec::new();
+        for o in &spooled {
+            if let Some(a) = o.aws() {
+                if !sdks.iter().any(|(k, _)| k == a) {
+                    let c = aws::output_sdk_config(&cfg.aws, a).await.with_context(|| format!("output {o}"))?;
+                    sdks.push((a.clone(), c));
+                }
+            }
+        }
+        let sdk_for = |a: &aws::OutputAws| sdks.iter().find(|(k, _)| k == a).map(|(_, c)| c).unwrap();
         for (o, name) in spooled.iter().zip(&names) {
-            if matches!(o, Output::S3 { .. }) {
-                check_s3_identity(name, &cfg.account_id, known_region.as_deref())?;
+            if let Output::S3 { aws, .. } = o {
+                let r = aws.region.clone().or_else(|| known_region.clone());
+                check_s3_identity(name, &cfg.account_id, r.as_deref())?;
             }
         }
         // Only `dir:` outputs may lack a region (a machine outside AWS).
@@ -401,10 +453,10 @@ impl Shipper {
         for (o, name) in spooled.iter().zip(&names) {
             let stats = Arc::new(ShipStats::default());
             sh.stats.push((name.clone(), stats.clone()));
-            let layout = |prefix: &str, opts: &LayoutOptions| Layout {
+            let layout = |prefix: &str, opts: &LayoutOptions, r: Option<&String>| Layout {
                 prefix: prefix.to_string(),
                 account_id: cfg.account_id.clone(),
-                region: region.clone(),
+                region: r.unwrap_or(&region).clone(),
                 flow_log_id: cfg.flow_log_id.clone(),
                 hive: opts.hive,
                 per_hour: opts.per_hour,
@@ -412,16 +464,17 @@ impl Shipper {
             };
             match o {
                 Output::Dir { path, opts } => {
-                    let d = s3::DirDest { name: name.clone(), root: path.clone(), layout: layout("", opts), opts: cfg.objects.clone(), retry: cfg.retry, stats };
+                    let d = s3::DirDest { name: name.clone(), root: path.clone(), layout: layout("", opts, None), opts: cfg.objects.clone(), retry: cfg.retry, stats };
                     d.check()?;
                     dests.push(Box::new(d));
                 }
-                Output::S3 { bucket, prefix, opts } => {
+                Output::S3 { bucket, prefix, opts, aws } => {
+                    let path_style = cfg.aws.endpoint_url.is_some() || aws.endpoint.is_some();
                     let d = s3::S3Dest {
                         name: name.clone(),
-                        client: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk.as_ref().unwrap()).force_path_style(cfg.aws.endpoint_url.is_some()).build()),
+                        client: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk_for(aws)).force_path_style(path_style).build()),
                         bucket: bucket.clone(),
-                        layout: layout(prefix, opts),
+                        layout: layout(prefix, opts, aws.region.as_ref()),
                         opts: cfg.objects.clone(),
                         retry: cfg.retry,
                         stats,
@@ -429,10 +482,10 @@ impl Shipper {
                     d.check().await?;
                     dests.push(Box::new(d));
                 }
-                Output::CloudWatch { group, retention_days } => {
+                Output::CloudWatch { group, retention_days, aws } => {
                     let d = cloudwatch::CloudWatchDest {
                         name: name.clone(),
-                        client: aws_sdk_cloudwatchlogs::Client::new(sdk.as_ref().unwrap()),
+                        client: aws_sdk_cloudwatchlogs::Client::new(sdk_for(aws)),
                         group: group.clone(),
                         retention_days: *retention_days,
                         limits: CwLimits::default(),
@@ -443,8 +496,8 @@ impl Shipper {
                     d.check().await?;
                     dests.push(Box::new(d));
                 }
-                Output::Firehose { stream } => {
-                    let d = firehose::FirehoseDest { name: name.clone(), client: aws_sdk_firehose::Client::new(sdk.as_ref().unwrap()), stream: stream.clone(), retry: cfg.retry, stats };
+                Output::Firehose { stream, aws } => {
+                    let d = firehose::FirehoseDest { name: name.clone(), client: aws_sdk_firehose::Client::new(sdk_for(aws)), stream: stream.clone(), retry: cfg.retry, stats };
                     d.check().await?;
                     dests.push(Box::new(d));
                 }
@@ -614,9 +667,9 @@ mod tests {
         assert!("bogus".parse::<Output>().unwrap_err().starts_with("invalid output \"bogus\": expected `stdout`, `file:<path>`"));
         assert!("file:".parse::<Output>().is_err());
         let o = "s3://my-bucket/a/b/?format=parquet&hive".parse::<Output>().unwrap();
-        assert_eq!(o, Output::S3 { bucket: "my-bucket".into(), prefix: "a/b".into(), opts: LayoutOptions { format: FileFormat::Parquet, hive: true, per_hour: false } });
+        assert_eq!(o, Output::S3 { bucket: "my-bucket".into(), prefix: "a/b".into(), opts: LayoutOptions { format: FileFormat::Parquet, hive: true, per_hour: false }, aws: Default::default() });
         assert_eq!(o.to_string(), "s3://my-bucket/a/b?format=parquet&hive");
-        assert_eq!("s3://b3t".parse::<Output>().unwrap(), Output::S3 { bucket: "b3t".into(), prefix: "".into(), opts: LayoutOptions::default() });
+        assert_eq!("s3://b3t".parse::<Output>().unwrap(), Output::S3 { bucket: "b3t".into(), prefix: "".into(), opts: LayoutOptions::default(), aws: Default::default() });
         assert!("s3://Bad_Bucket".parse::<Output>().unwrap_err().contains("not a valid S3 bucket name"));
         assert!("s3://bucket/AWSLogs".parse::<Output>().unwrap_err().contains("reserved"));
         assert!("s3://bucket?format=csv".parse::<Output>().unwrap_err().contains("format=\"csv\""));
@@ -624,10 +677,22 @@ mod tests {
             "dir:/var/log/flows?per-hour".parse::<Output>().unwrap(),
             Output::Dir { path: "/var/log/flows".into(), opts: LayoutOptions { per_hour: true, ..Default::default() } }
         );
-        assert_eq!("cloudwatch:/vpc/flows?retention=7".parse::<Output>().unwrap(), Output::CloudWatch { group: "/vpc/flows".into(), retention_days: Some(7) });
+        assert_eq!("cloudwatch:/vpc/flows?retention=7".parse::<Output>().unwrap(), Output::CloudWatch { group: "/vpc/flows".into(), retention_days: Some(7), aws: Default::default() });
         assert!("cloudwatch:a b".parse::<Output>().is_err());
         assert!("cloudwatch:g?retention=x".parse::<Output>().is_err());
-        assert_eq!("firehose:fh-1".parse::<Output>().unwrap(), Output::Firehose { stream: "fh-1".into() });
+        assert_eq!("firehose:fh-1".parse::<Output>().unwrap(), Output::Firehose { stream: "fh-1".into(), aws: Default::default() });
+        // Per-output AWS options, kept in the name.
+        let s = "s3://b3t/p?format=parquet&region=eu-west-1&endpoint=http://127.0.0.1:9&role-arn=arn:aws:iam::123456789012:role/x";
+        let o: Output = s.parse().unwrap();
+        let a = o.aws().unwrap();
+        assert_eq!((a.region.as_deref(), a.endpoint.as_deref(), a.role_arn.as_deref()), (Some("eu-west-1"), Some("http://127.0.0.1:9"), Some("arn:aws:iam::123456789012:role/x")));
+        assert_eq!(o.to_string(), s);
+        let c: Output = "cloudwatch:/g?retention=7&region=us-east-2".parse().unwrap();
+        assert_eq!(c.to_string(), "cloudwatch:/g?retention=7&region=us-east-2");
+        assert_eq!("firehose:f?role-arn=arn:aws-cn:iam::123456789012:role/a/b".parse::<Output>().unwrap().to_string(), "firehose:f?role-arn=arn:aws-cn:iam::123456789012:role/a/b");
+        for bad in ["s3://b3t?region=EU", "s3://b3t?endpoint=ftp://x", "firehose:f?role-arn=arn:aws:iam::12:role/x", "firehose:f?role-arn=role", "firehose:f?x=1"] {
+            assert!(bad.parse::<Output>().is_err(), "{bad}");
+        }
         assert!("firehose:".parse::<Output>().is_err());
     }
 

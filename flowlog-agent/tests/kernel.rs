@@ -35,7 +35,7 @@ impl Kernel {
     }
 
     fn xdp(&mut self, frame: &[u8]) -> u32 {
-        let p: &mut Xdp = self.capture.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+        let p: &mut Xdp = self.capture.xdp_program().unwrap();
         let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
         p.test_run(opts).expect("XDP test_run").return_value
     }
@@ -322,7 +322,7 @@ fn packets_of_one_flow_aggregate_and_flags_or() {
 
     // BPF_PROG_TEST_RUN with repeat: the same packet N times.
     let f = seg(0x10, 1000);
-    let p: &mut Xdp = k.capture.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+    let p: &mut Xdp = k.capture.xdp_program().unwrap();
     p.test_run(TestRunOptions { data_in: Some(&f), repeat: 1000, ..TestRunOptions::new() }).unwrap();
     assert_eq!(entries(&k.drain()), [(v4key(A4, B4, 999, 80, TCP, direction::INGRESS), 1000, 1040 * 1000, 0)]);
 }
@@ -500,7 +500,7 @@ fn sampling_counts_one_in_n_and_scales() {
     }
     let mut k = Kernel::load_with(64, 4, &KernelFilters::default());
     let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 1, dport: 2, payload: 12 });
-    let p: &mut Xdp = k.capture.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+    let p: &mut Xdp = k.capture.xdp_program().unwrap();
     p.test_run(TestRunOptions { data_in: Some(&f), repeat: 4000, ..TestRunOptions::new() }).unwrap();
     let d = k.drain();
     let (packets, bytes) = (d.flows[0].1.packets, d.flows[0].1.bytes);
@@ -604,6 +604,7 @@ fn concurrent_updates_are_exact() {
     let frames: Vec<Vec<u8>> = (0..threads)
         .map(|i| frame_v4(&[], &V4::new(A4, B4), &L4::Tcp { sport: 4000, dport: 80, flags: flags[i % 4], options: 0, payload: 10 }))
         .collect();
+    k.capture.xdp_program().unwrap();
     let ebpf = k.capture.ebpf_mut();
     let xdp: &Xdp = ebpf.program(INGRESS_PROGRAM).unwrap().try_into().unwrap();
     let tc: &SchedClassifier = ebpf.program(flowlog_agent::capture::INGRESS_TC_PROGRAM).unwrap().try_into().unwrap();

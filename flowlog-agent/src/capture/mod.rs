@@ -464,11 +464,17 @@ impl Capture {
         Ok(hook)
     }
 
-    fn attach_xdp(&mut self, link: &LinkInfo, pin: Option<&Path>) -> Result<Hold> {
+    /// The XDP program, verified on first use.
+    pub fn xdp_program(&mut self) -> Result<&mut Xdp> {
         let ingress: &mut Xdp = self.ebpf.program_mut(INGRESS_PROGRAM).context("no XDP program")?.try_into()?;
         if ingress.fd().is_err() {
             ingress.load().map_err(verifier)?;
         }
+        Ok(ingress)
+    }
+
+    fn attach_xdp(&mut self, link: &LinkInfo, pin: Option<&Path>) -> Result<Hold> {
+        let ingress = self.xdp_program()?;
         let reused = pin.and_then(reuse).and_then(|fd| XdpLink::try_from(fd).ok());
         // A pinned link of an interface that was deleted is defunct: attach anew.
         let id = match reused.map(|old| ingress.attach_to_link(old)) {

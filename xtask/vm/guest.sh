@@ -8,7 +8,7 @@
 #   suites.txt  one "<suite> <absolute path of the test binary>" a line
 #   binds.txt   one "<snapshot> <build path>" a line, for the agent binary
 # and this script writes back, per suite: <suite>.start (empty, when it
-# starts), <suite>.stdout, <suite>.stderr, <suite>.rc (exit code; 124 means
+# starts), <suite>.log (stdout and stderr), <suite>.rc (exit code; 124 means
 # the suite timed out), plus guest.log and, last, done.
 # The console does not reach the host reliably: everything goes to files.
 
@@ -34,7 +34,7 @@ mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracin
 # sch_ingress; nft's inet reject in nft_reject_inet.)
 # One modprobe for all (each process costs ~0.7 s under emulation); only if
 # that fails, one each to name the missing.
-MODULES="veth dummy bridge 8021q bonding vxlan wireguard ifb
+MODULES="veth dummy bridge 8021q bonding macvlan vxlan wireguard tun ifb
     sch_ingress cls_bpf act_bpf nf_tables nft_reject_inet nft_ct nf_conntrack"
 t0=$(date +%s)
 # shellcheck disable=SC2086
@@ -66,16 +66,21 @@ export FLOWLOG_KERNEL_UNDER_TEST="$KERNEL_SERIES"
 export RUST_BACKTRACE=1
 # /tmp is an overlay over the host's /tmp: start from an empty directory so
 # files the host left there cannot leak into the tests.
-TMPDIR=$(mktemp -d /tmp/flowlog-vmtest.XXXXXX) && export TMPDIR
+# Mode 1777 like /tmp: some tests run the agent as nobody.
+TMPDIR=$(mktemp -d /tmp/flowlog-vmtest.XXXXXX) && chmod 1777 "$TMPDIR" && export TMPDIR
 
-while read -r suite exe; do
+while read -r suite exe filters; do
     [ -n "$suite" ] || continue
     echo "suite $suite: $exe"
     : >"$OUT/$suite.start"
-    # --show-output: the captured output of passing tests too, so that their
-    # SKIP: lines reach the host. -k: SIGKILL if SIGTERM is not enough.
-    timeout -k 10 "$SUITE_TIMEOUT" "$exe" --test-threads="$TEST_THREADS" --show-output \
-        >"$OUT/$suite.stdout" 2>"$OUT/$suite.stderr" </dev/null
+    # --nocapture, one file for both streams: each test's output lands under
+    # its name as it runs (SKIP: lines of passing tests included), and a
+    # suite killed by timeout still shows where it hung. -k: SIGKILL if
+    # SIGTERM is not enough.
+    # $filters: test names to run (the kernel's plan), split on purpose.
+    # shellcheck disable=SC2086
+    timeout -k 10 "$SUITE_TIMEOUT" "$exe" --test-threads="$TEST_THREADS" --nocapture $filters \
+        >"$OUT/$suite.log" 2>&1 </dev/null
     rc=$?
     echo "suite $suite: exit $rc"
     echo "$rc" >"$OUT/$suite.rc"

@@ -268,7 +268,14 @@ fn manifest_problems(text: &str) -> Vec<String> {
     {
         p.push("/etc/machine-id of the node must be mounted read-only at /etc/machine-id".into());
     }
-    // With a read-only root, file outputs must land on a writable mount.
+    // With a read-only root, the spool (the agent's default unless the
+    // config sets one) and file outputs must land on a writable mount.
+    let on_writable = |path: &Path| {
+        mounts.iter().any(|m| m["readOnly"].as_bool() != Some(true) && m["mountPath"].as_str().is_some_and(|mp| path.starts_with(mp)))
+    };
+    if !on_writable(&s.agent.ship.spool_dir) {
+        p.push(format!("spool-dir {} is not on a writable volume (s3://, cloudwatch:, firehose:, dir: outputs need it)", s.agent.ship.spool_dir.display()));
+    }
     for o in &s.agent.ship.outputs {
         if let Output::File(path) = o {
             let writable = mounts.iter().any(|m| {
@@ -305,7 +312,8 @@ fn kubernetes_config_resolves_with_the_agents_parser() {
     assert_eq!(s.agent.pin_root.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
     assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
     assert_eq!(s.agent.interval.as_secs(), 60);
-    assert_eq!(s.agent.ifaces, ["eth*", "ens*", "veth*", "eni*", "cali*", "lxc*"]);
+    // The node's NICs, as VPC Flow Logs capture ENIs; pod interfaces are opt-in.
+    assert_eq!(s.agent.ifaces, ["eth*", "ens*"]);
     // The metrics port is the agent's default one.
     assert_eq!(DEFAULT_METRICS_LISTEN.rsplit_once(':').unwrap().1, "9750");
     // And the agent's own check agrees (enrichment tables included).
@@ -333,6 +341,8 @@ fn kubernetes_checks_catch_mistakes() {
         ("hostNetwork: true", "hostNetwork: false", "hostNetwork must be true"),
         ("interval = 60", "intervall = 60", "unknown field `intervall`"),
         ("outputs = [\"stdout\"]", "outputs = [\"file:/tmp/records.log\"]", "output file:/tmp/records.log is not on a writable volume"),
+        ("interval = 60", "spool-dir = \"/var/lib/flowlog-agent/spool\"\n    interval = 60", "spool-dir /var/lib/flowlog-agent/spool is not on a writable volume"),
+        ("mountPath: /var/lib/flowlog", "mountPath: /var/lib/flowlog-data", "spool-dir /var/lib/flowlog/spool is not on a writable volume"),
     ];
     for (from, to, want) in cases {
         let problems = manifest_problems(&mutate(&good, from, to));
@@ -435,6 +445,16 @@ fn unit_problems(text: &str, help: &str) -> Vec<String> {
     if one("StateDirectory") != Some("flowlog") {
         p.push("StateDirectory=flowlog (/var/lib/flowlog) expected".into());
     }
+    // The spool's default under systemd ($STATE_DIRECTORY/spool) and without
+    // it (the agent run by hand) are both in the state directory.
+    if let Some(state) = one("StateDirectory") {
+        let state = Path::new("/var/lib").join(state);
+        let under = flowlog_agent::ship::spool_dir_for(Some(state.as_os_str()));
+        let plain = Path::new(flowlog_agent::ship::DEFAULT_SPOOL_DIR);
+        if !under.starts_with(&state) || !plain.starts_with(&state) {
+            p.push(format!("the spool ({}, {}) is not in StateDirectory {}", under.display(), plain.display(), state.display()));
+        }
+    }
     let families = words("RestrictAddressFamilies");
     for f in ["AF_NETLINK", "AF_INET", "AF_INET6", "AF_UNIX"] {
         if !families.contains(f) {
@@ -488,6 +508,7 @@ fn systemd_checks_catch_mistakes() {
         (" AF_NETLINK", "", "RestrictAddressFamilies lacks AF_NETLINK"),
         ("@system-service bpf", "@system-service", "does not allow bpf"),
         ("NoNewPrivileges=yes", "PrivateNetwork=yes", "PrivateNetwork is set"),
+        ("StateDirectory=flowlog", "StateDirectory=flowlog-agent", "is not in StateDirectory /var/lib/flowlog-agent"),
         ("/etc/flowlog/flowlog.toml", "/etc/flowlog.toml", "--config Some(\"/etc/flowlog.toml\")"),
     ];
     for (from, to, want) in cases {

@@ -62,7 +62,7 @@ struct RunArgs {
     #[arg(long, env = "FLOWLOG_FLOW_LOG_ID")]
     flow_log_id: Option<String>,
     /// Spool directory: records wait here until every spooled output has
-    /// them. Default /var/lib/flowlog-agent/spool.
+    /// them. Default $STATE_DIRECTORY/spool (systemd), else /var/lib/flowlog/spool.
     #[arg(long, env = "FLOWLOG_SPOOL_DIR")]
     spool_dir: Option<PathBuf>,
     /// Bound of the spool in bytes; past it the oldest records are dropped

@@ -268,7 +268,14 @@ fn manifest_problems(text: &str) -> Vec<String> {
     {
         p.push("/etc/machine-id of the node must be mounted read-only at /etc/machine-id".into());
     }
-    // With a read-only root, file outputs must land on a writable mount.
+    // With a read-only root, the spool (the agent's default unless the
+    // config sets one) and file outputs must land on a writable mount.
+    let on_writable = |path: &Path| {
+        mounts.iter().any(|m| m["readOnly"].as_bool() != Some(true) && m["mountPath"].as_str().is_some_and(|mp| path.starts_with(mp)))
+    };
+    if !on_writable(&s.agent.ship.spool_dir) {
+        p.push(format!("spool-dir {} is not on a writable volume (s3://, cloudwatch:, firehose:, dir: outputs need it)", s.agent.ship.spool_dir.display()));
+    }
     for o in &s.agent.ship.outputs {
         if let Output::File(path) = o {
             let writable = mounts.iter().any(|m| {
@@ -305,7 +312,8 @@ fn kubernetes_config_resolves_with_the_agents_parser() {
     assert_eq!(s.agent.pin_root.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
     assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
     assert_eq!(s.agent.interval.as_secs(), 60);
-    assert_eq!(s.agent.ifaces, ["eth*", "ens*", "veth*", "eni*", "cali*", "lxc*"]);
+    // The node's NICs, as VPC Flow Logs capture ENIs; pod interfaces are opt-in.
+    assert_eq!(s.agent.ifaces, ["eth*", "ens*"]);
     // The metrics port is the agent's default one.
     assert_eq!(DEFAULT_METRICS_LISTEN.rsplit_once(':').unwrap().1, "9750");
     // And the agent's own check agrees (enrichment tables included).
@@ -333,6 +341,8 @@ fn kubernetes_checks_catch_mistakes() {
         ("hostNetwork: true", "hostNetwork: false", "hostNetwork must be true"),
         ("interval = 60", "intervall = 60", "unknown field `intervall`"),
         ("outputs = [\"stdout\"]", "outputs = [\"file:/tmp/records.log\"]", "output file:/tmp/records.log is not on a writable volume"),
+        ("interval = 60", "spool-dir = \"/var/lib/flowlog-agent/spool\"\n    interval = 60", "spool-dir /var/lib/flowlog-agent/spool is not on a writable volume"),
+        ("mountPath: /var/lib/flowlog", "mountPath: /var/lib/flowlog-data", "spool-dir /var/lib/flowlog/spool is not on a writable volume"),
     ];
     for (from, to, want) in cases {
         let problems = manifest_problems(&mutate(&good, from, to));
@@ -435,6 +445,16 @@ fn unit_problems(text: &str, help: &str) -> Vec<String> {
     if one("StateDirectory") != Some("flowlog") {
         p.push("StateDirectory=flowlog (/var/lib/flowlog) expected".into());
     }
+    // The spool's default under systemd ($STATE_DIRECTORY/spool) and without
+    // it (the agent run by hand) are both in the state directory.
+    if let Some(state) = one("StateDirectory") {
+        let state = Path::new("/var/lib").join(state);
+        let under = flowlog_agent::ship::spool_dir_for(Some(state.as_os_str()));
+        let plain = Path::new(flowlog_agent::ship::DEFAULT_SPOOL_DIR);
+        if !under.starts_with(&state) || !plain.starts_with(&state) {
+            p.push(format!("the spool ({}, {}) is not in StateDirectory {}", under.display(), plain.display(), state.display()));
+        }
+    }
     let families = words("RestrictAddressFamilies");
     for f in ["AF_NETLINK", "AF_INET", "AF_INET6", "AF_UNIX"] {
         if !families.contains(f) {
@@ -488,6 +508,7 @@ fn systemd_checks_catch_mistakes() {
         (" AF_NETLINK", "", "RestrictAddressFamilies lacks AF_NETLINK"),
         ("@system-service bpf", "@system-service", "does not allow bpf"),
         ("NoNewPrivileges=yes", "PrivateNetwork=yes", "PrivateNetwork is set"),
+        ("StateDirectory=flowlog", "StateDirectory=flowlog-agent", "is not in StateDirectory /var/lib/flowlog-agent"),
         ("/etc/flowlog/flowlog.toml", "/etc/flowlog.toml", "--config Some(\"/etc/flowlog.toml\")"),
     ];
     for (from, to, want) in cases {
@@ -772,14 +793,6 @@ fn dockerfile(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The string items of a `const NAME: &[&str] = &[...]` in xtask.
-fn xtask_list(src: &str, name: &str) -> Vec<String> {
-    let start = src.find(&format!("const {name}: &[&str] = &[")).unwrap_or_else(|| panic!("{name} not in xtask"));
-    let body = &src[start..];
-    let body = &body[body.find("= &[").unwrap() + 4..body.find("];").unwrap()];
-    body.split(',').map(|s| s.trim().trim_matches('"').to_string()).filter(|s| !s.is_empty()).collect()
-}
-
 fn xtask_str(src: &str, name: &str) -> String {
     let start = src.find(&format!("const {name}: &str = \"")).unwrap_or_else(|| panic!("{name} not in xtask"));
     let rest = &src[start..];
@@ -787,65 +800,53 @@ fn xtask_str(src: &str, name: &str) -> String {
     rest[..rest.find('"').unwrap()].to_string()
 }
 
+/// The image is the packages' binary (`cargo xtask package`, glibc 2.28
+/// floor) on a glibc base: no second build that could differ from the
+/// tested packages.
 #[test]
-fn dockerfile_builds_and_runs_the_agent() {
+fn dockerfile_runs_the_packaged_agent() {
     let ins = dockerfile(&read("Dockerfile"));
-    let xtask = read("xtask/src/main.rs");
+    let xtask = read("xtask/src/package.rs");
     let froms: Vec<&String> = ins.iter().filter(|(i, _)| i == "FROM").map(|(_, r)| r).collect();
-    assert_eq!(froms.len(), 2, "two stages: {froms:?}");
-    assert!(froms[0].ends_with(" AS builder"), "{froms:?}");
+    assert_eq!(froms.len(), 1, "one stage, from the packaged binary: {froms:?}");
     let args: BTreeMap<&str, &str> = ins.iter().filter(|(i, _)| i == "ARG").filter_map(|(_, r)| r.split_once('=')).collect();
-    // Builder: Debian bookworm, for rustc-web and llvm-22.
-    assert!(args["RUST_IMAGE"].starts_with("rust:") && args["RUST_IMAGE"].ends_with("-bookworm"), "{args:?}");
-    assert!(args["RUNTIME_IMAGE"].contains("debian12") || args["RUNTIME_IMAGE"].contains("bookworm"), "same glibc as the builder");
-    let split = ins.iter().rposition(|(i, _)| i == "FROM").unwrap();
-    let (builder, runtime) = ins.split_at(split);
-    let runs: Vec<&str> = builder.iter().filter(|(i, _)| i == "RUN").map(|(_, r)| r.as_str()).collect();
+    assert_eq!(froms[0], "${RUNTIME_IMAGE}");
+    // A glibc base (the binary needs glibc >= 2.28; Debian 12 has 2.36).
+    assert!(args["RUNTIME_IMAGE"].contains("distroless/cc-debian12") || args["RUNTIME_IMAGE"].contains("bookworm"), "{args:?}");
+    assert_eq!(xtask_str(&xtask, "GLIBC_FLOOR"), "2.28");
+    assert!(ins.iter().all(|(i, _)| i != "RUN"), "nothing to run: the binary is built by `cargo xtask package`");
 
-    // The Debian packages and bpf-linker of xtask's toolchain route.
-    let apt = runs.iter().find(|r| r.contains("apt-get install")).expect("no apt-get install");
-    assert!(apt.contains("-y") && apt.contains("--no-install-recommends"), "{apt}");
-    let installed: BTreeSet<&str> = apt.split_whitespace().collect();
-    for pkg in xtask_list(&xtask, "DEBIAN_TOOLCHAIN").iter().chain(&xtask_list(&xtask, "DEBIAN_LLVM")) {
-        assert!(installed.contains(pkg.as_str()), "{pkg} (xtask) not installed by the Dockerfile");
-    }
-    let linker = runs.iter().find(|r| r.contains("cargo install")).expect("no bpf-linker install");
-    let want = format!("bpf-linker@{}", xtask_str(&xtask, "BPF_LINKER_VERSION"));
-    assert!(linker.contains(&want) && linker.contains("--no-default-features --features llvm-22"), "{linker}");
-    assert!(linker.contains(&format!("PATH=\"{}:$PATH\"", xtask_str(&xtask, "LLVM_BIN"))), "{linker}");
-    let env: Vec<&str> = builder.iter().filter(|(i, _)| i == "ENV").map(|(_, r)| r.as_str()).collect();
-    assert!(env.contains(&"FLOWLOG_EBPF_TOOLCHAIN=debian"), "{env:?}");
-
-    // The build, and what the runtime stage takes from it.
-    let build = runs.iter().find(|r| r.contains("cargo build")).expect("no cargo build");
-    assert!(build.contains("cargo build --release --locked -p flowlog-agent"), "{build}");
-    let out_path = build.split_whitespace().last().unwrap();
-    assert!(build.contains(&format!("target/release/flowlog-agent {out_path}")), "{build}");
-    let copies: Vec<Vec<&str>> = runtime.iter().filter(|(i, _)| i == "COPY").map(|(_, r)| r.split_whitespace().collect()).collect();
-    let bin = copies.iter().find(|c| c[0] == "--from=builder").expect("no COPY --from=builder");
-    assert_eq!(bin[1], out_path);
-    let entry = runtime.iter().find(|(i, _)| i == "ENTRYPOINT").map(|(_, r)| r.as_str()).expect("no ENTRYPOINT");
+    // The binary: where `cargo xtask package` puts it, and the ENTRYPOINT.
+    let copies: Vec<Vec<&str>> = ins.iter().filter(|(i, _)| i == "COPY").map(|(_, r)| r.split_whitespace().collect()).collect();
+    let packaged = format!("{}/flowlog-agent", xtask_str(&xtask, "PACKAGES_DIR"));
+    let bin = copies.iter().find(|c| c[0] == packaged).unwrap_or_else(|| panic!("no COPY {packaged}: {copies:?}"));
+    let entry = ins.iter().find(|(i, _)| i == "ENTRYPOINT").map(|(_, r)| r.as_str()).expect("no ENTRYPOINT");
     let entry: Vec<String> = serde_json::from_str(entry).expect("ENTRYPOINT in exec form (signals reach the agent)");
-    assert_eq!(entry, [bin[2].to_string()]);
-    assert_eq!(bin[2], "/usr/local/bin/flowlog-agent");
+    assert_eq!(entry, [bin[1].to_string()]);
+    assert_eq!(bin[1], "/usr/local/bin/flowlog-agent");
 
-    // Config: the example at the path FLOWLOG_CONFIG names, and no CMD
-    // flags that would override a mounted config.
+    // Config: the example (as the packages install it) at the path
+    // FLOWLOG_CONFIG names, and no CMD flags that would override a mounted config.
     let config = copies.iter().find(|c| c[0] == "flowlog.example.toml").expect("example config not copied");
-    let env: Vec<&str> = runtime.iter().filter(|(i, _)| i == "ENV").map(|(_, r)| r.as_str()).collect();
+    let env: Vec<&str> = ins.iter().filter(|(i, _)| i == "ENV").map(|(_, r)| r.as_str()).collect();
     assert_eq!(env, [format!("FLOWLOG_CONFIG={}", config[1])]);
-    assert!(runtime.iter().all(|(i, _)| i != "CMD"), "CMD flags would win over FLOWLOG_CONFIG's file");
-    let expose: Vec<&str> = runtime.iter().filter(|(i, _)| i == "EXPOSE").map(|(_, r)| r.as_str()).collect();
+    assert_eq!(config[1], "/etc/flowlog/flowlog.toml");
+    assert!(ins.iter().all(|(i, _)| i != "CMD"), "CMD flags would win over FLOWLOG_CONFIG's file");
+    let expose: Vec<&str> = ins.iter().filter(|(i, _)| i == "EXPOSE").map(|(_, r)| r.as_str()).collect();
     let port = DEFAULT_METRICS_LISTEN.rsplit_once(':').unwrap().1;
     assert_eq!(expose, [format!("{port}/tcp")]);
-    // Only the binary and the config in the runtime image.
-    assert_eq!(copies.len(), 2, "{copies:?}");
-    assert!(runtime.iter().all(|(i, _)| i != "RUN"), "nothing to run in the runtime stage");
+    assert_eq!(copies.len(), 2, "only the binary and the config: {copies:?}");
 
+    // The build context: target/ is left out except the packaged binary
+    // (a later `!` wins in .dockerignore).
     let ignore = read(".dockerignore");
+    let lines: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     for p in ["target", "flowlog-ebpf/target", ".git"] {
-        assert!(ignore.lines().any(|l| l.trim() == p), ".dockerignore lacks {p}");
+        assert!(lines.contains(&p), ".dockerignore lacks {p}");
     }
+    let t = lines.iter().position(|l| *l == "target").unwrap();
+    let keep = format!("!{packaged}");
+    assert!(lines.iter().position(|l| *l == keep).is_some_and(|k| k > t), ".dockerignore must re-include {packaged} after `target`");
 }
 
 // -------------------------------------------------------------------- README

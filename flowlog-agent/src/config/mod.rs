@@ -221,7 +221,7 @@ impl Settings {
             outputs,
             aws: AwsSettings { region: o.region.or(file.region), endpoint_url: o.aws_endpoint_url.or(file.aws_endpoint_url) },
             flow_log_id: o.flow_log_id.or(file.flow_log_id).unwrap_or(defaults.flow_log_id.clone()),
-            spool_dir: o.spool_dir.or(file.spool_dir).unwrap_or(defaults.spool_dir.clone()),
+            spool_dir: o.spool_dir.or(file.spool_dir).unwrap_or_else(crate::ship::default_spool_dir),
             spool_max_bytes,
             flush_interval: Duration::from_secs(file_interval),
             objects: ObjectOptions { rotate_bytes: file_max_bytes, ..defaults.objects.clone() },
@@ -380,6 +380,21 @@ mod tests {
         assert_eq!(s.agent.format, Format::default());
         assert_eq!(s.agent.account_id, None);
         assert_eq!(s.log, "info");
+    }
+
+    /// The spool follows systemd's StateDirectory= (the unit's only writable
+    /// state path) and is otherwise below /var/lib/flowlog, which the unit
+    /// and the Kubernetes manifest both make writable.
+    #[test]
+    fn spool_default_follows_state_directory() {
+        use crate::ship::{spool_dir_for, DEFAULT_SPOOL_DIR};
+        use std::{ffi::OsStr, path::Path};
+        assert_eq!(DEFAULT_SPOOL_DIR, "/var/lib/flowlog/spool");
+        assert_eq!(spool_dir_for(None), Path::new(DEFAULT_SPOOL_DIR));
+        assert_eq!(spool_dir_for(Some(OsStr::new("/var/lib/flowlog"))), Path::new("/var/lib/flowlog/spool"));
+        assert_eq!(spool_dir_for(Some(OsStr::new("/srv/state:/var/lib/other"))), Path::new("/srv/state/spool"));
+        assert_eq!(spool_dir_for(Some(OsStr::new(""))), Path::new(DEFAULT_SPOOL_DIR));
+        assert_eq!(spool_dir_for(Some(OsStr::new("relative"))), Path::new(DEFAULT_SPOOL_DIR));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::{
     fmt,
     fs::{File, OpenOptions},
     io::{self, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     str::FromStr,
     sync::Arc,
     time::Duration,
@@ -303,6 +303,29 @@ pub struct ShipConfig {
     pub shutdown_timeout: Duration,
 }
 
+/// The spool directory without `spool-dir`, `$STATE_DIRECTORY` unset:
+/// below `/var/lib/flowlog`, which the systemd unit (`StateDirectory=flowlog`)
+/// and the Kubernetes manifest (hostPath volume) make writable.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/flowlog/spool";
+
+/// The default spool directory: `spool` in the first directory of
+/// `$STATE_DIRECTORY` (set by systemd for `StateDirectory=`, the only
+/// writable state path under `ProtectSystem=strict`), else
+/// [`DEFAULT_SPOOL_DIR`].
+pub fn default_spool_dir() -> PathBuf {
+    spool_dir_for(std::env::var_os("STATE_DIRECTORY").as_deref())
+}
+
+/// [`default_spool_dir`] for a given `$STATE_DIRECTORY` (colon-separated
+/// when the unit names several directories; relative entries are ignored).
+pub fn spool_dir_for(state_directory: Option<&std::ffi::OsStr>) -> PathBuf {
+    state_directory
+        .and_then(|v| v.to_str())
+        .and_then(|v| v.split(':').find(|d| d.starts_with('/')))
+        .map(|d| Path::new(d).join("spool"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR))
+}
+
 impl Default for ShipConfig {
     fn default() -> Self {
         ShipConfig {
@@ -310,7 +333,7 @@ impl Default for ShipConfig {
             account_id: "unknown".into(),
             aws: aws::AwsSettings::default(),
             flow_log_id: "fl-00000000000000000".into(),
-            spool_dir: PathBuf::from("/var/lib/flowlog-agent/spool"),
+            spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             spool_max_bytes: 1 << 30,
             flush_interval: Duration::from_secs(300),
             objects: s3::ObjectOptions::default(),

@@ -1,0 +1,609 @@
+//! The real agent binary under the confinement of the shipped artefacts,
+//! with a spooled output (`s3://` to moto) and a local one, and no
+//! `spool-dir` set: what an operator gets from deploy/ as it is.
+//!
+//! - systemd unit (deploy/systemd/flowlog.service): no systemd instance
+//!   runs here, so the unit's filesystem confinement is rebuilt with a
+//!   private mount namespace: every mount read-only (ProtectSystem=strict),
+//!   then the unit's writable paths (ReadWritePaths=, StateDirectory=,
+//!   LogsDirectory=) bound read-write, PrivateTmp, PrivateDevices,
+//!   ProtectHome, read-only /sys and /proc/sys; the unit's capability
+//!   bounding and ambient sets and NoNewPrivileges with setpriv; the
+//!   environment systemd gives (STATE_DIRECTORY=...); its SystemCallFilter,
+//!   RestrictAddressFamilies and MemoryDenyWriteExecute checked on an
+//!   strace of the whole run.
+//! - Kubernetes DaemonSet (deploy/kubernetes/flowlog.yaml): the ConfigMap's
+//!   config, FLOWLOG_CONFIG from the container's env, a read-only root with
+//!   the pod's writable hostPath mounts only, /dev a tmpfs with the usual
+//!   devices, the container's capabilities.
+//!
+//! Both run in a network namespace joined by a veth to a second one that
+//! sends known UDP traffic; the test checks the exact records in S3 and in
+//! the local output. The state and log directories are test directories
+//! bound over /var/lib and /var/log inside the mount namespace (the host's
+//! are not touched). Needs root, strace, systemd-analyze, setpriv, unshare.
+
+use flowlog_testkit::{aws as harness, require_root};
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead, BufReader, Read},
+    net::UdpSocket,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use yaml_rust2::YamlLoader;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_flowlog-agent");
+const UNIT: &str = "deploy/systemd/flowlog.service";
+const MANIFEST: &str = "deploy/kubernetes/flowlog.yaml";
+/// Datagrams per destination port, and ports.
+const PACKETS: u64 = 7;
+const PORTS: u16 = 12;
+const PAYLOAD: usize = 100;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn tools_missing() -> bool {
+    let missing: Vec<&str> = ["strace", "systemd-analyze", "ip", "setpriv", "unshare"]
+        .into_iter()
+        .filter(|t| Command::new(t).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err())
+        .collect();
+    if missing.is_empty() {
+        return false;
+    }
+    assert!(std::env::var("FLOWLOG_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"), "{missing:?} not installed");
+    eprintln!("{missing:?} not installed: skipped");
+    true
+}
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: valid netns fd; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Namespaces a (agent, moto) and b (traffic), a veth between them whose
+/// a side is named like a node NIC (`ens…`, matched by the manifest's
+/// default interfaces), 10.204.<n>.1/.2.
+struct Topo {
+    a: String,
+    b: String,
+    iface: String,
+    net: u8,
+}
+
+impl Topo {
+    fn new(tag: u8) -> Topo {
+        let p = format!("{}{tag}", std::process::id() % 100_000);
+        let t = Topo { a: format!("fc{p}a"), b: format!("fc{p}b"), iface: format!("ensfc{p}"), net: tag };
+        let peer = format!("fc{p}y");
+        for ns in [&t.a, &t.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "link", "add", &t.iface, "netns", &t.a, "type", "veth", "peer", "name", &peer, "netns", &t.b]);
+        sh(&["ip", "-n", &t.a, "addr", "add", &format!("10.204.{tag}.1/24"), "dev", &t.iface]);
+        sh(&["ip", "-n", &t.b, "addr", "add", &format!("10.204.{tag}.2/24"), "dev", &peer]);
+        sh(&["ip", "-n", &t.a, "link", "set", &t.iface, "up"]);
+        sh(&["ip", "-n", &t.b, "link", "set", &peer, "up"]);
+        t
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// moto in namespace a on 127.0.0.1:4566 with a bucket; killed on drop.
+struct Moto(std::process::Child);
+
+impl Moto {
+    fn start(ns: &str, bucket: &'static str) -> Moto {
+        let py = harness::ensure_moto();
+        harness::test_env();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&py)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "4566"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        in_netns(ns, move || {
+            for _ in 0..600 {
+                if std::net::TcpStream::connect(("127.0.0.1", 4566)).is_ok() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                harness::s3("http://127.0.0.1:4566").await.create_bucket().bucket(bucket).send().await.unwrap();
+            })
+        });
+        Moto(child)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `section → key → values` of a unit file.
+fn parse_unit(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut unit: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_string();
+            continue;
+        }
+        let (k, v) = line.split_once('=').unwrap();
+        unit.entry(section.clone()).or_default().entry(k.trim().to_string()).or_default().push(v.trim().to_string());
+    }
+    unit
+}
+
+/// The shell that builds the confinement inside `unshare -m` (after `ip
+/// netns exec`, which gives a fresh /sys): `writable` are (host dir, path
+/// inside) pairs bound read-write after everything was made read-only.
+fn confine_script(dev: &Path, binds_before: &[(PathBuf, &str)], writable: &[(PathBuf, &str)], private_tmp: bool, hide_home: bool, exec: &str) -> String {
+    let mut s = String::from("set -eu\nmount --make-rprivate /\nmount -t bpf bpf /sys/fs/bpf\n");
+    // PrivateDevices= / a container's /dev: a tmpfs with the usual devices.
+    s += &format!("D={}\nmkdir -p $D\nmount -t tmpfs -o mode=0755,nosuid tmpfs $D\n", dev.display());
+    s += "for d in null zero full random urandom tty; do touch $D/$d; mount --bind /dev/$d $D/$d; done\n";
+    s += "mkdir $D/shm $D/pts\nmount --rbind $D /dev\n";
+    if private_tmp {
+        s += "mount -t tmpfs -o mode=1777 tmpfs /tmp\nmount -t tmpfs -o mode=1777 tmpfs /var/tmp\n";
+    }
+    if hide_home {
+        // ProtectHome=yes: empty and inaccessible.
+        s += "for h in /home /root; do [ -d $h ] && mount -t tmpfs -o mode=0000,ro tmpfs $h; done\n";
+    }
+    for (from, to) in binds_before {
+        s += &format!("mount --bind {} {to}\n", from.display());
+    }
+    // Everything read-only (ProtectSystem=strict, ProtectKernelTunables,
+    // readOnlyRootFilesystem), deepest mounts last so none is missed;
+    // /proc itself stays as it is (/proc/sys read-only).
+    s += "mount --bind /proc/sys /proc/sys\n";
+    s += "findmnt -rn -o TARGET,FSTYPE | grep -v '\\\\' | while read -r m t; do\n";
+    // Namespace files (ip netns's) are not file systems one can write to.
+    s += "  [ $t = nsfs ] && continue\n";
+    s += "  case $m in /proc/sys) ;; /proc|/proc/*|/dev|/dev/*) continue;; esac\n";
+    if private_tmp {
+        s += "  case $m in /tmp|/var/tmp) continue;; esac\n";
+    }
+    s += "  mount -o remount,bind,ro $m 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev,noexec $m 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev $m 2>/dev/null || mount -o remount,bind,ro,nosuid $m\n";
+    s += "done\n";
+    // A bind mount inherits its source's read-only flag: made writable again.
+    for (from, to) in writable {
+        s += &format!("mount --bind {} {to}\nmount -o remount,bind,rw {to}\n", from.display());
+    }
+    // The confinement holds: prove it before starting the agent.
+    s += "for p in / /etc /usr /var /var/lib /sys /sys/class/net /proc/sys/net ";
+    s += &root().display().to_string();
+    s += "; do if touch $p/.flowlog-confined-probe 2>/dev/null; then rm -f $p/.flowlog-confined-probe; echo \"writable: $p\" >&2; exit 97; fi; done\n";
+    for (_, to) in writable {
+        // mkdir: bpffs holds no regular files.
+        s += &format!("mkdir {to}/.flowlog-probe && rmdir {to}/.flowlog-probe\n");
+    }
+    s += "echo confined >&2\n";
+    s += &format!("exec {exec}\n");
+    s
+}
+
+/// Runs the script in namespace `ns`; returns the agent's stderr once it
+/// exited after SIGTERM (sent once ready, after `traffic`).
+fn run_confined(ns: &str, script: &str, env: &[(&str, String)], traced: bool, traffic: impl FnOnce()) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "unshare", "-m", "sh", "-c", script]).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    let log = thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if line.contains(" ready ") {
+                let _ = ready_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        // SAFETY: kill(2) of our own process group.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        panic!("agent not ready under the confinement:\n{}", log.join().unwrap());
+    }
+    traffic();
+    thread::sleep(Duration::from_millis(500));
+    // The agent: the exec'd process itself, or strace's child.
+    let pid = child.id() as i32;
+    let agent = if traced {
+        let c = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        c.split_whitespace().next().expect("strace has no child").parse::<i32>().unwrap()
+    } else {
+        pid
+    };
+    // SAFETY: plain kill(2) of our child (or strace's).
+    unsafe { libc::kill(agent, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(st.success(), "agent under the confinement: {st}\n{log}");
+    assert!(log.contains("confined\n"), "{log}");
+    log
+}
+
+/// The same confinement with a spool outside the writable paths (the
+/// agent's default before it followed them): the agent must refuse to start
+/// and say why, so the confinement is real.
+fn confined_start_fails(ns: &str, script: &str, env: &[(&str, String)]) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "unshare", "-m", "sh", "-c", script]).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(stderr.contains("confined\n"), "{stderr}");
+    assert!(!o.status.success() && o.status.code() != Some(124), "the agent started with its spool on a read-only path: {stderr}");
+    stderr
+}
+
+fn send_traffic(ns: &str, net: u8) {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind(format!("10.204.{net}.2:40000")).unwrap();
+        for _ in 0..PACKETS {
+            for port in 0..PORTS {
+                s.send_to(&[0u8; PAYLOAD], (format!("10.204.{net}.1").as_str(), 9000 + port)).unwrap();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
+/// The UDP records from b to a (ICMP port unreachable replies and IPv6
+/// neighbour discovery are other flows): exactly one per port with every
+/// datagram, in the default (version 2) format.
+fn check_udp_records(what: &str, lines: &[String], net: u8) -> Vec<String> {
+    let mut got: Vec<String> = lines
+        .iter()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() == 14 && f[3] == format!("10.204.{net}.2") && f[7] == "17"
+        })
+        .cloned()
+        .collect();
+    got.sort();
+    let ports: BTreeSet<String> = got.iter().map(|l| l.split(' ').nth(6).unwrap().to_string()).collect();
+    let want_ports: BTreeSet<String> = (0..PORTS).map(|p| (9000 + p).to_string()).collect();
+    assert_eq!(ports, want_ports, "{what}: {got:#?}");
+    assert_eq!(got.len(), PORTS as usize, "{what}: one record per flow: {got:#?}");
+    for l in &got {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!((f[0], f[1], f[4], f[5]), ("2", "123456789012", format!("10.204.{net}.1").as_str(), "40000"), "{what}: {l}");
+        assert_eq!(f[8].parse::<u64>().unwrap(), PACKETS, "{what}: packets: {l}");
+        assert_eq!(f[9].parse::<u64>().unwrap(), PACKETS * (PAYLOAD as u64 + 28), "{what}: bytes (IPv4 + UDP headers): {l}");
+        assert_eq!((f[12], f[13]), ("ACCEPT", "OK"), "{what}: {l}");
+    }
+    got
+}
+
+/// The records of the objects under `prefix` in `bucket` (gzipped text).
+fn s3_lines(ns: &str, bucket: &'static str, prefix: &'static str) -> Vec<String> {
+    in_netns(ns, move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            let s3 = harness::s3("http://127.0.0.1:4566").await;
+            let mut got = Vec::new();
+            for (key, body) in harness::objects(&s3, bucket, prefix).await {
+                assert!(key.starts_with(&format!("{prefix}AWSLogs/123456789012/vpcflowlogs/us-east-1/")), "{key}");
+                let mut s = String::new();
+                flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut s).unwrap();
+                got.extend(s.lines().skip(1).map(str::to_string));
+            }
+            got
+        })
+    })
+}
+
+fn aws_env() -> Vec<(&'static str, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_string()))
+    .collect()
+}
+
+/// Keys every run sets: where moto is and what the S3 keys say. Prepended,
+/// so they stay top-level keys.
+const AWS_KEYS: &str = "region = \"us-east-1\"\naws-endpoint-url = \"http://127.0.0.1:4566\"\naccount-id = \"123456789012\"\n";
+
+fn test_dir(name: &str) -> PathBuf {
+    // Not under /tmp: PrivateTmp hides it.
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("flowlog-confined-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The syscalls `systemd-analyze` puts in a filter's groups, recursively.
+fn expand_syscall_filter(items: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<String> = items.iter().cloned().collect();
+    let mut seen = BTreeSet::new();
+    while let Some(item) = todo.pop() {
+        if !item.starts_with('@') {
+            out.insert(item);
+            continue;
+        }
+        if !seen.insert(item.clone()) {
+            continue;
+        }
+        let o = Command::new("systemd-analyze").args(["syscall-filter", "--no-pager", &item]).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && !text.trim().is_empty(), "systemd-analyze syscall-filter {item}");
+        for l in text.lines().skip(1).map(str::trim) {
+            if !l.is_empty() && !l.starts_with('#') {
+                todo.push(l.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
+    if tools_missing() || !require_root() {
+        return;
+    }
+    let unit = parse_unit(&read(UNIT));
+    let svc = &unit["Service"];
+    let words = |k: &str| -> Vec<String> { svc.get(k).into_iter().flatten().flat_map(|v| v.split_whitespace()).map(String::from).collect() };
+    let one = |k: &str| svc[k].last().unwrap().clone();
+    assert_eq!(one("ProtectSystem"), "strict");
+    let state = format!("/var/lib/{}", one("StateDirectory"));
+    let logs = format!("/var/log/{}", one("LogsDirectory"));
+
+    let t = Topo::new(1);
+    let _moto = Moto::start(&t.a, "unit");
+    let dir = test_dir("unit");
+    // /var/lib and /var/log of the confinement: only <StateDirectory> and
+    // <LogsDirectory> in them, as systemd creates them (0700 under UMask).
+    for (d, sub) in [("varlib", one("StateDirectory")), ("varlog", one("LogsDirectory"))] {
+        fs::create_dir_all(dir.join(d).join(&sub)).unwrap();
+    }
+    // The packaged default config (the example), made to capture the test
+    // interface and send to moto and to the logs directory.
+    let example = read("flowlog.example.toml");
+    assert!(!example.lines().any(|l| l.starts_with("spool-dir")), "the example must leave spool-dir to the default");
+    let config = format!(
+        "{AWS_KEYS}{}",
+        example
+            .replace("\ninterfaces = []\n", &format!("\ninterfaces = [\"{}\"]\n", t.iface))
+            .replace("outputs = [\"stdout\"]", &format!("outputs = [\"s3://unit/host\", \"file:{logs}/records.log\"]"))
+    );
+    assert!(config.matches(&t.iface).count() == 1 && config.contains("s3://unit/host"), "{config}");
+    fs::write(dir.join("flowlog.toml"), &config).unwrap();
+
+    // ExecStart with the test config; the unit's capabilities via setpriv.
+    let exec: Vec<String> = one("ExecStart")
+        .split_whitespace()
+        .map(|a| match a {
+            "/usr/local/bin/flowlog-agent" | "/usr/bin/flowlog-agent" => AGENT.to_string(),
+            "/etc/flowlog/flowlog.toml" => dir.join("flowlog.toml").display().to_string(),
+            a => a.to_string(),
+        })
+        .collect();
+    let caps = |k: &str| words(k).iter().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())).collect::<Vec<_>>().join(",");
+    assert_eq!(one("NoNewPrivileges"), "yes");
+    // strace writes where the unit may write (the logs directory).
+    let trace = dir.join("varlog").join(one("LogsDirectory")).join(".strace");
+    let trace_inside = format!("{logs}/.strace");
+    let setpriv = format!(
+        "setpriv --bounding-set=-all,{} --inh-caps=-all,{} --ambient-caps={} --no-new-privs",
+        caps("CapabilityBoundingSet"),
+        caps("AmbientCapabilities"),
+        caps("AmbientCapabilities")
+    );
+    let exec = format!("strace -f -qq -o {trace_inside} {setpriv} {}", exec.join(" "));
+    let mut writable: Vec<(PathBuf, &str)> = vec![(dir.join("varlib").join(one("StateDirectory")), state.as_str()), (dir.join("varlog").join(one("LogsDirectory")), logs.as_str())];
+    let rw = words("ReadWritePaths");
+    for p in &rw {
+        writable.push((PathBuf::from(p), p.as_str()));
+    }
+    let script = confine_script(&dir.join("dev"), &[(dir.join("varlib"), "/var/lib"), (dir.join("varlog"), "/var/log")], &writable, one("PrivateTmp") == "yes", one("ProtectHome") == "yes", &exec);
+    // What systemd puts in the environment (no spool-dir anywhere: the
+    // default must follow STATE_DIRECTORY).
+    let mut env = aws_env();
+    env.extend([
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        ("STATE_DIRECTORY", state.clone()),
+        ("LOGS_DIRECTORY", logs.clone()),
+        ("CONFIGURATION_DIRECTORY", "/etc/flowlog".to_string()),
+    ]);
+    let (b, net) = (t.b.clone(), t.net);
+    let log = run_confined(&t.a, &script, &env, true, move || send_traffic(&b, net));
+
+    // Records: the local file and S3 agree, with the exact traffic.
+    let file: Vec<String> = fs::read_to_string(dir.join("varlog").join(one("LogsDirectory")).join("records.log")).unwrap().lines().map(String::from).collect();
+    let want = check_udp_records(&format!("file (agent log:\n{log})"), &file, t.net);
+    let mut s3 = s3_lines(&t.a, "unit", "host/");
+    s3.sort();
+    let mut all_file = file.clone();
+    all_file.sort();
+    assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
+    assert_eq!(check_udp_records("S3", &s3, t.net), want);
+    // The spool was the default one, in the state directory.
+    assert!(dir.join("varlib").join(one("StateDirectory")).join("spool").is_dir(), "no spool in $STATE_DIRECTORY\n{log}");
+
+    // Its SystemCallFilter, RestrictAddressFamilies and
+    // MemoryDenyWriteExecute would have allowed every call of the agent
+    // (what setpriv did before exec'ing the agent is left out).
+    let allowed = expand_syscall_filter(&words("SystemCallFilter").into_iter().collect());
+    let families: BTreeSet<String> = words("RestrictAddressFamilies").into_iter().collect();
+    let trace = fs::read_to_string(&trace).unwrap();
+    let mut started = BTreeSet::new();
+    let (mut used, mut used_families, mut wx) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
+    for l in trace.lines() {
+        let Some((pid, call)) = l.split_once(char::is_whitespace) else { continue };
+        let call = call.trim_start();
+        if call.starts_with(&format!("execve(\"{AGENT}\"")) && call.ends_with("= 0") {
+            started.insert(pid.to_string());
+            continue;
+        }
+        // Threads of the agent are new pids (clone), all after its execve.
+        if started.is_empty() {
+            continue;
+        }
+        let Some((name, args)) = call.split_once('(') else { continue };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            continue;
+        }
+        used.insert(name.to_string());
+        if name == "socket" {
+            used_families.insert(args.split(',').next().unwrap().to_string());
+        }
+        if (name == "mmap" || name == "mprotect") && args.contains("PROT_WRITE") && args.contains("PROT_EXEC") {
+            wx.push(l.to_string());
+        }
+    }
+    assert!(!started.is_empty(), "no execve of the agent in the trace");
+    assert!(used.contains("bpf") && used.contains("connect"), "{used:?}");
+    let denied: Vec<&String> = used.difference(&allowed).collect();
+    assert!(denied.is_empty(), "the unit's SystemCallFilter denies {denied:?}");
+    let denied: Vec<&String> = used_families.difference(&families).collect();
+    assert!(denied.is_empty(), "the unit's RestrictAddressFamilies denies {denied:?}");
+    if one("MemoryDenyWriteExecute") == "yes" {
+        assert!(wx.is_empty(), "MemoryDenyWriteExecute denies {wx:?}");
+    }
+    // No denied write on the way (a spool or output outside the grants).
+    assert!(!trace.contains("EROFS"), "a write hit the read-only system: {}", trace.lines().filter(|l| l.contains("EROFS")).collect::<Vec<_>>().join("\n"));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
+    if tools_missing() || !require_root() {
+        return;
+    }
+    let docs = YamlLoader::load_from_str(&read(MANIFEST)).unwrap();
+    let ds = docs.iter().find(|d| d["kind"].as_str() == Some("DaemonSet")).unwrap();
+    let cm = docs.iter().find(|d| d["kind"].as_str() == Some("ConfigMap")).unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    let config = cm["data"]["flowlog.toml"].as_str().unwrap();
+    let env: BTreeMap<&str, &str> = c["env"].as_vec().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap())).collect();
+    assert_eq!(env.keys().copied().collect::<Vec<_>>(), ["FLOWLOG_CONFIG"]);
+
+    let t = Topo::new(2);
+    let _moto = Moto::start(&t.a, "pod");
+    let dir = test_dir("pod");
+    // The ConfigMap's config as shipped (interfaces eth*/ens* capture the
+    // test's ens… interface), with an S3 output and a file on the data volume.
+    let outputs = "outputs = [\"stdout\"]";
+    assert!(config.contains(outputs), "{config}");
+    assert!(!config.lines().any(|l| l.starts_with("spool-dir")), "the ConfigMap must leave spool-dir to the default");
+    let config = format!("{AWS_KEYS}{}", config.replace(outputs, "outputs = [\"s3://pod/nodes\", \"file:/var/lib/flowlog/records.log\"]"));
+    // The volumes: hostPath ones are the node's (here: test directories
+    // for /var/lib/flowlog), the ConfigMap a directory with its one key.
+    fs::create_dir_all(dir.join("configmap")).unwrap();
+    fs::write(dir.join("configmap/flowlog.toml"), &config).unwrap();
+    fs::create_dir_all(dir.join("varlib/flowlog")).unwrap();
+    let volumes: BTreeMap<&str, &yaml_rust2::Yaml> = pod["volumes"].as_vec().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v)).collect();
+    let mut writable = Vec::new();
+    let mut config_path = None;
+    for m in c["volumeMounts"].as_vec().unwrap() {
+        let at = m["mountPath"].as_str().unwrap();
+        let v = volumes[m["name"].as_str().unwrap()];
+        let ro = m["readOnly"].as_bool() == Some(true);
+        if !v["configMap"].is_badvalue() {
+            // Read-only anyway; the agent finds it through FLOWLOG_CONFIG.
+            config_path = Some(dir.join("configmap").join(env["FLOWLOG_CONFIG"].strip_prefix(&format!("{at}/")).unwrap()));
+            continue;
+        }
+        let host = v["hostPath"]["path"].as_str().unwrap();
+        match (host, ro) {
+            ("/sys/fs/bpf", false) => writable.push((PathBuf::from("/sys/fs/bpf"), "/sys/fs/bpf")),
+            ("/var/lib/flowlog", false) => writable.push((dir.join("varlib/flowlog"), "/var/lib/flowlog")),
+            ("/etc/machine-id", true) => {} // the same file, read-only like all
+            other => panic!("volume {other:?} not known to this test"),
+        }
+    }
+    assert_eq!(writable.len(), 2, "pins and data volumes");
+    let caps: Vec<String> = sc["capabilities"]["add"].as_vec().unwrap().iter().map(|c| format!("+{}", c.as_str().unwrap().to_lowercase())).collect();
+    let caps = caps.join(",");
+    // Runtimes give added capabilities to the bounding, permitted and
+    // effective sets; allowPrivilegeEscalation: false is no_new_privs.
+    let exec = format!("setpriv --bounding-set=-all,{caps} --inh-caps=-all --no-new-privs {AGENT}");
+    let script = confine_script(&dir.join("dev"), &[(dir.join("varlib"), "/var/lib")], &writable, false, false, &exec);
+    let mut envs = aws_env();
+    envs.push(("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()));
+    envs.push(("FLOWLOG_CONFIG", config_path.unwrap().display().to_string()));
+    // The old default spool directory, read-only in the pod: a clear error.
+    let mut old = envs.clone();
+    old.push(("FLOWLOG_SPOOL_DIR", "/var/lib/flowlog-agent/spool".to_string()));
+    let old_script = script.replace("exec setpriv", "exec timeout 20 setpriv");
+    let err = confined_start_fails(&t.a, &old_script, &old);
+    assert!(err.contains("/var/lib/flowlog-agent/spool") && err.contains("Read-only file system"), "{err}");
+    let (b, net) = (t.b.clone(), t.net);
+    let log = run_confined(&t.a, &script, &envs, false, move || send_traffic(&b, net));
+
+    let file: Vec<String> = fs::read_to_string(dir.join("varlib/flowlog/records.log")).unwrap().lines().map(String::from).collect();
+    let want = check_udp_records(&format!("file (agent log:\n{log})"), &file, t.net);
+    let mut s3 = s3_lines(&t.a, "pod", "nodes/");
+    s3.sort();
+    let mut all_file = file;
+    all_file.sort();
+    assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
+    assert_eq!(check_udp_records("S3", &s3, t.net), want);
+    assert!(dir.join("varlib/flowlog/spool").is_dir(), "no spool on the data volume\n{log}");
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -21,7 +21,7 @@ const DEBIAN_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// LLVM that bpf-linker links against: the same major as rustc-web's LLVM.
 const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Tools the kernel tests use to build network namespaces.
-const DEBIAN_TEST_TOOLS: &[&str] = &["iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables"];
+const DEBIAN_TEST_TOOLS: &[&str] = &["iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables", "wireguard-tools"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// moto, the local AWS server the destination tests talk to (pinned: 5.2.1

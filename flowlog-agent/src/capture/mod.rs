@@ -552,8 +552,21 @@ impl Capture {
         if let Some(dir) = &self.pin_dir {
             prune_link_pins(dir);
         }
-        // Dropping pinned links closes our fds only.
-        self.attached.clear();
+        for a in std::mem::take(&mut self.attached).into_values() {
+            for h in [a.ingress, a.egress] {
+                // Dropping pinned links closes our fds only. A netlink filter
+                // is detached by aya when its program or link is dropped:
+                // taking the link out and forgetting it leaves the filter
+                // counting (the next agent replaces it in place).
+                if let Hold::Tc(program, id) = h {
+                    if let Some(Ok(p)) = self.ebpf.program_mut(program).map(<&mut SchedClassifier>::try_from) {
+                        if let Ok(link) = p.take_link(id) {
+                            std::mem::forget(link);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// After a final drain: removes the pinned maps too, so the next start

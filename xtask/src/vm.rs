@@ -254,6 +254,8 @@ pub fn vmtest(args: &[String]) -> Result<()> {
         bail!("vmtest needs a repository path without spaces or non-UTF-8 bytes, not {}", root.display());
     }
 
+    // Two runs at once would clear each other's target/vm/{bin,runs}.
+    let _lock = lock_vm_dir(&root)?;
     // The eBPF toolchain, for the host build of the tests.
     super::setup()?;
     ensure_host_packages()?;
@@ -286,6 +288,25 @@ pub fn vmtest(args: &[String]) -> Result<()> {
         bail!("{} of {} suite runs failed: {}", failed.len(), rows.len(), failed.join(", "));
     }
     Ok(())
+}
+
+/// An exclusive flock on target/vm/lock, held until the returned file drops
+/// (the kernel releases it if we die).
+fn lock_vm_dir(root: &Path) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = root.join("target/vm");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        step(&format!("vmtest: another vmtest holds {}; waiting for it to finish", path.display()));
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("cannot lock {}: {}", path.display(), std::io::Error::last_os_error());
+        }
+    }
+    Ok(file)
 }
 
 // ---------------------------------------------------------------- installs
@@ -991,7 +1012,9 @@ fn report_vm(img: &KernelImage, vm: &VmRun, suites: &[String], failed: &mut Vec<
             println!("{tag}   still running when the suite timed out: {}", r.running.as_deref().unwrap_or("(unknown)"));
         }
         for (test, line) in &r.skips {
-            println!("{tag}   {}{line}", test.as_deref().map_or(String::new(), |t| format!("{t}: ")));
+            // Name the test unless its line already does.
+            let who = test.as_deref().filter(|t| !line.contains(*t)).map_or(String::new(), |t| format!("{t}: "));
+            println!("{tag}   {who}{line}");
         }
         if r.status != Status::Ok {
             failed.push(format!("{}/{suite}", img.series));

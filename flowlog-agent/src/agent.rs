@@ -143,6 +143,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     metrics.set_attached(ifs.attached.len());
     metrics.set_ready();
+    crate::notify::ready(&format!("capturing on {} interfaces, writing to {}", ifs.attached.len(), shipper.describe()), metrics.clone());
     info!(
         interfaces = ifs.attached.len(),
         interval_s = cfg.interval.as_secs_f64(),
@@ -186,6 +187,9 @@ pub async fn run(settings: Settings) -> Result<()> {
                 }
             }
         };
+        if stop {
+            crate::notify::stopping();
+        }
         relist(&mut ifs, &mut capture, &selector, &mut refused);
         let started = std::time::Instant::now();
         let drained = if stop && !keep {
@@ -196,6 +200,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         };
         metrics.drained(&drained, &ifs.in_window, cfg.max_flows, started.elapsed().as_secs_f64());
         let written = ship(&host, &ifs.in_window, format, &drained, &mut shipper, &metrics, &enrichment);
+        crate::notify::status(&format!(
+            "{} flows from {} interfaces in the last window ({}); {} interfaces attached",
+            drained.flows.len(),
+            ifs.in_window.len(),
+            if written { "written" } else { "kept in the kernel: no output took it" },
+            ifs.attached.len()
+        ));
         if written {
             tables.release(&drained)?;
         } else if !stop || keep {

@@ -5,7 +5,7 @@
 //! watching) → [`drain`] (read the quiescent kernel tables once per window)
 //! → [`enrich`] (records with metadata) → format (`flowlog_records::format`)
 //! → [`ship`] (destinations). [`agent`] runs the loop with the [`config`] it
-//! is given and reports through [`metrics`]; [`metadata`] answers who this
+//! is given and reports through [`metrics`] (and to systemd, [`notify`]); [`metadata`] answers who this
 //! host and its interfaces are; [`compare`] checks records against native
 //! flow logs.
 //!
@@ -20,4 +20,5 @@ pub mod drain;
 pub mod enrich;
 pub mod metadata;
 pub mod metrics;
+pub mod notify;
 pub mod ship;

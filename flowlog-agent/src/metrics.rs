@@ -75,6 +75,21 @@ pub struct OutputLabel {
     pub output: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputReason {
+    pub output: String,
+    pub reason: String,
+}
+
+/// What runs: the agent's version, the kernel object it loaded (first 16
+/// hex digits of its SHA-256) and the kernel release.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub ebpf_object: String,
+    pub kernel: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     windows: Counter,
@@ -96,6 +111,9 @@ pub struct Metrics {
     rejected: Family<OutputLabel, Counter>,
     spool_bytes: Gauge,
     spool_dropped: Counter,
+    spool_oldest_age: Gauge,
+    last_success: Family<OutputLabel, Gauge>,
+    errors: Family<OutputReason, Counter>,
     ready: AtomicBool,
     last_window_unix: AtomicU64,
     interval: Duration,
@@ -124,6 +142,9 @@ impl Metrics {
             rejected: Family::default(),
             spool_bytes: Gauge::default(),
             spool_dropped: Counter::default(),
+            spool_oldest_age: Gauge::default(),
+            last_success: Family::default(),
+            errors: Family::default(),
             ready: AtomicBool::new(false),
             last_window_unix: AtomicU64::new(clock::unix_ns() / 1_000_000_000),
             interval,
@@ -152,6 +173,20 @@ impl Metrics {
         registry.register("spool_bytes", "Size of the on-disk spool", m.spool_bytes.clone());
         registry.register("spool_dropped_records", "Records dropped because the spool was full", m.spool_dropped.clone());
         registry.register("drain_duration_seconds", "Time to flip and read the kernel tables", m.drain_seconds.clone());
+        registry.register(
+            "spool_oldest_record_age_seconds",
+            "Seconds since the window of the oldest record an output has not acknowledged ended (0: none waiting)",
+            m.spool_oldest_age.clone(),
+        );
+        registry.register(
+            "output_last_success_timestamp_seconds",
+            "Unix time of an output's last successful write or service call",
+            m.last_success.clone(),
+        );
+        registry.register("output_errors", "Failed writes or service calls of an output, by reason", m.errors.clone());
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build.get_or_create(&build_labels()).set(1);
+        registry.register("build_info", "Always 1; the labels say what runs", build);
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -190,8 +225,14 @@ impl Metrics {
         }
     }
 
+    /// A direct output (stdout, file:) wrote a window, or failed to.
     pub fn shipped(&self, output: &str, n: usize, ok: bool) {
         let l = OutputLabel { output: output.into() };
+        if ok {
+            self.last_success.get_or_create(&l).set((clock::unix_ns() / 1_000_000_000) as i64);
+        } else {
+            self.errors.get_or_create(&OutputReason { output: output.into(), reason: "write".into() }).inc();
+        }
         if ok { &self.shipped } else { &self.dropped }.get_or_create(&l).inc_by(n as u64);
     }
 
@@ -204,9 +245,20 @@ impl Metrics {
                 let c = fam.get_or_create(&l);
                 c.inc_by(v.saturating_sub(c.get()));
             }
+            let last = st.last_success_unix.load(Relaxed);
+            if last > 0 {
+                self.last_success.get_or_create(&l).set(last as i64);
+            }
+            for (reason, v) in st.errors() {
+                if v > 0 {
+                    let c = self.errors.get_or_create(&OutputReason { output: name.clone(), reason: reason.into() });
+                    c.inc_by(v.saturating_sub(c.get()));
+                }
+            }
         }
         if let Some(sp) = shipper.spool() {
             self.spool_bytes.set(sp.bytes() as i64);
+            self.spool_oldest_age.set(sp.oldest_record_age(clock::unix_ns() / 1_000_000_000).unwrap_or(0) as i64);
             let dropped = sp.stats.dropped_records.load(Relaxed);
             self.spool_dropped.inc_by(dropped.saturating_sub(self.spool_dropped.get()));
         }
@@ -236,11 +288,20 @@ impl Metrics {
         s
     }
 
-    fn healthy(&self) -> bool {
+    /// What `/healthz` answers, and what the systemd watchdog pings on.
+    pub fn healthy(&self) -> bool {
         let now = clock::unix_ns() / 1_000_000_000;
         let last = self.last_window_unix.load(Ordering::Relaxed);
         now.saturating_sub(last) <= 2 * self.interval.as_secs() + 30
     }
+}
+
+fn build_labels() -> BuildLabels {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(crate::capture::EBPF_OBJECT);
+    let ebpf_object = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    BuildLabels { version: env!("CARGO_PKG_VERSION").into(), ebpf_object, kernel }
 }
 
 fn reply(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {
@@ -317,7 +378,14 @@ mod tests {
         m.kernel_counters(&c(5, 9));
         m.kernel_counters(&c(6, 9));
         m.shipped("stdout", 4, true);
+        m.shipped("file:/x", 2, false);
         let text = m.render();
+        let version = format!("flowlog_build_info{{version=\"{}\",ebpf_object=\"", env!("CARGO_PKG_VERSION"));
+        assert!(text.lines().any(|l| l.starts_with(&version) && l.ends_with("} 1")), "{text}");
+        let now = clock::unix_ns() / 1_000_000_000;
+        let last = text.lines().find_map(|l| l.strip_prefix("flowlog_output_last_success_timestamp_seconds{output=\"stdout\"} ")).unwrap();
+        assert!(last.parse::<u64>().unwrap().abs_diff(now) <= 5, "{last} vs {now}");
+        assert!(!text.contains("flowlog_output_last_success_timestamp_seconds{output=\"file:/x\"}"), "{text}");
         for line in [
             "flowlog_packets_total{interface=\"eth0\",direction=\"ingress\"} 3",
             "flowlog_bytes_total{interface=\"eth0\",direction=\"egress\"} 50",
@@ -328,6 +396,8 @@ mod tests {
             "flowlog_non_ip_frames_total 9",
             "flowlog_filtered_packets_total 2",
             "flowlog_records_shipped_total{output=\"stdout\"} 4",
+            "flowlog_records_dropped_total{output=\"file:/x\"} 2",
+            "flowlog_output_errors_total{output=\"file:/x\",reason=\"write\"} 1",
             "flowlog_windows_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

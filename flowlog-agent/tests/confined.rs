@@ -30,7 +30,10 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read},
     net::UdpSocket,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::{
+        fd::AsRawFd,
+        unix::{net::UnixDatagram, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -364,6 +367,14 @@ fn aws_env() -> Vec<(&'static str, String)> {
 /// so they stay top-level keys.
 const AWS_KEYS: &str = "region = \"us-east-1\"\naws-endpoint-url = \"http://127.0.0.1:4566\"\naccount-id = \"123456789012\"\n";
 
+/// A systemd time span of whole seconds or minutes (`30s`, `2min`).
+fn systemd_seconds(v: &str) -> u64 {
+    match v.strip_suffix("min") {
+        Some(m) => m.parse::<u64>().unwrap() * 60,
+        None => v.trim_end_matches('s').parse().unwrap_or_else(|_| panic!("time span {v:?}")),
+    }
+}
+
 fn test_dir(name: &str) -> PathBuf {
     // Not under /tmp: PrivateTmp hides it.
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("flowlog-confined-{}-{name}", std::process::id()));
@@ -467,8 +478,30 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
         ("LOGS_DIRECTORY", logs.clone()),
         ("CONFIGURATION_DIRECTORY", "/etc/flowlog".to_string()),
     ]);
+    // Type=notify: what systemd gives the service, a notification socket
+    // and, with WatchdogSec=, the watchdog period.
+    assert_eq!(one("Type"), "notify");
+    let watchdog_us = systemd_seconds(&one("WatchdogSec")) * 1_000_000;
+    let sock_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&sock_path).unwrap();
+    notify.set_nonblocking(true).unwrap();
+    env.extend([("NOTIFY_SOCKET", sock_path.display().to_string()), ("WATCHDOG_USEC", watchdog_us.to_string())]);
     let (b, net) = (t.b.clone(), t.net);
     let log = run_confined(&t.a, &script, &env, true, move || send_traffic(&b, net));
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.recv(&mut buf) {
+        msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let matches = |m: &String, what: &str| m.lines().any(|l| l == what || what.split_once('*').is_some_and(|(a, b)| l.starts_with(a) && l.ends_with(b)));
+    let at = |what: &str| msgs.iter().position(|m| matches(m, what));
+    let ready = at("READY=1").unwrap_or_else(|| panic!("no READY=1 from the agent: {msgs:?}\n{log}"));
+    assert!(msgs[ready].contains("STATUS=capturing on 1 interfaces, writing to "), "{msgs:?}");
+    let ping = at("WATCHDOG=1").unwrap_or_else(|| panic!("no watchdog ping with WATCHDOG_USEC={watchdog_us}: {msgs:?}"));
+    let stopping = at("STOPPING=1").unwrap_or_else(|| panic!("no STOPPING=1 at SIGTERM: {msgs:?}"));
+    // The final window's status (a window boundary may have passed earlier).
+    let last = msgs.iter().rposition(|m| matches(m, "STATUS=* flows from 1 interfaces in the last window (written); 1 interfaces attached")).unwrap_or_else(|| panic!("no window status: {msgs:?}"));
+    assert!(ready < ping && ready < stopping && stopping < last, "order of the notifications: {msgs:?}");
 
     // Records: the local file and S3 agree, with the exact traffic.
     let file: Vec<String> = fs::read_to_string(dir.join("varlog").join(one("LogsDirectory")).join("records.log")).unwrap().lines().map(String::from).collect();

@@ -431,6 +431,8 @@ fn unit_problems(text: &str, help: &str) -> Vec<String> {
         ("RestrictNamespaces", "yes"),
         ("SystemCallArchitectures", "native"),
         ("Restart", "on-failure"),
+        // The agent sends READY=1 and watchdog pings (src/notify.rs).
+        ("Type", "notify"),
     ] {
         if one(k) != Some(v) {
             p.push(format!("{k}={:?}, want {v}", one(k)));
@@ -441,6 +443,12 @@ fn unit_problems(text: &str, help: &str) -> Vec<String> {
     let pin_parent = Path::new(DEFAULT_PIN_DIR).parent().unwrap().to_str().unwrap();
     if !words("ReadWritePaths").contains(pin_parent) {
         p.push(format!("ReadWritePaths must include {pin_parent} (pins)"));
+    }
+    if one("WatchdogSec").is_none() {
+        p.push("WatchdogSec= expected: the agent pings the watchdog while healthy".into());
+    }
+    if one("NotifyAccess").is_some_and(|v| v != "main") {
+        p.push("NotifyAccess must stay main: the agent itself notifies".into());
     }
     if one("StateDirectory") != Some("flowlog") {
         p.push("StateDirectory=flowlog (/var/lib/flowlog) expected".into());
@@ -510,6 +518,8 @@ fn systemd_checks_catch_mistakes() {
         ("NoNewPrivileges=yes", "PrivateNetwork=yes", "PrivateNetwork is set"),
         ("StateDirectory=flowlog", "StateDirectory=flowlog-agent", "is not in StateDirectory /var/lib/flowlog-agent"),
         ("/etc/flowlog/flowlog.toml", "/etc/flowlog.toml", "--config Some(\"/etc/flowlog.toml\")"),
+        ("Type=notify", "Type=exec", "Type=Some(\"exec\"), want notify"),
+        ("WatchdogSec=60s", "TimeoutStartSec=90s", "WatchdogSec= expected"),
     ];
     for (from, to, want) in cases {
         let problems = unit_problems(&mutate(&good, from, to), &help);

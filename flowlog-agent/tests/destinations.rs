@@ -426,15 +426,27 @@ async fn throttling_5xx_and_partial_failures_are_retried_without_loss() {
         Rule { matches: "PutRecordBatch".into(), fault: Fault::HalfFail, count: 2 },
         Rule { matches: "PutRecordBatch".into(), fault: Fault::Throttle, count: 1 },
         Rule { matches: "PutRecordBatch".into(), fault: Fault::Error500, count: 1 },
+        Rule { matches: "PUT /throttle/".into(), fault: Fault::AccessDenied, count: 1 },
     ] {
         proxy.inject(r);
     }
     sh.send(&format, &recs);
     wait_delivered(&sh, 1500, Duration::from_secs(90)).await;
     assert_eq!(proxy.pending_faults(), 0);
-    assert_eq!(proxy.faults_served.load(Ordering::Relaxed), 14);
+    assert_eq!(proxy.faults_served.load(Ordering::Relaxed), 15);
     let fh = stats(&sh, 2);
     assert!(fh.partial_retries.load(Ordering::Relaxed) > 0);
+    // Every failed call is counted by reason (the metrics' source); a
+    // partial Firehose failure is a transient one.
+    let errors = |i: usize| stats(&sh, i).errors().filter(|(_, n)| *n > 0).collect::<Vec<_>>();
+    assert_eq!(errors(0), [("transient", 4), ("access_denied", 1)], "S3");
+    assert_eq!(errors(1), [("transient", 5)], "CloudWatch Logs");
+    assert_eq!(errors(2), [("transient", 4)], "Firehose");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for i in 0..3 {
+        let last = stats(&sh, i).last_success_unix.load(Ordering::Relaxed);
+        assert!(last + 120 >= now && last <= now, "output {i}: last success {last}, now {now}");
+    }
     // rejectedLogEventsInfo is counted (here a fake: moto stored the events).
     assert_eq!(stats(&sh, 1).rejected.load(Ordering::Relaxed), 1);
     sh.shutdown().await;
@@ -679,7 +691,8 @@ async fn per_output_region_endpoint_and_role() {
     sh.send(&format, &recs);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let st = stats(&sh, 0);
-    assert_eq!((st.delivered.load(Ordering::Relaxed), st.calls.load(Ordering::Relaxed)), (0, 0));
+    assert_eq!((st.delivered.load(Ordering::Relaxed), st.calls.load(Ordering::Relaxed), st.last_success_unix.load(Ordering::Relaxed)), (0, 0, 0));
+    assert!(st.errors().any(|(r, n)| r == "transient" && n > 0), "{:?}", st.errors().collect::<Vec<_>>());
     sh.shutdown().await;
     // A malformed role is refused when the output is parsed.
     let e = "s3://b3t?role-arn=arn:aws:iam::1:role/x".parse::<Output>().unwrap_err();

@@ -108,7 +108,7 @@ impl Agent {
     fn start_writing(t: &Topo, wrapper: &[&str], ifaces: &[&str], extra: &[&str], out: PathBuf) -> Agent {
         let _ = fs::remove_file(&out);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &t.a]).args(wrapper).arg(env!("CARGO_BIN_EXE_flowlog-agent"));
+        cmd.args(["netns", "exec", &t.a]).args(wrapper).arg(flowlog_testkit::agent_bin(env!("CARGO_BIN_EXE_flowlog-agent")));
         for i in ifaces {
             cmd.args(["--iface", i]);
         }

@@ -132,7 +132,17 @@ fn deb_installs_checks_its_config_and_purges() {
         assert!(info.lines().any(|l| l == want), "{want} not in\n{info}");
     }
     let listing = out(Command::new("dpkg-deb").arg("--contents").arg(&deb));
-    for f in ["./usr/bin/flowlog-agent", "./lib/systemd/system/flowlog.service", "./etc/flowlog/flowlog.toml", "./usr/share/doc/flowlog-agent/iam/s3.json"] {
+    for f in [
+        "./usr/bin/flowlog-agent",
+        "./lib/systemd/system/flowlog.service",
+        "./etc/flowlog/flowlog.toml",
+        "./usr/share/doc/flowlog-agent/iam/s3.json",
+        "./usr/share/man/man1/flowlog-agent.1.gz",
+        "./usr/share/man/man1/flowlog-agent-compare.1.gz",
+        "./usr/share/bash-completion/completions/flowlog-agent",
+        "./usr/share/zsh/vendor-completions/_flowlog-agent",
+        "./usr/share/fish/vendor_completions.d/flowlog-agent.fish",
+    ] {
         assert!(listing.lines().any(|l| l.ends_with(f)), "{f} not in the deb:\n{listing}");
     }
     let ctrl = std::env::temp_dir().join(format!("flowlog-deb-control-{}", std::process::id()));
@@ -178,6 +188,16 @@ fn deb_installs_checks_its_config_and_purges() {
         let o = Command::new("systemd-analyze").args(["verify", "/lib/systemd/system/flowlog.service"]).output().unwrap();
         assert!(o.status.success() && o.stderr.is_empty(), "systemd-analyze verify: {}", String::from_utf8_lossy(&o.stderr));
     }
+    // man finds and renders the installed page; the installed completions
+    // are the binary's own.
+    let page = out(Command::new("man").args(["-w", "flowlog-agent"]));
+    assert_eq!(page.trim(), "/usr/share/man/man1/flowlog-agent.1.gz");
+    let text = out(Command::new("man").arg("flowlog-agent").env("LC_ALL", "C").env("MANWIDTH", "100").env("PAGER", "cat"));
+    assert!(text.contains("--exclude-cidr") && text.contains("FLOWLOG_NO_PIN"), "{text}");
+    assert_eq!(
+        fs::read_to_string("/usr/share/bash-completion/completions/flowlog-agent").unwrap(),
+        out(Command::new("/usr/bin/flowlog-agent").args(["completions", "bash"]))
+    );
     let files = out(Command::new("dpkg").args(["-L", "flowlog-agent"]));
     assert!(files.lines().any(|l| l == "/usr/bin/flowlog-agent"), "{files}");
 
@@ -209,6 +229,11 @@ fn rpm_holds_the_same_files_and_scripts() {
         "/etc/flowlog/flowlog.toml",
         "/usr/share/doc/flowlog-agent/flowlog.example.toml",
         "/usr/share/doc/flowlog-agent/iam/s3.json",
+        "/usr/share/man/man1/flowlog-agent.1.gz",
+        "/usr/share/man/man1/flowlog-agent-compare.1.gz",
+        "/usr/share/bash-completion/completions/flowlog-agent",
+        "/usr/share/zsh/site-functions/_flowlog-agent",
+        "/usr/share/fish/vendor_completions.d/flowlog-agent.fish",
     ] {
         assert!(files.contains(f), "{f} not in the rpm: {files:?}");
     }

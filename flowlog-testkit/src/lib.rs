@@ -24,6 +24,21 @@ pub fn require_root() -> bool {
     false
 }
 
+/// The agent binary a test runs: `built` (the test's
+/// `CARGO_BIN_EXE_flowlog-agent`), or the one FLOWLOG_TEST_AGENT_BIN names.
+/// `cargo xtask vmtest --packaged` sets it to the packages' release binary
+/// (glibc 2.28 floor), so the same tests prove that binary on every kernel
+/// of the matrix.
+pub fn agent_bin(built: &str) -> String {
+    match std::env::var("FLOWLOG_TEST_AGENT_BIN") {
+        Ok(p) if !p.is_empty() => {
+            assert!(std::path::Path::new(&p).is_file(), "FLOWLOG_TEST_AGENT_BIN={p}: no such file");
+            eprintln!("agent binary: {p} (FLOWLOG_TEST_AGENT_BIN)");
+            p
+        }
+        _ => built.to_string(),
+    }
+}
 
 /// A BPF filesystem of the tests' own, for pinning: `ip netns exec` gives a
 /// process a fresh /sys, so /sys/fs/bpf would not survive from one agent to

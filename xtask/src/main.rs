@@ -21,7 +21,8 @@ const DEBIAN_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// LLVM that bpf-linker links against: the same major as rustc-web's LLVM.
 const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Tools the kernel tests use to build network namespaces.
-const DEBIAN_TEST_TOOLS: &[&str] = &["iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables", "wireguard-tools"];
+/// rpm: tests/package.rs reads the .rpm; man-db: the manual page tests.
+const DEBIAN_TEST_TOOLS: &[&str] = &["iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables", "wireguard-tools", "rpm", "man-db"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// moto, the local AWS server the destination tests talk to (pinned: 5.2.1
@@ -252,21 +253,34 @@ fn test(args: &[String]) -> Result<()> {
     // rebuilds the eBPF objects and fails unless they are the committed
     // bytes: one setting for all, so nothing is built twice.
     std::env::set_var("FLOWLOG_EBPF_PREBUILT", "check");
+    // The packages first: tests/package.rs installs the deb and reads the
+    // rpm, and the matrix runs the packaged binary on every kernel.
+    let packages = if args.is_empty() {
+        step("building the packages (cargo xtask package): tested on this machine and in the kernel matrix");
+        package::package()
+    } else {
+        Ok(())
+    };
     step("running the host suites (unit, eBPF programs via BPF_PROG_TEST_RUN, end-to-end in network namespaces) on this kernel");
     let host = run(cargo()
         .current_dir(root_dir())
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(args)
+        .env("FLOWLOG_REQUIRE_PACKAGES", if args.is_empty() && packages.is_ok() { "1" } else { "0" })
         .env("FLOWLOG_REQUIRE_ROOT_TESTS", "1"));
     // The kernel matrix even when a host suite failed: both results count.
     let matrix = if args.is_empty() {
-        step("running the root suites on the kernel matrix (cargo xtask vmtest --kernel all)");
-        vm::vmtest(&["--kernel".to_string(), "all".to_string()])
+        let mut vm_args = vec!["--kernel".to_string(), "all".to_string()];
+        if packages.is_ok() {
+            vm_args.push("--packaged".into());
+        }
+        step(&format!("running the root suites on the kernel matrix (cargo xtask vmtest {})", vm_args.join(" ")));
+        vm::vmtest(&vm_args)
     } else {
         step("test ARGS given: the kernel matrix is skipped (run `cargo xtask vmtest`)");
         Ok(())
     };
-    host.and(matrix)
+    packages.context("cargo xtask package").and(host).and(matrix)
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -53,13 +53,22 @@ fn default_filters(series: &str, suite: &str) -> Option<&'static [&'static str]>
         "hot_plugged_interfaces_are_attached_once",
     ];
     const DEVICES: &[&str] = &["vlan", "bond", "dummy", "wireguard"];
+    // e2e's exactness and restart tests again, with the packaged binary.
+    const PACKAGED: &[&str] = &["udp_tcp_icmp_both_directions_are_exact", "restart_with_keep_hands_over_exactly"];
     match (series, suite) {
         (_, "kernel") | (_, "reject") => Some(ALL),
         (_, "e2e") => Some(E2E),
+        (_, PACKAGED_SUITE) => Some(PACKAGED),
         ("6.1", "devices") => Some(DEVICES),
         _ => None,
     }
 }
+
+/// The suite `--packaged` adds: e2e's test binary run with
+/// FLOWLOG_TEST_AGENT_BIN set to the packages' binary.
+const PACKAGED_SUITE: &str = "packaged";
+/// What `cargo xtask package` leaves for the packages (and the Dockerfile).
+const PACKAGED_AGENT: &str = "target/packages/flowlog-agent";
 
 const VM_MEMORY: &str = "3G";
 const VM_CPUS: &str = "2";
@@ -137,7 +146,9 @@ const USAGE: &str = "usage: cargo xtask vmtest [--kernel 5.10|6.1|6.12|all]... [
     \n  --suite-timeout S  limit per suite inside the VM (default 600)\
     \n  --threads N        --test-threads of each suite (default 1)\
     \n  --refresh-kernels  look for newer kernel packages instead of using the cache\
-    \n  --full             every test of every suite on every kernel (default: the plan of `default_filters`)";
+    \n  --full             every test of every suite on every kernel (default: the plan of `default_filters`)\
+    \n  --packaged         also run e2e's exactness tests with the packages' release binary (target/packages/flowlog-agent,\
+    \n                     from `cargo xtask package`) as suite \"packaged\"";
 
 struct Opts {
     help: bool,
@@ -159,6 +170,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
     let mut threads = 1;
     let mut refresh = false;
     let mut full = false;
+    let mut packaged = false;
     let mut it = args.iter().map(String::as_str).peekable();
     fn value<'a>(flag: &str, v: Option<&'a str>) -> Result<&'a str> {
         v.with_context(|| format!("{flag} needs a value\n{USAGE}"))
@@ -206,6 +218,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             }
             "--refresh-kernels" => refresh = true,
             "--full" => full = true,
+            "--packaged" => packaged = true,
             "-h" | "--help" => return Ok(Opts { help: true, kernels, suites, jobs: 1, suite_timeout, threads, refresh, full }),
             _ => bail!("unknown argument {arg:?}\n{USAGE}"),
         }
@@ -225,7 +238,7 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             unique.push(s);
         }
     }
-    let suites = unique;
+    let mut suites = unique;
     // Fail before the long build, not after it.
     let tests = root_dir().join("flowlog-agent/tests");
     for s in &suites {
@@ -233,6 +246,12 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         if !valid_name || !(tests.join(format!("{s}.rs")).is_file() || tests.join(s).join("main.rs").is_file()) {
             bail!("unknown suite {s:?}: not an integration test of flowlog-agent (flowlog-agent/tests/{s}.rs); the usual ones are {}", SUITES.join(", "));
         }
+    }
+    if packaged {
+        if !root_dir().join(PACKAGED_AGENT).is_file() {
+            bail!("--packaged: no {PACKAGED_AGENT}; run `cargo xtask package` first");
+        }
+        suites.push(PACKAGED_SUITE.to_string());
     }
     let jobs = jobs.unwrap_or(kernels.len()).min(kernels.len());
     Ok(Opts { help: false, kernels, suites, jobs, suite_timeout, threads, refresh, full })
@@ -553,6 +572,8 @@ struct Build {
     /// CARGO_BIN_EXE_flowlog-agent, an absolute path compiled in, so the guest
     /// bind-mounts each snapshot over its original.
     binds: Vec<(PathBuf, PathBuf)>,
+    /// Snapshot of the packages' binary, for the `packaged` suite.
+    packaged_agent: Option<PathBuf>,
 }
 
 /// Builds the agent and the suites' test binaries on the host (the guest sees
@@ -593,9 +614,15 @@ fn build_tests(root: &Path, suites: &[String]) -> Result<Build> {
         fs::remove_dir_all(&snap).with_context(|| format!("cannot clear {}", snap.display()))?;
     }
     fs::create_dir_all(snap.join("bin"))?;
-    let mut build = Build { suites: Vec::new(), binds: Vec::new() };
+    let mut build = Build { suites: Vec::new(), binds: Vec::new(), packaged_agent: None };
     for s in suites {
-        let Some(exe) = tests.get(s) else {
+        let test = if s == PACKAGED_SUITE {
+            build.packaged_agent = Some(snapshot(&root.join(PACKAGED_AGENT), &snap.join("bin/packaged-flowlog-agent"))?);
+            "e2e"
+        } else {
+            s.as_str()
+        };
+        let Some(exe) = tests.get(test) else {
             bail!("cargo built no test binary {s:?} (test targets: {})", tests.keys().cloned().collect::<Vec<_>>().join(", "));
         };
         build.suites.push((s.clone(), snapshot(exe, &snap.join(s))?));
@@ -687,6 +714,9 @@ fn run_vm(root: &Path, vng_bin: &Path, img: &KernelImage, build: &Build, opts: &
         })
         .collect();
     fs::write(dir.join("suites.txt"), list)?;
+    if let Some(bin) = &build.packaged_agent {
+        fs::write(dir.join(format!("{PACKAGED_SUITE}.env")), format!("FLOWLOG_TEST_AGENT_BIN={}\n", bin.display()))?;
+    }
     let binds: String = build.binds.iter().map(|(snap, orig)| format!("{} {}\n", snap.display(), orig.display())).collect();
     fs::write(dir.join("binds.txt"), binds)?;
 

@@ -7,6 +7,7 @@
 #   env.sh      KERNEL_SERIES=... SUITE_TIMEOUT=<seconds> TEST_THREADS=<n>
 #   suites.txt  one "<suite> <absolute path of the test binary>" a line
 #   binds.txt   one "<snapshot> <build path>" a line, for the agent binary
+#   <suite>.env optional: VAR=value lines set for that suite only
 # and this script writes back, per suite: <suite>.start (empty, when it
 # starts), <suite>.log (stdout and stderr), <suite>.rc (exit code; 124 means
 # the suite timed out), plus guest.log and, last, done.
@@ -78,9 +79,17 @@ while read -r suite exe filters; do
     # suite killed by timeout still shows where it hung. -k: SIGKILL if
     # SIGTERM is not enough.
     # $filters: test names to run (the kernel's plan), split on purpose.
+    # <suite>.env: variables of this suite only (the packaged binary's run).
     # shellcheck disable=SC2086
-    timeout -k 10 "$SUITE_TIMEOUT" "$exe" --test-threads="$TEST_THREADS" --nocapture $filters \
-        >"$OUT/$suite.log" 2>&1 </dev/null
+    (
+        if [ -f "$OUT/$suite.env" ]; then
+            set -a
+            # shellcheck source=/dev/null
+            . "$OUT/$suite.env"
+            set +a
+        fi
+        exec timeout -k 10 "$SUITE_TIMEOUT" "$exe" --test-threads="$TEST_THREADS" --nocapture $filters
+    ) >"$OUT/$suite.log" 2>&1 </dev/null
     rc=$?
     echo "suite $suite: exit $rc"
     echo "$rc" >"$OUT/$suite.rc"

@@ -120,11 +120,12 @@ pub struct Overrides {
     pub account_id: Option<String>,
     pub max_flows: Option<u32>,
     pub pin_dir: Option<PathBuf>,
-    pub no_pin: bool,
+    /// `Some`: given as a flag or variable (which then wins over the file).
+    pub no_pin: Option<bool>,
     pub on_exit: Option<String>,
     pub metrics_listen: Option<String>,
     pub log: Option<String>,
-    pub log_json: bool,
+    pub log_json: Option<bool>,
     pub ingress_hook: Option<String>,
     pub traffic_type: Option<String>,
     pub reject_reasons: Vec<String>,
@@ -248,7 +249,7 @@ impl Settings {
             "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics-listen", a, "off, or an address such as 127.0.0.1:9750 or [::1]:9750"))?),
         };
-        let pin = !o.no_pin && file.pin.unwrap_or(true);
+        let pin = o.no_pin.map_or_else(|| file.pin.unwrap_or(true), |no| !no);
         let pin_dir = o.pin_dir.or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into());
         if pin && !pin_dir.is_absolute() {
             return Err(invalid("pin-dir", pin_dir.display(), "an absolute path on a BPF filesystem"));
@@ -302,7 +303,7 @@ impl Settings {
                 reject_explicit,
             },
             log: o.log.or(file.log).unwrap_or_else(|| "info".into()),
-            log_json: o.log_json || file.log_json.unwrap_or(false),
+            log_json: o.log_json.or(file.log_json).unwrap_or(false),
             metadata: file.metadata,
             enrich,
         })

@@ -10,7 +10,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use tracing::{error, warn};
 
-use super::stop::Stop;
+use super::{destination::ShipStats, stop::Stop};
 
 #[derive(Clone, Debug, Default)]
 pub struct AwsSettings {
@@ -148,6 +148,21 @@ pub enum Failure {
     Other(String),
 }
 
+impl Failure {
+    /// The `reason` label of `flowlog_output_errors_total`, in the order
+    /// of [`Failure::reason_index`].
+    pub const REASONS: [&'static str; 4] = ["transient", "access_denied", "not_found", "other"];
+
+    pub fn reason_index(&self) -> usize {
+        match self {
+            Failure::Transient(_) => 0,
+            Failure::Auth(_) => 1,
+            Failure::NotFound(_) => 2,
+            Failure::Other(_) => 3,
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -270,8 +285,9 @@ impl RetryPolicy {
 pub struct Interrupted;
 
 /// Runs `f` until it succeeds, sleeping with backoff between failures, or
-/// until the shutdown deadline passes.
-pub async fn retry<T, F, Fut>(dest: &str, what: &str, policy: &RetryPolicy, stop: &Stop, mut f: F) -> Result<T, Interrupted>
+/// until the shutdown deadline passes. Every attempt is counted in `stats`
+/// (last success, failures by reason).
+pub async fn retry<T, F, Fut>(dest: &str, what: &str, policy: &RetryPolicy, stats: &ShipStats, stop: &Stop, mut f: F) -> Result<T, Interrupted>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
@@ -284,12 +300,14 @@ where
         };
         match r {
             Ok(v) => {
+                stats.succeeded();
                 if attempt > 0 {
                     tracing::info!(destination = dest, operation = what, attempts = attempt + 1, "succeeded after retries");
                 }
                 return Ok(v);
             }
             Err(e) => {
+                stats.failed(&e);
                 let first = attempt.is_multiple_of(10);
                 match &e {
                     Failure::Auth(_) | Failure::Other(_) if first => error!(destination = dest, operation = what, attempt, "{e}; retrying (records stay in the spool)"),

@@ -124,10 +124,9 @@ impl Destination for CloudWatchDest {
             for (stream, events) in by_stream {
                 for chunk in cw_split(events, self.limits) {
                     let known = self.streams.contains(&stream);
-                    retry(&self.name, "PutLogEvents", &self.retry, stop, |attempt| self.put(&stream, &chunk, !known && attempt == 0)).await?;
+                    retry(&self.name, "PutLogEvents", &self.retry, &self.stats, stop, |attempt| self.put(&stream, &chunk, !known && attempt == 0)).await?;
                     self.streams.insert(stream.clone());
                     total += chunk.len() as u64;
-                    self.stats.calls.fetch_add(1, Ordering::Relaxed);
                     debug!(destination = %self.name, stream, events = chunk.len(), "PutLogEvents");
                 }
             }

@@ -2,9 +2,17 @@
 //! counters it reports, apart from `ship/mod.rs` so that destinations and the
 //! shipper depend on it, not on each other.
 
-use std::{future::Future, pin::Pin, sync::atomic::AtomicU64};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
-use super::{aws::Interrupted, spool::Batch, stop::Stop};
+use super::{
+    aws::{Failure, Interrupted},
+    spool::Batch,
+    stop::Stop,
+};
 
 /// Counters of one destination.
 #[derive(Debug, Default)]
@@ -20,6 +28,26 @@ pub struct ShipStats {
     pub objects: AtomicU64,
     /// Service calls that succeeded.
     pub calls: AtomicU64,
+    /// Unix second of the last successful call (0: none yet).
+    pub last_success_unix: AtomicU64,
+    /// Failed calls, by [`Failure::REASONS`].
+    pub errors: [AtomicU64; Failure::REASONS.len()],
+}
+
+impl ShipStats {
+    pub fn succeeded(&self) {
+        self.calls.fetch_add(1, Relaxed);
+        self.last_success_unix.store(crate::drain::clock::unix_ns() / 1_000_000_000, Relaxed);
+    }
+
+    pub fn failed(&self, f: &Failure) {
+        self.errors[f.reason_index()].fetch_add(1, Relaxed);
+    }
+
+    /// `(reason, failed calls)` for every reason.
+    pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Failure::REASONS.iter().zip(&self.errors).map(|(r, n)| (*r, n.load(Relaxed)))
+    }
 }
 
 pub type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<(), Interrupted>> + Send + 'a>>;

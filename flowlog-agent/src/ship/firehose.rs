@@ -45,7 +45,6 @@ impl FirehoseDest {
         let mut p = pending.lock().await;
         let records: Vec<Record> = p.iter().map(|d| Record::builder().data(Blob::new(d.clone())).build().expect("data set")).collect();
         let r = self.client.put_record_batch().delivery_stream_name(&self.stream).set_records(Some(records)).send().await.map_err(|e| classify(&e))?;
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         if r.failed_put_count() == 0 {
             p.clear();
             return Ok(());
@@ -86,7 +85,7 @@ impl Destination for FirehoseDest {
             for call in calls {
                 let n = call.len() as u64;
                 let pending = Mutex::new(call);
-                retry(&self.name, "PutRecordBatch", &self.retry, stop, |_| self.put(&pending)).await?;
+                retry(&self.name, "PutRecordBatch", &self.retry, &self.stats, stop, |_| self.put(&pending)).await?;
                 self.stats.delivered.fetch_add(n, Ordering::Relaxed);
                 debug!(destination = %self.name, records = n, "PutRecordBatch");
             }

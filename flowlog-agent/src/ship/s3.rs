@@ -14,7 +14,7 @@ use aws_sdk_s3::{
     types::{CompletedMultipartUpload, CompletedPart},
     Client,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info};
 
 use super::{
     aws::{classify, retry, startup_check, Failure, Interrupted, RetryPolicy},
@@ -142,13 +142,15 @@ impl Destination for S3Dest {
             let objects = match build_objects(&self.layout, batches, self.opts.rotate_bytes) {
                 Ok(o) => o,
                 Err(e) => {
-                    warn!(destination = %self.name, "cannot encode records: {e:#}; they are dropped");
+                    let n: usize = batches.iter().map(|b| b.records.len()).sum();
+                    self.stats.rejected.fetch_add(n as u64, Ordering::Relaxed);
+                    error!(destination = %self.name, records = n, "cannot encode records: {e:#}; they are dropped (counted in flowlog_records_rejected)");
                     return Ok(());
                 }
             };
             for (key, body) in &objects {
                 let multipart = body.len() >= self.opts.multipart_threshold;
-                retry(&self.name, "PutObject", &self.retry, stop, |_| self.put(key, body)).await?;
+                retry(&self.name, "PutObject", &self.retry, &self.stats, stop, |_| self.put(key, body)).await?;
                 self.stats.objects.fetch_add(1, Ordering::Relaxed);
                 debug!(destination = %self.name, key, bytes = body.len(), multipart, "object uploaded");
             }
@@ -207,12 +209,14 @@ impl Destination for DirDest {
             let objects = match build_objects(&self.layout, batches, self.opts.rotate_bytes) {
                 Ok(o) => o,
                 Err(e) => {
-                    warn!(destination = %self.name, "cannot encode records: {e:#}; they are dropped");
+                    let n: usize = batches.iter().map(|b| b.records.len()).sum();
+                    self.stats.rejected.fetch_add(n as u64, Ordering::Relaxed);
+                    error!(destination = %self.name, records = n, "cannot encode records: {e:#}; they are dropped (counted in flowlog_records_rejected)");
                     return Ok(());
                 }
             };
             for (key, body) in &objects {
-                retry(&self.name, "write", &self.retry, stop, |_| std::future::ready(self.write(key, body))).await?;
+                retry(&self.name, "write", &self.retry, &self.stats, stop, |_| std::future::ready(self.write(key, body))).await?;
                 self.stats.objects.fetch_add(1, Ordering::Relaxed);
             }
             let n: usize = batches.iter().map(|b| b.records.len()).sum();

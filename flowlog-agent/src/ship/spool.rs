@@ -15,7 +15,7 @@
 //! ([`SpoolStats::dropped_records`]) and logged, never dropped silently.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     fs::{self, File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
@@ -139,6 +139,11 @@ struct Inner {
     active: File,
     /// Acknowledged position of each configured destination.
     cursors: HashMap<String, Pos>,
+    /// Per frame some destination still waits for: where it ends and the
+    /// window end (Unix seconds) of its first record, oldest first. Only
+    /// for the `spool_oldest_record_age_seconds` metric: a destination that
+    /// stalls shows as a growing age long before the spool fills.
+    waiting: VecDeque<(Pos, u64)>,
     /// Holds the spool's `flock` (one agent per spool directory).
     _lock: File,
 }
@@ -213,12 +218,16 @@ impl Spool {
         }
         // Validate every segment's frames and cut torn tails (normally only
         // the last one can have one).
+        let mut waiting = VecDeque::new();
         for (id, size) in segments.iter_mut() {
             let path = seg_path(dir, *id);
             let mut f = OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("spool segment {}: cannot open it", path.display()))?;
             let mut off = 0;
-            while let Some((_, next)) = read_frame(&mut f, off, *size)? {
+            while let Some((payload, next)) = read_frame(&mut f, off, *size)? {
                 off = next;
+                if let Some(t) = first_record_end(&payload) {
+                    waiting.push_back((Pos { segment: *id, offset: off }, t));
+                }
             }
             if off != *size {
                 warn!(segment = %path.display(), valid = off, size = *size, "spool: cutting a torn frame (the agent stopped while writing)");
@@ -252,16 +261,19 @@ impl Spool {
         let total: u64 = segments.values().sum();
         debug!(dir = %dir.display(), segments = segments.len(), bytes = total, "spool opened");
         let (tx, _) = watch::channel(0);
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            segment_max: (max_bytes / 8).clamp(64 << 10, 64 << 20),
+            segments,
+            active,
+            cursors,
+            waiting,
+            _lock: lock,
+        };
+        inner.forget_delivered();
         Ok(Spool {
-            inner: Arc::new(Mutex::new(Inner {
-                dir: dir.to_path_buf(),
-                max_bytes,
-                segment_max: (max_bytes / 8).clamp(64 << 10, 64 << 20),
-                segments,
-                active,
-                cursors,
-                _lock: lock,
-            })),
+            inner: Arc::new(Mutex::new(inner)),
             tx: Arc::new(tx),
             stats: Arc::new(SpoolStats::default()),
         })
@@ -309,6 +321,9 @@ impl Spool {
         }
         let end = size + frame.len() as u64;
         inner.segments.insert(active_id, end);
+        if let Some(t) = batch.records.iter().map(|r| r.end).min() {
+            inner.waiting.push_back((Pos { segment: active_id, offset: end }, t));
+        }
         self.stats.appended_batches.fetch_add(1, Ordering::Relaxed);
         Self::enforce_bound(inner, &self.stats);
         drop(g);
@@ -346,6 +361,7 @@ impl Spool {
                     *cur = next;
                 }
             }
+            inner.forget_delivered();
             stats.dropped_segments.fetch_add(1, Ordering::Relaxed);
             stats.dropped_records.fetch_add(lost, Ordering::Relaxed);
             warn!(segment = id, bytes = size, records_lost = lost, total_dropped = stats.dropped_records.load(Ordering::Relaxed), "spool full: oldest segment dropped");
@@ -365,6 +381,7 @@ impl Spool {
         let p = inner.dir.join(cursor_file_name(dest));
         let tmp = p.with_extension("tmp");
         fs::write(&tmp, format!("{} {}\n", pos.segment, pos.offset)).and_then(|_| fs::rename(&tmp, &p)).with_context(|| format!("writing spool cursor {}", p.display()))?;
+        inner.forget_delivered();
         let min = inner.cursors.values().min().copied().unwrap_or_default();
         let active = *inner.segments.keys().next_back().unwrap();
         let done: Vec<u64> = inner.segments.keys().copied().filter(|&id| id < min.segment && id != active).collect();
@@ -384,8 +401,18 @@ impl Spool {
             for c in inner.cursors.values_mut() {
                 *c = Pos { segment: id, offset: 0 };
             }
+            inner.waiting.clear();
         }
         Ok(())
+    }
+
+    /// Seconds since the window of the oldest record some destination has
+    /// not acknowledged ended; `None` when every destination is up to date.
+    pub fn oldest_record_age(&self, now_unix: u64) -> Option<u64> {
+        let g = self.inner.lock().unwrap();
+        // Usually the front, but a window reported late (left in the kernel
+        // by a previous agent) can be older than those spooled before it.
+        g.waiting.iter().map(|&(_, t)| t).min().map(|t| now_unix.saturating_sub(t))
     }
 
     /// A reader from `dest`'s acknowledged position.
@@ -393,6 +420,30 @@ impl Spool {
         let pos = self.inner.lock().unwrap().cursors.get(dest).copied().unwrap_or_default();
         Reader { spool: self.clone(), pos, file: None, rx: self.tx.subscribe() }
     }
+}
+
+impl Inner {
+    /// Drops the frames every destination has acknowledged from `waiting`.
+    fn forget_delivered(&mut self) {
+        let min = self.cursors.values().min().copied().unwrap_or_default();
+        while self.waiting.front().is_some_and(|&(end, _)| end <= min) {
+            self.waiting.pop_front();
+        }
+    }
+}
+
+/// The `end` of a spooled batch's first record, read from the front of its
+/// encoding (header, count, then start and end of the first record) without
+/// decoding the rest.
+fn first_record_end(payload: &[u8]) -> Option<u64> {
+    let mut b = payload;
+    let h = get_u32(&mut b).ok()? as usize;
+    take(&mut b, h).ok()?;
+    if get_u32(&mut b).ok()? == 0 {
+        return None;
+    }
+    get_u64(&mut b).ok()?;
+    get_u64(&mut b).ok()
 }
 
 fn count_records(path: &Path, from: u64, limit: u64) -> Result<u64> {
@@ -533,6 +584,32 @@ mod tests {
         assert_eq!(rb.next_batch().unwrap().unwrap().0, b1);
         assert_eq!(s.pending_records("b").unwrap(), 5);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn oldest_waiting_record_age() {
+        let d = tmpdir("age");
+        let dests = ["a".to_string(), "b".to_string()];
+        let sp = Spool::open(&d, 1 << 20, &dests).unwrap();
+        assert_eq!(sp.oldest_record_age(1000), None);
+        let first = sp.append(&batch(3, "x")).unwrap(); // ends 60, 61, 62
+        let mut late = batch(1, "y");
+        late.records[0].end = 30; // a late window, older than the first
+        let second = sp.append(&late).unwrap();
+        sp.append(&Batch { header: "a b".into(), records: vec![] }).unwrap();
+        assert_eq!(sp.oldest_record_age(1000), Some(970));
+        sp.ack("a", second).unwrap();
+        assert_eq!(sp.oldest_record_age(1000), Some(970), "b still waits for both");
+        sp.ack("b", first).unwrap();
+        assert_eq!(sp.oldest_record_age(1000), Some(970));
+        drop(sp);
+        // Reopened: read back from the segments and the cursors.
+        let sp = Spool::open(&d, 1 << 20, &dests).unwrap();
+        assert_eq!(sp.oldest_record_age(1000), Some(970));
+        sp.ack("b", second).unwrap();
+        assert_eq!(sp.oldest_record_age(1000), None);
+        assert_eq!(sp.oldest_record_age(10), None);
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -148,7 +148,7 @@ const USAGE: &str = "usage: cargo xtask vmtest [--kernel 5.10|6.1|6.12|all]... [
     \n  --refresh-kernels  look for newer kernel packages instead of using the cache\
     \n  --full             every test of every suite on every kernel (default: the plan of `default_filters`)\
     \n  --packaged         also run e2e's exactness tests with the packages' release binary (target/packages/flowlog-agent,\
-    \n                     from `cargo xtask package`) as suite \"packaged\"";
+    \n                     from `cargo xtask package`) as suite \"packaged\" (`--suite packaged`: that suite alone)";
 
 struct Opts {
     help: bool,
@@ -237,6 +237,11 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         if !unique.contains(&s) {
             unique.push(s);
         }
+    }
+    // `--suite packaged` is `--packaged`.
+    if unique.iter().any(|s| s == PACKAGED_SUITE) {
+        packaged = true;
+        unique.retain(|s| s != PACKAGED_SUITE);
     }
     let mut suites = unique;
     // Fail before the long build, not after it.
@@ -1046,7 +1051,13 @@ fn report_vm(img: &KernelImage, vm: &VmRun, suites: &[String], failed: &mut Vec<
             let who = test.as_deref().filter(|t| !line.contains(*t)).map_or(String::new(), |t| format!("{t}: "));
             println!("{tag}   {who}{line}");
         }
-        if r.status != Status::Ok {
+        // The packaged suite counts only if its tests ran the packages' binary.
+        let unproven = suite == PACKAGED_SUITE
+            && !fs::read_to_string(vm.dir.join(format!("{suite}.log"))).is_ok_and(|l| l.contains("(FLOWLOG_TEST_AGENT_BIN)"));
+        if unproven {
+            println!("{tag}   the tests did not say they ran the packaged binary (no \"agent binary: ... (FLOWLOG_TEST_AGENT_BIN)\" line)");
+        }
+        if r.status != Status::Ok || unproven {
             failed.push(format!("{}/{suite}", img.series));
         }
         rows.push(Row { series: img.series, suite: suite.clone(), wall: vm.suite_wall.get(suite).copied(), result: r });

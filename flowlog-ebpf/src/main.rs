@@ -2,9 +2,13 @@
 //! 5-tuple, at XDP (ingress) and TC/TCX (egress).
 //!
 //! Design, in short (details in the agent's `capture` and `drain` modules):
-//! - One shared `BPF_MAP_TYPE_HASH` per generation; packet and byte counts
-//!   are updated with the plain atomic add, never a racy `+=`, and TCP flags
-//!   with one-byte stores that cannot lose a flag (see `FlowStats`).
+//! - One shared flow table per generation: the slot table (open addressing in
+//!   an mmap-able array of 64-byte `FlowSlot`s, claimed by compare-and-
+//!   exchange; Linux 5.12+) or, where the agent's probe found no
+//!   compare-and-exchange, a `BPF_MAP_TYPE_HASH` (`TABLE`, frozen at load, so
+//!   the verifier only walks one). Packet and byte counts are updated with
+//!   the plain atomic add, never a racy `+=`; TCP flags with atomic OR (slots)
+//!   or one-byte stores that cannot lose a flag (hash, see `FlowStats`).
 //! - The programs read the active generation from `GENERATION` once per packet.
 //!   The agent flips it and then waits for an RCU grace period, after which no
 //!   program can still be writing to the old generation; only then is the old

@@ -10,6 +10,12 @@
 //! ([`FlowTables::release`]). An agent killed between reading and releasing
 //! leaves the entries in place, and the next agent reports them (at worst a
 //! window reported twice, never lost).
+//!
+//! Two kinds of table ([`TableKind`]): the hash table is read with batched
+//! `bpf()` lookups and emptied by deleting the keys read; the slot table is
+//! read straight from an `mmap` of the array (no syscall per flow), its
+//! duplicate slots of one flow (racing inserts) added together, and emptied
+//! by zeroing the slots read, through the mapping again.
 
 pub mod clock;
 pub mod sys;

@@ -45,8 +45,7 @@ pub mod maps {
     /// Kernel drop reasons counted as REJECT (`HashMap<u32, u32>`).
     pub const DROP_REASONS: &str = "DROP_REASONS";
     /// Slot table of generation 0 (`BPF_F_MMAPABLE` `Array<FlowSlot>`),
-    /// used instead of `FLOWS_0` where [`super::globals::TABLE`] is
-    /// [`super::table::SLOTS`].
+    /// used instead of `FLOWS_0` by the programs of the slot-table object.
     pub const SLOTS_0: &str = "SLOTS_0";
     /// Slot table of generation 1.
     pub const SLOTS_1: &str = "SLOTS_1";
@@ -55,14 +54,6 @@ pub mod maps {
     pub const SLOT_CLOCK: &str = "SLOT_CLOCK";
 }
 
-/// Which flow table the programs write (`globals::TABLE`).
-pub mod table {
-    /// `FLOWS_<g>`: one `BPF_MAP_TYPE_HASH` per generation, drained with batch syscalls.
-    pub const HASH: u32 = 0;
-    /// `SLOTS_<g>`: open addressing in an mmap-able array (needs
-    /// compare-and-exchange: Linux 5.12, arm64 JIT 5.18).
-    pub const SLOTS: u32 = 1;
-}
 
 /// Load-time settings of the programs (read-only globals: the verifier
 /// drops the code of filters that are off).
@@ -77,8 +68,6 @@ pub mod globals {
     /// privileged load removes the other before it resolves helpers, so an
     /// older kernel never sees the helper it lacks.
     pub const COARSE_CLOCK: &str = "COARSE_CLOCK";
-    /// `u32`: [`super::table::HASH`] or [`super::table::SLOTS`].
-    pub const TABLE: &str = "TABLE";
     /// `u32`: slots per slot table minus one (a power of two minus one).
     pub const SLOT_MASK: &str = "SLOT_MASK";
 }

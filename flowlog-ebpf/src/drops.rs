@@ -358,7 +358,7 @@ fn l4(base: usize, linear: u64, off: u64, l4_len: u64, pkt: &mut Packet) -> Opti
 /// generation `g`, if it holds at least that much.
 #[inline(always)]
 fn take_back(g: u32, key: &FlowKey, packets: u64, bytes: u64) -> bool {
-    if unsafe { core::ptr::read_volatile(&crate::TABLE) } == flowlog_common::table::SLOTS {
+    if crate::SLOTS {
         let k = crate::SlotKey(*key);
         let slot = if g == 0 { crate::slot_find(&crate::SLOTS_0, &k) } else { crate::slot_find(&crate::SLOTS_1, &k) };
         let Some(s) = slot else { return false };

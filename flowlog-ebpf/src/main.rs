@@ -4,9 +4,9 @@
 //! Design, in short (details in the agent's `capture` and `drain` modules):
 //! - One shared flow table per generation: the slot table (open addressing in
 //!   an mmap-able array of 64-byte `FlowSlot`s, claimed by compare-and-
-//!   exchange; Linux 5.12+) or, where the agent's probe found no
-//!   compare-and-exchange, a `BPF_MAP_TYPE_HASH` (`TABLE`, frozen at load, so
-//!   the verifier only walks one). Packet and byte counts are updated with
+//!   exchange; Linux 5.12+; built with the `slots` feature) or, where the
+//!   agent's probe found no compare-and-exchange, a `BPF_MAP_TYPE_HASH` (the
+//!   object built without it). Packet and byte counts are updated with
 //!   the plain atomic add, never a racy `+=`; TCP flags with atomic OR (slots)
 //!   or one-byte stores that cannot lose a flag (hash, see `FlowStats`).
 //! - The programs read the active generation from `GENERATION` once per packet.
@@ -40,7 +40,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use flowlog_common::{
-    counters, direction, family, filters, slot_hash, table, FlowKey, FlowSlot, FlowStats, InsertFailures, TcpFlagsSeen,
+    counters, direction, family, filters, slot_hash, FlowKey, FlowSlot, FlowStats, InsertFailures, TcpFlagsSeen,
     SLOT_PROBES,
 };
 use parse::{Packet, ParseError};
@@ -99,11 +99,13 @@ static FILTERS: u32 = 0;
 /// 5.10 kernel never meets the helper it does not know.
 #[unsafe(no_mangle)]
 static COARSE_CLOCK: u32 = 0;
-/// `table::HASH` (default: every kernel) or `table::SLOTS` (the agent's
-/// probe found compare-and-exchange). Frozen: the verifier walks one path,
-/// and a 5.10 kernel never sees the atomics of the other.
-#[unsafe(no_mangle)]
-static TABLE: u32 = table::HASH;
+/// Which flow table the programs write: the slot table in the object built
+/// with the `slots` feature (flowlog-slots.bpf.o, loaded where the agent's
+/// probe found compare-and-exchange), the hash table in the other
+/// (flowlog.bpf.o). Two objects, not a frozen global: Linux 5.10 checks
+/// every instruction's encoding before it walks any path, and refuses
+/// compare-and-exchange even in code it would never run.
+pub(crate) const SLOTS: bool = cfg!(feature = "slots");
 /// Slots per table minus one.
 #[unsafe(no_mangle)]
 static SLOT_MASK: u32 = 0;
@@ -308,7 +310,7 @@ fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
     // Read the clock after the generation: the agent notes a window's start
     // before it flips.
     let now = now_ns();
-    if unsafe { read_volatile(&TABLE) } == table::SLOTS {
+    if SLOTS {
         let key = SlotKey(key);
         let flags = FlowSlot::flag_bits(&pkt.tcp_flags);
         // Separate call sites per generation keep every map pointer a constant

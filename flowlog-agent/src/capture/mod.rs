@@ -44,6 +44,9 @@ use reject::DropSetup;
 
 /// The kernel programs, built from `flowlog-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog.bpf.o"));
+/// The same programs with the slot flow table (Linux 5.12+); empty when the
+/// build embedded a prebuilt object (`FLOWLOG_EBPF_OBJECT`): hash table only.
+pub static EBPF_SLOTS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog-slots.bpf.o"));
 
 pub const INGRESS_PROGRAM: &str = "flowlog_ingress";
 pub const EGRESS_PROGRAM: &str = "flowlog_egress";
@@ -323,7 +326,11 @@ impl Capture {
             Some(TableKind::Slots) if !features.slot_atomics => {
                 anyhow::bail!("the slot flow table needs BPF compare-and-exchange (Linux 5.12; arm64 JIT 5.18)")
             }
+            Some(TableKind::Slots) if EBPF_SLOTS_OBJECT.is_empty() => {
+                anyhow::bail!("this build has no slot-table object (built with FLOWLOG_EBPF_OBJECT)")
+            }
             Some(k) => k,
+            None if EBPF_SLOTS_OBJECT.is_empty() => TableKind::Hash,
             None => TableKind::choose(&features)?,
         };
         probe::log(&features, kind, drops.is_some());
@@ -340,17 +347,12 @@ impl Capture {
             TableKind::Hash => (max_flows, 1),
             TableKind::Slots => (1, slots),
         };
-        let table_global = match kind {
-            TableKind::Hash => flowlog_common::table::HASH,
-            TableKind::Slots => flowlog_common::table::SLOTS,
-        };
         let slot_mask = slot_entries - 1;
         loader
             .map_max_entries(maps::FLOWS_0, hash_entries)
             .map_max_entries(maps::FLOWS_1, hash_entries)
             .map_max_entries(maps::SLOTS_0, slot_entries)
             .map_max_entries(maps::SLOTS_1, slot_entries)
-            .override_global(globals::TABLE, &table_global, true)
             .override_global(globals::SLOT_MASK, &slot_mask, true)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .override_global(globals::FILTERS, &filter_bits, true)
@@ -366,7 +368,11 @@ impl Capture {
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(explain_load)?;
+        let object = match kind {
+            TableKind::Hash => EBPF_OBJECT,
+            TableKind::Slots => EBPF_SLOTS_OBJECT,
+        };
+        let mut ebpf = loader.load(object).map_err(explain_load)?;
         fill_filters(&mut ebpf, filters)?;
         let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH, kind, slot_entries)?;
         // The Ethernet TC programs go on every interface: verified now, so a

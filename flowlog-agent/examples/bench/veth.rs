@@ -353,6 +353,9 @@ pub fn run(rounds: usize, secs: f64) -> Result<Results> {
     let (mut capture_hash, mut tables_hash): (Capture, FlowTables) =
         Capture::load_with_table(65_536, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
     ensure!(!BENCH_OBJECT.is_empty(), "the benchmark programs were not built (FLOWLOG_EBPF_OBJECT is set)");
+    // XDP is verified on first use (Capture::xdp_program).
+    capture.xdp_program()?;
+    capture_hash.xdp_program()?;
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
     let p: &mut Xdp = bench.program_mut("bench_xdp_pass").unwrap().try_into()?;
     p.load()?;
@@ -485,6 +488,7 @@ fn tcp_sample(t: &Topo, secs: f64) -> Result<f64> {
 
 pub fn run_tcp(rounds: usize, secs: f64) -> Result<Vec<TcpRow>> {
     let (mut capture, mut tables): (Capture, FlowTables) = Capture::load(65_536, None, 1, &Default::default(), None)?;
+    capture.xdp_program()?;
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
     let t = Topo::new(nproc(), "t")?;
     sh(&["ip", "-n", &t.a, "addr", "add", &format!("{TCP_A}/24"), "dev", &t.a_if])?;

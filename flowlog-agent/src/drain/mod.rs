@@ -453,3 +453,71 @@ fn merge_fails(v: Vec<(u32, InsertFailures)>) -> Vec<(u32, InsertFailures)> {
     }
     m.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    use flowlog_common::{FlowKey, FlowSlot};
+
+    use super::{read_slots, zero_slots};
+
+    /// A file standing in for an mmap-able array: the drain maps both alike.
+    fn table(slots: &[(u32, FlowSlot)], capacity: u32) -> OwnedFd {
+        // SAFETY: plain memfd_create; the fd is new and owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"slots".as_ptr(), 0)) };
+        let mut bytes = vec![0u8; capacity as usize * 64];
+        for (i, s) in slots {
+            // SAFETY: FlowSlot is 64 bytes of plain data.
+            let b: [u8; 64] = unsafe { std::mem::transmute(*s) };
+            bytes[*i as usize * 64..][..64].copy_from_slice(&b);
+        }
+        std::fs::write(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)), &bytes).unwrap();
+        fd
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey { ifindex: 3, src_addr: [1; 16], dst_addr: [2; 16], src_port: port, dst_port: 80, protocol: 6, direction: 0, family: 6, _pad: 0 }
+    }
+
+    fn slot(k: &FlowKey, packets: u64, flags: u8) -> FlowSlot {
+        FlowSlot { packets, bytes: packets * 100, flags, first_sec: 2, last_sec: 5, ..FlowSlot::of_key(k) }
+    }
+
+    /// Two slots of one flow (racing inserts): the marked one is added to
+    /// its twin nearer the home slot; other flows, and a marked slot without
+    /// a twin, stay as they are; claimed slots are never read.
+    #[test]
+    fn duplicate_slots_are_merged_and_zeroed() {
+        let cap = 64u32;
+        let (a, b, c) = (key(1), key(2), key(3));
+        let home = FlowSlot::of_key(&a).home(cap - 1);
+        let at = |d: u32| (home + d) & (cap - 1);
+        let claimed = FlowSlot { state: FlowSlot::CLAIMED, ..FlowSlot::of_key(&c) };
+        let slots = [
+            (at(0), slot(&a, 10, FlowSlot::SYN)),
+            (at(1), slot(&b, 4, FlowSlot::MAYBE_DUP)),
+            (at(2), slot(&a, 1, FlowSlot::MAYBE_DUP | FlowSlot::FIN)),
+            (at(3), claimed),
+        ];
+        let fd = table(&slots, cap);
+        let (mut out, mut idx) = (Vec::new(), Vec::new());
+        read_slots(fd.as_fd(), cap, 1_000_000_000, &mut out, &mut idx).unwrap();
+        out.sort_by_key(|f| f.0);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[0].0, out[0].1.packets, out[0].1.bytes), (a, 11, 1100));
+        assert_eq!((out[0].1.tcp_flags.syn, out[0].1.tcp_flags.fin), (1, 1));
+        assert_eq!((out[1].0, out[1].1.packets), (b, 4));
+        // Half a second into the second, from the window's base.
+        assert_eq!(out[0].1.first_seen_ns, 1_000_000_000 + 2_500_000_000);
+        let mut want: Vec<u32> = vec![at(0), at(1), at(2)];
+        want.sort();
+        assert_eq!(idx, want);
+        zero_slots(fd.as_fd(), cap, &idx).unwrap();
+        let bytes = std::fs::read(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))).unwrap();
+        for i in 0..cap {
+            let zero = bytes[i as usize * 64..][..64].iter().all(|&b| b == 0);
+            assert_eq!(zero, i != at(3), "slot {i}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! Provides the eBPF programs (`flowlog-ebpf`) as `$OUT_DIR/flowlog.bpf.o`,
-//! which the agent embeds, and the benchmark-only programs of the same crate
+//! Provides the eBPF programs (`flowlog-ebpf`) as `$OUT_DIR/flowlog.bpf.o`
+//! (hash flow table) and `$OUT_DIR/flowlog-slots.bpf.o` (slot flow table, the
+//! crate's `slots` feature), which the agent embeds, and the benchmark-only programs of the same crate
 //! as `$OUT_DIR/flowlog-bench.bpf.o` (benchmarks and e2e tests embed it).
 //!
 //! The objects are committed in `flowlog-ebpf/prebuilt/` with a SHA-256 of
@@ -38,6 +39,7 @@ struct Toolchain {
 fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let object = out_dir.join("flowlog.bpf.o");
+    let slots_object = out_dir.join("flowlog-slots.bpf.o");
     let bench_object = out_dir.join("flowlog-bench.bpf.o");
     println!("cargo:rerun-if-env-changed=FLOWLOG_EBPF_OBJECT");
     println!("cargo:rerun-if-env-changed=FLOWLOG_EBPF_TOOLCHAIN");
@@ -47,8 +49,10 @@ fn main() {
         std::fs::copy(&prebuilt, &object)
             .unwrap_or_else(|e| fail(&format!("cannot read FLOWLOG_EBPF_OBJECT={prebuilt}: {e}")));
         // No benchmark programs in a prebuilt setup: the benchmark says so.
-        std::fs::write(&bench_object, b"")
-            .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", bench_object.display())));
+        // No slot-table object either: the agent uses the hash table.
+        for o in [&bench_object, &slots_object] {
+            std::fs::write(o, b"").unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", o.display())));
+        }
         return;
     }
 
@@ -67,7 +71,7 @@ fn main() {
     let mode = env::var("FLOWLOG_EBPF_PREBUILT").unwrap_or_default();
     let force = env::var("FLOWLOG_EBPF_BUILD").is_ok_and(|v| v == "1") || !mode.is_empty();
     if !force && committed.trim() == hash {
-        for (name, dest) in [("flowlog.bpf.o", &object), ("flowlog-bench.bpf.o", &bench_object)] {
+        for (name, dest) in OBJECTS.iter().map(|n| *n).zip([&object, &slots_object, &bench_object]) {
             std::fs::copy(prebuilt_dir.join(name), dest)
                 .unwrap_or_else(|e| fail(&format!("cannot copy the committed {name}: {e}")));
         }
@@ -87,31 +91,6 @@ fn main() {
     }
 
     let target_dir = out_dir.join("ebpf-target");
-    let mut cmd = Command::new(&toolchain.cargo[0]);
-    cmd.args(&toolchain.cargo[1..])
-        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&ebpf_dir)
-        .env("PATH", env::join_paths(&path).unwrap());
-    // Settings of the outer (host) build must not leak into the BPF build.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTDOC",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO",
-        "CARGO_MAKEFLAGS",
-        "CARGO_PRIMARY_PACKAGE",
-    ] {
-        cmd.env_remove(var);
-    }
     // Reproducible objects: no checkout or home directory paths in the debug
     // info (BTF line info names source files). RUSTFLAGS replaces the target
     // rustflags of flowlog-ebpf/.cargo/config.toml, so they are repeated here.
@@ -122,27 +101,59 @@ fn main() {
     if let Some(home) = env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))) {
         flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
     }
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
-    for (k, v) in &toolchain.envs {
-        cmd.env(k, v);
-    }
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| fail(&format!("cannot run {} cargo: {e}", toolchain.name)));
-    if !status.success() {
-        fail(&format!(
-            "building flowlog-ebpf with the {} toolchain failed ({status}); see the output above.",
-            toolchain.name
-        ));
-    }
-    for (bin, dest) in [("flowlog", &object), ("flowlog-bench", &bench_object)] {
-        let built = target_dir.join("bpfel-unknown-none/release").join(bin);
-        std::fs::copy(&built, dest).unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+    // The hash-table object (and the benchmark programs), then the
+    // slot-table object: the same crate with the `slots` feature.
+    for (features, outputs) in [(None, vec![("flowlog", &object), ("flowlog-bench", &bench_object)]), (Some("slots"), vec![("flowlog", &slots_object)])] {
+        let mut cmd = Command::new(&toolchain.cargo[0]);
+        cmd.args(&toolchain.cargo[1..])
+            .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .current_dir(&ebpf_dir)
+            .env("PATH", env::join_paths(&path).unwrap());
+        if let Some(f) = features {
+            cmd.args(["--features", f]);
+        }
+        // Settings of the outer (host) build must not leak into the BPF build.
+        for var in [
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTC",
+            "RUSTC_WRAPPER",
+            "RUSTC_WORKSPACE_WRAPPER",
+            "RUSTDOC",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_TARGET",
+            "CARGO_BUILD_RUSTFLAGS",
+            "RUSTUP_TOOLCHAIN",
+            "CARGO",
+            "CARGO_MAKEFLAGS",
+            "CARGO_PRIMARY_PACKAGE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
+        for (k, v) in &toolchain.envs {
+            cmd.env(k, v);
+        }
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| fail(&format!("cannot run {} cargo: {e}", toolchain.name)));
+        if !status.success() {
+            fail(&format!(
+                "building flowlog-ebpf with the {} toolchain failed ({status}); see the output above.",
+                toolchain.name
+            ));
+        }
+        for (bin, dest) in outputs {
+            let built = target_dir.join("bpfel-unknown-none/release").join(bin);
+            std::fs::copy(&built, dest).unwrap_or_else(|e| fail(&format!("cannot copy {}: {e}", built.display())));
+        }
     }
     match mode.as_str() {
         "write" => {
             std::fs::create_dir_all(&prebuilt_dir).unwrap_or_else(|e| fail(&format!("{}: {e}", prebuilt_dir.display())));
-            for (name, src) in [("flowlog.bpf.o", &object), ("flowlog-bench.bpf.o", &bench_object)] {
+            for (name, src) in OBJECTS.iter().map(|n| *n).zip([&object, &slots_object, &bench_object]) {
                 std::fs::copy(src, prebuilt_dir.join(name)).unwrap_or_else(|e| fail(&format!("cannot store {name}: {e}")));
             }
             std::fs::write(prebuilt_dir.join("inputs.sha256"), format!("{hash}\n"))
@@ -157,7 +168,7 @@ fn main() {
                     committed.trim()
                 ));
             }
-            for (name, fresh) in [("flowlog.bpf.o", &object), ("flowlog-bench.bpf.o", &bench_object)] {
+            for (name, fresh) in OBJECTS.iter().map(|n| *n).zip([&object, &slots_object, &bench_object]) {
                 let a = std::fs::read(prebuilt_dir.join(name)).unwrap_or_default();
                 let b = std::fs::read(fresh).unwrap_or_default();
                 if a != b {
@@ -174,6 +185,10 @@ fn main() {
         _ => {}
     }
 }
+
+/// The committed objects: the hash-table programs, the slot-table programs
+/// (`--features slots`), the benchmark programs.
+const OBJECTS: [&str; 3] = ["flowlog.bpf.o", "flowlog-slots.bpf.o", "flowlog-bench.bpf.o"];
 
 /// What the committed objects are built from, relative to the workspace
 /// root. A file added elsewhere that the eBPF crate reads must be listed.

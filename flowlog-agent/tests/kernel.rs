@@ -8,7 +8,7 @@ use aya::{
 };
 use flowlog_testkit::{frames::*, require_root};
 use flowlog_agent::{
-    capture::{Capture, KernelFilters, EGRESS_PROGRAM, INGRESS_PROGRAM},
+    capture::{Capture, KernelFilters, TableKind, EGRESS_PROGRAM, INGRESS_PROGRAM},
     drain::{Drained, FlowTables},
 };
 use flowlog_agent::enrich::aws_tcp_flags;
@@ -31,6 +31,13 @@ impl Kernel {
 
     fn load_with(max_flows: u32, sample_rate: u32, filters: &KernelFilters) -> Self {
         let (capture, tables) = Capture::load(max_flows, None, sample_rate, filters, None).expect("load eBPF programs");
+        Kernel { capture, tables }
+    }
+
+    /// With a given flow table.
+    fn load_table(max_flows: u32, kind: TableKind) -> Self {
+        let (capture, tables) = Capture::load_with_table(max_flows, None, 1, &KernelFilters::default(), None, Some(kind)).expect("load eBPF programs");
+        assert_eq!((capture.table(), tables.kind()), (kind, kind));
         Kernel { capture, tables }
     }
 
@@ -349,31 +356,93 @@ fn gso_super_packets_count_as_wire_segments() {
     assert_eq!(entries(&k.drain()), [(v6key(A6, B6, 7, 8, UDP, direction::EGRESS), 3, 3048 + 2 * 48, 0)]);
 }
 
+/// The tables this kernel can run: the hash table everywhere, the slot
+/// table where the probe found compare-and-exchange (5.12+).
+fn table_kinds() -> Vec<TableKind> {
+    let f = flowlog_agent::capture::probe::detect().expect("probe");
+    if f.slot_atomics {
+        vec![TableKind::Hash, TableKind::Slots]
+    } else {
+        vec![TableKind::Hash]
+    }
+}
+
 #[test]
 fn full_table_counts_every_failed_insert() {
     if !require_root() {
         return;
     }
-    let mut k = Kernel::load(8);
+    for kind in table_kinds() {
+        let mut k = Kernel::load_table(8, kind);
+        // The hash table holds --max-flows; the slot table its slots (twice
+        // as many, a power of two), every one reachable within the probe bound.
+        let cap = k.tables.slot_capacity().unwrap_or(8) as u16;
+        let udp = |sport: u16| frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport, dport: 53, payload: 20 });
+        for sport in 0..cap + 4 {
+            assert_eq!(k.xdp(&udp(1000 + sport)), XDP_PASS);
+        }
+        // Known flows still count when the table is full.
+        assert_eq!(k.xdp(&udp(1000)), XDP_PASS);
+        let d = k.drain();
+        assert_eq!(d.flows.len(), cap as usize, "{kind:?}");
+        let packets: u64 = d.flows.iter().map(|f| f.1.packets).sum();
+        assert_eq!(packets, cap as u64 + 1, "{kind:?}");
+        assert_eq!(d.fails, [(LO, InsertFailures { packets: 4, bytes: 4 * 48 })], "{kind:?}");
+        // Every stored flow is exact.
+        for (key, s) in &d.flows {
+            assert_eq!(s.bytes, 48 * s.packets, "{key:?}");
+        }
+        // The next window starts empty in the other generation.
+        assert_eq!(k.xdp(&udp(5)), XDP_PASS);
+        let d = k.drain();
+        assert_eq!((d.flows.len(), d.fails.len()), (1, 0), "{kind:?}");
+        // And the first generation was emptied on release: it takes a full set again.
+        for sport in 0..cap {
+            assert_eq!(k.xdp(&udp(3000 + sport)), XDP_PASS);
+        }
+        let d = k.drain();
+        assert_eq!((d.flows.len(), d.fails.len()), (cap as usize, 0), "{kind:?}");
+    }
+}
+
+/// Slot table: flows whose home slot is the same fill the probe sequence;
+/// past SLOT_PROBES slots a new flow is a failed insert (SKIPDATA) even
+/// though the table has room elsewhere, and the stored ones stay exact.
+#[test]
+fn slot_probe_limit_is_skipdata() {
+    if !require_root() || !table_kinds().contains(&TableKind::Slots) {
+        return;
+    }
+    // 512 slots: ~128 of the 65,535 source ports share each home slot.
+    let mut k = Kernel::load_table(256, TableKind::Slots);
+    let mask = k.tables.slot_capacity().unwrap() - 1;
+    let key = |sport: u16| v4key(A4, B4, sport, 53, UDP, direction::INGRESS);
+    let home = |sport: u16| flowlog_common::FlowSlot::of_key(&key(sport)).home(mask);
+    let target = home(1);
+    let colliding: Vec<u16> = (1..u16::MAX).filter(|p| home(*p) == target).take(flowlog_common::SLOT_PROBES as usize + 5).collect();
+    assert_eq!(colliding.len(), flowlog_common::SLOT_PROBES as usize + 5, "not enough colliding ports");
     let udp = |sport: u16| frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport, dport: 53, payload: 20 });
-    for sport in 0..12u16 {
-        assert_eq!(k.xdp(&udp(1000 + sport)), XDP_PASS);
+    for p in &colliding {
+        assert_eq!(k.xdp(&udp(*p)), XDP_PASS);
+        assert_eq!(k.xdp(&udp(*p)), XDP_PASS);
     }
-    // Known flows still count when the table is full.
-    assert_eq!(k.xdp(&udp(1000)), XDP_PASS);
+    // A flow with another home slot still finds room.
+    let other = (1..u16::MAX).find(|p| home(*p) == (target + 200) & mask).unwrap();
+    assert_eq!(k.xdp(&udp(other)), XDP_PASS);
     let d = k.drain();
-    assert_eq!(d.flows.len(), 8);
-    let packets: u64 = d.flows.iter().map(|f| f.1.packets).sum();
-    assert_eq!(packets, 9);
-    assert_eq!(d.fails, [(LO, InsertFailures { packets: 4, bytes: 4 * 48 })]);
-    // Every stored flow is exact.
-    for (key, s) in &d.flows {
-        assert_eq!(s.bytes, 48 * s.packets, "{key:?}");
+    let stored: Vec<u16> = {
+        let mut v: Vec<u16> = d.flows.iter().map(|f| f.0.src_port).collect();
+        v.sort();
+        v
+    };
+    let mut want: Vec<u16> = colliding[..flowlog_common::SLOT_PROBES as usize].to_vec();
+    want.push(other);
+    want.sort();
+    assert_eq!(stored, want);
+    for (_, s) in &d.flows {
+        assert_eq!((s.packets, s.bytes), if s.packets == 1 { (1, 48) } else { (2, 96) });
     }
-    // The next window starts empty in the other generation.
-    assert_eq!(k.xdp(&udp(5)), XDP_PASS);
-    let d = k.drain();
-    assert_eq!((d.flows.len(), d.fails.len()), (1, 0));
+    assert_eq!(d.fails, [(LO, InsertFailures { packets: 10, bytes: 10 * 48 })]);
 }
 
 #[test]
@@ -438,7 +507,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_a_half_done_flip_is_finished()
     assert!(err.contains("another flowlog agent is running with pin directory") && err.contains("--pin-dir"), "{err}");
     // The first agent dies between setting the drop program's grace and
     // clearing it (the middle of a flip).
-    let path = root.join(format!("v{}-64", flowlog_common::MAP_LAYOUT_VERSION)).join(flowlog_common::maps::GENERATION);
+    let path = root.join(flowlog_agent::capture::pin_dir_name(64, first.0.table())).join(flowlog_common::maps::GENERATION);
     let mut generation: Array<MapData, u32> = Array::try_from(Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
     generation.set(flowlog_common::GENERATION_GRACE, 1, 0).unwrap();
     drop(first);
@@ -629,6 +698,127 @@ fn concurrent_updates_are_exact() {
     assert!(d.fails.is_empty() && d.unattributed_failures == 0);
 }
 
+/// New flows inserted by every CPU at once, both tables: in each round all
+/// threads (pinned over every CPU, half through XDP, half through TC
+/// ingress) start together on the same 64 fresh flows, one packet each, plus
+/// 16 flows of their own. Racing inserts of one flow may claim two slots of
+/// the slot table; the drain adds them up: every flow is one entry with
+/// exactly one packet per thread, none lost, none counted twice.
+#[test]
+fn concurrent_inserts_of_new_flows_are_exact() {
+    if !require_root() {
+        return;
+    }
+    let cpus = allowed_cpus();
+    let threads = (2 * cpus.len()).max(4);
+    const ROUNDS: u16 = 40;
+    const SHARED: u16 = 64;
+    const OWN: u16 = 16;
+    for kind in table_kinds() {
+        let mut k = Kernel::load_table(8192, kind);
+        k.capture.xdp_program().unwrap();
+        for round in 0..ROUNDS {
+            let shared: Vec<Vec<u8>> = (0..SHARED)
+                .map(|i| frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: round * 1000 + i, dport: 9, payload: 10 }))
+                .collect();
+            let own: Vec<Vec<Vec<u8>>> = (0..threads)
+                .map(|t| {
+                    (0..OWN).map(|i| frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 50_000 + t as u16 * 100 + i, dport: 1000 + round, payload: 10 })).collect()
+                })
+                .collect();
+            let ebpf = k.capture.ebpf_mut();
+            let xdp: &Xdp = ebpf.program(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+            let tc: &SchedClassifier = ebpf.program(flowlog_agent::capture::INGRESS_TC_PROGRAM).unwrap().try_into().unwrap();
+            let start = std::sync::Barrier::new(threads);
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let (cpu, start, shared, own) = (cpus[t % cpus.len()], &start, &shared, &own[t]);
+                    s.spawn(move || {
+                        pin_to_cpu(cpu);
+                        start.wait();
+                        for f in shared.iter().chain(own.iter()) {
+                            let opts = TestRunOptions { data_in: Some(f), ..TestRunOptions::new() };
+                            if t % 2 == 0 { xdp.test_run(opts).unwrap() } else { tc.test_run(opts).unwrap() };
+                        }
+                    });
+                }
+            });
+            let d = k.drain();
+            assert!(d.fails.is_empty() && d.unattributed_failures == 0, "{kind:?}");
+            let mut got = entries(&d);
+            got.retain(|e| e.1 != 0);
+            assert_eq!(got.len(), (SHARED as usize) + threads * OWN as usize, "{kind:?} round {round}: one entry per flow");
+            for (key, packets, bytes, _) in &got {
+                let want = if key.dst_port == 9 { threads as u64 } else { 1 };
+                assert_eq!((*packets, *bytes), (want, want * 38), "{kind:?} round {round} {key:?}");
+            }
+        }
+    }
+}
+
+/// Windows closed while every CPU keeps counting, both tables: each packet
+/// is in exactly one window (the flip, the RCU barrier, and the slot table's
+/// zeroing after release lose none and count none twice).
+#[test]
+fn flips_under_load_lose_nothing() {
+    if !require_root() {
+        return;
+    }
+    let cpus = allowed_cpus();
+    let threads = cpus.len().max(2);
+    const RUNS: u32 = 200;
+    const REPEAT: u32 = 500;
+    for kind in table_kinds() {
+        let mut k = Kernel::load_table(4096, kind);
+        k.capture.xdp_program().unwrap();
+        let frames: Vec<Vec<Vec<u8>>> = (0..threads)
+            .map(|t| (0..8u16).map(|i| frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 7000 + i, dport: t as u16, payload: 0 })).collect())
+            .collect();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let mut windows: Vec<Drained> = Vec::new();
+        {
+            let Kernel { capture, tables } = &mut k;
+            let ebpf = capture.ebpf_mut();
+            let xdp: &Xdp = ebpf.program(INGRESS_PROGRAM).unwrap().try_into().unwrap();
+            std::thread::scope(|s| {
+                for t in 0..threads {
+                    let (cpu, frames, done) = (cpus[t % cpus.len()], &frames[t], &done);
+                    s.spawn(move || {
+                        pin_to_cpu(cpu);
+                        for r in 0..RUNS {
+                            let f = &frames[r as usize % frames.len()];
+                            let opts = TestRunOptions { data_in: Some(f), repeat: REPEAT, ..TestRunOptions::new() };
+                            xdp.test_run(opts).unwrap();
+                        }
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    });
+                }
+                while done.load(std::sync::atomic::Ordering::SeqCst) < threads {
+                    let d = tables.rotate().expect("drain");
+                    tables.release(&d).expect("release");
+                    windows.push(d);
+                }
+            });
+        }
+        windows.push(k.drain());
+        windows.push(k.drain());
+        let mut total = std::collections::BTreeMap::new();
+        for d in &windows {
+            assert!(d.fails.is_empty() && d.unattributed_failures == 0, "{kind:?}");
+            for (key, s) in &d.flows {
+                let e = total.entry(*key).or_insert((0u64, 0u64));
+                e.0 += s.packets;
+                e.1 += s.bytes;
+            }
+        }
+        let busy = windows.iter().filter(|d| !d.flows.is_empty()).count();
+        assert_eq!(total.len(), threads * 8, "{kind:?}");
+        for (key, (p, b)) in &total {
+            assert_eq!((*p, *b), (RUNS as u64 / 8 * REPEAT as u64, RUNS as u64 / 8 * REPEAT as u64 * 28), "{kind:?} {key:?} over {busy} windows");
+        }
+    }
+}
+
 /// The startup probe finds what this kernel has, and the programs loaded
 /// with it (the other tests) read a clock consistent with CLOCK_MONOTONIC.
 #[test]
@@ -639,6 +829,8 @@ fn kernel_features_and_clock() {
     let f = flowlog_agent::capture::probe::detect().expect("probe");
     let v = aya::util::KernelVersion::current().unwrap();
     assert_eq!(f.coarse_clock, v >= aya::util::KernelVersion::new(5, 11, 0), "{v:?}");
+    // x86-64: compare-and-exchange from 5.12 (the matrix's 5.10 lacks it).
+    assert_eq!(f.slot_atomics, v >= aya::util::KernelVersion::new(5, 12, 0), "{v:?}");
     assert_eq!(f.tcx, v >= aya::util::KernelVersion::new(6, 6, 0));
     let mut k = Kernel::load(64);
     assert_eq!(k.capture.features(), f);
@@ -652,9 +844,17 @@ fn kernel_features_and_clock() {
     k.both(&frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 1, dport: 2, payload: 0 }));
     let after = mono();
     let d = k.drain();
+    let slots = k.tables.kind() == TableKind::Slots;
+    assert_eq!(k.tables.kind(), if f.slot_atomics { TableKind::Slots } else { TableKind::Hash });
     for (_, s) in &d.flows {
-        // The coarse clock lags by up to a tick (at most 10 ms at HZ=100).
-        assert!(s.first_seen_ns + 10_000_000 >= before && s.last_seen_ns <= after, "{before} {s:?} {after}");
+        if slots {
+            // Whole seconds (from a Unix second boundary), reported half a
+            // second into the second.
+            assert!(s.first_seen_ns + 1_500_000_000 >= before && s.last_seen_ns <= after + 1_000_000_000, "{before} {s:?} {after}");
+        } else {
+            // The coarse clock lags by up to a tick (at most 10 ms at HZ=100).
+            assert!(s.first_seen_ns + 10_000_000 >= before && s.last_seen_ns <= after, "{before} {s:?} {after}");
+        }
     }
 }
 

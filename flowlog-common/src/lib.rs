@@ -9,7 +9,7 @@
 /// Version of the map layout (names, key and value types, sizes). Pinned
 /// maps of another version are not reused: an agent of a new layout starts
 /// clean and says so. Bump on every incompatible change.
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 /// Map names, as they appear in the eBPF object.
 pub mod maps {
@@ -44,7 +44,16 @@ pub mod maps {
     pub const DROP_IFACES: &str = "DROP_IFACES";
     /// Kernel drop reasons counted as REJECT (`HashMap<u32, u32>`).
     pub const DROP_REASONS: &str = "DROP_REASONS";
+    /// Slot table of generation 0 (`BPF_F_MMAPABLE` `Array<FlowSlot>`),
+    /// used instead of `FLOWS_0` by the programs of the slot-table object.
+    pub const SLOTS_0: &str = "SLOTS_0";
+    /// Slot table of generation 1.
+    pub const SLOTS_1: &str = "SLOTS_1";
+    /// `u64`s: [g] the CLOCK_MONOTONIC ns, on a Unix second boundary, at
+    /// which generation g's window began: slot times count seconds from it.
+    pub const SLOT_CLOCK: &str = "SLOT_CLOCK";
 }
+
 
 /// Load-time settings of the programs (read-only globals: the verifier
 /// drops the code of filters that are off).
@@ -59,6 +68,8 @@ pub mod globals {
     /// privileged load removes the other before it resolves helpers, so an
     /// older kernel never sees the helper it lacks.
     pub const COARSE_CLOCK: &str = "COARSE_CLOCK";
+    /// `u32`: slots per slot table minus one (a power of two minus one).
+    pub const SLOT_MASK: &str = "SLOT_MASK";
 }
 
 /// Filter bits and map values.
@@ -292,6 +303,146 @@ impl DropConfig {
     };
 }
 
+/// One flow of the slot table: a whole cache line (64 bytes, 64-aligned in
+/// the array), so a packet of a known flow costs one cache miss.
+///
+/// Life of a slot within a window: empty (all zero) -> claimed (`state`
+/// [`FlowSlot::CLAIMED`], set by compare-and-exchange of the word at offset
+/// 40, so one CPU owns it) -> published (`state` = the family, 4 or 6, set by
+/// a second compare-and-exchange after the owner wrote the key and its first
+/// counts). Only published slots match a key. The agent zeroes slots after
+/// the window's records are safe, never while programs may write them.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub ifindex: u32,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Offset 40: the claim word is (protocol, direction, state, flags).
+    pub protocol: u8,
+    pub direction: u8,
+    /// 0 empty, [`FlowSlot::CLAIMED`], or the family (published).
+    pub state: u8,
+    /// Bits [`FlowSlot::FIN`].. (atomic OR on the claim word), and
+    /// [`FlowSlot::MAYBE_DUP`].
+    pub flags: u8,
+    /// Seconds after the generation's `SLOT_CLOCK` (saturating at 65,535).
+    pub first_sec: u16,
+    pub last_sec: u16,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl FlowSlot {
+    pub const CLAIMED: u8 = 0xff;
+    pub const FIN: u8 = 1;
+    pub const SYN: u8 = 2;
+    pub const RST: u8 = 4;
+    pub const SYN_ACK: u8 = 8;
+    /// Set by a CPU that passed a claimed (not yet published) slot while
+    /// inserting: that slot may hold the same flow. The drain merges such
+    /// twins (the earlier one sits between the flow's home slot and this one).
+    pub const MAYBE_DUP: u8 = 0x80;
+    /// Byte offset of the claim word.
+    pub const CLAIM_WORD: usize = 40;
+
+    pub const fn flag_bits(f: &TcpFlagsSeen) -> u8 {
+        f.fin | f.syn << 1 | f.rst << 2 | f.syn_ack << 3
+    }
+
+    pub const fn tcp_flags(&self) -> TcpFlagsSeen {
+        TcpFlagsSeen { fin: self.flags & 1, syn: (self.flags >> 1) & 1, rst: (self.flags >> 2) & 1, syn_ack: (self.flags >> 3) & 1 }
+    }
+
+    /// The flow key of a published slot.
+    pub const fn key(&self) -> FlowKey {
+        FlowKey {
+            ifindex: self.ifindex,
+            src_addr: self.src_addr,
+            dst_addr: self.dst_addr,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+            direction: self.direction,
+            family: self.state,
+            _pad: 0,
+        }
+    }
+
+    /// An unpublished slot holding `k` (for hashing and comparing keys).
+    pub const fn of_key(k: &FlowKey) -> FlowSlot {
+        FlowSlot {
+            ifindex: k.ifindex,
+            src_addr: k.src_addr,
+            dst_addr: k.dst_addr,
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            protocol: k.protocol,
+            direction: k.direction,
+            state: k.family,
+            flags: 0,
+            first_sec: 0,
+            last_sec: 0,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The home slot of this slot's key in a table of `mask + 1` slots.
+    pub fn home(&self, mask: u32) -> u32 {
+        slot_hash(&self.key_words(), FlowSlot::tail(self.protocol, self.direction, self.state)) & mask
+    }
+
+    /// The first 40 bytes (interface, addresses, ports) as words.
+    #[inline(always)]
+    pub fn key_words(&self) -> [u64; 5] {
+        // SAFETY: the first 40 bytes are plain integers; the slot is 8-aligned.
+        unsafe { *(self as *const FlowSlot as *const [u64; 5]) }
+    }
+
+    /// The claim word's key part: protocol, direction, family.
+    #[inline(always)]
+    pub const fn tail(protocol: u8, direction: u8, family: u8) -> u32 {
+        protocol as u32 | (direction as u32) << 8 | (family as u32) << 16
+    }
+}
+
+/// Slots a program looks at, from a flow's home slot on (linear probing),
+/// before it counts the packet as a failed insert (SKIPDATA). The agent sizes
+/// the table at twice `--max-flows` (rounded up to a power of two): at that
+/// load (up to 0.5) 1 M flows of the benchmark's mix needed up to 35-42
+/// probes (a few per million past 32), so 64: a flow past it is rarer than
+/// one in many millions. Only flows in long clusters pay the longer walk.
+pub const SLOT_PROBES: u32 = 64;
+
+/// Home slot hash of a key (the same code in the kernel and the drain, which
+/// finds twins by it): a multiply-xorshift over the key words.
+#[inline(always)]
+pub fn slot_hash(w: &[u64; 5], tail: u32) -> u32 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = (tail as u64) ^ K;
+    let mut i = 0;
+    while i < 5 {
+        h = (h ^ w[i]).wrapping_mul(K);
+        h ^= h >> 29;
+        i += 1;
+    }
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (h ^ (h >> 32)) as u32
+}
+
+/// Slots for `max_flows` flows: twice as many, a power of two.
+pub const fn slot_capacity(max_flows: u32) -> u32 {
+    let want = if max_flows < 8 { 16 } else { max_flows as u64 * 2 };
+    let mut c: u64 = 1;
+    while c < want {
+        c <<= 1;
+    }
+    if c > 1 << 31 { 1 << 31 } else { c as u32 }
+}
+
 // The layout is part of the kernel/user contract: fail the build if it moves.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<TcpFlagsSeen>() == 4);
@@ -299,6 +450,9 @@ const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<InsertFailures>() == 16);
 const _: () = assert!(core::mem::size_of::<RejectKey>() == 48);
 const _: () = assert!(core::mem::size_of::<DropIface>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
+const _: () = assert!(core::mem::offset_of!(FlowSlot, protocol) == FlowSlot::CLAIM_WORD);
+const _: () = assert!(core::mem::offset_of!(FlowSlot, packets) == 48);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -310,6 +464,7 @@ mod pod {
     unsafe impl aya::Pod for super::RejectKey {}
     unsafe impl aya::Pod for super::DropIface {}
     unsafe impl aya::Pod for super::DropConfig {}
+    unsafe impl aya::Pod for super::FlowSlot {}
 }
 
 #[cfg(test)]

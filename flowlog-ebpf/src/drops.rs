@@ -358,23 +358,35 @@ fn l4(base: usize, linear: u64, off: u64, l4_len: u64, pkt: &mut Packet) -> Opti
 /// generation `g`, if it holds at least that much.
 #[inline(always)]
 fn take_back(g: u32, key: &FlowKey, packets: u64, bytes: u64) -> bool {
+    if crate::SLOTS {
+        let k = crate::SlotKey(*key);
+        let slot = if g == 0 { crate::slot_find(&crate::SLOTS_0, &k) } else { crate::slot_find(&crate::SLOTS_1, &k) };
+        let Some(s) = slot else { return false };
+        return unsafe { take(&raw mut (*s).packets, &raw mut (*s).bytes, packets, bytes) };
+    }
     let entry = if g == 0 { FLOWS_0.get_ptr_mut(key) } else { FLOWS_1.get_ptr_mut(key) };
     let Some(v) = entry else { return false };
+    unsafe { take(&raw mut (*v).packets, &raw mut (*v).bytes, packets, bytes) }
+}
+
+/// Subtracts from a flow's counters if they hold at least that much.
+#[inline(always)]
+unsafe fn take(p: *mut u64, b: *mut u64, packets: u64, bytes: u64) -> bool {
     unsafe {
         // No compare-and-swap on BPF: subtract, and undo if the entry held
         // less (signed: another CPU may be undoing the same right now).
         // SeqCst, not Relaxed: LLVM 22's BPF backend lowers a *relaxed*
         // fetch-add to the plain `lock +=`, which returns nothing, and then
         // uses the operand register as if it were the old value.
-        let before = atomic_xadd::<u64, u64, { SeqCst }>(&raw mut (*v).packets, packets.wrapping_neg());
+        let before = atomic_xadd::<u64, u64, { SeqCst }>(p, packets.wrapping_neg());
         if (before as i64) >= packets as i64 {
-            let before_b = atomic_xadd::<u64, u64, { SeqCst }>(&raw mut (*v).bytes, bytes.wrapping_neg());
+            let before_b = atomic_xadd::<u64, u64, { SeqCst }>(b, bytes.wrapping_neg());
             if (before_b as i64) >= bytes as i64 {
                 return true;
             }
-            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes, bytes);
+            atomic_xadd::<u64, u64, { Relaxed }>(b, bytes);
         }
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets, packets);
+        atomic_xadd::<u64, u64, { Relaxed }>(p, packets);
     }
     false
 }

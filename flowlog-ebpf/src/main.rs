@@ -2,9 +2,13 @@
 //! 5-tuple, at XDP (ingress) and TC/TCX (egress).
 //!
 //! Design, in short (details in the agent's `capture` and `drain` modules):
-//! - One shared `BPF_MAP_TYPE_HASH` per generation; packet and byte counts
-//!   are updated with the plain atomic add, never a racy `+=`, and TCP flags
-//!   with one-byte stores that cannot lose a flag (see `FlowStats`).
+//! - One shared flow table per generation: the slot table (open addressing in
+//!   an mmap-able array of 64-byte `FlowSlot`s, claimed by compare-and-
+//!   exchange; Linux 5.12+; built with the `slots` feature) or, where the
+//!   agent's probe found no compare-and-exchange, a `BPF_MAP_TYPE_HASH` (the
+//!   object built without it). Packet and byte counts are updated with
+//!   the plain atomic add, never a racy `+=`; TCP flags with atomic OR (slots)
+//!   or one-byte stores that cannot lose a flag (hash, see `FlowStats`).
 //! - The programs read the active generation from `GENERATION` once per packet.
 //!   The agent flips it and then waits for an RCU grace period, after which no
 //!   program can still be writing to the old generation; only then is the old
@@ -24,7 +28,7 @@ mod drops;
 mod parse;
 
 use core::{
-    intrinsics::{atomic_xadd, AtomicOrdering::Relaxed},
+    intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering::{Relaxed, SeqCst}},
     ptr::{read_volatile, write_volatile},
 };
 
@@ -35,7 +39,10 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
-use flowlog_common::{counters, direction, family, filters, FlowKey, FlowStats, InsertFailures, TcpFlagsSeen};
+use flowlog_common::{
+    counters, direction, family, filters, slot_hash, FlowKey, FlowSlot, FlowStats, InsertFailures, TcpFlagsSeen,
+    SLOT_PROBES,
+};
 use parse::{Packet, ParseError};
 
 /// Overridden by the agent at load time (`--max-flows`).
@@ -44,11 +51,22 @@ const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// in `COUNTERS[UNATTRIBUTED_FAILS_*]`.
 const MAX_FAIL_IFACES: u32 = 1024;
 const EEXIST: i32 = 17;
+/// linux/bpf.h: the array can be mmap()ed by the agent.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
 static FLOWS_0: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 #[map]
 static FLOWS_1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+/// The slot tables (see `FlowSlot`); sized by the agent, 1 entry when unused.
+#[map]
+static SLOTS_0: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map]
+static SLOTS_1: Array<FlowSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Per generation: CLOCK_MONOTONIC ns of its window's start (a Unix second
+/// boundary), which slot times count from.
+#[map]
+static SLOT_CLOCK: Array<u64> = Array::with_max_entries(2, 0);
 #[map]
 static FAILS_0: HashMap<u32, InsertFailures> = HashMap::with_max_entries(MAX_FAIL_IFACES, 0);
 #[map]
@@ -81,6 +99,16 @@ static FILTERS: u32 = 0;
 /// 5.10 kernel never meets the helper it does not know.
 #[unsafe(no_mangle)]
 static COARSE_CLOCK: u32 = 0;
+/// Which flow table the programs write: the slot table in the object built
+/// with the `slots` feature (flowlog-slots.bpf.o, loaded where the agent's
+/// probe found compare-and-exchange), the hash table in the other
+/// (flowlog.bpf.o). Two objects, not a frozen global: Linux 5.10 checks
+/// every instruction's encoding before it walks any path, and refuses
+/// compare-and-exchange even in code it would never run.
+pub(crate) const SLOTS: bool = cfg!(feature = "slots");
+/// Slots per table minus one.
+#[unsafe(no_mangle)]
+static SLOT_MASK: u32 = 0;
 
 #[xdp]
 pub fn flowlog_ingress(ctx: XdpContext) -> u32 {
@@ -282,8 +310,25 @@ fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
     // Read the clock after the generation: the agent notes a window's start
     // before it flips.
     let now = now_ns();
-    // Separate call sites per generation keep every map pointer a constant
-    // for the verifier.
+    if SLOTS {
+        let key = SlotKey(key);
+        let flags = FlowSlot::flag_bits(&pkt.tcp_flags);
+        // Separate call sites per generation keep every map pointer a constant
+        // for the verifier.
+        let stored = if generation == 0 {
+            slot_account(&SLOTS_0, &key, packets, bytes, flags, slot_sec(0, now))
+        } else {
+            slot_account(&SLOTS_1, &key, packets, bytes, flags, slot_sec(1, now))
+        };
+        if !stored {
+            if generation == 0 {
+                fail(&FAILS_0, counters::UNATTRIBUTED_FAILS_0, ifindex, packets, bytes);
+            } else {
+                fail(&FAILS_1, counters::UNATTRIBUTED_FAILS_1, ifindex, packets, bytes);
+            }
+        }
+        return;
+    }
     if generation == 0 {
         account(&FLOWS_0, &FAILS_0, counters::UNATTRIBUTED_FAILS_0, &key, ifindex, packets, bytes, pkt.tcp_flags, now);
     } else {
@@ -331,6 +376,13 @@ fn account<K>(
         Err(_) => {}
     }
     // The flow table is full (E2BIG) or the insert failed otherwise.
+    fail(fails, unattributed, ifindex, packets, bytes);
+}
+
+/// Counts packets whose flow could not be stored (SKIPDATA), per interface,
+/// or per CPU when the failure table is full too.
+#[inline(always)]
+fn fail(fails: &HashMap<u32, InsertFailures>, unattributed: u32, ifindex: u32, packets: u64, bytes: u64) {
     if let Some(f) = fails.get_ptr_mut(ifindex) {
         unsafe { add_failure(f, packets, bytes) };
         return;
@@ -347,6 +399,145 @@ fn account<K>(
         Err(_) => {}
     }
     bump(unattributed, packets);
+}
+
+/// A flow key 8-aligned, so its first 40 bytes read as the words the slot
+/// table compares (FlowKey and FlowSlot share those 40 bytes' layout, and
+/// the key's next word is the claim word's key part: its `_pad` is 0).
+#[repr(C, align(8))]
+pub(crate) struct SlotKey(pub(crate) FlowKey);
+
+impl SlotKey {
+    #[inline(always)]
+    fn words(&self) -> [u64; 5] {
+        // SAFETY: 8-aligned, at least 40 bytes of plain integers.
+        unsafe { *(self as *const SlotKey as *const [u64; 5]) }
+    }
+    #[inline(always)]
+    fn tail(&self) -> u32 {
+        FlowSlot::tail(self.0.protocol, self.0.direction, self.0.family)
+    }
+}
+
+/// Seconds from generation `g`'s window start to `now`, saturating at
+/// u16::MAX (a window longer than 18 h: an agent stopped that long). A
+/// multiply and shifts instead of a division by 1e9: (ns >> 20) units of
+/// 1.048576 ms times 1.048576e-3 * 2^32; off by at most ~1 ms at a second
+/// boundary, less than the coarse clock's own lag.
+#[inline(always)]
+fn slot_sec(g: u32, now: u64) -> u16 {
+    let base = match SLOT_CLOCK.get(g) {
+        Some(b) => *b,
+        None => 0,
+    };
+    if now <= base {
+        return 0;
+    }
+    let s = ((now - base) >> 20).wrapping_mul(4_503_600) >> 32;
+    if s > u16::MAX as u64 { u16::MAX } else { s as u16 }
+}
+
+/// The claim word (protocol, direction, state, flags) of a slot.
+#[inline(always)]
+fn claim_word(s: *mut FlowSlot) -> *mut u32 {
+    unsafe { (&raw mut (*s).protocol) as *mut u32 }
+}
+
+/// The published slot of `key`, if any: linear probing from its home slot,
+/// stopping at an empty slot (slots never empty during a window).
+#[inline(always)]
+pub(crate) fn slot_find(t: &Array<FlowSlot>, key: &SlotKey) -> Option<*mut FlowSlot> {
+    let (w, tail) = (key.words(), key.tail());
+    let mask = unsafe { read_volatile(&SLOT_MASK) };
+    let mut i = slot_hash(&w, tail) & mask;
+    for _ in 0..SLOT_PROBES {
+        let s = t.get_ptr_mut(i)?;
+        let cur = unsafe { read_volatile(claim_word(s)) };
+        if cur == 0 {
+            return None;
+        }
+        if cur & 0x00ff_ffff == tail && unsafe { slot_is(s, &w) } {
+            return Some(s);
+        }
+        i = (i + 1) & mask;
+    }
+    None
+}
+
+/// Whether the slot's first 40 bytes are `w`: word by word (no array copy on
+/// the 512-byte BPF stack).
+#[inline(always)]
+unsafe fn slot_is(s: *mut FlowSlot, w: &[u64; 5]) -> bool {
+    let p = s as *const u64;
+    unsafe {
+        read_volatile(p) == w[0]
+            && read_volatile(p.add(1)) == w[1]
+            && read_volatile(p.add(2)) == w[2]
+            && read_volatile(p.add(3)) == w[3]
+            && read_volatile(p.add(4)) == w[4]
+    }
+}
+
+/// Adds a packet to its flow's slot, claiming an empty one for a new flow.
+/// false: no slot within `SLOT_PROBES` (the table is full: SKIPDATA).
+///
+/// Two CPUs inserting the same new flow at once: the one that loses the
+/// claim of a slot (or sees it claimed, key not yet written) goes on probing
+/// and may claim a second slot for the flow; it marks that one MAYBE_DUP and
+/// the drain adds it to its twin. Nothing is lost or counted twice.
+#[inline(always)]
+fn slot_account(t: &Array<FlowSlot>, key: &SlotKey, packets: u64, bytes: u64, flags: u8, sec: u16) -> bool {
+    let (w, tail) = (key.words(), key.tail());
+    let mask = unsafe { read_volatile(&SLOT_MASK) };
+    let mut i = slot_hash(&w, tail) & mask;
+    let mut dup = 0u32;
+    for _ in 0..SLOT_PROBES {
+        let Some(s) = t.get_ptr_mut(i) else { return false };
+        let word = claim_word(s);
+        let mut cur = unsafe { read_volatile(word) };
+        if cur == 0 {
+            let claimed = tail & 0xffff | (FlowSlot::CLAIMED as u32) << 16;
+            let (prev, won) = unsafe { atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(word, 0, claimed) };
+            if won {
+                unsafe {
+                    let p = s as *mut u64;
+                    write_volatile(p, w[0]);
+                    write_volatile(p.add(1), w[1]);
+                    write_volatile(p.add(2), w[2]);
+                    write_volatile(p.add(3), w[3]);
+                    write_volatile(p.add(4), w[4]);
+                    (*s).first_sec = sec;
+                    (*s).last_sec = sec;
+                    (*s).packets = packets;
+                    (*s).bytes = bytes;
+                    // Publishes the key and counts written above (a full
+                    // barrier: other CPUs that match the key see them).
+                    let flags = (flags as u32 | dup) << 24;
+                    atomic_cxchg::<u32, { SeqCst }, { SeqCst }>(word, claimed, tail | flags);
+                }
+                return true;
+            }
+            cur = prev;
+        }
+        if (cur >> 16) as u8 == FlowSlot::CLAIMED {
+            dup = FlowSlot::MAYBE_DUP as u32;
+        } else if cur & 0x00ff_ffff == tail && unsafe { slot_is(s, &w) } {
+            unsafe {
+                atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*s).packets, packets);
+                atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*s).bytes, bytes);
+                if sec > read_volatile(&raw const (*s).last_sec) {
+                    write_volatile(&raw mut (*s).last_sec, sec);
+                }
+                let missing = flags as u32 & !(cur >> 24);
+                if missing != 0 {
+                    atomic_or::<u32, u32, { Relaxed }>(word, missing << 24);
+                }
+            }
+            return true;
+        }
+        i = (i + 1) & mask;
+    }
+    false
 }
 
 /// Adds to an entry other CPUs may update at the same time. Only the plain

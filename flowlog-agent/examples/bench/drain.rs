@@ -12,6 +12,12 @@
 //! `FlowTables::release()` (batched delete of what was read). Records alone
 //! (`for_each_record` without formatting) are timed in a separate pass.
 //! Single-threaded, so records/s is per core.
+//!
+//! Both flow tables: the hash table is filled with BPF_MAP_UPDATE_BATCH of
+//! keys and values; the slot table with BPF_MAP_UPDATE_BATCH of array
+//! indexes and published slots, each at the slot the programs would have
+//! claimed (its home slot, else the next free one), so its drain reads
+//! exactly what the kernel would have left.
 
 use std::{
     fs,
@@ -24,12 +30,12 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use flowlog_records::format::Format;
 use flowlog_agent::{
-    capture::Capture,
+    capture::{Capture, TableKind},
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
     ship::{Output, Sink},
 };
-use flowlog_common::{family, maps, FlowKey, FlowStats, TcpFlagsSeen};
+use flowlog_common::{family, maps, FlowKey, FlowSlot, FlowStats, TcpFlagsSeen};
 
 use crate::{
     kernel::thousands,
@@ -41,13 +47,16 @@ const IFINDEX: u32 = 2;
 /// Keys per BPF_MAP_UPDATE_BATCH call while filling.
 const FILL_CHUNK: usize = 4096;
 
-/// (flows, family, windows timed).
+/// (flows, family, windows timed), each with both tables.
 const CASES: [(usize, &str, usize); 4] =
     [(10_000, "v4", 9), (100_000, "v4", 7), (1_000_000, "v4", 5), (1_000_000, "v6", 5)];
+const TABLES: [&str; 2] = ["hash", "slots"];
 
 #[derive(Clone, Debug, Default)]
 pub struct Row {
     pub flows: usize,
+    /// "hash" or "slots".
+    pub table: String,
     pub family: String,
     /// Median CPU ms of each stage (rotate: also wall ms, which includes
     /// waiting for the RCU grace period).
@@ -81,10 +90,12 @@ pub fn run() -> Result<Results> {
     fs::create_dir_all(&out_dir)?;
     let mut rows = Vec::new();
     for (flows, fam, windows) in CASES {
-        eprintln!("    {} flows ({fam}), {windows} windows", thousands(flows));
+      for table in TABLES {
+        eprintln!("    {} flows ({fam}), {table} table, {windows} windows", thousands(flows));
         let out = Command::new(&exe)
             .args([CHILD_ARG, &flows.to_string(), fam, &windows.to_string()])
             .arg(&out_dir)
+            .arg(table)
             .output()
             .context("starting the drain child")?;
         if !out.status.success() {
@@ -101,6 +112,7 @@ pub fn run() -> Result<Results> {
         };
         rows.push(Row {
             flows,
+            table: table.into(),
             family: if fam == "v4" { "IPv4".into() } else { "IPv6".into() },
             rotate_ms: get("rotate_ms")?,
             rotate_wall_ms: get("rotate_wall_ms")?,
@@ -114,6 +126,7 @@ pub fn run() -> Result<Results> {
             base_rss_kib: get("base_rss_kib")? as u64,
             empty_rotate_ms: get("empty_rotate_ms")?,
         });
+      }
     }
     let _ = fs::remove_dir(&out_dir);
     Ok(Results { rows, out_dir })
@@ -125,23 +138,25 @@ pub fn print(r: &Results) {
         "Default (version 2) format; 1 interface; 3/4 TCP, 1/4 UDP, many addresses and ports. Times are the \
          thread's CPU time (so records/s is per core, whatever else runs), except \"drain wall\", which also \
          counts the wait for the RCU grace periods. drain = `FlowTables::rotate()` (generation flip, RCU \
-         barriers, BPF_MAP_LOOKUP_BATCH) + `FlowTables::release()` after shipping (BPF_MAP_DELETE_BATCH of \
-         the keys read; shown apart as \"release\"); \"in kernel\" is the system time of both. records = \
+         barriers, then BPF_MAP_LOOKUP_BATCH for the hash table, reading the mmap()ed slots for the slot table) + \
+         `FlowTables::release()` after shipping (BPF_MAP_DELETE_BATCH of the keys read, or zeroing the slots \
+         read through the mapping; shown apart as \"release\"); \"in kernel\" is the system time of both. records = \
          `enrich::for_each_record` alone; format = the same records streamed into `Format::write` (one \
          buffer of lines, reused across windows as the agent does), minus records. \"user part\" = \
          records + format: the agent's own code without the kernel's map operations. Peak RSS = \
          `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows.\n"
     );
     println!(
-        "| flows | family | drain | (in kernel) | (release) | drain wall | records | format | drain+format | records/s/core | user part /core | peak RSS | RSS after load |"
+        "| flows | family | table | drain | (in kernel) | (release) | drain wall | records | format | drain+format | records/s/core | user part /core | peak RSS | RSS after load |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for x in &r.rows {
         let total = x.rotate_ms + x.enrich_ms + x.format_ms;
         println!(
-            "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.1} MiB | {:.1} MiB |",
             thousands(x.flows),
             x.family,
+            x.table,
             x.rotate_ms,
             x.rotate_sys_ms,
             x.release_ms,
@@ -293,6 +308,57 @@ fn fill(map: &OwnedFd, n: usize, v6: bool) -> Result<()> {
     Ok(())
 }
 
+/// BPF_MAP_UPDATE_BATCH on an array: `values[i]` at index `keys[i]`.
+fn update_slots(map: &OwnedFd, keys: &[u32], values: &[FlowSlot]) -> Result<()> {
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let mut attr = [0u64; 20];
+    attr[2] = keys.as_ptr() as u64;
+    attr[3] = values.as_ptr() as u64;
+    attr[4] = keys.len() as u64 | ((map.as_raw_fd() as u64) << 32);
+    // SAFETY: attr describes valid arrays of `count` keys and values.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    ensure!(r == 0, "BPF_MAP_UPDATE_BATCH (slots): {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Fills a slot table of `capacity` slots as the programs would: each flow
+/// in its home slot or the next free one. `used`: one bit per slot.
+fn fill_slots(map: &OwnedFd, capacity: u32, n: usize, v6: bool) -> Result<()> {
+    let now = kernel_now_ns();
+    let mask = capacity - 1;
+    let mut used = vec![0u64; capacity as usize / 64 + 1];
+    let mut keys = Vec::with_capacity(FILL_CHUNK);
+    let mut values = Vec::with_capacity(FILL_CHUNK);
+    let mut i = 0;
+    while i < n {
+        keys.clear();
+        values.clear();
+        for j in i..(i + FILL_CHUNK).min(n) {
+            let (k, v) = flow(j, v6, now);
+            let mut slot = FlowSlot::of_key(&k);
+            let mut at = slot.home(mask);
+            let mut probes = 0;
+            while used[at as usize / 64] & (1 << (at % 64)) != 0 {
+                at = (at + 1) & mask;
+                probes += 1;
+                ensure!(probes < flowlog_common::SLOT_PROBES, "flow {j}: no slot within the probe bound");
+            }
+            used[at as usize / 64] |= 1 << (at % 64);
+            slot.flags = FlowSlot::flag_bits(&v.tcp_flags);
+            slot.packets = v.packets;
+            slot.bytes = v.bytes;
+            // Seconds into a 60 s window, as the programs count them.
+            slot.first_sec = ((v.first_seen_ns - now.saturating_sub(60_000_000_000)) / 1_000_000_000) as u16;
+            slot.last_sec = slot.first_sec + ((v.last_seen_ns - v.first_seen_ns) / 1_000_000_000) as u16;
+            keys.push(at);
+            values.push(slot);
+        }
+        update_slots(map, &keys, &values)?;
+        i += keys.len();
+    }
+    Ok(())
+}
+
 /// CPU time this process spent in the kernel, ms.
 fn sys_cpu_ms() -> f64 {
     // SAFETY: getrusage with a valid out pointer.
@@ -312,13 +378,18 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
 
 /// `__drain-child <flows> <v4|v6> <windows> <out dir>`
 pub fn child(args: &[String]) -> Result<()> {
-    let [n, fam, windows, out_dir] = args else { bail!("usage: {CHILD_ARG} FLOWS v4|v6 WINDOWS OUT_DIR") };
+    let [n, fam, windows, out_dir, table] = args else { bail!("usage: {CHILD_ARG} FLOWS v4|v6 WINDOWS OUT_DIR hash|slots") };
     let n: usize = n.parse()?;
     let windows: usize = windows.parse()?;
     let v6 = fam == "v6";
+    let kind = if table == "slots" { TableKind::Slots } else { TableKind::Hash };
     let max_flows = (n.next_power_of_two() as u32).max(65_536);
-    let (_capture, mut tables) = Capture::load(max_flows, None, 1, &Default::default(), None)?;
-    let flow_maps = [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?];
+    let (_capture, mut tables) = Capture::load_with_table(max_flows, None, 1, &Default::default(), None, Some(kind))?;
+    let flow_maps = match kind {
+        TableKind::Hash => [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?],
+        TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],
+    };
+    let capacity = tables.slot_capacity().unwrap_or(0);
     let host = HostMeta::new("123456789012");
     let interfaces = [InterfaceMeta {
         ifindex: IFINDEX,
@@ -341,7 +412,10 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut rel = vec![];
     let mut batch = Vec::new();
     for _ in 0..windows {
-        fill(&flow_maps[current], n, v6)?;
+        match kind {
+            TableKind::Hash => fill(&flow_maps[current], n, v6)?,
+            TableKind::Slots => fill_slots(&flow_maps[current], capacity, n, v6)?,
+        }
         current = 1 - current;
 
         let sys0 = sys_cpu_ms();

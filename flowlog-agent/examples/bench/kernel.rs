@@ -12,6 +12,11 @@
 //! to whole ns). Driver and tail call are paid by all three programs alike,
 //! so they cancel out in "added over pass".
 //!
+//! Both flow tables in one run: `flowlog` is the agent's programs loaded
+//! with the slot table (the default where the kernel has compare-and-
+//! exchange), `hash` the same programs loaded a second time with the hash
+//! table (the default before 5.12), each with its own maps.
+//!
 //! Steady state: every flow is already in the table (a warm-up cycle first),
 //! as for all packets of a flow but its first in a window. "New flows": one
 //! cycle of 65,536 flows over an empty table, every packet inserts.
@@ -23,7 +28,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use flowlog_agent::{
-    capture::{Capture, EGRESS_PROGRAM, INGRESS_PROGRAM},
+    capture::{Capture, TableKind, EGRESS_PROGRAM, INGRESS_PROGRAM},
     drain::FlowTables,
 };
 use flowlog_common::FlowKey;
@@ -61,9 +66,11 @@ pub enum Prog {
     Pass = 0,
     Min = 1,
     Flowlog = 2,
+    /// The agent's programs with the hash table.
+    Hash = 3,
 }
 
-pub const PROGS: [Prog; 3] = [Prog::Pass, Prog::Min, Prog::Flowlog];
+pub const PROGS: [Prog; 4] = [Prog::Pass, Prog::Min, Prog::Flowlog, Prog::Hash];
 
 /// ns/packet of the three programs in one setting.
 #[derive(Clone, Copy, Debug, Default)]
@@ -71,6 +78,7 @@ pub struct Cost {
     pub pass: f64,
     pub min: f64,
     pub flowlog: f64,
+    pub hash: f64,
 }
 
 impl Cost {
@@ -79,11 +87,16 @@ impl Cost {
             Prog::Pass => self.pass = v,
             Prog::Min => self.min = v,
             Prog::Flowlog => self.flowlog = v,
+            Prog::Hash => self.hash = v,
         }
     }
     /// Added cost over `pass`, flowlog / min.
     pub fn net_ratio(&self) -> f64 {
         (self.flowlog - self.pass) / (self.min - self.pass)
+    }
+    /// The same for the hash table.
+    pub fn hash_net_ratio(&self) -> f64 {
+        (self.hash - self.pass) / (self.min - self.pass)
     }
 }
 
@@ -109,6 +122,8 @@ struct Harness {
     // Owns the agent's programs, which the tail-call arrays point to.
     prod: Capture,
     tables: FlowTables,
+    prod_hash: Capture,
+    hash_tables: FlowTables,
     bench: Ebpf,
     driver: Array<MapData, [u32; 4]>,
     min_flows: PerCpuHashMap<MapData, FlowKey, [u64; 2]>,
@@ -116,7 +131,7 @@ struct Harness {
     _xdp_targets: ProgramArray<MapData>,
     _tc_targets: ProgramArray<MapData>,
     /// Program runs since the tables were last emptied, per slot.
-    runs: [u64; 3],
+    runs: [u64; 4],
 }
 
 fn xdp(p: &mut Program) -> Result<&mut Xdp> {
@@ -133,7 +148,8 @@ impl Harness {
             "the benchmark programs were not built (FLOWLOG_EBPF_OBJECT embeds a prebuilt agent object only); \
              unset FLOWLOG_EBPF_OBJECT to build them"
         );
-        let (mut prod, tables) = Capture::load(MAX_FLOWS, None, 1, &Default::default(), None)?;
+        let (mut prod, tables) = Capture::load_with_table(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Slots))?;
+        let (mut prod_hash, hash_tables) = Capture::load_with_table(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
         let mut bench = EbpfLoader::new().load(BENCH_OBJECT).context("loading the benchmark object")?;
         for name in ["bench_xdp_pass", "bench_xdp_min", "bench_xdp_driver"] {
             xdp(bench.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?)?.load()?;
@@ -145,21 +161,28 @@ impl Harness {
         let mut tc_targets = ProgramArray::try_from(bench.take_map("TC_TARGETS").context("TC_TARGETS")?)?;
         xdp_targets.set(Prog::Pass as u32, xdp(bench.program_mut("bench_xdp_pass").unwrap())?.fd()?, 0)?;
         xdp_targets.set(Prog::Min as u32, xdp(bench.program_mut("bench_xdp_min").unwrap())?.fd()?, 0)?;
+        // XDP is verified on first use (Capture::xdp_program).
+        prod.xdp_program()?;
         xdp_targets.set(Prog::Flowlog as u32, xdp(prod.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap())?.fd()?, 0)?;
+        prod_hash.xdp_program()?;
+        xdp_targets.set(Prog::Hash as u32, xdp(prod_hash.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap())?.fd()?, 0)?;
         tc_targets.set(Prog::Pass as u32, tc(bench.program_mut("bench_tc_pass").unwrap())?.fd()?, 0)?;
         tc_targets.set(Prog::Min as u32, tc(bench.program_mut("bench_tc_min").unwrap())?.fd()?, 0)?;
         tc_targets.set(Prog::Flowlog as u32, tc(prod.ebpf_mut().program_mut(EGRESS_PROGRAM).unwrap())?.fd()?, 0)?;
+        tc_targets.set(Prog::Hash as u32, tc(prod_hash.ebpf_mut().program_mut(EGRESS_PROGRAM).unwrap())?.fd()?, 0)?;
         let driver = Array::try_from(bench.take_map("DRIVER").context("DRIVER")?)?;
         let min_flows = PerCpuHashMap::try_from(bench.take_map("MIN_FLOWS").context("MIN_FLOWS")?)?;
         Ok(Harness {
             prod,
             tables,
+            prod_hash,
+            hash_tables,
             bench,
             driver,
             min_flows,
             _xdp_targets: xdp_targets,
             _tc_targets: tc_targets,
-            runs: [0; 3],
+            runs: [0; 4],
         })
     }
 
@@ -203,21 +226,31 @@ impl Harness {
     /// check counted: exactly one packet per run, nothing lost. Returns the
     /// number of flows the agent's table held.
     fn check_and_clear(&mut self, family: Family, hook: Hook) -> Result<usize> {
-        let d = self.tables.rotate()?;
-        self.tables.release(&d)?;
-        let packets: u64 = d.flows.iter().map(|(_, s)| s.packets).sum();
-        ensure!(
-            d.fails.is_empty() && d.unattributed_failures == 0,
-            "flow table insert failures during the benchmark: {:?}",
-            d.fails
-        );
-        ensure!(
-            packets == self.runs[Prog::Flowlog as usize],
-            "{} {}: flowlog counted {packets} packets for {} runs",
-            family.name(),
-            hook.name(),
-            self.runs[Prog::Flowlog as usize]
-        );
+        let mut stored = 0;
+        for (prog, tables) in [(Prog::Flowlog, &mut self.tables), (Prog::Hash, &mut self.hash_tables)] {
+            let d = tables.rotate()?;
+            tables.release(&d)?;
+            let packets: u64 = d.flows.iter().map(|(_, s)| s.packets).sum();
+            ensure!(
+                d.fails.is_empty() && d.unattributed_failures == 0,
+                "flow table insert failures during the benchmark ({:?}): {:?}",
+                tables.kind(),
+                d.fails
+            );
+            ensure!(
+                packets == self.runs[prog as usize],
+                "{} {}: flowlog ({:?}) counted {packets} packets for {} runs",
+                family.name(),
+                hook.name(),
+                tables.kind(),
+                self.runs[prog as usize]
+            );
+            if prog == Prog::Flowlog {
+                stored = d.flows.len();
+            } else {
+                ensure!(d.flows.len() == stored, "the hash table holds {} flows, the slot table {stored}", d.flows.len());
+            }
+        }
         let keys: Vec<FlowKey> = self.min_flows.keys().collect::<Result<_, _>>()?;
         let mut min_packets = 0u64;
         for k in &keys {
@@ -229,8 +262,8 @@ impl Harness {
             "min program counted {min_packets} packets for {} runs",
             self.runs[Prog::Min as usize]
         );
-        self.runs = [0; 3];
-        Ok(d.flows.len())
+        self.runs = [0; 4];
+        Ok(stored)
     }
 }
 
@@ -257,7 +290,7 @@ pub fn run(rounds: usize) -> Result<Results> {
             eprintln!("    {} {}", family.name(), hook.name());
             // New flows: each sample over empty tables.
             let n = MAX_FLOWS as usize;
-            let mut samples: [Vec<f64>; 3] = Default::default();
+            let mut samples: [Vec<f64>; 4] = Default::default();
             for _ in 0..rounds.min(5) {
                 for p in PROGS {
                     samples[p as usize].push(h.run(hook, family, p, n, n)?);
@@ -278,7 +311,7 @@ pub fn run(rounds: usize) -> Result<Results> {
                 for p in PROGS {
                     h.run(hook, family, p, flows, repeat)?;
                 }
-                let mut samples: [Vec<f64>; 3] = Default::default();
+                let mut samples: [Vec<f64>; 4] = Default::default();
                 // Rounds interleave the programs, so a change of machine load
                 // hits all three alike.
                 for _ in 0..rounds {

@@ -129,21 +129,29 @@ fn print_kernel(r: &kernel::Results) {
          (its per-run overhead included).\n",
         r.driver_overhead_ns[0], r.driver_overhead_ns[1]
     );
-    println!("| hook | family | flows | pass | min | flowlog | min added | flowlog added | added ratio | test_run ratio |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "`slots` is the agent's programs with the slot table (the default from Linux 5.12), `hash` the same programs \
+         with the hash table (before 5.12), loaded side by side with their own maps. \"vs hash\" = slots added / hash added.\n"
+    );
+    println!("| hook | family | flows | pass | min | hash | slots | min added | hash added | slots added | slots vs hash | hash / min | slots / min | slots test_run ratio |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.rows {
         let c = row.cost;
         let driver = r.driver_overhead_ns[if row.hook == kernel::Hook::Xdp { 0 } else { 1 }];
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× | {:.2}× |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
             row.hook.name(),
             row.family.name(),
             row.flows,
             c.pass,
             c.min,
+            c.hash,
             c.flowlog,
             c.min - c.pass,
+            c.hash - c.pass,
             c.flowlog - c.pass,
+            (c.flowlog - c.pass) / (c.hash - c.pass),
+            c.hash_net_ratio(),
             c.net_ratio(),
             (c.flowlog - driver) / (c.min - driver)
         );

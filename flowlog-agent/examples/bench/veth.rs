@@ -35,7 +35,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use flowlog_agent::{
-    capture::{Capture, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
+    capture::{Capture, TableKind, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
     drain::FlowTables,
 };
 use flowlog_common::direction;
@@ -59,6 +59,8 @@ pub enum Config {
     FlowlogXdp,
     PassTc,
     FlowlogTc,
+    /// The default attachment, with the hash flow table (kernels before 5.12).
+    FlowlogTcHash,
 }
 
 impl Config {
@@ -68,15 +70,17 @@ impl Config {
             Config::PassXdp => "pass-only: XDP on b, TC egress on a",
             Config::FlowlogXdp => "flowlog with `--ingress-hook xdp`: XDP ingress on b, TC egress on a",
             Config::PassTc => "pass-only: TC ingress on b, TC egress on a",
-            Config::FlowlogTc => "**flowlog as attached by default on veths: TC ingress on b, TC egress on a**",
+            Config::FlowlogTc => "**flowlog as attached by default on veths: TC ingress on b, TC egress on a** (slot table)",
+            Config::FlowlogTcHash => "the same with the hash table (the default before Linux 5.12)",
         }
     }
     fn agent(self) -> bool {
-        matches!(self, Config::FlowlogXdp | Config::FlowlogTc)
+        matches!(self, Config::FlowlogXdp | Config::FlowlogTc | Config::FlowlogTcHash)
     }
 }
 
-const CONFIGS: [Config; 5] = [Config::None, Config::PassXdp, Config::FlowlogXdp, Config::PassTc, Config::FlowlogTc];
+const CONFIGS: [Config; 6] =
+    [Config::None, Config::PassXdp, Config::FlowlogXdp, Config::PassTc, Config::FlowlogTc, Config::FlowlogTcHash];
 
 pub struct Row {
     pub config: Config,
@@ -266,7 +270,7 @@ fn attach(c: Config, agent: &mut Ebpf, bench: &mut Ebpf, t: &Topo, b_idx: u32) -
             attach_xdp(ebpf, xdp_prog, &t.b, b_idx, &mut att)?;
             attach_tc(ebpf, tc_prog, &t.a, &t.a_if, TcAttachType::Egress, &mut att)?;
         }
-        Config::PassTc | Config::FlowlogTc => {
+        Config::PassTc | Config::FlowlogTc | Config::FlowlogTcHash => {
             attach_tc(ebpf, tc_in_prog, &t.b, &t.b_if, TcAttachType::Ingress, &mut att)?;
             attach_tc(ebpf, tc_prog, &t.a, &t.a_if, TcAttachType::Egress, &mut att)?;
         }
@@ -344,8 +348,14 @@ fn sample(t: &Topo, frames: &Arc<Vec<Vec<u8>>>, senders: usize, secs: f64) -> Re
 
 pub fn run(rounds: usize, secs: f64) -> Result<Results> {
     let senders = nproc();
-    let (mut capture, mut tables): (Capture, FlowTables) = Capture::load(65_536, None, 1, &Default::default(), None)?;
+    let (mut capture, mut tables): (Capture, FlowTables) =
+        Capture::load_with_table(65_536, None, 1, &Default::default(), None, Some(TableKind::Slots))?;
+    let (mut capture_hash, mut tables_hash): (Capture, FlowTables) =
+        Capture::load_with_table(65_536, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
     ensure!(!BENCH_OBJECT.is_empty(), "the benchmark programs were not built (FLOWLOG_EBPF_OBJECT is set)");
+    // XDP is verified on first use (Capture::xdp_program).
+    capture.xdp_program()?;
+    capture_hash.xdp_program()?;
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
     let p: &mut Xdp = bench.program_mut("bench_xdp_pass").unwrap().try_into()?;
     p.load()?;
@@ -365,17 +375,21 @@ pub fn run(rounds: usize, secs: f64) -> Result<Results> {
     // Start from empty tables.
     let d = tables.rotate()?;
     tables.release(&d)?;
+    let d = tables_hash.rotate()?;
+    tables_hash.release(&d)?;
     for round in 0..rounds {
         // Configurations interleave, so a change of machine load hits all alike.
         for (i, c) in CONFIGS.into_iter().enumerate() {
             eprintln!("    round {}/{rounds}: {}", round + 1, c.name());
             let before_b = if_counters(&t.b, &t.b_if)?;
             let before_a = if_counters(&t.a, &t.a_if)?;
-            let att = attach(c, capture.ebpf_mut(), &mut bench, &t, b_idx)?;
+            let (agent, tables) =
+                if c == Config::FlowlogTcHash { (&mut capture_hash, &mut tables_hash) } else { (&mut capture, &mut tables) };
+            let att = attach(c, agent.ebpf_mut(), &mut bench, &t, b_idx)?;
             let res = sample(&t, &frames, senders, secs);
             // Let the last packets in flight through before detaching.
             thread::sleep(Duration::from_millis(100));
-            detach(c, capture.ebpf_mut(), &mut bench, att)?;
+            detach(c, agent.ebpf_mut(), &mut bench, att)?;
             let (rate, cost) = res?;
             rates[i].push(rate);
             costs[i].push(cost);
@@ -474,6 +488,7 @@ fn tcp_sample(t: &Topo, secs: f64) -> Result<f64> {
 
 pub fn run_tcp(rounds: usize, secs: f64) -> Result<Vec<TcpRow>> {
     let (mut capture, mut tables): (Capture, FlowTables) = Capture::load(65_536, None, 1, &Default::default(), None)?;
+    capture.xdp_program()?;
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
     let t = Topo::new(nproc(), "t")?;
     sh(&["ip", "-n", &t.a, "addr", "add", &format!("{TCP_A}/24"), "dev", &t.a_if])?;

@@ -39,10 +39,14 @@ use ipnet::IpNet;
 use crate::drain::FlowTables;
 use links::LinkInfo;
 use probe::KernelFeatures;
+pub use probe::TableKind;
 use reject::DropSetup;
 
 /// The kernel programs, built from `flowlog-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog.bpf.o"));
+/// The same programs with the slot flow table (Linux 5.12+); empty when the
+/// build embedded a prebuilt object (`FLOWLOG_EBPF_OBJECT`): hash table only.
+pub static EBPF_SLOTS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog-slots.bpf.o"));
 
 pub const INGRESS_PROGRAM: &str = "flowlog_ingress";
 pub const EGRESS_PROGRAM: &str = "flowlog_egress";
@@ -233,6 +237,7 @@ pub struct Capture {
     /// The drop program (REJECT), when enabled: its link and namespace.
     drops: Option<(Hold, u32)>,
     features: KernelFeatures,
+    table: TableKind,
 }
 
 /// Capabilities the agent needs, by bit number (linux/capability.h).
@@ -296,6 +301,20 @@ impl Capture {
         filters: &KernelFilters,
         drops: Option<&DropSetup>,
     ) -> Result<(Capture, FlowTables)> {
+        Self::load_with_table(max_flows, pin_root, sample_rate, filters, drops, None)
+    }
+
+    /// [`Capture::load`] with the flow table chosen by the caller (tests and
+    /// benchmarks run both on one kernel); `None`: the best this kernel
+    /// takes ([`TableKind::choose`]).
+    pub fn load_with_table(
+        max_flows: u32,
+        pin_root: Option<&Path>,
+        sample_rate: u32,
+        filters: &KernelFilters,
+        drops: Option<&DropSetup>,
+        table: Option<TableKind>,
+    ) -> Result<(Capture, FlowTables)> {
         check_privileges()?;
         // Kernels < 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
         let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
@@ -303,17 +322,38 @@ impl Capture {
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
         let features = probe::detect()?;
-        probe::log(&features, drops.is_some());
-        let (pin_dir, pin_lock) = match pin_root.map(|r| prepare_pin_dir(r, max_flows)).transpose()? {
+        let kind = match table {
+            Some(TableKind::Slots) if !features.slot_atomics => {
+                anyhow::bail!("the slot flow table needs BPF compare-and-exchange (Linux 5.12; arm64 JIT 5.18)")
+            }
+            Some(TableKind::Slots) if EBPF_SLOTS_OBJECT.is_empty() => {
+                anyhow::bail!("this build has no slot-table object (built with FLOWLOG_EBPF_OBJECT)")
+            }
+            Some(k) => k,
+            None if EBPF_SLOTS_OBJECT.is_empty() => TableKind::Hash,
+            None => TableKind::choose(&features)?,
+        };
+        probe::log(&features, kind, drops.is_some());
+        let (pin_dir, pin_lock) = match pin_root.map(|r| prepare_pin_dir(r, max_flows, kind)).transpose()? {
             Some((d, l)) => (Some(d), Some(l)),
             None => (None, None),
         };
         let mut loader = EbpfLoader::new();
         let filter_bits = filters.bits();
         let coarse_clock = u32::from(features.coarse_clock);
+        // The table not used gets one entry (maps cannot be left out of a load).
+        let slots = flowlog_common::slot_capacity(max_flows);
+        let (hash_entries, slot_entries) = match kind {
+            TableKind::Hash => (max_flows, 1),
+            TableKind::Slots => (1, slots),
+        };
+        let slot_mask = slot_entries - 1;
         loader
-            .map_max_entries(maps::FLOWS_0, max_flows)
-            .map_max_entries(maps::FLOWS_1, max_flows)
+            .map_max_entries(maps::FLOWS_0, hash_entries)
+            .map_max_entries(maps::FLOWS_1, hash_entries)
+            .map_max_entries(maps::SLOTS_0, slot_entries)
+            .map_max_entries(maps::SLOTS_1, slot_entries)
+            .override_global(globals::SLOT_MASK, &slot_mask, true)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
             .override_global(globals::FILTERS, &filter_bits, true)
             .override_global(globals::COARSE_CLOCK, &coarse_clock, true);
@@ -328,9 +368,13 @@ impl Capture {
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(explain_load)?;
+        let object = match kind {
+            TableKind::Hash => EBPF_OBJECT,
+            TableKind::Slots => EBPF_SLOTS_OBJECT,
+        };
+        let mut ebpf = loader.load(object).map_err(explain_load)?;
         fill_filters(&mut ebpf, filters)?;
-        let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH)?;
+        let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH, kind, slot_entries)?;
         // The Ethernet TC programs go on every interface: verified now, so a
         // kernel that refuses them stops the agent at once. XDP and the
         // IP-header programs are verified when an interface first needs them
@@ -341,7 +385,7 @@ impl Capture {
             tc.load().map_err(verifier)?;
         }
         let mut capture =
-            Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features };
+            Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features, table: kind };
         if let Some(d) = drops {
             match capture.attach_drops(d) {
                 Ok(()) => {}
@@ -389,6 +433,11 @@ impl Capture {
     /// What [`probe::detect`] found on this kernel.
     pub fn features(&self) -> KernelFeatures {
         self.features
+    }
+
+    /// The flow table the programs write.
+    pub fn table(&self) -> TableKind {
+        self.table
     }
 
     pub fn set_ingress_hook(&mut self, hook: IngressHook) {
@@ -628,9 +677,12 @@ fn reuse(path: &Path) -> Option<FdLink> {
     }
 }
 
-const ALL_MAPS: [&str; 10] = [
+const ALL_MAPS: [&str; 13] = [
     maps::FLOWS_0,
     maps::FLOWS_1,
+    maps::SLOTS_0,
+    maps::SLOTS_1,
+    maps::SLOT_CLOCK,
     maps::FAILS_0,
     maps::FAILS_1,
     maps::GENERATION,
@@ -649,9 +701,10 @@ fn is_bpffs(p: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
-/// Makes `<root>/v<layout>-<max_flows>` on a BPF filesystem (mounting
-/// /sys/fs/bpf when it is not), and removes pinned state of any other layout.
-fn prepare_pin_dir(root: &Path, max_flows: u32) -> Result<(PathBuf, fs::File)> {
+/// Makes `<root>/v<layout>-<max_flows>[-slots]` on a BPF filesystem (mounting
+/// /sys/fs/bpf when it is not), and removes pinned state of any other layout
+/// (a kernel upgrade that brings the slot table is one: the next start is clean).
+fn prepare_pin_dir(root: &Path, max_flows: u32, kind: TableKind) -> Result<(PathBuf, fs::File)> {
     let fs_root = Path::new("/sys/fs/bpf");
     if root.starts_with(fs_root) && !is_bpffs(fs_root) {
         let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
@@ -670,7 +723,7 @@ fn prepare_pin_dir(root: &Path, max_flows: u32) -> Result<(PathBuf, fs::File)> {
         anyhow::bail!("{} is not on a BPF filesystem: choose a --pin-dir under a bpffs mount (/sys/fs/bpf)", root.display());
     }
     let lock = lock_dir(root)?;
-    let name = format!("v{}-{}", flowlog_common::MAP_LAYOUT_VERSION, max_flows);
+    let name = pin_dir_name(max_flows, kind);
     for entry in fs::read_dir(root)?.flatten() {
         if entry.file_name() != name.as_str() {
             tracing::warn!(
@@ -685,6 +738,14 @@ fn prepare_pin_dir(root: &Path, max_flows: u32) -> Result<(PathBuf, fs::File)> {
     let dir = root.join(name);
     fs::create_dir_all(dir.join("links"))?;
     Ok((dir, lock))
+}
+
+/// The pin directory of a layout, `--max-flows` and flow table.
+pub fn pin_dir_name(max_flows: u32, kind: TableKind) -> String {
+    match kind {
+        TableKind::Hash => format!("v{}-{}", flowlog_common::MAP_LAYOUT_VERSION, max_flows),
+        TableKind::Slots => format!("v{}-{}-slots", flowlog_common::MAP_LAYOUT_VERSION, max_flows),
+    }
 }
 
 /// Two agents on one pin directory would flip and empty each other's tables

@@ -13,6 +13,12 @@
 //! capture programs. Only the REJECT drop program uses fetch-add, and it
 //! needs `enum skb_drop_reason` (5.17) anyway, checked in [`super::reject`].
 //!
+//! The flow table: the slot table ([`flowlog_common::table::SLOTS`]) needs
+//! BPF compare-and-exchange and atomic OR (5.12 on x86-64, 5.18 in the arm64
+//! JIT), probed by loading a tiny program that uses both; without them the
+//! hash table of every kernel. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the
+//! choice (benchmarks, tests of both on one kernel).
+//!
 //! Optional: `bpf_ktime_get_coarse_ns` (5.11; else `bpf_ktime_get_ns`, the
 //! same CLOCK_MONOTONIC at a higher cost per packet) and TCX (6.6; else a
 //! clsact qdisc).
@@ -36,6 +42,38 @@ pub struct KernelFeatures {
     pub coarse_clock: bool,
     /// TC programs attach through TCX links rather than a clsact qdisc.
     pub tcx: bool,
+    /// The kernel (and its JIT) takes BPF compare-and-exchange and atomic OR:
+    /// the slot table can be used.
+    pub slot_atomics: bool,
+}
+
+/// Which flow table the programs write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    /// `BPF_MAP_TYPE_HASH` per generation (every kernel).
+    Hash,
+    /// Open addressing in an mmap-able array per generation (5.12+).
+    Slots,
+}
+
+impl TableKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TableKind::Hash => "hash",
+            TableKind::Slots => "slots",
+        }
+    }
+
+    /// The best table this kernel takes, unless `FLOWLOG_FLOW_TABLE` says.
+    pub fn choose(f: &KernelFeatures) -> Result<TableKind> {
+        match std::env::var("FLOWLOG_FLOW_TABLE").as_deref() {
+            Ok("hash") => Ok(TableKind::Hash),
+            Ok("slots") if f.slot_atomics => Ok(TableKind::Slots),
+            Ok("slots") => bail!("FLOWLOG_FLOW_TABLE=slots: this kernel ({}) lacks BPF compare-and-exchange (Linux 5.12; arm64 JIT 5.18)", release()),
+            Ok("auto") | Ok("") | Err(_) => Ok(if f.slot_atomics { TableKind::Slots } else { TableKind::Hash }),
+            Ok(other) => bail!("FLOWLOG_FLOW_TABLE={other}: hash, slots or auto"),
+        }
+    }
 }
 
 /// TCX arrived in 6.6; aya attaches through it from there on.
@@ -96,17 +134,37 @@ pub fn detect() -> Result<KernelFeatures> {
         }
     };
     let coarse_clock = coarse(ProgramType::Xdp) && coarse(ProgramType::SchedClassifier);
-    Ok(KernelFeatures { coarse_clock, tcx: tcx_available() })
+    // *(u64 *)(r10 - 8) = 0; r0 = 0; r1 = 1;
+    // r0 = cmpxchg((u64 *)(r10 - 8), r0, r1); lock *(u64 *)(r10 - 8) |= r1; r0 = 0; exit
+    let atomics = [
+        0x0000_0000_0000_01b7u64,
+        0x0000_0000_fff8_1a7b,
+        0x0000_0000_0000_00b7,
+        0x0000_0001_0000_01b7,
+        0x0000_00f1_fff8_1adb,
+        0x0000_0040_fff8_1adb,
+        0x0000_0000_0000_00b7,
+        0x95,
+    ];
+    let slot_atomics = match sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &atomics) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!("probing BPF compare-and-exchange: {e}; using the hash flow table");
+            false
+        }
+    };
+    Ok(KernelFeatures { coarse_clock, tcx: tcx_available(), slot_atomics })
 }
 
 /// One line of what was found, logged once at startup.
-pub fn log(f: &KernelFeatures, reject: bool) {
+pub fn log(f: &KernelFeatures, table: TableKind, reject: bool) {
     let yn = |b: bool| if b { "yes" } else { "no" };
     tracing::info!(
         kernel = %release(),
         coarse_clock = yn(f.coarse_clock),
         tcx = yn(f.tcx),
+        flow_table = table.name(),
         reject = yn(reject),
-        "kernel features (coarse clock: Linux 5.11, TCX: 6.6, REJECT: 5.17 with BTF)"
+        "kernel features (coarse clock: Linux 5.11, TCX: 6.6, slot flow table: 5.12 (arm64 5.18), REJECT: 5.17 with BTF)"
     );
 }

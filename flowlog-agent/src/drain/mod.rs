@@ -10,6 +10,12 @@
 //! ([`FlowTables::release`]). An agent killed between reading and releasing
 //! leaves the entries in place, and the next agent reports them (at worst a
 //! window reported twice, never lost).
+//!
+//! Two kinds of table ([`TableKind`]): the hash table is read with batched
+//! `bpf()` lookups and emptied by deleting the keys read; the slot table is
+//! read straight from an `mmap` of the array (no syscall per flow), its
+//! duplicate slots of one flow (racing inserts) added together, and emptied
+//! by zeroing the slots read, through the mapping again.
 
 pub mod clock;
 pub mod sys;
@@ -21,7 +27,9 @@ use aya::{
     maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
-use flowlog_common::{counters, maps, FlowKey, FlowStats, InsertFailures, RejectKey, GENERATION_GRACE};
+use flowlog_common::{counters, maps, FlowKey, FlowSlot, FlowStats, InsertFailures, RejectKey, GENERATION_GRACE, SLOT_PROBES};
+
+use crate::capture::probe::TableKind;
 
 
 /// Everything one window counted.
@@ -68,6 +76,8 @@ impl Drained {
 struct Read {
     generation: u32,
     flow_keys: Vec<FlowKey>,
+    /// Slot table: the indexes of the slots read (ascending), zeroed on release.
+    slots: Vec<u32>,
     reject_keys: Vec<RejectKey>,
     fail_keys: Vec<u32>,
     unattributed: bool,
@@ -86,8 +96,19 @@ pub struct KernelCounters {
     pub reject_unparsed: u64,
 }
 
+/// The flow tables of both generations.
+enum Flows {
+    Hash([HashMap<MapData, FlowKey, FlowStats>; 2]),
+    /// Read and zeroed through mmap: no syscall per flow.
+    Slots { tables: [Array<MapData, FlowSlot>; 2], capacity: u32, clock: Array<MapData, u64> },
+}
+
+/// Slots mapped at a time while reading or zeroing (4 MiB): the agent's
+/// resident memory grows by one chunk, not by the table.
+const CHUNK_SLOTS: usize = 65_536;
+
 pub struct FlowTables {
-    flows: [HashMap<MapData, FlowKey, FlowStats>; 2],
+    flows: Flows,
     fails: [HashMap<MapData, u32, InsertFailures>; 2],
     rejects: [HashMap<MapData, RejectKey, FlowStats>; 2],
     generation: Array<MapData, u32>,
@@ -110,7 +131,7 @@ impl FlowTables {
     /// window starts now in generation 0; with maps reused from a previous
     /// agent (pinned), it goes on in the generation and window that agent
     /// left.
-    pub fn new(ebpf: &mut Ebpf, batch: usize) -> Result<Self> {
+    pub fn new(ebpf: &mut Ebpf, batch: usize, kind: TableKind, capacity: u32) -> Result<Self> {
         let mut generation: Array<MapData, u32> = take(ebpf, maps::GENERATION)?;
         let current = generation.get(&0, 0).context("reading the generation")? & 1;
         let last_flip = generation.get(&1, 0).context("reading the generation")? as u64;
@@ -131,8 +152,19 @@ impl FlowTables {
             generation.set(0, current, 0).context("resetting the generation")?;
         }
         barrier.wait().context("waiting for running programs (synchronize_rcu)")?;
+        let flows = match kind {
+            TableKind::Hash => Flows::Hash([take(ebpf, maps::FLOWS_0)?, take(ebpf, maps::FLOWS_1)?]),
+            TableKind::Slots => {
+                let mut clock: Array<MapData, u64> = take(ebpf, maps::SLOT_CLOCK)?;
+                // Fresh maps: the open window's slot times count from now.
+                if clock.get(&current, 0).context("reading the slot clock")? == 0 {
+                    clock.set(current, slot_base(window_start_unix_ns), 0).context("setting the slot clock")?;
+                }
+                Flows::Slots { tables: [take(ebpf, maps::SLOTS_0)?, take(ebpf, maps::SLOTS_1)?], capacity, clock }
+            }
+        };
         Ok(FlowTables {
-            flows: [take(ebpf, maps::FLOWS_0)?, take(ebpf, maps::FLOWS_1)?],
+            flows,
             fails: [take(ebpf, maps::FAILS_0)?, take(ebpf, maps::FAILS_1)?],
             rejects: [take(ebpf, maps::REJECTS_0)?, take(ebpf, maps::REJECTS_1)?],
             generation,
@@ -142,6 +174,22 @@ impl FlowTables {
             window_start_unix_ns,
             batch,
         })
+    }
+
+    /// The flow table behind these tables.
+    pub fn kind(&self) -> TableKind {
+        match self.flows {
+            Flows::Hash(_) => TableKind::Hash,
+            Flows::Slots { .. } => TableKind::Slots,
+        }
+    }
+
+    /// Slots per generation (slot table), else `None`.
+    pub fn slot_capacity(&self) -> Option<u32> {
+        match self.flows {
+            Flows::Hash(_) => None,
+            Flows::Slots { capacity, .. } => Some(capacity),
+        }
     }
 
     /// Entries a previous agent read but did not release (it died while
@@ -193,7 +241,12 @@ impl FlowTables {
     pub fn release(&mut self, d: &Drained) -> Result<()> {
         for r in &d.read {
             let g = r.generation as usize;
-            sys::delete_keys(self.flows[g].map().fd().as_fd(), &r.flow_keys).context("emptying the flow table")?;
+            match &self.flows {
+                Flows::Hash(t) => sys::delete_keys(t[g].map().fd().as_fd(), &r.flow_keys).context("emptying the flow table")?,
+                Flows::Slots { tables, capacity, .. } => {
+                    zero_slots(tables[g].map().fd().as_fd(), *capacity, &r.slots).context("emptying the slot table")?
+                }
+            }
             sys::delete_keys(self.rejects[g].map().fd().as_fd(), &r.reject_keys).context("emptying the REJECT table")?;
             sys::delete_keys(self.fails[g].map().fd().as_fd(), &r.fail_keys).context("emptying the failure table")?;
             if r.unattributed {
@@ -213,6 +266,9 @@ impl FlowTables {
         let new = 1 - old;
         // Noted before the flip: packets of the next window are stamped later.
         let next_start = clock::unix_ns();
+        if let Flows::Slots { clock, .. } = &mut self.flows {
+            clock.set(new, slot_base(next_start), 0).context("setting the slot clock")?;
+        }
         // The drop program may still take ACCEPT counts back from the old
         // generation until the second barrier (see `reject`).
         self.generation.set(GENERATION_GRACE, old + 1, 0).context("switching generation")?;
@@ -228,7 +284,14 @@ impl FlowTables {
     fn read_generation(&mut self, g: u32, window_start_unix_ns: u64, window_end_unix_ns: u64) -> Result<Drained> {
         let i = g as usize;
         let mut flows = Vec::new();
-        sys::lookup_all(self.flows[i].map().fd().as_fd(), self.batch, &mut flows).context("reading the flow table")?;
+        let mut slots = Vec::new();
+        match &self.flows {
+            Flows::Hash(t) => sys::lookup_all(t[i].map().fd().as_fd(), self.batch, &mut flows).context("reading the flow table")?,
+            Flows::Slots { tables, capacity, clock } => {
+                let base = clock.get(&g, 0).context("reading the slot clock")?;
+                read_slots(tables[i].map().fd().as_fd(), *capacity, base, &mut flows, &mut slots).context("reading the slot table")?;
+            }
+        }
         let mut fails = Vec::new();
         sys::lookup_all(self.fails[i].map().fd().as_fd(), 1024, &mut fails).context("reading the failure table")?;
         let mut rejects = Vec::new();
@@ -236,7 +299,8 @@ impl FlowTables {
         let unattributed: u64 = self.counters.get(&unattributed_index(g), 0).context("reading counters")?.iter().sum();
         let read = Read {
             generation: g,
-            flow_keys: flows.iter().map(|f: &(FlowKey, FlowStats)| f.0).collect(),
+            flow_keys: if slots.is_empty() { flows.iter().map(|f: &(FlowKey, FlowStats)| f.0).collect() } else { vec![] },
+            slots,
             reject_keys: rejects.iter().map(|f: &(RejectKey, FlowStats)| f.0).collect(),
             fail_keys: fails.iter().map(|f: &(u32, InsertFailures)| f.0).collect(),
             unattributed: unattributed > 0,
@@ -266,6 +330,103 @@ impl FlowTables {
     }
 }
 
+/// CLOCK_MONOTONIC ns of the Unix second that holds `unix_ns`' instant (or
+/// began just before it): slot times count whole seconds from there, so they
+/// are whole Unix seconds too.
+fn slot_base(unix_ns: u64) -> u64 {
+    let off = clock::kernel_to_unix_offset_ns();
+    let mono = unix_ns as i128 - off;
+    (mono - (unix_ns % NS) as i128).max(1) as u64
+}
+
+/// Reads every published slot of a quiescent table; duplicate slots of one
+/// flow (two CPUs inserted it at once) are added together.
+fn read_slots(fd: std::os::fd::BorrowedFd<'_>, capacity: u32, base: u64, out: &mut Vec<(FlowKey, FlowStats)>, idx: &mut Vec<u32>) -> std::io::Result<()> {
+    let cap = capacity as usize;
+    let first = out.len();
+    let mut dups = Vec::new();
+    let mut start = 0;
+    // Half a second into the slot's second: the Unix second survives the
+    // µs between this offset and the one the window is converted with.
+    let ns = |sec: u16| base + sec as u64 * NS + NS / 2;
+    while start < cap {
+        let n = CHUNK_SLOTS.min(cap - start);
+        let m = sys::Mapping::new(fd, start * 64, n * 64)?;
+        // SAFETY: n slots of plain data, mapped and 64-aligned; no program
+        // writes this generation any more (RCU barrier).
+        let slots = unsafe { std::slice::from_raw_parts(m.as_ptr() as *const FlowSlot, n) };
+        for (j, s) in slots.iter().enumerate() {
+            // Claimed but never published cannot happen once quiescent (a
+            // program publishes before it returns): skipped, like empty.
+            if s.state == 0 || s.state == FlowSlot::CLAIMED {
+                continue;
+            }
+            if s.flags & FlowSlot::MAYBE_DUP != 0 {
+                dups.push(out.len());
+            }
+            idx.push((start + j) as u32);
+            let st = FlowStats {
+                packets: s.packets,
+                bytes: s.bytes,
+                first_seen_ns: ns(s.first_sec),
+                last_seen_ns: ns(s.last_sec),
+                tcp_flags: s.tcp_flags(),
+                _pad: 0,
+            };
+            out.push((s.key(), st));
+        }
+        start += n;
+    }
+    if dups.is_empty() {
+        return Ok(());
+    }
+    // A twin sits between the flow's home slot and the marked one.
+    let mask = capacity - 1;
+    let mut gone = Vec::new();
+    for &p in &dups {
+        let (key, st) = out[p];
+        let at = idx[p - first];
+        let mut i = FlowSlot::of_key(&key).home(mask);
+        for _ in 0..SLOT_PROBES {
+            if i == at {
+                break;
+            }
+            if let Ok(q) = idx.binary_search(&i) {
+                let q = first + q;
+                if out[q].0 == key && !gone.contains(&q) {
+                    out[q].1.absorb(&st);
+                    gone.push(p);
+                    break;
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+    gone.sort_unstable();
+    for p in gone.into_iter().rev() {
+        out.remove(p);
+    }
+    Ok(())
+}
+
+/// Zeroes the slots read (indexes ascending), once their records are safe.
+fn zero_slots(fd: std::os::fd::BorrowedFd<'_>, capacity: u32, idx: &[u32]) -> std::io::Result<()> {
+    let cap = capacity as usize;
+    let mut rest = idx;
+    while let Some(&first) = rest.first() {
+        let start = first as usize / CHUNK_SLOTS * CHUNK_SLOTS;
+        let n = CHUNK_SLOTS.min(cap - start);
+        let end = rest.partition_point(|&i| (i as usize) < start + n);
+        let m = sys::Mapping::new(fd, start * 64, n * 64)?;
+        for &i in &rest[..end] {
+            // SAFETY: inside the mapping; no program writes this generation.
+            unsafe { std::ptr::write_bytes(m.as_ptr().add((i as usize - start) * 64), 0, 64) };
+        }
+        rest = &rest[end..];
+    }
+    Ok(())
+}
+
 fn unattributed_index(g: u32) -> u32 {
     if g == 0 {
         counters::UNATTRIBUTED_FAILS_0
@@ -291,4 +452,72 @@ fn merge_fails(v: Vec<(u32, InsertFailures)>) -> Vec<(u32, InsertFailures)> {
         e.bytes += s.bytes;
     }
     m.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    use flowlog_common::{FlowKey, FlowSlot};
+
+    use super::{read_slots, zero_slots};
+
+    /// A file standing in for an mmap-able array: the drain maps both alike.
+    fn table(slots: &[(u32, FlowSlot)], capacity: u32) -> OwnedFd {
+        // SAFETY: plain memfd_create; the fd is new and owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"slots".as_ptr(), 0)) };
+        let mut bytes = vec![0u8; capacity as usize * 64];
+        for (i, s) in slots {
+            // SAFETY: FlowSlot is 64 bytes of plain data.
+            let b: [u8; 64] = unsafe { std::mem::transmute(*s) };
+            bytes[*i as usize * 64..][..64].copy_from_slice(&b);
+        }
+        std::fs::write(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)), &bytes).unwrap();
+        fd
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey { ifindex: 3, src_addr: [1; 16], dst_addr: [2; 16], src_port: port, dst_port: 80, protocol: 6, direction: 0, family: 6, _pad: 0 }
+    }
+
+    fn slot(k: &FlowKey, packets: u64, flags: u8) -> FlowSlot {
+        FlowSlot { packets, bytes: packets * 100, flags, first_sec: 2, last_sec: 5, ..FlowSlot::of_key(k) }
+    }
+
+    /// Two slots of one flow (racing inserts): the marked one is added to
+    /// its twin nearer the home slot; other flows, and a marked slot without
+    /// a twin, stay as they are; claimed slots are never read.
+    #[test]
+    fn duplicate_slots_are_merged_and_zeroed() {
+        let cap = 64u32;
+        let (a, b, c) = (key(1), key(2), key(3));
+        let home = FlowSlot::of_key(&a).home(cap - 1);
+        let at = |d: u32| (home + d) & (cap - 1);
+        let claimed = FlowSlot { state: FlowSlot::CLAIMED, ..FlowSlot::of_key(&c) };
+        let slots = [
+            (at(0), slot(&a, 10, FlowSlot::SYN)),
+            (at(1), slot(&b, 4, FlowSlot::MAYBE_DUP)),
+            (at(2), slot(&a, 1, FlowSlot::MAYBE_DUP | FlowSlot::FIN)),
+            (at(3), claimed),
+        ];
+        let fd = table(&slots, cap);
+        let (mut out, mut idx) = (Vec::new(), Vec::new());
+        read_slots(fd.as_fd(), cap, 1_000_000_000, &mut out, &mut idx).unwrap();
+        out.sort_by_key(|f| f.0);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[0].0, out[0].1.packets, out[0].1.bytes), (a, 11, 1100));
+        assert_eq!((out[0].1.tcp_flags.syn, out[0].1.tcp_flags.fin), (1, 1));
+        assert_eq!((out[1].0, out[1].1.packets), (b, 4));
+        // Half a second into the second, from the window's base.
+        assert_eq!(out[0].1.first_seen_ns, 1_000_000_000 + 2_500_000_000);
+        let mut want: Vec<u32> = vec![at(0), at(1), at(2)];
+        want.sort();
+        assert_eq!(idx, want);
+        zero_slots(fd.as_fd(), cap, &idx).unwrap();
+        let bytes = std::fs::read(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))).unwrap();
+        for i in 0..cap {
+            let zero = bytes[i as usize * 64..][..64].iter().all(|&b| b == 0);
+            assert_eq!(zero, i != at(3), "slot {i}");
+        }
+    }
 }

@@ -125,7 +125,8 @@ pub fn program_loads(prog_type: u32, insns: &[u64]) -> io::Result<bool> {
             drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
             Ok(true)
         }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES)) => Ok(false),
+        // ENOTSUPP (524): the JIT cannot translate it (arm64 atomics before 5.18).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES | 524)) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -193,5 +194,46 @@ fn batch<K: Copy, V: Copy>(cmd: libc::c_long, map: BorrowedFd<'_>, chunk: usize,
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => chunk *= 2,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A shared, writable mapping of part of a `BPF_F_MMAPABLE` array (the
+/// kernel maps the array's values from file offset 0).
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    /// Bytes `[offset, offset + len)` of the array's values; `offset` a
+    /// multiple of the page size.
+    pub fn new(map: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh shared mapping of the fd; checked for failure.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.as_raw_fd(), offset as libc::off_t)
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr: ptr as *mut u8, len })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
     }
 }

@@ -82,11 +82,13 @@ pub struct OutputReason {
 }
 
 /// What runs: the agent's version, the kernel object it loaded (first 16
-/// hex digits of its SHA-256) and the kernel release.
+/// hex digits of its SHA-256), the flow table that object has (`hash` or
+/// `slots`, chosen by the kernel's features) and the kernel release.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
     pub ebpf_object: String,
+    pub flow_table: String,
     pub kernel: String,
 }
 
@@ -114,6 +116,7 @@ pub struct Metrics {
     spool_oldest_age: Gauge,
     last_success: Family<OutputLabel, Gauge>,
     errors: Family<OutputReason, Counter>,
+    build: Family<BuildLabels, Gauge>,
     ready: AtomicBool,
     last_window_unix: AtomicU64,
     interval: Duration,
@@ -145,6 +148,7 @@ impl Metrics {
             spool_oldest_age: Gauge::default(),
             last_success: Family::default(),
             errors: Family::default(),
+            build: Family::default(),
             ready: AtomicBool::new(false),
             last_window_unix: AtomicU64::new(clock::unix_ns() / 1_000_000_000),
             interval,
@@ -184,10 +188,22 @@ impl Metrics {
             m.last_success.clone(),
         );
         registry.register("output_errors", "Failed writes or service calls of an output, by reason", m.errors.clone());
-        let build: Family<BuildLabels, Gauge> = Family::default();
-        build.get_or_create(&build_labels()).set(1);
-        registry.register("build_info", "Always 1; the labels say what runs", build);
+        registry.register("build_info", "Always 1; the labels say what runs", m.build.clone());
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// `flowlog_build_info` for the loaded object.
+    pub fn set_build(&self, flow_table: &str, object: &[u8]) {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(object);
+        let labels = BuildLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+            ebpf_object: h[..8].iter().map(|b| format!("{b:02x}")).collect(),
+            flow_table: flow_table.into(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+        };
+        self.build.clear();
+        self.build.get_or_create(&labels).set(1);
     }
 
     pub fn set_ready(&self) {
@@ -296,14 +312,6 @@ impl Metrics {
     }
 }
 
-fn build_labels() -> BuildLabels {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(crate::capture::EBPF_OBJECT);
-    let ebpf_object = h[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
-    BuildLabels { version: env!("CARGO_PKG_VERSION").into(), ebpf_object, kernel }
-}
-
 fn reply(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -346,6 +354,11 @@ mod tests {
     use super::*;
     use flowlog_common::{FlowKey, FlowStats, InsertFailures};
 
+    fn sha_hex(b: &[u8]) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(b).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn window_counts_become_metrics() {
         let m = Metrics::new(Duration::from_secs(60));
@@ -379,7 +392,9 @@ mod tests {
         m.kernel_counters(&c(6, 9));
         m.shipped("stdout", 4, true);
         m.shipped("file:/x", 2, false);
+        m.set_build("slots", b"object");
         let text = m.render();
+        assert!(text.contains(&format!("ebpf_object=\"{}\",flow_table=\"slots\"", &sha_hex(b"object")[..16])), "{text}");
         let version = format!("flowlog_build_info{{version=\"{}\",ebpf_object=\"", env!("CARGO_PKG_VERSION"));
         assert!(text.lines().any(|l| l.starts_with(&version) && l.ends_with("} 1")), "{text}");
         let now = clock::unix_ns() / 1_000_000_000;

@@ -51,6 +51,7 @@ fn default_filters(series: &str, suite: &str) -> Option<&'static [&'static str]>
         "kill_9_leaves_one_program_per_hook",
         "programs_attached_before_the_agent",
         "hot_plugged_interfaces_are_attached_once",
+        "concurrent_senders_on_every_cpu_insert_the_same_new_flows_exactly",
     ];
     const DEVICES: &[&str] = &["vlan", "bond", "dummy", "wireguard"];
     // e2e's exactness and restart tests again, with the packaged binary.

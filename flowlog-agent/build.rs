@@ -71,7 +71,7 @@ fn main() {
     let mode = env::var("FLOWLOG_EBPF_PREBUILT").unwrap_or_default();
     let force = env::var("FLOWLOG_EBPF_BUILD").is_ok_and(|v| v == "1") || !mode.is_empty();
     if !force && committed.trim() == hash {
-        for (name, dest) in OBJECTS.iter().map(|n| *n).zip([&object, &slots_object, &bench_object]) {
+        for (name, dest) in OBJECTS.iter().copied().zip([&object, &slots_object, &bench_object]) {
             std::fs::copy(prebuilt_dir.join(name), dest)
                 .unwrap_or_else(|e| fail(&format!("cannot copy the committed {name}: {e}")));
         }
@@ -153,7 +153,7 @@ fn main() {
     match mode.as_str() {
         "write" => {
             std::fs::create_dir_all(&prebuilt_dir).unwrap_or_else(|e| fail(&format!("{}: {e}", prebuilt_dir.display())));
-            for (name, src) in OBJECTS.iter().map(|n| *n).zip([&object, &slots_object, &bench_object]) {
+            for (name, src) in OBJECTS.iter().copied().zip([&object, &slots_object, &bench_object]) {
                 std::fs::copy(src, prebuilt_dir.join(name)).unwrap_or_else(|e| fail(&format!("cannot store {name}: {e}")));
             }
             std::fs::write(prebuilt_dir.join("inputs.sha256"), format!("{hash}\n"))
@@ -168,7 +168,7 @@ fn main() {
                     committed.trim()
                 ));
             }
-            for (name, fresh) in OBJECTS.iter().map(|n| *n).zip([&object, &slots_object, &bench_object]) {
+            for (name, fresh) in OBJECTS.iter().copied().zip([&object, &slots_object, &bench_object]) {
                 let a = std::fs::read(prebuilt_dir.join(name)).unwrap_or_default();
                 let b = std::fs::read(fresh).unwrap_or_default();
                 if a != b {

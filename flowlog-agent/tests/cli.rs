@@ -94,7 +94,7 @@ fn man_page_renders() {
     std::fs::write(&file, &page).unwrap();
     let o = Command::new("man").arg("-l").arg(&file).env("LC_ALL", "C").env("MANWIDTH", "120").env("PAGER", "cat").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8_lossy(&o.stdout).replace(|c: char| c == '\u{8}', "");
+    let text = String::from_utf8_lossy(&o.stdout).replace('\u{8}', "");
     // Backspace overstrikes (bold) leave doubled letters: compare on a
     // version with them removed, as `col -b` would.
     let plain = strip_overstrike(&String::from_utf8_lossy(&o.stdout));

@@ -67,11 +67,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     }
     let metrics = Metrics::new(cfg.interval);
-    let object = match capture.table() {
-        capture::TableKind::Hash => capture::EBPF_OBJECT,
-        capture::TableKind::Slots => capture::EBPF_SLOTS_OBJECT,
-    };
-    metrics.set_build(&format!("{:?}", capture.table()).to_lowercase(), object);
+    metrics.set_build(capture.table().name(), capture::object_of(capture.table()));
     if let Some(addr) = cfg.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone())
             .await

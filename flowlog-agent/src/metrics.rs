@@ -200,7 +200,7 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION").into(),
             ebpf_object: h[..8].iter().map(|b| format!("{b:02x}")).collect(),
             flow_table: flow_table.into(),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+            kernel: crate::capture::probe::release(),
         };
         self.build.clear();
         self.build.get_or_create(&labels).set(1);

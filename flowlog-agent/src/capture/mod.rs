@@ -48,6 +48,14 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// build embedded a prebuilt object (`FLOWLOG_EBPF_OBJECT`): hash table only.
 pub static EBPF_SLOTS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog-slots.bpf.o"));
 
+/// The object whose programs write `kind`'s table.
+pub fn object_of(kind: TableKind) -> &'static [u8] {
+    match kind {
+        TableKind::Hash => EBPF_OBJECT,
+        TableKind::Slots => EBPF_SLOTS_OBJECT,
+    }
+}
+
 pub const INGRESS_PROGRAM: &str = "flowlog_ingress";
 pub const EGRESS_PROGRAM: &str = "flowlog_egress";
 pub const INGRESS_TC_PROGRAM: &str = "flowlog_ingress_tc";
@@ -368,11 +376,7 @@ impl Capture {
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let object = match kind {
-            TableKind::Hash => EBPF_OBJECT,
-            TableKind::Slots => EBPF_SLOTS_OBJECT,
-        };
-        let mut ebpf = loader.load(object).map_err(explain_load)?;
+        let mut ebpf = loader.load(object_of(kind)).map_err(explain_load)?;
         fill_filters(&mut ebpf, filters)?;
         let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH, kind, slot_entries)?;
         // The Ethernet TC programs go on every interface: verified now, so a

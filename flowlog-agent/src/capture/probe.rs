@@ -81,7 +81,8 @@ pub fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
-fn release() -> String {
+/// The running kernel's release (`uname -r`).
+pub fn release() -> String {
     // SAFETY: plain uname with a zeroed out struct.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut u) } != 0 {

@@ -16,12 +16,14 @@ use super::{
     retry::RetryPolicy,
 };
 
+/// Parses an output of one kind; `None` when `s` is not one.
+pub type ParseFn = fn(s: &str) -> Option<Result<Box<dyn OutputSpec>, String>>;
+
 /// One destination kind, as its folder registers it.
 pub struct Registration {
     /// Its syntax, for the error on an output no kind takes.
     pub syntax: &'static str,
-    /// Parses an output of this kind; `None` when `s` is not one.
-    pub parse: fn(s: &str) -> Option<Result<Box<dyn OutputSpec>, String>>,
+    pub parse: ParseFn,
 }
 
 /// The parser of a kind whose outputs are `<scheme><rest>`: `parse(s, rest)`.

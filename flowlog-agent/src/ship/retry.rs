@@ -10,9 +10,9 @@ use tracing::{error, warn};
 
 use super::stop::Stop;
 
-/// Where [`retry`] counts its calls (a destination's
-/// [`ShipStats`](super::destination::ShipStats)); a trait so that the
-/// counters' owner depends on this vocabulary, not the other way round.
+/// Where [`retry`] counts its calls (a destination's `ShipStats`); a
+/// trait so that the counters' owner depends on this vocabulary, not the
+/// other way round.
 pub trait CallCounter: Sync {
     fn succeeded(&self);
     fn failed(&self, f: &Failure);

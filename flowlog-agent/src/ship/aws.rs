@@ -62,6 +62,9 @@ impl OutputAws {
     }
 }
 
+/// The options every AWS destination takes, after the kinds' syntax.
+pub const OUTPUT_SYNTAX: &str = "the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>";
+
 impl OutputAws {
     /// Takes the AWS options (region, endpoint, role-arn) out of the query
     /// `q` of output `s`; returns them and the rest of the query.

@@ -57,9 +57,6 @@ macro_rules! destinations {
 
 destinations!(stdout, file, dir, s3, cloudwatch, firehose);
 
-/// Options the AWS destinations share, after each kind's syntax.
-const AWS_SYNTAX: &str = "the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>";
-
 impl FromStr for Output {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -68,7 +65,7 @@ impl FromStr for Output {
             None => {
                 let (last, rest) = DESTINATIONS.split_last().expect("destinations are registered");
                 let kinds = rest.iter().map(|d| d.syntax).collect::<Vec<_>>().join(", ");
-                Err(format!("invalid output {s:?}: expected {kinds} or {}; {AWS_SYNTAX}", last.syntax))
+                Err(format!("invalid output {s:?}: expected {kinds} or {}; {}", last.syntax, aws::OUTPUT_SYNTAX))
             }
         }
     }

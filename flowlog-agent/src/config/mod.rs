@@ -374,7 +374,7 @@ mod tests {
     fn defaults() {
         let s = resolve("", Overrides::default()).unwrap();
         assert_eq!(s.agent.interval, Duration::from_secs(60));
-        assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
+        assert_eq!(s.agent.ship.outputs, [Output::stdout()]);
         assert_eq!(s.agent.max_flows, 65_536);
         assert_eq!(s.agent.pin_root.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/flowlog")));
         assert_eq!(s.agent.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));

@@ -11,7 +11,8 @@
 //! and JIT takes, so no atomics need probing: atomic OR and the fetch
 //! variants (5.12 on x86-64, 5.18 in the arm64 JIT) are not used by the
 //! capture programs. Only the REJECT drop program uses fetch-add, and it
-//! needs `enum skb_drop_reason` (5.17) anyway, checked in [`super::reject`].
+//! needs `enum skb_drop_reason` (5.17) anyway, checked in
+//! [`crate::capture::reject`].
 //!
 //! The flow table: the slot table ([`flowlog_common::table::SLOTS`]) needs
 //! BPF compare-and-exchange and atomic OR (5.12 on x86-64, 5.18 in the arm64
@@ -31,9 +32,12 @@ use aya::{
     util::KernelVersion,
 };
 
-use crate::drain::sys;
+use super::sys;
 
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// r0 = *(u32 *)(r1 + offsetof(struct __sk_buff, gso_size)); exit
+const GSO_SIZE_PROG: [u64; 2] = [0x0000_0000_00b0_1061, 0x95];
 
 /// What the capture programs may use on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,9 +119,7 @@ pub fn detect() -> Result<KernelFeatures> {
     }
     need(Ok(aya::features().bpf_global_data()), "BPF global data (.rodata)", "5.2");
     need(sys::hash_batch_supported().map_err(|e| e.to_string()), "batch operations on BPF_MAP_TYPE_HASH", "5.6");
-    // r0 = *(u32 *)(r1 + offsetof(struct __sk_buff, gso_size)); exit
-    let gso_size = [0x0000_0000_00b0_1061u64, 0x95];
-    need(sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &gso_size).map_err(|e| e.to_string()), "__sk_buff.gso_size in TC programs", "5.7");
+    need(sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &GSO_SIZE_PROG).map_err(|e| e.to_string()), "__sk_buff.gso_size in TC programs", "5.7");
     if !missing.is_empty() {
         bail!(
             "this kernel ({}) lacks what flowlog's eBPF programs need: {}. flowlog runs on Linux ≥ 5.10 \

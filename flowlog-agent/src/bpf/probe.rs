@@ -171,3 +171,32 @@ pub fn log(f: &KernelFeatures, table: TableKind, reject: bool) {
         "kernel features (coarse clock: Linux 5.11, TCX: 6.6, slot flow table: 5.12 (arm64 5.18), REJECT: 5.17 with BTF)"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    /// The probe program is JIT-compiled exactly when the kernel's JIT is on.
+    #[test]
+    fn prog_jited_follows_bpf_jit_enable() {
+        // SAFETY: plain geteuid.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loading a program needs root");
+            return;
+        }
+        let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").expect("bpf_jit_enable");
+        let want = jit.trim() != "0";
+        let prog = sys::load_program(BPF_PROG_TYPE_SCHED_CLS, &GSO_SIZE_PROG).expect("loading the gso_size probe program");
+        let sizes = sys::prog_sizes(prog.as_fd()).unwrap();
+        // Two instructions, the context read rewritten by the verifier: the
+        // info was really read.
+        assert!(sizes.xlated >= 2 * 8, "{sizes:?}");
+        assert_eq!(sizes.jited > 0, want, "bpf_jit_enable = {}: {sizes:?}", jit.trim());
+        assert_eq!(sys::prog_jited(prog.as_fd()).unwrap(), want);
+        // Not a program: the kernel says so instead of reporting sizes.
+        let not_prog = std::fs::File::open("/proc/self/stat").unwrap();
+        assert_eq!(sys::prog_jited(not_prog.as_fd()).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
+}

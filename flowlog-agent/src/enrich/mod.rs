@@ -10,7 +10,7 @@
 //! the filters.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
@@ -103,10 +103,6 @@ pub struct Enrichment {
     /// Flows native flow logs do not record.
     pub exclusions: Option<Exclusions>,
     pub traffic_type: TrafficType,
-    /// ifindex → the interface's addresses, primary private IPv4 first, for
-    /// `srcaddr`/`dstaddr` normalisation. Interfaces not listed keep the
-    /// packet addresses.
-    pub interface_addrs: HashMap<u32, Vec<IpAddr>>,
     /// `reject-reason` text of kernel drop reasons (none: `-`).
     pub reject_reasons: RejectReasons,
 }
@@ -228,7 +224,7 @@ impl EnrichConfig {
                 let cidrs: Vec<IpNet> = self.vpc_cidrs.iter().chain(vpc_cidrs).copied().collect();
                 Exclusions::from_config(&self.exclusions, &cidrs)
             });
-        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, interface_addrs: HashMap::new(), reject_reasons: RejectReasons::default() })
+        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, reject_reasons: RejectReasons::default() })
     }
 }
 
@@ -365,8 +361,8 @@ pub fn for_each_record(
     for meta in &order {
         let lo = slots.partition_point(|s| s.ifindex() < meta.ifindex);
         let hi = lo + slots[lo..].partition_point(|s| s.ifindex() == meta.ifindex);
-        let from_meta = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
-        let addrs = enrichment.and_then(|e| e.interface_addrs.get(&meta.ifindex)).or(from_meta.as_ref());
+        // Interfaces without known addresses keep the packet addresses.
+        let addrs = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
         let mut rec = base_record(host, meta, w_start, w_end, LogStatus::Ok);
         let mut written = 0usize;
         for slot in &slots[lo..hi] {
@@ -379,7 +375,7 @@ pub fn for_each_record(
                     continue;
                 }
             }
-            let (src, dst) = match addrs {
+            let (src, dst) = match &addrs {
                 Some(a) => semantics::normalise_addrs(dir, pkt_src, pkt_dst, a),
                 None => (pkt_src, pkt_dst),
             };
@@ -460,6 +456,16 @@ mod tests {
 
     fn iface(ifindex: u32, id: &str) -> InterfaceMeta {
         InterfaceMeta { ifindex, name: format!("veth{ifindex}"), interface_id: id.into(), meta: None, tags: None, ecs: None }
+    }
+
+    /// [`iface`] whose metadata lists these IPv4 addresses, the first the
+    /// primary (as IMDS lists them).
+    fn iface_with_addrs(ifindex: u32, id: &str, addrs: &[&str]) -> InterfaceMeta {
+        use crate::metadata::{HostMetadata, LinkId};
+        let mut m = InterfaceMetadata::derived(&LinkId::new(format!("veth{ifindex}"), None), &HostMetadata::default(), "machine-1");
+        m.ipv4s = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        m.primary_ipv4 = m.ipv4s.first().copied();
+        InterfaceMeta { meta: Some(Arc::new(m)), ..iface(ifindex, id) }
     }
 
     fn drained(flows: Vec<(FlowKey, FlowStats)>, fails: Vec<(u32, InsertFailures)>, unattributed: u64) -> Drained {
@@ -620,7 +626,6 @@ mod tests {
         let e = Enrichment {
             aws_services: Some(AwsServices::from_json(IP_RANGES).unwrap()),
             routes: Some(RouteTable::new(&routes).unwrap()),
-            interface_addrs: HashMap::from([(2, vec!["10.0.0.71".parse().unwrap()])]),
             ..Enrichment::default()
         };
         // One packet with SYN, ACK and FIN; SYN and FIN in separate packets.
@@ -636,7 +641,7 @@ mod tests {
         // The reply leaves a little after the request arrived (same second).
         d.flows[1].1.first_seen_ns += 1_000;
         let host = HostMeta::new("123456789012");
-        let records = build_records(&host, &[iface(2, "eni-1235b8ca123456789")], &d, Some(&e));
+        let records = build_records(&host, &[iface_with_addrs(2, "eni-1235b8ca123456789", &["10.0.0.71"])], &d, Some(&e));
         let f = flowlog_records::format::Format::parse(flowlog_records::vectors::V5_FORMAT).unwrap();
         let got: Vec<String> = records.into_iter().map(|r| f.line(&flowlog_records::vectors::v5_interface_meta(r))).collect();
         assert_eq!(got, flowlog_records::vectors::V5_LINES);
@@ -691,10 +696,6 @@ mod tests {
     /// in `pkt-*`.
     #[test]
     fn addresses_normalised_per_interface() {
-        let e = Enrichment {
-            interface_addrs: HashMap::from([(2, vec!["10.0.0.5".parse().unwrap(), "10.0.0.6".parse().unwrap()])]),
-            ..Enrichment::default()
-        };
         let d = drained_at(
             vec![
                 flow(2, "198.51.100.7", "10.0.0.6", (5000, 22), 6, direction::INGRESS, (3, 180), (102, 103), 0x02),
@@ -703,14 +704,15 @@ mod tests {
             ],
             (100, 160),
         );
-        let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-a"), iface(3, "eni-b")], &d, Some(&e));
+        let ifaces = [iface_with_addrs(2, "eni-a", &["10.0.0.5", "10.0.0.6"]), iface(3, "eni-b")];
+        let records = build_records(&HostMeta::new("1"), &ifaces, &d, Some(&Enrichment::default()));
         let f = flowlog_records::format::Format::parse("${interface-id} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr}").unwrap();
         assert_eq!(
             records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
             [
                 "eni-a 198.51.100.7 10.0.0.5 198.51.100.7 10.0.0.6",
                 "eni-a 10.0.0.5 198.51.100.7 203.0.113.9 198.51.100.7",
-                // No address list for this interface: packet addresses.
+                // No addresses known for this interface: packet addresses.
                 "eni-b 198.51.100.7 10.0.0.6 198.51.100.7 10.0.0.6",
             ]
         );

@@ -753,6 +753,72 @@ mod tests {
         assert_eq!(build_records(&host, &ifaces, &d, None).len(), 4);
     }
 
+    /// ACCEPT and REJECT entries of one flow become separate records (an
+    /// emptied ACCEPT entry none), filtered by the traffic type.
+    #[test]
+    fn records_split_accept_and_reject_and_filter_by_traffic_type() {
+        use flowlog_common::RejectKey;
+        use flowlog_records::format::Format;
+        let st = |p: u64, first: u64, last: u64, flags: u8| FlowStats {
+            packets: p,
+            bytes: p * 100,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags: TcpFlagsSeen::of_packet(flags),
+            _pad: 0,
+        };
+        let k = key(2, 1, 6, direction::INGRESS);
+        let emptied = FlowKey { src_port: 2, ..k };
+        let egress = FlowKey { src_port: 3, direction: direction::EGRESS, ..k };
+        let sec = 1_000_000_000u64;
+        let d = Drained::from_parts(
+            vec![(k, st(4, 100 * sec, 101 * sec, 0x10)), (emptied, st(0, 100 * sec, 100 * sec, 0x02))],
+            vec![],
+            0,
+            1_700_000_000 * sec as i128,
+            1_700_000_100 * sec,
+            1_700_000_160 * sec,
+        )
+        .with_rejects(vec![
+            (RejectKey { flow: k, reason: 10 }, st(3, 102 * sec, 103 * sec, 0x02)),
+            (RejectKey { flow: emptied, reason: 10 }, st(2, 100 * sec, 100 * sec, 0x02)),
+            (RejectKey { flow: egress, reason: 12 }, st(1, 105 * sec, 105 * sec, 0)),
+        ]);
+        let host = HostMeta::new("1");
+        let ifaces = [InterfaceMeta { ifindex: 2, name: "veth0".into(), interface_id: "eni-a".into(), meta: None, tags: None, ecs: None }, InterfaceMeta { ifindex: 3, name: "veth1".into(), interface_id: "eni-b".into(), meta: None, tags: None, ecs: None }];
+        let reasons = RejectReasons { by_value: std::collections::HashMap::from([(10, ("NETFILTER_DROP".into(), None)), (12, ("NO_SOCKET".into(), Some("CLOSED".into())))]) };
+        let fmt = Format::parse("${interface-id} ${srcport} ${packets} ${bytes} ${start} ${action} ${log-status} ${flow-direction} ${reject-reason}").unwrap();
+        let run = |t: TrafficType| -> Vec<String> {
+            let e = Enrichment { traffic_type: t, reject_reasons: reasons.clone(), ..Enrichment::default() };
+            build_records(&host, &ifaces, &d, Some(&e)).iter().map(|r| fmt.line(r)).collect()
+        };
+        assert_eq!(
+            run(TrafficType::All),
+            [
+                "eni-a 1 4 400 1700000100 ACCEPT OK ingress -",
+                // The emptied ACCEPT entry (all its packets dropped) has no record.
+                "eni-a 2 2 200 1700000100 REJECT OK ingress -",
+                "eni-a 1 3 300 1700000102 REJECT OK ingress -",
+                "eni-a 3 1 100 1700000105 REJECT OK egress CLOSED",
+                "eni-b - - - 1700000100 - NODATA - -",
+            ]
+        );
+        assert_eq!(run(TrafficType::Accept), ["eni-a 1 4 400 1700000100 ACCEPT OK ingress -", "eni-b - - - 1700000100 - NODATA - -"]);
+        assert_eq!(
+            run(TrafficType::Reject),
+            [
+                "eni-a 2 2 200 1700000100 REJECT OK ingress -",
+                "eni-a 1 3 300 1700000102 REJECT OK ingress -",
+                "eni-a 3 1 100 1700000105 REJECT OK egress CLOSED",
+                "eni-b - - - 1700000100 - NODATA - -",
+            ]
+        );
+        // Without a mapping every reject-reason is `-`.
+        let plain = build_records(&host, &ifaces, &d, None);
+        assert!(plain.iter().all(|r| r.reject_reason.is_none()));
+        assert_eq!(plain.iter().filter(|r| r.action == Some(flowlog_records::record::Action::Reject)).count(), 3);
+    }
+
     #[test]
     fn enrich_config_errors() {
         let bad_routes: EnrichConfig = serde_json::from_str(

@@ -9,7 +9,7 @@
 //! uses no stage. [`agent`] runs the loop with the [`config`] it
 //! is given and reports through [`metrics`] (and to systemd, [`notify`]); [`metadata`] answers who this
 //! host and its interfaces are; [`compare`] checks records against native
-//! flow logs.
+//! flow logs; [`toml_de`] reads TOML with the full key in every error.
 //!
 //! The record model (fields, formats, parser, pure enrichment rules) is the
 //! `flowlog-records` crate: no kernel, async or AWS dependency.
@@ -25,3 +25,4 @@ pub mod metadata;
 pub mod metrics;
 pub mod notify;
 pub mod ship;
+pub mod toml_de;

@@ -14,7 +14,7 @@
 //! needs `enum skb_drop_reason` (5.17) anyway, checked in
 //! [`crate::capture::reject`].
 //!
-//! The flow table: the slot table ([`flowlog_common::table::SLOTS`]) needs
+//! The flow table: the slot table ([`flowlog_common::FlowSlot`]) needs
 //! BPF compare-and-exchange and atomic OR (5.12 on x86-64, 5.18 in the arm64
 //! JIT), probed by loading a tiny program that uses both; without them the
 //! hash table of every kernel. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use flowlog_records::format::Format;
 use crate::{
     capture::{self, Capture},
-    drain::clock,
+    bpf::clock,
     drain::Drained,
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
@@ -59,7 +59,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let (mut capture, mut tables) =
         Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops.as_ref())?;
     capture.set_ingress_hook(cfg.ingress_hook);
-    if !capture::probe::tcx_available() {
+    if !crate::bpf::probe::tcx_available() {
         // Netlink filters outlive their agent; on interfaces this agent will
         // not capture on, a crashed predecessor's would count on unseen.
         for l in links.iter().filter(|l| !selected.iter().any(|s| s.ifindex == l.ifindex)) {

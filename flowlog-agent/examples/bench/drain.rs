@@ -30,7 +30,8 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use flowlog_records::format::Format;
 use flowlog_agent::{
-    capture::{Capture, TableKind},
+    bpf::TableKind,
+    capture::Capture,
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
     ship::{file::FileOutput, OutputSpec},

@@ -4,8 +4,6 @@
 //!
 //! Errors name the key, the value and what is accepted.
 
-pub mod de;
-
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
@@ -170,7 +168,7 @@ impl FileConfig {
 
     /// Errors carry the full key (`metadata.onprem.account-id: ...`).
     pub fn parse(text: &str) -> Result<FileConfig, String> {
-        let cfg: FileConfig = de::from_toml(text)?;
+        let cfg: FileConfig = crate::toml_de::from_toml(text)?;
         cfg.metadata.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }

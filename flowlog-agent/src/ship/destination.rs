@@ -37,7 +37,7 @@ pub struct ShipStats {
 impl CallCounter for ShipStats {
     fn succeeded(&self) {
         self.calls.fetch_add(1, Relaxed);
-        self.last_success_unix.store(crate::drain::clock::unix_ns() / 1_000_000_000, Relaxed);
+        self.last_success_unix.store(crate::bpf::clock::unix_ns() / 1_000_000_000, Relaxed);
     }
 
     fn failed(&self, f: &Failure) {

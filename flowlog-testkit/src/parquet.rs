@@ -35,12 +35,13 @@ fn parquet_object_as(header: &str, lines: &[String], legacy: bool) -> Result<Vec
     let names: Vec<&str> = header.split_ascii_whitespace().collect();
     // Names the table does not know are STRING columns (for tests of
     // `compare`'s error on them).
-    let kind = |n: &str| Field::from_name(n).map_or(Kind::String, Field::kind);
+    let kinds: Vec<Kind> = names.iter().map(|n| Field::from_name(n).map_or(Kind::String, Field::kind)).collect();
     let fields = names
         .iter()
-        .map(|n| {
+        .zip(&kinds)
+        .map(|(n, kind)| {
             let c = if legacy { n.to_string() } else { column_name(n) };
-            let b = match kind(n) {
+            let b = match kind {
                 Kind::Int32 => Type::primitive_type_builder(&c, Physical::INT32),
                 Kind::Int64 => Type::primitive_type_builder(&c, Physical::INT64),
                 Kind::String => Type::primitive_type_builder(&c, Physical::BYTE_ARRAY).with_logical_type(Some(LogicalType::String)),
@@ -57,11 +58,11 @@ fn parquet_object_as(header: &str, lines: &[String], legacy: bool) -> Result<Vec
     }
     let mut i = 0;
     while let Some(mut col) = rg.next_column()? {
-        let null = |v: &str| v == "-" && (legacy || kind(names[i]) != Kind::String);
+        let null = |v: &str| v == "-" && (legacy || kinds[i] != Kind::String);
         let vals: Vec<&str> = rows.iter().map(|r| r[i]).filter(|v| !null(v)).collect();
         let defs: Vec<i16> = rows.iter().map(|r| i16::from(!null(r[i]))).collect();
         let num = |v: &&str| v.parse::<i64>().map_err(|_| anyhow!("field {}: {v:?} is not a number", names[i]));
-        match kind(names[i]) {
+        match kinds[i] {
             Kind::Int32 => {
                 let v = vals.iter().map(|v| num(v).map(|n| n as i32)).collect::<Result<Vec<_>>>()?;
                 col.typed::<Int32Type>().write_batch(&v, Some(&defs), None)?

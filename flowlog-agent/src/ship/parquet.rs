@@ -13,7 +13,7 @@
 //!
 //! Columns are built from the header line of the spooled batch (the field
 //! names of the format the records were written in), named and typed by the
-//! field table ([`Field::column`], [`Field::kind`]), so a new field needs
+//! field table ([`column_name`], [`Field::kind`]), so a new field needs
 //! nothing here. Values are the space-separated tokens of each record line.
 
 use std::{io::Write, sync::Arc};
@@ -73,21 +73,22 @@ fn write_parquet(header: &str, lines: &[&str], dictionary: bool) -> Result<Vec<u
     if names.is_empty() {
         bail!("no fields in the header line");
     }
+    let kinds: Vec<Kind> = names.iter().map(|n| column_kind(n)).collect();
     let mut cols: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(lines.len()); names.len()];
     for (i, l) in lines.iter().enumerate() {
         let toks: Vec<&str> = l.split(' ').collect();
         if toks.len() != names.len() {
             bail!("record {i} has {} values for {} fields: {l:?}", toks.len(), names.len());
         }
-        for ((c, t), n) in cols.iter_mut().zip(toks).zip(&names) {
+        for ((c, t), k) in cols.iter_mut().zip(toks).zip(&kinds) {
             // STRING columns keep `-`; there is no number to write for it.
-            c.push((t != "-" || column_kind(n) == Kind::String).then_some(t));
+            c.push((t != "-" || *k == Kind::String).then_some(t));
         }
     }
     let fields = names
         .iter()
-        .map(|n| {
-            let kind = column_kind(n);
+        .zip(&kinds)
+        .map(|(n, &kind)| {
             let logical = (kind == Kind::String).then_some(LogicalType::String);
             Type::primitive_type_builder(&column_name(n), physical(kind)).with_logical_type(logical).with_repetition(Repetition::OPTIONAL).build().map(Arc::new)
         })
@@ -105,7 +106,7 @@ fn write_parquet(header: &str, lines: &[&str], dictionary: bool) -> Result<Vec<u
         let name = names[i];
         let vals = &cols[i];
         let defs: Vec<i16> = vals.iter().map(|v| i16::from(v.is_some())).collect();
-        match column_kind(name) {
+        match kinds[i] {
             Kind::Int32 => {
                 let v = vals.iter().flatten().map(|s| s.parse::<i32>().with_context(|| format!("field {name}: {s:?} is not an INT_32"))).collect::<Result<Vec<_>>>()?;
                 col.typed::<Int32Type>().write_batch(&v, Some(&defs), None)?;

@@ -55,7 +55,7 @@ macro_rules! fields {
         }
 
         /// Every field, in the order of the AWS field table (versions 2–11).
-        pub const ALL_FIELDS: [Field; 54] = [$(Field::$variant,)*];
+        pub const ALL_FIELDS: [Field; [$(stringify!($variant),)*].len()] = [$(Field::$variant,)*];
 
         impl Field {
             pub fn name(self) -> &'static str {

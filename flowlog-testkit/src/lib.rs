@@ -2,12 +2,14 @@
 //! can reach the shipped binary: a fake IMDS ([`fake_imds`]), the moto
 //! harness and a fault-injecting proxy ([`aws`]), frame builders for
 //! `BPF_PROG_TEST_RUN` ([`frames`]), network namespaces with a running
-//! agent and a packet capture ([`netns`]).
+//! agent and a packet capture ([`netns`]), Parquet files of other writers
+//! for `compare` ([`parquet`]).
 
 pub mod aws;
 pub mod fake_imds;
 pub mod frames;
 pub mod netns;
+pub mod parquet;
 
 /// Tests that need root (BPF, network namespaces) call this first. Under
 /// `cargo xtask test` (and CI) FLOWLOG_REQUIRE_ROOT_TESTS=1 turns a missing

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod athena;
 mod package;
 mod vm;
 
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
         "vmtest" => vm::vmtest(&rest),
         "ebpf" => setup().and_then(|_| ebpf_objects()),
         "package" => package::package(),
+        "athena" => athena::athena(&rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
                  \n                  the host suites, then the root suites on the kernel matrix (vmtest); ARGS go to `cargo test`\
                  \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
                  \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S\
+                 \n  athena          write the Athena DDLs of deploy/athena/ from the field table (flowlog-records)\
                  \n  package         the release binary (glibc 2.28 floor, cargo-zigbuild) and its .deb and .rpm in target/packages/\
                  \n  vmtest [ARGS]   setup, then run the root-needing suites in QEMU VMs on Debian's 5.10, 6.1, 6.12 kernels (~15 min);\
                  \n                  ARGS: --kernel 5.10|6.1|6.12|all  --suite NAME...  --jobs N  (see `cargo xtask vmtest --help`)"

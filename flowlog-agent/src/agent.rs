@@ -37,6 +37,7 @@ fn next_boundary(interval: Duration) -> Instant {
     Instant::now() + Duration::from_nanos(wait as u64)
 }
 
+/// Runs windows until SIGINT/SIGTERM, then a final one.
 pub async fn run(settings: Settings) -> Result<()> {
     let mut agent = Agent::start(settings).await?;
     agent.report_leftover()?;
@@ -94,9 +95,9 @@ impl Agent {
         let (provider, selection) =
             MetadataProvider::new(&metadata, Path::new(SYSFS), &machine).context("metadata configuration ([metadata])")?;
         info!(source = ?selection.kind, why = %selection.why, "metadata provider");
+        let reject_reasons = drops.map(|d| d.reasons).unwrap_or_default();
         // Native flow logs never show metadata, DNS, time sync or DHCP traffic of
         // an instance: leave it out by default on EC2.
-        let reject_reasons = drops.map(|d| d.reasons).unwrap_or_default();
         let enrichment =
             enrich.build(&[], selection.kind == ProviderKind::Ec2, reject_reasons).context("enrichment configuration ([enrich])")?;
         let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();

@@ -467,12 +467,11 @@ impl Settings {
     /// are redacted all the same.
     pub fn render(&self) -> String {
         let a = &self.agent;
-        let strings = |v: &[String]| v.to_vec();
         // Paths as text: TOML has no other kind of string.
         let path = |p: &std::path::Path| PathBuf::from(p.display().to_string());
         let keys = Keys {
-            interfaces: strings(&a.ifaces),
-            exclude_interfaces: strings(&a.exclude_ifaces),
+            interfaces: a.ifaces.clone(),
+            exclude_interfaces: a.exclude_ifaces.clone(),
             max_flows: Some(a.max_flows),
             ingress_hook: Some(a.ingress_hook.as_str().into()),
             sample_rate: Some(a.sample_rate),
@@ -481,7 +480,7 @@ impl Settings {
             log_format: Some(a.format.spec()),
             account_id: Some(a.account_id.clone().unwrap_or_else(|| "<from metadata>".into())),
             traffic_type: Some(self.enrich.traffic_type.as_str().into()),
-            reject_reasons: strings(&a.reject.reasons),
+            reject_reasons: a.reject.reasons.clone(),
             reject_reason_map: a.reject.reason_map.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             outputs: a.ship.outputs.iter().map(|o| o.to_string()).collect(),
             flow_log_id: Some(a.ship.flow_log_id.clone()),
@@ -635,6 +634,30 @@ mod tests {
         let s = resolve("interval = 10\naccount-id = \"123456789012\"", Overrides::default()).unwrap();
         let r = s.render();
         assert!(r.contains("interval = 10\n") && r.contains("account-id = \"123456789012\"\n") && r.contains("pin = true\n"), "{r}");
+        // Enums as the file spells them.
+        let o = Overrides { ingress_hook: Some("xdp".into()), on_exit: Some("keep".into()), traffic_type: Some("REJECT".into()), ..Default::default() };
+        let r = resolve("", o).unwrap().render();
+        for line in ["ingress-hook = \"xdp\"\n", "on-exit = \"keep\"\n", "traffic-type = \"REJECT\"\n"] {
+            assert!(r.contains(line), "{line:?} not in {r}");
+        }
+    }
+
+    /// A key given by flags or variables wins; a list replaces the file's
+    /// whole; what only the file has (sections, `pin`) stays.
+    #[test]
+    fn layers_merge_per_key() {
+        let file = FileConfig::parse("interval = 600\nlog = \"debug\"\npin = false\nreject-reasons = [\"NO_SOCKET\"]\n[filters]\nprotocols = [6]\ninclude-ports = [80]\n[metadata]\nrefresh-interval-secs = 5").unwrap();
+        let flags = Overrides {
+            interval: Some(5),
+            reject_reasons: vec!["NETFILTER_DROP".into(), "TCP_CSUM".into()],
+            filters: Filters { protocols: vec![17], ..Default::default() },
+            ..Default::default()
+        };
+        let k = flags.over(file);
+        assert_eq!((k.interval, k.log.as_deref(), k.pin), (Some(5), Some("debug"), Some(false)));
+        assert_eq!(k.reject_reasons, ["NETFILTER_DROP", "TCP_CSUM"]);
+        assert_eq!((k.filters.protocols, k.filters.include_ports), (vec![17], vec![80]));
+        assert_eq!(k.metadata.refresh_interval_secs, 5);
     }
 }
 

@@ -17,9 +17,10 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    bpf::clock,
     capture::{self, links, reject::DropSetup, watch::{self, LinkEvent}, Capture},
     config::{Config, OnExit, Settings},
-    drain::{clock, Drained, FlowTables, KernelCounters},
+    drain::{Drained, FlowTables, KernelCounters},
     enrich::{self, EcsConfig, Enrichment, HostMeta, InterfaceMeta, TagFields},
     metadata::{refresh::Refresher, InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
     metrics::{self, Metrics, RecordCounts},
@@ -311,7 +312,7 @@ fn prepare_drops(cfg: &Config) -> Result<Option<DropSetup>> {
 fn load_capture(cfg: &Config, drops: Option<&DropSetup>, links: &[links::LinkInfo], selected: &[links::LinkInfo]) -> Result<(Capture, FlowTables)> {
     let (mut capture, tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops)?;
     capture.set_ingress_hook(cfg.ingress_hook);
-    if !capture::probe::tcx_available() {
+    if !crate::bpf::probe::tcx_available() {
         // Netlink filters outlive their agent; on interfaces this agent will
         // not capture on, a crashed predecessor's would count on unseen.
         for l in links.iter().filter(|l| !selected.iter().any(|s| s.ifindex == l.ifindex)) {

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use flowlog_records::record::{FlowRecord, LogStatus};
 use crate::{
-    drain::clock,
+    bpf::clock,
     drain::Drained,
     enrich::InterfaceMeta,
 };
@@ -200,7 +200,7 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION").into(),
             ebpf_object: h[..8].iter().map(|b| format!("{b:02x}")).collect(),
             flow_table: flow_table.into(),
-            kernel: crate::capture::probe::release(),
+            kernel: crate::bpf::probe::release(),
         };
         self.build.clear();
         self.build.get_or_create(&labels).set(1);

@@ -18,7 +18,7 @@ use std::{
 use flowlog_agent::{
     config::OnExit,
     config::{FileConfig, Overrides, Settings, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_DIR},
-    ship::Output,
+    ship::{file::FileOutput, Output},
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -277,7 +277,7 @@ fn manifest_problems(text: &str) -> Vec<String> {
         p.push(format!("spool-dir {} is not on a writable volume (s3://, cloudwatch:, firehose:, dir: outputs need it)", s.agent.ship.spool_dir.display()));
     }
     for o in &s.agent.ship.outputs {
-        if let Output::File(path) = o {
+        if let Some(FileOutput { path }) = o.spec() {
             let writable = mounts.iter().any(|m| {
                 m["readOnly"].as_bool() != Some(true) && m["mountPath"].as_str().is_some_and(|mp| path.starts_with(mp))
             });
@@ -310,7 +310,7 @@ fn kubernetes_config_resolves_with_the_agents_parser() {
     assert_eq!(s.agent.on_exit, OnExit::Keep);
     assert_eq!(s.agent.metrics_listen, Some("0.0.0.0:9750".parse().unwrap()));
     assert_eq!(s.agent.pin_root.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
-    assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
+    assert_eq!(s.agent.ship.outputs, [Output::stdout()]);
     assert_eq!(s.agent.interval.as_secs(), 60);
     // The node's NICs, as VPC Flow Logs capture ENIs; pod interfaces are opt-in.
     assert_eq!(s.agent.ifaces, ["eth*", "ens*"]);

@@ -568,7 +568,7 @@ fn full_flow_table_writes_skipdata_and_keeps_stored_flows_exact() {
     let skip: Vec<&Rec> = recs.iter().filter(|r| r.status == "SKIPDATA").collect();
     // The hash table holds --max-flows; the slot table (5.12+) its 32 slots
     // (twice --max-flows), all within the probe bound.
-    let slots = flowlog_agent::capture::probe::detect().unwrap().slot_atomics;
+    let slots = flowlog_agent::bpf::probe::detect().unwrap().slot_atomics;
     let stored = if slots { 32 } else { 16 };
     assert_eq!(ok.len(), stored, "{recs:#?}");
     for r in &ok {
@@ -670,7 +670,7 @@ fn kill_9_and_restart_loses_nothing() {
     let bytes: u64 = mine.iter().map(|r| r.bytes).sum();
     assert_eq!((packets, bytes), (sent, sent * 108), "{mine:#?}\n{log}");
     // A graceful stop detaches and removes the pins.
-    for table in [flowlog_agent::capture::TableKind::Hash, flowlog_agent::capture::TableKind::Slots] {
+    for table in [flowlog_agent::bpf::TableKind::Hash, flowlog_agent::bpf::TableKind::Slots] {
         assert!(!std::path::Path::new(&pin).join(flowlog_agent::capture::pin_dir_name(65_536, table)).exists());
     }
     let _ = fs::remove_dir(&pin);
@@ -1089,7 +1089,7 @@ fn programs_attached_before_the_agent_cannot_hide_traffic() {
         let mut ebpf = aya::EbpfLoader::new().load(BENCH_OBJECT).expect("benchmark object (not built with FLOWLOG_EBPF_OBJECT?)");
         let stop: &mut SchedClassifier = ebpf.program_mut("bench_tc_stop").unwrap().try_into().unwrap();
         stop.load().unwrap();
-        if !flowlog_agent::capture::probe::tcx_available() {
+        if !flowlog_agent::bpf::probe::tcx_available() {
             let _ = aya::programs::tc::qdisc_add_clsact(&ifname);
         }
         stop.attach(&ifname, TcAttachType::Ingress).unwrap();

@@ -8,7 +8,8 @@ use aya::{
 };
 use flowlog_testkit::{frames::*, require_root};
 use flowlog_agent::{
-    capture::{Capture, KernelFilters, TableKind, EGRESS_PROGRAM, INGRESS_PROGRAM},
+    bpf::TableKind,
+    capture::{Capture, KernelFilters, EGRESS_PROGRAM, INGRESS_PROGRAM},
     drain::{Drained, FlowTables},
 };
 use flowlog_agent::enrich::aws_tcp_flags;
@@ -359,7 +360,7 @@ fn gso_super_packets_count_as_wire_segments() {
 /// The tables this kernel can run: the hash table everywhere, the slot
 /// table where the probe found compare-and-exchange (5.12+).
 fn table_kinds() -> Vec<TableKind> {
-    let f = flowlog_agent::capture::probe::detect().expect("probe");
+    let f = flowlog_agent::bpf::probe::detect().expect("probe");
     if f.slot_atomics {
         vec![TableKind::Hash, TableKind::Slots]
     } else {
@@ -826,7 +827,7 @@ fn kernel_features_and_clock() {
     if !require_root() {
         return;
     }
-    let f = flowlog_agent::capture::probe::detect().expect("probe");
+    let f = flowlog_agent::bpf::probe::detect().expect("probe");
     let v = aya::util::KernelVersion::current().unwrap();
     assert_eq!(f.coarse_clock, v >= aya::util::KernelVersion::new(5, 11, 0), "{v:?}");
     // x86-64: compare-and-exchange from 5.12 (the matrix's 5.10 lacks it).

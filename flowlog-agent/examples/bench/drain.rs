@@ -30,10 +30,11 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use flowlog_records::format::Format;
 use flowlog_agent::{
-    capture::{Capture, TableKind},
+    bpf::TableKind,
+    capture::Capture,
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
-    ship::{Output, Sink},
+    ship::{file::FileOutput, OutputSpec},
 };
 use flowlog_common::{family, maps, FlowKey, FlowSlot, FlowStats, TcpFlagsSeen};
 
@@ -449,7 +450,7 @@ pub fn child(args: &[String]) -> Result<()> {
         bytes = batch.len();
         ensure!(batch.iter().filter(|&&b| b == b'\n').count() == n, "formatted lines != {n}");
 
-        let mut sink = Sink::open(&Output::File(path.clone()))?;
+        let mut sink = FileOutput { path: path.clone() }.open()?;
         let ((), cpu, _) = timed(|| sink.write_batch(&batch))?;
         shp.push(cpu);
         drop(sink);

@@ -35,7 +35,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use flowlog_agent::{
-    capture::{Capture, TableKind, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
+    bpf::TableKind,
+    capture::{Capture, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
     drain::FlowTables,
 };
 use flowlog_common::direction;

@@ -11,7 +11,6 @@
 
 pub mod btf;
 pub mod links;
-pub mod probe;
 pub mod reject;
 pub mod tc;
 pub mod watch;
@@ -36,10 +35,11 @@ use aya::{
 use flowlog_common::{filters, globals, maps};
 use ipnet::IpNet;
 
-use crate::drain::FlowTables;
+use crate::{
+    bpf::{probe, sys, KernelFeatures, TableKind},
+    drain::FlowTables,
+};
 use links::LinkInfo;
-use probe::KernelFeatures;
-pub use probe::TableKind;
 use reject::DropSetup;
 
 /// The kernel programs, built from `flowlog-ebpf` by build.rs.
@@ -329,10 +329,7 @@ impl Capture {
         table: Option<TableKind>,
     ) -> Result<(Capture, FlowTables)> {
         check_privileges()?;
-        // Kernels < 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
-        let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-        // SAFETY: plain setrlimit with a valid struct.
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+        sys::raise_memlock();
 
         let features = probe::detect()?;
         let kind = match table {
@@ -701,34 +698,23 @@ const ALL_MAPS: [&str; 13] = [
     maps::DROP_IFACES,
     maps::DROP_REASONS,
 ];
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: valid path and out struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
 
 /// Makes `<root>/v<layout>-<max_flows>[-slots]` on a BPF filesystem (mounting
 /// /sys/fs/bpf when it is not), and removes pinned state of any other layout
 /// (a kernel upgrade that brings the slot table is one: the next start is clean).
 fn prepare_pin_dir(root: &Path, max_flows: u32, kind: TableKind) -> Result<(PathBuf, fs::File)> {
     let fs_root = Path::new("/sys/fs/bpf");
-    if root.starts_with(fs_root) && !is_bpffs(fs_root) {
-        let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-        // SAFETY: constant C strings.
-        if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) } != 0 {
+    if root.starts_with(fs_root) && !sys::is_bpffs(fs_root) {
+        if let Err(e) = sys::mount_bpffs() {
             anyhow::bail!(
-                "/sys/fs/bpf is not a BPF filesystem and mounting one failed ({}): mount it \
-                 (`mount -t bpf bpf /sys/fs/bpf`; in Kubernetes a hostPath volume), or run with --no-pin",
-                std::io::Error::last_os_error()
+                "/sys/fs/bpf is not a BPF filesystem and mounting one failed ({e}): mount it \
+                 (`mount -t bpf bpf /sys/fs/bpf`; in Kubernetes a hostPath volume), or run with --no-pin"
             );
         }
         tracing::info!("mounted the BPF filesystem on /sys/fs/bpf");
     }
     fs::create_dir_all(root).with_context(|| format!("creating pin directory {}", root.display()))?;
-    if !is_bpffs(root) {
+    if !sys::is_bpffs(root) {
         anyhow::bail!("{} is not on a BPF filesystem: choose a --pin-dir under a bpffs mount (/sys/fs/bpf)", root.display());
     }
     let lock = lock_dir(root)?;

@@ -7,8 +7,6 @@
 //!
 //! Errors name the key, the value and what is accepted.
 
-pub mod de;
-
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::builder::BoolishValueParser;
@@ -330,7 +328,7 @@ impl Keys {
 
     /// Errors carry the full key (`metadata.onprem.account-id: ...`).
     pub fn parse(text: &str) -> Result<Keys, String> {
-        let cfg: Keys = de::from_toml(text)?;
+        let cfg: Keys = crate::toml_de::from_toml(text)?;
         cfg.metadata.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
@@ -549,7 +547,7 @@ mod tests {
     fn defaults() {
         let s = resolve("", Overrides::default()).unwrap();
         assert_eq!(s.agent.interval, Duration::from_secs(60));
-        assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
+        assert_eq!(s.agent.ship.outputs, [Output::stdout()]);
         assert_eq!(s.agent.max_flows, 65_536);
         assert_eq!(s.agent.pin_root.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/flowlog")));
         assert_eq!(s.agent.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));

@@ -1,10 +1,12 @@
-//! CloudWatch Logs destination: one log group (created if missing, with an
+//! `cloudwatch:<log-group>[?retention=<days>]`, the CloudWatch Logs
+//! destination: one log group (created if missing, with an
 //! optional retention), one stream per interface (`<interface-id>-all`,
 //! created if missing or deleted), one event per record with timestamp
 //! `start` × 1000, batches within every PutLogEvents limit.
 
 use std::{
     collections::HashSet,
+    fmt,
     sync::{atomic::Ordering, Arc},
 };
 
@@ -13,12 +15,74 @@ use aws_sdk_cloudwatchlogs::{types::InputLogEvent, Client};
 use tracing::{debug, info, warn};
 
 use super::{
-    aws::{classify, retry, startup_check, Failure, Interrupted, RetryPolicy},
+    aws::{classify, OutputAws},
     batch::{cw_events_by_stream, cw_split, CwEvent, CwLimits},
-    spool::Batch,
     destination::{BoxFut, Destination, ShipStats},
+    output::{parse_scheme, query, split_query, OutputSpec, Registration, StartContext, StartFut},
+    retry::{retry, startup_check, Failure, Interrupted, RetryPolicy},
+    spool::Batch,
     stop::Stop,
 };
+
+pub const REGISTRATION: Registration = Registration { syntax: "`cloudwatch:<log-group>[?retention=<days>]`", parse: |s| parse_scheme(s, "cloudwatch:", CloudWatchOutput::parse) };
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudWatchOutput {
+    pub group: String,
+    pub retention_days: Option<i32>,
+    pub aws: OutputAws,
+}
+
+impl CloudWatchOutput {
+    fn parse(s: &str, rest: &str) -> Result<CloudWatchOutput, String> {
+        let (g, q) = split_query(rest);
+        let (aws, q) = OutputAws::take(s, q)?;
+        let q = q.as_deref();
+        if g.is_empty() || g.len() > 512 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/#".contains(&b)) {
+            return Err(format!("invalid output {s:?}: log group names are 1-512 characters of a-z A-Z 0-9 . _ - / #"));
+        }
+        let mut retention_days = None;
+        for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
+            match kv.split_once('=') {
+                Some(("retention", v)) => {
+                    retention_days = Some(v.parse::<i32>().ok().filter(|d| *d > 0).ok_or_else(|| format!("invalid output {s:?}: retention={v:?} is not a number of days"))?)
+                }
+                _ => return Err(format!("invalid output {s:?}: unknown option {kv:?} (retention=<days>)")),
+            }
+        }
+        Ok(CloudWatchOutput { group: g.into(), retention_days, aws })
+    }
+}
+
+impl fmt::Display for CloudWatchOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cloudwatch:{}", self.group)?;
+        let r = self.retention_days.iter().map(|d| format!("retention={d}")).collect();
+        write!(f, "{}", query([r, self.aws.query()].concat()))
+    }
+}
+
+impl OutputSpec for CloudWatchOutput {
+    fn aws(&self) -> Option<&OutputAws> {
+        Some(&self.aws)
+    }
+    fn start<'a>(&'a self, cx: StartContext<'a>) -> StartFut<'a> {
+        Box::pin(async move {
+            let d = CloudWatchDest {
+                name: cx.name.to_string(),
+                client: Client::new(cx.sdk()),
+                group: self.group.clone(),
+                retention_days: self.retention_days,
+                limits: CwLimits::default(),
+                retry: cx.retry,
+                stats: cx.stats,
+                streams: Default::default(),
+            };
+            d.check().await?;
+            anyhow::Ok(Box::new(d) as Box<dyn Destination>)
+        })
+    }
+}
 
 pub struct CloudWatchDest {
     pub name: String,
@@ -124,7 +188,7 @@ impl Destination for CloudWatchDest {
             for (stream, events) in by_stream {
                 for chunk in cw_split(events, self.limits) {
                     let known = self.streams.contains(&stream);
-                    retry(&self.name, "PutLogEvents", &self.retry, &self.stats, stop, |attempt| self.put(&stream, &chunk, !known && attempt == 0)).await?;
+                    retry(&self.name, "PutLogEvents", &self.retry, &*self.stats, stop, |attempt| self.put(&stream, &chunk, !known && attempt == 0)).await?;
                     self.streams.insert(stream.clone());
                     total += chunk.len() as u64;
                     debug!(destination = %self.name, stream, events = chunk.len(), "PutLogEvents");

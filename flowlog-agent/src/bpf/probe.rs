@@ -11,9 +11,10 @@
 //! and JIT takes, so no atomics need probing: atomic OR and the fetch
 //! variants (5.12 on x86-64, 5.18 in the arm64 JIT) are not used by the
 //! capture programs. Only the REJECT drop program uses fetch-add, and it
-//! needs `enum skb_drop_reason` (5.17) anyway, checked in [`super::reject`].
+//! needs `enum skb_drop_reason` (5.17) anyway, checked in
+//! [`crate::capture::reject`].
 //!
-//! The flow table: the slot table ([`flowlog_common::table::SLOTS`]) needs
+//! The flow table: the slot table ([`flowlog_common::FlowSlot`]) needs
 //! BPF compare-and-exchange and atomic OR (5.12 on x86-64, 5.18 in the arm64
 //! JIT), probed by loading a tiny program that uses both; without them the
 //! hash table of every kernel. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the
@@ -31,9 +32,12 @@ use aya::{
     util::KernelVersion,
 };
 
-use crate::drain::sys;
+use super::sys;
 
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// r0 = *(u32 *)(r1 + offsetof(struct __sk_buff, gso_size)); exit
+const GSO_SIZE_PROG: [u64; 2] = [0x0000_0000_00b0_1061, 0x95];
 
 /// What the capture programs may use on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,9 +119,7 @@ pub fn detect() -> Result<KernelFeatures> {
     }
     need(Ok(aya::features().bpf_global_data()), "BPF global data (.rodata)", "5.2");
     need(sys::hash_batch_supported().map_err(|e| e.to_string()), "batch operations on BPF_MAP_TYPE_HASH", "5.6");
-    // r0 = *(u32 *)(r1 + offsetof(struct __sk_buff, gso_size)); exit
-    let gso_size = [0x0000_0000_00b0_1061u64, 0x95];
-    need(sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &gso_size).map_err(|e| e.to_string()), "__sk_buff.gso_size in TC programs", "5.7");
+    need(sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &GSO_SIZE_PROG).map_err(|e| e.to_string()), "__sk_buff.gso_size in TC programs", "5.7");
     if !missing.is_empty() {
         bail!(
             "this kernel ({}) lacks what flowlog's eBPF programs need: {}. flowlog runs on Linux ≥ 5.10 \
@@ -168,4 +170,33 @@ pub fn log(f: &KernelFeatures, table: TableKind, reject: bool) {
         reject = yn(reject),
         "kernel features (coarse clock: Linux 5.11, TCX: 6.6, slot flow table: 5.12 (arm64 5.18), REJECT: 5.17 with BTF)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    /// The probe program is JIT-compiled exactly when the kernel's JIT is on.
+    #[test]
+    fn prog_jited_follows_bpf_jit_enable() {
+        // SAFETY: plain geteuid.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loading a program needs root");
+            return;
+        }
+        let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").expect("bpf_jit_enable");
+        let want = jit.trim() != "0";
+        let prog = sys::load_program(BPF_PROG_TYPE_SCHED_CLS, &GSO_SIZE_PROG).expect("loading the gso_size probe program");
+        let sizes = sys::prog_sizes(prog.as_fd()).unwrap();
+        // Two instructions, the context read rewritten by the verifier: the
+        // info was really read.
+        assert!(sizes.xlated >= 2 * 8, "{sizes:?}");
+        assert_eq!(sizes.jited > 0, want, "bpf_jit_enable = {}: {sizes:?}", jit.trim());
+        assert_eq!(sys::prog_jited(prog.as_fd()).unwrap(), want);
+        // Not a program: the kernel says so instead of reporting sizes.
+        let not_prog = std::fs::File::open("/proc/self/stat").unwrap();
+        assert_eq!(sys::prog_jited(not_prog.as_fd()).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
 }

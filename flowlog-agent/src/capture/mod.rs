@@ -110,15 +110,20 @@ impl IngressHook {
     }
 }
 
+impl IngressHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngressHook::Auto => "auto",
+            IngressHook::Xdp => "xdp",
+            IngressHook::Tc => "tc",
+        }
+    }
+}
+
 impl std::str::FromStr for IngressHook {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(IngressHook::Auto),
-            "xdp" => Ok(IngressHook::Xdp),
-            "tc" => Ok(IngressHook::Tc),
-            _ => Err("auto, xdp or tc".into()),
-        }
+        [IngressHook::Auto, IngressHook::Xdp, IngressHook::Tc].into_iter().find(|h| h.as_str() == s).ok_or_else(|| "auto, xdp or tc".into())
     }
 }
 

@@ -212,8 +212,9 @@ pub enum EnrichError {
 impl EnrichConfig {
     /// Loads the files and builds the lookups. `vpc_cidrs` locate the VPC
     /// router and DNS addresses; `exclusions_by_default` is the mode's
-    /// default when the config does not say (on in EC2 mode).
-    pub fn build(&self, vpc_cidrs: &[IpNet], exclusions_by_default: bool) -> Result<Enrichment, EnrichError> {
+    /// default when the config does not say (on in EC2 mode);
+    /// `reject_reasons` name the kernel's drop reasons in REJECT records.
+    pub fn build(&self, vpc_cidrs: &[IpNet], exclusions_by_default: bool, reject_reasons: RejectReasons) -> Result<Enrichment, EnrichError> {
         self.tag_fields.validate().map_err(EnrichError::TagFields)?;
         let aws_services = self.ip_ranges.as_deref().map(AwsServices::load).transpose()?;
         let routes = if self.route_table.routes.is_empty() { None } else { Some(RouteTable::new(&self.route_table)?) };
@@ -224,7 +225,7 @@ impl EnrichConfig {
                 let cidrs: Vec<IpNet> = self.vpc_cidrs.iter().chain(vpc_cidrs).copied().collect();
                 Exclusions::from_config(&self.exclusions, &cidrs)
             });
-        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, reject_reasons: RejectReasons::default() })
+        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, reject_reasons })
     }
 }
 
@@ -655,7 +656,7 @@ mod tests {
             route_table: serde_json::from_str(r#"{"routes": [{"destination": "10.0.0.0/16", "target": "local"}]}"#).unwrap(),
             ..EnrichConfig::default()
         }
-        .build(&[], false)
+        .build(&[], false, RejectReasons::default())
         .unwrap();
         let me = "10.0.128.55";
         let mut flows = Vec::new();
@@ -732,7 +733,7 @@ mod tests {
         let host = HostMeta::new("1");
         let ifaces = [iface(2, "eni-a"), iface(3, "eni-b")];
         let cfg: EnrichConfig = serde_json::from_str(r#"{"exclusions": {}, "traffic-type": "ALL"}"#).unwrap();
-        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], true).unwrap();
+        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], true, RejectReasons::default()).unwrap();
         assert_eq!(
             lines(&build_records(&host, &ifaces, &d, Some(&e))),
             [
@@ -741,7 +742,7 @@ mod tests {
             ]
         );
         // Off by default outside EC2 mode: everything is written.
-        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], false).unwrap();
+        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], false, RejectReasons::default()).unwrap();
         assert_eq!(build_records(&host, &ifaces, &d, Some(&e)).len(), 4);
         // A REJECT-only log has nothing to say about accepted traffic.
         let e = Enrichment { traffic_type: TrafficType::Reject, ..Enrichment::default() };
@@ -825,11 +826,11 @@ mod tests {
             r#"{"route-table": {"routes": [{"destination": "0.0.0.0/0", "target": "igw"}, {"destination": "0.0.0.0/0", "target": "vgw"}]}}"#,
         )
         .unwrap();
-        assert_eq!(bad_routes.build(&[], true).unwrap_err().to_string(), "route table: destination 0.0.0.0/0 is listed twice");
+        assert_eq!(bad_routes.build(&[], true, RejectReasons::default()).unwrap_err().to_string(), "route table: destination 0.0.0.0/0 is listed twice");
         let missing = EnrichConfig { ip_ranges: Some("/nonexistent/ip-ranges.json".into()), ..EnrichConfig::default() };
-        assert!(missing.build(&[], true).unwrap_err().to_string().starts_with("cannot read AWS ip-ranges file /nonexistent/ip-ranges.json: "));
+        assert!(missing.build(&[], true, RejectReasons::default()).unwrap_err().to_string().starts_with("cannot read AWS ip-ranges file /nonexistent/ip-ranges.json: "));
         assert!(serde_json::from_str::<EnrichConfig>(r#"{"routes": []}"#).is_err());
-        let empty = EnrichConfig::default().build(&[], true).unwrap();
+        let empty = EnrichConfig::default().build(&[], true, RejectReasons::default()).unwrap();
         assert!(empty.aws_services.is_none() && empty.routes.is_none() && empty.exclusions.is_some());
         assert_eq!(empty.traffic_type, TrafficType::All);
     }

@@ -18,7 +18,7 @@ use std::{
 use flowlog_testkit::{
     netns::Netns,
     shell_quote,
-    systemd::{parse_unit, Calls},
+    systemd::{self, parse_unit, Calls},
 };
 use flowlog_agent::{
     config::OnExit,
@@ -540,7 +540,7 @@ fn systemd_analyze_accepts_the_unit() {
     }
     let dir = tmp_dir("systemd");
     let unit = dir.join("flowlog.service");
-    std::fs::write(&unit, read(UNIT).replace("/usr/local/bin/flowlog-agent", AGENT)).unwrap();
+    std::fs::write(&unit, read(UNIT).replace("/usr/local/bin/flowlog-agent", &systemd::quote(AGENT))).unwrap();
     let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");

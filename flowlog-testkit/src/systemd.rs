@@ -28,6 +28,13 @@ pub fn parse_unit(text: &str) -> Unit {
     unit
 }
 
+/// `arg` as one word of a unit's command line (ExecStart=): double-quoted,
+/// `\\` and `"` escaped, `%` (specifiers) doubled. Checkouts live
+/// anywhere, paths with spaces included.
+pub fn quote(arg: &str) -> String {
+    format!("\"{}\"", arg.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%"))
+}
+
 /// The syscalls `systemd-analyze` puts in a filter's groups, recursively.
 pub fn expand_syscall_filter(items: &BTreeSet<String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();

@@ -299,7 +299,7 @@ impl Capture {
             } else {
                 (1, tot)
             };
-            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 { "egress" } else { "ingress" };
+            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING { "egress" } else { "ingress" };
             f((t, dir.to_string()), packets, bytes, flags);
         }
     }

@@ -74,6 +74,29 @@ fn udp_pair(t: &Topo, from_b: bool, v6: bool, port: u16) -> (UdpSocket, UdpSocke
     (tx, rx)
 }
 
+/// Packets and bytes of the OK records from port `sport` to `dport` in direction `dir`.
+fn sum(recs: &[Rec], sport: u16, dport: u16, dir: &str) -> (u64, u64) {
+    recs.iter()
+        .filter(|r| r.status == "OK" && r.direction == dir && r.sport == Some(sport) && r.dport == Some(dport))
+        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes))
+}
+
+/// A datagram of `size` bytes every 10 ms for `time`, each awaited, on a
+/// thread of its own; the thread returns how many were sent.
+fn send_steadily(tx: &UdpSocket, rx: &UdpSocket, size: usize, time: Duration) -> thread::JoinHandle<u64> {
+    let (tx, rx) = (tx.try_clone().unwrap(), rx.try_clone().unwrap());
+    thread::spawn(move || {
+        let mut sent = 0u64;
+        let until = std::time::Instant::now() + time;
+        while std::time::Instant::now() < until {
+            send_udp(&tx, &rx, 1, size);
+            sent += 1;
+            thread::sleep(Duration::from_millis(10));
+        }
+        sent
+    })
+}
+
 /// Sends `n` datagrams of `size` bytes and waits until all arrived.
 fn send_udp(tx: &UdpSocket, rx: &UdpSocket, n: usize, size: usize) {
     let to = rx.local_addr().unwrap();
@@ -406,19 +429,7 @@ fn kill_9_and_restart_loses_nothing() {
     let args = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin];
     let first = start(&t, &[&t.a_if], &args);
     let (tx, rx) = udp_pair(&t, true, false, 7400);
-    let sender = {
-        let (tx, rx) = (tx.try_clone().unwrap(), rx.try_clone().unwrap());
-        thread::spawn(move || {
-            let mut sent = 0u64;
-            let until = std::time::Instant::now() + Duration::from_millis(4500);
-            while std::time::Instant::now() < until {
-                send_udp(&tx, &rx, 1, 80);
-                sent += 1;
-                thread::sleep(Duration::from_millis(10));
-            }
-            sent
-        })
-    };
+    let sender = send_steadily(&tx, &rx, 80, Duration::from_millis(4500));
     thread::sleep(Duration::from_millis(1200));
     // Kill well inside a window, not while the agent ships one.
     mid_window();
@@ -759,19 +770,7 @@ fn restart_with_keep_hands_over_exactly_with_one_program_per_hook() {
     // handovers.
     let mut agent = start(&t, &[&t.a_if], &keep);
     let (tx, rx) = udp_pair(&t, true, false, 7600);
-    let sender = {
-        let (tx, rx) = (tx.try_clone().unwrap(), rx.try_clone().unwrap());
-        thread::spawn(move || {
-            let mut sent = 0u64;
-            let until = std::time::Instant::now() + Duration::from_millis(6000);
-            while std::time::Instant::now() < until {
-                send_udp(&tx, &rx, 1, 80);
-                sent += 1;
-                thread::sleep(Duration::from_millis(10));
-            }
-            sent
-        })
-    };
+    let sender = send_steadily(&tx, &rx, 80, Duration::from_millis(6000));
     let mut recs = Vec::new();
     // Two restarts with `keep`: each hands over to the next agent.
     for round in 1..3 {
@@ -793,10 +792,7 @@ fn restart_with_keep_hands_over_exactly_with_one_program_per_hook() {
     let (more, log) = agent.stop();
     recs.extend(more);
     let port = tx.local_addr().unwrap().port();
-    let got: (u64, u64) = recs
-        .iter()
-        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7600))
-        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    let got = sum(&recs, port, 7600, "ingress");
     // Three agents, two handovers: every datagram exactly once.
     assert_eq!(got, (sent, sent * 108), "{log}");
     // `detach` (the default) leaves nothing on the interface.
@@ -823,10 +819,7 @@ fn kill_9_leaves_one_program_per_hook_and_detach_removes_it() {
     send_udp(&tx, &rx, 25, 80);
     let (recs, log) = a.stop();
     let port = tx.local_addr().unwrap().port();
-    let got: (u64, u64) = recs
-        .iter()
-        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7610))
-        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    let got = sum(&recs, port, 7610, "ingress");
     assert_eq!(got, (25, 25 * 108), "{log}");
     assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0], "{log}");
     // Without pins (the other path), a graceful stop removes the programs too.
@@ -874,13 +867,8 @@ fn programs_attached_before_the_agent_cannot_hide_traffic() {
     // ingress at TC, first in the chain.
     assert!(log.contains("XDP refused") && log.contains("counting ingress at TC instead"), "{log}");
     assert!(log.lines().any(|l| l.contains(" attached ") && l.contains("ingress=\"tc\"")), "{log}");
-    let sum = |sport: u16, dport: u16, dir: &str| -> (u64, u64) {
-        recs.iter()
-            .filter(|r| r.status == "OK" && r.direction == dir && r.sport == Some(sport) && r.dport == Some(dport))
-            .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes))
-    };
-    assert_eq!(sum(tx.local_addr().unwrap().port(), 7620, "ingress"), (30, 30 * 108), "{log}");
-    assert_eq!(sum(rtx.local_addr().unwrap().port(), 7621, "egress"), (20, 20 * 128), "{log}");
+    assert_eq!(sum(&recs, tx.local_addr().unwrap().port(), 7620, "ingress"), (30, 30 * 108), "{log}");
+    assert_eq!(sum(&recs, rtx.local_addr().unwrap().port(), 7621, "egress"), (20, 20 * 128), "{log}");
     // The other loader's programs are untouched.
     assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0]);
     drop(foreign);
@@ -910,10 +898,7 @@ fn a_window_no_output_could_take_stays_in_the_kernel_and_is_reported_later() {
     let _ = Command::new("umount").arg(&dir).status();
     let _ = fs::remove_dir(&dir);
     let port = tx.local_addr().unwrap().port();
-    let got: (u64, u64) = recs
-        .iter()
-        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7630))
-        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    let got = sum(&recs, port, 7630, "ingress");
     assert_eq!(got, (30, 30 * 108), "{recs:#?}\n{log}");
 }
 
@@ -936,9 +921,6 @@ fn a_renamed_interface_stays_attached_and_counted() {
     let (recs, log) = agent.stop();
     assert!(!log.contains("interface disappeared"), "{log}");
     let port = tx.local_addr().unwrap().port();
-    let got: (u64, u64) = recs
-        .iter()
-        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7640))
-        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    let got = sum(&recs, port, 7640, "ingress");
     assert_eq!(got, (25, 25 * 108), "{log}");
 }

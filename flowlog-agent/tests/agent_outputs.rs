@@ -6,6 +6,7 @@
 
 use std::{fs, io::Read, net::UdpSocket, path::Path, thread, time::Duration};
 
+use flowlog_records::{format::Format, parse::parse_record};
 use flowlog_testkit::{
     agent::{Agent, AgentCmd},
     aws::{self as harness, NetnsMoto},
@@ -107,7 +108,7 @@ fn agent_delivers_to_every_destination_at_once() {
                 let name = st.log_stream_name().unwrap();
                 assert!(name.ends_with("-all"), "{name}");
                 for (ts, m) in harness::log_events(&logs, "agent-e2e", name).await {
-                    assert_eq!(ts / 1000, m.split(' ').nth(10).unwrap().parse::<i64>().unwrap(), "{m}");
+                    assert_eq!(ts / 1000, parse_record(&Format::default(), &m).unwrap().record.start as i64, "{m}");
                     assert!(m.contains(&format!(" {} ", &name[..name.len() - 4])), "{m} in {name}");
                     got.push(m);
                 }

@@ -15,6 +15,7 @@ use std::{
 
 use flowlog_records::{
     format::Format,
+    parse::parse_record,
     record::{Action, FlowRecord, LogStatus},
 };
 use flowlog_agent::ship::{
@@ -129,7 +130,7 @@ fn check_text_objects(objs: &[(String, Vec<u8>)], folder_prefix: &str, format: &
         let mut it = text.lines();
         assert_eq!(it.next().unwrap(), format.header());
         for l in it {
-            let end: u64 = l.split(' ').nth(11).unwrap().parse().unwrap();
+            let end = parse_record(format, l).unwrap_or_else(|e| panic!("{e}: {l}")).record.end;
             let b = end - end % 300;
             assert_eq!(stamp, utc(b, "%Y%m%dT%H%MZ"), "{l} in {name}");
             lines.push(l.to_string());
@@ -546,7 +547,7 @@ async fn kill_9_with_a_non_empty_spool_then_restart_delivers() {
         let got: Vec<String> = harness::log_events(&logs, "kill9", &format!("{iface}-all")).await.into_iter().map(|e| e.1).collect();
         let want: Vec<String> = recs.iter().filter(|r| r.interface_id.as_deref() == Some(&*iface)).map(|r| format.line(r)).collect();
         let mut by_start = want.clone();
-        by_start.sort_by_key(|l| l.split(' ').nth(10).unwrap().parse::<u64>().unwrap());
+        by_start.sort_by_key(|l| parse_record(&format, l).unwrap().record.start);
         assert_eq!(got.len(), want.len());
         assert!(got == by_start, "{iface}: events out of order");
     }

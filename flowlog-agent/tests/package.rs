@@ -263,7 +263,7 @@ fn rpm_holds_the_same_files_and_scripts() {
     let st = Command::new("sh")
         .arg("-c")
         // rpm2archive (in Debian's rpm package; cpio may be missing).
-        .arg(format!("rpm2archive - < {} | tar xz", rpm.display()))
+        .arg(format!("rpm2archive - < {} | tar xz", flowlog_testkit::shell_quote(&rpm)))
         .current_dir(&dir)
         .status()
         .unwrap();

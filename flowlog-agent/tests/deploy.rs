@@ -277,7 +277,7 @@ fn manifest_problems(text: &str) -> Vec<String> {
         p.push(format!("spool-dir {} is not on a writable volume (s3://, cloudwatch:, firehose:, dir: outputs need it)", s.agent.ship.spool_dir.display()));
     }
     for o in &s.agent.ship.outputs {
-        if let Some(FileOutput { path }) = o.spec() {
+        if let Some(FileOutput { path, .. }) = o.spec() {
             let writable = mounts.iter().any(|m| {
                 m["readOnly"].as_bool() != Some(true) && m["mountPath"].as_str().is_some_and(|mp| path.starts_with(mp))
             });

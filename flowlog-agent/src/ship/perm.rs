@@ -1,0 +1,124 @@
+//! File modes of what the agent writes locally (spool, `file:` outputs):
+//! flow records say who talks to whom, so no file is readable by every
+//! local account. A file or directory the agent creates gets exactly the
+//! mode asked for, whatever the umask; one that exists already is only
+//! ever tightened to it (bits the mode lacks are cleared, none added).
+
+use std::{
+    fs::{self, DirBuilder, File, OpenOptions, Permissions},
+    io,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+/// A mode change made to an existing file: `(before, after)`.
+pub type Tightened = Option<(u32, u32)>;
+
+/// `mode` with the permission bits `mask` lacks cleared.
+fn masked(mode: u32, mask: u32) -> u32 {
+    mode & (mask | !0o777)
+}
+
+/// Clears the permission bits of `path` that `mask` lacks.
+pub fn tighten(path: &Path, mask: u32) -> io::Result<Tightened> {
+    let m = fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
+    let n = masked(m, mask);
+    if n == m {
+        return Ok(None);
+    }
+    fs::set_permissions(path, Permissions::from_mode(n))?;
+    Ok(Some((m, n)))
+}
+
+/// [`tighten`] on an open file (`fchmod`).
+fn tighten_file(f: &File, mask: u32) -> io::Result<Tightened> {
+    let m = f.metadata()?.permissions().mode() & 0o7777;
+    let n = masked(m, mask);
+    if n == m {
+        return Ok(None);
+    }
+    f.set_permissions(Permissions::from_mode(n))?;
+    Ok(Some((m, n)))
+}
+
+/// Creates directory `dir` with exactly `mode` (its missing parents get the
+/// usual 0777 less the umask), or tightens an existing one to `mode`.
+pub fn create_dir(dir: &Path, mode: u32) -> io::Result<Tightened> {
+    if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(p)?;
+    }
+    match DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => fs::set_permissions(dir, Permissions::from_mode(mode)).map(|_| None),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => tighten(dir, mode),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens `path` for appending: created with exactly `mode` if missing, an
+/// existing file tightened to `mode`.
+pub fn open_append(path: &Path, mode: u32) -> io::Result<(File, Tightened)> {
+    match OpenOptions::new().append(true).create_new(true).mode(mode).open(path) {
+        Ok(f) => {
+            f.set_permissions(Permissions::from_mode(mode))?;
+            Ok((f, None))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let f = OpenOptions::new().append(true).open(path)?;
+            let t = tighten_file(&f, mode)?;
+            Ok((f, t))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a new file (truncating one left over) with exactly `mode`.
+pub fn write_new(path: &Path, body: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+    f.set_permissions(Permissions::from_mode(mode))?;
+    f.write_all(body)
+}
+
+/// The mode of `path`'s permission bits (for logs and tests).
+pub fn mode_of(path: &Path) -> io::Result<u32> {
+    Ok(fs::symlink_metadata(path)?.permissions().mode() & 0o7777)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tightens_never_loosens() {
+        assert_eq!(masked(0o755, 0o700), 0o700);
+        assert_eq!(masked(0o644, 0o600), 0o600);
+        assert_eq!(masked(0o600, 0o640), 0o600);
+        assert_eq!(masked(0o400, 0o600), 0o400);
+        // Set-id and sticky bits are not permission bits: kept.
+        assert_eq!(masked(0o2775, 0o700), 0o2700);
+    }
+
+    #[test]
+    fn created_exact_existing_tightened() {
+        let d = std::env::temp_dir().join(format!("flowlog-perm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let sub = d.join("a/b");
+        assert_eq!(create_dir(&sub, 0o700).unwrap(), None);
+        assert_eq!(mode_of(&sub).unwrap(), 0o700);
+        fs::set_permissions(&sub, Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(create_dir(&sub, 0o700).unwrap(), Some((0o755, 0o700)));
+        assert_eq!(mode_of(&sub).unwrap(), 0o700);
+        let f = sub.join("f");
+        let (_, t) = open_append(&f, 0o640).unwrap();
+        assert_eq!((t, mode_of(&f).unwrap()), (None, 0o640));
+        fs::set_permissions(&f, Permissions::from_mode(0o666)).unwrap();
+        let (_, t) = open_append(&f, 0o640).unwrap();
+        assert_eq!((t, mode_of(&f).unwrap()), (Some((0o666, 0o640)), 0o640));
+        fs::set_permissions(&f, Permissions::from_mode(0o600)).unwrap();
+        let (_, t) = open_append(&f, 0o644).unwrap();
+        assert_eq!((t, mode_of(&f).unwrap()), (None, 0o600));
+        // A file in the way of a directory is an error, not tightened.
+        assert_eq!(create_dir(&f, 0o700).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -718,11 +718,12 @@ fn iam_cloudwatch_logs() {
             "logs:DescribeLogGroups",
             "logs:DescribeLogStreams",
             "logs:PutLogEvents",
-            "logs:PutRetentionPolicy"
+            "logs:PutRetentionPolicy",
+            "logs:TagResource"
         ])
     );
     let group = set(["arn:aws:logs:REGION:ACCOUNT_ID:log-group:LOG_GROUP", "arn:aws:logs:REGION:ACCOUNT_ID:log-group:LOG_GROUP:*"]);
-    for a in ["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:DescribeLogStreams"] {
+    for a in ["logs:CreateLogGroup", "logs:TagResource", "logs:PutRetentionPolicy", "logs:DescribeLogStreams"] {
         assert_eq!(p[a], group, "{a}");
     }
     for a in ["logs:CreateLogStream", "logs:PutLogEvents"] {

@@ -418,7 +418,7 @@ mod tests {
         assert!("s3://bucket?format=csv".parse::<Output>().unwrap_err().contains("format=\"csv\""));
         assert_eq!(
             "dir:/var/log/flows?per-hour".parse::<Output>().unwrap().spec(),
-            Some(&DirOutput { path: "/var/log/flows".into(), opts: LayoutOptions { per_hour: true, ..Default::default() } })
+            Some(&DirOutput { path: "/var/log/flows".into(), opts: LayoutOptions { per_hour: true, ..Default::default() }, mode: None })
         );
         assert_eq!("cloudwatch:/vpc/flows?retention=7".parse::<Output>().unwrap().spec(), Some(&CloudWatchOutput { group: "/vpc/flows".into(), retention_days: Some(7), class: None, aws: Default::default() }));
         assert!("cloudwatch:a b".parse::<Output>().is_err());

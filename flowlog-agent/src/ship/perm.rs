@@ -79,6 +79,28 @@ pub fn write_new(path: &Path, body: &[u8], mode: u32) -> io::Result<()> {
     f.write_all(body)
 }
 
+/// Takes `mode=<octal>` (at most 0777) out of the query `q` of output `s`
+/// (local file outputs); returns it and the rest of the query.
+pub fn take_mode(s: &str, q: Option<&str>) -> Result<(Option<u32>, Option<String>), String> {
+    let mut mode = None;
+    let mut rest = Vec::new();
+    for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
+        match kv.split_once('=') {
+            Some(("mode", v)) => {
+                let m = u32::from_str_radix(v, 8).ok().filter(|m| *m <= 0o777 && v.bytes().all(|b| b.is_ascii_digit()));
+                mode = Some(m.ok_or_else(|| format!("invalid output {s:?}: mode={v:?} is not a file mode such as 0640 (octal, at most 0777)"))?);
+            }
+            _ => rest.push(kv),
+        }
+    }
+    Ok((mode, if rest.is_empty() { None } else { Some(rest.join("&")) }))
+}
+
+/// `mode=0NNN` of a mode given, for the canonical URL.
+pub fn mode_query(mode: Option<u32>) -> Vec<String> {
+    mode.iter().map(|m| format!("mode={m:04o}")).collect()
+}
+
 /// The mode of `path`'s permission bits (for logs and tests).
 pub fn mode_of(path: &Path) -> io::Result<u32> {
     Ok(fs::symlink_metadata(path)?.permissions().mode() & 0o7777)

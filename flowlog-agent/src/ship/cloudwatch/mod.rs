@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Result;
 use aws_sdk_cloudwatchlogs::{
-    error::DisplayErrorContext,
+    error::{DisplayErrorContext, ProvideErrorMetadata},
     types::{InputLogEvent, LogGroupClass},
     Client,
 };
@@ -181,15 +181,17 @@ impl CloudWatchDest {
             Ok(()) => info!(destination = %self.name, group = %self.group, class, "log group created"),
             Err(e) if already_exists(&e) => self.compare_class().await,
             // Tags on CreateLogGroup need logs:TagResource too: a policy
-            // written before them still gets its group, untagged.
-            Err(e) => match classify(&e) {
-                Failure::Auth(m) => match self.create_log_group(false).await {
+            // written before them still gets its group, untagged. (Bad
+            // credentials are another code, and fail below as before.)
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("AccessDeniedException") => {
+                let m = DisplayErrorContext(&e);
+                match self.create_log_group(false).await {
                     Ok(()) => warn!(destination = %self.name, group = %self.group, class, "log group created without its data-source tags (cw:datasource:name, cw:datasource:type): CreateLogGroup with tags was denied (logs:TagResource missing?): {m}"),
                     Err(e) if already_exists(&e) => self.compare_class().await,
                     Err(e) => return Err(classify(&e)),
-                },
-                f => return Err(f),
-            },
+                }
+            }
+            Err(e) => return Err(classify(&e)),
         }
         if let Some(days) = self.retention_days {
             self.client.put_retention_policy().log_group_name(&self.group).retention_in_days(days).send().await.map_err(|e| classify(&e))?;

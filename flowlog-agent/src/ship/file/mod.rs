@@ -15,8 +15,8 @@ use super::{
 /// The syntax leaves `mode` out: an unknown option's error names it.
 pub const REGISTRATION: Registration = Registration { syntax: "`file:<path>`", parse };
 
-/// The mode of a file output without `mode=`: the owner and its group read
-/// flow records, other local accounts do not.
+/// The mode of a file (`file:`, and the objects of `dir:`) without `mode=`:
+/// the owner and its group read flow records, other local accounts do not.
 pub const DEFAULT_MODE: u32 = 0o640;
 
 fn parse(s: &str) -> Option<Result<Box<dyn OutputSpec>, String>> {
@@ -24,17 +24,10 @@ fn parse(s: &str) -> Option<Result<Box<dyn OutputSpec>, String>> {
     if p.is_empty() {
         return None;
     }
-    let mut mode = None;
-    for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
-        match kv.split_once('=') {
-            Some(("mode", v)) => match u32::from_str_radix(v, 8).ok().filter(|m| *m <= 0o777 && !v.is_empty()) {
-                Some(m) => mode = Some(m),
-                None => return Some(Err(format!("invalid output {s:?}: mode={v:?} is not a file mode such as 0640 (octal, at most 0777)"))),
-            },
-            _ => return Some(Err(format!("invalid output {s:?}: unknown option {kv:?} (mode=<octal>)"))),
-        }
-    }
-    Some(Ok(Box::new(FileOutput { path: PathBuf::from(p), mode })))
+    Some(perm::take_mode(s, q).and_then(|(mode, rest)| match rest {
+        Some(kv) => Err(format!("invalid output {s:?}: unknown option {kv:?} (mode=<octal>)")),
+        None => Ok(Box::new(FileOutput { path: PathBuf::from(p), mode }) as Box<dyn OutputSpec>),
+    }))
 }
 
 /// Appends records to a file, one per line.
@@ -47,7 +40,7 @@ pub struct FileOutput {
 
 impl fmt::Display for FileOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "file:{}{}", self.path.display(), query(self.mode.iter().map(|m| format!("mode={m:04o}")).collect()))
+        write!(f, "file:{}{}", self.path.display(), query(perm::mode_query(self.mode)))
     }
 }
 

@@ -19,26 +19,26 @@ fn masked(mode: u32, mask: u32) -> u32 {
     mode & (mask | !0o777)
 }
 
-/// Clears the permission bits of `path` that `mask` lacks.
-pub fn tighten(path: &Path, mask: u32) -> io::Result<Tightened> {
-    let m = fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
+/// The change that clears the permission bits `mask` lacks from mode `m`,
+/// made by `set`.
+fn tighten_mode(m: u32, mask: u32, set: impl FnOnce(Permissions) -> io::Result<()>) -> io::Result<Tightened> {
+    let m = m & 0o7777;
     let n = masked(m, mask);
     if n == m {
         return Ok(None);
     }
-    fs::set_permissions(path, Permissions::from_mode(n))?;
+    set(Permissions::from_mode(n))?;
     Ok(Some((m, n)))
+}
+
+/// Clears the permission bits of `path` that `mask` lacks.
+pub fn tighten(path: &Path, mask: u32) -> io::Result<Tightened> {
+    tighten_mode(fs::symlink_metadata(path)?.permissions().mode(), mask, |p| fs::set_permissions(path, p))
 }
 
 /// [`tighten`] on an open file (`fchmod`).
 fn tighten_file(f: &File, mask: u32) -> io::Result<Tightened> {
-    let m = f.metadata()?.permissions().mode() & 0o7777;
-    let n = masked(m, mask);
-    if n == m {
-        return Ok(None);
-    }
-    f.set_permissions(Permissions::from_mode(n))?;
-    Ok(Some((m, n)))
+    tighten_mode(f.metadata()?.permissions().mode(), mask, |p| f.set_permissions(p))
 }
 
 /// Creates directory `dir` with exactly `mode` (its missing parents get the
@@ -118,6 +118,26 @@ mod tests {
         assert_eq!(masked(0o400, 0o600), 0o400);
         // Set-id and sticky bits are not permission bits: kept.
         assert_eq!(masked(0o2775, 0o700), 0o2700);
+    }
+
+    /// The umask neither widens nor narrows a mode asked for. (Changing
+    /// the umask affects files other tests create meanwhile: only modes,
+    /// which every mode this module sets ignores.)
+    #[test]
+    fn umask_does_not_change_created_modes() {
+        let d = std::env::temp_dir().join(format!("flowlog-perm-umask-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        for (umask, tag) in [(0o077, "tight"), (0o000, "open")] {
+            // SAFETY: umask only sets the process's file mode mask.
+            let old = unsafe { libc::umask(umask) };
+            let (dir, file, new) = (d.join(format!("{tag}-dir")), d.join(format!("{tag}-file")), d.join(format!("{tag}-new")));
+            let r = (create_dir(&dir, 0o750), open_append(&file, 0o640).map(|_| ()), write_new(&new, b"x", 0o600));
+            unsafe { libc::umask(old) };
+            (r.0.unwrap(), r.1.unwrap(), r.2.unwrap());
+            assert_eq!((mode_of(&dir).unwrap(), mode_of(&file).unwrap(), mode_of(&new).unwrap()), (0o750, 0o640, 0o600), "umask {umask:03o}");
+        }
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -823,4 +823,5 @@ async fn cloudwatch_group_class_and_datasource_tags() {
     assert_eq!(sh.stats[0].0, "cloudwatch:/flowlog/shipped?class=infrequent-access");
     sh.shutdown().await;
     assert_eq!(group_tags(&logs, "/flowlog/shipped").await, want_tags);
+    std::fs::remove_dir_all(spool).unwrap();
 }

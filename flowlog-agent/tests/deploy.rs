@@ -282,7 +282,7 @@ fn manifest_problems(text: &str) -> Vec<String> {
         p.push(format!("spool-dir {} is not on a writable volume (s3://, cloudwatch:, firehose:, dir: outputs need it)", s.agent.ship.spool_dir.display()));
     }
     for o in &s.agent.ship.outputs {
-        if let Some(FileOutput { path }) = o.spec() {
+        if let Some(FileOutput { path, .. }) = o.spec() {
             let writable = mounts.iter().any(|m| {
                 m["readOnly"].as_bool() != Some(true) && m["mountPath"].as_str().is_some_and(|mp| path.starts_with(mp))
             });
@@ -648,11 +648,12 @@ fn iam_cloudwatch_logs() {
             "logs:DescribeLogGroups",
             "logs:DescribeLogStreams",
             "logs:PutLogEvents",
-            "logs:PutRetentionPolicy"
+            "logs:PutRetentionPolicy",
+            "logs:TagResource"
         ])
     );
     let group = set(["arn:aws:logs:REGION:ACCOUNT_ID:log-group:LOG_GROUP", "arn:aws:logs:REGION:ACCOUNT_ID:log-group:LOG_GROUP:*"]);
-    for a in ["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:DescribeLogStreams"] {
+    for a in ["logs:CreateLogGroup", "logs:TagResource", "logs:PutRetentionPolicy", "logs:DescribeLogStreams"] {
         assert_eq!(p[a], group, "{a}");
     }
     for a in ["logs:CreateLogStream", "logs:PutLogEvents"] {

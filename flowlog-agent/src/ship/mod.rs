@@ -21,6 +21,7 @@ pub mod destination;
 pub mod object;
 pub mod output;
 pub mod parquet;
+pub mod perm;
 pub mod retry;
 pub mod spool;
 pub mod stop;
@@ -405,7 +406,7 @@ mod tests {
     #[test]
     fn parses_outputs() {
         assert_eq!("stdout".parse::<Output>(), Ok(Output::stdout()));
-        assert_eq!("file:/tmp/x.log".parse::<Output>().unwrap().spec(), Some(&FileOutput { path: "/tmp/x.log".into() }));
+        assert_eq!("file:/tmp/x.log".parse::<Output>().unwrap().spec(), Some(&FileOutput { path: "/tmp/x.log".into(), mode: None }));
         assert!("bogus".parse::<Output>().unwrap_err().starts_with("invalid output \"bogus\": expected `stdout`, `file:<path>`"));
         assert!("file:".parse::<Output>().is_err());
         let o = "s3://my-bucket/a/b/?format=parquet&hive".parse::<Output>().unwrap();
@@ -417,9 +418,9 @@ mod tests {
         assert!("s3://bucket?format=csv".parse::<Output>().unwrap_err().contains("format=\"csv\""));
         assert_eq!(
             "dir:/var/log/flows?per-hour".parse::<Output>().unwrap().spec(),
-            Some(&DirOutput { path: "/var/log/flows".into(), opts: LayoutOptions { per_hour: true, ..Default::default() } })
+            Some(&DirOutput { path: "/var/log/flows".into(), opts: LayoutOptions { per_hour: true, ..Default::default() }, mode: None })
         );
-        assert_eq!("cloudwatch:/vpc/flows?retention=7".parse::<Output>().unwrap().spec(), Some(&CloudWatchOutput { group: "/vpc/flows".into(), retention_days: Some(7), aws: Default::default() }));
+        assert_eq!("cloudwatch:/vpc/flows?retention=7".parse::<Output>().unwrap().spec(), Some(&CloudWatchOutput { group: "/vpc/flows".into(), retention_days: Some(7), class: None, aws: Default::default() }));
         assert!("cloudwatch:a b".parse::<Output>().is_err());
         assert!("cloudwatch:g?retention=x".parse::<Output>().is_err());
         assert_eq!("firehose:fh-1".parse::<Output>().unwrap().spec(), Some(&FirehoseOutput { stream: "fh-1".into(), aws: Default::default() }));

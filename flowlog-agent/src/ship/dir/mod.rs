@@ -1,7 +1,7 @@
 //! `dir:<path>[?options]`: the S3 layout in a local directory (the object
 //! delivery path of [`super::object`], with files for objects). Files are
 //! written to a temporary name and renamed, so a reader never sees half a
-//! file.
+//! file; they are `0640` (or `mode=`), whatever the umask.
 
 use std::{fmt, future::Future, path::PathBuf};
 
@@ -11,7 +11,9 @@ use tracing::debug;
 use super::{
     destination::Destination,
     object::{LayoutOptions, ObjectDest, ObjectStore},
+    file::DEFAULT_MODE,
     output::{query, split_query, OutputSpec, Registration, StartContext, StartFut},
+    perm,
     retry::Failure,
 };
 
@@ -22,7 +24,7 @@ fn parse(s: &str) -> Option<Result<Box<dyn OutputSpec>, String>> {
     if p.is_empty() {
         return None;
     }
-    Some(LayoutOptions::parse(s, q).map(|opts| Box::new(DirOutput { path: PathBuf::from(p), opts }) as Box<dyn OutputSpec>))
+    Some(perm::take_mode(s, q).and_then(|(mode, q)| LayoutOptions::parse(s, q.as_deref()).map(|opts| Box::new(DirOutput { path: PathBuf::from(p), opts, mode }) as Box<dyn OutputSpec>)))
 }
 
 /// The S3 layout in a local directory.
@@ -30,18 +32,20 @@ fn parse(s: &str) -> Option<Result<Box<dyn OutputSpec>, String>> {
 pub struct DirOutput {
     pub path: PathBuf,
     pub opts: LayoutOptions,
+    /// `mode=` of the files; `None`: [`DEFAULT_MODE`].
+    pub mode: Option<u32>,
 }
 
 impl fmt::Display for DirOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dir:{}{}", self.path.display(), query(self.opts.query()))
+        write!(f, "dir:{}{}", self.path.display(), query([self.opts.query(), perm::mode_query(self.mode)].concat()))
     }
 }
 
 impl OutputSpec for DirOutput {
     fn start<'a>(&'a self, cx: StartContext<'a>) -> StartFut<'a> {
         Box::pin(async move {
-            let store = DirStore { root: self.path.clone() };
+            let store = DirStore { root: self.path.clone(), mode: self.mode.unwrap_or(DEFAULT_MODE) };
             store.check(cx.name)?;
             let layout = self.opts.layout("", cx.account_id, cx.region(), cx.flow_log_id);
             anyhow::Ok(Box::new(ObjectDest { name: cx.name.to_string(), store, layout, opts: cx.objects.clone(), retry: cx.retry, stats: cx.stats }) as Box<dyn Destination>)
@@ -52,6 +56,8 @@ impl OutputSpec for DirOutput {
 /// A directory as an object store.
 pub struct DirStore {
     pub root: PathBuf,
+    /// Of every file written.
+    pub mode: u32,
 }
 
 impl DirStore {
@@ -69,7 +75,7 @@ impl DirStore {
         let dir = path.parent().expect("keys have folders");
         let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
         std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, body))
+            .and_then(|_| perm::write_new(&tmp, body, self.mode))
             .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|_| std::fs::rename(&tmp, &path))
             .map_err(|e| Failure::Other(format!("writing {}: {e}", path.display())))
@@ -83,5 +89,30 @@ impl ObjectStore for DirStore {
     }
     fn delivered(&self, dest: &str, objects: usize, records: usize) {
         debug!(destination = %dest, files = objects, records, "written");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ship::Output;
+
+    /// Files 0640 by default, `mode=` otherwise, whatever the umask.
+    #[test]
+    fn file_modes_and_option() {
+        let root = std::env::temp_dir().join(format!("flowlog-dir-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (url, key, want) in [("", "a/b/x.log.gz", 0o640), ("?per-hour&mode=0600", "a/y.log.gz", 0o600)] {
+            let o: Output = format!("dir:{}{url}", root.display()).parse().unwrap();
+            assert_eq!(o.to_string(), format!("dir:{}{url}", root.display()));
+            let d = o.spec::<DirOutput>().unwrap();
+            let store = DirStore { root: d.path.clone(), mode: d.mode.unwrap_or(DEFAULT_MODE) };
+            store.write(key, b"body").unwrap();
+            assert_eq!(perm::mode_of(&root.join(key)).unwrap(), want, "{url}");
+            assert_eq!(std::fs::read(root.join(key)).unwrap(), b"body");
+        }
+        let e = "dir:/x?mode=0800".parse::<Output>().unwrap_err();
+        assert!(e.starts_with("invalid output \"dir:/x?mode=0800\": mode=\"0800\" is not a file mode"), "{e}");
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

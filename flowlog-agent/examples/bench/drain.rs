@@ -450,7 +450,7 @@ pub fn child(args: &[String]) -> Result<()> {
         bytes = batch.len();
         ensure!(batch.iter().filter(|&&b| b == b'\n').count() == n, "formatted lines != {n}");
 
-        let mut sink = FileOutput { path: path.clone() }.open()?;
+        let mut sink = FileOutput { path: path.clone(), mode: None }.open()?;
         let ((), cpu, _) = timed(|| sink.write_batch(&batch))?;
         shp.push(cpu);
         drop(sink);

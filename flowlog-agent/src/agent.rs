@@ -310,7 +310,7 @@ fn prepare_drops(cfg: &Config) -> Result<Option<DropSetup>> {
 
 /// Loads the programs and maps (nothing attached yet).
 fn load_capture(cfg: &Config, drops: Option<&DropSetup>, links: &[links::LinkInfo], selected: &[links::LinkInfo]) -> Result<(Capture, FlowTables)> {
-    let (mut capture, tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops)?;
+    let (mut capture, tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops, None)?;
     capture.set_ingress_hook(cfg.ingress_hook);
     if !crate::bpf::probe::tcx_available() {
         // Netlink filters outlive their agent; on interfaces this agent will

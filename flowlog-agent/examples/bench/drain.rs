@@ -385,7 +385,7 @@ pub fn child(args: &[String]) -> Result<()> {
     let v6 = fam == "v6";
     let kind = if table == "slots" { TableKind::Slots } else { TableKind::Hash };
     let max_flows = (n.next_power_of_two() as u32).max(65_536);
-    let (_capture, mut tables) = Capture::load_with_table(max_flows, None, 1, &Default::default(), None, Some(kind))?;
+    let (_capture, mut tables) = Capture::load(max_flows, None, 1, &Default::default(), None, Some(kind))?;
     let flow_maps = match kind {
         TableKind::Hash => [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?],
         TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],

@@ -307,20 +307,11 @@ impl Capture {
     /// With `pin_root`, maps and attachments are pinned under
     /// `<pin_root>/v<layout>-<max_flows>/` and re-used by the next agent, so
     /// packets counted while no agent runs are reported after a restart.
+    ///
+    /// `table`: the flow table chosen by the caller (tests and benchmarks
+    /// run both on one kernel); `None`: the best this kernel takes
+    /// ([`TableKind::choose`]).
     pub fn load(
-        max_flows: u32,
-        pin_root: Option<&Path>,
-        sample_rate: u32,
-        filters: &KernelFilters,
-        drops: Option<&DropSetup>,
-    ) -> Result<(Capture, FlowTables)> {
-        Self::load_with_table(max_flows, pin_root, sample_rate, filters, drops, None)
-    }
-
-    /// [`Capture::load`] with the flow table chosen by the caller (tests and
-    /// benchmarks run both on one kernel); `None`: the best this kernel
-    /// takes ([`TableKind::choose`]).
-    pub fn load_with_table(
         max_flows: u32,
         pin_root: Option<&Path>,
         sample_rate: u32,

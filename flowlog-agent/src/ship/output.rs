@@ -27,9 +27,24 @@ pub struct Registration {
 }
 
 /// The parser of a kind whose outputs are `<scheme><rest>`: `parse(s, rest)`.
-pub fn parse_scheme<T: OutputSpec>(s: &str, scheme: &str, parse: fn(&str, &str) -> Result<T, String>) -> Option<Result<Box<dyn OutputSpec>, String>> {
+pub fn parse_scheme<T: OutputSpec>(s: &str, scheme: &str, parse: impl FnOnce(&str, &str) -> Result<T, String>) -> Option<Result<Box<dyn OutputSpec>, String>> {
     let rest = s.strip_prefix(scheme)?;
     Some(parse(s, rest).map(|o| Box::new(o) as Box<dyn OutputSpec>))
+}
+
+/// The parser of an AWS kind, `<scheme><path>[?query]`: `parse(s, path, aws,
+/// query)` with the per-output AWS options ([`OutputAws::take`]) taken out of
+/// the query first, so every AWS kind takes them the same way.
+pub fn parse_aws_scheme<T: OutputSpec>(
+    s: &str,
+    scheme: &str,
+    parse: fn(&str, &str, OutputAws, Option<&str>) -> Result<T, String>,
+) -> Option<Result<Box<dyn OutputSpec>, String>> {
+    parse_scheme(s, scheme, |s, rest| {
+        let (path, q) = split_query(rest);
+        let (aws, q) = OutputAws::take(s, q)?;
+        parse(s, path, aws, q.as_deref())
+    })
 }
 
 /// Splits `path?query`.

@@ -23,14 +23,14 @@ use super::{
     aws::{classify, OutputAws},
     batch::{cw_events_by_stream, cw_split, CwEvent, CwLimits},
     destination::{BoxFut, Destination, ShipStats},
-    output::{parse_scheme, query, split_query, OutputSpec, Registration, StartContext, StartFut},
+    output::{parse_aws_scheme, query, OutputSpec, Registration, StartContext, StartFut},
     retry::{retry, startup_check, Failure, Interrupted, RetryPolicy},
     spool::Batch,
     stop::Stop,
 };
 
 /// The syntax names only `retention`; an unknown option's error lists them all.
-pub const REGISTRATION: Registration = Registration { syntax: "`cloudwatch:<log-group>[?retention=<days>]`", parse: |s| parse_scheme(s, "cloudwatch:", CloudWatchOutput::parse) };
+pub const REGISTRATION: Registration = Registration { syntax: "`cloudwatch:<log-group>[?retention=<days>]`", parse: |s| parse_aws_scheme(s, "cloudwatch:", CloudWatchOutput::parse) };
 
 /// The tags a group the agent creates gets, so that CloudWatch Logs lists
 /// it as a custom data source (`@data_source_name`/`@data_source_type`:
@@ -85,10 +85,7 @@ pub struct CloudWatchOutput {
 }
 
 impl CloudWatchOutput {
-    fn parse(s: &str, rest: &str) -> Result<CloudWatchOutput, String> {
-        let (g, q) = split_query(rest);
-        let (aws, q) = OutputAws::take(s, q)?;
-        let q = q.as_deref();
+    fn parse(s: &str, g: &str, aws: OutputAws, q: Option<&str>) -> Result<CloudWatchOutput, String> {
         if g.is_empty() || g.len() > 512 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/#".contains(&b)) {
             return Err(format!("invalid output {s:?}: log group names are 1-512 characters of a-z A-Z 0-9 . _ - / #"));
         }

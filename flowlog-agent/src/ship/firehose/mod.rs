@@ -17,13 +17,13 @@ use super::{
     aws::{classify, OutputAws},
     batch::{fh_payload, fh_split},
     destination::{BoxFut, Destination, ShipStats},
-    output::{parse_scheme, query, split_query, OutputSpec, Registration, StartContext, StartFut},
+    output::{parse_aws_scheme, query, OutputSpec, Registration, StartContext, StartFut},
     retry::{retry, startup_check, Failure, Interrupted, RetryPolicy},
     spool::Batch,
     stop::Stop,
 };
 
-pub const REGISTRATION: Registration = Registration { syntax: "`firehose:<delivery-stream>`", parse: |s| parse_scheme(s, "firehose:", FirehoseOutput::parse) };
+pub const REGISTRATION: Registration = Registration { syntax: "`firehose:<delivery-stream>`", parse: |s| parse_aws_scheme(s, "firehose:", FirehoseOutput::parse) };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirehoseOutput {
@@ -32,9 +32,7 @@ pub struct FirehoseOutput {
 }
 
 impl FirehoseOutput {
-    fn parse(s: &str, rest: &str) -> Result<FirehoseOutput, String> {
-        let (st, q) = split_query(rest);
-        let (aws, q) = OutputAws::take(s, q)?;
+    fn parse(s: &str, st: &str, aws: OutputAws, q: Option<&str>) -> Result<FirehoseOutput, String> {
         if let Some(q) = q {
             return Err(format!("invalid output {s:?}: unknown option {q:?} (region, endpoint, role-arn)"));
         }

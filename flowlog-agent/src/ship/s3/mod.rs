@@ -16,7 +16,7 @@ use super::{
     destination::Destination,
     aws::{classify, valid_region, OutputAws},
     object::{LayoutOptions, ObjectDest, ObjectStore},
-    output::{parse_scheme, query, split_query, OutputSpec, Registration, StartContext, StartFut},
+    output::{parse_aws_scheme, query, OutputSpec, Registration, StartContext, StartFut},
     retry::{startup_check, Failure},
 };
 /// Still reachable here, where it was first defined.
@@ -24,7 +24,7 @@ pub use super::object::ObjectOptions;
 
 pub const REGISTRATION: Registration = Registration {
     syntax: "`s3://<bucket>[/<prefix>][?options]` (options: format=text|parquet, hive, per-hour, joined with &)",
-    parse: |s| parse_scheme(s, "s3://", S3Output::parse),
+    parse: |s| parse_aws_scheme(s, "s3://", S3Output::parse),
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,10 +37,7 @@ pub struct S3Output {
 }
 
 impl S3Output {
-    fn parse(s: &str, rest: &str) -> Result<S3Output, String> {
-        let (p, q) = split_query(rest);
-        let (aws, q) = OutputAws::take(s, q)?;
-        let q = q.as_deref();
+    fn parse(s: &str, p: &str, aws: OutputAws, q: Option<&str>) -> Result<S3Output, String> {
         let (bucket, prefix) = p.split_once('/').unwrap_or((p, ""));
         let prefix = prefix.trim_matches('/');
         let valid_bucket = (3..=63).contains(&bucket.len())

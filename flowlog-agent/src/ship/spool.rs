@@ -581,6 +581,11 @@ mod tests {
         d
     }
 
+    /// 100 records of 200 bytes: about 23 KiB in a segment.
+    fn big_batch() -> Batch {
+        Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() }
+    }
+
     fn batch(n: usize, tag: &str) -> Batch {
         Batch {
             header: "a b".into(),
@@ -662,7 +667,7 @@ mod tests {
         let dests = vec!["a".to_string(), "b".to_string()];
         // segment_max is clamped to 64 KiB; bound 256 KiB.
         let s = Spool::open(&dir, 256 << 10, &dests).unwrap();
-        let big = Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() };
+        let big = big_batch();
         let mut total = 0;
         for _ in 0..40 {
             s.append(&big).unwrap();
@@ -689,7 +694,7 @@ mod tests {
         let dir = tmpdir("gc");
         let dests = vec!["a".to_string()];
         let s = Spool::open(&dir, 1 << 20, &dests).unwrap();
-        let big = Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() };
+        let big = big_batch();
         for _ in 0..20 {
             s.append(&big).unwrap();
         }
@@ -733,7 +738,7 @@ mod tests {
         let dir = tmpdir("modes-new");
         let dests = vec!["a".to_string()];
         let s = Spool::open(&dir, 256 << 10, &dests).unwrap();
-        let big = Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() };
+        let big = big_batch();
         // Two ~23 KiB batches per 64 KiB segment: segments 1 and 2.
         for _ in 0..4 {
             s.append(&big).unwrap();

@@ -67,7 +67,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     }
     let metrics = Metrics::new(cfg.interval);
-    metrics.set_build(capture.table().name(), capture::object_of(capture.table()));
+    metrics.set_build(capture.table().name(), capture::object_of(capture.table()), capture.jit().all_jited());
     if let Some(addr) = cfg.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone())
             .await

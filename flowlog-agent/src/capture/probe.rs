@@ -147,8 +147,15 @@ pub fn detect() -> Result<KernelFeatures> {
         0x0000_0000_0000_00b7,
         0x95,
     ];
-    let slot_atomics = match sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &atomics) {
-        Ok(v) => v,
+    let slot_atomics = match super::jit::probe_jited(BPF_PROG_TYPE_SCHED_CLS, &atomics) {
+        // Loaded but interpreted while the JIT is on: arm64 5.12-5.17, whose
+        // JIT lacks these atomics. The hash table's programs are JIT-compiled
+        // there. With the JIT off nothing is, and the slot table stays.
+        Ok(Some(false)) if super::jit::jit_enabled() => {
+            tracing::info!("BPF compare-and-exchange loads but is not JIT-compiled on this kernel (arm64 JIT: 5.18): using the hash flow table, which is");
+            false
+        }
+        Ok(v) => v.is_some(),
         Err(e) => {
             tracing::debug!("probing BPF compare-and-exchange: {e}; using the hash flow table");
             false

@@ -452,7 +452,10 @@ fn run_arch(root: &Path, vng_bin: &Path, arch: Arch, opts: &Opts) -> Result<()> 
             for img in &images {
                 arm64::link_modules(&rootfs, &img.kernel_root(), &img.release)?;
             }
-            arm64::build_tests(root, &rootfs, &opts.suites)?
+            // Only what the plan runs: each release test binary costs minutes.
+            let planned: Vec<String> =
+                opts.suites.iter().filter(|s| opts.full || images.iter().any(|img| default_filters(img, s).is_some())).cloned().collect();
+            arm64::build_tests(root, &rootfs, &planned)?
         }
     };
     step(&format!("vmtest {}: setup and build took {:.0?}", arch.name(), started.elapsed()));
@@ -612,18 +615,30 @@ fn ensure_kernel(root: &Path, arch: Arch, spec: &'static KernelSpec, refresh: bo
         other => other,
     };
     let apt = PrivateApt::new(root, spec.dist, arch);
-    let package = apt.newest_kernel(spec.series, refresh)?;
-    if let Some(img) = cached.filter(|img| img.package == package) {
+    let candidates = apt.newest_kernels(spec.series, refresh)?;
+    if let Some(img) = cached.filter(|img| candidates.first() == Some(&img.package)) {
         step(&format!("vmtest: kernel {name}: {} is still the newest, cached", img.package));
         return Ok(img);
     }
-    step(&format!("vmtest: kernel {name}: downloading {package} ({})", spec.dist.name));
     // Unpack next to the cache and swap it in only when complete, so an
     // interrupted run never leaves a half kernel that looks cached.
     let partial = root.join("target/vm/kernels").join(format!("{name}.partial"));
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    apt.download(&package, &partial)?;
+    // The lists may name a package the mirror lacks (bullseye-security's
+    // arm64 kernels answer 404 here): then the next older one.
+    let mut errors = Vec::new();
+    for candidate in &candidates {
+        step(&format!("vmtest: kernel {name}: downloading {candidate} ({})", spec.dist.name));
+        match apt.download(candidate, &partial) {
+            Ok(()) => break,
+            Err(e) => errors.push(format!("{candidate}: {e:#}")),
+        }
+    }
+    if errors.len() == candidates.len() {
+        bail!("no kernel package of {name} could be downloaded: {}", errors.join("; "));
+    }
+    let package = &candidates[errors.len()];
     let deb = fs::read_dir(&partial)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
@@ -716,10 +731,10 @@ impl PrivateApt {
         bail!("no mirror of Debian {} answered: {}", self.dist.name, errors.join("; "))
     }
 
-    /// The newest generic kernel package of `series` for our architecture,
-    /// e.g. linux-image-6.1.0-57-amd64-unsigned. Uses the lists we have, and
+    /// The newest generic kernel packages of `series` for our architecture,
+    /// newest first, e.g. linux-image-6.1.0-57-amd64-unsigned. Uses the lists we have, and
     /// updates them when there are none, none match, or `refresh`.
-    fn newest_kernel(&self, series: &str, refresh: bool) -> Result<String> {
+    fn newest_kernels(&self, series: &str, refresh: bool) -> Result<Vec<String>> {
         let mut mirror = match (self.current_mirror(), refresh) {
             (Some(m), false) => m,
             _ => self.update()?,
@@ -734,13 +749,14 @@ impl PrivateApt {
                 .output()
                 .context("cannot run apt-cache")?;
             let names = String::from_utf8_lossy(&out.stdout);
-            let best = names
+            let mut found: Vec<(Vec<u64>, &str)> = names
                 .lines()
                 .filter_map(|l| l.split_whitespace().next())
                 .filter_map(|name| kernel_sort_key(name, series, deb).map(|key| (key, name)))
-                .max();
-            match best {
-                Some((_, name)) => return Ok(name.to_string()),
+                .collect();
+            found.sort();
+            match found.last() {
+                Some(_) => return Ok(found.iter().rev().take(KERNEL_CANDIDATES).map(|(_, n)| n.to_string()).collect()),
                 None if !updated => {
                     mirror = self.update()?;
                     updated = true;
@@ -767,6 +783,9 @@ impl PrivateApt {
         get(mirror)
     }
 }
+
+/// Kernel packages tried, newest first, when a download fails.
+const KERNEL_CANDIDATES: usize = 6;
 
 /// Orders kernel package names by the numbers in them (6.1.0-57 > 6.1.0-9);
 /// None for other flavours (-cloud, -rt: any all-letter part) and series.

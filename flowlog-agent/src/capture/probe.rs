@@ -16,7 +16,9 @@
 //! The flow table: the slot table ([`flowlog_common::table::SLOTS`]) needs
 //! BPF compare-and-exchange and atomic OR (5.12 on x86-64, 5.18 in the arm64
 //! JIT), probed by loading a tiny program that uses both; without them the
-//! hash table of every kernel. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the
+//! hash table of every kernel. A probe that loads but is not JIT-compiled
+//! while the JIT is on (arm64 5.12-5.17 without `CONFIG_BPF_JIT_ALWAYS_ON`,
+//! see [`super::jit`]) counts as without. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the
 //! choice (benchmarks, tests of both on one kernel).
 //!
 //! Optional: `bpf_ktime_get_coarse_ns` (5.11; else `bpf_ktime_get_ns`, the

@@ -50,10 +50,17 @@ pub fn prog_jited(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]) != 0)
 }
 
-/// `net.core.bpf_jit_enable` is not 0 (unreadable counts as on: the
-/// kernel default where the file is hidden, as in some containers).
+/// Whether the JIT compiles at all (`net.core.bpf_jit_enable` not 0): a
+/// program every JIT translates (`r0 = 0; exit`) comes out JIT-compiled.
+/// Asked of the kernel rather than read from /proc/sys, which a network
+/// namespace other than the first does not show. The sysctl only if the
+/// probe cannot load.
 pub fn jit_enabled() -> bool {
-    std::fs::read_to_string(JIT_SYSCTL).map_or(true, |v| v.trim() != "0")
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    match probe_jited(BPF_PROG_TYPE_SCHED_CLS, &[0xb7, 0x95]) {
+        Ok(Some(jited)) => jited,
+        _ => std::fs::read_to_string(JIT_SYSCTL).map_or(true, |v| v.trim() != "0"),
+    }
 }
 
 /// Loads a tiny program: `None` if the kernel refuses it (EINVAL, EACCES,

@@ -325,7 +325,7 @@ fn load_capture(cfg: &Config, drops: Option<&DropSetup>, links: &[links::LinkInf
 /// The metrics registry, served on `metrics-listen` unless that is off.
 async fn start_metrics(cfg: &Config, capture: &Capture) -> Result<Arc<Metrics>> {
     let metrics = Metrics::new(cfg.interval);
-    metrics.set_build(capture.table().name(), capture::object_of(capture.table()));
+    metrics.set_build(capture.table().name(), capture::object_of(capture.table()), capture.jit().all_jited());
     if let Some(addr) = cfg.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone())
             .await

@@ -90,6 +90,8 @@ pub struct BuildLabels {
     pub ebpf_object: String,
     pub flow_table: String,
     pub kernel: String,
+    /// "true" when every program loaded at startup is JIT-compiled.
+    pub jited: String,
 }
 
 /// Declares [`Metrics`] and its `new` from one table, a metric a row in the
@@ -155,7 +157,7 @@ metrics! {
 impl Metrics {
 
     /// `flowlog_build_info` for the loaded object.
-    pub fn set_build(&self, flow_table: &str, object: &[u8]) {
+    pub fn set_build(&self, flow_table: &str, object: &[u8], jited: bool) {
         use sha2::Digest;
         let h = sha2::Sha256::digest(object);
         let labels = BuildLabels {
@@ -163,6 +165,7 @@ impl Metrics {
             ebpf_object: h[..8].iter().map(|b| format!("{b:02x}")).collect(),
             flow_table: flow_table.into(),
             kernel: crate::bpf::probe::release(),
+            jited: jited.to_string(),
         };
         self.build.clear();
         self.build.get_or_create(&labels).set(1);
@@ -354,9 +357,10 @@ mod tests {
         m.kernel_counters(&c(6, 9));
         m.shipped("stdout", 4, true);
         m.shipped("file:/x", 2, false);
-        m.set_build("slots", b"object");
+        m.set_build("slots", b"object", true);
         let text = m.render();
         assert!(text.contains(&format!("ebpf_object=\"{}\",flow_table=\"slots\"", &sha_hex(b"object")[..16])), "{text}");
+        assert!(text.contains(",jited=\"true\"} 1"), "{text}");
         let version = format!("flowlog_build_info{{version=\"{}\",ebpf_object=\"", env!("CARGO_PKG_VERSION"));
         assert!(text.lines().any(|l| l.starts_with(&version) && l.ends_with("} 1")), "{text}");
         let now = clock::unix_ns() / 1_000_000_000;

@@ -567,6 +567,53 @@ fn metrics_match_the_records() {
     agent.stop();
 }
 
+/// `net.core.bpf_jit_enable` set for one test, restored on drop (also when
+/// the test fails). The sysctl is global: other tests meanwhile load their
+/// programs interpreted, which changes no count.
+struct JitSysctl(String);
+
+const JIT_SYSCTL: &str = "/proc/sys/net/core/bpf_jit_enable";
+
+impl Drop for JitSysctl {
+    fn drop(&mut self) {
+        fs::write(JIT_SYSCTL, &self.0).unwrap_or_else(|e| panic!("restoring {JIT_SYSCTL} to {}: {e}", self.0.trim()));
+    }
+}
+
+/// With the JIT off every program loads into the interpreter (as a program
+/// the arm64 JIT cannot translate does on 5.12-5.17 kernels): the agent
+/// says so at startup and in `flowlog_build_info`, and counts exactly.
+/// Kernels built with CONFIG_BPF_JIT_ALWAYS_ON refuse the 0: a skip.
+#[test]
+fn programs_the_kernel_interprets_are_reported_and_counted_exactly() {
+    if !require_root() {
+        return;
+    }
+    let before = fs::read_to_string(JIT_SYSCTL).expect("reading net.core.bpf_jit_enable");
+    if let Err(e) = fs::write(JIT_SYSCTL, "0") {
+        eprintln!("SKIP: programs_the_kernel_interprets_are_reported_and_counted_exactly: this kernel keeps its JIT on (CONFIG_BPF_JIT_ALWAYS_ON: net.core.bpf_jit_enable=0 refused: {e})");
+        return;
+    }
+    let _restore = JitSysctl(before);
+    let t = topo(false);
+    let agent = start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--metrics-listen", "127.0.0.1:9751"]);
+    let (tx, rx) = udp_pair(&t, true, false, 7700);
+    send_udp(&tx, &rx, 9, 100);
+    ping(&t.a, t.b4, 3, 100);
+    let (status, body) = http_get(&t.a, "127.0.0.1:9751".parse().unwrap(), "/metrics");
+    assert_eq!(status, 200);
+    let build = body.lines().find(|l| l.starts_with("flowlog_build_info{")).unwrap_or_else(|| panic!("no build_info: {body}"));
+    assert!(build.contains(",jited=\"false\"}"), "{build}");
+    let (recs, log) = agent.stop();
+    let line = log.lines().find(|l| l.contains("eBPF programs run in the kernel's interpreter")).unwrap_or_else(|| panic!("no JIT line: {log}"));
+    assert!(line.contains("net.core.bpf_jit_enable=0") && line.contains("flowlog_egress") && line.contains("flowlog_ingress_tc"), "{line}");
+    let m = totals(&recs);
+    let (a4, b4): (IpAddr, IpAddr) = (t.a4.into(), t.b4.into());
+    assert_eq!(get(&m, (b4, a4, tx.local_addr().unwrap().port(), 7700, 17), "ingress"), (9, 9 * 128, 0));
+    assert_eq!(get(&m, (a4, b4, 0, 0, 1), "egress"), (3, 3 * 128, 0));
+    assert_eq!(get(&m, (b4, a4, 0, 0, 1), "ingress"), (3, 3 * 128, 0));
+}
+
 /// Waits until the middle of a 1-second window (windows end on whole seconds).
 fn mid_window() {
     while !(300..600).contains(&std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis()) {

@@ -37,7 +37,7 @@ fn tool_ok(bin: &Path, args: &[&str], version: &str) -> bool {
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
 }
 
-fn setup_tools() -> Result<PathBuf> {
+pub(crate) fn setup_tools() -> Result<PathBuf> {
     let root = root_dir();
     let bin = root.join(TOOLS_ROOT).join("bin");
     for (krate, version, exe, args) in [
@@ -64,7 +64,7 @@ fn setup_tools() -> Result<PathBuf> {
 
 /// `cargo zigbuild` with the venv's zig (`python -m ziglang`) and its cache
 /// under target/.
-fn zigbuild_env(cmd: &mut Command) -> &mut Command {
+pub(crate) fn zigbuild_env(cmd: &mut Command) -> &mut Command {
     let root = root_dir();
     cmd.env("CARGO_ZIGBUILD_PYTHON_PATH", root.join(ZIG_VENV).join("bin/python"))
         .env("CARGO_ZIGBUILD_CACHE_DIR", root.join("target/test-tools/zig-cache"))

@@ -17,7 +17,9 @@
 //! The flow table: the slot table ([`flowlog_common::FlowSlot`]) needs
 //! BPF compare-and-exchange and atomic OR (5.12 on x86-64, 5.18 in the arm64
 //! JIT), probed by loading a tiny program that uses both; without them the
-//! hash table of every kernel. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the
+//! hash table of every kernel. A probe that loads but is not JIT-compiled
+//! while the JIT is on (arm64 5.12-5.17 without `CONFIG_BPF_JIT_ALWAYS_ON`,
+//! see [`probe_jited`]) counts as without. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the
 //! choice (benchmarks, tests of both on one kernel).
 //!
 //! Optional: `bpf_ktime_get_coarse_ns` (5.11; else `bpf_ktime_get_ns`, the
@@ -149,14 +151,48 @@ pub fn detect() -> Result<KernelFeatures> {
         0x0000_0000_0000_00b7,
         0x95,
     ];
-    let slot_atomics = match sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &atomics) {
-        Ok(v) => v,
+    let slot_atomics = match probe_jited(BPF_PROG_TYPE_SCHED_CLS, &atomics) {
+        // Loaded but interpreted while the JIT is on: arm64 5.12-5.17, whose
+        // JIT lacks these atomics. The hash table's programs are JIT-compiled
+        // there. With the JIT off nothing is, and the slot table stays.
+        Ok(Some(false)) if jit_enabled() => {
+            tracing::info!("BPF compare-and-exchange loads but is not JIT-compiled on this kernel (arm64 JIT: 5.18): using the hash flow table, which is");
+            false
+        }
+        Ok(v) => v.is_some(),
         Err(e) => {
             tracing::debug!("probing BPF compare-and-exchange: {e}; using the hash flow table");
             false
         }
     };
     Ok(KernelFeatures { coarse_clock, tcx: tcx_available(), slot_atomics })
+}
+
+/// Loads a tiny program: `None` if the kernel refuses it (EINVAL, EACCES,
+/// ENOTSUPP), else whether it was JIT-compiled. A kernel without
+/// `CONFIG_BPF_JIT_ALWAYS_ON` (Debian's arm64 kernels) runs what its JIT
+/// cannot translate in the interpreter instead of refusing it: only
+/// `jited_prog_len` tells (BPF compare-and-exchange and the fetch atomics on
+/// arm64 5.12-5.17; every program with `net.core.bpf_jit_enable=0`).
+pub fn probe_jited(prog_type: u32, insns: &[u64]) -> std::io::Result<Option<bool>> {
+    match sys::load_program(prog_type, insns) {
+        Ok(prog) => sys::prog_jited(std::os::fd::AsFd::as_fd(&prog)).map(Some),
+        // ENOTSUPP (524): a JIT that cannot translate it on a JIT-always-on kernel.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES | 524)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the JIT compiles at all (`net.core.bpf_jit_enable` not 0): a
+/// program every JIT translates (`r0 = 0; exit`) comes out JIT-compiled.
+/// Asked of the kernel rather than read from /proc/sys, which a network
+/// namespace other than the first does not show. The sysctl only if the
+/// probe cannot load.
+pub fn jit_enabled() -> bool {
+    match probe_jited(BPF_PROG_TYPE_SCHED_CLS, &[0xb7, 0x95]) {
+        Ok(Some(jited)) => jited,
+        _ => std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").map_or(true, |v| v.trim() != "0"),
+    }
 }
 
 /// One line of what was found, logged once at startup.

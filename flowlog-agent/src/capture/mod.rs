@@ -10,6 +10,7 @@
 //! functions so it is tested without either.
 
 pub mod btf;
+pub mod jit;
 pub mod links;
 pub mod reject;
 pub mod tc;
@@ -251,6 +252,8 @@ pub struct Capture {
     drops: Option<(Hold, u32)>,
     features: KernelFeatures,
     table: TableKind,
+    /// Which of the programs loaded at startup run interpreted.
+    jit: jit::JitState,
 }
 
 /// Capabilities the agent needs, by bit number (linux/capability.h).
@@ -382,7 +385,7 @@ impl Capture {
             tc.load().map_err(verifier)?;
         }
         let mut capture =
-            Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features, table: kind };
+            Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features, table: kind, jit: jit::JitState::default() };
         if let Some(d) = drops {
             match capture.attach_drops(d) {
                 Ok(()) => {}
@@ -392,6 +395,8 @@ impl Capture {
                 Err(e) => return Err(e),
             }
         }
+        capture.jit = jit::JitState::of(&capture.ebpf);
+        capture.jit.log();
         Ok((capture, tables))
     }
 
@@ -435,6 +440,11 @@ impl Capture {
     /// The flow table the programs write.
     pub fn table(&self) -> TableKind {
         self.table
+    }
+
+    /// Whether the programs loaded at startup run JIT-compiled.
+    pub fn jit(&self) -> &jit::JitState {
+        &self.jit
     }
 
     pub fn set_ingress_hook(&mut self, hook: IngressHook) {

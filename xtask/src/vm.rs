@@ -69,7 +69,7 @@ fn default_filters(series: &str, suite: &str) -> Option<&'static [&'static str]>
 /// FLOWLOG_TEST_AGENT_BIN set to the packages' binary.
 const PACKAGED_SUITE: &str = "packaged";
 /// What `cargo xtask package` leaves for the packages (and the Dockerfile).
-const PACKAGED_AGENT: &str = "target/packages/flowlog-agent";
+const PACKAGED_AGENT: &str = "target/packages/x86_64/flowlog-agent";
 
 const VM_MEMORY: &str = "3G";
 const VM_CPUS: &str = "2";

@@ -69,10 +69,45 @@ fn tool_ok(bin: &Path, args: &[&str], version: &str) -> bool {
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version))
 }
 
+/// cargo-deb and cargo-generate-rpm being compiled (`cargo install`).
+struct Installs(Vec<std::process::Child>);
+
+impl Installs {
+    fn wait(mut self) -> Result<()> {
+        for mut child in std::mem::take(&mut self.0) {
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("cargo install failed: {status}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Not waited for (the build failed): not left running either.
+impl Drop for Installs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Installs what is missing of cargo-zigbuild and zig (PyPI wheels, into
-/// one venv: seconds), cargo-deb and cargo-generate-rpm (compiled: minutes,
-/// so both at once), and returns the PATH that has them first.
+/// one venv: seconds), cargo-deb and cargo-generate-rpm (compiled: minutes),
+/// and returns the PATH that has them first.
+#[allow(dead_code)] // for vm.rs's arm64 test binaries (cargo zigbuild --tests)
 pub(crate) fn setup_tools() -> Result<PathBuf> {
+    let (path, installs) = start_setup_tools()?;
+    installs.wait()?;
+    Ok(path)
+}
+
+/// setup_tools, returning before cargo-deb and cargo-generate-rpm are
+/// compiled: both at once, and beside the release build, whose serial
+/// stretches (the big crates, linking) leave a core idle.
+fn start_setup_tools() -> Result<(PathBuf, Installs)> {
     let root = root_dir();
     let bin = root.join(TOOLS_ROOT).join("bin");
     fs::create_dir_all(&bin)?;
@@ -111,14 +146,8 @@ pub(crate) fn setup_tools() -> Result<PathBuf> {
             installs.push(cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))?);
         }
     }
-    for mut child in installs {
-        let status = child.wait()?;
-        if !status.success() {
-            bail!("cargo install failed: {status}");
-        }
-    }
     let path = std::env::var("PATH").unwrap_or_default();
-    Ok(PathBuf::from(format!("{}:{path}", bin.display())))
+    Ok((PathBuf::from(format!("{}:{path}", bin.display())), Installs(installs)))
 }
 
 /// `cargo zigbuild` with the venv's zig (`python -m ziglang`) and its cache
@@ -171,11 +200,11 @@ fn timed(what: &str, cmd: &mut Command) -> Result<()> {
 pub fn package() -> Result<()> {
     let root = root_dir();
     let started = Instant::now();
-    let path = setup_tools()?;
     for arch in &ARCHES {
         ensure_rust_target(arch.target)?;
     }
-    step(&format!("tools ready: {:.0?}", started.elapsed()));
+    let (path, installs) = start_setup_tools()?;
+    step(&format!("zig, cargo-zigbuild and the Rust targets ready: {:.0?}", started.elapsed()));
     // One cargo run for both targets: the build scripts and proc macros are
     // built once and the two targets' crates share the cores.
     let mut build = cargo();
@@ -189,6 +218,9 @@ pub fn package() -> Result<()> {
     if let Some(missing) = bins.iter().find(|b| !b.is_file()) {
         bail!("{} not built", missing.display());
     }
+    let waiting = Instant::now();
+    installs.wait()?;
+    step(&format!("cargo-deb and cargo-generate-rpm ready (waited {:.0?} for them after the build)", waiting.elapsed()));
 
     let out = root.join(PACKAGES_DIR);
     let staging = out.join("staging");

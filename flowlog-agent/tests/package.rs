@@ -317,7 +317,12 @@ fn debs_hold_their_architecture_s_binary_and_the_same_files() {
         out(Command::new("dpkg-deb").arg("--extract").arg(&deb).arg(&files.0));
         let bin = files.0.join("usr/bin/flowlog-agent");
         assert_eq!(elf_machine(&bin), arch.e_machine, "{}: not an {} binary", deb.display(), arch.name);
-        assert!(fs::read(&bin).unwrap() == fs::read(arch.binary()).unwrap(), "{} holds another binary than {}", deb.display(), arch.binary().display());
+        assert!(
+            fs::read(&bin).unwrap() == fs::read(arch.binary()).unwrap(),
+            "{} holds another binary than {}",
+            deb.display(),
+            arch.binary().display()
+        );
         unpacked.push((arch, files));
     }
     same_files_but_the_binary("deb", &unpacked, "usr/bin/flowlog-agent");
@@ -497,7 +502,12 @@ fn image_holds_each_platform_s_binary() {
         assert_eq!(platform.trim(), format!("linux/{}", arch.deb));
         let bin = image.join("usr/local/bin/flowlog-agent");
         assert_eq!(elf_machine(&bin), arch.e_machine, "the {} image holds no {} binary", arch.deb, arch.name);
-        assert!(fs::read(&bin).unwrap() == fs::read(arch.binary()).unwrap(), "the {} image holds another binary than {}", arch.deb, arch.binary().display());
+        assert!(
+            fs::read(&bin).unwrap() == fs::read(arch.binary()).unwrap(),
+            "the {} image holds another binary than {}",
+            arch.deb,
+            arch.binary().display()
+        );
         assert_eq!(fs::metadata(&bin).unwrap().permissions().mode() & 0o7777, 0o755);
         assert_eq!(fs::read_to_string(image.join("etc/flowlog/flowlog.toml")).unwrap(), read("flowlog.example.toml"));
     }

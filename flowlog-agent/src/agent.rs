@@ -2,7 +2,7 @@
 //! aggregation interval, and a final round on SIGINT/SIGTERM.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::Path,
     sync::Arc,
     time::Duration,
@@ -10,24 +10,21 @@ use std::{
 
 use anyhow::{Context, Result};
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
+    sync::mpsc::UnboundedReceiver,
     time::{sleep_until, Instant},
 };
 use tracing::{error, info, warn};
 
-use flowlog_records::format::Format;
 use crate::{
-    capture::{self, Capture},
-    drain::clock,
-    drain::Drained,
-    enrich::{self, HostMeta, InterfaceMeta},
-    capture::links,
+    bpf::clock,
+    capture::{self, links, reject::DropSetup, watch::{self, LinkEvent}, Capture},
+    config::{Config, OnExit, Settings},
+    drain::{Drained, FlowTables, KernelCounters},
+    enrich::{self, EcsConfig, Enrichment, HostMeta, InterfaceMeta, TagFields},
+    metadata::{refresh::Refresher, InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
     metrics::{self, Metrics, RecordCounts},
-    config::{OnExit, Settings},
-    enrich::{EcsConfig, Enrichment, TagFields},
-    metadata::{InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
-    ship::Shipper,
-    capture::watch::{self, LinkEvent},
+    ship::{ShipConfig, Shipper},
 };
 
 const SYSFS: &str = "/sys";
@@ -41,228 +38,308 @@ fn next_boundary(interval: Duration) -> Instant {
     Instant::now() + Duration::from_nanos(wait as u64)
 }
 
+/// Runs windows until SIGINT/SIGTERM, then a final one.
 pub async fn run(settings: Settings) -> Result<()> {
-    let cfg = &settings.agent;
-    let drops = match crate::capture::reject::DropSetup::prepare(&cfg.reject) {
-        Ok(d) => d.map(|d| crate::capture::reject::DropSetup { optional: !cfg.reject_explicit, ..d }),
-        Err(e) if !cfg.reject_explicit => {
-            warn!("REJECT records are off: {e:#}");
-            None
-        }
-        Err(e) => return Err(e),
-    };
-    // Subscribe first: a link created while we list is then not missed.
-    let mut link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
-    let links = links::list_links().context("listing network interfaces in /sys/class/net")?;
-    let selector = links::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
-    let selected = selector.select(&links)?;
-    let (mut capture, mut tables) =
-        Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops.as_ref())?;
-    capture.set_ingress_hook(cfg.ingress_hook);
-    if !capture::probe::tcx_available() {
-        // Netlink filters outlive their agent; on interfaces this agent will
-        // not capture on, a crashed predecessor's would count on unseen.
-        for l in links.iter().filter(|l| !selected.iter().any(|s| s.ifindex == l.ifindex)) {
-            capture::tc::remove_all(&l.name, l.ifindex, &capture::TC_PROGRAMS);
+    let mut agent = Agent::start(settings).await?;
+    agent.report_leftover()?;
+    loop {
+        let stop = agent.wait_for_window_end().await;
+        let closed = agent.close_window(stop)?;
+        if stop {
+            return agent.finish(closed).await;
         }
     }
-    let metrics = Metrics::new(cfg.interval);
-    metrics.set_build(capture.table().name(), capture::object_of(capture.table()));
-    if let Some(addr) = cfg.metrics_listen {
-        let bound = metrics::serve(addr, metrics.clone())
-            .await
-            .with_context(|| format!("listening on {addr} for metrics (--metrics-listen; `off` disables it)"))?;
-        info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
-    }
-    let machine = links::machine_id();
-    let (mut provider, selection) =
-        MetadataProvider::new(&settings.metadata, Path::new(SYSFS), &machine).context("metadata configuration ([metadata])")?;
-    info!(source = ?selection.kind, why = %selection.why, "metadata provider");
-    // Native flow logs never show metadata, DNS, time sync or DHCP traffic of
-    // an instance: leave it out by default on EC2.
-    let mut enrichment = settings
-        .enrich
-        .build(&[], selection.kind == ProviderKind::Ec2)
-        .context("enrichment configuration ([enrich])")?;
-    if let Some(d) = &drops {
-        enrichment.reject_reasons = d.reasons.clone();
-    }
-    let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
-    let snapshot = match provider.refresh(&link_ids).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("metadata: {e}; using what is known");
-            provider.cached(&link_ids)
+}
+
+/// What the main loop runs with, set up by [`Agent::start`].
+struct Agent {
+    cfg: Config,
+    capture: Capture,
+    tables: FlowTables,
+    selector: links::Selector,
+    link_events: UnboundedReceiver<LinkEvent>,
+    ifs: Interfaces,
+    host: HostMeta,
+    enrichment: Enrichment,
+    shipper: Shipper,
+    metrics: Arc<Metrics>,
+    sigterm: Signal,
+    sigint: Signal,
+    last_counters: KernelCounters,
+    /// `--on-exit keep` with pinned tables: the programs outlive the agent.
+    keep: bool,
+    /// Interfaces whose attach failed once: not retried every window.
+    refused: BTreeSet<u32>,
+}
+
+/// One window's outcome, which the final round reports on.
+struct Closed {
+    flows: usize,
+    /// At least one output (or the spool) took the records.
+    written: bool,
+}
+
+impl Agent {
+    /// Loads the programs, starts metrics and metadata, attaches to the
+    /// selected interfaces and opens the outputs; then says it is ready.
+    async fn start(settings: Settings) -> Result<Agent> {
+        let Settings { agent: cfg, metadata, enrich, .. } = settings;
+        let drops = prepare_drops(&cfg)?;
+        // Subscribe first: a link created while we list is then not missed.
+        let link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
+        let links = links::list_links().context("listing network interfaces in /sys/class/net")?;
+        let selector = links::Selector::new(&cfg.ifaces, &cfg.exclude_ifaces)?;
+        let selected = selector.select(&links)?;
+        let (mut capture, tables) = load_capture(&cfg, drops.as_ref(), &links, &selected)?;
+        let metrics = start_metrics(&cfg, &capture).await?;
+        let machine = links::machine_id();
+        let (provider, selection) =
+            MetadataProvider::new(&metadata, Path::new(SYSFS), &machine).context("metadata configuration ([metadata])")?;
+        info!(source = ?selection.kind, why = %selection.why, "metadata provider");
+        let reject_reasons = drops.map(|d| d.reasons).unwrap_or_default();
+        // Native flow logs never show metadata, DNS, time sync or DHCP traffic of
+        // an instance: leave it out by default on EC2.
+        let enrichment =
+            enrich.build(&[], selection.kind == ProviderKind::Ec2, reject_reasons).context("enrichment configuration ([enrich])")?;
+        let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
+        let (snapshot, refresher) = Refresher::start(provider, link_ids, metadata.refresh_interval()).await;
+        let host = HostMeta {
+            account_id: cfg.account_id.as_deref().map_or_else(|| snapshot.host.account_id.clone(), Into::into),
+            account_override: cfg.account_id.is_some(),
+        };
+        let mut ifs = Interfaces::new(machine, snapshot, refresher, enrich.tag_fields, enrich.ecs);
+        for link in &selected {
+            ifs.attach(&mut capture, link)?;
         }
-    };
-    let host = HostMeta {
-        account_id: cfg.account_id.as_deref().map_or_else(|| snapshot.host.account_id.clone(), Into::into),
-        account_override: cfg.account_id.is_some(),
-    };
-    // Refreshes run off the capture path: IMDS may be slow or retrying.
-    let (links_tx, links_rx) = tokio::sync::watch::channel(link_ids);
-    let (snap_tx, mut snap_rx) = tokio::sync::watch::channel(snapshot.clone());
-    let refresh = settings.metadata.refresh_interval();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(Instant::now() + refresh, refresh);
-        loop {
-            tick.tick().await;
-            let links = links_rx.borrow().clone();
-            let s = match provider.refresh(&links).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!("metadata refresh: {e}; keeping what is known");
-                    provider.cached(&links)
-                }
-            };
-            if snap_tx.send(s).is_err() {
-                return;
+        if selected.is_empty() {
+            warn!(patterns = %cfg.ifaces.join(","), "no interface matches yet; waiting for matching interfaces to appear");
+        }
+        let shipper = Shipper::start(&ShipConfig { account_id: host.account_id.to_string(), ..cfg.ship.clone() }).await?;
+        let (sigterm, sigint) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+        let last_counters = tables.counters()?;
+        let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
+        let agent = Agent {
+            cfg,
+            capture,
+            tables,
+            selector,
+            link_events,
+            ifs,
+            host,
+            enrichment,
+            shipper,
+            metrics,
+            sigterm,
+            sigint,
+            last_counters,
+            keep,
+            refused: BTreeSet::new(),
+        };
+        agent.announce_ready();
+        Ok(agent)
+    }
+
+    /// To the metrics, systemd and the log.
+    fn announce_ready(&self) {
+        let (attached, outputs) = (self.ifs.attached.len(), self.shipper.describe());
+        self.metrics.set_attached(attached);
+        self.metrics.set_ready();
+        crate::notify::ready(&format!("capturing on {attached} interfaces, writing to {outputs}"), self.metrics.clone());
+        info!(
+            interfaces = attached,
+            interval_s = self.cfg.interval.as_secs_f64(),
+            max_flows = self.cfg.max_flows,
+            sample_rate = self.cfg.sample_rate.max(1),
+            outputs = %outputs,
+            "ready"
+        );
+    }
+
+    /// A window a previous agent counted but did not ship (pinned tables).
+    fn report_leftover(&mut self) -> Result<()> {
+        if let Some(d) = self.tables.leftover()? {
+            warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
+            if self.ship(&d) {
+                self.tables.release(&d)?;
             }
         }
-    });
-    let mut ifs = Interfaces {
-        machine,
-        attached: BTreeMap::new(),
-        in_window: Vec::new(),
-        forget: Vec::new(),
-        snapshot,
-        links: links_tx,
-        tag_fields: settings.enrich.tag_fields.clone(),
-        ecs: settings.enrich.ecs.clone(),
-    };
-    for link in &selected {
-        ifs.attach(&mut capture, link)?;
+        Ok(())
     }
-    if selected.is_empty() {
-        warn!(patterns = %cfg.ifaces.join(","), "no interface matches yet; waiting for matching interfaces to appear");
-    }
-    let mut ship_cfg = cfg.ship.clone();
-    ship_cfg.account_id = host.account_id.to_string();
-    let mut shipper = Shipper::start(&ship_cfg).await?;
-    let format = &cfg.format;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    metrics.set_attached(ifs.attached.len());
-    metrics.set_ready();
-    crate::notify::ready(&format!("capturing on {} interfaces, writing to {}", ifs.attached.len(), shipper.describe()), metrics.clone());
-    info!(
-        interfaces = ifs.attached.len(),
-        interval_s = cfg.interval.as_secs_f64(),
-        max_flows = cfg.max_flows,
-        sample_rate = cfg.sample_rate.max(1),
-        outputs = %shipper.describe(),
-        "ready"
-    );
 
-    let mut last_counters = tables.counters()?;
-    let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
-    if let Some(d) = tables.leftover()? {
-        warn!(flows = d.flows.len(), "a previous agent stopped before it shipped a window: reporting it now");
-        if ship(&host, &ifs.in_window, format, &d, &mut shipper, &metrics, &enrichment) {
-            tables.release(&d)?;
-        }
-    }
-    // Interfaces whose attach failed once: not retried every window.
-    let mut refused = std::collections::BTreeSet::new();
-    loop {
-        let deadline = next_boundary(cfg.interval);
-        let stop = loop {
+    /// Follows links and metadata until the window's end (`false`) or a
+    /// stop signal (`true`).
+    async fn wait_for_window_end(&mut self) -> bool {
+        let deadline = next_boundary(self.cfg.interval);
+        loop {
             tokio::select! {
-                _ = sleep_until(deadline) => break false,
-                _ = sigterm.recv() => break true,
-                _ = sigint.recv() => break true,
-                Some(ev) = link_events.recv() => match ev {
+                _ = sleep_until(deadline) => return false,
+                _ = self.sigterm.recv() => return true,
+                _ = self.sigint.recv() => return true,
+                Some(ev) = self.link_events.recv() => match ev {
                     LinkEvent::Changed(link) => {
-                        if !ifs.attached.contains_key(&link.ifindex) && selector.wants(&link) {
-                            if let Err(e) = ifs.attach(&mut capture, &link) {
+                        if !self.ifs.attached.contains_key(&link.ifindex) && self.selector.wants(&link) {
+                            if let Err(e) = self.ifs.attach(&mut self.capture, &link) {
                                 error!(iface = %link.name, "cannot attach to a new interface: {e:#}");
                             }
                         }
                     }
-                    LinkEvent::Removed { ifindex, .. } => ifs.gone(&mut capture, ifindex),
-                    LinkEvent::Overrun => relist(&mut ifs, &mut capture, &selector, &mut refused),
+                    LinkEvent::Removed { ifindex, .. } => self.ifs.gone(&mut self.capture, ifindex),
+                    LinkEvent::Overrun => relist(&mut self.ifs, &mut self.capture, &self.selector, &mut self.refused),
                 },
-                Ok(()) = snap_rx.changed() => {
-                    let s = snap_rx.borrow_and_update().clone();
-                    ifs.update(s);
-                }
+                s = self.ifs.refresher.changed() => self.ifs.update(s),
             }
-        };
+        }
+    }
+
+    /// Drains the window (everything, on a stop that detaches), ships it,
+    /// and releases it from the kernel once an output took it.
+    fn close_window(&mut self, stop: bool) -> Result<Closed> {
         if stop {
             crate::notify::stopping();
         }
-        relist(&mut ifs, &mut capture, &selector, &mut refused);
+        relist(&mut self.ifs, &mut self.capture, &self.selector, &mut self.refused);
         let started = std::time::Instant::now();
-        let drained = if stop && !keep {
-            capture.detach_all();
-            tables.drain_all()?
+        let drained = if stop && !self.keep {
+            self.capture.detach_all();
+            self.tables.drain_all()?
         } else {
-            tables.rotate()?
+            self.tables.rotate()?
         };
-        metrics.drained(&drained, &ifs.in_window, cfg.max_flows, started.elapsed().as_secs_f64());
-        let written = ship(&host, &ifs.in_window, format, &drained, &mut shipper, &metrics, &enrichment);
+        self.metrics.drained(&drained, &self.ifs.in_window, self.cfg.max_flows, started.elapsed().as_secs_f64());
+        let written = self.ship(&drained);
         crate::notify::status(&format!(
             "{} flows from {} interfaces in the last window ({}); {} interfaces attached",
             drained.flows.len(),
-            ifs.in_window.len(),
+            self.ifs.in_window.len(),
             if written { "written" } else { "kept in the kernel: no output took it" },
-            ifs.attached.len()
+            self.ifs.attached.len()
         ));
         if written {
-            tables.release(&drained)?;
-        } else if !stop || keep {
+            self.tables.release(&drained)?;
+        } else if !stop || self.keep {
             // Left in the kernel table: the programs add to it again two
             // windows on, and that window reports both (times widened).
             warn!(flows = drained.flows.len(), "no output took this window's records: they stay in the kernel and are reported with a later window");
         }
         let skipped: u64 = drained.fails.iter().map(|(_, f)| f.packets).sum::<u64>() + drained.unattributed_failures;
         if skipped > 0 {
-            warn!(packets = skipped, max_flows = cfg.max_flows, "flow table full: packets not counted, SKIPDATA written; raise --max-flows");
+            warn!(packets = skipped, max_flows = self.cfg.max_flows, "flow table full: packets not counted, SKIPDATA written; raise --max-flows");
         }
-        let c = tables.counters()?;
-        metrics.kernel_counters(&c);
-        if c.malformed > last_counters.malformed {
-            info!(frames = c.malformed - last_counters.malformed, "malformed or truncated IP frames ignored in this window");
+        self.report_counters()?;
+        // The next window reports the interfaces attached now.
+        self.ifs.in_window = self.ifs.attached.values().cloned().collect();
+        for name in self.ifs.forget.drain(..) {
+            self.metrics.forget_interface(&name);
         }
-        if c.reject_not_moved > last_counters.reject_not_moved {
+        self.metrics.set_attached(self.ifs.attached.len());
+        Ok(Closed { flows: drained.flows.len(), written })
+    }
+
+    /// The kernel's counters to the metrics; what grew since the last
+    /// window to the log.
+    fn report_counters(&mut self) -> Result<()> {
+        let c = self.tables.counters()?;
+        self.metrics.kernel_counters(&c);
+        let last = &self.last_counters;
+        if c.malformed > last.malformed {
+            info!(frames = c.malformed - last.malformed, "malformed or truncated IP frames ignored in this window");
+        }
+        if c.reject_not_moved > last.reject_not_moved {
             warn!(
-                packets = c.reject_not_moved - last_counters.reject_not_moved,
+                packets = c.reject_not_moved - last.reject_not_moved,
                 "dropped packets reported as REJECT whose ACCEPT count was in an earlier window (dropped long after they arrived)"
             );
         }
-        last_counters = c;
+        self.last_counters = c;
+        Ok(())
+    }
 
-        // The next window reports the interfaces attached now.
-        ifs.in_window = ifs.attached.values().cloned().collect();
-        for name in ifs.forget.drain(..) {
-            metrics.forget_interface(&name);
-        }
-        metrics.set_attached(ifs.attached.len());
-        if stop {
-            shipper.shutdown().await;
-            if keep {
-                capture.keep_pinned();
-                info!("stopped; programs stay attached and keep counting for the next agent (--on-exit keep)");
-            } else if written || capture.pin_dir().is_none() {
-                if !written {
-                    error!(flows = drained.flows.len(), "no output took the final window's records and nothing is pinned: they are lost");
-                }
-                capture.remove_pins();
-                info!("stopped after the final drain");
-            } else {
-                warn!(flows = drained.flows.len(), "no output took the final window's records: the pinned tables keep them for the next agent");
-                info!("stopped after the final drain");
+    /// After the final window: flushes the outputs, then leaves the kernel
+    /// side as `--on-exit` says (pins removed only when nothing is lost).
+    async fn finish(mut self, last: Closed) -> Result<()> {
+        self.shipper.shutdown().await;
+        if self.keep {
+            self.capture.keep_pinned();
+            info!("stopped; programs stay attached and keep counting for the next agent (--on-exit keep)");
+        } else if last.written || self.capture.pin_dir().is_none() {
+            if !last.written {
+                error!(flows = last.flows, "no output took the final window's records and nothing is pinned: they are lost");
             }
-            return Ok(());
+            self.capture.remove_pins();
+            info!("stopped after the final drain");
+        } else {
+            warn!(flows = last.flows, "no output took the final window's records: the pinned tables keep them for the next agent");
+            info!("stopped after the final drain");
+        }
+        Ok(())
+    }
+
+    /// Formats one window's records and writes them to every destination.
+    /// Whether at least one output (or the spool) took them: only then may the
+    /// kernel tables forget them.
+    fn ship(&mut self, drained: &Drained) -> bool {
+        let mut counts = RecordCounts::default();
+        let mut window = self.shipper.window(&self.cfg.format);
+        enrich::for_each_record(&self.host, &self.ifs.in_window, drained, Some(&self.enrichment), |r| {
+            counts.add(r);
+            window.push(r);
+        });
+        self.metrics.records(&counts);
+        let results = window.finish();
+        for (output, ok) in &results {
+            self.metrics.shipped(output, counts.total(), *ok);
+        }
+        self.metrics.destinations(&self.shipper);
+        results.is_empty() || results.iter().any(|(_, ok)| *ok)
+    }
+}
+
+/// Reads the kernel's drop reasons for REJECT. Without an explicit
+/// `reject-reasons`, a kernel that cannot (no BTF) gets a warning and no
+/// REJECT records rather than a failed start.
+fn prepare_drops(cfg: &Config) -> Result<Option<DropSetup>> {
+    match DropSetup::prepare(&cfg.reject) {
+        Ok(d) => Ok(d.map(|d| DropSetup { optional: !cfg.reject_explicit, ..d })),
+        Err(e) if !cfg.reject_explicit => {
+            warn!("REJECT records are off: {e:#}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads the programs and maps (nothing attached yet).
+fn load_capture(cfg: &Config, drops: Option<&DropSetup>, links: &[links::LinkInfo], selected: &[links::LinkInfo]) -> Result<(Capture, FlowTables)> {
+    let (mut capture, tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops, None)?;
+    capture.set_ingress_hook(cfg.ingress_hook);
+    if !crate::bpf::probe::tcx_available() {
+        // Netlink filters outlive their agent; on interfaces this agent will
+        // not capture on, a crashed predecessor's would count on unseen.
+        for l in links.iter().filter(|l| !selected.iter().any(|s| s.ifindex == l.ifindex)) {
+            capture::tc::remove_all(&l.name, l.ifindex, &capture::TC_PROGRAMS);
         }
     }
+    Ok((capture, tables))
+}
+
+/// The metrics registry, served on `metrics-listen` unless that is off.
+async fn start_metrics(cfg: &Config, capture: &Capture) -> Result<Arc<Metrics>> {
+    let metrics = Metrics::new(cfg.interval);
+    metrics.set_build(capture.table().name(), capture::object_of(capture.table()), capture.jit().all_jited());
+    if let Some(addr) = cfg.metrics_listen {
+        let bound = metrics::serve(addr, metrics.clone())
+            .await
+            .with_context(|| format!("listening on {addr} for metrics (--metrics-listen; `off` disables it)"))?;
+        info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
+    }
+    Ok(metrics)
 }
 
 /// Compares the attached interfaces with a fresh list of links, by ifindex:
 /// a notification lost to a netlink overrun is recovered (new interfaces
 /// attached, vanished ones reported), and a renamed interface, which keeps
 /// its ifindex and its programs, stays attached.
-fn relist(ifs: &mut Interfaces, capture: &mut Capture, selector: &links::Selector, refused: &mut std::collections::BTreeSet<u32>) {
+fn relist(ifs: &mut Interfaces, capture: &mut Capture, selector: &links::Selector, refused: &mut BTreeSet<u32>) {
     let now = match links::list_links() {
         Ok(l) => l,
         Err(e) => {
@@ -286,34 +363,6 @@ fn relist(ifs: &mut Interfaces, capture: &mut Capture, selector: &links::Selecto
     }
 }
 
-/// Formats one window's records and writes them to every destination.
-/// Whether at least one output (or the spool) took them: only then may the
-/// kernel tables forget them.
-#[allow(clippy::too_many_arguments)]
-fn ship(
-    host: &HostMeta,
-    ifaces: &[InterfaceMeta],
-    format: &Format,
-    drained: &Drained,
-    shipper: &mut Shipper,
-    metrics: &Metrics,
-    enrichment: &Enrichment,
-) -> bool {
-    let mut counts = RecordCounts::default();
-    let mut window = shipper.window(format);
-    enrich::for_each_record(host, ifaces, drained, Some(enrichment), |r| {
-        counts.add(r);
-        window.push(r);
-    });
-    metrics.records(&counts);
-    let results = window.finish();
-    for (output, ok) in &results {
-        metrics.shipped(output, counts.total(), *ok);
-    }
-    metrics.destinations(shipper);
-    results.is_empty() || results.iter().any(|(_, ok)| *ok)
-}
-
 /// The attached interfaces, and all that were attached during the window.
 struct Interfaces {
     machine: String,
@@ -324,13 +373,17 @@ struct Interfaces {
     forget: Vec<String>,
     /// The latest metadata.
     snapshot: Snapshot,
-    /// What the metadata refresher looks up.
-    links: tokio::sync::watch::Sender<Vec<LinkId>>,
+    /// Looks up the attached interfaces' metadata.
+    refresher: Refresher,
     tag_fields: TagFields,
     ecs: BTreeMap<String, EcsConfig>,
 }
 
 impl Interfaces {
+    fn new(machine: String, snapshot: Snapshot, refresher: Refresher, tag_fields: TagFields, ecs: BTreeMap<String, EcsConfig>) -> Interfaces {
+        Interfaces { machine, attached: BTreeMap::new(), in_window: Vec::new(), forget: Vec::new(), snapshot, refresher, tag_fields, ecs }
+    }
+
     fn meta_for(&self, ifindex: u32, name: &str) -> InterfaceMeta {
         let m = match self.snapshot.interface(name) {
             Some(m) => m.clone(),
@@ -349,12 +402,7 @@ impl Interfaces {
             self.in_window.push(meta.clone());
         }
         self.attached.insert(link.ifindex, meta);
-        let name = link.name.clone();
-        self.links.send_modify(|l| {
-            if !l.iter().any(|x| x.name == name) {
-                l.push(LinkId::from_sysfs(Path::new(SYSFS), &name));
-            }
-        });
+        self.refresher.add(LinkId::from_sysfs(Path::new(SYSFS), &link.name));
         Ok(())
     }
 
@@ -362,7 +410,7 @@ impl Interfaces {
         if let Some(m) = self.attached.remove(&ifindex) {
             capture.detach(ifindex);
             self.forget.push(m.name.clone());
-            self.links.send_modify(|l| l.retain(|x| x.name != m.name));
+            self.refresher.remove(&m.name);
             warn!(iface = %m.name, ifindex, "interface disappeared; reporting its last window and going on with the others");
             if self.attached.is_empty() {
                 warn!("no interface left to capture on; waiting for matching interfaces to appear");

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use flowlog_records::record::{FlowRecord, LogStatus};
 use crate::{
-    drain::clock,
+    bpf::clock,
     drain::Drained,
     enrich::InterfaceMeta,
 };
@@ -90,117 +90,82 @@ pub struct BuildLabels {
     pub ebpf_object: String,
     pub flow_table: String,
     pub kernel: String,
+    /// "true" when every program loaded at startup is JIT-compiled.
+    pub jited: String,
 }
 
-pub struct Metrics {
-    registry: Registry,
-    windows: Counter,
-    packets: Family<IfaceDir, Counter>,
-    bytes: Family<IfaceDir, Counter>,
-    flows: Family<Iface, Counter>,
-    insert_failures: Family<Iface, Counter>,
-    records: Family<Status, Counter>,
-    shipped: Family<OutputLabel, Counter>,
-    dropped: Family<OutputLabel, Counter>,
-    table_fill: Gauge<f64, AtomicU64>,
-    malformed: Counter,
-    non_ip: Counter,
-    filtered: Counter,
-    sampled_out: Counter,
-    attached: Gauge,
-    drain_seconds: Histogram,
-    delivered: Family<OutputLabel, Counter>,
-    rejected: Family<OutputLabel, Counter>,
-    spool_bytes: Gauge,
-    spool_dropped: Counter,
-    spool_oldest_age: Gauge,
-    last_success: Family<OutputLabel, Gauge>,
-    errors: Family<OutputReason, Counter>,
-    build: Family<BuildLabels, Gauge>,
-    ready: AtomicBool,
-    last_window_unix: AtomicU64,
-    interval: Duration,
+/// Declares [`Metrics`] and its `new` from one table, a metric a row in the
+/// order `/metrics` lists them: its field, type (and its value where not the
+/// default), name and help.
+macro_rules! metrics {
+    (@init) => { Default::default() };
+    (@init $init:expr) => { $init };
+    ($($field:ident: $ty:ty $(= $init:expr)?, $name:literal, $help:literal;)*) => {
+        pub struct Metrics {
+            registry: Registry,
+            $($field: $ty,)*
+            ready: AtomicBool,
+            last_window_unix: AtomicU64,
+            interval: Duration,
+        }
+
+        impl Metrics {
+            pub fn new(interval: Duration) -> Arc<Metrics> {
+                let mut registry = Registry::with_prefix("flowlog");
+                $(
+                    let $field: $ty = metrics!(@init $($init)?);
+                    registry.register($name, $help, $field.clone());
+                )*
+                Arc::new(Metrics {
+                    registry,
+                    $($field,)*
+                    ready: AtomicBool::new(false),
+                    last_window_unix: AtomicU64::new(clock::unix_ns() / 1_000_000_000),
+                    interval,
+                })
+            }
+        }
+    };
+}
+
+metrics! {
+    windows: Counter, "windows", "Aggregation windows closed";
+    packets: Family<IfaceDir, Counter>, "packets", "Packets counted (wire packets)";
+    bytes: Family<IfaceDir, Counter>, "bytes", "IP-layer bytes counted";
+    flows: Family<Iface, Counter>, "flows", "Flow records (OK) produced";
+    insert_failures: Family<Iface, Counter>, "insert_failures_packets", "Packets not counted because the flow table was full (SKIPDATA)";
+    records: Family<Status, Counter>, "records", "Records produced, by log-status";
+    shipped: Family<OutputLabel, Counter>, "records_shipped", "Records written by a destination";
+    dropped: Family<OutputLabel, Counter>, "records_dropped", "Records a destination failed to write";
+    table_fill: Gauge<f64, AtomicU64>, "flow_table_fill_ratio", "Flows in the last window / --max-flows";
+    malformed: Counter, "malformed_frames", "IP frames shorter than their headers say";
+    non_ip: Counter, "non_ip_frames", "Frames that are not IPv4/IPv6";
+    filtered: Counter, "filtered_packets", "Packets the kernel filters left out";
+    sampled_out: Counter, "sampled_out_packets", "Packets sampling skipped (counted ones are scaled)";
+    attached: Gauge, "attached_interfaces", "Interfaces the programs are attached to";
+    delivered: Family<OutputLabel, Counter>, "records_delivered", "Records a spooled destination acknowledged";
+    rejected: Family<OutputLabel, Counter>, "records_rejected", "Records a destination refused for good";
+    spool_bytes: Gauge, "spool_bytes", "Size of the on-disk spool";
+    spool_dropped: Counter, "spool_dropped_records", "Records dropped because the spool was full";
+    drain_seconds: Histogram = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]), "drain_duration_seconds", "Time to flip and read the kernel tables";
+    spool_oldest_age: Gauge, "spool_oldest_record_age_seconds", "Seconds since the window of the oldest record an output has not acknowledged ended (0: none waiting)";
+    last_success: Family<OutputLabel, Gauge>, "output_last_success_timestamp_seconds", "Unix time of an output's last successful write or service call";
+    errors: Family<OutputReason, Counter>, "output_errors", "Failed writes or service calls of an output, by reason";
+    build: Family<BuildLabels, Gauge>, "build_info", "Always 1; the labels say what runs";
 }
 
 impl Metrics {
-    pub fn new(interval: Duration) -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("flowlog");
-        let m = Metrics {
-            windows: Counter::default(),
-            packets: Family::default(),
-            bytes: Family::default(),
-            flows: Family::default(),
-            insert_failures: Family::default(),
-            records: Family::default(),
-            shipped: Family::default(),
-            dropped: Family::default(),
-            table_fill: Gauge::default(),
-            malformed: Counter::default(),
-            non_ip: Counter::default(),
-            filtered: Counter::default(),
-            sampled_out: Counter::default(),
-            attached: Gauge::default(),
-            drain_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-            delivered: Family::default(),
-            rejected: Family::default(),
-            spool_bytes: Gauge::default(),
-            spool_dropped: Counter::default(),
-            spool_oldest_age: Gauge::default(),
-            last_success: Family::default(),
-            errors: Family::default(),
-            build: Family::default(),
-            ready: AtomicBool::new(false),
-            last_window_unix: AtomicU64::new(clock::unix_ns() / 1_000_000_000),
-            interval,
-            registry: Registry::default(),
-        };
-        registry.register("windows", "Aggregation windows closed", m.windows.clone());
-        registry.register("packets", "Packets counted (wire packets)", m.packets.clone());
-        registry.register("bytes", "IP-layer bytes counted", m.bytes.clone());
-        registry.register("flows", "Flow records (OK) produced", m.flows.clone());
-        registry.register(
-            "insert_failures_packets",
-            "Packets not counted because the flow table was full (SKIPDATA)",
-            m.insert_failures.clone(),
-        );
-        registry.register("records", "Records produced, by log-status", m.records.clone());
-        registry.register("records_shipped", "Records written by a destination", m.shipped.clone());
-        registry.register("records_dropped", "Records a destination failed to write", m.dropped.clone());
-        registry.register("flow_table_fill_ratio", "Flows in the last window / --max-flows", m.table_fill.clone());
-        registry.register("malformed_frames", "IP frames shorter than their headers say", m.malformed.clone());
-        registry.register("non_ip_frames", "Frames that are not IPv4/IPv6", m.non_ip.clone());
-        registry.register("filtered_packets", "Packets the kernel filters left out", m.filtered.clone());
-        registry.register("sampled_out_packets", "Packets sampling skipped (counted ones are scaled)", m.sampled_out.clone());
-        registry.register("attached_interfaces", "Interfaces the programs are attached to", m.attached.clone());
-        registry.register("records_delivered", "Records a spooled destination acknowledged", m.delivered.clone());
-        registry.register("records_rejected", "Records a destination refused for good", m.rejected.clone());
-        registry.register("spool_bytes", "Size of the on-disk spool", m.spool_bytes.clone());
-        registry.register("spool_dropped_records", "Records dropped because the spool was full", m.spool_dropped.clone());
-        registry.register("drain_duration_seconds", "Time to flip and read the kernel tables", m.drain_seconds.clone());
-        registry.register(
-            "spool_oldest_record_age_seconds",
-            "Seconds since the window of the oldest record an output has not acknowledged ended (0: none waiting)",
-            m.spool_oldest_age.clone(),
-        );
-        registry.register(
-            "output_last_success_timestamp_seconds",
-            "Unix time of an output's last successful write or service call",
-            m.last_success.clone(),
-        );
-        registry.register("output_errors", "Failed writes or service calls of an output, by reason", m.errors.clone());
-        registry.register("build_info", "Always 1; the labels say what runs", m.build.clone());
-        Arc::new(Metrics { registry, ..m })
-    }
 
     /// `flowlog_build_info` for the loaded object.
-    pub fn set_build(&self, flow_table: &str, object: &[u8]) {
+    pub fn set_build(&self, flow_table: &str, object: &[u8], jited: bool) {
         use sha2::Digest;
         let h = sha2::Sha256::digest(object);
         let labels = BuildLabels {
             version: env!("CARGO_PKG_VERSION").into(),
             ebpf_object: h[..8].iter().map(|b| format!("{b:02x}")).collect(),
             flow_table: flow_table.into(),
-            kernel: crate::capture::probe::release(),
+            kernel: crate::bpf::probe::release(),
+            jited: jited.to_string(),
         };
         self.build.clear();
         self.build.get_or_create(&labels).set(1);
@@ -392,9 +357,10 @@ mod tests {
         m.kernel_counters(&c(6, 9));
         m.shipped("stdout", 4, true);
         m.shipped("file:/x", 2, false);
-        m.set_build("slots", b"object");
+        m.set_build("slots", b"object", true);
         let text = m.render();
         assert!(text.contains(&format!("ebpf_object=\"{}\",flow_table=\"slots\"", &sha_hex(b"object")[..16])), "{text}");
+        assert!(text.contains(",jited=\"true\"} 1"), "{text}");
         let version = format!("flowlog_build_info{{version=\"{}\",ebpf_object=\"", env!("CARGO_PKG_VERSION"));
         assert!(text.lines().any(|l| l.starts_with(&version) && l.ends_with("} 1")), "{text}");
         let now = clock::unix_ns() / 1_000_000_000;

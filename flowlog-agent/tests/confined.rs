@@ -21,19 +21,30 @@
 //! sends known UDP traffic; the test checks the exact records in S3 and in
 //! the local output. The state and log directories are test directories
 //! bound over /var/lib and /var/log inside the mount namespace (the host's
-//! are not touched). Needs root, strace, systemd-analyze, setpriv, unshare.
+//! are not touched), in a scratch directory under /run with the agent binary
+//! bound into it: the checkout, wherever it is, may be under what the
+//! confinement hides (/tmp, /home). Needs root, strace, systemd-analyze,
+//! setpriv, unshare.
 
-use flowlog_testkit::{aws as harness, require_root};
+use flowlog_records::{
+    format::Format,
+    parse::parse_record,
+    record::{Action, LogStatus},
+};
+use flowlog_testkit::{
+    aws::{self as harness, NetnsMoto},
+    netns::{in_netns, Topo},
+    require_root, shell_quote,
+    systemd::{parse_unit, Calls},
+    ScratchDir,
+};
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader, Read},
     net::UdpSocket,
-    os::{
-        fd::AsRawFd,
-        unix::{net::UnixDatagram, process::CommandExt},
-    },
+    os::unix::{net::UnixDatagram, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -59,11 +70,6 @@ fn read(rel: &str) -> String {
     fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn tools_missing() -> bool {
     let missing: Vec<&str> = ["strace", "systemd-analyze", "ip", "setpriv", "unshare"]
         .into_iter()
@@ -77,119 +83,56 @@ fn tools_missing() -> bool {
     true
 }
 
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: valid netns fd; only this thread changes namespace.
-        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 /// Namespaces a (agent, moto) and b (traffic), a veth between them whose
 /// a side is named like a node NIC (`ens…`, matched by the manifest's
 /// default interfaces), 10.204.<n>.1/.2.
-struct Topo {
-    a: String,
-    b: String,
-    iface: String,
-    net: u8,
-}
-
-impl Topo {
-    fn new(tag: u8) -> Topo {
-        let p = format!("{}{tag}", std::process::id() % 100_000);
-        let t = Topo { a: format!("fc{p}a"), b: format!("fc{p}b"), iface: format!("ensfc{p}"), net: tag };
-        let peer = format!("fc{p}y");
-        for ns in [&t.a, &t.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        sh(&["ip", "link", "add", &t.iface, "netns", &t.a, "type", "veth", "peer", "name", &peer, "netns", &t.b]);
-        sh(&["ip", "-n", &t.a, "addr", "add", &format!("10.204.{tag}.1/24"), "dev", &t.iface]);
-        sh(&["ip", "-n", &t.b, "addr", "add", &format!("10.204.{tag}.2/24"), "dev", &peer]);
-        sh(&["ip", "-n", &t.a, "link", "set", &t.iface, "up"]);
-        sh(&["ip", "-n", &t.b, "link", "set", &peer, "up"]);
-        t
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
+fn topo() -> Topo {
+    Topo::with_a_if("ens", 204, false)
 }
 
 /// moto in namespace a on 127.0.0.1:4566 with a bucket; killed on drop.
-struct Moto(std::process::Child);
-
-impl Moto {
-    fn start(ns: &str, bucket: &'static str) -> Moto {
-        let py = harness::ensure_moto();
-        harness::test_env();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&py)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", "4566"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        in_netns(ns, move || {
-            for _ in 0..600 {
-                if std::net::TcpStream::connect(("127.0.0.1", 4566)).is_ok() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-            tokio::runtime::Runtime::new().unwrap().block_on(async {
-                harness::s3("http://127.0.0.1:4566").await.create_bucket().bucket(bucket).send().await.unwrap();
-            })
-        });
-        Moto(child)
-    }
+fn moto(ns: &str, bucket: &'static str) -> NetnsMoto {
+    let moto = NetnsMoto::start(ns, 4566);
+    let ep = moto.endpoint.clone();
+    in_netns(ns, move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            harness::s3(&ep).await.create_bucket().bucket(bucket).send().await.unwrap();
+        })
+    });
+    moto
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The scratch directory of one confined run, outside everything the
+/// confinement hides (/tmp, /var/tmp, /home, /root: the checkout may be
+/// under any of them), with the agent binary bound into it (`agent`) by
+/// the script before anything is hidden.
+struct Scratch {
+    dir: ScratchDir,
+    agent: PathBuf,
 }
 
-/// `section → key → values` of a unit file.
-fn parse_unit(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
-    let mut unit: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
-    let mut section = String::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = s.to_string();
-            continue;
-        }
-        let (k, v) = line.split_once('=').unwrap();
-        unit.entry(section.clone()).or_default().entry(k.trim().to_string()).or_default().push(v.trim().to_string());
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = ScratchDir::new(&format!("flowlog-confined-{name}"));
+        let agent = dir.join("flowlog-agent");
+        // The mount point of the bind.
+        fs::write(&agent, "").unwrap();
+        Scratch { dir, agent }
     }
-    unit
 }
 
 /// The shell that builds the confinement inside `unshare -m` (after `ip
 /// netns exec`, which gives a fresh /sys): `writable` are (host dir, path
 /// inside) pairs bound read-write after everything was made read-only.
-fn confine_script(dev: &Path, binds_before: &[(PathBuf, &str)], writable: &[(PathBuf, &str)], private_tmp: bool, hide_home: bool, exec: &str) -> String {
+/// First of all, the agent binary is bound to `scratch.agent`: what the
+/// script hides next may hold the checkout.
+fn confine_script(scratch: &Scratch, binds_before: &[(PathBuf, &str)], writable: &[(PathBuf, &str)], private_tmp: bool, hide_home: bool, exec: &str) -> String {
     let mut s = String::from("set -eu\nmount --make-rprivate /\nmount -t bpf bpf /sys/fs/bpf\n");
+    s += &format!("mount --bind {} {}\n", shell_quote(AGENT), shell_quote(&scratch.agent));
     // PrivateDevices= / a container's /dev: a tmpfs with the usual devices.
-    s += &format!("D={}\nmkdir -p $D\nmount -t tmpfs -o mode=0755,nosuid tmpfs $D\n", dev.display());
-    s += "for d in null zero full random urandom tty; do touch $D/$d; mount --bind /dev/$d $D/$d; done\n";
-    s += "mkdir $D/shm $D/pts\nmount --rbind $D /dev\n";
+    s += &format!("D={}\nmkdir -p \"$D\"\nmount -t tmpfs -o mode=0755,nosuid tmpfs \"$D\"\n", shell_quote(scratch.dir.join("dev")));
+    s += "for d in null zero full random urandom tty; do touch \"$D/$d\"; mount --bind /dev/$d \"$D/$d\"; done\n";
+    s += "mkdir \"$D/shm\" \"$D/pts\"\nmount --rbind \"$D\" /dev\n";
     if private_tmp {
         s += "mount -t tmpfs -o mode=1777 tmpfs /tmp\nmount -t tmpfs -o mode=1777 tmpfs /var/tmp\n";
     }
@@ -198,7 +141,7 @@ fn confine_script(dev: &Path, binds_before: &[(PathBuf, &str)], writable: &[(Pat
         s += "for h in /home /root; do [ -d $h ] && mount -t tmpfs -o mode=0000,ro tmpfs $h; done\n";
     }
     for (from, to) in binds_before {
-        s += &format!("mount --bind {} {to}\n", from.display());
+        s += &format!("mount --bind {} {to}\n", shell_quote(from));
     }
     // Everything read-only (ProtectSystem=strict, ProtectKernelTunables,
     // readOnlyRootFilesystem), deepest mounts last so none is missed;
@@ -215,12 +158,12 @@ fn confine_script(dev: &Path, binds_before: &[(PathBuf, &str)], writable: &[(Pat
     s += "done\n";
     // A bind mount inherits its source's read-only flag: made writable again.
     for (from, to) in writable {
-        s += &format!("mount --bind {} {to}\nmount -o remount,bind,rw {to}\n", from.display());
+        s += &format!("mount --bind {} {to}\nmount -o remount,bind,rw {to}\n", shell_quote(from));
     }
     // The confinement holds: prove it before starting the agent.
     s += "for p in / /etc /usr /var /var/lib /sys /sys/class/net /proc/sys/net ";
-    s += &root().display().to_string();
-    s += "; do if touch $p/.flowlog-confined-probe 2>/dev/null; then rm -f $p/.flowlog-confined-probe; echo \"writable: $p\" >&2; exit 97; fi; done\n";
+    s += &shell_quote(root());
+    s += "; do if touch \"$p/.flowlog-confined-probe\" 2>/dev/null; then rm -f \"$p/.flowlog-confined-probe\"; echo \"writable: $p\" >&2; exit 97; fi; done\n";
     for (_, to) in writable {
         // mkdir: bpffs holds no regular files.
         s += &format!("mkdir {to}/.flowlog-probe && rmdir {to}/.flowlog-probe\n");
@@ -294,12 +237,13 @@ fn confined_start_fails(ns: &str, script: &str, env: &[(&str, String)]) -> Strin
     stderr
 }
 
-fn send_traffic(ns: &str, net: u8) {
-    in_netns(ns, move || {
-        let s = UdpSocket::bind(format!("10.204.{net}.2:40000")).unwrap();
+fn send_traffic(t: &Topo) {
+    let (a4, b4) = (t.a4, t.b4);
+    in_netns(&t.b, move || {
+        let s = UdpSocket::bind((b4, 40000)).unwrap();
         for _ in 0..PACKETS {
             for port in 0..PORTS {
-                s.send_to(&[0u8; PAYLOAD], (format!("10.204.{net}.1").as_str(), 9000 + port)).unwrap();
+                s.send_to(&[0u8; PAYLOAD], (a4, 9000 + port)).unwrap();
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -309,28 +253,27 @@ fn send_traffic(ns: &str, net: u8) {
 /// The UDP records from b to a (ICMP port unreachable replies and IPv6
 /// neighbour discovery are other flows): exactly one per port with every
 /// datagram, in the default (version 2) format.
-fn check_udp_records(what: &str, lines: &[String], net: u8) -> Vec<String> {
-    let mut got: Vec<String> = lines
+fn check_udp_records(what: &str, lines: &[String], t: &Topo) -> Vec<String> {
+    let format = Format::default();
+    let mut got: Vec<(String, _)> = lines
         .iter()
-        .filter(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            f.len() == 14 && f[3] == format!("10.204.{net}.2") && f[7] == "17"
-        })
-        .cloned()
+        .map(|l| (l.clone(), parse_record(&format, l).unwrap_or_else(|e| panic!("{what}: {e}: {l}"))))
+        .filter(|(_, p)| p.record.srcaddr == Some(t.b4.into()) && p.record.protocol == Some(17))
         .collect();
-    got.sort();
-    let ports: BTreeSet<String> = got.iter().map(|l| l.split(' ').nth(6).unwrap().to_string()).collect();
-    let want_ports: BTreeSet<String> = (0..PORTS).map(|p| (9000 + p).to_string()).collect();
-    assert_eq!(ports, want_ports, "{what}: {got:#?}");
-    assert_eq!(got.len(), PORTS as usize, "{what}: one record per flow: {got:#?}");
-    for l in &got {
-        let f: Vec<&str> = l.split(' ').collect();
-        assert_eq!((f[0], f[1], f[4], f[5]), ("2", "123456789012", format!("10.204.{net}.1").as_str(), "40000"), "{what}: {l}");
-        assert_eq!(f[8].parse::<u64>().unwrap(), PACKETS, "{what}: packets: {l}");
-        assert_eq!(f[9].parse::<u64>().unwrap(), PACKETS * (PAYLOAD as u64 + 28), "{what}: bytes (IPv4 + UDP headers): {l}");
-        assert_eq!((f[12], f[13]), ("ACCEPT", "OK"), "{what}: {l}");
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    let ports: Vec<Option<u16>> = got.iter().map(|(_, p)| p.record.dstport).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let want_ports: Vec<Option<u16>> = (0..PORTS).map(|p| Some(9000 + p)).collect();
+    let lines: Vec<String> = got.iter().map(|(l, _)| l.clone()).collect();
+    assert_eq!(ports, want_ports, "{what}: {lines:#?}");
+    assert_eq!(got.len(), PORTS as usize, "{what}: one record per flow: {lines:#?}");
+    for (l, p) in &got {
+        let r = &p.record;
+        assert_eq!((p.version, r.account_id.as_deref(), r.dstaddr, r.srcport), (Some(2), Some("123456789012"), Some(t.a4.into()), Some(40000)), "{what}: {l}");
+        assert_eq!(r.packets, Some(PACKETS), "{what}: packets: {l}");
+        assert_eq!(r.bytes, Some(PACKETS * (PAYLOAD as u64 + 28)), "{what}: bytes (IPv4 + UDP headers): {l}");
+        assert_eq!((r.action, r.log_status), (Some(Action::Accept), LogStatus::Ok), "{what}: {l}");
     }
-    got
+    lines
 }
 
 /// The records of the objects under `prefix` in `bucket` (gzipped text).
@@ -375,39 +318,6 @@ fn systemd_seconds(v: &str) -> u64 {
     }
 }
 
-fn test_dir(name: &str) -> PathBuf {
-    // Not under /tmp: PrivateTmp hides it.
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("flowlog-confined-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The syscalls `systemd-analyze` puts in a filter's groups, recursively.
-fn expand_syscall_filter(items: &BTreeSet<String>) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut todo: Vec<String> = items.iter().cloned().collect();
-    let mut seen = BTreeSet::new();
-    while let Some(item) = todo.pop() {
-        if !item.starts_with('@') {
-            out.insert(item);
-            continue;
-        }
-        if !seen.insert(item.clone()) {
-            continue;
-        }
-        let o = Command::new("systemd-analyze").args(["syscall-filter", "--no-pager", &item]).output().unwrap();
-        let text = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success() && !text.trim().is_empty(), "systemd-analyze syscall-filter {item}");
-        for l in text.lines().skip(1).map(str::trim) {
-            if !l.is_empty() && !l.starts_with('#') {
-                todo.push(l.to_string());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     if tools_missing() || !require_root() {
@@ -421,9 +331,10 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     let state = format!("/var/lib/{}", one("StateDirectory"));
     let logs = format!("/var/log/{}", one("LogsDirectory"));
 
-    let t = Topo::new(1);
-    let _moto = Moto::start(&t.a, "unit");
-    let dir = test_dir("unit");
+    let t = topo();
+    let _moto = moto(&t.a, "unit");
+    let scratch = Scratch::new("unit");
+    let dir = &scratch.dir;
     // /var/lib and /var/log of the confinement: only <StateDirectory> and
     // <LogsDirectory> in them, as systemd creates them (0700 under UMask).
     for (d, sub) in [("varlib", one("StateDirectory")), ("varlog", one("LogsDirectory"))] {
@@ -436,19 +347,19 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     let config = format!(
         "{AWS_KEYS}{}",
         example
-            .replace("\ninterfaces = []\n", &format!("\ninterfaces = [\"{}\"]\n", t.iface))
+            .replace("\ninterfaces = []\n", &format!("\ninterfaces = [\"{}\"]\n", t.a_if))
             .replace("outputs = [\"stdout\"]", &format!("outputs = [\"s3://unit/host\", \"file:{logs}/records.log\"]"))
     );
-    assert!(config.matches(&t.iface).count() == 1 && config.contains("s3://unit/host"), "{config}");
+    assert!(config.matches(&t.a_if).count() == 1 && config.contains("s3://unit/host"), "{config}");
     fs::write(dir.join("flowlog.toml"), &config).unwrap();
 
     // ExecStart with the test config; the unit's capabilities via setpriv.
     let exec: Vec<String> = one("ExecStart")
         .split_whitespace()
         .map(|a| match a {
-            "/usr/local/bin/flowlog-agent" | "/usr/bin/flowlog-agent" => AGENT.to_string(),
-            "/etc/flowlog/flowlog.toml" => dir.join("flowlog.toml").display().to_string(),
-            a => a.to_string(),
+            "/usr/local/bin/flowlog-agent" | "/usr/bin/flowlog-agent" => shell_quote(&scratch.agent),
+            "/etc/flowlog/flowlog.toml" => shell_quote(dir.join("flowlog.toml")),
+            a => shell_quote(a),
         })
         .collect();
     let caps = |k: &str| words(k).iter().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())).collect::<Vec<_>>().join(",");
@@ -468,7 +379,7 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     for p in &rw {
         writable.push((PathBuf::from(p), p.as_str()));
     }
-    let script = confine_script(&dir.join("dev"), &[(dir.join("varlib"), "/var/lib"), (dir.join("varlog"), "/var/log")], &writable, one("PrivateTmp") == "yes", one("ProtectHome") == "yes", &exec);
+    let script = confine_script(&scratch, &[(dir.join("varlib"), "/var/lib"), (dir.join("varlog"), "/var/log")], &writable, one("PrivateTmp") == "yes", one("ProtectHome") == "yes", &exec);
     // What systemd puts in the environment (no spool-dir anywhere: the
     // default must follow STATE_DIRECTORY).
     let mut env = aws_env();
@@ -486,8 +397,7 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     let notify = UnixDatagram::bind(&sock_path).unwrap();
     notify.set_nonblocking(true).unwrap();
     env.extend([("NOTIFY_SOCKET", sock_path.display().to_string()), ("WATCHDOG_USEC", watchdog_us.to_string())]);
-    let (b, net) = (t.b.clone(), t.net);
-    let log = run_confined(&t.a, &script, &env, true, move || send_traffic(&b, net));
+    let log = run_confined(&t.a, &script, &env, true, || send_traffic(&t));
     let mut msgs = Vec::new();
     let mut buf = [0u8; 4096];
     while let Ok(n) = notify.recv(&mut buf) {
@@ -505,59 +415,29 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
 
     // Records: the local file and S3 agree, with the exact traffic.
     let file: Vec<String> = fs::read_to_string(dir.join("varlog").join(one("LogsDirectory")).join("records.log")).unwrap().lines().map(String::from).collect();
-    let want = check_udp_records(&format!("file (agent log:\n{log})"), &file, t.net);
+    let want = check_udp_records(&format!("file (agent log:\n{log})"), &file, &t);
     let mut s3 = s3_lines(&t.a, "unit", "host/");
     s3.sort();
     let mut all_file = file.clone();
     all_file.sort();
     assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
-    assert_eq!(check_udp_records("S3", &s3, t.net), want);
+    assert_eq!(check_udp_records("S3", &s3, &t), want);
     // The spool was the default one, in the state directory.
     assert!(dir.join("varlib").join(one("StateDirectory")).join("spool").is_dir(), "no spool in $STATE_DIRECTORY\n{log}");
 
     // Its SystemCallFilter, RestrictAddressFamilies and
     // MemoryDenyWriteExecute would have allowed every call of the agent
     // (what setpriv did before exec'ing the agent is left out).
-    let allowed = expand_syscall_filter(&words("SystemCallFilter").into_iter().collect());
-    let families: BTreeSet<String> = words("RestrictAddressFamilies").into_iter().collect();
     let trace = fs::read_to_string(&trace).unwrap();
-    let mut started = BTreeSet::new();
-    let (mut used, mut used_families, mut wx) = (BTreeSet::new(), BTreeSet::new(), Vec::new());
-    for l in trace.lines() {
-        let Some((pid, call)) = l.split_once(char::is_whitespace) else { continue };
-        let call = call.trim_start();
-        if call.starts_with(&format!("execve(\"{AGENT}\"")) && call.ends_with("= 0") {
-            started.insert(pid.to_string());
-            continue;
-        }
-        // Threads of the agent are new pids (clone), all after its execve.
-        if started.is_empty() {
-            continue;
-        }
-        let Some((name, args)) = call.split_once('(') else { continue };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-            continue;
-        }
-        used.insert(name.to_string());
-        if name == "socket" {
-            used_families.insert(args.split(',').next().unwrap().to_string());
-        }
-        if (name == "mmap" || name == "mprotect") && args.contains("PROT_WRITE") && args.contains("PROT_EXEC") {
-            wx.push(l.to_string());
-        }
-    }
-    assert!(!started.is_empty(), "no execve of the agent in the trace");
-    assert!(used.contains("bpf") && used.contains("connect"), "{used:?}");
-    let denied: Vec<&String> = used.difference(&allowed).collect();
-    assert!(denied.is_empty(), "the unit's SystemCallFilter denies {denied:?}");
-    let denied: Vec<&String> = used_families.difference(&families).collect();
-    assert!(denied.is_empty(), "the unit's RestrictAddressFamilies denies {denied:?}");
+    let calls = Calls::from_strace(&trace, Some(&scratch.agent.display().to_string()));
+    assert!(calls.started, "no execve of the agent in the trace");
+    assert!(calls.used.contains("bpf") && calls.used.contains("connect"), "{:?}", calls.used);
+    calls.assert_allowed_by(svc);
     if one("MemoryDenyWriteExecute") == "yes" {
-        assert!(wx.is_empty(), "MemoryDenyWriteExecute denies {wx:?}");
+        assert!(calls.write_exec.is_empty(), "MemoryDenyWriteExecute denies {:?}", calls.write_exec);
     }
     // No denied write on the way (a spool or output outside the grants).
     assert!(!trace.contains("EROFS"), "a write hit the read-only system: {}", trace.lines().filter(|l| l.contains("EROFS")).collect::<Vec<_>>().join("\n"));
-    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -576,9 +456,10 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     let env: BTreeMap<&str, &str> = c["env"].as_vec().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap())).collect();
     assert_eq!(env.keys().copied().collect::<Vec<_>>(), ["FLOWLOG_CONFIG"]);
 
-    let t = Topo::new(2);
-    let _moto = Moto::start(&t.a, "pod");
-    let dir = test_dir("pod");
+    let t = topo();
+    let _moto = moto(&t.a, "pod");
+    let scratch = Scratch::new("pod");
+    let dir = &scratch.dir;
     // The ConfigMap's config as shipped (interfaces eth*/ens* capture the
     // test's ens… interface), with an S3 output and a file on the data volume.
     let outputs = "outputs = [\"stdout\"]";
@@ -615,8 +496,8 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     let caps = caps.join(",");
     // Runtimes give added capabilities to the bounding, permitted and
     // effective sets; allowPrivilegeEscalation: false is no_new_privs.
-    let exec = format!("setpriv --bounding-set=-all,{caps} --inh-caps=-all --no-new-privs {AGENT}");
-    let script = confine_script(&dir.join("dev"), &[(dir.join("varlib"), "/var/lib")], &writable, false, false, &exec);
+    let exec = format!("setpriv --bounding-set=-all,{caps} --inh-caps=-all --no-new-privs {}", shell_quote(&scratch.agent));
+    let script = confine_script(&scratch, &[(dir.join("varlib"), "/var/lib")], &writable, false, false, &exec);
     let mut envs = aws_env();
     envs.push(("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()));
     envs.push(("FLOWLOG_CONFIG", config_path.unwrap().display().to_string()));
@@ -626,17 +507,15 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     let old_script = script.replace("exec setpriv", "exec timeout 20 setpriv");
     let err = confined_start_fails(&t.a, &old_script, &old);
     assert!(err.contains("/var/lib/flowlog-agent/spool") && err.contains("Read-only file system"), "{err}");
-    let (b, net) = (t.b.clone(), t.net);
-    let log = run_confined(&t.a, &script, &envs, false, move || send_traffic(&b, net));
+    let log = run_confined(&t.a, &script, &envs, false, || send_traffic(&t));
 
     let file: Vec<String> = fs::read_to_string(dir.join("varlib/flowlog/records.log")).unwrap().lines().map(String::from).collect();
-    let want = check_udp_records(&format!("file (agent log:\n{log})"), &file, t.net);
+    let want = check_udp_records(&format!("file (agent log:\n{log})"), &file, &t);
     let mut s3 = s3_lines(&t.a, "pod", "nodes/");
     s3.sort();
     let mut all_file = file;
     all_file.sort();
     assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
-    assert_eq!(check_udp_records("S3", &s3, t.net), want);
+    assert_eq!(check_udp_records("S3", &s3, &t), want);
     assert!(dir.join("varlib/flowlog/spool").is_dir(), "no spool on the data volume\n{log}");
-    let _ = fs::remove_dir_all(&dir);
 }

@@ -15,10 +15,15 @@ use std::{
 };
 
 
+use flowlog_testkit::{
+    netns::Netns,
+    shell_quote,
+    systemd::{self, parse_unit, Calls},
+};
 use flowlog_agent::{
     config::OnExit,
     config::{FileConfig, Overrides, Settings, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_DIR},
-    ship::Output,
+    ship::{file::FileOutput, Output},
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -277,7 +282,7 @@ fn manifest_problems(text: &str) -> Vec<String> {
         p.push(format!("spool-dir {} is not on a writable volume (s3://, cloudwatch:, firehose:, dir: outputs need it)", s.agent.ship.spool_dir.display()));
     }
     for o in &s.agent.ship.outputs {
-        if let Output::File(path) = o {
+        if let Some(FileOutput { path, .. }) = o.spec() {
             let writable = mounts.iter().any(|m| {
                 m["readOnly"].as_bool() != Some(true) && m["mountPath"].as_str().is_some_and(|mp| path.starts_with(mp))
             });
@@ -310,7 +315,7 @@ fn kubernetes_config_resolves_with_the_agents_parser() {
     assert_eq!(s.agent.on_exit, OnExit::Keep);
     assert_eq!(s.agent.metrics_listen, Some("0.0.0.0:9750".parse().unwrap()));
     assert_eq!(s.agent.pin_root.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
-    assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
+    assert_eq!(s.agent.ship.outputs, [Output::stdout()]);
     assert_eq!(s.agent.interval.as_secs(), 60);
     // The node's NICs, as VPC Flow Logs capture ENIs; pod interfaces are opt-in.
     assert_eq!(s.agent.ifaces, ["eth*", "ens*"]);
@@ -356,26 +361,6 @@ fn kubernetes_checks_catch_mistakes() {
 // ------------------------------------------------------------------- systemd
 
 const UNIT: &str = "deploy/systemd/flowlog.service";
-
-/// `section → key → values` (a key may repeat; systemd joins or resets).
-type Unit = BTreeMap<String, BTreeMap<String, Vec<String>>>;
-
-fn parse_unit(text: &str) -> Unit {
-    let mut unit = Unit::new();
-    let mut section = String::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = s.to_string();
-            continue;
-        }
-        let (k, v) = line.split_once('=').unwrap_or_else(|| panic!("{UNIT}: not key=value: {line}"));
-        unit.entry(section.clone()).or_default().entry(k.trim().to_string()).or_default().push(v.trim().to_string());
-    }
-    unit
-}
 
 fn unit_problems(text: &str, help: &str) -> Vec<String> {
     let unit = parse_unit(text);
@@ -555,7 +540,7 @@ fn systemd_analyze_accepts_the_unit() {
     }
     let dir = tmp_dir("systemd");
     let unit = dir.join("flowlog.service");
-    std::fs::write(&unit, read(UNIT).replace("/usr/local/bin/flowlog-agent", AGENT)).unwrap();
+    std::fs::write(&unit, read(UNIT).replace("/usr/local/bin/flowlog-agent", &systemd::quote(AGENT))).unwrap();
     let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
@@ -570,31 +555,6 @@ fn systemd_analyze_accepts_the_unit() {
     // needs: the host network and CAP_NET_ADMIN.
     assert!(score <= 3.0, "exposure {score}:\n{text}");
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// The syscalls `systemd-analyze` puts in a filter's groups, recursively.
-fn expand_syscall_filter(items: &BTreeSet<String>) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut todo: Vec<String> = items.iter().cloned().collect();
-    let mut seen = BTreeSet::new();
-    while let Some(item) = todo.pop() {
-        if !item.starts_with('@') {
-            out.insert(item);
-            continue;
-        }
-        if !seen.insert(item.clone()) {
-            continue;
-        }
-        let o = Command::new("systemd-analyze").args(["syscall-filter", "--no-pager", &item]).output().unwrap();
-        let text = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success() && !text.trim().is_empty(), "systemd-analyze syscall-filter {item}");
-        for l in text.lines().skip(1).map(str::trim) {
-            if !l.is_empty() && !l.starts_with('#') {
-                todo.push(l.to_string());
-            }
-        }
-    }
-    out
 }
 
 /// The agent, run with the unit's flags in a network namespace of its own
@@ -614,41 +574,27 @@ fn systemd_sandbox_allows_what_the_agent_calls() {
     }
     let unit = parse_unit(&read(UNIT));
     let svc = &unit["Service"];
-    let words = |k: &str| -> BTreeSet<String> { svc[k].iter().flat_map(|v| v.split_whitespace()).map(String::from).collect() };
-    let allowed = expand_syscall_filter(&words("SystemCallFilter"));
-    let families = words("RestrictAddressFamilies");
 
     let dir = tmp_dir("strace");
-    let ns = format!("fl-deploy-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        let o = Command::new("ip").args(args).output().unwrap();
-        assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    };
-    ip(&["netns", "add", &ns]);
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _cleanup = Cleanup(ns.clone());
-    ip(&["-n", &ns, "link", "add", "fdeploy0", "type", "veth", "peer", "name", "fdeploy1"]);
-    for l in ["lo", "fdeploy0", "fdeploy1"] {
-        ip(&["-n", &ns, "link", "set", l, "up"]);
+    let ns = Netns::new("deploy");
+    ns.ip(&["link", "add", "fdeploy0", "type", "veth", "peer", "name", "fdeploy1"]);
+    for l in ["fdeploy0", "fdeploy1"] {
+        ns.ip(&["link", "set", l, "up"]);
     }
     let config = dir.join("flowlog.toml");
     std::fs::write(&config, "interfaces = [\"fdeploy*\"]\ninterval = 1\nmetrics-listen = \"127.0.0.1:9750\"\n").unwrap();
     let exec: Vec<String> = svc["ExecStart"][0]
         .split_whitespace()
         .skip(1)
-        .map(|a| if a == "/etc/flowlog/flowlog.toml" { config.display().to_string() } else { a.to_string() })
+        .map(|a| if a == "/etc/flowlog/flowlog.toml" { shell_quote(&config) } else { shell_quote(a) })
         .collect();
     let trace = dir.join("trace");
     // `ip netns exec` mounts a fresh /sys: mount a BPF filesystem first, as
     // systemd does at boot (the agent's own fallback mount is not traced).
     let script = format!(
-        "mount -t bpf bpf /sys/fs/bpf && exec timeout -s TERM 3.5 strace -f -qq -o {} {AGENT} {}",
-        trace.display(),
+        "mount -t bpf bpf /sys/fs/bpf && exec timeout -s TERM 3.5 strace -f -qq -o {} {} {}",
+        shell_quote(&trace),
+        shell_quote(AGENT),
         exec.join(" ")
     );
     let out = Command::new("ip").args(["netns", "exec", &ns, "sh", "-c", &script]).env_clear().output().unwrap();
@@ -656,25 +602,9 @@ fn systemd_sandbox_allows_what_the_agent_calls() {
     // timeout's SIGTERM: the agent drains and exits 0; timeout says 124.
     assert_eq!(out.status.code(), Some(124), "{stderr}");
     assert!(stderr.contains("attached") && stderr.contains("programs stay attached"), "{stderr}");
-    let trace = std::fs::read_to_string(&trace).unwrap();
-    let mut used = BTreeSet::new();
-    let mut used_families = BTreeSet::new();
-    for l in trace.lines() {
-        let Some(call) = l.split_once(char::is_whitespace).map(|(_, r)| r.trim_start()) else { continue };
-        let Some((name, args)) = call.split_once('(') else { continue };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-            continue;
-        }
-        used.insert(name.to_string());
-        if name == "socket" {
-            used_families.insert(args.split(',').next().unwrap().to_string());
-        }
-    }
-    assert!(used.contains("bpf") && used.contains("epoll_wait"), "{used:?}");
-    let denied: Vec<&String> = used.difference(&allowed).collect();
-    assert!(denied.is_empty(), "the unit's SystemCallFilter denies {denied:?}");
-    let denied: Vec<&String> = used_families.difference(&families).collect();
-    assert!(denied.is_empty(), "the unit's RestrictAddressFamilies denies {denied:?}");
+    let calls = Calls::from_strace(&std::fs::read_to_string(&trace).unwrap(), None);
+    assert!(calls.used.contains("bpf") && calls.used.contains("epoll_wait"), "{:?}", calls.used);
+    calls.assert_allowed_by(svc);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -718,11 +648,12 @@ fn iam_cloudwatch_logs() {
             "logs:DescribeLogGroups",
             "logs:DescribeLogStreams",
             "logs:PutLogEvents",
-            "logs:PutRetentionPolicy"
+            "logs:PutRetentionPolicy",
+            "logs:TagResource"
         ])
     );
     let group = set(["arn:aws:logs:REGION:ACCOUNT_ID:log-group:LOG_GROUP", "arn:aws:logs:REGION:ACCOUNT_ID:log-group:LOG_GROUP:*"]);
-    for a in ["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:DescribeLogStreams"] {
+    for a in ["logs:CreateLogGroup", "logs:TagResource", "logs:PutRetentionPolicy", "logs:DescribeLogStreams"] {
         assert_eq!(p[a], group, "{a}");
     }
     for a in ["logs:CreateLogStream", "logs:PutLogEvents"] {

@@ -15,6 +15,7 @@ use std::{
 
 use flowlog_records::{
     format::Format,
+    parse::parse_record,
     record::{Action, FlowRecord, LogStatus},
 };
 use flowlog_agent::ship::{
@@ -129,7 +130,7 @@ fn check_text_objects(objs: &[(String, Vec<u8>)], folder_prefix: &str, format: &
         let mut it = text.lines();
         assert_eq!(it.next().unwrap(), format.header());
         for l in it {
-            let end: u64 = l.split(' ').nth(11).unwrap().parse().unwrap();
+            let end = parse_record(format, l).unwrap_or_else(|e| panic!("{e}: {l}")).record.end;
             let b = end - end % 300;
             assert_eq!(stamp, utc(b, "%Y%m%dT%H%MZ"), "{l} in {name}");
             lines.push(l.to_string());
@@ -546,7 +547,7 @@ async fn kill_9_with_a_non_empty_spool_then_restart_delivers() {
         let got: Vec<String> = harness::log_events(&logs, "kill9", &format!("{iface}-all")).await.into_iter().map(|e| e.1).collect();
         let want: Vec<String> = recs.iter().filter(|r| r.interface_id.as_deref() == Some(&*iface)).map(|r| format.line(r)).collect();
         let mut by_start = want.clone();
-        by_start.sort_by_key(|l| l.split(' ').nth(10).unwrap().parse::<u64>().unwrap());
+        by_start.sort_by_key(|l| parse_record(&format, l).unwrap().record.start);
         assert_eq!(got.len(), want.len());
         assert!(got == by_start, "{iface}: events out of order");
     }
@@ -697,4 +698,131 @@ async fn per_output_region_endpoint_and_role() {
     // A malformed role is refused when the output is parsed.
     let e = "s3://b3t?role-arn=arn:aws:iam::1:role/x".parse::<Output>().unwrap_err();
     assert!(e.contains("role-arn") && e.contains("IAM role ARN"), "{e}");
+}
+
+/// Records every CloudWatch Logs request (operation, JSON body) the agent's
+/// client sends; with `deny_tagged`, a CreateLogGroup carrying tags does not
+/// reach moto's operation and is answered like AWS answers a caller without
+/// logs:TagResource.
+#[derive(Debug, Default, Clone)]
+struct CwCapture {
+    calls: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    deny_tagged: bool,
+}
+
+impl CwCapture {
+    fn calls(&self, op: &str) -> Vec<serde_json::Value> {
+        self.calls.lock().unwrap().iter().filter(|(o, _)| o == op).map(|(_, b)| b.clone()).collect()
+    }
+    fn denied(&self) -> bool {
+        self.deny_tagged && self.calls.lock().unwrap().last().is_some_and(|(o, b)| o == "CreateLogGroup" && b.get("tags").is_some())
+    }
+}
+
+impl aws_sdk_cloudwatchlogs::config::Intercept for CwCapture {
+    fn name(&self) -> &'static str {
+        "CwCapture"
+    }
+    fn modify_before_transmit(
+        &self,
+        cx: &mut aws_sdk_cloudwatchlogs::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _: &aws_sdk_cloudwatchlogs::config::RuntimeComponents,
+        _: &mut aws_sdk_cloudwatchlogs::config::ConfigBag,
+    ) -> Result<(), aws_sdk_cloudwatchlogs::error::BoxError> {
+        let r = cx.request_mut();
+        let op = r.headers().get("x-amz-target").and_then(|t| t.rsplit('.').next()).unwrap_or("").to_string();
+        let body = serde_json::from_slice(r.body().bytes().unwrap_or(b"{}")).unwrap();
+        self.calls.lock().unwrap().push((op, body));
+        if self.denied() {
+            // No operation for moto to run: nothing is created.
+            r.headers_mut().remove("x-amz-target");
+        }
+        Ok(())
+    }
+    fn modify_before_deserialization(
+        &self,
+        cx: &mut aws_sdk_cloudwatchlogs::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _: &aws_sdk_cloudwatchlogs::config::RuntimeComponents,
+        _: &mut aws_sdk_cloudwatchlogs::config::ConfigBag,
+    ) -> Result<(), aws_sdk_cloudwatchlogs::error::BoxError> {
+        if self.denied() {
+            let r = cx.response_mut();
+            *r.status_mut() = aws_smithy_runtime_api::http::StatusCode::try_from(400).unwrap();
+            r.headers_mut().remove("x-amzn-errortype");
+            r.headers_mut().insert("content-type", "application/x-amz-json-1.1");
+            *r.body_mut() = String::from(r#"{"__type":"AccessDeniedException","message":"User is not authorized to perform: logs:TagResource"}"#).into();
+        }
+        Ok(())
+    }
+}
+
+/// The tags moto recorded on a log group.
+async fn group_tags(logs: &aws_sdk_cloudwatchlogs::Client, group: &str) -> std::collections::BTreeMap<String, String> {
+    let g = logs.describe_log_groups().log_group_name_prefix(group).send().await.unwrap();
+    let g = g.log_groups().iter().find(|g| g.log_group_name() == Some(group)).expect("the group exists");
+    let arn = g.arn().unwrap().trim_end_matches(":*");
+    logs.list_tags_for_resource().resource_arn(arn).send().await.unwrap().tags().cloned().unwrap_or_default().into_iter().collect()
+}
+
+/// `class=` and the data-source tags of a group the agent creates: the
+/// requests carry them (moto ignores logGroupClass, so it is checked in the
+/// request) and moto records the tags; without logs:TagResource the group
+/// is still created, untagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudwatch_group_class_and_datasource_tags() {
+    use flowlog_agent::ship::cloudwatch::{CloudWatchDest, CloudWatchOutput, DATASOURCE_TAGS};
+    let moto = harness::moto();
+    let logs = harness::logs(moto).await;
+    let sdk = harness::sdk(moto).await;
+    let want_tags: std::collections::BTreeMap<String, String> = DATASOURCE_TAGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(want_tags, [("cw:datasource:name", "flowlog"), ("cw:datasource:type", "vpc_flow_logs")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    let retry = RetryPolicy { base: Duration::from_millis(50), max: Duration::from_millis(500) };
+    let dest = |url: &str, cap: &CwCapture| {
+        let o: Output = url.parse().unwrap();
+        let client = aws_sdk_cloudwatchlogs::Client::from_conf(aws_sdk_cloudwatchlogs::config::Builder::from(&sdk).interceptor(cap.clone()).build());
+        CloudWatchDest::new(url, client, o.spec::<CloudWatchOutput>().unwrap(), retry, Default::default())
+    };
+
+    // Infrequent Access: the class and the tags in CreateLogGroup.
+    let cap = CwCapture::default();
+    dest("cloudwatch:/flowlog/ia?class=infrequent-access&retention=3", &cap).check().await.unwrap();
+    let created = cap.calls("CreateLogGroup");
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["logGroupName"], "/flowlog/ia");
+    assert_eq!(created[0]["logGroupClass"], "INFREQUENT_ACCESS");
+    assert_eq!(created[0]["tags"], serde_json::to_value(&want_tags).unwrap());
+    assert_eq!(cap.calls("PutRetentionPolicy").len(), 1);
+    assert_eq!(group_tags(&logs, "/flowlog/ia").await, want_tags);
+    // It exists now: started again with another class, the group is
+    // compared (DescribeLogGroups), not recreated, and startup succeeds.
+    let cap = CwCapture::default();
+    dest("cloudwatch:/flowlog/ia?class=standard", &cap).check().await.unwrap();
+    assert_eq!(cap.calls("CreateLogGroup").len(), 1);
+    assert_eq!(cap.calls("DescribeLogGroups").len(), 1);
+
+    // No class: none sent (the service's default), tags still.
+    let cap = CwCapture::default();
+    dest("cloudwatch:/flowlog/std", &cap).check().await.unwrap();
+    let created = cap.calls("CreateLogGroup");
+    assert_eq!(created.len(), 1);
+    assert!(created[0].get("logGroupClass").is_none(), "{}", created[0]);
+    assert_eq!(group_tags(&logs, "/flowlog/std").await, want_tags);
+    assert!(cap.calls("DescribeLogGroups").is_empty());
+
+    // Tagging denied: created again without tags (and with its class).
+    let cap = CwCapture { deny_tagged: true, ..Default::default() };
+    dest("cloudwatch:/flowlog/untagged?class=infrequent-access", &cap).check().await.unwrap();
+    let created = cap.calls("CreateLogGroup");
+    assert_eq!(created.len(), 2);
+    assert!(created[0].get("tags").is_some() && created[1].get("tags").is_none(), "{created:?}");
+    assert_eq!(created[1]["logGroupClass"], "INFREQUENT_ACCESS");
+    assert!(group_tags(&logs, "/flowlog/untagged").await.is_empty());
+
+    // Through the shipper: the option reaches the group it creates.
+    let spool = tmp("cw-class");
+    let sh = Shipper::start(&config(vec!["cloudwatch:/flowlog/shipped?class=infrequent-access".parse().unwrap()], Some(moto), &spool)).await.unwrap();
+    assert_eq!(sh.stats[0].0, "cloudwatch:/flowlog/shipped?class=infrequent-access");
+    sh.shutdown().await;
+    assert_eq!(group_tags(&logs, "/flowlog/shipped").await, want_tags);
+    std::fs::remove_dir_all(spool).unwrap();
 }

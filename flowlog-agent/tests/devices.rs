@@ -12,22 +12,18 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
-    path::Path,
     thread,
     time::Duration,
 };
 
 use flowlog_testkit::{
-    netns::{attach_hook, in_netns, link_add, mirrored, next_id, of_proto, open_tun, spawn_in_netns, totals, Agent, Capture, Netns, Totals, FORMAT},
+    agent::{attach_hook, mirrored, of_proto, totals, Agent, Totals, FORMAT},
+    netns::{in_netns, link_add, next_id, open_tun, spawn_in_netns, Capture, Netns},
     require_root,
 };
 
-fn agent_exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_flowlog-agent"))
-}
-
 fn start(ns: &Netns, iface: &str, hook: &str) -> Agent {
-    Agent::start(agent_exe(), ns.name(), &[iface], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", hook])
+    Agent::start(env!("CARGO_BIN_EXE_flowlog-agent"), ns.name(), &[iface], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", hook])
 }
 
 /// Namespaces `a` and `b` joined by a veth (`va` in a, `vb` in b), offloads

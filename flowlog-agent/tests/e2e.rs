@@ -7,222 +7,48 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc, Arc, Mutex,
-    },
+    process::{Command, Stdio},
+    sync::Arc,
     thread,
     time::Duration,
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use flowlog_testkit::{
-    netns::{in_netns, sh, spawn_in_netns},
+    agent::{Agent, AgentCmd, Rec, Tuple, FORMAT},
+    netns::{in_netns, next_id, sh, spawn_in_netns, Capture, Topo},
     require_root,
 };
 
-static NEXT: AtomicU32 = AtomicU32::new(1);
-
-/// Two namespaces `a` and `b`, veth `a_if` <-> `b_if`, 10.201.<n>.1/.2 and
-/// fd00:201:<n>::1/::2. Removed on drop.
-struct Topo {
-    a: String,
-    b: String,
-    a_if: String,
-    b_if: String,
-    a4: Ipv4Addr,
-    b4: Ipv4Addr,
-    a6: Ipv6Addr,
-    b6: Ipv6Addr,
+/// The agent in namespace `a`, its records checked as they are read back.
+fn agent(t: &Topo) -> AgentCmd {
+    AgentCmd::new(env!("CARGO_BIN_EXE_flowlog-agent"), &t.a).check(accepted)
 }
 
-impl Topo {
-    fn new(ipv6: bool) -> Topo {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}{}", std::process::id() % 100_000, n);
-        let t = Topo {
-            a: format!("flt-{id}-a"),
-            b: format!("flt-{id}-b"),
-            a_if: format!("fla{id}"),
-            b_if: format!("flb{id}"),
-            a4: Ipv4Addr::new(10, 201, n as u8, 1),
-            b4: Ipv4Addr::new(10, 201, n as u8, 2),
-            a6: format!("fd00:201:{n}::1").parse().unwrap(),
-            b6: format!("fd00:201:{n}::2").parse().unwrap(),
-        };
-        sh(&["ip", "netns", "add", &t.a]);
-        sh(&["ip", "netns", "add", &t.b]);
-        sh(&["ip", "link", "add", &t.a_if, "netns", &t.a, "type", "veth", "peer", "name", &t.b_if, "netns", &t.b]);
-        for (ns, ifname, v4, v6) in [(&t.a, &t.a_if, t.a4, t.a6), (&t.b, &t.b_if, t.b4, t.b6)] {
-            let disable = if ipv6 { "0" } else { "1" };
-            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{ifname}.disable_ipv6={disable}")]);
-            sh(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
-            if ipv6 {
-                sh(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
-            }
-            // One skb = one wire packet, so a packet capture is the exact
-            // reference for TCP (GSO accounting is covered in tests/kernel.rs).
-            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"]);
-            sh(&["ip", "-n", ns, "link", "set", ifname, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        t
+fn start(t: &Topo, ifaces: &[&str], extra: &[&str]) -> Agent {
+    agent(t).ifaces(ifaces).args(extra).start()
+}
+
+/// Nothing here drops packets: every flow record is ACCEPT.
+fn accepted(r: &Rec) {
+    if r.status == "OK" {
+        assert_eq!(r.action, "ACCEPT", "{r:?}");
     }
 }
 
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
+/// Namespaces a and b, 10.201.<n>.1/.2 (and fd00:c9:<n>::1/::2).
+fn topo(ipv6: bool) -> Topo {
+    Topo::new(201, ipv6)
 }
-
-/// A running agent in namespace `a`.
-struct Agent {
-    child: Child,
-    out: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    fn start(t: &Topo, ifaces: &[&str], extra: &[&str]) -> Agent {
-        Agent::start_tagged(t, ifaces, extra, "")
-    }
-
-    fn start_tagged(t: &Topo, ifaces: &[&str], extra: &[&str], tag: &str) -> Agent {
-        Agent::start_wrapped(t, &[], ifaces, extra, tag)
-    }
-
-    /// `wrapper` runs the agent (e.g. `setpriv ...`) inside namespace `a`.
-    fn start_wrapped(t: &Topo, wrapper: &[&str], ifaces: &[&str], extra: &[&str], tag: &str) -> Agent {
-        let out = std::env::temp_dir().join(format!("flowlog-e2e-{}{tag}.log", t.a));
-        Agent::start_writing(t, wrapper, ifaces, extra, out)
-    }
-
-    /// Records go to `out` (`file:` output).
-    fn start_writing(t: &Topo, wrapper: &[&str], ifaces: &[&str], extra: &[&str], out: PathBuf) -> Agent {
-        let _ = fs::remove_file(&out);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &t.a]).args(wrapper).arg(flowlog_testkit::agent_bin(env!("CARGO_BIN_EXE_flowlog-agent")));
-        for i in ifaces {
-            cmd.args(["--iface", i]);
-        }
-        cmd.args(["--output", &format!("file:{}", out.display())]).args(extra);
-        if !extra.contains(&"--pin-dir") {
-            cmd.arg("--no-pin");
-        }
-        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start agent");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.contains(" ready ") || line.contains(r#""message":"ready""#) {
-                    let _ = ready_tx.send(());
-                }
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        // Generous: under the kernel matrix's software emulation, loading and
-        // verifying the programs alone can take tens of seconds.
-        if ready_rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            let _ = child.kill();
-            panic!("agent not ready: {}", stderr.lock().unwrap());
-        }
-        Agent { child, out, stderr }
-    }
-
-    /// SIGKILL: no drain, no cleanup. Returns what it had written.
-    fn kill9(mut self) -> Vec<Rec> {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let _ = fs::remove_file(&self.out);
-        text.lines().map(Rec::parse).collect()
-    }
-
-    /// SIGTERM → final drain → exit 0; returns the records and the log.
-    fn stop(mut self) -> (Vec<Rec>, String) {
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        thread::sleep(Duration::from_millis(50));
-        let log = self.stderr.lock().unwrap().clone();
-        assert!(status.success(), "agent exit {status}: {log}");
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let _ = fs::remove_file(&self.out);
-        (text.lines().map(Rec::parse).collect(), log)
-    }
-}
-
-/// A record of the format used below (`FORMAT`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Rec {
-    interface_id: String,
-    src: Option<IpAddr>,
-    dst: Option<IpAddr>,
-    sport: Option<u16>,
-    dport: Option<u16>,
-    proto: Option<u8>,
-    packets: u64,
-    bytes: u64,
-    start: u64,
-    end: u64,
-    status: String,
-    tcp_flags: Option<u8>,
-    direction: String,
-}
-
-const FORMAT: &str = "${version} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${tcp-flags} ${flow-direction}";
-
-impl Rec {
-    fn parse(line: &str) -> Rec {
-        let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 15, "{line:?}");
-        assert_eq!(f[0], "5", "{line:?}");
-        fn opt<T: std::str::FromStr>(s: &str) -> Option<T> {
-            if s == "-" { None } else { Some(s.parse().ok().unwrap_or_else(|| panic!("bad field {s:?}"))) }
-        }
-        let status = f[12].to_string();
-        if status == "OK" {
-            assert_eq!(f[11], "ACCEPT", "{line:?}");
-        } else {
-            assert_eq!(&f[2..12].iter().filter(|x| **x == "-").count(), &8, "{line:?}");
-        }
-        Rec {
-            interface_id: f[1].into(),
-            src: opt(f[2]),
-            dst: opt(f[3]),
-            sport: opt(f[4]),
-            dport: opt(f[5]),
-            proto: opt(f[6]),
-            packets: opt(f[7]).unwrap_or(0),
-            bytes: opt(f[8]).unwrap_or(0),
-            start: f[9].parse().unwrap(),
-            end: f[10].parse().unwrap(),
-            status,
-            tcp_flags: opt(f[13]),
-            direction: f[14].into(),
-        }
-    }
-}
-
-type Tuple = (IpAddr, IpAddr, u16, u16, u8);
 
 /// Sums of the OK records per (5-tuple, direction): packets, bytes, OR of tcp-flags, records.
 fn totals(recs: &[Rec]) -> BTreeMap<(Tuple, String), (u64, u64, u8, usize)> {
     let mut m = BTreeMap::new();
     for r in recs.iter().filter(|r| r.status == "OK") {
-        let key = ((r.src.unwrap(), r.dst.unwrap(), r.sport.unwrap(), r.dport.unwrap(), r.proto.unwrap()), r.direction.clone());
-        let e = m.entry(key).or_insert((0, 0, 0, 0));
+        let e = m.entry((r.tuple().unwrap(), r.direction.clone())).or_insert((0, 0, 0, 0));
         e.0 += r.packets;
         e.1 += r.bytes;
         e.2 |= r.tcp_flags.unwrap();
@@ -241,11 +67,34 @@ fn udp_pair(t: &Topo, from_b: bool, v6: bool, port: u16) -> (UdpSocket, UdpSocke
     let (a, b): (IpAddr, IpAddr) = if v6 { (t.a6.into(), t.b6.into()) } else { (t.a4.into(), t.b4.into()) };
     let rx_addr = SocketAddr::new(if from_b { a } else { b }, port);
     let tx_addr = SocketAddr::new(if from_b { b } else { a }, 0);
-    let (rx_ns, tx_ns) = if from_b { (t.a.clone(), t.b.clone()) } else { (t.b.clone(), t.a.clone()) };
+    let (rx_ns, tx_ns) = if from_b { (t.a.to_string(), t.b.to_string()) } else { (t.b.to_string(), t.a.to_string()) };
     let rx = in_netns(&rx_ns, move || UdpSocket::bind(rx_addr).unwrap());
     let tx = in_netns(&tx_ns, move || UdpSocket::bind(tx_addr).unwrap());
     rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     (tx, rx)
+}
+
+/// Packets and bytes of the OK records from port `sport` to `dport` in direction `dir`.
+fn sum(recs: &[Rec], sport: u16, dport: u16, dir: &str) -> (u64, u64) {
+    recs.iter()
+        .filter(|r| r.status == "OK" && r.direction == dir && r.sport == Some(sport) && r.dport == Some(dport))
+        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes))
+}
+
+/// A datagram of `size` bytes every 10 ms for `time`, each awaited, on a
+/// thread of its own; the thread returns how many were sent.
+fn send_steadily(tx: &UdpSocket, rx: &UdpSocket, size: usize, time: Duration) -> thread::JoinHandle<u64> {
+    let (tx, rx) = (tx.try_clone().unwrap(), rx.try_clone().unwrap());
+    thread::spawn(move || {
+        let mut sent = 0u64;
+        let until = std::time::Instant::now() + time;
+        while std::time::Instant::now() < until {
+            send_udp(&tx, &rx, 1, size);
+            sent += 1;
+            thread::sleep(Duration::from_millis(10));
+        }
+        sent
+    })
 }
 
 /// Sends `n` datagrams of `size` bytes and waits until all arrived.
@@ -303,66 +152,6 @@ fn checksum(b: &[u8]) -> u16 {
     !(s as u16)
 }
 
-/// AF_PACKET capture of every frame on an interface, both directions.
-struct Capture(OwnedFd);
-
-impl Capture {
-    fn open(ns: &str, ifname: &str) -> Capture {
-        let ifname = ifname.to_string();
-        in_netns(ns, move || {
-            // SAFETY: plain socket/bind calls with valid arguments.
-            unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, (libc::ETH_P_ALL as u16).to_be() as i32);
-                assert!(fd >= 0);
-                let fd = OwnedFd::from_raw_fd(fd);
-                // Holds the whole test's traffic until it is read.
-                let size: libc::c_int = 64 << 20;
-                libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size as *const _ as *const _, 4);
-                let name = std::ffi::CString::new(ifname).unwrap();
-                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-                sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-                sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-                assert_eq!(libc::bind(fd.as_raw_fd(), &sll as *const _ as *const _, std::mem::size_of_val(&sll) as u32), 0);
-                Capture(fd)
-            }
-        })
-    }
-
-    /// Per (tuple, direction): packets, IP bytes, AWS tcp-flags.
-    fn tcp_totals(&self) -> BTreeMap<(Tuple, String), (u64, u64, u8)> {
-        let mut m = BTreeMap::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            // SAFETY: valid buffers.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of_val(&sll) as u32;
-            let n = unsafe { libc::recvfrom(self.0.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0, &mut sll as *mut _ as *mut _, &mut len) };
-            if n <= 0 {
-                return m;
-            }
-            let f = &buf[..n as usize];
-            if f.len() < 14 + 20 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 6 {
-                continue;
-            }
-            let ip = &f[14..];
-            let ihl = ((ip[0] & 0xf) * 4) as usize;
-            let tot = u16::from_be_bytes([ip[2], ip[3]]) as u64;
-            let tcp = &ip[ihl..];
-            let src = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
-            let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
-            let t = (src, dst, u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]), 6);
-            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 { "egress" } else { "ingress" };
-            let raw = tcp[13];
-            let aws = (raw & 0x07) | if raw & 0x12 == 0x12 { 0x12 } else { 0 };
-            let e = m.entry((t, dir.to_string())).or_insert((0, 0, 0));
-            e.0 += 1;
-            e.1 += tot;
-            e.2 |= aws;
-        }
-    }
-}
-
 /// Default ingress hook: TC on these veths.
 #[test]
 fn udp_tcp_icmp_both_directions_are_exact() {
@@ -379,9 +168,9 @@ fn both_directions_exact(hook: &str, expect_hook: &str) {
     if !require_root() {
         return;
     }
-    let t = Topo::new(true);
+    let t = topo(true);
     let cap = Capture::open(&t.a, &t.a_if);
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", hook]);
+    let agent = start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", hook]);
 
     // UDP both ways, IPv4 and IPv6.
     let (tx_in, rx_in) = udp_pair(&t, true, false, 5000);
@@ -463,11 +252,11 @@ fn concurrent_senders_on_every_cpu_insert_the_same_new_flows_exactly() {
     if cpus < 2 {
         eprintln!("SKIP: concurrent_senders_on_every_cpu_insert_the_same_new_flows_exactly: one CPU, no contention possible");
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     // Neighbour entries first: packets waiting for ARP are queued, and
     // dropped past a small queue, before any hook sees them.
     ping(&t.b, t.a4, 1, 56);
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT]);
+    let agent = start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT]);
     let b4 = t.b4;
     let tx = Arc::new(in_netns(&t.b, move || UdpSocket::bind(SocketAddr::new(b4.into(), 0)).unwrap()));
     let sport = tx.local_addr().unwrap().port();
@@ -521,8 +310,8 @@ fn traffic_across_windows_is_split_without_loss() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
+    let t = topo(false);
+    let agent = start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
     let (tx, rx) = udp_pair(&t, true, false, 7100);
     // 3.5 s of traffic in 1 s windows: at least three windows carry data.
     let mut sent = 0u64;
@@ -550,8 +339,8 @@ fn full_flow_table_writes_skipdata_and_keeps_stored_flows_exact() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--max-flows", "16", "--log-format", FORMAT]);
+    let t = topo(false);
+    let agent = start(&t, &[&t.a_if], &["--interval", "3600", "--max-flows", "16", "--log-format", FORMAT]);
     let a = SocketAddr::new(t.a4.into(), 7200);
     let rx = in_netns(&t.a, move || UdpSocket::bind(a).unwrap());
     rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -568,7 +357,7 @@ fn full_flow_table_writes_skipdata_and_keeps_stored_flows_exact() {
     let skip: Vec<&Rec> = recs.iter().filter(|r| r.status == "SKIPDATA").collect();
     // The hash table holds --max-flows; the slot table (5.12+) its 32 slots
     // (twice --max-flows), all within the probe bound.
-    let slots = flowlog_agent::capture::probe::detect().unwrap().slot_atomics;
+    let slots = flowlog_agent::bpf::probe::detect().unwrap().slot_atomics;
     let stored = if slots { 32 } else { 16 };
     assert_eq!(ok.len(), stored, "{recs:#?}");
     for r in &ok {
@@ -584,13 +373,13 @@ fn an_interface_that_disappears_is_reported_and_the_others_go_on() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     // A second veth pair between the same namespaces, removed while attached.
     let (c_if, d_if) = (format!("{}c", t.a_if), format!("{}d", t.b_if));
     sh(&["ip", "link", "add", &c_if, "netns", &t.a, "type", "veth", "peer", "name", &d_if, "netns", &t.b]);
     sh(&["ip", "-n", &t.a, "link", "set", &c_if, "up"]);
     sh(&["ip", "-n", &t.b, "link", "set", &d_if, "up"]);
-    let agent = Agent::start(&t, &[&t.a_if, &c_if], &["--interval", "1", "--log-format", FORMAT]);
+    let agent = start(&t, &[&t.a_if, &c_if], &["--interval", "1", "--log-format", FORMAT]);
     sh(&["ip", "-n", &t.a, "link", "del", &c_if]);
     thread::sleep(Duration::from_millis(2500));
     let (tx, rx) = udp_pair(&t, true, false, 7300);
@@ -635,31 +424,19 @@ fn kill_9_and_restart_loses_nothing() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     let pin = format!("{}/{}", flowlog_testkit::test_bpffs().display(), t.a);
     let args = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin];
-    let first = Agent::start_tagged(&t, &[&t.a_if], &args, "-1");
+    let first = start(&t, &[&t.a_if], &args);
     let (tx, rx) = udp_pair(&t, true, false, 7400);
-    let sender = {
-        let (tx, rx) = (tx.try_clone().unwrap(), rx.try_clone().unwrap());
-        thread::spawn(move || {
-            let mut sent = 0u64;
-            let until = std::time::Instant::now() + Duration::from_millis(4500);
-            while std::time::Instant::now() < until {
-                send_udp(&tx, &rx, 1, 80);
-                sent += 1;
-                thread::sleep(Duration::from_millis(10));
-            }
-            sent
-        })
-    };
+    let sender = send_steadily(&tx, &rx, 80, Duration::from_millis(4500));
     thread::sleep(Duration::from_millis(1200));
     // Kill well inside a window, not while the agent ships one.
     mid_window();
-    let mut recs = first.kill9();
+    let (mut recs, _) = first.kill9();
     // Down for a while; the pinned programs go on counting.
     thread::sleep(Duration::from_millis(1500));
-    let second = Agent::start_tagged(&t, &[&t.a_if], &args, "-2");
+    let second = start(&t, &[&t.a_if], &args);
     let sent = sender.join().unwrap();
     thread::sleep(Duration::from_millis(200));
     let (more, log) = second.stop();
@@ -670,7 +447,7 @@ fn kill_9_and_restart_loses_nothing() {
     let bytes: u64 = mine.iter().map(|r| r.bytes).sum();
     assert_eq!((packets, bytes), (sent, sent * 108), "{mine:#?}\n{log}");
     // A graceful stop detaches and removes the pins.
-    for table in [flowlog_agent::capture::TableKind::Hash, flowlog_agent::capture::TableKind::Slots] {
+    for table in [flowlog_agent::bpf::TableKind::Hash, flowlog_agent::bpf::TableKind::Slots] {
         assert!(!std::path::Path::new(&pin).join(flowlog_agent::capture::pin_dir_name(65_536, table)).exists());
     }
     let _ = fs::remove_dir(&pin);
@@ -681,12 +458,12 @@ fn hot_plugged_interfaces_are_attached_once_and_counted() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     let hp = format!("hp{}", &t.a_if[3..]);
     let peer = format!("hq{}", &t.a_if[3..]);
     // Matches nothing at start: the agent waits for it.
-    let agent = Agent::start(&t, &[&format!("{hp}*")], &["--interval", "3600", "--log-format", FORMAT]);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst) as u8;
+    let agent = start(&t, &[&format!("{hp}*")], &["--interval", "3600", "--log-format", FORMAT]);
+    let n = next_id() as u8;
     let (a, b) = (Ipv4Addr::new(10, 202, n, 1), Ipv4Addr::new(10, 202, n, 2));
     let mut plugged = 0;
     let mut plug = || {
@@ -699,8 +476,7 @@ fn hot_plugged_interfaces_are_attached_once_and_counted() {
         // Let the agent see the link and attach.
         let until = std::time::Instant::now() + Duration::from_secs(60);
         while agent_attach_count(&agent, &hp) < plugged {
-            let log = agent.stderr.lock().unwrap().clone();
-            assert!(std::time::Instant::now() < until, "not attached: {log}");
+            assert!(std::time::Instant::now() < until, "not attached: {}", agent.log());
             thread::sleep(Duration::from_millis(50));
         }
     };
@@ -736,7 +512,7 @@ fn hot_plugged_interfaces_are_attached_once_and_counted() {
 
 /// How many "attached" log lines name `iface` so far.
 fn agent_attach_count(agent: &Agent, iface: &str) -> usize {
-    agent.stderr.lock().unwrap().lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()
+    agent.log().lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()
 }
 
 /// GET over plain HTTP/1.0 from inside namespace `ns`: (status, body).
@@ -757,8 +533,8 @@ fn metrics_match_the_records() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT, "--metrics-listen", "127.0.0.1:9750"]);
+    let t = topo(false);
+    let agent = start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT, "--metrics-listen", "127.0.0.1:9750"]);
     let addr: SocketAddr = "127.0.0.1:9750".parse().unwrap();
     assert_eq!(http_get(&t.a, addr, "/readyz").0, 200);
     assert_eq!(http_get(&t.a, addr, "/healthz").0, 200);
@@ -771,7 +547,7 @@ fn metrics_match_the_records() {
     mid_window();
     let (status, body) = http_get(&t.a, addr, "/metrics");
     assert_eq!(status, 200);
-    let recs: Vec<Rec> = fs::read_to_string(&agent.out).unwrap().lines().map(Rec::parse).collect();
+    let recs: Vec<Rec> = agent.records();
     let metric = |name: &str| -> u64 {
         body.lines()
             .find(|l| l.starts_with(name))
@@ -785,10 +561,57 @@ fn metrics_match_the_records() {
     let nodata = recs.iter().filter(|r| r.status == "NODATA").count() as u64;
     assert_eq!(metric("flowlog_records_total{log_status=\"OK\"}"), ok, "{body}\n{recs:#?}");
     assert_eq!(metric("flowlog_records_total{log_status=\"NODATA\"}"), nodata);
-    assert_eq!(metric(&format!("flowlog_records_shipped_total{{output=\"file:{}\"}}", agent.out.display())), ok + nodata);
+    assert_eq!(metric(&format!("flowlog_records_shipped_total{{output=\"file:{}\"}}", agent.out().display())), ok + nodata);
     assert!(metric("flowlog_non_ip_frames_total") >= 2, "ARP: {body}");
     assert_eq!(metric("flowlog_attached_interfaces"), 1);
     agent.stop();
+}
+
+/// `net.core.bpf_jit_enable` set for one test, restored on drop (also when
+/// the test fails). The sysctl is global: other tests meanwhile load their
+/// programs interpreted, which changes no count.
+struct JitSysctl(String);
+
+const JIT_SYSCTL: &str = "/proc/sys/net/core/bpf_jit_enable";
+
+impl Drop for JitSysctl {
+    fn drop(&mut self) {
+        fs::write(JIT_SYSCTL, &self.0).unwrap_or_else(|e| panic!("restoring {JIT_SYSCTL} to {}: {e}", self.0.trim()));
+    }
+}
+
+/// With the JIT off every program loads into the interpreter (as a program
+/// the arm64 JIT cannot translate does on 5.12-5.17 kernels): the agent
+/// says so at startup and in `flowlog_build_info`, and counts exactly.
+/// Kernels built with CONFIG_BPF_JIT_ALWAYS_ON refuse the 0: a skip.
+#[test]
+fn programs_the_kernel_interprets_are_reported_and_counted_exactly() {
+    if !require_root() {
+        return;
+    }
+    let before = fs::read_to_string(JIT_SYSCTL).expect("reading net.core.bpf_jit_enable");
+    if let Err(e) = fs::write(JIT_SYSCTL, "0") {
+        eprintln!("SKIP: programs_the_kernel_interprets_are_reported_and_counted_exactly: this kernel keeps its JIT on (CONFIG_BPF_JIT_ALWAYS_ON: net.core.bpf_jit_enable=0 refused: {e})");
+        return;
+    }
+    let _restore = JitSysctl(before);
+    let t = topo(false);
+    let agent = start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--metrics-listen", "127.0.0.1:9751"]);
+    let (tx, rx) = udp_pair(&t, true, false, 7700);
+    send_udp(&tx, &rx, 9, 100);
+    ping(&t.a, t.b4, 3, 100);
+    let (status, body) = http_get(&t.a, "127.0.0.1:9751".parse().unwrap(), "/metrics");
+    assert_eq!(status, 200);
+    let build = body.lines().find(|l| l.starts_with("flowlog_build_info{")).unwrap_or_else(|| panic!("no build_info: {body}"));
+    assert!(build.contains(",jited=\"false\"}"), "{build}");
+    let (recs, log) = agent.stop();
+    let line = log.lines().find(|l| l.contains("eBPF programs run in the kernel's interpreter")).unwrap_or_else(|| panic!("no JIT line: {log}"));
+    assert!(line.contains("net.core.bpf_jit_enable=0") && line.contains("flowlog_egress") && line.contains("flowlog_ingress_tc"), "{line}");
+    let m = totals(&recs);
+    let (a4, b4): (IpAddr, IpAddr) = (t.a4.into(), t.b4.into());
+    assert_eq!(get(&m, (b4, a4, tx.local_addr().unwrap().port(), 7700, 17), "ingress"), (9, 9 * 128, 0));
+    assert_eq!(get(&m, (a4, b4, 0, 0, 1), "egress"), (3, 3 * 128, 0));
+    assert_eq!(get(&m, (b4, a4, 0, 0, 1), "ingress"), (3, 3 * 128, 0));
 }
 
 /// Waits until the middle of a 1-second window (windows end on whole seconds).
@@ -803,7 +626,7 @@ fn runs_as_nobody_with_only_bpf_net_admin_and_perfmon() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     let caps = "+bpf,+net_admin,+perfmon";
     let only = |caps: &str| {
         vec![
@@ -818,8 +641,8 @@ fn runs_as_nobody_with_only_bpf_net_admin_and_perfmon() {
     };
     let wrapper = only(caps);
     let w: Vec<&str> = wrapper.iter().map(|s| s.as_str()).collect();
-    let agent = Agent::start_wrapped(&t, &w, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--log-json"], "-caps");
-    let status = fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let agent = agent(&t).wrapper(&w).ifaces(&[&t.a_if]).args(&["--interval", "3600", "--log-format", FORMAT, "--log-json"]).start();
+    let status = fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().split_whitespace().nth(1).unwrap().to_string();
     // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39) and nothing else.
     assert_eq!(u64::from_str_radix(&eff, 16).unwrap(), (1 << 12) | (1 << 38) | (1 << 39));
@@ -852,7 +675,7 @@ fn config_file_with_on_prem_metadata_fills_the_records() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     let dir = std::env::temp_dir().join(format!("flowlog-cfg-{}", t.a));
     fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("flowlog.toml");
@@ -943,12 +766,12 @@ fn jumbo_mtu_falls_back_to_tc_ingress_and_stays_exact() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     // veth takes XDP (without multi-buffer) only up to about a page of MTU.
     sh(&["ip", "-n", &t.a, "link", "set", &t.a_if, "mtu", "9000"]);
     sh(&["ip", "-n", &t.b, "link", "set", &t.b_if, "mtu", "9000"]);
     // `xdp` tries XDP on veths too, and falls back where it is refused.
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", "xdp"]);
+    let agent = start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", "xdp"]);
     let (tx_in, rx_in) = udp_pair(&t, true, false, 7900);
     send_udp(&tx_in, &rx_in, 9, 8000);
     let (tx_out, rx_out) = udp_pair(&t, false, false, 7901);
@@ -987,26 +810,14 @@ fn restart_with_keep_hands_over_exactly_with_one_program_per_hook() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     let pin = format!("{}/{}", flowlog_testkit::test_bpffs().display(), t.a);
     let keep = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin, "--on-exit", "keep"];
     // Traffic starts once the first agent counts, and flows through both
     // handovers.
-    let mut agent = Agent::start_tagged(&t, &[&t.a_if], &keep, "-k0");
+    let mut agent = start(&t, &[&t.a_if], &keep);
     let (tx, rx) = udp_pair(&t, true, false, 7600);
-    let sender = {
-        let (tx, rx) = (tx.try_clone().unwrap(), rx.try_clone().unwrap());
-        thread::spawn(move || {
-            let mut sent = 0u64;
-            let until = std::time::Instant::now() + Duration::from_millis(6000);
-            while std::time::Instant::now() < until {
-                send_udp(&tx, &rx, 1, 80);
-                sent += 1;
-                thread::sleep(Duration::from_millis(10));
-            }
-            sent
-        })
-    };
+    let sender = send_steadily(&tx, &rx, 80, Duration::from_millis(6000));
     let mut recs = Vec::new();
     // Two restarts with `keep`: each hands over to the next agent.
     for round in 1..3 {
@@ -1020,7 +831,7 @@ fn restart_with_keep_hands_over_exactly_with_one_program_per_hook() {
         thread::sleep(Duration::from_millis(300));
         // The last agent runs with the default `detach`.
         let args: &[&str] = if round < 2 { &keep } else { &keep[..6] };
-        agent = Agent::start_tagged(&t, &[&t.a_if], args, &format!("-k{round}"));
+        agent = start(&t, &[&t.a_if], args);
     }
     assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1]);
     let sent = sender.join().unwrap();
@@ -1028,10 +839,7 @@ fn restart_with_keep_hands_over_exactly_with_one_program_per_hook() {
     let (more, log) = agent.stop();
     recs.extend(more);
     let port = tx.local_addr().unwrap().port();
-    let got: (u64, u64) = recs
-        .iter()
-        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7600))
-        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    let got = sum(&recs, port, 7600, "ingress");
     // Three agents, two handovers: every datagram exactly once.
     assert_eq!(got, (sent, sent * 108), "{log}");
     // `detach` (the default) leaves nothing on the interface.
@@ -1044,28 +852,25 @@ fn kill_9_leaves_one_program_per_hook_and_detach_removes_it() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     let pin = format!("{}/{}", flowlog_testkit::test_bpffs().display(), t.a);
     let args = ["--interval", "1", "--log-format", FORMAT, "--pin-dir", &pin];
     for round in 0..2 {
-        let a = Agent::start_tagged(&t, &[&t.a_if], &args, &format!("-9{round}"));
+        let a = start(&t, &[&t.a_if], &args);
         assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1], "round {round}");
         a.kill9();
         assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1], "round {round}: after kill -9");
     }
-    let a = Agent::start_tagged(&t, &[&t.a_if], &args, "-92");
+    let a = start(&t, &[&t.a_if], &args);
     let (tx, rx) = udp_pair(&t, true, false, 7610);
     send_udp(&tx, &rx, 25, 80);
     let (recs, log) = a.stop();
     let port = tx.local_addr().unwrap().port();
-    let got: (u64, u64) = recs
-        .iter()
-        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7610))
-        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    let got = sum(&recs, port, 7610, "ingress");
     assert_eq!(got, (25, 25 * 108), "{log}");
     assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0], "{log}");
     // Without pins (the other path), a graceful stop removes the programs too.
-    let a = Agent::start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
+    let a = start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
     assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [1, 1]);
     a.stop();
     assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0]);
@@ -1081,7 +886,7 @@ fn programs_attached_before_the_agent_cannot_hide_traffic() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     let ifname = t.a_if.clone();
     // Another loader's programs, attached first: a TC program that ends the
     // chain on both hooks, and an XDP program.
@@ -1089,7 +894,7 @@ fn programs_attached_before_the_agent_cannot_hide_traffic() {
         let mut ebpf = aya::EbpfLoader::new().load(BENCH_OBJECT).expect("benchmark object (not built with FLOWLOG_EBPF_OBJECT?)");
         let stop: &mut SchedClassifier = ebpf.program_mut("bench_tc_stop").unwrap().try_into().unwrap();
         stop.load().unwrap();
-        if !flowlog_agent::capture::probe::tcx_available() {
+        if !flowlog_agent::bpf::probe::tcx_available() {
             let _ = aya::programs::tc::qdisc_add_clsact(&ifname);
         }
         stop.attach(&ifname, TcAttachType::Ingress).unwrap();
@@ -1099,7 +904,7 @@ fn programs_attached_before_the_agent_cannot_hide_traffic() {
         xdp.attach(&ifname, aya::programs::XdpMode::default()).unwrap();
         ebpf
     });
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", "xdp"]);
+    let agent = start(&t, &[&t.a_if], &["--interval", "3600", "--log-format", FORMAT, "--ingress-hook", "xdp"]);
     let (tx, rx) = udp_pair(&t, true, false, 7620);
     send_udp(&tx, &rx, 30, 80);
     let (rtx, rrx) = udp_pair(&t, false, false, 7621);
@@ -1109,13 +914,8 @@ fn programs_attached_before_the_agent_cannot_hide_traffic() {
     // ingress at TC, first in the chain.
     assert!(log.contains("XDP refused") && log.contains("counting ingress at TC instead"), "{log}");
     assert!(log.lines().any(|l| l.contains(" attached ") && l.contains("ingress=\"tc\"")), "{log}");
-    let sum = |sport: u16, dport: u16, dir: &str| -> (u64, u64) {
-        recs.iter()
-            .filter(|r| r.status == "OK" && r.direction == dir && r.sport == Some(sport) && r.dport == Some(dport))
-            .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes))
-    };
-    assert_eq!(sum(tx.local_addr().unwrap().port(), 7620, "ingress"), (30, 30 * 108), "{log}");
-    assert_eq!(sum(rtx.local_addr().unwrap().port(), 7621, "egress"), (20, 20 * 128), "{log}");
+    assert_eq!(sum(&recs, tx.local_addr().unwrap().port(), 7620, "ingress"), (30, 30 * 108), "{log}");
+    assert_eq!(sum(&recs, rtx.local_addr().unwrap().port(), 7621, "egress"), (20, 20 * 128), "{log}");
     // The other loader's programs are untouched.
     assert_eq!(flowlog_tc_programs(&t.a, &t.a_if), [0, 0]);
     drop(foreign);
@@ -1126,22 +926,18 @@ fn a_window_no_output_could_take_stays_in_the_kernel_and_is_reported_later() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
+    let t = topo(false);
     // The only output is a file on a small tmpfs that is full.
     let dir = PathBuf::from(format!("/run/flowlog-full-{}", t.a));
     fs::create_dir_all(&dir).unwrap();
     sh(&["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", dir.to_str().unwrap()]);
     let filler = dir.join("filler");
     let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"]).stderr(Stdio::null()).status();
-    let agent = Agent::start_writing(&t, &[], &[&t.a_if], &["--interval", "1", "--log-format", FORMAT], dir.join("records.log"));
+    let agent = agent(&t).ifaces(&[&t.a_if]).args(&["--interval", "1", "--log-format", FORMAT]).output(dir.join("records.log")).start();
     let (tx, rx) = udp_pair(&t, true, false, 7630);
     send_udp(&tx, &rx, 20, 80);
     // Two windows close while nothing can be written.
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while agent.stderr.lock().unwrap().matches("no output took this window's records").count() < 2 {
-        assert!(std::time::Instant::now() < until, "{}", agent.stderr.lock().unwrap());
-        thread::sleep(Duration::from_millis(100));
-    }
+    agent.wait_log(Duration::from_secs(60), |log| log.matches("no output took this window's records").count() >= 2);
     fs::remove_file(&filler).unwrap();
     send_udp(&tx, &rx, 10, 80);
     thread::sleep(Duration::from_millis(2500));
@@ -1149,10 +945,7 @@ fn a_window_no_output_could_take_stays_in_the_kernel_and_is_reported_later() {
     let _ = Command::new("umount").arg(&dir).status();
     let _ = fs::remove_dir(&dir);
     let port = tx.local_addr().unwrap().port();
-    let got: (u64, u64) = recs
-        .iter()
-        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7630))
-        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    let got = sum(&recs, port, 7630, "ingress");
     assert_eq!(got, (30, 30 * 108), "{recs:#?}\n{log}");
 }
 
@@ -1161,8 +954,8 @@ fn a_renamed_interface_stays_attached_and_counted() {
     if !require_root() {
         return;
     }
-    let t = Topo::new(false);
-    let agent = Agent::start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
+    let t = topo(false);
+    let agent = start(&t, &[&t.a_if], &["--interval", "1", "--log-format", FORMAT]);
     let (tx, rx) = udp_pair(&t, true, false, 7640);
     send_udp(&tx, &rx, 10, 80);
     let renamed = format!("rn{}", &t.a_if[3..]);
@@ -1175,9 +968,6 @@ fn a_renamed_interface_stays_attached_and_counted() {
     let (recs, log) = agent.stop();
     assert!(!log.contains("interface disappeared"), "{log}");
     let port = tx.local_addr().unwrap().port();
-    let got: (u64, u64) = recs
-        .iter()
-        .filter(|r| r.status == "OK" && r.direction == "ingress" && r.sport == Some(port) && r.dport == Some(7640))
-        .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes));
+    let got = sum(&recs, port, 7640, "ingress");
     assert_eq!(got, (25, 25 * 108), "{log}");
 }

@@ -8,7 +8,8 @@ use aya::{
 };
 use flowlog_testkit::{frames::*, require_root};
 use flowlog_agent::{
-    capture::{Capture, KernelFilters, TableKind, EGRESS_PROGRAM, INGRESS_PROGRAM},
+    bpf::TableKind,
+    capture::{Capture, KernelFilters, EGRESS_PROGRAM, INGRESS_PROGRAM},
     drain::{Drained, FlowTables},
 };
 use flowlog_agent::enrich::aws_tcp_flags;
@@ -30,13 +31,13 @@ impl Kernel {
     }
 
     fn load_with(max_flows: u32, sample_rate: u32, filters: &KernelFilters) -> Self {
-        let (capture, tables) = Capture::load(max_flows, None, sample_rate, filters, None).expect("load eBPF programs");
+        let (capture, tables) = Capture::load(max_flows, None, sample_rate, filters, None, None).expect("load eBPF programs");
         Kernel { capture, tables }
     }
 
     /// With a given flow table.
     fn load_table(max_flows: u32, kind: TableKind) -> Self {
-        let (capture, tables) = Capture::load_with_table(max_flows, None, 1, &KernelFilters::default(), None, Some(kind)).expect("load eBPF programs");
+        let (capture, tables) = Capture::load(max_flows, None, 1, &KernelFilters::default(), None, Some(kind)).expect("load eBPF programs");
         assert_eq!((capture.table(), tables.kind()), (kind, kind));
         Kernel { capture, tables }
     }
@@ -359,7 +360,7 @@ fn gso_super_packets_count_as_wire_segments() {
 /// The tables this kernel can run: the hash table everywhere, the slot
 /// table where the probe found compare-and-exchange (5.12+).
 fn table_kinds() -> Vec<TableKind> {
-    let f = flowlog_agent::capture::probe::detect().expect("probe");
+    let f = flowlog_agent::bpf::probe::detect().expect("probe");
     if f.slot_atomics {
         vec![TableKind::Hash, TableKind::Slots]
     } else {
@@ -472,7 +473,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 3, dport: 4, payload: 2 });
 
     // Agent 1 counts, closes the window, reads it... and dies before releasing.
-    let (mut capture, mut tables) = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
+    let (mut capture, mut tables) = Capture::load(64, Some(&root), 1, &Default::default(), None, None).unwrap();
     let mut k = Kernel { capture, tables };
     k.xdp(&f);
     k.xdp(&f);
@@ -482,7 +483,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     drop(k);
 
     // Agent 2 re-uses the pinned maps: the unreleased window, then the open one.
-    (capture, tables) = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
+    (capture, tables) = Capture::load(64, Some(&root), 1, &Default::default(), None, None).unwrap();
     k = Kernel { capture, tables };
     let left = k.tables.leftover().unwrap().expect("leftover window");
     assert_eq!(entries(&left), [(v4key(A4, B4, 3, 4, UDP, 0), 2, 60, 0)]);
@@ -499,8 +500,8 @@ fn a_second_agent_on_the_same_pins_is_refused_and_a_half_done_flip_is_finished()
     }
     let bpffs = flowlog_testkit::test_bpffs();
     let root = bpffs.join(format!("kernel-test-lock-{}", std::process::id()));
-    let first = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
-    let err = match Capture::load(64, Some(&root), 1, &Default::default(), None) {
+    let first = Capture::load(64, Some(&root), 1, &Default::default(), None, None).unwrap();
+    let err = match Capture::load(64, Some(&root), 1, &Default::default(), None, None) {
         Ok(_) => panic!("a second agent on the same pin directory was let in"),
         Err(e) => format!("{e:#}"),
     };
@@ -511,7 +512,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_a_half_done_flip_is_finished()
     let mut generation: Array<MapData, u32> = Array::try_from(Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
     generation.set(flowlog_common::GENERATION_GRACE, 1, 0).unwrap();
     drop(first);
-    let next = Capture::load(64, Some(&root), 1, &Default::default(), None).unwrap();
+    let next = Capture::load(64, Some(&root), 1, &Default::default(), None, None).unwrap();
     assert_eq!(generation.get(&flowlog_common::GENERATION_GRACE, 0).unwrap(), 0, "the next agent finishes the flip before it reads");
     drop(next);
     std::fs::remove_dir_all(&root).unwrap();
@@ -826,7 +827,7 @@ fn kernel_features_and_clock() {
     if !require_root() {
         return;
     }
-    let f = flowlog_agent::capture::probe::detect().expect("probe");
+    let f = flowlog_agent::bpf::probe::detect().expect("probe");
     let v = aya::util::KernelVersion::current().unwrap();
     assert_eq!(f.coarse_clock, v >= aya::util::KernelVersion::new(5, 11, 0), "{v:?}");
     // x86-64: compare-and-exchange from 5.12 (the matrix's 5.10 lacks it).

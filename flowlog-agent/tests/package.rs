@@ -454,7 +454,7 @@ fn check_rpm(arch: &Arch, rpm: &Path) -> Unpacked {
     let st = Command::new("sh")
         .arg("-c")
         // rpm2archive (in Debian's rpm package; cpio may be missing).
-        .arg(format!("rpm2archive - < {} | tar xz", rpm.display()))
+        .arg(format!("rpm2archive - < {} | tar xz", flowlog_testkit::shell_quote(rpm)))
         .current_dir(dir)
         .status()
         .unwrap();

@@ -7,157 +7,41 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead, BufReader},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc, Arc, Mutex,
-    },
+    net::{IpAddr, SocketAddr, UdpSocket},
+    process::Command,
     thread,
     time::Duration,
 };
 
 use flowlog_testkit::{
-    netns::{in_netns, sh},
+    agent::{Agent, Rec},
+    netns::{in_netns, Topo},
     require_root,
 };
 
-static NEXT: AtomicU32 = AtomicU32::new(1);
-
-struct Topo {
-    a: String,
-    b: String,
-    a_if: String,
-    a4: Ipv4Addr,
-    b4: Ipv4Addr,
-    a6: Ipv6Addr,
-    b6: Ipv6Addr,
-}
-
-impl Topo {
-    /// `nft`: rules for namespace `a`'s `inet flowlog` table.
-    fn new(nft: &str) -> Topo {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}{}", std::process::id() % 100_000, n);
-        let t = Topo {
-            a: format!("flr-{id}-a"),
-            b: format!("flr-{id}-b"),
-            a_if: format!("fra{id}"),
-            a4: Ipv4Addr::new(10, 203, n as u8, 1),
-            b4: Ipv4Addr::new(10, 203, n as u8, 2),
-            a6: format!("fd00:203:{n}::1").parse().unwrap(),
-            b6: format!("fd00:203:{n}::2").parse().unwrap(),
-        };
-        let b_if = format!("frb{id}");
-        sh(&["ip", "netns", "add", &t.a]);
-        sh(&["ip", "netns", "add", &t.b]);
-        sh(&["ip", "link", "add", &t.a_if, "netns", &t.a, "type", "veth", "peer", "name", &b_if, "netns", &t.b]);
-        for (ns, ifname, v4, v6) in [(&t.a, &t.a_if, t.a4, t.a6), (&t.b, &b_if, t.b4, t.b6)] {
-            sh(&["ip", "-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
-            sh(&["ip", "-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
-            sh(&["ip", "netns", "exec", ns, "ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"]);
-            sh(&["ip", "-n", ns, "link", "set", ifname, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        let rules = format!("table inet flowlog {{\n{nft}\n}}\n");
-        let file = std::env::temp_dir().join(format!("{}.nft", t.a));
-        fs::write(&file, rules).unwrap();
-        sh(&["ip", "netns", "exec", &t.a, "nft", "-f", file.to_str().unwrap()]);
-        let _ = fs::remove_file(file);
-        t
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
+/// Namespaces a and b (10.203.<n>.1/.2, fd00:cb:<n>::1/::2), `nft`: rules
+/// for namespace `a`'s `inet flowlog` table.
+fn topo(nft: &str) -> Topo {
+    let t = Topo::new(203, true);
+    let rules = format!("table inet flowlog {{\n{nft}\n}}\n");
+    let file = std::env::temp_dir().join(format!("{}.nft", t.a));
+    fs::write(&file, rules).unwrap();
+    t.a.exec(&["nft", "-f", file.to_str().unwrap()]);
+    let _ = fs::remove_file(file);
+    t
 }
 
 const FORMAT: &str = "${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${action} ${log-status} ${flow-direction} ${reject-reason}";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Rec {
-    tuple: Option<(IpAddr, IpAddr, u16, u16, u8)>,
-    packets: u64,
-    bytes: u64,
-    action: String,
-    status: String,
-    direction: String,
-    reject_reason: String,
+fn start(t: &Topo, extra: &[&str]) -> Agent {
+    let args = [&["--interval", "3600", "--metrics-listen", "off", "--log-format", FORMAT], extra].concat();
+    Agent::start(env!("CARGO_BIN_EXE_flowlog-agent"), &t.a, &[&t.a_if], &args)
 }
 
-impl Rec {
-    fn parse(line: &str) -> Rec {
-        let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 12, "{line:?}");
-        let tuple = (f[9] == "OK").then(|| (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap(), f[5].parse().unwrap()));
-        Rec {
-            tuple,
-            packets: f[6].parse().unwrap_or(0),
-            bytes: f[7].parse().unwrap_or(0),
-            action: f[8].into(),
-            status: f[9].into(),
-            direction: f[10].into(),
-            reject_reason: f[11].into(),
-        }
-    }
-}
-
-struct Agent {
-    child: Child,
-    out: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    fn start(t: &Topo, extra: &[&str]) -> Agent {
-        let out = std::env::temp_dir().join(format!("flowlog-reject-{}-{}.log", t.a, NEXT.fetch_add(1, Ordering::SeqCst)));
-        let _ = fs::remove_file(&out);
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &t.a, env!("CARGO_BIN_EXE_flowlog-agent"), "--iface", &t.a_if, "--no-pin"])
-            .args(["--interval", "3600", "--metrics-listen", "off", "--log-format", FORMAT])
-            .args(["--output", &format!("file:{}", out.display())])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start agent");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let (pipe, log) = (child.stderr.take().unwrap(), stderr.clone());
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.contains(" ready ") {
-                    let _ = tx.send(());
-                }
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            let _ = child.kill();
-            panic!("agent not ready: {}", stderr.lock().unwrap());
-        }
-        Agent { child, out, stderr }
-    }
-
-    fn stop(mut self) -> (Vec<Rec>, String) {
-        // Let the last dropped packets reach the drop hook.
-        thread::sleep(Duration::from_millis(300));
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        thread::sleep(Duration::from_millis(50));
-        let log = self.stderr.lock().unwrap().clone();
-        assert!(status.success(), "agent exit {status}: {log}");
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let _ = fs::remove_file(&self.out);
-        (text.lines().map(Rec::parse).collect(), log)
-    }
+fn stop(agent: Agent) -> (Vec<Rec>, String) {
+    // Let the last dropped packets reach the drop hook.
+    thread::sleep(Duration::from_millis(300));
+    agent.stop()
 }
 
 type Key = ((IpAddr, IpAddr, u16, u16, u8), String, String);
@@ -166,7 +50,7 @@ type Key = ((IpAddr, IpAddr, u16, u16, u8), String, String);
 fn totals(recs: &[Rec]) -> BTreeMap<Key, (u64, u64, usize, String)> {
     let mut m = BTreeMap::new();
     for r in recs.iter().filter(|r| r.status == "OK") {
-        let e = m.entry((r.tuple.unwrap(), r.direction.clone(), r.action.clone())).or_insert((0, 0, 0, String::new()));
+        let e = m.entry((r.tuple().unwrap(), r.direction.clone(), r.action.clone())).or_insert((0, 0, 0, String::new()));
         e.0 += r.packets;
         e.1 += r.bytes;
         e.2 += 1;
@@ -232,8 +116,8 @@ fn dropped_ports_are_reject_allowed_ports_accept_mixed_flows_split_exactly() {
     if !require_root() || !drop_reasons_or_skip("dropped_ports_are_reject_allowed_ports_accept_mixed_flows_split_exactly") {
         return;
     }
-    let t = Topo::new(RULES);
-    let agent = Agent::start(&t, &[]);
+    let t = topo(RULES);
+    let agent = start(&t, &[]);
     let mut want: BTreeMap<Key, (u64, u64)> = BTreeMap::new();
     let mut absent: Vec<Key> = Vec::new();
     for v6 in [false, true] {
@@ -272,7 +156,7 @@ fn dropped_ports_are_reject_allowed_ports_accept_mixed_flows_split_exactly() {
         want.insert((tu, "egress".into(), "REJECT".into()), (4, 4 * (ip_hdr + 30)));
         absent.push((tu, "egress".into(), "ACCEPT".into()));
     }
-    let (recs, log) = agent.stop();
+    let (recs, log) = stop(agent);
     let m = totals(&recs);
     for (k, (packets, bytes)) in &want {
         let got = m.get(k).unwrap_or_else(|| panic!("no record for {k:?}: {m:#?}\n{log}"));
@@ -290,9 +174,9 @@ fn traffic_type_reasons_and_reject_reason_map() {
     if !require_root() || !drop_reasons_or_skip("traffic_type_reasons_and_reject_reason_map") {
         return;
     }
-    let t = Topo::new(RULES);
+    let t = topo(RULES);
     let run = |extra: &[&str], closed_port_rejects: bool| -> BTreeMap<Key, (u64, u64, usize, String)> {
-        let agent = Agent::start(&t, extra);
+        let agent = start(&t, extra);
         let (tx, rx) = pair(&t, false, 7601);
         send(&tx, &rx, &[10; 3], |_| false);
         let (tx2, rx2) = pair(&t, true, 7602);
@@ -300,7 +184,7 @@ fn traffic_type_reasons_and_reject_reason_map() {
         // Nothing listens on 7609: the UDP layer drops it (NO_SOCKET).
         let closed = SocketAddr::new(t.a4.into(), 7609);
         tx.send_to(&[1u8; 20], closed).unwrap();
-        let (recs, log) = agent.stop();
+        let (recs, log) = stop(agent);
         let m = totals(&recs);
         let closed_key = ((IpAddr::from(t.b4), closed.ip(), tx.local_addr().unwrap().port(), 7609, 17), "ingress".to_string(), "REJECT".to_string());
         assert_eq!(m.get(&closed_key).map(|v| (v.0, v.1)), closed_port_rejects.then_some((1, 48)), "{m:#?}\n{log}");

@@ -9,15 +9,45 @@
 //! numbers go through `itoa`, addresses through [`write_ip`], which writes
 //! what `Display` writes without `core::fmt`'s per-piece dispatch (formatting
 //! is most of the agent's per-record CPU time).
+//!
+//! The field table (`fields!`) also gives each field's column type
+//! ([`Kind`], its Athena type): the agent's Parquet writer, `compare`'s
+//! test files and the Athena DDLs of deploy/athena/ (`cargo xtask athena`)
+//! are made from it, so a new field is one row plus its meaning.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::record::FlowRecord;
 
-/// Declares [`Field`] from one table, so a field's name, version and place
-/// in [`ALL_FIELDS`] cannot drift apart.
+/// How a field's values are typed in Parquet and Athena: AWS's Parquet
+/// field table (INT_32, INT_64, else STRING). The agent maps it to Parquet
+/// types; this crate stays free of a Parquet dependency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Int32,
+    Int64,
+    String,
+}
+
+impl Kind {
+    /// The Athena (Hive DDL) type of a column of this kind.
+    pub fn athena(self) -> &'static str {
+        match self {
+            Kind::Int32 => "int",
+            Kind::Int64 => "bigint",
+            Kind::String => "string",
+        }
+    }
+}
+
+/// Declares [`Field`] from one table, so a field's name, version, type and
+/// place in [`ALL_FIELDS`] cannot drift apart. A row is
+/// `Variant = "name" @ version : Kind`, with `as "athena-type"` after the
+/// kind where AWS's Athena DDL types the column otherwise.
 macro_rules! fields {
-    ($($variant:ident = $name:literal @ $version:literal,)*) => {
+    (@athena $kind:ident) => { Kind::$kind.athena() };
+    (@athena $kind:ident $athena:literal) => { $athena };
+    ($($variant:ident = $name:literal @ $version:literal : $kind:ident $(as $athena:literal)?,)*) => {
         /// A record field, named as in `${field}` format strings.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Field {
@@ -25,7 +55,7 @@ macro_rules! fields {
         }
 
         /// Every field, in the order of the AWS field table (versions 2–11).
-        pub const ALL_FIELDS: [Field; 54] = [$(Field::$variant,)*];
+        pub const ALL_FIELDS: [Field; [$(stringify!($variant),)*].len()] = [$(Field::$variant,)*];
 
         impl Field {
             pub fn name(self) -> &'static str {
@@ -40,70 +70,96 @@ macro_rules! fields {
                     $(Field::$variant => $version,)*
                 }
             }
+
+            /// The type of the field's Parquet column.
+            pub fn kind(self) -> Kind {
+                match self {
+                    $(Field::$variant => Kind::$kind,)*
+                }
+            }
+
+            /// The type of the field's column in the Athena DDLs.
+            pub fn athena(self) -> &'static str {
+                match self {
+                    $(Field::$variant => fields!(@athena $kind $($athena)?),)*
+                }
+            }
         }
     };
 }
 
 fields! {
-    Version = "version" @ 2,
-    AccountId = "account-id" @ 2,
-    InterfaceId = "interface-id" @ 2,
-    SrcAddr = "srcaddr" @ 2,
-    DstAddr = "dstaddr" @ 2,
-    SrcPort = "srcport" @ 2,
-    DstPort = "dstport" @ 2,
-    Protocol = "protocol" @ 2,
-    Packets = "packets" @ 2,
-    Bytes = "bytes" @ 2,
-    Start = "start" @ 2,
-    End = "end" @ 2,
-    Action = "action" @ 2,
-    LogStatus = "log-status" @ 2,
-    VpcId = "vpc-id" @ 3,
-    SubnetId = "subnet-id" @ 3,
-    InstanceId = "instance-id" @ 3,
-    TcpFlags = "tcp-flags" @ 3,
-    Type = "type" @ 3,
-    PktSrcAddr = "pkt-srcaddr" @ 3,
-    PktDstAddr = "pkt-dstaddr" @ 3,
-    Region = "region" @ 4,
-    AzId = "az-id" @ 4,
-    SublocationType = "sublocation-type" @ 4,
-    SublocationId = "sublocation-id" @ 4,
-    PktSrcAwsService = "pkt-src-aws-service" @ 5,
-    PktDstAwsService = "pkt-dst-aws-service" @ 5,
-    FlowDirection = "flow-direction" @ 5,
-    TrafficPath = "traffic-path" @ 5,
-    EcsClusterArn = "ecs-cluster-arn" @ 7,
-    EcsClusterName = "ecs-cluster-name" @ 7,
-    EcsContainerInstanceArn = "ecs-container-instance-arn" @ 7,
-    EcsContainerInstanceId = "ecs-container-instance-id" @ 7,
-    EcsContainerId = "ecs-container-id" @ 7,
-    EcsSecondContainerId = "ecs-second-container-id" @ 7,
-    EcsServiceName = "ecs-service-name" @ 7,
-    EcsTaskDefinitionArn = "ecs-task-definition-arn" @ 7,
-    EcsTaskArn = "ecs-task-arn" @ 7,
-    EcsTaskId = "ecs-task-id" @ 7,
-    RejectReason = "reject-reason" @ 8,
-    ResourceId = "resource-id" @ 9,
-    EncryptionStatus = "encryption-status" @ 10,
-    InstanceTag = "instance-tag" @ 11,
-    InstanceTag2 = "instance-tag-2" @ 11,
-    InterfaceTag = "interface-tag" @ 11,
-    InterfaceTag2 = "interface-tag-2" @ 11,
-    AsgTag = "asg-tag" @ 11,
-    AsgTag2 = "asg-tag-2" @ 11,
-    InterfaceType = "interface-type" @ 11,
-    NextHopInterfaceId = "next-hop-interface-id" @ 11,
-    NextHopSubnetId = "next-hop-subnet-id" @ 11,
-    NextHopAzId = "next-hop-az-id" @ 11,
-    NextHopVpcId = "next-hop-vpc-id" @ 11,
-    NextHopInterfaceType = "next-hop-interface-type" @ 11,
+    Version = "version" @ 2 : Int32,
+    AccountId = "account-id" @ 2 : String,
+    InterfaceId = "interface-id" @ 2 : String,
+    SrcAddr = "srcaddr" @ 2 : String,
+    DstAddr = "dstaddr" @ 2 : String,
+    SrcPort = "srcport" @ 2 : Int32,
+    DstPort = "dstport" @ 2 : Int32,
+    // AWS's DDL has bigint; Athena reads the INT_32 column as that.
+    Protocol = "protocol" @ 2 : Int32 as "bigint",
+    Packets = "packets" @ 2 : Int64,
+    Bytes = "bytes" @ 2 : Int64,
+    Start = "start" @ 2 : Int64,
+    End = "end" @ 2 : Int64,
+    Action = "action" @ 2 : String,
+    LogStatus = "log-status" @ 2 : String,
+    VpcId = "vpc-id" @ 3 : String,
+    SubnetId = "subnet-id" @ 3 : String,
+    InstanceId = "instance-id" @ 3 : String,
+    TcpFlags = "tcp-flags" @ 3 : Int32,
+    Type = "type" @ 3 : String,
+    PktSrcAddr = "pkt-srcaddr" @ 3 : String,
+    PktDstAddr = "pkt-dstaddr" @ 3 : String,
+    Region = "region" @ 4 : String,
+    AzId = "az-id" @ 4 : String,
+    SublocationType = "sublocation-type" @ 4 : String,
+    SublocationId = "sublocation-id" @ 4 : String,
+    PktSrcAwsService = "pkt-src-aws-service" @ 5 : String,
+    PktDstAwsService = "pkt-dst-aws-service" @ 5 : String,
+    FlowDirection = "flow-direction" @ 5 : String,
+    TrafficPath = "traffic-path" @ 5 : Int32,
+    EcsClusterArn = "ecs-cluster-arn" @ 7 : String,
+    EcsClusterName = "ecs-cluster-name" @ 7 : String,
+    EcsContainerInstanceArn = "ecs-container-instance-arn" @ 7 : String,
+    EcsContainerInstanceId = "ecs-container-instance-id" @ 7 : String,
+    EcsContainerId = "ecs-container-id" @ 7 : String,
+    EcsSecondContainerId = "ecs-second-container-id" @ 7 : String,
+    EcsServiceName = "ecs-service-name" @ 7 : String,
+    EcsTaskDefinitionArn = "ecs-task-definition-arn" @ 7 : String,
+    EcsTaskArn = "ecs-task-arn" @ 7 : String,
+    EcsTaskId = "ecs-task-id" @ 7 : String,
+    RejectReason = "reject-reason" @ 8 : String,
+    ResourceId = "resource-id" @ 9 : String,
+    EncryptionStatus = "encryption-status" @ 10 : Int32,
+    InstanceTag = "instance-tag" @ 11 : String,
+    InstanceTag2 = "instance-tag-2" @ 11 : String,
+    InterfaceTag = "interface-tag" @ 11 : String,
+    InterfaceTag2 = "interface-tag-2" @ 11 : String,
+    AsgTag = "asg-tag" @ 11 : String,
+    AsgTag2 = "asg-tag-2" @ 11 : String,
+    InterfaceType = "interface-type" @ 11 : String,
+    NextHopInterfaceId = "next-hop-interface-id" @ 11 : String,
+    NextHopSubnetId = "next-hop-subnet-id" @ 11 : String,
+    NextHopAzId = "next-hop-az-id" @ 11 : String,
+    NextHopVpcId = "next-hop-vpc-id" @ 11 : String,
+    NextHopInterfaceType = "next-hop-interface-type" @ 11 : String,
 }
 
 impl Field {
     pub fn from_name(name: &str) -> Option<Field> {
         ALL_FIELDS.iter().copied().find(|f| f.name() == name)
+    }
+
+    /// The field's Parquet and Athena column name (see [`column_name`]).
+    pub fn column(self) -> String {
+        column_name(self.name())
+    }
+
+    /// The field of a Parquet column: AWS's `account_id`, or `account-id`
+    /// as earlier versions of the agent wrote it.
+    pub fn from_column(column: &str) -> Option<Field> {
+        Field::from_name(&column.replace('_', "-"))
     }
 
     /// Tag values are free text chosen by users, so they are written
@@ -176,6 +232,12 @@ pub enum FormatError {
     Malformed { token: String, valid: String },
     #[error("unknown field {token:?} in log format. Valid fields: {valid}")]
     Unknown { token: String, valid: String },
+}
+
+/// The column name of a field name as AWS spells it in Parquet files and
+/// Athena tables: `-` replaced by `_` (`account_id`, `log_status`).
+pub fn column_name(field_name: &str) -> String {
+    field_name.replace('-', "_")
 }
 
 /// The names of all fields, space-separated, for error messages.
@@ -487,6 +549,30 @@ instance-tag instance-tag-2 interface-tag interface-tag-2 asg-tag asg-tag-2 inte
             assert_eq!(Field::from_name(f.name()), Some(f));
         }
         assert_eq!(ALL_FIELDS.iter().filter(|f| f.is_tag()).count(), 6);
+    }
+
+    /// Parquet types as in AWS's field table, Athena types as in AWS's DDL
+    /// (protocol bigint), column names with `_`, written out by hand.
+    #[test]
+    fn field_types_and_columns_match_aws() {
+        let of = |k: Kind| ALL_FIELDS.iter().filter(|f| f.kind() == k).map(|f| f.name()).collect::<Vec<_>>().join(" ");
+        assert_eq!(of(Kind::Int32), "version srcport dstport protocol tcp-flags traffic-path encryption-status");
+        assert_eq!(of(Kind::Int64), "packets bytes start end");
+        assert_eq!(of(Kind::String).split(' ').count(), 43);
+        let athena: Vec<String> = ALL_FIELDS.iter().filter(|f| f.version() <= 5).map(|f| format!("{} {}", f.column(), f.athena())).collect();
+        assert_eq!(
+            athena.join(", "),
+            "version int, account_id string, interface_id string, srcaddr string, dstaddr string, srcport int, dstport int, \
+protocol bigint, packets bigint, bytes bigint, start bigint, end bigint, action string, log_status string, vpc_id string, \
+subnet_id string, instance_id string, tcp_flags int, type string, pkt_srcaddr string, pkt_dstaddr string, region string, \
+az_id string, sublocation_type string, sublocation_id string, pkt_src_aws_service string, pkt_dst_aws_service string, \
+flow_direction string, traffic_path int"
+        );
+        assert_eq!((Field::EncryptionStatus.athena(), Field::NextHopAzId.athena()), ("int", "string"));
+        for f in ALL_FIELDS {
+            assert_eq!((Field::from_column(&f.column()), Field::from_column(f.name())), (Some(f), Some(f)));
+        }
+        assert_eq!((Field::from_column("account_id"), Field::from_column("accountid")), (Some(Field::AccountId), None));
     }
 
     #[test]

@@ -465,3 +465,49 @@ impl Proxy {
         self.tasks = Some(set);
     }
 }
+
+/// A moto server of its own inside network namespace `ns`, on
+/// 127.0.0.1:`port` there, answering once `start` returns; killed on drop.
+/// For the tests that run the agent binary in a namespace.
+pub struct NetnsMoto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl NetnsMoto {
+    pub fn start(ns: &str, port: u16) -> NetnsMoto {
+        let py = ensure_moto();
+        test_env();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&py)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ip netns exec ... moto.server");
+        let mut moto = NetnsMoto { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let up = crate::netns::in_netns(ns, move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        });
+        if !up {
+            let _ = moto.child.kill();
+            panic!("moto not listening on 127.0.0.1:{port} in {ns} after 60 s");
+        }
+        moto
+    }
+}
+
+impl Drop for NetnsMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,13 +1,18 @@
 //! Test support for flowlog, kept out of the agent's `src/` so that no fake
 //! can reach the shipped binary: a fake IMDS ([`fake_imds`]), the moto
 //! harness and a fault-injecting proxy ([`aws`]), frame builders for
-//! `BPF_PROG_TEST_RUN` ([`frames`]), network namespaces with a running
-//! agent and a packet capture ([`netns`]).
+//! `BPF_PROG_TEST_RUN` ([`frames`]), network namespaces and a packet
+//! capture ([`netns`]), the agent run in them with its records read back
+//! ([`agent`]), systemd unit files read as systemd does ([`systemd`]),
+//! Parquet files of other writers for `compare` ([`parquet`]).
 
+pub mod agent;
 pub mod aws;
 pub mod fake_imds;
 pub mod frames;
 pub mod netns;
+pub mod parquet;
+pub mod systemd;
 
 /// Tests that need root (BPF, network namespaces) call this first. Under
 /// `cargo xtask test` (and CI) FLOWLOG_REQUIRE_ROOT_TESTS=1 turns a missing
@@ -52,4 +57,39 @@ pub fn test_bpffs() -> &'static std::path::Path {
         assert!(st.success(), "mount -t bpf bpf {}", dir.display());
     }
     dir
+}
+
+/// `s` quoted for `sh -c` scripts: checkouts live anywhere, paths with
+/// spaces included.
+pub fn shell_quote(s: impl AsRef<std::ffi::OsStr>) -> String {
+    let s = s.as_ref().to_str().expect("a UTF-8 path");
+    shlex::try_quote(s).unwrap_or_else(|e| panic!("{s:?}: {e}")).into_owned()
+}
+
+/// A fresh directory `/run/<name>-<pid>-<n>`, removed on drop. For what must
+/// stay visible where a test hides /tmp, /var/tmp and /home (the checkout,
+/// and with it the target directory, may be under any of them), and for
+/// unix sockets (108-byte paths).
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    pub fn new(name: &str) -> ScratchDir {
+        let d = std::path::PathBuf::from(format!("/run/{name}-{}-{}", std::process::id(), netns::next_id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        ScratchDir(d)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

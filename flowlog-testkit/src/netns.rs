@@ -1,23 +1,20 @@
-//! Network-namespace harness for the agent's integration tests (tests/devices.rs):
-//! namespaces that remove themselves, a running agent with its records, and
-//! an AF_PACKET capture that counts wire segments. Everything here touches
-//! only the namespaces and links a test creates.
+//! Network namespaces for the agent's integration tests: namespaces that
+//! remove themselves, the two-namespace topology most tests use ([`Topo`]),
+//! and an AF_PACKET capture that counts wire segments. Everything here
+//! touches only the namespaces and links a test creates, with iproute2 and
+//! ethtool (also inside the kernel matrix's VMs).
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{BufRead, BufReader},
-    net::IpAddr,
+    fmt, fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc, Arc, Mutex,
-    },
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
     thread,
-    time::Duration,
 };
+
+use crate::agent::{Totals, Tuple};
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
 
@@ -63,10 +60,15 @@ pub struct Netns(pub String);
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let name = format!("fld-{}-{}-{tag}", std::process::id() % 100_000, next_id());
+        Netns::add(format!("fld-{}-{}-{tag}", std::process::id() % 100_000, next_id()))
+    }
+
+    fn add(name: String) -> Netns {
         sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
+        // Owned from here: a failure below still removes it.
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
     }
 
     pub fn name(&self) -> &str {
@@ -123,6 +125,74 @@ impl Drop for Netns {
     }
 }
 
+/// A namespace stands for its name wherever a name is wanted (`ip -n`,
+/// [`in_netns`], format strings).
+impl std::ops::Deref for Netns {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Netns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Two namespaces `a` and `b` joined by a veth `a_if` <-> `b_if`, with
+/// 10.<net>.<n>.1/.2 and (with IPv6) fd00:<net>:<n>::1/::2, where `n` is
+/// unique in the test process; offloads off: one skb = one wire packet, so
+/// a packet capture is the exact reference for TCP (GSO accounting has
+/// tests of its own). Removed on drop.
+pub struct Topo {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_if: String,
+    pub b_if: String,
+    pub a4: Ipv4Addr,
+    pub b4: Ipv4Addr,
+    pub a6: Ipv6Addr,
+    pub b6: Ipv6Addr,
+}
+
+impl Topo {
+    /// Interfaces `fla<id>` and `flb<id>`.
+    pub fn new(net: u8, ipv6: bool) -> Topo {
+        Topo::with_a_if("fla", net, ipv6)
+    }
+
+    /// `a`'s interface named `<prefix><id>` (`ens` for a pattern that
+    /// matches node NICs), at most 15 bytes with a 3-byte prefix.
+    pub fn with_a_if(prefix: &str, net: u8, ipv6: bool) -> Topo {
+        let n = next_id();
+        let id = format!("{}{n}", std::process::id() % 100_000);
+        let sub = (n % 250 + 1) as u8;
+        let t = Topo {
+            a: Netns::add(format!("flt-{id}-a")),
+            b: Netns::add(format!("flt-{id}-b")),
+            a_if: format!("{prefix}{id}"),
+            b_if: format!("flb{id}"),
+            a4: Ipv4Addr::new(10, net, sub, 1),
+            b4: Ipv4Addr::new(10, net, sub, 2),
+            a6: Ipv6Addr::new(0xfd00, net.into(), sub.into(), 0, 0, 0, 0, 1),
+            b6: Ipv6Addr::new(0xfd00, net.into(), sub.into(), 0, 0, 0, 0, 2),
+        };
+        t.a.ip(&["link", "add", &t.a_if, "type", "veth", "peer", "name", &t.b_if, "netns", &t.b]);
+        for (ns, ifname, v4, v6) in [(&t.a, &t.a_if, t.a4, t.a6), (&t.b, &t.b_if, t.b4, t.b6)] {
+            let disable = if ipv6 { "0" } else { "1" };
+            ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{ifname}.disable_ipv6={disable}")]);
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            if ipv6 {
+                ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+            }
+            ns.exec(&["ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"]);
+            ns.ip(&["link", "set", ifname, "up"]);
+        }
+        t
+    }
+}
+
 /// `ip link add` of a kind whose module may be missing: `Err` is the line to
 /// print (`SKIP: <test>: no <module> module in this kernel`) for a kernel
 /// that does not know the kind; other failures panic.
@@ -136,150 +206,6 @@ pub fn link_add(ns: &Netns, test: &str, module: &str, args: &[&str]) -> Result<(
         }
         Err(e) => panic!("{e}"),
     }
-}
-
-/// A running agent in one namespace.
-pub struct Agent {
-    child: Child,
-    out: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    /// Starts `exe` (the agent binary) in `ns` on `ifaces`, `--no-pin`,
-    /// records to a file; returns once it logged `ready`.
-    pub fn start(exe: &Path, ns: &str, ifaces: &[&str], extra: &[&str]) -> Agent {
-        let out = std::env::temp_dir().join(format!("flowlog-dev-{ns}-{}.log", next_id()));
-        let _ = fs::remove_file(&out);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(exe);
-        for i in ifaces {
-            cmd.args(["--iface", i]);
-        }
-        cmd.args(["--output", &format!("file:{}", out.display())]).args(extra).arg("--no-pin");
-        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start agent");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.contains(" ready ") || line.contains(r#""message":"ready""#) {
-                    let _ = ready_tx.send(());
-                }
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            let _ = child.kill();
-            panic!("agent not ready: {}", stderr.lock().unwrap());
-        }
-        Agent { child, out, stderr }
-    }
-
-    pub fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// SIGTERM → final drain → exit 0; returns the records and the log.
-    pub fn stop(mut self) -> (Vec<Rec>, String) {
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        thread::sleep(Duration::from_millis(50));
-        let log = self.stderr.lock().unwrap().clone();
-        assert!(status.success(), "agent exit {status}: {log}");
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let _ = fs::remove_file(&self.out);
-        (text.lines().map(Rec::parse).collect(), log)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `ingress="..."` the agent logged when it attached to `iface`.
-pub fn attach_hook(log: &str, iface: &str) -> Option<String> {
-    log.lines().filter(|l| l.contains("attached") && l.contains(&format!("iface={iface}"))).find_map(|l| {
-        let i = l.find("ingress=")? + "ingress=".len();
-        Some(l[i..].trim_start_matches('"').split(['"', ' ']).next()?.to_string())
-    })
-}
-
-/// A record of the agent's default (version 2-5) text format with these fields.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rec {
-    pub interface_id: String,
-    pub src: Option<IpAddr>,
-    pub dst: Option<IpAddr>,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
-    pub proto: Option<u8>,
-    pub packets: u64,
-    pub bytes: u64,
-    pub status: String,
-    pub tcp_flags: Option<u8>,
-    pub direction: String,
-}
-
-/// The `--format` the records are parsed with.
-pub const FORMAT: &str = "${version} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${tcp-flags} ${flow-direction}";
-
-impl Rec {
-    pub fn parse(line: &str) -> Rec {
-        let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 15, "{line:?}");
-        fn opt<T: std::str::FromStr>(s: &str) -> Option<T> {
-            if s == "-" { None } else { Some(s.parse().ok().unwrap_or_else(|| panic!("bad field {s:?}"))) }
-        }
-        Rec {
-            interface_id: f[1].into(),
-            src: opt(f[2]),
-            dst: opt(f[3]),
-            sport: opt(f[4]),
-            dport: opt(f[5]),
-            proto: opt(f[6]),
-            packets: opt(f[7]).unwrap_or(0),
-            bytes: opt(f[8]).unwrap_or(0),
-            status: f[12].into(),
-            tcp_flags: opt(f[13]),
-            direction: f[14].into(),
-        }
-    }
-}
-
-pub type Tuple = (IpAddr, IpAddr, u16, u16, u8);
-/// Per (5-tuple, direction): packets, bytes.
-pub type Totals = BTreeMap<(Tuple, String), (u64, u64)>;
-
-/// Sums of the OK records per (5-tuple, direction).
-pub fn totals(recs: &[Rec]) -> Totals {
-    let mut m = BTreeMap::new();
-    for r in recs.iter().filter(|r| r.status == "OK") {
-        let key = ((r.src.unwrap(), r.dst.unwrap(), r.sport.unwrap(), r.dport.unwrap(), r.proto.unwrap()), r.direction.clone());
-        let e = m.entry(key).or_insert((0, 0));
-        e.0 += r.packets;
-        e.1 += r.bytes;
-    }
-    m
-}
-
-/// Only the entries of one protocol.
-pub fn of_proto(m: &Totals, proto: u8) -> Totals {
-    m.iter().filter(|((t, _), _)| t.4 == proto).map(|(k, v)| (k.clone(), *v)).collect()
-}
-
-/// Swaps the direction of every entry: what one end sends, the other receives.
-pub fn mirrored(m: &Totals) -> Totals {
-    m.iter()
-        .map(|((t, d), v)| ((*t, if d == "egress" { "ingress".to_string() } else { "egress".to_string() }), *v))
-        .collect()
 }
 
 /// `struct virtio_net_hdr` (PACKET_VNET_HDR): how the kernel describes a
@@ -326,6 +252,35 @@ impl Capture {
     /// and IP bytes. Reads everything captured so far.
     pub fn totals(&self) -> Totals {
         let mut m = BTreeMap::new();
+        self.read(|key, packets, bytes, _| {
+            let e = m.entry(key).or_insert((0, 0));
+            e.0 += packets;
+            e.1 += bytes;
+        });
+        m
+    }
+
+    /// TCP only, per (tuple, direction): wire packets, IP bytes, and the
+    /// segments' flags OR-ed as AWS's `tcp-flags` has them (FIN 1, SYN 2,
+    /// RST 4, SYN-ACK 18). Reads everything captured so far.
+    pub fn tcp_totals(&self) -> BTreeMap<(Tuple, String), (u64, u64, u8)> {
+        let mut m = BTreeMap::new();
+        self.read(|key, packets, bytes, raw| {
+            if key.0 .4 != 6 {
+                return;
+            }
+            let aws = (raw & 0x07) | if raw & 0x12 == 0x12 { 0x12 } else { 0 };
+            let e = m.entry(key).or_insert((0, 0, 0));
+            e.0 += packets;
+            e.1 += bytes;
+            e.2 |= aws;
+        });
+        m
+    }
+
+    /// Calls `f` with (tuple, direction), wire packets, IP bytes and the
+    /// raw TCP flags (0 for UDP) of every TCP or UDP frame captured so far.
+    fn read(&self, mut f: impl FnMut((Tuple, String), u64, u64, u8)) {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             // SAFETY: valid buffers.
@@ -333,9 +288,9 @@ impl Capture {
             let mut len = std::mem::size_of_val(&sll) as u32;
             let n = unsafe { libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0, &mut sll as *mut _ as *mut _, &mut len) };
             if n <= 0 {
-                return m;
+                return;
             }
-            let Some((t, tot, hdr)) = parse_frame(&buf[VNET_HDR_LEN..n as usize], self.l3) else { continue };
+            let Some((t, tot, hdr, flags)) = parse_frame(&buf[VNET_HDR_LEN..n as usize], self.l3) else { continue };
             let gso_type = buf[1];
             let gso_size = u16::from_ne_bytes([buf[4], buf[5]]) as u64;
             let (packets, bytes) = if gso_type != 0 && gso_size > 0 {
@@ -344,10 +299,8 @@ impl Capture {
             } else {
                 (1, tot)
             };
-            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 { "egress" } else { "ingress" };
-            let e = m.entry((t, dir.to_string())).or_insert((0, 0));
-            e.0 += packets;
-            e.1 += bytes;
+            let dir = if sll.sll_pkttype == libc::PACKET_OUTGOING { "egress" } else { "ingress" };
+            f((t, dir.to_string()), packets, bytes, flags);
         }
     }
 }
@@ -372,8 +325,9 @@ fn fs_type_in(ns: &str, ifname: &str) -> u16 {
     })
 }
 
-/// (tuple, IP length, IP + L4 header length) of a TCP or UDP packet.
-fn parse_frame(f: &[u8], l3: bool) -> Option<(Tuple, u64, u64)> {
+/// (tuple, IP length, IP + L4 header length, TCP flags or 0) of a TCP or
+/// UDP packet.
+fn parse_frame(f: &[u8], l3: bool) -> Option<(Tuple, u64, u64, u8)> {
     let ip = if l3 {
         f
     } else {
@@ -410,7 +364,8 @@ fn parse_frame(f: &[u8], l3: bool) -> Option<(Tuple, u64, u64)> {
         _ => return None,
     };
     let t = (src, dst, u16::from_be_bytes([l4h[0], l4h[1]]), u16::from_be_bytes([l4h[2], l4h[3]]), proto);
-    Some((t, tot, (l4 + hdr) as u64))
+    let flags = if proto == 6 { l4h[13] } else { 0 };
+    Some((t, tot, (l4 + hdr) as u64, flags))
 }
 
 /// A tun device (IFF_TUN, no packet information) in the calling thread's

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod athena;
 mod package;
 mod vm;
 
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         "vmtest" => vm::vmtest(&rest),
         "ebpf" => setup().and_then(|_| ebpf_objects()),
         "package" => package::package(),
+        "athena" => athena::athena(&rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\
@@ -61,13 +63,16 @@ fn main() -> ExitCode {
                  \n  ebpf            setup, then rebuild the committed eBPF objects (flowlog-ebpf/prebuilt) from their sources\
                  \n  run [-- ARGS]   build, and run the agent as root with ARGS\
                  \n  test [ARGS]     setup, then run every test (needs root): the committed eBPF objects rebuilt and compared,\
-                 \n                  the host suites, then the root suites on the kernel matrix (vmtest); ARGS go to `cargo test`\
+                 \n                  the host suites, then the root suites on the kernel matrix of both architectures (vmtest);\
+                 \n                  ARGS go to `cargo test`\
                  \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
                  \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S\
+                 \n  athena          write the Athena DDLs of deploy/athena/ from the field table (flowlog-records)\
                  \n  package         the release binaries for x86_64 and aarch64 (glibc 2.28 floor, cargo-zigbuild) in target/packages/<arch>/,\
                  \n                  and their .deb and .rpm in target/packages/\
                  \n  vmtest [ARGS]   setup, then run the root-needing suites in QEMU VMs on Debian's 5.10, 6.1, 6.12 kernels (~15 min);\
-                 \n                  ARGS: --kernel 5.10|6.1|6.12|all  --suite NAME...  --jobs N  (see `cargo xtask vmtest --help`)"
+                 \n                  ARGS: --arch x86_64|arm64|all  --kernel 5.10|6.1|6.12|all  --suite NAME...  --jobs N\
+                 \n                  (see `cargo xtask vmtest --help`)"
             );
             return if task == "help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }
@@ -259,7 +264,8 @@ fn test(args: &[String]) -> Result<()> {
     // bytes: one setting for all, so nothing is built twice.
     std::env::set_var("FLOWLOG_EBPF_PREBUILT", "check");
     // The packages first: tests/package.rs installs the deb and reads the
-    // rpm, and the matrix runs the packaged binary on every kernel.
+    // rpm, and the matrix runs the packaged binary of each architecture on
+    // every kernel.
     let packages = if args.is_empty() {
         step("building the packages (cargo xtask package): tested on this machine and in the kernel matrix");
         package::package()
@@ -275,7 +281,7 @@ fn test(args: &[String]) -> Result<()> {
         .env("FLOWLOG_REQUIRE_ROOT_TESTS", "1"));
     // The kernel matrix even when a host suite failed: both results count.
     let matrix = if args.is_empty() {
-        let mut vm_args = vec!["--kernel".to_string(), "all".to_string()];
+        let mut vm_args = ["--arch", "all", "--kernel", "all"].map(String::from).to_vec();
         if packages.is_ok() {
             vm_args.push("--packaged".into());
         }

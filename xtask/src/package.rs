@@ -97,7 +97,6 @@ impl Drop for Installs {
 /// Installs what is missing of cargo-zigbuild and zig (PyPI wheels, into
 /// one venv: seconds), cargo-deb and cargo-generate-rpm (compiled: minutes),
 /// and returns the PATH that has them first.
-#[allow(dead_code)] // for vm.rs's arm64 test binaries (cargo zigbuild --tests)
 pub(crate) fn setup_tools() -> Result<PathBuf> {
     let (path, installs) = start_setup_tools()?;
     installs.wait()?;

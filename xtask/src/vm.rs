@@ -1,14 +1,20 @@
 //! `cargo xtask vmtest`: the root-needing test suites on the kernels operators
-//! run (Debian's 5.10, 6.1 and 6.12), each in a QEMU VM booted by virtme-ng
-//! over the host's own root filesystem, so the host-built test binaries run
-//! unchanged. See ../shared/reference/kernels.md for the recipe and pitfalls.
+//! run (Debian's 5.10, 6.1 and 6.12), each in a QEMU VM booted by virtme-ng.
+//! x86-64 (the default): over the host's own root filesystem, so the
+//! host-built test binaries run unchanged. arm64 (`--arch arm64`, [`arm64`]):
+//! Debian's arm64 kernels over an arm64 root filesystem, with cross-built
+//! test binaries. See ../shared/reference/kernels.md and arm64.md for the
+//! recipes and pitfalls.
 //!
 //! Everything it needs is installed on first use and cached under target/:
 //!   target/test-tools/virtme-ng/   venv with virtme-ng (PyPI)
-//!   target/vm/apt/<dist>/          private apt lists, for the kernel lookup only
-//!   target/vm/kernels/<series>/    unpacked kernel package + kernel.txt
-//!   target/vm/runs/<series>/       the last run's guest output (--rwdir)
+//!   target/vm/apt/<dist>[-arm64]/  private apt lists, for the kernel lookup only
+//!   target/vm/kernels/[arm64-]<series>/  unpacked kernel package + kernel.txt
+//!   target/vm/runs/<series>/       the last x86-64 run's guest output (--rwdir)
+//!   target/vm/arm64/               the arm64 root filesystem and its runs
 //! A second run does no network access.
+
+mod arm64;
 
 use std::{
     collections::BTreeMap,
@@ -26,6 +32,40 @@ use super::{apt_install, cargo, dpkg_installed, is_root, root_dir, run, step};
 
 /// Debian packages on the host: QEMU, depmod (kmod) and virtme-ng's busybox.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static"];
+
+/// The architecture of the guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arch {
+    X86_64,
+    Arm64,
+}
+
+impl Arch {
+    const ALL: [Arch; 2] = [Arch::X86_64, Arch::Arm64];
+
+    fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// Debian's name, in kernel package names.
+    fn deb(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// What `cargo xtask package` leaves for the packages (and the Dockerfile).
+    fn packaged_agent(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "target/packages/x86_64/flowlog-agent",
+            Arch::Arm64 => arm64::PACKAGED_AGENT,
+        }
+    }
+}
 const VNG_VERSION: &str = "1.42";
 const VNG_VENV: &str = "target/test-tools/virtme-ng";
 const GUEST_SCRIPT: &str = "xtask/vm/guest.sh";
@@ -43,7 +83,11 @@ const SUITES: &[&str] = &["kernel", "e2e", "reject", "devices"];
 /// loaders' programs, hot-plug; REJECT where drop reasons exist (5.10 only
 /// reports the skips); the interface kinds whose modules the host lacks
 /// (on 6.1). Everything else is kernel-independent and runs on the host.
-fn default_filters(series: &str, suite: &str) -> Option<&'static [&'static str]> {
+fn default_filters(img: &KernelImage, suite: &str) -> Option<&'static [&'static str]> {
+    if img.arch == Arch::Arm64 {
+        return arm64_filters(img.series, img.cpu.as_deref().unwrap_or(arm64::DEFAULT_CPU), suite);
+    }
+    let series = img.series;
     const ALL: &[&str] = &[];
     const E2E: &[&str] = &[
         "udp_tcp_icmp_both_directions_are_exact",
@@ -65,13 +109,60 @@ fn default_filters(series: &str, suite: &str) -> Option<&'static [&'static str]>
     }
 }
 
+/// The arm64 plan. Emulating arm64 costs more than x86-64, and the host
+/// suites already ran every test once: each kernel runs the BPF programs on
+/// crafted frames (all of `kernel`: the arm64 JIT's code) and REJECT, and
+/// the e2e properties are spread over the kernels so that each runs once
+/// with the netlink filters (5.10, 6.1) and once with TCX (6.12): exact
+/// counts everywhere, the `keep` handover and `kill -9` on 5.10 and 6.12,
+/// every CPU inserting the same new flows on 6.1 (slot table) and 6.12,
+/// programs interpreted with the JIT off on 6.1 (the state of arm64
+/// 5.12-5.17, where the JIT cannot translate the atomics). The packaged
+/// binary's exactness on each kernel. With `cortex-a57` (no LSE atomics:
+/// the JIT's other atomic sequences) the BPF programs alone.
+fn arm64_filters(series: &str, cpu: &str, suite: &str) -> Option<&'static [&'static str]> {
+    const ALL: &[&str] = &[];
+    const EXACT: &str = "udp_tcp_icmp_both_directions_are_exact";
+    const E2E_510: &[&str] = &[EXACT, "restart_with_keep_hands_over_exactly", "kill_9_leaves_one_program_per_hook"];
+    const E2E_61: &[&str] = &[
+        EXACT,
+        "concurrent_senders_on_every_cpu_insert_the_same_new_flows_exactly",
+        "programs_the_kernel_interprets_are_reported_and_counted_exactly",
+    ];
+    const E2E_612: &[&str] = &[
+        EXACT,
+        "restart_with_keep_hands_over_exactly",
+        "kill_9_leaves_one_program_per_hook",
+        "concurrent_senders_on_every_cpu_insert_the_same_new_flows_exactly",
+    ];
+    const PACKAGED: &[&str] = &["udp_tcp_icmp_both_directions_are_exact_with_xdp_ingress"];
+    if cpu != arm64::DEFAULT_CPU {
+        return (suite == "kernel").then_some(ALL);
+    }
+    match (series, suite) {
+        (_, "kernel") | (_, "reject") => Some(ALL),
+        ("5.10", "e2e") => Some(E2E_510),
+        ("6.1", "e2e") => Some(E2E_61),
+        ("6.12", "e2e") => Some(E2E_612),
+        (_, PACKAGED_SUITE) => Some(PACKAGED),
+        _ => None,
+    }
+}
+
 /// The suite `--packaged` adds: e2e's test binary run with
 /// FLOWLOG_TEST_AGENT_BIN set to the packages' binary.
 const PACKAGED_SUITE: &str = "packaged";
-/// What `cargo xtask package` leaves for the packages (and the Dockerfile).
-const PACKAGED_AGENT: &str = "target/packages/x86_64/flowlog-agent";
 
 const VM_MEMORY: &str = "3G";
+/// What the arm64 recipe ran with; four arm64 VMs at once stay under 8G.
+const VM_MEMORY_ARM64: &str = "2G";
+
+fn vm_memory(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => VM_MEMORY,
+        Arch::Arm64 => VM_MEMORY_ARM64,
+    }
+}
 const VM_CPUS: &str = "2";
 /// Default per-suite limit inside the guest. Software emulation (TCG) makes
 /// the slowest suite, e2e, take several minutes.
@@ -139,8 +230,11 @@ const KERNELS: &[KernelSpec] = &[
     KernelSpec { series: "6.12", dist: &BOOKWORM },
 ];
 
-const USAGE: &str = "usage: cargo xtask vmtest [--kernel 5.10|6.1|6.12|all]... [--suite NAME...] [--jobs N]\n\
-    \x20                         [--suite-timeout SECS] [--threads N] [--refresh-kernels]\n\
+const USAGE: &str = "usage: cargo xtask vmtest [--arch x86_64|arm64|all] [--kernel 5.10|6.1|6.12|all]... [--suite NAME...] [--jobs N]\n\
+    \x20                         [--suite-timeout SECS] [--threads N] [--refresh-kernels] [--cpu NAME]\n\
+    \n  --arch A           guest architecture: x86_64 (default), arm64 (Debian's arm64 kernels, -cpu neoverse-n1,\
+    \n                     and 6.12 once more with -cpu cortex-a57), or all (one after the other)\
+    \n  --cpu NAME         arm64: the QEMU CPU of every arm64 VM instead (e.g. cortex-a57)\
     \n  --kernel K         kernel series to boot (repeatable or comma-separated; default all)\
     \n  --suite NAME...    flowlog-agent integration tests to run (default: kernel e2e reject devices)\
     \n  --jobs N           VMs at once (default: all selected kernels)\
@@ -148,14 +242,18 @@ const USAGE: &str = "usage: cargo xtask vmtest [--kernel 5.10|6.1|6.12|all]... [
     \n  --threads N        --test-threads of each suite (default 1)\
     \n  --refresh-kernels  look for newer kernel packages instead of using the cache\
     \n  --full             every test of every suite on every kernel (default: the plan of `default_filters`)\
-    \n  --packaged         also run e2e's exactness tests with the packages' release binary (target/packages/flowlog-agent,\
+    \n  --packaged         also run e2e's exactness tests with the packages' release binary (target/packages/<arch>/flowlog-agent,\
     \n                     from `cargo xtask package`) as suite \"packaged\" (`--suite packaged`: that suite alone)";
 
 struct Opts {
     help: bool,
+    arches: Vec<Arch>,
+    /// `--cpu`: the arm64 VMs' QEMU CPU instead of the plan's.
+    cpu: Option<String>,
     kernels: Vec<&'static KernelSpec>,
     suites: Vec<String>,
-    jobs: usize,
+    /// `--jobs`; None: the architecture's default.
+    jobs: Option<usize>,
     suite_timeout: Duration,
     threads: usize,
     refresh: bool,
@@ -164,6 +262,8 @@ struct Opts {
 }
 
 fn parse_args(args: &[String]) -> Result<Opts> {
+    let mut arches: Vec<Arch> = Vec::new();
+    let mut cpu = None;
     let mut kernels: Vec<&'static KernelSpec> = Vec::new();
     let mut suites: Vec<String> = Vec::new();
     let mut jobs = None;
@@ -189,6 +289,19 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             _ => (arg, None),
         };
         match flag {
+            "--arch" => match value(flag, inline.or_else(|| it.next()))? {
+                "x86_64" | "x86-64" | "amd64" => arches.push(Arch::X86_64),
+                "arm64" | "aarch64" => arches.push(Arch::Arm64),
+                "all" => arches.extend(Arch::ALL),
+                other => bail!("unknown architecture {other:?}: x86_64, arm64 or all"),
+            },
+            "--cpu" => {
+                let c = value(flag, inline.or_else(|| it.next()))?;
+                if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.') {
+                    bail!("--cpu wants a QEMU CPU model name (e.g. cortex-a57), not {c:?}");
+                }
+                cpu = Some(c.to_string());
+            }
             "--kernel" => {
                 for k in value(flag, inline.or_else(|| it.next()))?.split(',').filter(|k| !k.is_empty()) {
                     if k == "all" {
@@ -220,9 +333,19 @@ fn parse_args(args: &[String]) -> Result<Opts> {
             "--refresh-kernels" => refresh = true,
             "--full" => full = true,
             "--packaged" => packaged = true,
-            "-h" | "--help" => return Ok(Opts { help: true, kernels, suites, jobs: 1, suite_timeout, threads, refresh, full }),
+            "-h" | "--help" => {
+                return Ok(Opts { help: true, arches, cpu, kernels, suites, jobs, suite_timeout, threads, refresh, full })
+            }
             _ => bail!("unknown argument {arg:?}\n{USAGE}"),
         }
+    }
+    if arches.is_empty() {
+        arches.push(Arch::X86_64);
+    }
+    arches.sort_by_key(|a| Arch::ALL.iter().position(|b| b == a));
+    arches.dedup();
+    if cpu.is_some() && !arches.contains(&Arch::Arm64) {
+        bail!("--cpu applies to the arm64 VMs: add --arch arm64");
     }
     if kernels.is_empty() {
         kernels.extend(KERNELS.iter());
@@ -254,13 +377,15 @@ fn parse_args(args: &[String]) -> Result<Opts> {
         }
     }
     if packaged {
-        if !root_dir().join(PACKAGED_AGENT).is_file() {
-            bail!("--packaged: no {PACKAGED_AGENT}; run `cargo xtask package` first");
+        for a in &arches {
+            let bin = a.packaged_agent();
+            if !root_dir().join(bin).is_file() {
+                bail!("--packaged: no {bin}; run `cargo xtask package` first");
+            }
         }
         suites.push(PACKAGED_SUITE.to_string());
     }
-    let jobs = jobs.unwrap_or(kernels.len()).min(kernels.len());
-    Ok(Opts { help: false, kernels, suites, jobs, suite_timeout, threads, refresh, full })
+    Ok(Opts { help: false, arches, cpu, kernels, suites, jobs, suite_timeout, threads, refresh, full })
 }
 
 pub fn vmtest(args: &[String]) -> Result<()> {
@@ -283,24 +408,72 @@ pub fn vmtest(args: &[String]) -> Result<()> {
     let _lock = lock_vm_dir(&root)?;
     // The eBPF toolchain, for the host build of the tests.
     super::setup()?;
-    ensure_host_packages()?;
     let vng_bin = ensure_virtme_ng(&root)?;
-    let mut images = Vec::new();
-    for spec in &opts.kernels {
-        images.push(ensure_kernel(&root, spec, opts.refresh)?);
+    // One architecture after the other: each saturates the host's CPUs.
+    let mut failed = Vec::new();
+    for &arch in &opts.arches {
+        if let Err(e) = run_arch(&root, &vng_bin, arch, &opts) {
+            eprintln!("vmtest {}: {e:#}", arch.name());
+            failed.push(format!("{}: {e:#}", arch.name()));
+        }
     }
-    let build = build_tests(&root, &opts.suites)?;
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
 
+/// The kernels, build and VMs of one architecture, and their report.
+fn run_arch(root: &Path, vng_bin: &Path, arch: Arch, opts: &Opts) -> Result<()> {
+    let started = Instant::now();
+    let mut images = Vec::new();
+    match arch {
+        Arch::X86_64 => ensure_host_packages()?,
+        Arch::Arm64 => arm64::ensure_host()?,
+    }
+    for spec in &opts.kernels {
+        let img = ensure_kernel(root, arch, spec, opts.refresh)?;
+        if arch == Arch::Arm64 {
+            // The plan's second CPU: 6.12 again without LSE atomics.
+            let extra = opts.cpu.is_none() && spec.series == "6.12";
+            let cpu = opts.cpu.clone().unwrap_or_else(|| arm64::DEFAULT_CPU.into());
+            if extra {
+                images.push(img.with_cpu(arm64::OLD_CPU));
+            }
+            images.insert(images.len() - usize::from(extra), img.with_cpu(&cpu));
+        } else {
+            images.push(img);
+        }
+    }
+    let build = match arch {
+        Arch::X86_64 => build_tests(root, &opts.suites)?,
+        Arch::Arm64 => {
+            let rootfs = arm64::ensure_rootfs(root)?;
+            for img in &images {
+                arm64::link_modules(&rootfs, &img.kernel_root(), &img.release)?;
+            }
+            // Only what the plan runs: each release test binary costs minutes.
+            let planned: Vec<String> =
+                opts.suites.iter().filter(|s| opts.full || images.iter().any(|img| default_filters(img, s).is_some())).cloned().collect();
+            arm64::build_tests(root, &rootfs, &planned)?
+        }
+    };
+    step(&format!("vmtest {}: setup and build took {:.0?}", arch.name(), started.elapsed()));
+
+    // All at once: the guests mostly wait (agent windows, sleeps). The four
+    // arm64 VMs at once took 336 s in all on 2 shared cores.
+    let jobs = opts.jobs.unwrap_or(images.len()).min(images.len()).max(1);
     let started = Instant::now();
     step(&format!(
-        "booting {} VM(s), {} at once ({} vCPUs, {} each, software emulation): suites {}",
+        "booting {} {} VM(s), {} at once ({} vCPUs, {} each, software emulation): suites {}",
         images.len(),
-        opts.jobs,
+        arch.name(),
+        jobs,
         VM_CPUS,
-        VM_MEMORY,
+        vm_memory(arch),
         opts.suites.join(" ")
     ));
-    let runs = run_vms(&root, &vng_bin, &images, &build, &opts);
+    let runs = run_vms(root, vng_bin, &images, &build, opts, jobs);
     let total = started.elapsed();
 
     let mut failed = Vec::new();
@@ -379,49 +552,89 @@ fn ensure_virtme_ng(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// An unpacked kernel: what `vng -r` boots and what the report names.
+/// An unpacked kernel: what `vng -r` boots and what the report names. One
+/// VM each: the same kernel may boot twice (arm64 with another CPU).
+#[derive(Clone)]
 struct KernelImage {
     series: &'static str,
+    arch: Arch,
     package: String,
     /// `uname -r`, the directory under lib/modules.
     release: String,
     vmlinuz: PathBuf,
+    /// arm64: QEMU's `-cpu`.
+    cpu: Option<String>,
+    /// The VM's name in the report and its run directory: "6.1" (x86-64),
+    /// "arm64-6.1", "arm64-6.12-cortex-a57".
+    label: String,
 }
 
 impl KernelImage {
     /// Reads a cache entry; None if absent or incomplete.
-    fn load(series: &'static str, dir: &Path) -> Option<KernelImage> {
+    fn load(series: &'static str, arch: Arch, dir: &Path) -> Option<KernelImage> {
         let text = fs::read_to_string(dir.join("kernel.txt")).ok()?;
         let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
         let (package, release) = (field("package")?, field("release")?);
         let vmlinuz = dir.join("root/boot").join(format!("vmlinuz-{release}"));
         let complete = vmlinuz.is_file() && dir.join("root/lib/modules").join(&release).join("modules.dep").is_file();
-        complete.then_some(KernelImage { series, package, release, vmlinuz })
+        let label = match arch {
+            Arch::X86_64 => series.to_string(),
+            Arch::Arm64 => format!("arm64-{series}"),
+        };
+        complete.then_some(KernelImage { series, arch, package, release, vmlinuz, cpu: None, label })
+    }
+
+    /// The unpacked package (boot/, lib/modules/).
+    fn kernel_root(&self) -> PathBuf {
+        self.vmlinuz.parent().and_then(Path::parent).map_or_else(PathBuf::new, Path::to_path_buf)
+    }
+
+    /// The same kernel on QEMU CPU `cpu` (arm64); the plan's default CPU
+    /// keeps the plain label.
+    fn with_cpu(&self, cpu: &str) -> KernelImage {
+        let label = if cpu == arm64::DEFAULT_CPU { self.label.clone() } else { format!("{}-{cpu}", self.label) };
+        KernelImage { cpu: Some(cpu.to_string()), label, ..self.clone() }
     }
 }
 
-fn ensure_kernel(root: &Path, spec: &'static KernelSpec, refresh: bool) -> Result<KernelImage> {
-    let dir = root.join("target/vm/kernels").join(spec.series);
-    let cached = match KernelImage::load(spec.series, &dir) {
+fn ensure_kernel(root: &Path, arch: Arch, spec: &'static KernelSpec, refresh: bool) -> Result<KernelImage> {
+    let name = match arch {
+        Arch::X86_64 => spec.series.to_string(),
+        Arch::Arm64 => format!("arm64-{}", spec.series),
+    };
+    let dir = root.join("target/vm/kernels").join(&name);
+    let cached = match KernelImage::load(spec.series, arch, &dir) {
         Some(img) if !refresh => {
-            step(&format!("vmtest: kernel {}: {} cached in {}", spec.series, img.package, dir.display()));
+            step(&format!("vmtest: kernel {name}: {} cached in {}", img.package, dir.display()));
             return Ok(img);
         }
         other => other,
     };
-    let apt = PrivateApt::new(root, spec.dist);
-    let package = apt.newest_kernel(spec.series, refresh)?;
-    if let Some(img) = cached.filter(|img| img.package == package) {
-        step(&format!("vmtest: kernel {}: {} is still the newest, cached", spec.series, img.package));
+    let apt = PrivateApt::new(root, spec.dist, arch);
+    let candidates = apt.newest_kernels(spec.series, refresh)?;
+    if let Some(img) = cached.filter(|img| candidates.first() == Some(&img.package)) {
+        step(&format!("vmtest: kernel {name}: {} is still the newest, cached", img.package));
         return Ok(img);
     }
-    step(&format!("vmtest: kernel {}: downloading {package} ({})", spec.series, spec.dist.name));
     // Unpack next to the cache and swap it in only when complete, so an
     // interrupted run never leaves a half kernel that looks cached.
-    let partial = root.join("target/vm/kernels").join(format!("{}.partial", spec.series));
+    let partial = root.join("target/vm/kernels").join(format!("{name}.partial"));
     let _ = fs::remove_dir_all(&partial);
     fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    apt.download(&package, &partial)?;
+    // The lists may name a package the mirror lacks (bullseye-security's
+    // arm64 kernels answer 404 here): then the next older one.
+    let mut errors = Vec::new();
+    for candidate in &candidates {
+        step(&format!("vmtest: kernel {name}: downloading {candidate} ({})", spec.dist.name));
+        match apt.download(candidate, &partial) {
+            Ok(()) => break,
+            Err(e) => errors.push(format!("{candidate}: {e:#}")),
+        }
+    }
+    if errors.len() == candidates.len() {
+        bail!("no kernel package of {name} could be downloaded: {}", errors.join("; "));
+    }
+    let package = &candidates[errors.len()];
     let deb = fs::read_dir(&partial)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
@@ -442,7 +655,7 @@ fn ensure_kernel(root: &Path, spec: &'static KernelSpec, refresh: bool) -> Resul
     fs::write(partial.join("kernel.txt"), format!("package={package}\nrelease={release}\ndist={}\n", spec.dist.name))?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&partial, &dir).with_context(|| format!("cannot move {} to {}", partial.display(), dir.display()))?;
-    KernelImage::load(spec.series, &dir).with_context(|| format!("{package} unpacked into {} but no boot/vmlinuz-{release}", dir.display()))
+    KernelImage::load(spec.series, arch, &dir).with_context(|| format!("{package} unpacked into {} but no boot/vmlinuz-{release}", dir.display()))
 }
 
 /// apt pointed at our own sources file, lists and cache under
@@ -450,12 +663,17 @@ fn ensure_kernel(root: &Path, spec: &'static KernelSpec, refresh: bool) -> Resul
 /// apt, and the host's lists stay as they are.
 struct PrivateApt {
     dist: &'static Dist,
+    arch: Arch,
     dir: PathBuf,
 }
 
 impl PrivateApt {
-    fn new(root: &Path, dist: &'static Dist) -> PrivateApt {
-        PrivateApt { dist, dir: root.join("target/vm/apt").join(dist.name) }
+    fn new(root: &Path, dist: &'static Dist, arch: Arch) -> PrivateApt {
+        let name = match arch {
+            Arch::X86_64 => dist.name.to_string(),
+            Arch::Arm64 => format!("{}-arm64", dist.name),
+        };
+        PrivateApt { dist, arch, dir: root.join("target/vm/apt").join(name) }
     }
 
     fn options(&self, mirror: &Mirror) -> Vec<String> {
@@ -473,6 +691,9 @@ impl PrivateApt {
             "Dir::State::status=/dev/null".into(),
             // _apt cannot write to target/ (and need not).
             "APT::Sandbox::User=root".into(),
+            // The guests' architecture only (arm64 lists on an amd64 host).
+            format!("APT::Architecture={}", self.arch.deb()),
+            format!("APT::Architectures::={}", self.arch.deb()),
         ];
         if mirror.ignore_valid_until {
             o.push("Acquire::Check-Valid-Until=false".into());
@@ -506,35 +727,37 @@ impl PrivateApt {
         bail!("no mirror of Debian {} answered: {}", self.dist.name, errors.join("; "))
     }
 
-    /// The newest generic amd64 kernel package of `series`, e.g.
-    /// linux-image-6.1.0-57-amd64-unsigned. Uses the lists we have, and
+    /// The newest generic kernel packages of `series` for our architecture,
+    /// newest first, e.g. linux-image-6.1.0-57-amd64-unsigned. Uses the lists we have, and
     /// updates them when there are none, none match, or `refresh`.
-    fn newest_kernel(&self, series: &str, refresh: bool) -> Result<String> {
+    fn newest_kernels(&self, series: &str, refresh: bool) -> Result<Vec<String>> {
         let mut mirror = match (self.current_mirror(), refresh) {
             (Some(m), false) => m,
             _ => self.update()?,
         };
         let mut updated = refresh;
         loop {
-            let pattern = format!("^linux-image-{}\\.[0-9].*-amd64-unsigned$", series.replace('.', "\\."));
+            let deb = self.arch.deb();
+            let pattern = format!("^linux-image-{}\\.[0-9].*-{deb}-unsigned$", series.replace('.', "\\."));
             let out = Command::new("apt-cache")
                 .args(self.options(mirror))
                 .args(["search", "--names-only", &pattern])
                 .output()
                 .context("cannot run apt-cache")?;
             let names = String::from_utf8_lossy(&out.stdout);
-            let best = names
+            let mut found: Vec<(Vec<u64>, &str)> = names
                 .lines()
                 .filter_map(|l| l.split_whitespace().next())
-                .filter_map(|name| kernel_sort_key(name, series).map(|key| (key, name)))
-                .max();
-            match best {
-                Some((_, name)) => return Ok(name.to_string()),
+                .filter_map(|name| kernel_sort_key(name, series, deb).map(|key| (key, name)))
+                .collect();
+            found.sort();
+            match found.last() {
+                Some(_) => return Ok(found.iter().rev().take(KERNEL_CANDIDATES).map(|(_, n)| n.to_string()).collect()),
                 None if !updated => {
                     mirror = self.update()?;
                     updated = true;
                 }
-                None => bail!("Debian {} has no package linux-image-{series}.*-amd64-unsigned (apt-cache search {pattern:?})", self.dist.name),
+                None => bail!("Debian {} has no package linux-image-{series}.*-{deb}-unsigned (apt-cache search {pattern:?})", self.dist.name),
             }
         }
     }
@@ -557,10 +780,13 @@ impl PrivateApt {
     }
 }
 
+/// Kernel packages tried, newest first, when a download fails.
+const KERNEL_CANDIDATES: usize = 6;
+
 /// Orders kernel package names by the numbers in them (6.1.0-57 > 6.1.0-9);
 /// None for other flavours (-cloud, -rt: any all-letter part) and series.
-fn kernel_sort_key(name: &str, series: &str) -> Option<Vec<u64>> {
-    let mid = name.strip_prefix("linux-image-")?.strip_suffix("-amd64-unsigned")?;
+fn kernel_sort_key(name: &str, series: &str, deb_arch: &str) -> Option<Vec<u64>> {
+    let mid = name.strip_prefix("linux-image-")?.strip_suffix("-unsigned")?.strip_suffix(deb_arch)?.strip_suffix('-')?;
     let rest = mid.strip_prefix(series)?.strip_prefix('.')?;
     if !rest.starts_with(|c: char| c.is_ascii_digit()) || mid.split('-').any(|part| part.chars().all(|c| c.is_ascii_alphabetic())) {
         return None;
@@ -580,6 +806,40 @@ struct Build {
     binds: Vec<(PathBuf, PathBuf)>,
     /// Snapshot of the packages' binary, for the `packaged` suite.
     packaged_agent: Option<PathBuf>,
+    /// arm64: the guest's root filesystem, which holds the snapshots; the
+    /// guest sees them (and the run dirs) at their paths relative to it.
+    rootfs: Option<PathBuf>,
+}
+
+impl Build {
+    /// Where the guest sees host path `p`.
+    fn guest_path(&self, p: &Path) -> Result<PathBuf> {
+        match &self.rootfs {
+            Some(r) => arm64::guest_path(r, p),
+            None => Ok(p.to_path_buf()),
+        }
+    }
+}
+
+/// Test binaries and binaries (by target name) of `--message-format=json`.
+fn artifacts(stdout: &[u8]) -> (BTreeMap<String, PathBuf>, BTreeMap<String, PathBuf>) {
+    let mut tests = BTreeMap::new();
+    let mut bins = BTreeMap::new();
+    for line in String::from_utf8_lossy(stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) else { continue };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let kind = |k: &str| msg["target"]["kind"].as_array().is_some_and(|ks| ks.iter().any(|x| x == k));
+        if kind("test") {
+            tests.insert(name.to_string(), PathBuf::from(exe));
+        } else if kind("bin") && msg["profile"]["test"] == false {
+            // A binary the integration tests run (not the bin's unit tests).
+            bins.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    (tests, bins)
 }
 
 /// Builds the agent and the suites' test binaries on the host (the guest sees
@@ -599,31 +859,16 @@ fn build_tests(root: &Path, suites: &[String]) -> Result<Build> {
     if !out.status.success() {
         bail!("cargo test --no-run -p flowlog-agent --tests failed: {}", out.status);
     }
-    let mut tests = BTreeMap::new();
-    let mut bins = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) else { continue };
-        if msg["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let kind = |k: &str| msg["target"]["kind"].as_array().is_some_and(|ks| ks.iter().any(|x| x == k));
-        if kind("test") {
-            tests.insert(name.to_string(), PathBuf::from(exe));
-        } else if kind("bin") && msg["profile"]["test"] == false {
-            // A binary the integration tests run (not the bin's unit tests).
-            bins.insert(name.to_string(), PathBuf::from(exe));
-        }
-    }
+    let (tests, bins) = artifacts(&out.stdout);
     let snap = root.join("target/vm/bin");
     if snap.exists() {
         fs::remove_dir_all(&snap).with_context(|| format!("cannot clear {}", snap.display()))?;
     }
     fs::create_dir_all(snap.join("bin"))?;
-    let mut build = Build { suites: Vec::new(), binds: Vec::new(), packaged_agent: None };
+    let mut build = Build { suites: Vec::new(), binds: Vec::new(), packaged_agent: None, rootfs: None };
     for s in suites {
         let test = if s == PACKAGED_SUITE {
-            build.packaged_agent = Some(snapshot(&root.join(PACKAGED_AGENT), &snap.join("bin/packaged-flowlog-agent"))?);
+            build.packaged_agent = Some(snapshot(&root.join(Arch::X86_64.packaged_agent()), &snap.join("bin/packaged-flowlog-agent"))?);
             "e2e"
         } else {
             s.as_str()
@@ -662,17 +907,17 @@ struct VmRun {
     problem: Option<String>,
 }
 
-fn run_vms(root: &Path, vng_bin: &Path, images: &[KernelImage], build: &Build, opts: &Opts) -> Vec<VmRun> {
+fn run_vms(root: &Path, vng_bin: &Path, images: &[KernelImage], build: &Build, opts: &Opts, jobs: usize) -> Vec<VmRun> {
     // A shared queue of kernel indexes; `jobs` workers take from it.
     let queue = Mutex::new((0..images.len()).collect::<Vec<_>>().into_iter());
     let results: Mutex<Vec<Option<VmRun>>> = Mutex::new((0..images.len()).map(|_| None).collect());
     thread::scope(|s| {
-        for _ in 0..opts.jobs {
+        for _ in 0..jobs {
             s.spawn(|| loop {
                 let Some(i) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else { break };
                 let img = &images[i];
                 let vm = run_vm(root, vng_bin, img, build, opts).unwrap_or_else(|e| VmRun {
-                    dir: root.join("target/vm/runs").join(img.series),
+                    dir: run_dir(root, build, img),
                     boot: None,
                     wall: Duration::ZERO,
                     suite_wall: BTreeMap::new(),
@@ -688,7 +933,7 @@ fn run_vms(root: &Path, vng_bin: &Path, images: &[KernelImage], build: &Build, o
         .zip(images)
         .map(|(r, img)| {
             r.unwrap_or_else(|| VmRun {
-                dir: root.join("target/vm/runs").join(img.series),
+                dir: run_dir(root, build, img),
                 boot: None,
                 wall: Duration::ZERO,
                 suite_wall: BTreeMap::new(),
@@ -698,9 +943,17 @@ fn run_vms(root: &Path, vng_bin: &Path, images: &[KernelImage], build: &Build, o
         .collect()
 }
 
+/// The VM's --rwdir: under target/vm/runs (x86-64), inside the root (arm64).
+fn run_dir(root: &Path, build: &Build, img: &KernelImage) -> PathBuf {
+    match &build.rootfs {
+        Some(r) => arm64::run_dir(r, &img.label),
+        None => root.join("target/vm/runs").join(&img.label),
+    }
+}
+
 fn run_vm(root: &Path, vng_bin: &Path, img: &KernelImage, build: &Build, opts: &Opts) -> Result<VmRun> {
     let suites = &build.suites;
-    let dir = root.join("target/vm/runs").join(img.series);
+    let dir = run_dir(root, build, img);
     // Start clean: a file of the previous run must not pass for this one's.
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
@@ -712,16 +965,14 @@ fn run_vm(root: &Path, vng_bin: &Path, img: &KernelImage, build: &Build, opts: &
     )?;
     // `<suite> <binary> [test name filters]`; a suite the plan leaves out
     // for this kernel is not run there.
-    let list: String = suites
-        .iter()
-        .filter_map(|(s, exe)| {
-            let filters = if opts.full { Some(&[][..]) } else { default_filters(img.series, s) }?;
-            Some(format!("{s} {} {}\n", exe.display(), filters.join(" ")))
-        })
-        .collect();
+    let mut list = String::new();
+    for (s, exe) in suites {
+        let Some(filters) = (if opts.full { Some(&[][..]) } else { default_filters(img, s) }) else { continue };
+        list.push_str(&format!("{s} {} {}\n", build.guest_path(exe)?.display(), filters.join(" ")));
+    }
     fs::write(dir.join("suites.txt"), list)?;
     if let Some(bin) = &build.packaged_agent {
-        fs::write(dir.join(format!("{PACKAGED_SUITE}.env")), format!("FLOWLOG_TEST_AGENT_BIN={}\n", bin.display()))?;
+        fs::write(dir.join(format!("{PACKAGED_SUITE}.env")), format!("FLOWLOG_TEST_AGENT_BIN={}\n", build.guest_path(bin)?.display()))?;
     }
     let binds: String = build.binds.iter().map(|(snap, orig)| format!("{} {}\n", snap.display(), orig.display())).collect();
     fs::write(dir.join("binds.txt"), binds)?;
@@ -729,21 +980,30 @@ fn run_vm(root: &Path, vng_bin: &Path, img: &KernelImage, build: &Build, opts: &
     let path = format!("{}:{}", vng_bin.display(), env::var("PATH").unwrap_or_default());
     let console = fs::File::create(dir.join("console.log"))?;
     let mut cmd = Command::new(vng_bin.join("vng"));
-    cmd.arg("-r")
-        .arg(&img.vmlinuz)
-        .args(["--memory", VM_MEMORY, "--cpus", VM_CPUS, "--disable-kvm", "--rwdir"])
-        .arg(&dir)
-        .arg("--")
-        .arg("/bin/sh")
-        .arg(root.join(GUEST_SCRIPT))
-        .arg(&dir)
-        .current_dir(root)
+    cmd.arg("-r").arg(&img.vmlinuz).args(["--memory", vm_memory(img.arch), "--cpus", VM_CPUS, "--disable-kvm", "--rwdir"]).arg(&dir);
+    match &build.rootfs {
+        // The guest's / is the arm64 root; the script and run dir are in it.
+        Some(rootfs) => {
+            let cpu = img.cpu.as_deref().unwrap_or(arm64::DEFAULT_CPU);
+            cmd.args(["--arch", "arm64", "--root"])
+                .arg(rootfs)
+                .arg(format!("--qemu-opts=-cpu {cpu}"))
+                .args(["--", "/bin/sh"])
+                .arg(arm64::guest_path(rootfs, &rootfs.join("vmtest/guest.sh"))?)
+                .arg(build.guest_path(&dir)?);
+        }
+        None => {
+            cmd.args(["--", "/bin/sh"]).arg(root.join(GUEST_SCRIPT)).arg(&dir);
+        }
+    }
+    cmd.current_dir(root)
         .env("PATH", path)
         .stdin(Stdio::null())
         .stdout(console.try_clone()?)
         .stderr(console);
     let limit = BOOT_ALLOWANCE + opts.suite_timeout.saturating_mul(suites.len() as u32) + SHUTDOWN_GRACE;
-    step(&format!("[{}] booting {} (limit {:.0?})", img.series, img.release, limit));
+    let cpu = img.cpu.as_deref().map_or(String::new(), |c| format!(", -cpu {c}"));
+    step(&format!("[{}] booting {}{cpu} (limit {:.0?})", img.label, img.release, limit));
     let t0 = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("cannot start {}", vng_bin.join("vng").display()))?;
 
@@ -756,7 +1016,7 @@ fn run_vm(root: &Path, vng_bin: &Path, img: &KernelImage, build: &Build, opts: &
         let exited = child.try_wait().context("waiting for vng")?.is_some();
         if vm.boot.is_none() && dir.join("started").exists() {
             vm.boot = Some(t0.elapsed());
-            step(&format!("[{}] guest up after {:.0?}", img.series, t0.elapsed()));
+            step(&format!("[{}] guest up after {:.0?}", img.label, t0.elapsed()));
         }
         for (s, _) in suites {
             if !suite_start.contains_key(s.as_str()) && dir.join(format!("{s}.start")).exists() {
@@ -765,7 +1025,7 @@ fn run_vm(root: &Path, vng_bin: &Path, img: &KernelImage, build: &Build, opts: &
             if let (Some(t), false) = (suite_start.get(s.as_str()), vm.suite_wall.contains_key(s)) {
                 if dir.join(format!("{s}.rc")).exists() {
                     vm.suite_wall.insert(s.clone(), t.elapsed());
-                    step(&format!("[{}] {s} finished after {:.0?}", img.series, t.elapsed()));
+                    step(&format!("[{}] {s} finished after {:.0?}", img.label, t.elapsed()));
                 }
             }
         }
@@ -795,7 +1055,7 @@ fn run_vm(root: &Path, vng_bin: &Path, img: &KernelImage, build: &Build, opts: &
             "the VM stopped before the guest script finished (see guest.log, console.log)".into()
         });
     }
-    step(&format!("[{}] VM finished after {:.0?}", img.series, vm.wall));
+    step(&format!("[{}] VM finished after {:.0?}", img.label, vm.wall));
     Ok(vm)
 }
 
@@ -1002,15 +1262,16 @@ fn parse_counts(s: &str) -> Option<(u32, u32, u32)> {
 }
 
 struct Row {
-    series: &'static str,
+    label: String,
     suite: String,
     result: SuiteResult,
     wall: Option<Duration>,
 }
 
 fn report_vm(img: &KernelImage, vm: &VmRun, suites: &[String], failed: &mut Vec<String>, rows: &mut Vec<Row>) {
-    let tag = format!("[{}]", img.series);
-    println!("\n=== kernel {} ({}, {}) ===", img.series, img.release, img.package);
+    let tag = format!("[{}]", img.label);
+    let cpu = img.cpu.as_deref().map_or(String::new(), |c| format!(", -cpu {c}"));
+    println!("\n=== kernel {} ({}, {}{cpu}) ===", img.label, img.release, img.package);
     println!(
         "{tag} boot {}, VM {:.0?}; output in {}",
         vm.boot.map_or("n/a".into(), |b| format!("{:.0?}", b)),
@@ -1059,21 +1320,22 @@ fn report_vm(img: &KernelImage, vm: &VmRun, suites: &[String], failed: &mut Vec<
             println!("{tag}   the tests did not say they ran the packaged binary (no \"agent binary: ... (FLOWLOG_TEST_AGENT_BIN)\" line)");
         }
         if r.status != Status::Ok || unproven {
-            failed.push(format!("{}/{suite}", img.series));
+            failed.push(format!("{}/{suite}", img.label));
         }
-        rows.push(Row { series: img.series, suite: suite.clone(), wall: vm.suite_wall.get(suite).copied(), result: r });
+        rows.push(Row { label: img.label.clone(), suite: suite.clone(), wall: vm.suite_wall.get(suite).copied(), result: r });
     }
 }
 
 fn print_summary(rows: &[Row], runs: &[VmRun], images: &[KernelImage], total: Duration) {
     println!("\n=== vmtest summary ===");
-    println!("{:<7} {:<10} {:<8} {:>6} {:>6} {:>7} {:>5} {:>8}", "kernel", "suite", "result", "passed", "failed", "ignored", "skips", "wall");
+    let w = images.iter().map(|i| i.label.len()).max().unwrap_or(0).max(6);
+    println!("{:<w$} {:<10} {:<8} {:>6} {:>6} {:>7} {:>5} {:>8}", "kernel", "suite", "result", "passed", "failed", "ignored", "skips", "wall");
     let n = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
     for r in rows {
         let c = r.result.counts;
         println!(
-            "{:<7} {:<10} {:<8} {:>6} {:>6} {:>7} {:>5} {:>8}",
-            r.series,
+            "{:<w$} {:<10} {:<8} {:>6} {:>6} {:>7} {:>5} {:>8}",
+            r.label,
             r.suite,
             r.result.status.label(),
             n(c.map(|c| c.0)),
@@ -1085,8 +1347,8 @@ fn print_summary(rows: &[Row], runs: &[VmRun], images: &[KernelImage], total: Du
     }
     for (img, vm) in images.iter().zip(runs) {
         println!(
-            "VM {:<5} boot {:>5}  total {:>6.0?}{}",
-            img.series,
+            "VM {:<w$} boot {:>5}  total {:>6.0?}{}",
+            img.label,
             vm.boot.map_or("-".into(), |b| format!("{:.0?}", b)),
             vm.wall,
             vm.problem.as_deref().map_or(String::new(), |p| format!("  ({p})"))
@@ -1101,13 +1363,16 @@ mod tests {
 
     #[test]
     fn kernel_names_sort_by_numbers_and_skip_other_flavours() {
-        assert_eq!(kernel_sort_key("linux-image-6.1.0-57-amd64-unsigned", "6.1"), Some(vec![6, 1, 0, 57]));
-        assert!(kernel_sort_key("linux-image-6.1.0-57-amd64-unsigned", "6.1") > kernel_sort_key("linux-image-6.1.0-9-amd64-unsigned", "6.1"));
-        assert_eq!(kernel_sort_key("linux-image-6.1.0-57-cloud-amd64-unsigned", "6.1"), None);
-        assert_eq!(kernel_sort_key("linux-image-6.1.0-57-rt-amd64-unsigned", "6.1"), None);
-        assert_eq!(kernel_sort_key("linux-image-6.12.117+deb12-amd64-unsigned", "6.1"), None);
-        assert_eq!(kernel_sort_key("linux-image-6.12.117+deb12-amd64-unsigned", "6.12"), Some(vec![6, 12, 117, 12]));
-        assert_eq!(kernel_sort_key("linux-image-5.10.0-46-amd64-unsigned", "5.10"), Some(vec![5, 10, 0, 46]));
+        assert_eq!(kernel_sort_key("linux-image-6.1.0-57-amd64-unsigned", "6.1", "amd64"), Some(vec![6, 1, 0, 57]));
+        assert!(kernel_sort_key("linux-image-6.1.0-57-amd64-unsigned", "6.1", "amd64") > kernel_sort_key("linux-image-6.1.0-9-amd64-unsigned", "6.1", "amd64"));
+        assert_eq!(kernel_sort_key("linux-image-6.1.0-57-cloud-amd64-unsigned", "6.1", "amd64"), None);
+        assert_eq!(kernel_sort_key("linux-image-6.1.0-57-rt-amd64-unsigned", "6.1", "amd64"), None);
+        assert_eq!(kernel_sort_key("linux-image-6.12.117+deb12-amd64-unsigned", "6.1", "amd64"), None);
+        assert_eq!(kernel_sort_key("linux-image-6.12.117+deb12-amd64-unsigned", "6.12", "amd64"), Some(vec![6, 12, 117, 12]));
+        assert_eq!(kernel_sort_key("linux-image-5.10.0-46-amd64-unsigned", "5.10", "amd64"), Some(vec![5, 10, 0, 46]));
+        assert_eq!(kernel_sort_key("linux-image-6.12.107+deb12-arm64-unsigned", "6.12", "arm64"), Some(vec![6, 12, 107, 12]));
+        assert_eq!(kernel_sort_key("linux-image-6.1.0-53-arm64-unsigned", "6.1", "amd64"), None);
+        assert_eq!(kernel_sort_key("linux-image-6.1.0-53-cloud-arm64-unsigned", "6.1", "arm64"), None);
     }
 
     #[test]

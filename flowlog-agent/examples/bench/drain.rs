@@ -30,10 +30,11 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use flowlog_records::format::Format;
 use flowlog_agent::{
-    capture::{Capture, TableKind},
+    bpf::TableKind,
+    capture::Capture,
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
-    ship::{Output, Sink},
+    ship::{file::FileOutput, OutputSpec},
 };
 use flowlog_common::{family, maps, FlowKey, FlowSlot, FlowStats, TcpFlagsSeen};
 
@@ -384,7 +385,7 @@ pub fn child(args: &[String]) -> Result<()> {
     let v6 = fam == "v6";
     let kind = if table == "slots" { TableKind::Slots } else { TableKind::Hash };
     let max_flows = (n.next_power_of_two() as u32).max(65_536);
-    let (_capture, mut tables) = Capture::load_with_table(max_flows, None, 1, &Default::default(), None, Some(kind))?;
+    let (_capture, mut tables) = Capture::load(max_flows, None, 1, &Default::default(), None, Some(kind))?;
     let flow_maps = match kind {
         TableKind::Hash => [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?],
         TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],
@@ -449,7 +450,7 @@ pub fn child(args: &[String]) -> Result<()> {
         bytes = batch.len();
         ensure!(batch.iter().filter(|&&b| b == b'\n').count() == n, "formatted lines != {n}");
 
-        let mut sink = Sink::open(&Output::File(path.clone()))?;
+        let mut sink = FileOutput { path: path.clone(), mode: None }.open()?;
         let ((), cpu, _) = timed(|| sink.write_batch(&batch))?;
         shp.push(cpu);
         drop(sink);

@@ -28,7 +28,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use flowlog_agent::{
-    capture::{Capture, TableKind, EGRESS_PROGRAM, INGRESS_PROGRAM},
+    bpf::TableKind,
+    capture::{Capture, EGRESS_PROGRAM, INGRESS_PROGRAM},
     drain::FlowTables,
 };
 use flowlog_common::FlowKey;
@@ -148,8 +149,8 @@ impl Harness {
             "the benchmark programs were not built (FLOWLOG_EBPF_OBJECT embeds a prebuilt agent object only); \
              unset FLOWLOG_EBPF_OBJECT to build them"
         );
-        let (mut prod, tables) = Capture::load_with_table(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Slots))?;
-        let (mut prod_hash, hash_tables) = Capture::load_with_table(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
+        let (mut prod, tables) = Capture::load(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Slots))?;
+        let (mut prod_hash, hash_tables) = Capture::load(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
         let mut bench = EbpfLoader::new().load(BENCH_OBJECT).context("loading the benchmark object")?;
         for name in ["bench_xdp_pass", "bench_xdp_min", "bench_xdp_driver"] {
             xdp(bench.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?)?.load()?;

@@ -35,7 +35,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use flowlog_agent::{
-    capture::{Capture, TableKind, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
+    bpf::TableKind,
+    capture::{Capture, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
     drain::FlowTables,
 };
 use flowlog_common::direction;
@@ -349,9 +350,9 @@ fn sample(t: &Topo, frames: &Arc<Vec<Vec<u8>>>, senders: usize, secs: f64) -> Re
 pub fn run(rounds: usize, secs: f64) -> Result<Results> {
     let senders = nproc();
     let (mut capture, mut tables): (Capture, FlowTables) =
-        Capture::load_with_table(65_536, None, 1, &Default::default(), None, Some(TableKind::Slots))?;
+        Capture::load(65_536, None, 1, &Default::default(), None, Some(TableKind::Slots))?;
     let (mut capture_hash, mut tables_hash): (Capture, FlowTables) =
-        Capture::load_with_table(65_536, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
+        Capture::load(65_536, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
     ensure!(!BENCH_OBJECT.is_empty(), "the benchmark programs were not built (FLOWLOG_EBPF_OBJECT is set)");
     // XDP is verified on first use (Capture::xdp_program).
     capture.xdp_program()?;
@@ -487,7 +488,7 @@ fn tcp_sample(t: &Topo, secs: f64) -> Result<f64> {
 }
 
 pub fn run_tcp(rounds: usize, secs: f64) -> Result<Vec<TcpRow>> {
-    let (mut capture, mut tables): (Capture, FlowTables) = Capture::load(65_536, None, 1, &Default::default(), None)?;
+    let (mut capture, mut tables): (Capture, FlowTables) = Capture::load(65_536, None, 1, &Default::default(), None, None)?;
     capture.xdp_program()?;
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
     let t = Topo::new(nproc(), "t")?;

@@ -139,26 +139,23 @@ impl Btf {
                     p += vlen * 12;
                     Type::Struct { size: size_or_type, members }
                 }
-                KIND_ENUM => {
+                KIND_ENUM | KIND_ENUM64 => {
+                    // Entries: name, value (enum64: low and high 32 bits).
+                    let size = if kind == KIND_ENUM64 { 12 } else { 8 };
                     let mut values = Vec::with_capacity(vlen);
                     for i in 0..vlen {
-                        let m = p + i * 8;
+                        let m = p + i * size;
                         let raw = u32_at(types_b, m + 4)?;
-                        // kind_flag: signed values.
-                        let v = if kind_flag { raw as i32 as i64 } else { raw as i64 };
+                        let v = if kind == KIND_ENUM64 {
+                            (raw as u64 | (u32_at(types_b, m + 8)? as u64) << 32) as i64
+                        } else if kind_flag {
+                            raw as i32 as i64 // kind_flag: signed values.
+                        } else {
+                            raw as i64
+                        };
                         values.push((name(u32_at(types_b, m)?), v));
                     }
-                    p += vlen * 8;
-                    Type::Enum { values }
-                }
-                KIND_ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for i in 0..vlen {
-                        let m = p + i * 12;
-                        let v = (u32_at(types_b, m + 4)? as u64 | (u32_at(types_b, m + 8)? as u64) << 32) as i64;
-                        values.push((name(u32_at(types_b, m)?), v));
-                    }
-                    p += vlen * 12;
+                    p += vlen * size;
                     Type::Enum { values }
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => Type::Alias(size_or_type),

@@ -10,8 +10,8 @@
 //! functions so it is tested without either.
 
 pub mod btf;
+pub mod jit;
 pub mod links;
-pub mod probe;
 pub mod reject;
 pub mod tc;
 pub mod watch;
@@ -36,10 +36,11 @@ use aya::{
 use flowlog_common::{filters, globals, maps};
 use ipnet::IpNet;
 
-use crate::drain::FlowTables;
+use crate::{
+    bpf::{probe, sys, KernelFeatures, TableKind},
+    drain::FlowTables,
+};
 use links::LinkInfo;
-use probe::KernelFeatures;
-pub use probe::TableKind;
 use reject::DropSetup;
 
 /// The kernel programs, built from `flowlog-ebpf` by build.rs.
@@ -110,15 +111,20 @@ impl IngressHook {
     }
 }
 
+impl IngressHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngressHook::Auto => "auto",
+            IngressHook::Xdp => "xdp",
+            IngressHook::Tc => "tc",
+        }
+    }
+}
+
 impl std::str::FromStr for IngressHook {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(IngressHook::Auto),
-            "xdp" => Ok(IngressHook::Xdp),
-            "tc" => Ok(IngressHook::Tc),
-            _ => Err("auto, xdp or tc".into()),
-        }
+        [IngressHook::Auto, IngressHook::Xdp, IngressHook::Tc].into_iter().find(|h| h.as_str() == s).ok_or_else(|| "auto, xdp or tc".into())
     }
 }
 
@@ -246,6 +252,8 @@ pub struct Capture {
     drops: Option<(Hold, u32)>,
     features: KernelFeatures,
     table: TableKind,
+    /// Which of the programs loaded at startup run interpreted.
+    jit: jit::JitState,
 }
 
 /// Capabilities the agent needs, by bit number (linux/capability.h).
@@ -302,20 +310,11 @@ impl Capture {
     /// With `pin_root`, maps and attachments are pinned under
     /// `<pin_root>/v<layout>-<max_flows>/` and re-used by the next agent, so
     /// packets counted while no agent runs are reported after a restart.
+    ///
+    /// `table`: the flow table chosen by the caller (tests and benchmarks
+    /// run both on one kernel); `None`: the best this kernel takes
+    /// ([`TableKind::choose`]).
     pub fn load(
-        max_flows: u32,
-        pin_root: Option<&Path>,
-        sample_rate: u32,
-        filters: &KernelFilters,
-        drops: Option<&DropSetup>,
-    ) -> Result<(Capture, FlowTables)> {
-        Self::load_with_table(max_flows, pin_root, sample_rate, filters, drops, None)
-    }
-
-    /// [`Capture::load`] with the flow table chosen by the caller (tests and
-    /// benchmarks run both on one kernel); `None`: the best this kernel
-    /// takes ([`TableKind::choose`]).
-    pub fn load_with_table(
         max_flows: u32,
         pin_root: Option<&Path>,
         sample_rate: u32,
@@ -324,10 +323,7 @@ impl Capture {
         table: Option<TableKind>,
     ) -> Result<(Capture, FlowTables)> {
         check_privileges()?;
-        // Kernels < 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
-        let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-        // SAFETY: plain setrlimit with a valid struct.
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+        sys::raise_memlock();
 
         let features = probe::detect()?;
         let kind = match table {
@@ -389,7 +385,7 @@ impl Capture {
             tc.load().map_err(verifier)?;
         }
         let mut capture =
-            Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features, table: kind };
+            Capture { ebpf, attached: BTreeMap::new(), pin_dir, _pin_lock: pin_lock, ingress_hook: IngressHook::Auto, drops: None, features, table: kind, jit: jit::JitState::default() };
         if let Some(d) = drops {
             match capture.attach_drops(d) {
                 Ok(()) => {}
@@ -399,6 +395,8 @@ impl Capture {
                 Err(e) => return Err(e),
             }
         }
+        capture.jit = jit::JitState::of(&capture.ebpf);
+        capture.jit.log();
         Ok((capture, tables))
     }
 
@@ -442,6 +440,11 @@ impl Capture {
     /// The flow table the programs write.
     pub fn table(&self) -> TableKind {
         self.table
+    }
+
+    /// Whether the programs loaded at startup run JIT-compiled.
+    pub fn jit(&self) -> &jit::JitState {
+        &self.jit
     }
 
     pub fn set_ingress_hook(&mut self, hook: IngressHook) {
@@ -696,34 +699,23 @@ const ALL_MAPS: [&str; 13] = [
     maps::DROP_IFACES,
     maps::DROP_REASONS,
 ];
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: valid path and out struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
 
 /// Makes `<root>/v<layout>-<max_flows>[-slots]` on a BPF filesystem (mounting
 /// /sys/fs/bpf when it is not), and removes pinned state of any other layout
 /// (a kernel upgrade that brings the slot table is one: the next start is clean).
 fn prepare_pin_dir(root: &Path, max_flows: u32, kind: TableKind) -> Result<(PathBuf, fs::File)> {
     let fs_root = Path::new("/sys/fs/bpf");
-    if root.starts_with(fs_root) && !is_bpffs(fs_root) {
-        let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-        // SAFETY: constant C strings.
-        if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) } != 0 {
+    if root.starts_with(fs_root) && !sys::is_bpffs(fs_root) {
+        if let Err(e) = sys::mount_bpffs() {
             anyhow::bail!(
-                "/sys/fs/bpf is not a BPF filesystem and mounting one failed ({}): mount it \
-                 (`mount -t bpf bpf /sys/fs/bpf`; in Kubernetes a hostPath volume), or run with --no-pin",
-                std::io::Error::last_os_error()
+                "/sys/fs/bpf is not a BPF filesystem and mounting one failed ({e}): mount it \
+                 (`mount -t bpf bpf /sys/fs/bpf`; in Kubernetes a hostPath volume), or run with --no-pin"
             );
         }
         tracing::info!("mounted the BPF filesystem on /sys/fs/bpf");
     }
     fs::create_dir_all(root).with_context(|| format!("creating pin directory {}", root.display()))?;
-    if !is_bpffs(root) {
+    if !sys::is_bpffs(root) {
         anyhow::bail!("{} is not on a BPF filesystem: choose a --pin-dir under a bpffs mount (/sys/fs/bpf)", root.display());
     }
     let lock = lock_dir(root)?;

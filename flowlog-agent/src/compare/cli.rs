@@ -104,24 +104,8 @@ pub struct CompareArgs {
     /// No progress bar on stderr (there is none when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
-    /// Limit on |packet delta| in percent of native packets, overall.
-    #[arg(long, value_name = "PCT")]
-    pub max_packet_delta_pct: Option<f64>,
-    /// Limit on |byte delta| in percent of native bytes, overall.
-    #[arg(long, value_name = "PCT")]
-    pub max_byte_delta_pct: Option<f64>,
-    /// Limit on flows only native logs have.
-    #[arg(long, value_name = "N")]
-    pub max_missing_flows: Option<u64>,
-    /// Limit on flows only the agent logged.
-    #[arg(long, value_name = "N")]
-    pub max_extra_flows: Option<u64>,
-    /// Limit on start/end skew of matched flows, seconds.
-    #[arg(long, value_name = "SECS")]
-    pub max_skew: Option<u64>,
-    /// Limit on matched flows whose tcp-flags differ.
-    #[arg(long, value_name = "N")]
-    pub max_tcp_flags_mismatches: Option<u64>,
+    #[command(flatten)]
+    pub limits: Limits,
 }
 
 fn open(loc: &Location, format: Format, a: &CompareArgs, aws: &mut Option<Aws>) -> Result<Box<dyn RecordSource>> {
@@ -225,15 +209,7 @@ pub fn run(a: &CompareArgs, progress: bool) -> Result<(Report, Vec<String>)> {
     let r = compare(native.as_mut(), agent.as_mut(), opts, &mut cb);
     bar.finish_and_clear();
     let r = r?;
-    let limits = Limits {
-        max_packet_delta_pct: a.max_packet_delta_pct,
-        max_byte_delta_pct: a.max_byte_delta_pct,
-        max_missing_flows: a.max_missing_flows,
-        max_extra_flows: a.max_extra_flows,
-        max_skew: a.max_skew,
-        max_tcp_flags_mismatches: a.max_tcp_flags_mismatches,
-    };
-    let exceeded = limits.check(&r);
+    let exceeded = a.limits.check(&r);
     Ok((r, exceeded))
 }
 

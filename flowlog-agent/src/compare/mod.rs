@@ -596,14 +596,27 @@ impl Matcher {
     }
 }
 
-/// User-given limits; exceeding one makes `compare` exit with status 3.
-#[derive(Clone, Debug, Default)]
+/// User-given limits (the `--max-*` arguments); exceeding one makes
+/// `compare` exit with status 3.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Limits {
+    /// Limit on |packet delta| in percent of native packets, overall.
+    #[arg(long, value_name = "PCT")]
     pub max_packet_delta_pct: Option<f64>,
+    /// Limit on |byte delta| in percent of native bytes, overall.
+    #[arg(long, value_name = "PCT")]
     pub max_byte_delta_pct: Option<f64>,
+    /// Limit on flows only native logs have.
+    #[arg(long, value_name = "N")]
     pub max_missing_flows: Option<u64>,
+    /// Limit on flows only the agent logged.
+    #[arg(long, value_name = "N")]
     pub max_extra_flows: Option<u64>,
+    /// Limit on start/end skew of matched flows, seconds.
+    #[arg(long, value_name = "SECS")]
     pub max_skew: Option<u64>,
+    /// Limit on matched flows whose tcp-flags differ.
+    #[arg(long, value_name = "N")]
     pub max_tcp_flags_mismatches: Option<u64>,
 }
 

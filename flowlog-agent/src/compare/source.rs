@@ -204,8 +204,7 @@ impl ObjectReader {
             .columns()
             .iter()
             .map(|c| {
-                let n = c.name().replace('_', "-");
-                Field::from_name(&n).ok_or_else(|| anyhow!("{name}: Parquet column {:?} is not a flow log field", c.name()))
+                Field::from_column(c.name()).ok_or_else(|| anyhow!("{name}: Parquet column {:?} is not a flow log field", c.name()))
             })
             .collect::<Result<Vec<_>>>()?;
         let format = Format::from_fields(fields).map_err(|_| anyhow!("{name}: Parquet file without columns"))?;
@@ -333,107 +332,9 @@ pub fn local_in(path: &Path, default: Format, since: u64, until: u64) -> Result<
     Ok(Box::new(ObjectSource::new(names, move |n| ObjectReader::open_file(n, &default))))
 }
 
-/// Records of memory, for tests.
-pub struct VecSource {
-    pub records: std::vec::IntoIter<FlowRecord>,
-    cur: FlowRecord,
-}
-
-impl VecSource {
-    pub fn new(records: Vec<FlowRecord>) -> VecSource {
-        VecSource { records: records.into_iter(), cur: FlowRecord::default() }
-    }
-}
-
-impl RecordSource for VecSource {
-    fn next_record(&mut self) -> Result<Option<&FlowRecord>> {
-        Ok(match self.records.next() {
-            Some(r) => {
-                self.cur = r;
-                Some(&self.cur)
-            }
-            None => None,
-        })
-    }
-    fn position(&self) -> String {
-        String::new()
-    }
-}
-
 /// Sets the interface of records that lack the field from a CloudWatch
 /// stream name (`eni-123-all` → `eni-123`).
 pub fn interface_from_stream(stream: &str) -> Arc<str> {
     let s = stream.strip_suffix("-all").or_else(|| stream.strip_suffix("-accept")).or_else(|| stream.strip_suffix("-reject")).unwrap_or(stream);
     Arc::from(s)
-}
-
-/// Records as AWS writes Parquet objects: one optional column per field of
-/// `header` (INT32, INT64 or STRING per the field table), named with `_`
-/// (`account_id`), `-` as null in numeric columns and as the string `-` in
-/// STRING ones. For tests and examples; the S3 destination has its own
-/// writer.
-pub fn parquet_object(header: &str, lines: &[String]) -> Result<Vec<u8>> {
-    parquet_object_as(header, lines, false)
-}
-
-/// What earlier versions of the agent wrote (columns named `account-id`, every
-/// `-` null): files that `compare` still reads.
-pub fn parquet_object_legacy(header: &str, lines: &[String]) -> Result<Vec<u8>> {
-    parquet_object_as(header, lines, true)
-}
-
-fn parquet_object_as(header: &str, lines: &[String], legacy: bool) -> Result<Vec<u8>> {
-    use parquet::{
-        basic::{LogicalType, Repetition, Type as Physical},
-        data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type},
-        file::{properties::WriterProperties, writer::SerializedFileWriter},
-        schema::types::Type,
-    };
-    let names: Vec<&str> = header.split_ascii_whitespace().collect();
-    let kind = |n: &str| match n {
-        "version" | "srcport" | "dstport" | "protocol" | "tcp-flags" | "traffic-path" | "encryption-status" => 32,
-        "packets" | "bytes" | "start" | "end" => 64,
-        _ => 0,
-    };
-    let fields = names
-        .iter()
-        .map(|n| {
-            let c = if legacy { n.to_string() } else { n.replace('-', "_") };
-            let b = match kind(n) {
-                32 => Type::primitive_type_builder(&c, Physical::INT32),
-                64 => Type::primitive_type_builder(&c, Physical::INT64),
-                _ => Type::primitive_type_builder(&c, Physical::BYTE_ARRAY).with_logical_type(Some(LogicalType::String)),
-            };
-            b.with_repetition(Repetition::OPTIONAL).build().map(Arc::new)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let schema = Arc::new(Type::group_type_builder("schema").with_fields(fields).build()?);
-    let mut w = SerializedFileWriter::new(Vec::new(), schema, Arc::new(WriterProperties::builder().build()))?;
-    let mut rg = w.next_row_group()?;
-    let rows: Vec<Vec<&str>> = lines.iter().map(|l| l.split_ascii_whitespace().collect()).collect();
-    if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != names.len()) {
-        bail!("line {}: {} values for {} fields", i + 1, r.len(), names.len());
-    }
-    let mut i = 0;
-    while let Some(mut col) = rg.next_column()? {
-        let null = |v: &str| v == "-" && (legacy || kind(names[i]) != 0);
-        let vals: Vec<&str> = rows.iter().map(|r| r[i]).filter(|v| !null(v)).collect();
-        let defs: Vec<i16> = rows.iter().map(|r| i16::from(!null(r[i]))).collect();
-        let num = |v: &&str| v.parse::<i64>().map_err(|_| anyhow!("field {}: {v:?} is not a number", names[i]));
-        match kind(names[i]) {
-            32 => {
-                let v = vals.iter().map(|v| num(v).map(|n| n as i32)).collect::<Result<Vec<_>>>()?;
-                col.typed::<Int32Type>().write_batch(&v, Some(&defs), None)?
-            }
-            64 => {
-                let v = vals.iter().map(num).collect::<Result<Vec<_>>>()?;
-                col.typed::<Int64Type>().write_batch(&v, Some(&defs), None)?
-            }
-            _ => col.typed::<ByteArrayType>().write_batch(&vals.iter().map(|v| ByteArray::from(*v)).collect::<Vec<_>>(), Some(&defs), None)?,
-        };
-        col.close()?;
-        i += 1;
-    }
-    rg.close()?;
-    Ok(w.into_inner()?)
 }

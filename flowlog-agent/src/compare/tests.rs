@@ -3,13 +3,41 @@
 use std::{io::Write as _, sync::Arc};
 
 use super::{
-    source::{local, name_time, parquet_object as pq, parquet_object_legacy, sort_objects, ObjectReader, RecordSource, VecSource},
+    source::{local, name_time, sort_objects, ObjectReader, RecordSource},
     *,
 };
+use flowlog_testkit::parquet::{parquet_object as pq, parquet_object_legacy};
 use flowlog_records::{
     format::Format,
     record::{Action, Direction, FlowRecord, LogStatus},
 };
+
+/// Records of memory, for tests.
+struct VecSource {
+    records: std::vec::IntoIter<FlowRecord>,
+    cur: FlowRecord,
+}
+
+impl VecSource {
+    fn new(records: Vec<FlowRecord>) -> VecSource {
+        VecSource { records: records.into_iter(), cur: FlowRecord::default() }
+    }
+}
+
+impl RecordSource for VecSource {
+    fn next_record(&mut self) -> anyhow::Result<Option<&FlowRecord>> {
+        Ok(match self.records.next() {
+            Some(r) => {
+                self.cur = r;
+                Some(&self.cur)
+            }
+            None => None,
+        })
+    }
+    fn position(&self) -> String {
+        String::new()
+    }
+}
 
 /// One packet of a flow: (second, bytes, tcp-flags).
 type Pkt = (u64, u64, u8);

@@ -1,14 +1,16 @@
 //! The configuration: a TOML file, overridden by environment variables,
-//! overridden by command-line flags. Every key of the file has a flag and a
-//! variable (`interval` ↔ `--interval` ↔ `FLOWLOG_INTERVAL`).
+//! overridden by command-line flags. [`Keys`] declares each key once: its
+//! serde name is the file's key, its `arg` the flag and variable
+//! (`interval` ↔ `--interval` ↔ `FLOWLOG_INTERVAL`), its doc the flag's
+//! help. [`Settings::resolve`] lays flags over the file and checks each
+//! value; [`Settings::render`] prints the result as `Keys` again.
 //!
 //! Errors name the key, the value and what is accepted.
 
-pub mod de;
-
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use clap::builder::BoolishValueParser;
+use serde::{Deserialize, Serialize};
 
 use flowlog_records::format::Format;
 use crate::{
@@ -65,78 +67,242 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/flowlog";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9750";
 
-/// The file. Absent keys take the defaults below; unknown keys are errors
-/// (a typo must not silently fall back to a default).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct FileConfig {
-    pub interfaces: Option<Vec<String>>,
-    pub exclude_interfaces: Option<Vec<String>>,
-    pub interval: Option<u64>,
-    pub outputs: Option<Vec<String>>,
-    pub region: Option<String>,
-    pub aws_endpoint_url: Option<String>,
-    pub flow_log_id: Option<String>,
-    pub spool_dir: Option<PathBuf>,
-    pub spool_max_bytes: Option<u64>,
-    pub file_interval: Option<u64>,
-    pub file_max_bytes: Option<usize>,
-    pub shutdown_timeout: Option<u64>,
-    pub log_format: Option<String>,
-    pub account_id: Option<String>,
-    pub max_flows: Option<u32>,
-    pub pin_dir: Option<PathBuf>,
-    pub pin: Option<bool>,
-    pub on_exit: Option<String>,
-    pub metrics_listen: Option<String>,
-    pub log: Option<String>,
-    pub log_json: Option<bool>,
-    pub ingress_hook: Option<String>,
-    pub reject_reasons: Option<Vec<String>>,
-    pub reject_reason_map: Option<Vec<String>>,
-    pub sample_rate: Option<u32>,
-    pub filters: KernelFilters,
-    pub metadata: MetadataConfig,
-    pub enrich: EnrichConfig,
+/// Declares a struct of configuration keys and how two layers of it merge
+/// ([`Layer`]), so that a key is written once: its doc is the flag's help,
+/// its serde name the file's key, its `arg` the flag and variable.
+macro_rules! keys {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident: $t:ty,)* }) => {
+        $(#[$m])*
+        pub struct $name { $($(#[$fm])* pub $f: $t,)* }
+
+        impl Layer for $name {
+            fn over(self, below: Self) -> Self {
+                $name { $($f: self.$f.over(below.$f),)* }
+            }
+        }
+    };
 }
 
-/// Values from flags or environment variables (clap fills both); `None`
-/// where neither was given.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    pub interfaces: Vec<String>,
-    pub exclude_interfaces: Vec<String>,
-    pub interval: Option<u64>,
-    pub outputs: Vec<String>,
-    pub region: Option<String>,
-    pub aws_endpoint_url: Option<String>,
-    pub flow_log_id: Option<String>,
-    pub spool_dir: Option<PathBuf>,
-    pub spool_max_bytes: Option<u64>,
-    pub file_interval: Option<u64>,
-    pub file_max_bytes: Option<usize>,
-    pub shutdown_timeout: Option<u64>,
-    pub log_format: Option<String>,
-    pub account_id: Option<String>,
-    pub max_flows: Option<u32>,
-    pub pin_dir: Option<PathBuf>,
-    /// `Some`: given as a flag or variable (which then wins over the file).
-    pub no_pin: Option<bool>,
-    pub on_exit: Option<String>,
-    pub metrics_listen: Option<String>,
-    pub log: Option<String>,
-    pub log_json: Option<bool>,
-    pub ingress_hook: Option<String>,
-    pub traffic_type: Option<String>,
-    pub reject_reasons: Vec<String>,
-    pub reject_reason_map: Vec<String>,
-    pub sample_rate: Option<u32>,
-    pub include_cidrs: Vec<ipnet::IpNet>,
-    pub exclude_cidrs: Vec<ipnet::IpNet>,
-    pub include_ports: Vec<u16>,
-    pub exclude_ports: Vec<u16>,
-    pub protocols: Vec<u8>,
+/// One source of configuration laid over another (flags and variables over
+/// the file): a key given here wins.
+pub trait Layer {
+    fn over(self, below: Self) -> Self;
 }
+
+impl<T> Layer for Option<T> {
+    fn over(self, below: Self) -> Self {
+        self.or(below)
+    }
+}
+
+/// A list given here replaces the lower one entirely.
+impl<T> Layer for Vec<T> {
+    fn over(self, below: Self) -> Self {
+        if self.is_empty() {
+            below
+        } else {
+            self
+        }
+    }
+}
+
+/// Sections that only the file sets (no flag): a section left at its
+/// defaults gives way.
+macro_rules! file_only_section {
+    ($($t:ty),*) => {$(
+        impl Layer for $t {
+            fn over(self, below: Self) -> Self {
+                if self == <$t>::default() {
+                    below
+                } else {
+                    self
+                }
+            }
+        }
+    )*};
+}
+file_only_section!(MetadataConfig, EnrichConfig);
+
+keys! {
+    /// Every key of the file, flag and environment variable, each `None` or
+    /// empty where its source does not give it. Absent keys take the
+    /// defaults in [`Settings::resolve`]; unknown keys in the file are errors
+    /// (a typo must not silently fall back to a default).
+    #[derive(Clone, Debug, Default, Deserialize, Serialize, clap::Args)]
+    #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+    pub struct Keys {
+        /// Interface name or glob (`veth*`) to capture on; repeatable.
+        /// Default: every interface that is up, except loopback.
+        #[arg(help_heading = "Capture", long = "iface", short = 'i', value_name = "IFACES", env = "FLOWLOG_IFACES", value_delimiter = ',')]
+        pub interfaces: Vec<String>,
+        /// Glob of interfaces never to capture on (wins over --iface); repeatable.
+        #[arg(help_heading = "Capture", long = "exclude-iface", value_name = "EXCLUDE_IFACES", env = "FLOWLOG_EXCLUDE_IFACES", value_delimiter = ',')]
+        pub exclude_interfaces: Vec<String>,
+        /// Flows per aggregation window the kernel table holds; beyond it,
+        /// packets of new flows are not counted and SKIPDATA is written. Default 65536.
+        #[arg(help_heading = "Capture", long, env = "FLOWLOG_MAX_FLOWS")]
+        pub max_flows: Option<u32>,
+        /// Where ingress is counted: `auto` (XDP, or TC where XDP is refused,
+        /// e.g. for a jumbo MTU), `xdp` or `tc`. Default auto.
+        #[arg(help_heading = "Capture", long, env = "FLOWLOG_INGRESS_HOOK")]
+        pub ingress_hook: Option<String>,
+        /// Count 1 packet in N, chosen at random in the kernel; records then
+        /// show counts multiplied by N. Default 1 (every packet).
+        #[arg(help_heading = "Capture", long, env = "FLOWLOG_SAMPLE_RATE")]
+        pub sample_rate: Option<u32>,
+        /// The `[filters]` section.
+        #[command(flatten)]
+        pub filters: Filters,
+        /// Aggregation interval in seconds, 1..3600 (AWS: 60 or 600). Default 60.
+        #[arg(help_heading = "Records", long, env = "FLOWLOG_INTERVAL")]
+        pub interval: Option<u64>,
+        /// Record format, as `CreateFlowLogs --log-format` takes it, e.g.
+        /// "${srcaddr} ${dstaddr} ${packets}". Default: the version 2 format.
+        #[arg(help_heading = "Records", long, env = "FLOWLOG_LOG_FORMAT")]
+        pub log_format: Option<String>,
+        /// The `account-id` field; overrides what the metadata provider says.
+        #[arg(help_heading = "Records", long, env = "FLOWLOG_ACCOUNT_ID")]
+        pub account_id: Option<String>,
+        /// Which records to write, like a flow log's traffic type: `ACCEPT`,
+        /// `REJECT` or `ALL` (overrides `[enrich] traffic-type`). Default ALL.
+        #[arg(help_heading = "Records", long, env = "FLOWLOG_TRAFFIC_TYPE")]
+        #[serde(skip_deserializing)]
+        pub traffic_type: Option<String>,
+        /// Kernel drop reasons (`enum skb_drop_reason` names without the
+        /// `SKB_DROP_REASON_` prefix) whose packets are REJECT, e.g.
+        /// `NETFILTER_DROP,NO_SOCKET`; `none`: no REJECT records, no drop hook.
+        /// Default NETFILTER_DROP (switched off with a warning where the kernel
+        /// has no BTF).
+        #[arg(help_heading = "Records", long, value_delimiter = ',', env = "FLOWLOG_REJECT_REASONS")]
+        pub reject_reasons: Vec<String>,
+        /// `DROP_REASON=TEXT`: the `reject-reason` field of REJECT records of that
+        /// drop reason (default `-`, as AWS writes for reasons other than its
+        /// own); repeatable.
+        #[arg(help_heading = "Records", long, value_delimiter = ',', env = "FLOWLOG_REJECT_REASON_MAP")]
+        pub reject_reason_map: Vec<String>,
+        /// Where records go; repeatable (fan-out): `stdout`, `file:<path>` (one
+        /// record per line), `dir:<path>` (the S3 layout on a local directory),
+        /// `s3://<bucket>[/<prefix>]`, `cloudwatch:<log-group>[?retention=<days>]`,
+        /// `firehose:<delivery-stream>`. `dir:` and `s3:` take
+        /// `?format=parquet&hive&per-hour`. All but stdout/file go through the
+        /// spool. Default stdout.
+        #[arg(help_heading = "Outputs", long = "output", short = 'o', env = "FLOWLOG_OUTPUTS", value_delimiter = ',')]
+        pub outputs: Vec<String>,
+        /// The flow log id in S3 object names. Default fl-00000000000000000.
+        #[arg(help_heading = "Outputs", long, env = "FLOWLOG_FLOW_LOG_ID")]
+        pub flow_log_id: Option<String>,
+        /// Spool directory: records wait here until every spooled output has
+        /// them. Default $STATE_DIRECTORY/spool (systemd), else /var/lib/flowlog/spool.
+        #[arg(help_heading = "Outputs", long, env = "FLOWLOG_SPOOL_DIR")]
+        pub spool_dir: Option<PathBuf>,
+        /// Bound of the spool in bytes; past it the oldest records are dropped
+        /// (and counted). Default 1073741824.
+        #[arg(help_heading = "Outputs", long, env = "FLOWLOG_SPOOL_MAX_BYTES")]
+        pub spool_max_bytes: Option<u64>,
+        /// Seconds S3 and dir outputs gather records into files (AWS: 300). Default 300.
+        #[arg(help_heading = "Outputs", long, env = "FLOWLOG_FILE_INTERVAL")]
+        pub file_interval: Option<u64>,
+        /// Size at which S3/dir files are rotated, in bytes (AWS: 75 MB). Default 75000000.
+        #[arg(help_heading = "Outputs", long, env = "FLOWLOG_FILE_MAX_BYTES")]
+        pub file_max_bytes: Option<usize>,
+        /// Seconds a graceful shutdown may take to flush the outputs. Default 10.
+        #[arg(help_heading = "Outputs", long, env = "FLOWLOG_SHUTDOWN_TIMEOUT")]
+        pub shutdown_timeout: Option<u64>,
+        /// AWS region of the AWS outputs (default: the SDK's chain, AWS_REGION...).
+        #[arg(help_heading = "AWS", long, env = "FLOWLOG_REGION")]
+        pub region: Option<String>,
+        /// Endpoint override for the AWS services (e.g. a local test server).
+        #[arg(help_heading = "AWS", long, env = "FLOWLOG_AWS_ENDPOINT_URL")]
+        pub aws_endpoint_url: Option<String>,
+        /// Whether to pin (the file's `pin`; the flag is `--no-pin`).
+        #[arg(skip)]
+        pub pin: Option<bool>,
+        /// Pin maps and attachments under this directory (on a BPF filesystem)
+        /// so that a restarted agent reports what was counted in between.
+        /// Default /sys/fs/bpf/flowlog.
+        #[arg(help_heading = "Restarts", long, env = "FLOWLOG_PIN_DIR")]
+        pub pin_dir: Option<PathBuf>,
+        /// Do not pin: every start begins with empty tables (`--no-pin=false`
+        /// pins even where the config file says `pin = false`).
+        #[arg(help_heading = "Restarts", long, env = "FLOWLOG_NO_PIN", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+        #[serde(skip)]
+        pub no_pin: Option<bool>,
+        /// On SIGINT/SIGTERM: `detach` (final drain, detach, remove pins; the
+        /// default) or `keep` (programs stay attached and counting for the next agent).
+        #[arg(help_heading = "Restarts", long, env = "FLOWLOG_ON_EXIT")]
+        pub on_exit: Option<String>,
+        /// Address of the Prometheus metrics and /healthz, /readyz endpoint, or
+        /// `off`. Default 127.0.0.1:9750.
+        #[arg(help_heading = "Operations", long, env = "FLOWLOG_METRICS_LISTEN")]
+        pub metrics_listen: Option<String>,
+        /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
+        #[arg(help_heading = "Operations", long, env = "FLOWLOG_LOG")]
+        pub log: Option<String>,
+        /// The agent's own logs as JSON lines (for log collectors) instead of
+        /// text (`--log-json=false` overrides the config file).
+        #[arg(help_heading = "Operations", long, env = "FLOWLOG_LOG_JSON", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+        pub log_json: Option<bool>,
+        #[arg(skip)]
+        #[serde(skip_serializing)]
+        pub metadata: MetadataConfig,
+        #[arg(skip)]
+        #[serde(skip_serializing)]
+        pub enrich: EnrichConfig,
+    }
+}
+
+keys! {
+    /// The kernel filters: the `[filters]` section and their flags.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+    #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+    pub struct Filters {
+        /// Count only packets with an address (either end) in this CIDR; repeatable.
+        #[arg(help_heading = "Kernel filters", long = "include-cidr", env = "FLOWLOG_INCLUDE_CIDRS", value_delimiter = ',')]
+        pub include_cidrs: Vec<ipnet::IpNet>,
+        /// Never count packets with an address (either end) in this CIDR; repeatable.
+        #[arg(help_heading = "Kernel filters", long = "exclude-cidr", env = "FLOWLOG_EXCLUDE_CIDRS", value_delimiter = ',')]
+        pub exclude_cidrs: Vec<ipnet::IpNet>,
+        /// Count only packets with this port (either end); repeatable.
+        #[arg(help_heading = "Kernel filters", long = "include-port", env = "FLOWLOG_INCLUDE_PORTS", value_delimiter = ',')]
+        pub include_ports: Vec<u16>,
+        /// Never count packets with this port (either end); repeatable.
+        #[arg(help_heading = "Kernel filters", long = "exclude-port", env = "FLOWLOG_EXCLUDE_PORTS", value_delimiter = ',')]
+        pub exclude_ports: Vec<u16>,
+        /// Count only this IP protocol number (6 TCP, 17 UDP, 1 ICMP); repeatable.
+        #[arg(help_heading = "Kernel filters", long = "protocol", env = "FLOWLOG_PROTOCOLS", value_delimiter = ',')]
+        pub protocols: Vec<u8>,
+    }
+}
+
+impl From<Filters> for KernelFilters {
+    fn from(f: Filters) -> KernelFilters {
+        KernelFilters {
+            include_cidrs: f.include_cidrs,
+            exclude_cidrs: f.exclude_cidrs,
+            include_ports: f.include_ports,
+            exclude_ports: f.exclude_ports,
+            protocols: f.protocols,
+        }
+    }
+}
+
+impl From<&KernelFilters> for Filters {
+    fn from(f: &KernelFilters) -> Filters {
+        let f = f.clone();
+        Filters {
+            include_cidrs: f.include_cidrs,
+            exclude_cidrs: f.exclude_cidrs,
+            include_ports: f.include_ports,
+            exclude_ports: f.exclude_ports,
+            protocols: f.protocols,
+        }
+    }
+}
+
+/// The file's keys.
+pub type FileConfig = Keys;
+/// The keys from flags or environment variables (clap fills both).
+pub type Overrides = Keys;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -152,25 +318,17 @@ fn invalid(key: &'static str, value: impl ToString, accepted: impl ToString) -> 
     ConfigError::Invalid { key, value: value.to_string(), accepted: accepted.to_string() }
 }
 
-/// A list from the flags if any were given, else the file's.
-fn pick<T>(cli: Vec<T>, file: Vec<T>) -> Vec<T> {
-    if cli.is_empty() {
-        file
-    } else {
-        cli
-    }
-}
-
-impl FileConfig {
-    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+impl Keys {
+    /// Reads the config file.
+    pub fn load(path: &std::path::Path) -> Result<Keys, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
         Self::parse(&text).map_err(|reason| ConfigError::Syntax { path: path.display().to_string(), reason })
     }
 
     /// Errors carry the full key (`metadata.onprem.account-id: ...`).
-    pub fn parse(text: &str) -> Result<FileConfig, String> {
-        let cfg: FileConfig = de::from_toml(text)?;
+    pub fn parse(text: &str) -> Result<Keys, String> {
+        let cfg: Keys = crate::toml_de::from_toml(text)?;
         cfg.metadata.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
@@ -189,100 +347,92 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Flags and variables (`o`) over the file, then the defaults; each
+    /// value checked.
     pub fn resolve(file: FileConfig, o: Overrides) -> Result<Settings, ConfigError> {
-        let pick_vec = |cli: Vec<String>, file: Option<Vec<String>>| if cli.is_empty() { file.unwrap_or_default() } else { cli };
-        let interval = o.interval.or(file.interval).unwrap_or(DEFAULT_INTERVAL);
+        let k = o.over(file);
+        let interval = k.interval.unwrap_or(DEFAULT_INTERVAL);
         if !(1..=3600).contains(&interval) {
             return Err(invalid("interval", interval, "seconds from 1 to 3600 (AWS offers 60 and 600)"));
         }
-        let max_flows = o.max_flows.or(file.max_flows).unwrap_or(DEFAULT_MAX_FLOWS);
+        let max_flows = k.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
         if !(1..=16_777_216).contains(&max_flows) {
             return Err(invalid("max-flows", max_flows, "1 to 16777216"));
         }
-        let outputs = pick_vec(o.outputs, file.outputs);
-        let outputs = if outputs.is_empty() { vec!["stdout".to_string()] } else { outputs };
+        let outputs = if k.outputs.is_empty() { vec!["stdout".to_string()] } else { k.outputs };
         let outputs = outputs
             .iter()
             .map(|s| s.parse::<Output>().map_err(|e| invalid("outputs", s, e)))
             .collect::<Result<Vec<_>, _>>()?;
         let defaults = ShipConfig::default();
-        let file_interval = o.file_interval.or(file.file_interval).unwrap_or(defaults.flush_interval.as_secs());
+        let file_interval = k.file_interval.unwrap_or(defaults.flush_interval.as_secs());
         if !(1..=3600).contains(&file_interval) {
             return Err(invalid("file-interval", file_interval, "seconds from 1 to 3600 (AWS: 300)"));
         }
-        let file_max_bytes = o.file_max_bytes.or(file.file_max_bytes).unwrap_or(defaults.objects.rotate_bytes);
+        let file_max_bytes = k.file_max_bytes.unwrap_or(defaults.objects.rotate_bytes);
         if file_max_bytes == 0 {
             return Err(invalid("file-max-bytes", 0, "a size in bytes above 0 (AWS: 75000000)"));
         }
-        let spool_max_bytes = o.spool_max_bytes.or(file.spool_max_bytes).unwrap_or(defaults.spool_max_bytes);
+        let spool_max_bytes = k.spool_max_bytes.unwrap_or(defaults.spool_max_bytes);
         if spool_max_bytes < 1 << 20 {
             return Err(invalid("spool-max-bytes", spool_max_bytes, "at least 1048576 (1 MiB)"));
         }
         let ship = ShipConfig {
             outputs,
-            aws: AwsSettings { region: o.region.or(file.region), endpoint_url: o.aws_endpoint_url.or(file.aws_endpoint_url) },
-            flow_log_id: o.flow_log_id.or(file.flow_log_id).unwrap_or(defaults.flow_log_id.clone()),
-            spool_dir: o.spool_dir.or(file.spool_dir).unwrap_or_else(crate::ship::default_spool_dir),
+            aws: AwsSettings { region: k.region, endpoint_url: k.aws_endpoint_url },
+            flow_log_id: k.flow_log_id.unwrap_or(defaults.flow_log_id.clone()),
+            spool_dir: k.spool_dir.unwrap_or_else(crate::ship::default_spool_dir),
             spool_max_bytes,
             flush_interval: Duration::from_secs(file_interval),
             objects: ObjectOptions { rotate_bytes: file_max_bytes, ..defaults.objects.clone() },
-            shutdown_timeout: Duration::from_secs(o.shutdown_timeout.or(file.shutdown_timeout).unwrap_or(defaults.shutdown_timeout.as_secs())),
+            shutdown_timeout: Duration::from_secs(k.shutdown_timeout.unwrap_or(defaults.shutdown_timeout.as_secs())),
             ..defaults
         };
-        let format = match o.log_format.or(file.log_format) {
+        let format = match k.log_format {
             Some(spec) => Format::parse(&spec).map_err(|e| invalid("log-format", &spec, e))?,
             None => Format::default(),
         };
-        let account_id = o.account_id.or(file.account_id);
+        let account_id = k.account_id;
         if let Some(a) = &account_id {
             if a.is_empty() || a.contains(char::is_whitespace) {
                 return Err(invalid("account-id", a, "a non-empty value without spaces"));
             }
         }
-        let on_exit = match o.on_exit.or(file.on_exit).as_deref() {
-            None | Some("detach") => OnExit::Detach,
-            Some("keep") => OnExit::Keep,
-            Some(v) => return Err(invalid("on-exit", v, "detach or keep")),
+        let on_exit = match k.on_exit {
+            Some(v) => v.parse().map_err(|e| invalid("on-exit", v, e))?,
+            None => OnExit::Detach,
         };
-        let listen = o.metrics_listen.or(file.metrics_listen).unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
+        let listen = k.metrics_listen.unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
         let metrics_listen: Option<SocketAddr> = match listen.as_str() {
             "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics-listen", a, "off, or an address such as 127.0.0.1:9750 or [::1]:9750"))?),
         };
-        let pin = o.no_pin.map_or_else(|| file.pin.unwrap_or(true), |no| !no);
-        let pin_dir = o.pin_dir.or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into());
+        // `pin` comes only from the file, `no-pin` only from flags and variables.
+        let pin = k.no_pin.map_or_else(|| k.pin.unwrap_or(true), |no| !no);
+        let pin_dir = k.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
         if pin && !pin_dir.is_absolute() {
             return Err(invalid("pin-dir", pin_dir.display(), "an absolute path on a BPF filesystem"));
         }
-        let ingress_hook = match o.ingress_hook.or(file.ingress_hook) {
+        let ingress_hook = match k.ingress_hook {
             Some(h) => h.parse::<IngressHook>().map_err(|e| invalid("ingress-hook", &h, e))?,
             None => IngressHook::Auto,
         };
-        let reasons = pick(o.reject_reasons, file.reject_reasons.unwrap_or_default());
-        let reject_explicit = !reasons.is_empty();
-        let reason_map = pick(o.reject_reason_map, file.reject_reason_map.unwrap_or_default());
-        let reject = crate::capture::reject::RejectConfig::from_args(&reasons, &reason_map)
-            .map_err(|e| invalid("reject-reasons", reasons.join(","), format!("{e:#}")))?;
-        let mut enrich = file.enrich;
-        if let Some(t) = o.traffic_type {
+        let reject_explicit = !k.reject_reasons.is_empty();
+        let reject = RejectConfig::from_args(&k.reject_reasons, &k.reject_reason_map)
+            .map_err(|e| invalid("reject-reasons", k.reject_reasons.join(","), format!("{e:#}")))?;
+        let mut enrich = k.enrich;
+        if let Some(t) = k.traffic_type {
             enrich.traffic_type = t.parse().map_err(|e| invalid("traffic-type", &t, e))?;
         }
-        let sample_rate = o.sample_rate.or(file.sample_rate).unwrap_or(1);
+        let sample_rate = k.sample_rate.unwrap_or(1);
         if sample_rate == 0 {
             return Err(invalid("sample-rate", 0, "1 (every packet) or more (1 in N, counts scaled by N)"));
         }
-        let filters = KernelFilters {
-            include_cidrs: pick(o.include_cidrs, file.filters.include_cidrs),
-            exclude_cidrs: pick(o.exclude_cidrs, file.filters.exclude_cidrs),
-            include_ports: pick(o.include_ports, file.filters.include_ports),
-            exclude_ports: pick(o.exclude_ports, file.filters.exclude_ports),
-            protocols: pick(o.protocols, file.filters.protocols),
-        };
+        let filters = KernelFilters::from(k.filters);
         if let Err((key, n)) = filters.validate() {
             return Err(invalid(key, format!("{n} entries"), format!("at most {}", crate::capture::MAX_FILTER_ENTRIES)));
         }
-        let include = pick_vec(o.interfaces, file.interfaces);
-        let exclude = pick_vec(o.exclude_interfaces, file.exclude_interfaces);
+        let (include, exclude) = (k.interfaces, k.exclude_interfaces);
         crate::capture::links::Selector::new(&include, &exclude).map_err(|e| invalid("interfaces", include.join(","), e))?;
         Ok(Settings {
             agent: Config {
@@ -302,62 +452,85 @@ impl Settings {
                 reject,
                 reject_explicit,
             },
-            log: o.log.or(file.log).unwrap_or_else(|| "info".into()),
-            log_json: o.log_json.or(file.log_json).unwrap_or(false),
-            metadata: file.metadata,
+            log: k.log.unwrap_or_else(|| "info".into()),
+            log_json: k.log_json.unwrap_or(false),
+            metadata: k.metadata,
             enrich,
         })
     }
 
-    /// The effective configuration as a config file would say it. Nothing
-    /// here is secret today (AWS credentials never pass through the config);
-    /// values of keys that look like secrets are redacted all the same.
+    /// The effective configuration as a config file would say it (the
+    /// [`Keys`], serialized). Nothing here is secret today (AWS credentials
+    /// never pass through the config); values of keys that look like secrets
+    /// are redacted all the same.
     pub fn render(&self) -> String {
         let a = &self.agent;
-        let list = |v: &[String]| format!("[{}]", v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
-        let mut out = String::new();
-        let mut kv = |k: &str, v: String| {
-            let secret = ["secret", "password", "token"].iter().any(|s| k.contains(s));
-            out.push_str(&format!("{k} = {}\n", if secret { "\"<redacted>\"".to_string() } else { v }));
+        // Paths as text: TOML has no other kind of string.
+        let path = |p: &std::path::Path| PathBuf::from(p.display().to_string());
+        let keys = Keys {
+            interfaces: a.ifaces.clone(),
+            exclude_interfaces: a.exclude_ifaces.clone(),
+            max_flows: Some(a.max_flows),
+            ingress_hook: Some(a.ingress_hook.as_str().into()),
+            sample_rate: Some(a.sample_rate),
+            filters: Filters::from(&a.filters),
+            interval: Some(a.interval.as_secs()),
+            log_format: Some(a.format.spec()),
+            account_id: Some(a.account_id.clone().unwrap_or_else(|| "<from metadata>".into())),
+            traffic_type: Some(self.enrich.traffic_type.as_str().into()),
+            reject_reasons: a.reject.reasons.clone(),
+            reject_reason_map: a.reject.reason_map.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            outputs: a.ship.outputs.iter().map(|o| o.to_string()).collect(),
+            flow_log_id: Some(a.ship.flow_log_id.clone()),
+            spool_dir: Some(path(&a.ship.spool_dir)),
+            spool_max_bytes: Some(a.ship.spool_max_bytes),
+            file_interval: Some(a.ship.flush_interval.as_secs()),
+            file_max_bytes: Some(a.ship.objects.rotate_bytes),
+            shutdown_timeout: Some(a.ship.shutdown_timeout.as_secs()),
+            region: Some(a.ship.aws.region.clone().unwrap_or_default()),
+            aws_endpoint_url: Some(a.ship.aws.endpoint_url.clone().unwrap_or_default()),
+            pin: Some(a.pin_root.is_some()),
+            pin_dir: Some(a.pin_root.as_deref().map_or_else(PathBuf::new, path)),
+            no_pin: None,
+            on_exit: Some(a.on_exit.as_str().into()),
+            metrics_listen: Some(a.metrics_listen.map_or("off".to_string(), |s| s.to_string())),
+            log: Some(self.log.clone()),
+            log_json: Some(self.log_json),
+            // Not serialized: shown below as they are.
+            metadata: MetadataConfig::default(),
+            enrich: EnrichConfig::default(),
         };
-        kv("interfaces", list(&a.ifaces));
-        kv("exclude-interfaces", list(&a.exclude_ifaces));
-        kv("interval", a.interval.as_secs().to_string());
-        kv("outputs", list(&a.ship.outputs.iter().map(|o| o.to_string()).collect::<Vec<_>>()));
-        kv("region", format!("{:?}", a.ship.aws.region.clone().unwrap_or_default()));
-        kv("aws-endpoint-url", format!("{:?}", a.ship.aws.endpoint_url.clone().unwrap_or_default()));
-        kv("flow-log-id", format!("{:?}", a.ship.flow_log_id));
-        kv("spool-dir", format!("{:?}", a.ship.spool_dir.display().to_string()));
-        kv("spool-max-bytes", a.ship.spool_max_bytes.to_string());
-        kv("file-interval", a.ship.flush_interval.as_secs().to_string());
-        kv("file-max-bytes", a.ship.objects.rotate_bytes.to_string());
-        kv("shutdown-timeout", a.ship.shutdown_timeout.as_secs().to_string());
-        kv("log-format", format!("{:?}", a.format.spec()));
-        kv("account-id", a.account_id.as_ref().map_or("\"<from metadata>\"".into(), |s| format!("{s:?}")));
-        kv("max-flows", a.max_flows.to_string());
-        kv("pin", a.pin_root.is_some().to_string());
-        kv("pin-dir", format!("{:?}", a.pin_root.as_ref().map_or(String::new(), |p| p.display().to_string())));
-        kv("on-exit", format!("{:?}", if a.on_exit == OnExit::Keep { "keep" } else { "detach" }));
-        kv("metrics-listen", format!("{:?}", a.metrics_listen.map_or("off".to_string(), |s| s.to_string())));
-        kv("log", format!("{:?}", self.log));
-        kv("log-json", self.log_json.to_string());
-        kv("ingress-hook", format!("{:?}", format!("{:?}", a.ingress_hook).to_lowercase()));
-        kv("traffic-type", format!("{:?}", format!("{:?}", self.enrich.traffic_type).to_uppercase()));
-        kv("reject-reasons", list(&a.reject.reasons));
-        kv("reject-reason-map", list(&a.reject.reason_map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()));
-        kv("sample-rate", a.sample_rate.to_string());
-        let f = &a.filters;
-        let nets = |v: &[ipnet::IpNet]| list(&v.iter().map(|n| n.to_string()).collect::<Vec<_>>());
-        let nums = |v: Vec<String>| format!("[{}]", v.join(", "));
-        out.push_str("\n[filters]\n");
-        out.push_str(&format!("include-cidrs = {}\n", nets(&f.include_cidrs)));
-        out.push_str(&format!("exclude-cidrs = {}\n", nets(&f.exclude_cidrs)));
-        out.push_str(&format!("include-ports = {}\n", nums(f.include_ports.iter().map(u16::to_string).collect())));
-        out.push_str(&format!("exclude-ports = {}\n", nums(f.exclude_ports.iter().map(u16::to_string).collect())));
-        out.push_str(&format!("protocols = {}\n", nums(f.protocols.iter().map(u8::to_string).collect())));
+        let mut out: String = match toml::to_string(&keys) {
+            Ok(text) => text.lines().map(redact).map(|l| l + "\n").collect(),
+            Err(e) => format!("# cannot render the configuration: {e}\n"),
+        };
         out.push_str(&format!("\n# [metadata]\n# {:?}\n", self.metadata));
         out.push_str(&format!("\n# [enrich]\n# {:?}\n", self.enrich));
         out
+    }
+}
+
+/// A `key = value` line, its value hidden where the key looks secret.
+fn redact(line: &str) -> String {
+    match line.split_once(" = ") {
+        Some((k, _)) if ["secret", "password", "token"].iter().any(|s| k.contains(s)) => format!("{k} = \"<redacted>\""),
+        _ => line.to_string(),
+    }
+}
+
+impl OnExit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExit::Detach => "detach",
+            OnExit::Keep => "keep",
+        }
+    }
+}
+
+impl std::str::FromStr for OnExit {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [OnExit::Detach, OnExit::Keep].into_iter().find(|o| o.as_str() == s).ok_or("detach or keep")
     }
 }
 
@@ -374,7 +547,7 @@ mod tests {
     fn defaults() {
         let s = resolve("", Overrides::default()).unwrap();
         assert_eq!(s.agent.interval, Duration::from_secs(60));
-        assert_eq!(s.agent.ship.outputs, [Output::Stdout]);
+        assert_eq!(s.agent.ship.outputs, [Output::stdout()]);
         assert_eq!(s.agent.max_flows, 65_536);
         assert_eq!(s.agent.pin_root.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/flowlog")));
         assert_eq!(s.agent.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));
@@ -459,6 +632,30 @@ mod tests {
         let s = resolve("interval = 10\naccount-id = \"123456789012\"", Overrides::default()).unwrap();
         let r = s.render();
         assert!(r.contains("interval = 10\n") && r.contains("account-id = \"123456789012\"\n") && r.contains("pin = true\n"), "{r}");
+        // Enums as the file spells them.
+        let o = Overrides { ingress_hook: Some("xdp".into()), on_exit: Some("keep".into()), traffic_type: Some("REJECT".into()), ..Default::default() };
+        let r = resolve("", o).unwrap().render();
+        for line in ["ingress-hook = \"xdp\"\n", "on-exit = \"keep\"\n", "traffic-type = \"REJECT\"\n"] {
+            assert!(r.contains(line), "{line:?} not in {r}");
+        }
+    }
+
+    /// A key given by flags or variables wins; a list replaces the file's
+    /// whole; what only the file has (sections, `pin`) stays.
+    #[test]
+    fn layers_merge_per_key() {
+        let file = FileConfig::parse("interval = 600\nlog = \"debug\"\npin = false\nreject-reasons = [\"NO_SOCKET\"]\n[filters]\nprotocols = [6]\ninclude-ports = [80]\n[metadata]\nrefresh-interval-secs = 5").unwrap();
+        let flags = Overrides {
+            interval: Some(5),
+            reject_reasons: vec!["NETFILTER_DROP".into(), "TCP_CSUM".into()],
+            filters: Filters { protocols: vec![17], ..Default::default() },
+            ..Default::default()
+        };
+        let k = flags.over(file);
+        assert_eq!((k.interval, k.log.as_deref(), k.pin), (Some(5), Some("debug"), Some(false)));
+        assert_eq!(k.reject_reasons, ["NETFILTER_DROP", "TCP_CSUM"]);
+        assert_eq!((k.filters.protocols, k.filters.include_ports), (vec![17], vec![80]));
+        assert_eq!(k.metadata.refresh_interval_secs, 5);
     }
 }
 
@@ -478,7 +675,7 @@ mod example {
         assert_eq!(s.render(), d.render());
         assert_eq!(parsed.metadata, MetadataConfig::default());
         assert_eq!(parsed.enrich, EnrichConfig::default());
-        assert_eq!(parsed.filters, KernelFilters::default());
+        assert_eq!(parsed.filters, Filters::default());
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",

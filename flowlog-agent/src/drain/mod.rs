@@ -1,10 +1,10 @@
 //! The drain stage: reads the kernel flow tables once per window, exactly
 //! once per packet ([`sys`] has the raw `bpf()` calls aya lacks, [`clock`]
-//! turns kernel times into Unix time).
+//! turns kernel times into Unix time; both in the base [`crate::bpf`]).
 //!
 //! The programs write to the generation named in `GENERATION[0]`. To close a
 //! window the agent writes the other generation there and then waits for an
-//! RCU grace period ([`RcuBarrier`]): programs that read the old value have
+//! RCU grace period ([`sys::RcuBarrier`]): programs that read the old value have
 //! finished, new ones use the new table. The old table is then quiescent: it
 //! is read in batches, the records are shipped, and only then is it emptied
 //! ([`FlowTables::release`]). An agent killed between reading and releasing
@@ -17,9 +17,6 @@
 //! duplicate slots of one flow (racing inserts) added together, and emptied
 //! by zeroing the slots read, through the mapping again.
 
-pub mod clock;
-pub mod sys;
-
 use std::os::fd::AsFd;
 
 use anyhow::{anyhow, Context, Result};
@@ -29,7 +26,7 @@ use aya::{
 };
 use flowlog_common::{counters, maps, FlowKey, FlowSlot, FlowStats, InsertFailures, RejectKey, GENERATION_GRACE, SLOT_PROBES};
 
-use crate::capture::probe::TableKind;
+use crate::bpf::{clock, sys, TableKind};
 
 
 /// Everything one window counted.

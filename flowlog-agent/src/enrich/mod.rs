@@ -10,7 +10,7 @@
 //! the filters.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
@@ -103,10 +103,6 @@ pub struct Enrichment {
     /// Flows native flow logs do not record.
     pub exclusions: Option<Exclusions>,
     pub traffic_type: TrafficType,
-    /// ifindex → the interface's addresses, primary private IPv4 first, for
-    /// `srcaddr`/`dstaddr` normalisation. Interfaces not listed keep the
-    /// packet addresses.
-    pub interface_addrs: HashMap<u32, Vec<IpAddr>>,
     /// `reject-reason` text of kernel drop reasons (none: `-`).
     pub reject_reasons: RejectReasons,
 }
@@ -216,8 +212,9 @@ pub enum EnrichError {
 impl EnrichConfig {
     /// Loads the files and builds the lookups. `vpc_cidrs` locate the VPC
     /// router and DNS addresses; `exclusions_by_default` is the mode's
-    /// default when the config does not say (on in EC2 mode).
-    pub fn build(&self, vpc_cidrs: &[IpNet], exclusions_by_default: bool) -> Result<Enrichment, EnrichError> {
+    /// default when the config does not say (on in EC2 mode);
+    /// `reject_reasons` name the kernel's drop reasons in REJECT records.
+    pub fn build(&self, vpc_cidrs: &[IpNet], exclusions_by_default: bool, reject_reasons: RejectReasons) -> Result<Enrichment, EnrichError> {
         self.tag_fields.validate().map_err(EnrichError::TagFields)?;
         let aws_services = self.ip_ranges.as_deref().map(AwsServices::load).transpose()?;
         let routes = if self.route_table.routes.is_empty() { None } else { Some(RouteTable::new(&self.route_table)?) };
@@ -228,7 +225,7 @@ impl EnrichConfig {
                 let cidrs: Vec<IpNet> = self.vpc_cidrs.iter().chain(vpc_cidrs).copied().collect();
                 Exclusions::from_config(&self.exclusions, &cidrs)
             });
-        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, interface_addrs: HashMap::new(), reject_reasons: RejectReasons::default() })
+        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, reject_reasons })
     }
 }
 
@@ -365,8 +362,8 @@ pub fn for_each_record(
     for meta in &order {
         let lo = slots.partition_point(|s| s.ifindex() < meta.ifindex);
         let hi = lo + slots[lo..].partition_point(|s| s.ifindex() == meta.ifindex);
-        let from_meta = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
-        let addrs = enrichment.and_then(|e| e.interface_addrs.get(&meta.ifindex)).or(from_meta.as_ref());
+        // Interfaces without known addresses keep the packet addresses.
+        let addrs = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
         let mut rec = base_record(host, meta, w_start, w_end, LogStatus::Ok);
         let mut written = 0usize;
         for slot in &slots[lo..hi] {
@@ -379,7 +376,7 @@ pub fn for_each_record(
                     continue;
                 }
             }
-            let (src, dst) = match addrs {
+            let (src, dst) = match &addrs {
                 Some(a) => semantics::normalise_addrs(dir, pkt_src, pkt_dst, a),
                 None => (pkt_src, pkt_dst),
             };
@@ -460,6 +457,16 @@ mod tests {
 
     fn iface(ifindex: u32, id: &str) -> InterfaceMeta {
         InterfaceMeta { ifindex, name: format!("veth{ifindex}"), interface_id: id.into(), meta: None, tags: None, ecs: None }
+    }
+
+    /// [`iface`] whose metadata lists these IPv4 addresses, the first the
+    /// primary (as IMDS lists them).
+    fn iface_with_addrs(ifindex: u32, id: &str, addrs: &[&str]) -> InterfaceMeta {
+        use crate::metadata::{HostMetadata, LinkId};
+        let mut m = InterfaceMetadata::derived(&LinkId::new(format!("veth{ifindex}"), None), &HostMetadata::default(), "machine-1");
+        m.ipv4s = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        m.primary_ipv4 = m.ipv4s.first().copied();
+        InterfaceMeta { meta: Some(Arc::new(m)), ..iface(ifindex, id) }
     }
 
     fn drained(flows: Vec<(FlowKey, FlowStats)>, fails: Vec<(u32, InsertFailures)>, unattributed: u64) -> Drained {
@@ -620,7 +627,6 @@ mod tests {
         let e = Enrichment {
             aws_services: Some(AwsServices::from_json(IP_RANGES).unwrap()),
             routes: Some(RouteTable::new(&routes).unwrap()),
-            interface_addrs: HashMap::from([(2, vec!["10.0.0.71".parse().unwrap()])]),
             ..Enrichment::default()
         };
         // One packet with SYN, ACK and FIN; SYN and FIN in separate packets.
@@ -636,7 +642,7 @@ mod tests {
         // The reply leaves a little after the request arrived (same second).
         d.flows[1].1.first_seen_ns += 1_000;
         let host = HostMeta::new("123456789012");
-        let records = build_records(&host, &[iface(2, "eni-1235b8ca123456789")], &d, Some(&e));
+        let records = build_records(&host, &[iface_with_addrs(2, "eni-1235b8ca123456789", &["10.0.0.71"])], &d, Some(&e));
         let f = flowlog_records::format::Format::parse(flowlog_records::vectors::V5_FORMAT).unwrap();
         let got: Vec<String> = records.into_iter().map(|r| f.line(&flowlog_records::vectors::v5_interface_meta(r))).collect();
         assert_eq!(got, flowlog_records::vectors::V5_LINES);
@@ -650,7 +656,7 @@ mod tests {
             route_table: serde_json::from_str(r#"{"routes": [{"destination": "10.0.0.0/16", "target": "local"}]}"#).unwrap(),
             ..EnrichConfig::default()
         }
-        .build(&[], false)
+        .build(&[], false, RejectReasons::default())
         .unwrap();
         let me = "10.0.128.55";
         let mut flows = Vec::new();
@@ -691,10 +697,6 @@ mod tests {
     /// in `pkt-*`.
     #[test]
     fn addresses_normalised_per_interface() {
-        let e = Enrichment {
-            interface_addrs: HashMap::from([(2, vec!["10.0.0.5".parse().unwrap(), "10.0.0.6".parse().unwrap()])]),
-            ..Enrichment::default()
-        };
         let d = drained_at(
             vec![
                 flow(2, "198.51.100.7", "10.0.0.6", (5000, 22), 6, direction::INGRESS, (3, 180), (102, 103), 0x02),
@@ -703,14 +705,15 @@ mod tests {
             ],
             (100, 160),
         );
-        let records = build_records(&HostMeta::new("1"), &[iface(2, "eni-a"), iface(3, "eni-b")], &d, Some(&e));
+        let ifaces = [iface_with_addrs(2, "eni-a", &["10.0.0.5", "10.0.0.6"]), iface(3, "eni-b")];
+        let records = build_records(&HostMeta::new("1"), &ifaces, &d, Some(&Enrichment::default()));
         let f = flowlog_records::format::Format::parse("${interface-id} ${srcaddr} ${dstaddr} ${pkt-srcaddr} ${pkt-dstaddr}").unwrap();
         assert_eq!(
             records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
             [
                 "eni-a 198.51.100.7 10.0.0.5 198.51.100.7 10.0.0.6",
                 "eni-a 10.0.0.5 198.51.100.7 203.0.113.9 198.51.100.7",
-                // No address list for this interface: packet addresses.
+                // No addresses known for this interface: packet addresses.
                 "eni-b 198.51.100.7 10.0.0.6 198.51.100.7 10.0.0.6",
             ]
         );
@@ -730,7 +733,7 @@ mod tests {
         let host = HostMeta::new("1");
         let ifaces = [iface(2, "eni-a"), iface(3, "eni-b")];
         let cfg: EnrichConfig = serde_json::from_str(r#"{"exclusions": {}, "traffic-type": "ALL"}"#).unwrap();
-        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], true).unwrap();
+        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], true, RejectReasons::default()).unwrap();
         assert_eq!(
             lines(&build_records(&host, &ifaces, &d, Some(&e))),
             [
@@ -739,7 +742,7 @@ mod tests {
             ]
         );
         // Off by default outside EC2 mode: everything is written.
-        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], false).unwrap();
+        let e = cfg.build(&["10.0.0.0/16".parse().unwrap()], false, RejectReasons::default()).unwrap();
         assert_eq!(build_records(&host, &ifaces, &d, Some(&e)).len(), 4);
         // A REJECT-only log has nothing to say about accepted traffic.
         let e = Enrichment { traffic_type: TrafficType::Reject, ..Enrichment::default() };
@@ -751,17 +754,83 @@ mod tests {
         assert_eq!(build_records(&host, &ifaces, &d, None).len(), 4);
     }
 
+    /// ACCEPT and REJECT entries of one flow become separate records (an
+    /// emptied ACCEPT entry none), filtered by the traffic type.
+    #[test]
+    fn records_split_accept_and_reject_and_filter_by_traffic_type() {
+        use flowlog_common::RejectKey;
+        use flowlog_records::format::Format;
+        let st = |p: u64, first: u64, last: u64, flags: u8| FlowStats {
+            packets: p,
+            bytes: p * 100,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags: TcpFlagsSeen::of_packet(flags),
+            _pad: 0,
+        };
+        let k = key(2, 1, 6, direction::INGRESS);
+        let emptied = FlowKey { src_port: 2, ..k };
+        let egress = FlowKey { src_port: 3, direction: direction::EGRESS, ..k };
+        let sec = 1_000_000_000u64;
+        let d = Drained::from_parts(
+            vec![(k, st(4, 100 * sec, 101 * sec, 0x10)), (emptied, st(0, 100 * sec, 100 * sec, 0x02))],
+            vec![],
+            0,
+            1_700_000_000 * sec as i128,
+            1_700_000_100 * sec,
+            1_700_000_160 * sec,
+        )
+        .with_rejects(vec![
+            (RejectKey { flow: k, reason: 10 }, st(3, 102 * sec, 103 * sec, 0x02)),
+            (RejectKey { flow: emptied, reason: 10 }, st(2, 100 * sec, 100 * sec, 0x02)),
+            (RejectKey { flow: egress, reason: 12 }, st(1, 105 * sec, 105 * sec, 0)),
+        ]);
+        let host = HostMeta::new("1");
+        let ifaces = [InterfaceMeta { ifindex: 2, name: "veth0".into(), interface_id: "eni-a".into(), meta: None, tags: None, ecs: None }, InterfaceMeta { ifindex: 3, name: "veth1".into(), interface_id: "eni-b".into(), meta: None, tags: None, ecs: None }];
+        let reasons = RejectReasons { by_value: std::collections::HashMap::from([(10, ("NETFILTER_DROP".into(), None)), (12, ("NO_SOCKET".into(), Some("CLOSED".into())))]) };
+        let fmt = Format::parse("${interface-id} ${srcport} ${packets} ${bytes} ${start} ${action} ${log-status} ${flow-direction} ${reject-reason}").unwrap();
+        let run = |t: TrafficType| -> Vec<String> {
+            let e = Enrichment { traffic_type: t, reject_reasons: reasons.clone(), ..Enrichment::default() };
+            build_records(&host, &ifaces, &d, Some(&e)).iter().map(|r| fmt.line(r)).collect()
+        };
+        assert_eq!(
+            run(TrafficType::All),
+            [
+                "eni-a 1 4 400 1700000100 ACCEPT OK ingress -",
+                // The emptied ACCEPT entry (all its packets dropped) has no record.
+                "eni-a 2 2 200 1700000100 REJECT OK ingress -",
+                "eni-a 1 3 300 1700000102 REJECT OK ingress -",
+                "eni-a 3 1 100 1700000105 REJECT OK egress CLOSED",
+                "eni-b - - - 1700000100 - NODATA - -",
+            ]
+        );
+        assert_eq!(run(TrafficType::Accept), ["eni-a 1 4 400 1700000100 ACCEPT OK ingress -", "eni-b - - - 1700000100 - NODATA - -"]);
+        assert_eq!(
+            run(TrafficType::Reject),
+            [
+                "eni-a 2 2 200 1700000100 REJECT OK ingress -",
+                "eni-a 1 3 300 1700000102 REJECT OK ingress -",
+                "eni-a 3 1 100 1700000105 REJECT OK egress CLOSED",
+                "eni-b - - - 1700000100 - NODATA - -",
+            ]
+        );
+        // Without a mapping every reject-reason is `-`.
+        let plain = build_records(&host, &ifaces, &d, None);
+        assert!(plain.iter().all(|r| r.reject_reason.is_none()));
+        assert_eq!(plain.iter().filter(|r| r.action == Some(flowlog_records::record::Action::Reject)).count(), 3);
+    }
+
     #[test]
     fn enrich_config_errors() {
         let bad_routes: EnrichConfig = serde_json::from_str(
             r#"{"route-table": {"routes": [{"destination": "0.0.0.0/0", "target": "igw"}, {"destination": "0.0.0.0/0", "target": "vgw"}]}}"#,
         )
         .unwrap();
-        assert_eq!(bad_routes.build(&[], true).unwrap_err().to_string(), "route table: destination 0.0.0.0/0 is listed twice");
+        assert_eq!(bad_routes.build(&[], true, RejectReasons::default()).unwrap_err().to_string(), "route table: destination 0.0.0.0/0 is listed twice");
         let missing = EnrichConfig { ip_ranges: Some("/nonexistent/ip-ranges.json".into()), ..EnrichConfig::default() };
-        assert!(missing.build(&[], true).unwrap_err().to_string().starts_with("cannot read AWS ip-ranges file /nonexistent/ip-ranges.json: "));
+        assert!(missing.build(&[], true, RejectReasons::default()).unwrap_err().to_string().starts_with("cannot read AWS ip-ranges file /nonexistent/ip-ranges.json: "));
         assert!(serde_json::from_str::<EnrichConfig>(r#"{"routes": []}"#).is_err());
-        let empty = EnrichConfig::default().build(&[], true).unwrap();
+        let empty = EnrichConfig::default().build(&[], true, RejectReasons::default()).unwrap();
         assert!(empty.aws_services.is_none() && empty.routes.is_none() && empty.exclusions.is_some());
         assert_eq!(empty.traffic_type, TrafficType::All);
     }

@@ -249,7 +249,7 @@ impl MetadataConfig {
             #[serde(default)]
             metadata: MetadataConfig,
         }
-        let d: Doc = crate::config::de::from_toml(doc).map_err(ConfigError::Toml)?;
+        let d: Doc = crate::toml_de::from_toml(doc).map_err(ConfigError::Toml)?;
         d.metadata.validate()?;
         Ok(d.metadata)
     }

@@ -21,7 +21,8 @@
 //!     Ok(s) => s,
 //!     Err(e) => { warn!("metadata: {e}"); provider.cached(&links) }
 //! };
-//! // ... again every cfg.refresh_interval(), so hot-plugged ENIs get their ids.
+//! // ... again every cfg.refresh_interval(), so hot-plugged ENIs get their ids:
+//! // [`refresh::Refresher`] does both off the capture path.
 //! ```
 //! `refresh` may wait on the network (bounded by the EC2 retry settings), so
 //! the agent should run it off the capture path; `cached` never does I/O.
@@ -44,6 +45,7 @@ pub mod ec2;
 pub mod imds;
 pub mod model;
 pub mod onprem;
+pub mod refresh;
 
 
 use std::path::Path;

@@ -1,16 +1,18 @@
 //! What the AWS destinations share: the SDK configuration (default
-//! credential chain, region, endpoint override), error classification and
-//! the retry loop with jittered exponential backoff.
+//! credential chain, region, endpoint override), the per-output AWS options
+//! of an output URL, and the classification of SDK errors into
+//! [`Failure`]s (the retry loop itself is in [`super::retry`]).
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
-use tracing::{error, warn};
 
-use super::{destination::ShipStats, stop::Stop};
+use super::retry::Failure;
+/// Still reachable here, where it was first defined.
+pub use super::retry::RetryPolicy;
 
 #[derive(Clone, Debug, Default)]
 pub struct AwsSettings {
@@ -57,6 +59,32 @@ impl OutputAws {
             .into_iter()
             .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
             .collect()
+    }
+}
+
+/// The options every AWS destination takes, after the kinds' syntax.
+pub const OUTPUT_SYNTAX: &str = "the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>";
+
+impl OutputAws {
+    /// Takes the AWS options (region, endpoint, role-arn) out of the query
+    /// `q` of output `s`; returns them and the rest of the query.
+    pub fn take(s: &str, q: Option<&str>) -> Result<(OutputAws, Option<String>), String> {
+        let mut a = OutputAws::default();
+        let mut rest = Vec::new();
+        for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
+            let slot = match kv.split_once('=') {
+                Some(("region", v)) => Some((&mut a.region, v)),
+                Some(("endpoint", v)) => Some((&mut a.endpoint, v)),
+                Some(("role-arn" | "role_arn", v)) => Some((&mut a.role_arn, v)),
+                _ => None,
+            };
+            match slot {
+                Some((slot, v)) => *slot = Some(v.to_string()),
+                None => rest.push(kv),
+            }
+        }
+        a.validate().map_err(|e| format!("invalid output {s:?}: {e}"))?;
+        Ok((a, if rest.is_empty() { None } else { Some(rest.join("&")) }))
     }
 }
 
@@ -133,45 +161,6 @@ pub async fn sdk_config_with(s: &AwsSettings, retry: RetryConfig, attempt_timeou
         Some(_) => {}
     }
     Ok(c)
-}
-
-/// What went wrong with one call.
-#[derive(Debug)]
-pub enum Failure {
-    /// Throttling, 5xx, network: retry.
-    Transient(String),
-    /// Access denied, bad or expired credentials: retry (slowly), loudly.
-    Auth(String),
-    /// The log group/stream, bucket or delivery stream is missing.
-    NotFound(String),
-    /// Anything else the service refused.
-    Other(String),
-}
-
-impl Failure {
-    /// The `reason` label of `flowlog_output_errors_total`, in the order
-    /// of [`Failure::reason_index`].
-    pub const REASONS: [&'static str; 4] = ["transient", "access_denied", "not_found", "other"];
-
-    pub fn reason_index(&self) -> usize {
-        match self {
-            Failure::Transient(_) => 0,
-            Failure::Auth(_) => 1,
-            Failure::NotFound(_) => 2,
-            Failure::Other(_) => 3,
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Transient(m) => write!(f, "transient: {m}"),
-            Failure::Auth(m) => write!(f, "access denied or bad credentials: {m}"),
-            Failure::NotFound(m) => write!(f, "not found: {m}"),
-            Failure::Other(m) => write!(f, "{m}"),
-        }
-    }
 }
 
 const AUTH_CODES: &[&str] = &[
@@ -257,93 +246,6 @@ impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
     }
 }
 
-/// Exponential backoff with jitter: attempt n waits a random time in
-/// [d/2, d], d = min(max, base × 2^n).
-#[derive(Clone, Copy, Debug)]
-pub struct RetryPolicy {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { base: Duration::from_millis(200), max: Duration::from_secs(60) }
-    }
-}
-
-impl RetryPolicy {
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let d = self.base.saturating_mul(1u32 << attempt.min(20)).min(self.max);
-        let half = d / 2;
-        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
-    }
-}
-
-/// The call was given up because the shutdown deadline passed; the data
-/// stays in the spool.
-#[derive(Debug)]
-pub struct Interrupted;
-
-/// Runs `f` until it succeeds, sleeping with backoff between failures, or
-/// until the shutdown deadline passes. Every attempt is counted in `stats`
-/// (last success, failures by reason).
-pub async fn retry<T, F, Fut>(dest: &str, what: &str, policy: &RetryPolicy, stats: &ShipStats, stop: &Stop, mut f: F) -> Result<T, Interrupted>
-where
-    F: FnMut(u32) -> Fut,
-    Fut: Future<Output = Result<T, Failure>>,
-{
-    let mut attempt = 0u32;
-    loop {
-        let r = tokio::select! {
-            r = f(attempt) => r,
-            _ = stop.expired() => return Err(Interrupted),
-        };
-        match r {
-            Ok(v) => {
-                stats.succeeded();
-                if attempt > 0 {
-                    tracing::info!(destination = dest, operation = what, attempts = attempt + 1, "succeeded after retries");
-                }
-                return Ok(v);
-            }
-            Err(e) => {
-                stats.failed(&e);
-                let first = attempt.is_multiple_of(10);
-                match &e {
-                    Failure::Auth(_) | Failure::Other(_) if first => error!(destination = dest, operation = what, attempt, "{e}; retrying (records stay in the spool)"),
-                    _ if first => warn!(destination = dest, operation = what, attempt, "{e}; retrying"),
-                    _ => tracing::debug!(destination = dest, operation = what, attempt, "{e}; retrying"),
-                }
-                // Auth and unknown errors are not fixed by retrying quickly.
-                let a = match e {
-                    Failure::Auth(_) | Failure::Other(_) => attempt + 4,
-                    _ => attempt,
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(policy.delay(a)) => {},
-                    _ = stop.expired() => return Err(Interrupted),
-                }
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// Startup checks: a definite refusal (missing resource, access denied) is
-/// an error; an unreachable service is only a warning (the spool holds the
-/// records until it comes back).
-pub fn startup_check(dest: &str, f: Failure) -> Result<()> {
-    match f {
-        Failure::Transient(m) => {
-            warn!(destination = dest, "no usable answer from the service at startup ({m}); records are spooled until it answers");
-            Ok(())
-        }
-        Failure::Auth(m) => bail!("{dest}: access denied or invalid credentials: {m}"),
-        Failure::NotFound(m) => bail!("{dest}: does not exist: {m}"),
-        Failure::Other(m) => bail!("{dest}: {m}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,16 +257,6 @@ mod tests {
         }
         for r in ["", "US-EAST-1", "us east 1", "us_east_1", "us-east-1/", "ü-1"] {
             assert!(!valid_region(r), "{r}");
-        }
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let p = RetryPolicy { base: Duration::from_millis(100), max: Duration::from_secs(2) };
-        for a in 0..30 {
-            let d = p.delay(a);
-            let full = Duration::from_millis(100).saturating_mul(1 << a.min(20)).min(Duration::from_secs(2));
-            assert!(d >= full / 2 && d <= full, "{a}: {d:?}");
         }
     }
 }

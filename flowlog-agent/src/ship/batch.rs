@@ -327,22 +327,15 @@ mod tests {
         // 2018-06-20T16:24:59Z → bucket 16:20.
         let end = 1_529_511_899;
         let b = bucket_of(end);
-        assert_eq!(
-            layout(false, false, FileFormat::Text).key(b, "fe123456"),
-            "logs/x/AWSLogs/123456789012/vpcflowlogs/us-east-1/2018/06/20/123456789012_vpcflowlogs_us-east-1_fl-1234abcd_20180620T1620Z_fe123456.log.gz"
-        );
-        assert_eq!(
-            layout(false, true, FileFormat::Text).folder(b),
-            "logs/x/AWSLogs/123456789012/vpcflowlogs/us-east-1/2018/06/20/16/"
-        );
-        assert_eq!(
-            layout(true, false, FileFormat::Parquet).key(b, "00000000"),
-            "logs/x/AWSLogs/aws-account-id=123456789012/aws-service=vpcflowlogs/aws-region=us-east-1/year=2018/month=06/day=20/123456789012_vpcflowlogs_us-east-1_fl-1234abcd_20180620T1620Z_00000000.log.parquet"
-        );
-        assert_eq!(
-            layout(true, true, FileFormat::Text).folder(b),
-            "logs/x/AWSLogs/aws-account-id=123456789012/aws-service=vpcflowlogs/aws-region=us-east-1/year=2018/month=06/day=20/hour=16/"
-        );
+        // AWS layouts: plain and hive, per day and per hour, text and Parquet.
+        for (got, want) in [
+            (layout(false, false, FileFormat::Text).key(b, "fe123456"), "logs/x/AWSLogs/123456789012/vpcflowlogs/us-east-1/2018/06/20/123456789012_vpcflowlogs_us-east-1_fl-1234abcd_20180620T1620Z_fe123456.log.gz"),
+            (layout(false, true, FileFormat::Text).folder(b), "logs/x/AWSLogs/123456789012/vpcflowlogs/us-east-1/2018/06/20/16/"),
+            (layout(true, false, FileFormat::Parquet).key(b, "00000000"), "logs/x/AWSLogs/aws-account-id=123456789012/aws-service=vpcflowlogs/aws-region=us-east-1/year=2018/month=06/day=20/123456789012_vpcflowlogs_us-east-1_fl-1234abcd_20180620T1620Z_00000000.log.parquet"),
+            (layout(true, true, FileFormat::Text).folder(b), "logs/x/AWSLogs/aws-account-id=123456789012/aws-service=vpcflowlogs/aws-region=us-east-1/year=2018/month=06/day=20/hour=16/"),
+        ] {
+            assert_eq!(got, want);
+        }
         let mut l = layout(false, false, FileFormat::Text);
         l.prefix.clear();
         assert!(l.folder(0).starts_with("AWSLogs/123456789012/vpcflowlogs/us-east-1/1970/01/01/"));

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    aws::{Failure, Interrupted},
+    retry::{CallCounter, Failure, Interrupted},
     spool::Batch,
     stop::Stop,
 };
@@ -34,16 +34,18 @@ pub struct ShipStats {
     pub errors: [AtomicU64; Failure::REASONS.len()],
 }
 
-impl ShipStats {
-    pub fn succeeded(&self) {
+impl CallCounter for ShipStats {
+    fn succeeded(&self) {
         self.calls.fetch_add(1, Relaxed);
-        self.last_success_unix.store(crate::drain::clock::unix_ns() / 1_000_000_000, Relaxed);
+        self.last_success_unix.store(crate::bpf::clock::unix_ns() / 1_000_000_000, Relaxed);
     }
 
-    pub fn failed(&self, f: &Failure) {
+    fn failed(&self, f: &Failure) {
         self.errors[f.reason_index()].fetch_add(1, Relaxed);
     }
+}
 
+impl ShipStats {
     /// `(reason, failed calls)` for every reason.
     pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         Failure::REASONS.iter().zip(&self.errors).map(|(r, n)| (*r, n.load(Relaxed)))

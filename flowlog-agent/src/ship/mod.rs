@@ -7,21 +7,26 @@
 //!   acknowledges; a batch leaves the spool once every destination has
 //!   acknowledged it. A slow or failing destination holds only its own
 //!   cursor: capture and the other destinations go on.
+//!
+//! Each destination is a folder (`stdout/`, `file/`, `dir/`, `s3/`,
+//! `cloudwatch/`, `firehose/`) that parses its own output URL, checks and
+//! builds itself ([`output::OutputSpec`]), registered once in
+//! [`DESTINATIONS`]; the shipper only iterates them. `dir:` and `s3://`
+//! share one delivery path ([`object`]); every spooled destination retries
+//! with [`retry`].
 
 pub mod aws;
 pub mod batch;
-pub mod cloudwatch;
 pub mod destination;
-pub mod firehose;
+pub mod object;
+pub mod output;
 pub mod parquet;
-pub mod s3;
+pub mod perm;
+pub mod retry;
 pub mod spool;
 pub mod stop;
 
 use std::{
-    fmt,
-    fs::{File, OpenOptions},
-    io::{self, Write},
     path::{Path, PathBuf},
     str::FromStr,
     sync::Arc,
@@ -36,253 +41,41 @@ use flowlog_records::{
     format::Format,
     record::FlowRecord,
 };
-use batch::{CwLimits, FileFormat, Layout};
 use spool::{Batch, Spool, SpoolRecord};
 pub use destination::{BoxFut, Destination, ShipStats};
+pub use output::{Output, OutputSpec, Registration, Sink, StartContext};
 pub use stop::Stop;
 
-/// Options of the S3-layout destinations (`s3://…?format=parquet&hive&per-hour`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct LayoutOptions {
-    pub format: FileFormat,
-    pub hive: bool,
-    pub per_hour: bool,
+/// Declares the destination folders and lists them: a destination is one
+/// folder (its options, startup check and construction) plus its name here.
+macro_rules! destinations {
+    ($($dest:ident),* $(,)?) => {
+        $(pub mod $dest;)*
+        /// Every destination kind, in the order of the syntax help.
+        pub const DESTINATIONS: &[Registration] = &[$($dest::REGISTRATION),*];
+    };
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output {
-    Stdout,
-    /// Appends records to a file, one per line.
-    File(PathBuf),
-    /// The S3 layout in a local directory.
-    Dir { path: PathBuf, opts: LayoutOptions },
-    S3 { bucket: String, prefix: String, opts: LayoutOptions, aws: aws::OutputAws },
-    CloudWatch { group: String, retention_days: Option<i32>, aws: aws::OutputAws },
-    Firehose { stream: String, aws: aws::OutputAws },
-}
-
-const OUTPUT_SYNTAX: &str = "expected `stdout`, `file:<path>`, `dir:<path>[?options]`, `s3://<bucket>[/<prefix>][?options]` \
-(options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>";
-
-/// Takes the AWS options (region, endpoint, role-arn) out of a query;
-/// returns them and the rest of the query.
-fn take_aws(s: &str, q: Option<&str>) -> Result<(aws::OutputAws, Option<String>), String> {
-    let mut a = aws::OutputAws::default();
-    let mut rest = Vec::new();
-    for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
-        let slot = match kv.split_once('=') {
-            Some(("region", v)) => Some((&mut a.region, v)),
-            Some(("endpoint", v)) => Some((&mut a.endpoint, v)),
-            Some(("role-arn" | "role_arn", v)) => Some((&mut a.role_arn, v)),
-            _ => None,
-        };
-        match slot {
-            Some((slot, v)) => *slot = Some(v.to_string()),
-            None => rest.push(kv),
-        }
-    }
-    a.validate().map_err(|e| format!("invalid output {s:?}: {e}"))?;
-    Ok((a, if rest.is_empty() { None } else { Some(rest.join("&")) }))
-}
-
-fn query(parts: Vec<String>) -> String {
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", parts.join("&"))
-    }
-}
-
-fn parse_layout_opts(s: &str, q: Option<&str>) -> Result<LayoutOptions, String> {
-    let mut o = LayoutOptions::default();
-    for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
-        let flag = || match v {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" => Ok(false),
-            _ => Err(format!("invalid output {s:?}: {k}={v:?} is not true or false")),
-        };
-        match k {
-            "format" => {
-                o.format = match v {
-                    "text" | "plain-text" => FileFormat::Text,
-                    "parquet" => FileFormat::Parquet,
-                    _ => return Err(format!("invalid output {s:?}: format={v:?}: expected text or parquet")),
-                }
-            }
-            "hive" => o.hive = flag()?,
-            "per-hour" | "per_hour" => o.per_hour = flag()?,
-            _ => return Err(format!("invalid output {s:?}: unknown option {k:?} (format, hive, per-hour)")),
-        }
-    }
-    Ok(o)
-}
-
-fn layout_query(o: &LayoutOptions) -> Vec<String> {
-    let mut q = Vec::new();
-    if o.format == FileFormat::Parquet {
-        q.push("format=parquet".to_string());
-    }
-    if o.hive {
-        q.push("hive".to_string());
-    }
-    if o.per_hour {
-        q.push("per-hour".to_string());
-    }
-    q
-}
+destinations!(stdout, file, dir, s3, cloudwatch, firehose);
 
 impl FromStr for Output {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid output {s:?}: {OUTPUT_SYNTAX}");
-        if s == "stdout" || s == "-" {
-            return Ok(Output::Stdout);
-        }
-        if let Some(p) = s.strip_prefix("file:") {
-            return if p.is_empty() { Err(bad()) } else { Ok(Output::File(PathBuf::from(p))) };
-        }
-        if let Some(rest) = s.strip_prefix("dir:") {
-            let (p, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
-            if p.is_empty() {
-                return Err(bad());
+        match DESTINATIONS.iter().find_map(|d| (d.parse)(s)) {
+            Some(o) => o.map(|o| Output(o.into())),
+            None => {
+                let (last, rest) = DESTINATIONS.split_last().expect("destinations are registered");
+                let kinds = rest.iter().map(|d| d.syntax).collect::<Vec<_>>().join(", ");
+                Err(format!("invalid output {s:?}: expected {kinds} or {}; {}", last.syntax, aws::OUTPUT_SYNTAX))
             }
-            return Ok(Output::Dir { path: PathBuf::from(p), opts: parse_layout_opts(s, q)? });
-        }
-        if let Some(rest) = s.strip_prefix("s3://") {
-            let (p, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
-            let (aws, q) = take_aws(s, q)?;
-            let q = q.as_deref();
-            let (bucket, prefix) = p.split_once('/').unwrap_or((p, ""));
-            let prefix = prefix.trim_matches('/');
-            let valid_bucket = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-                && !bucket.starts_with(['-', '.'])
-                && !bucket.ends_with(['-', '.']);
-            if !valid_bucket {
-                return Err(format!("invalid output {s:?}: {bucket:?} is not a valid S3 bucket name (3-63 characters: a-z 0-9 . -)"));
-            }
-            if prefix.split('/').any(|c| c == "AWSLogs") {
-                return Err(format!("invalid output {s:?}: AWSLogs is reserved and cannot be part of the prefix"));
-            }
-            return Ok(Output::S3 { bucket: bucket.into(), prefix: prefix.into(), opts: parse_layout_opts(s, q)?, aws });
-        }
-        if let Some(rest) = s.strip_prefix("cloudwatch:") {
-            let (g, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
-            let (aws, q) = take_aws(s, q)?;
-            let q = q.as_deref();
-            if g.is_empty() || g.len() > 512 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/#".contains(&b)) {
-                return Err(format!("invalid output {s:?}: log group names are 1-512 characters of a-z A-Z 0-9 . _ - / #"));
-            }
-            let mut retention_days = None;
-            for kv in q.unwrap_or("").split('&').filter(|x| !x.is_empty()) {
-                match kv.split_once('=') {
-                    Some(("retention", v)) => {
-                        retention_days = Some(v.parse::<i32>().ok().filter(|d| *d > 0).ok_or_else(|| format!("invalid output {s:?}: retention={v:?} is not a number of days"))?)
-                    }
-                    _ => return Err(format!("invalid output {s:?}: unknown option {kv:?} (retention=<days>)")),
-                }
-            }
-            return Ok(Output::CloudWatch { group: g.into(), retention_days, aws });
-        }
-        if let Some(rest) = s.strip_prefix("firehose:") {
-            let (st, q) = rest.split_once('?').map_or((rest, None), |(a, b)| (a, Some(b)));
-            let (aws, q) = take_aws(s, q)?;
-            if let Some(q) = q {
-                return Err(format!("invalid output {s:?}: unknown option {q:?} (region, endpoint, role-arn)"));
-            }
-            if st.is_empty() || st.len() > 64 || !st.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-                return Err(format!("invalid output {s:?}: delivery stream names are 1-64 characters of a-z A-Z 0-9 . _ -"));
-            }
-            return Ok(Output::Firehose { stream: st.into(), aws });
-        }
-        Err(bad())
-    }
-}
-
-impl fmt::Display for Output {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Output::Stdout => write!(f, "stdout"),
-            Output::File(p) => write!(f, "file:{}", p.display()),
-            Output::Dir { path, opts } => write!(f, "dir:{}{}", path.display(), query(layout_query(opts))),
-            Output::S3 { bucket, prefix, opts, aws } => {
-                write!(f, "s3://{bucket}")?;
-                if !prefix.is_empty() {
-                    write!(f, "/{prefix}")?;
-                }
-                write!(f, "{}", query([layout_query(opts), aws.query()].concat()))
-            }
-            Output::CloudWatch { group, retention_days, aws } => {
-                write!(f, "cloudwatch:{group}")?;
-                let r = retention_days.iter().map(|d| format!("retention={d}")).collect();
-                write!(f, "{}", query([r, aws.query()].concat()))
-            }
-            Output::Firehose { stream, aws } => write!(f, "firehose:{stream}{}", query(aws.query())),
         }
     }
 }
 
 impl Output {
-    /// The per-output AWS options of an AWS destination.
-    pub fn aws(&self) -> Option<&aws::OutputAws> {
-        match self {
-            Output::S3 { aws, .. } | Output::CloudWatch { aws, .. } | Output::Firehose { aws, .. } => Some(aws),
-            _ => None,
-        }
-    }
-
-    /// Whether records for it go through the spool.
-    pub fn spooled(&self) -> bool {
-        !matches!(self, Output::Stdout | Output::File(_))
-    }
-}
-
-pub enum Sink {
-    Stdout(io::Stdout),
-    File { path: PathBuf, file: File },
-}
-
-impl Sink {
-    pub fn open(o: &Output) -> Result<Sink> {
-        Ok(match o {
-            Output::Stdout => Sink::Stdout(io::stdout()),
-            Output::File(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-                }
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("opening output file {}", path.display()))?;
-                Sink::File { path: path.clone(), file }
-            }
-            other => anyhow::bail!("{other} is a spooled output, not a direct sink"),
-        })
-    }
-
-    /// Writes a batch of newline-terminated records in one go.
-    pub fn write_batch(&mut self, lines: &[u8]) -> Result<()> {
-        match self {
-            Sink::Stdout(s) => {
-                let mut l = s.lock();
-                l.write_all(lines)?;
-                l.flush()?;
-            }
-            Sink::File { path, file } => {
-                file.write_all(lines).with_context(|| format!("writing {}", path.display()))?;
-                file.flush()?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Sink::Stdout(_) => "stdout".into(),
-            Sink::File { path, .. } => format!("file:{}", path.display()),
-        }
+    /// The default output.
+    pub fn stdout() -> Output {
+        Output(Arc::new(stdout::Stdout))
     }
 }
 
@@ -329,7 +122,7 @@ pub fn spool_dir_for(state_directory: Option<&std::ffi::OsStr>) -> PathBuf {
 impl Default for ShipConfig {
     fn default() -> Self {
         ShipConfig {
-            outputs: vec![Output::Stdout],
+            outputs: vec![Output::stdout()],
             account_id: "unknown".into(),
             aws: aws::AwsSettings::default(),
             flow_log_id: "fl-00000000000000000".into(),
@@ -340,24 +133,6 @@ impl Default for ShipConfig {
             retry: aws::RetryPolicy::default(),
             shutdown_timeout: Duration::from_secs(10),
         }
-    }
-}
-
-/// An `s3://` output writes the account and region into every key
-/// (`AWSLogs/<account>/vpcflowlogs/<region>/`), where Athena's partitions,
-/// bucket policies and `compare` look for them: a placeholder such as
-/// `unknown` would put the records where no reader finds them.
-pub fn check_s3_identity(output: &str, account: &str, region: Option<&str>) -> Result<()> {
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        anyhow::bail!(
-            "{output}: the AWS account id is {account:?}, not a 12-digit account id; S3 keys need it (AWSLogs/<account>/...): \
-             set `account-id` in the config file or --account-id, or `account-id` in [metadata.onprem], or run where the instance metadata service gives it"
-        );
-    }
-    match region {
-        None => anyhow::bail!("{output}: no AWS region; S3 keys need it (AWSLogs/<account>/vpcflowlogs/<region>/): set `region` in the config file, --region or AWS_REGION"),
-        Some(r) if !aws::valid_region(r) => anyhow::bail!("{output}: invalid AWS region {r:?}: expected lowercase letters, digits and dashes, such as us-east-1"),
-        Some(_) => Ok(()),
     }
 }
 
@@ -420,7 +195,7 @@ impl WindowWriter<'_> {
 
 /// Fan-out to every configured output.
 pub struct Shipper {
-    direct: Vec<Sink>,
+    direct: Vec<Box<dyn Sink>>,
     spool: Option<Spool>,
     tasks: Vec<(String, JoinHandle<()>)>,
     stop_tx: watch::Sender<Option<Instant>>,
@@ -436,7 +211,7 @@ impl Shipper {
     /// bucket, log group or delivery stream, bad region, access denied, an
     /// unusable spool directory) and starts one task per spooled output.
     pub async fn start(cfg: &ShipConfig) -> Result<Shipper> {
-        let direct = cfg.outputs.iter().filter(|o| !o.spooled()).map(Sink::open).collect::<Result<Vec<_>>>()?;
+        let direct = cfg.outputs.iter().filter(|o| !o.spooled()).map(|o| o.open()).collect::<Result<Vec<_>>>()?;
         let spooled: Vec<&Output> = cfg.outputs.iter().filter(|o| o.spooled()).collect();
         let (stop_tx, stop_rx) = watch::channel(None);
         let mut sh = Shipper { direct, spool: None, tasks: Vec::new(), stop_tx, shutdown_timeout: cfg.shutdown_timeout, stats: Vec::new(), text: Vec::new() };
@@ -463,69 +238,31 @@ impl Shipper {
                 }
             }
         }
-        let sdk_for = |a: &aws::OutputAws| sdks.iter().find(|(k, _)| k == a).map(|(_, c)| c).unwrap();
-        for (o, name) in spooled.iter().zip(&names) {
-            if let Output::S3 { aws, .. } = o {
-                let r = aws.region.clone().or_else(|| known_region.clone());
-                check_s3_identity(name, &cfg.account_id, r.as_deref())?;
-            }
+        let cxs: Vec<StartContext> = spooled
+            .iter()
+            .zip(&names)
+            .map(|(o, name)| {
+                let stats = Arc::new(ShipStats::default());
+                sh.stats.push((name.clone(), stats.clone()));
+                StartContext {
+                    name,
+                    account_id: &cfg.account_id,
+                    flow_log_id: &cfg.flow_log_id,
+                    aws: &cfg.aws,
+                    known_region: known_region.as_deref(),
+                    sdk: o.aws().map(|a| sdks.iter().find(|(k, _)| k == a).map(|(_, c)| c).expect("loaded above")),
+                    objects: &cfg.objects,
+                    retry: cfg.retry,
+                    stats,
+                }
+            })
+            .collect();
+        for (o, cx) in spooled.iter().zip(&cxs) {
+            o.validate(cx)?;
         }
-        // Only `dir:` outputs may lack a region (a machine outside AWS).
-        let region = known_region.unwrap_or_else(|| "local".into());
         let mut dests: Vec<Box<dyn Destination>> = Vec::new();
-        for (o, name) in spooled.iter().zip(&names) {
-            let stats = Arc::new(ShipStats::default());
-            sh.stats.push((name.clone(), stats.clone()));
-            let layout = |prefix: &str, opts: &LayoutOptions, r: Option<&String>| Layout {
-                prefix: prefix.to_string(),
-                account_id: cfg.account_id.clone(),
-                region: r.unwrap_or(&region).clone(),
-                flow_log_id: cfg.flow_log_id.clone(),
-                hive: opts.hive,
-                per_hour: opts.per_hour,
-                format: opts.format,
-            };
-            match o {
-                Output::Dir { path, opts } => {
-                    let d = s3::DirDest { name: name.clone(), root: path.clone(), layout: layout("", opts, None), opts: cfg.objects.clone(), retry: cfg.retry, stats };
-                    d.check()?;
-                    dests.push(Box::new(d));
-                }
-                Output::S3 { bucket, prefix, opts, aws } => {
-                    let path_style = cfg.aws.endpoint_url.is_some() || aws.endpoint.is_some();
-                    let d = s3::S3Dest {
-                        name: name.clone(),
-                        client: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk_for(aws)).force_path_style(path_style).build()),
-                        bucket: bucket.clone(),
-                        layout: layout(prefix, opts, aws.region.as_ref()),
-                        opts: cfg.objects.clone(),
-                        retry: cfg.retry,
-                        stats,
-                    };
-                    d.check().await?;
-                    dests.push(Box::new(d));
-                }
-                Output::CloudWatch { group, retention_days, aws } => {
-                    let d = cloudwatch::CloudWatchDest {
-                        name: name.clone(),
-                        client: aws_sdk_cloudwatchlogs::Client::new(sdk_for(aws)),
-                        group: group.clone(),
-                        retention_days: *retention_days,
-                        limits: CwLimits::default(),
-                        retry: cfg.retry,
-                        stats,
-                        streams: Default::default(),
-                    };
-                    d.check().await?;
-                    dests.push(Box::new(d));
-                }
-                Output::Firehose { stream, aws } => {
-                    let d = firehose::FirehoseDest { name: name.clone(), client: aws_sdk_firehose::Client::new(sdk_for(aws)), stream: stream.clone(), retry: cfg.retry, stats };
-                    d.check().await?;
-                    dests.push(Box::new(d));
-                }
-                Output::Stdout | Output::File(_) => unreachable!(),
-            }
+        for (o, cx) in spooled.iter().zip(cxs) {
+            dests.push(o.start(cx).await?);
         }
         let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &names)?;
         for n in &names {
@@ -548,7 +285,7 @@ impl Shipper {
     }
 
     pub fn describe(&self) -> String {
-        self.direct.iter().map(Sink::describe).chain(self.tasks.iter().map(|(n, _)| n.clone())).collect::<Vec<_>>().join(",")
+        self.direct.iter().map(|s| s.describe()).chain(self.tasks.iter().map(|(n, _)| n.clone())).collect::<Vec<_>>().join(",")
     }
 
     /// Hands a window's records to every output (see [`Shipper::window`]).
@@ -641,7 +378,7 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flu
                     pending_bytes = 0;
                     first_at = None;
                 }
-                Err(aws::Interrupted) => {
+                Err(retry::Interrupted) => {
                     warn!(destination = %name, records = pending.iter().map(|b| b.records.len()).sum::<usize>(), "shutdown deadline passed; records stay in the spool");
                     return;
                 }
@@ -662,48 +399,31 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flu
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn s3_needs_a_12_digit_account_and_a_region() {
-        assert!(check_s3_identity("s3://b", "123456789012", Some("eusc-de-east-1")).is_ok());
-        let e = check_s3_identity("s3://b", "unknown", Some("us-east-1")).unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "s3://b: the AWS account id is \"unknown\", not a 12-digit account id; S3 keys need it (AWSLogs/<account>/...): \
-             set `account-id` in the config file or --account-id, or `account-id` in [metadata.onprem], or run where the instance metadata service gives it"
-        );
-        for a in ["12345678901", "1234567890123", "12345678901x", ""] {
-            assert!(check_s3_identity("s3://b", a, Some("us-east-1")).is_err(), "{a}");
-        }
-        assert_eq!(
-            check_s3_identity("s3://b", "123456789012", None).unwrap_err().to_string(),
-            "s3://b: no AWS region; S3 keys need it (AWSLogs/<account>/vpcflowlogs/<region>/): set `region` in the config file, --region or AWS_REGION"
-        );
-        assert!(check_s3_identity("s3://b", "123456789012", Some("US-EAST-1")).is_err());
-    }
+    use super::{
+        batch::FileFormat, cloudwatch::CloudWatchOutput, dir::DirOutput, file::FileOutput, firehose::FirehoseOutput, object::LayoutOptions, s3::S3Output, *,
+    };
 
     #[test]
     fn parses_outputs() {
-        assert_eq!("stdout".parse::<Output>(), Ok(Output::Stdout));
-        assert_eq!("file:/tmp/x.log".parse::<Output>(), Ok(Output::File("/tmp/x.log".into())));
+        assert_eq!("stdout".parse::<Output>(), Ok(Output::stdout()));
+        assert_eq!("file:/tmp/x.log".parse::<Output>().unwrap().spec(), Some(&FileOutput { path: "/tmp/x.log".into(), mode: None }));
         assert!("bogus".parse::<Output>().unwrap_err().starts_with("invalid output \"bogus\": expected `stdout`, `file:<path>`"));
         assert!("file:".parse::<Output>().is_err());
         let o = "s3://my-bucket/a/b/?format=parquet&hive".parse::<Output>().unwrap();
-        assert_eq!(o, Output::S3 { bucket: "my-bucket".into(), prefix: "a/b".into(), opts: LayoutOptions { format: FileFormat::Parquet, hive: true, per_hour: false }, aws: Default::default() });
+        assert_eq!(o.spec(), Some(&S3Output { bucket: "my-bucket".into(), prefix: "a/b".into(), opts: LayoutOptions { format: FileFormat::Parquet, hive: true, per_hour: false }, aws: Default::default() }));
         assert_eq!(o.to_string(), "s3://my-bucket/a/b?format=parquet&hive");
-        assert_eq!("s3://b3t".parse::<Output>().unwrap(), Output::S3 { bucket: "b3t".into(), prefix: "".into(), opts: LayoutOptions::default(), aws: Default::default() });
+        assert_eq!("s3://b3t".parse::<Output>().unwrap().spec(), Some(&S3Output { bucket: "b3t".into(), prefix: "".into(), opts: LayoutOptions::default(), aws: Default::default() }));
         assert!("s3://Bad_Bucket".parse::<Output>().unwrap_err().contains("not a valid S3 bucket name"));
         assert!("s3://bucket/AWSLogs".parse::<Output>().unwrap_err().contains("reserved"));
         assert!("s3://bucket?format=csv".parse::<Output>().unwrap_err().contains("format=\"csv\""));
         assert_eq!(
-            "dir:/var/log/flows?per-hour".parse::<Output>().unwrap(),
-            Output::Dir { path: "/var/log/flows".into(), opts: LayoutOptions { per_hour: true, ..Default::default() } }
+            "dir:/var/log/flows?per-hour".parse::<Output>().unwrap().spec(),
+            Some(&DirOutput { path: "/var/log/flows".into(), opts: LayoutOptions { per_hour: true, ..Default::default() }, mode: None })
         );
-        assert_eq!("cloudwatch:/vpc/flows?retention=7".parse::<Output>().unwrap(), Output::CloudWatch { group: "/vpc/flows".into(), retention_days: Some(7), aws: Default::default() });
+        assert_eq!("cloudwatch:/vpc/flows?retention=7".parse::<Output>().unwrap().spec(), Some(&CloudWatchOutput { group: "/vpc/flows".into(), retention_days: Some(7), class: None, aws: Default::default() }));
         assert!("cloudwatch:a b".parse::<Output>().is_err());
         assert!("cloudwatch:g?retention=x".parse::<Output>().is_err());
-        assert_eq!("firehose:fh-1".parse::<Output>().unwrap(), Output::Firehose { stream: "fh-1".into(), aws: Default::default() });
+        assert_eq!("firehose:fh-1".parse::<Output>().unwrap().spec(), Some(&FirehoseOutput { stream: "fh-1".into(), aws: Default::default() }));
         // Per-output AWS options, kept in the name.
         let s = "s3://b3t/p?format=parquet&region=eu-west-1&endpoint=http://127.0.0.1:9&role-arn=arn:aws:iam::123456789012:role/x";
         let o: Output = s.parse().unwrap();
@@ -719,17 +439,13 @@ mod tests {
         assert!("firehose:".parse::<Output>().is_err());
     }
 
+    /// The error on an output no kind takes lists every kind's syntax.
     #[test]
-    fn file_sink_appends_lines() {
-        let dir = std::env::temp_dir().join(format!("flowlog-ship-{}", std::process::id()));
-        let path = dir.join("sub/out.log");
-        let mut s = Sink::open(&Output::File(path.clone())).unwrap();
-        s.write_batch(b"a\n").unwrap();
-        s.write_batch(b"b\n").unwrap();
-        drop(s);
-        let mut s = Sink::open(&Output::File(path.clone())).unwrap();
-        s.write_batch(b"c\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\nc\n");
-        std::fs::remove_dir_all(dir).unwrap();
+    fn unknown_output_lists_the_syntax() {
+        assert_eq!(
+            "s3".parse::<Output>().unwrap_err(),
+            "invalid output \"s3\": expected `stdout`, `file:<path>`, `dir:<path>[?options]`, `s3://<bucket>[/<prefix>][?options]` \
+(options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>"
+        );
     }
 }

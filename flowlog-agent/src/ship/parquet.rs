@@ -12,9 +12,9 @@
 //! PLAIN_DICTIONARY refuse; the size cost is in the README.)
 //!
 //! Columns are built from the header line of the spooled batch (the field
-//! names of the format the records were written in), so a new field only
-//! needs an entry in [`column_type`]. Values are the space-separated tokens
-//! of each record line.
+//! names of the format the records were written in), named and typed by the
+//! field table ([`column_name`], [`Field::kind`]), so a new field needs
+//! nothing here. Values are the space-separated tokens of each record line.
 
 use std::{io::Write, sync::Arc};
 
@@ -30,28 +30,23 @@ use parquet::{
     schema::types::Type,
 };
 
+use flowlog_records::format::{column_name, Field, Kind};
+
 use super::batch::{FileFormat, FileGroup};
 
-/// Parquet type of a field, per the AWS field table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ColumnType {
-    Int32,
-    Int64,
-    String,
+/// The Parquet type of a header field by name; names the field table does
+/// not know (a spool of another version) are strings.
+fn column_kind(field: &str) -> Kind {
+    Field::from_name(field).map_or(Kind::String, Field::kind)
 }
 
-/// The AWS Parquet type of a field by name; unknown names are strings.
-pub fn column_type(field: &str) -> ColumnType {
-    match field {
-        "version" | "srcport" | "dstport" | "protocol" | "tcp-flags" | "traffic-path" | "encryption-status" => ColumnType::Int32,
-        "packets" | "bytes" | "start" | "end" => ColumnType::Int64,
-        _ => ColumnType::String,
+/// The Parquet physical type of a column kind.
+fn physical(kind: Kind) -> Physical {
+    match kind {
+        Kind::Int32 => Physical::INT32,
+        Kind::Int64 => Physical::INT64,
+        Kind::String => Physical::BYTE_ARRAY,
     }
-}
-
-/// The Parquet column name of a field: AWS's spelling (`-` → `_`).
-pub fn column_name(field: &str) -> String {
-    field.replace('-', "_")
 }
 
 /// Gzip text: the header line, then one line per record.
@@ -78,27 +73,24 @@ fn write_parquet(header: &str, lines: &[&str], dictionary: bool) -> Result<Vec<u
     if names.is_empty() {
         bail!("no fields in the header line");
     }
+    let kinds: Vec<Kind> = names.iter().map(|n| column_kind(n)).collect();
     let mut cols: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(lines.len()); names.len()];
     for (i, l) in lines.iter().enumerate() {
         let toks: Vec<&str> = l.split(' ').collect();
         if toks.len() != names.len() {
             bail!("record {i} has {} values for {} fields: {l:?}", toks.len(), names.len());
         }
-        for ((c, t), n) in cols.iter_mut().zip(toks).zip(&names) {
+        for ((c, t), k) in cols.iter_mut().zip(toks).zip(&kinds) {
             // STRING columns keep `-`; there is no number to write for it.
-            c.push((t != "-" || column_type(n) == ColumnType::String).then_some(t));
+            c.push((t != "-" || *k == Kind::String).then_some(t));
         }
     }
     let fields = names
         .iter()
-        .map(|n| {
-            let c = column_name(n);
-            let b = match column_type(n) {
-                ColumnType::Int32 => Type::primitive_type_builder(&c, Physical::INT32),
-                ColumnType::Int64 => Type::primitive_type_builder(&c, Physical::INT64),
-                ColumnType::String => Type::primitive_type_builder(&c, Physical::BYTE_ARRAY).with_logical_type(Some(LogicalType::String)),
-            };
-            b.with_repetition(Repetition::OPTIONAL).build().map(Arc::new)
+        .zip(&kinds)
+        .map(|(n, &kind)| {
+            let logical = (kind == Kind::String).then_some(LogicalType::String);
+            Type::primitive_type_builder(&column_name(n), physical(kind)).with_logical_type(logical).with_repetition(Repetition::OPTIONAL).build().map(Arc::new)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let schema = Arc::new(Type::group_type_builder("schema").with_fields(fields).build()?);
@@ -114,16 +106,16 @@ fn write_parquet(header: &str, lines: &[&str], dictionary: bool) -> Result<Vec<u
         let name = names[i];
         let vals = &cols[i];
         let defs: Vec<i16> = vals.iter().map(|v| i16::from(v.is_some())).collect();
-        match column_type(name) {
-            ColumnType::Int32 => {
+        match kinds[i] {
+            Kind::Int32 => {
                 let v = vals.iter().flatten().map(|s| s.parse::<i32>().with_context(|| format!("field {name}: {s:?} is not an INT_32"))).collect::<Result<Vec<_>>>()?;
                 col.typed::<Int32Type>().write_batch(&v, Some(&defs), None)?;
             }
-            ColumnType::Int64 => {
+            Kind::Int64 => {
                 let v = vals.iter().flatten().map(|s| s.parse::<i64>().with_context(|| format!("field {name}: {s:?} is not an INT_64"))).collect::<Result<Vec<_>>>()?;
                 col.typed::<Int64Type>().write_batch(&v, Some(&defs), None)?;
             }
-            ColumnType::String => {
+            Kind::String => {
                 let v: Vec<ByteArray> = vals.iter().flatten().map(|s| ByteArray::from(*s)).collect();
                 col.typed::<ByteArrayType>().write_batch(&v, Some(&defs), None)?;
             }

@@ -2,6 +2,10 @@
 //! destination sees it, and removed only when every destination has
 //! acknowledged it.
 //!
+//! The directory is `0700` and every file in it `0600` (flow records are
+//! not for every local account); a spool made looser by an older version
+//! is tightened when opened, a tighter one left as it is.
+//!
 //! Layout of the spool directory:
 //! - `seg-<20-digit id>.spool`: append-only segments of frames
 //!   `[len u32 LE][crc32 u32 LE][payload]`, one frame per [`Batch`];
@@ -18,6 +22,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     fs::{self, File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -27,7 +32,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use super::perm;
+
+/// Mode of the spool directory.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of the files in it (segments, cursors, lock).
+pub const FILE_MODE: u32 = 0o600;
 
 /// One record as spooled: what every destination needs, already formatted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +168,12 @@ pub struct Spool {
     pub stats: Arc<SpoolStats>,
 }
 
+/// Opens a segment for appending (created `0600`; the existing active one
+/// was tightened when the spool was opened).
+fn new_segment(path: &Path) -> std::io::Result<File> {
+    perm::open_append(path, FILE_MODE).map(|(f, _)| f)
+}
+
 fn seg_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("seg-{id:020}.spool"))
 }
@@ -193,7 +211,9 @@ impl Spool {
     /// Opens (creating if needed) the spool in `dir` for the given
     /// destinations. A destination without a cursor starts at the oldest data.
     pub fn open(dir: &Path, max_bytes: u64, destinations: &[String]) -> Result<Spool> {
-        fs::create_dir_all(dir).with_context(|| format!("spool directory {}: cannot create it", dir.display()))?;
+        if let Some((was, now)) = perm::create_dir(dir, DIR_MODE).with_context(|| format!("spool directory {}: cannot create it", dir.display()))? {
+            info!(dir = %dir.display(), "spool: directory mode tightened from {was:04o} to {now:04o}");
+        }
         // Fail now, with a clear message, if the directory is not writable.
         let probe = dir.join(".probe");
         File::create(&probe)
@@ -201,20 +221,27 @@ impl Spool {
             .with_context(|| format!("spool directory {}: not writable", dir.display()))?;
         let _ = fs::remove_file(&probe);
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("spool directory {}: cannot open its lock file", dir.display()))?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).mode(FILE_MODE).open(&lock_path).with_context(|| format!("spool directory {}: cannot open its lock file", dir.display()))?;
         // SAFETY: flock on a valid fd; released when the file is closed or the process dies.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             bail!("spool directory {} is in use by another flowlog-agent (give each agent its own --spool-dir)", dir.display());
         }
         let rd = fs::read_dir(dir).with_context(|| format!("spool directory {}: cannot list it", dir.display()))?;
         let mut segments = BTreeMap::new();
+        let mut tightened = 0;
         for e in rd {
             let e = e?;
+            if e.file_type()?.is_file() && perm::tighten(&e.path(), FILE_MODE).with_context(|| format!("spool file {}: cannot set its mode", e.path().display()))?.is_some() {
+                tightened += 1;
+            }
             let name = e.file_name();
             let name = name.to_string_lossy();
             if let Some(id) = name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".spool")).and_then(|n| n.parse::<u64>().ok()) {
                 segments.insert(id, e.metadata()?.len());
             }
+        }
+        if tightened > 0 {
+            info!(dir = %dir.display(), files = tightened, "spool: file modes tightened to {FILE_MODE:04o} (made by an older version, readable by other local users)");
         }
         // Validate every segment's frames and cut torn tails (normally only
         // the last one can have one).
@@ -238,7 +265,7 @@ impl Spool {
         let active_id = segments.keys().next_back().copied().unwrap_or(1);
         segments.entry(active_id).or_insert(0);
         let path = seg_path(dir, active_id);
-        let active = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("spool segment {}: cannot open it", path.display()))?;
+        let active = new_segment(&path).with_context(|| format!("spool segment {}: cannot open it", path.display()))?;
         let oldest = Pos { segment: *segments.keys().next().unwrap(), offset: 0 };
         let mut cursors = HashMap::new();
         for d in destinations {
@@ -304,7 +331,7 @@ impl Spool {
         let (active_id, size) = if size > 0 && size + payload.len() as u64 + FRAME_HEADER > inner.segment_max {
             let id = active_id + 1;
             let path = seg_path(&inner.dir, id);
-            inner.active = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("spool segment {}", path.display()))?;
+            inner.active = new_segment(&path).with_context(|| format!("spool segment {}", path.display()))?;
             inner.segments.insert(id, 0);
             (id, 0)
         } else {
@@ -380,7 +407,7 @@ impl Spool {
         *cur = pos;
         let p = inner.dir.join(cursor_file_name(dest));
         let tmp = p.with_extension("tmp");
-        fs::write(&tmp, format!("{} {}\n", pos.segment, pos.offset)).and_then(|_| fs::rename(&tmp, &p)).with_context(|| format!("writing spool cursor {}", p.display()))?;
+        perm::write_new(&tmp, format!("{} {}\n", pos.segment, pos.offset).as_bytes(), FILE_MODE).and_then(|_| fs::rename(&tmp, &p)).with_context(|| format!("writing spool cursor {}", p.display()))?;
         inner.forget_delivered();
         let min = inner.cursors.values().min().copied().unwrap_or_default();
         let active = *inner.segments.keys().next_back().unwrap();
@@ -394,7 +421,7 @@ impl Spool {
         if min == (Pos { segment: active, offset: active_size }) && active_size > inner.segment_max / 2 {
             let id = active + 1;
             let path = seg_path(&inner.dir, id);
-            inner.active = OpenOptions::new().create(true).append(true).open(&path)?;
+            inner.active = new_segment(&path).with_context(|| format!("spool segment {}", path.display()))?;
             inner.segments.insert(id, 0);
             let _ = fs::remove_file(seg_path(&inner.dir, active));
             inner.segments.remove(&active);
@@ -554,6 +581,11 @@ mod tests {
         d
     }
 
+    /// 100 records of 200 bytes: about 23 KiB in a segment.
+    fn big_batch() -> Batch {
+        Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() }
+    }
+
     fn batch(n: usize, tag: &str) -> Batch {
         Batch {
             header: "a b".into(),
@@ -635,7 +667,7 @@ mod tests {
         let dests = vec!["a".to_string(), "b".to_string()];
         // segment_max is clamped to 64 KiB; bound 256 KiB.
         let s = Spool::open(&dir, 256 << 10, &dests).unwrap();
-        let big = Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() };
+        let big = big_batch();
         let mut total = 0;
         for _ in 0..40 {
             s.append(&big).unwrap();
@@ -662,7 +694,7 @@ mod tests {
         let dir = tmpdir("gc");
         let dests = vec!["a".to_string()];
         let s = Spool::open(&dir, 1 << 20, &dests).unwrap();
-        let big = Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() };
+        let big = big_batch();
         for _ in 0..20 {
             s.append(&big).unwrap();
         }
@@ -686,6 +718,66 @@ mod tests {
         assert!(e.to_string().contains("is in use by another flowlog-agent"), "{e}");
         drop(s);
         Spool::open(&dir, 1 << 20, &[]).unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn modes(dir: &Path) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), perm::mode_of(&e.path()).unwrap())).collect();
+        v.sort();
+        v
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A new spool: directory 0700, segments, cursors and lock 0600.
+    #[test]
+    fn new_spool_is_private() {
+        let dir = tmpdir("modes-new");
+        let dests = vec!["a".to_string()];
+        let s = Spool::open(&dir, 256 << 10, &dests).unwrap();
+        let big = big_batch();
+        // Two ~23 KiB batches per 64 KiB segment: segments 1 and 2.
+        for _ in 0..4 {
+            s.append(&big).unwrap();
+        }
+        let (_, p) = s.reader("a").next_batch().unwrap().unwrap();
+        s.ack("a", p).unwrap();
+        assert_eq!(perm::mode_of(&dir).unwrap(), 0o700);
+        let c = cursor_file_name("a");
+        assert_eq!(modes(&dir), vec![(c, 0o600), ("lock".into(), 0o600), ("seg-00000000000000000001.spool".into(), 0o600), ("seg-00000000000000000002.spool".into(), 0o600)]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A spool an older version made (0755, files 0644) is tightened when
+    /// reopened, its records kept; a file already tighter stays so.
+    #[test]
+    fn older_spool_is_tightened_never_loosened() {
+        let dir = tmpdir("modes-old");
+        let dests = vec!["a".to_string()];
+        let s = Spool::open(&dir, 1 << 30, &dests).unwrap();
+        let p = s.append(&batch(2, "x")).unwrap();
+        s.append(&batch(3, "y")).unwrap();
+        s.ack("a", p).unwrap();
+        drop(s);
+        // What the older version left, plus a segment someone made 0400.
+        chmod(&dir, 0o755);
+        let c = cursor_file_name("a");
+        for f in [&c, "lock", "seg-00000000000000000001.spool"] {
+            chmod(&dir.join(f), 0o644);
+        }
+        fs::write(seg_path(&dir, 0), b"").unwrap();
+        chmod(&seg_path(&dir, 0), 0o400);
+        let s = Spool::open(&dir, 1 << 30, &dests).unwrap();
+        assert_eq!(s.pending_records("a").unwrap(), 3);
+        assert_eq!(perm::mode_of(&dir).unwrap(), 0o700);
+        assert_eq!(
+            modes(&dir),
+            vec![(c, 0o600), ("lock".into(), 0o600), ("seg-00000000000000000000.spool".into(), 0o400), ("seg-00000000000000000001.spool".into(), 0o600)]
+        );
+        drop(s);
         fs::remove_dir_all(dir).unwrap();
     }
 

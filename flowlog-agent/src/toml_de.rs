@@ -1,6 +1,7 @@
 //! TOML → configuration types, with the full key in every error
 //! (`metadata.onprem.interfaces.eth0.addresses[0]: ...`), for the whole file
-//! and for the sections that other modules own.
+//! ([`crate::config`]) and for the sections that other modules own (e.g.
+//! [`crate::metadata`]): apart from both, so neither reaches into the other.
 
 /// Deserializes TOML; a type error names its full key on top of toml's
 /// message (which quotes the line but not the table it is in).

@@ -1,10 +1,13 @@
 //! The `bpf(2)` commands aya 0.14 does not wrap: creating an `ARRAY_OF_MAPS`
 //! without an ELF definition (our RCU barrier), the hash map batch
-//! operations, and the small probes of [`crate::capture::probe`].
+//! operations, the small probes of [`super::probe`] and a program's JIT
+//! state; and the other raw syscalls around BPF: the memlock limit and the
+//! BPF filesystem the maps and links are pinned on.
 
 use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    path::Path,
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -13,6 +16,7 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 
@@ -113,22 +117,85 @@ pub fn hash_batch_supported() -> io::Result<bool> {
 /// accepts it; the fd is closed at once. EINVAL and EACCES are the
 /// verifier's "no"; other errors are returned.
 pub fn program_loads(prog_type: u32, insns: &[u64]) -> io::Result<bool> {
+    match load_program(prog_type, insns) {
+        // Dropping the fd unloads the program.
+        Ok(_fd) => Ok(true),
+        // ENOTSUPP (524): the JIT cannot translate it (arm64 atomics before 5.18).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES | 524)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `BPF_PROG_LOAD` of a GPL program without a verifier log; the program
+/// lives as long as the returned fd.
+pub fn load_program(prog_type: u32, insns: &[u64]) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut attr = Attr::new();
     attr.put_u32(0, prog_type);
     attr.put_u32(4, insns.len() as u32);
     attr.put_u64(8, insns.as_ptr() as u64);
     attr.put_u64(16, license.as_ptr() as u64);
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => {
-            // SAFETY: a new fd that nothing else owns; closing it unloads the program.
-            drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-            Ok(true)
-        }
-        // ENOTSUPP (524): the JIT cannot translate it (arm64 atomics before 5.18).
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES | 524)) => Ok(false),
-        Err(e) => Err(e),
+    let fd = bpf(BPF_PROG_LOAD, &mut attr)? as RawFd;
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sizes of a loaded program from `BPF_OBJ_GET_INFO_BY_FD`, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgSizes {
+    /// Machine code the JIT made; 0 when the program runs in the interpreter.
+    pub jited: u32,
+    /// The instructions after the verifier's rewrites.
+    pub xlated: u32,
+}
+
+/// [`ProgSizes`] of the program behind `prog` (aya offers this only for
+/// programs it loaded itself).
+pub fn prog_sizes(prog: BorrowedFd<'_>) -> io::Result<ProgSizes> {
+    // struct bpf_prog_info up to xlated_prog_len: type, id, tag[8],
+    // jited_prog_len, xlated_prog_len. The kernel fills only the `info_len`
+    // bytes asked for.
+    let mut info = [0u32; 6];
+    let mut attr = Attr::new();
+    attr.put_u32(0, prog.as_raw_fd() as u32); // bpf_fd
+    attr.put_u32(4, std::mem::size_of_val(&info) as u32); // info_len
+    attr.put_u64(8, info.as_mut_ptr() as u64); // info
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(ProgSizes { jited: info[4], xlated: info[5] })
+}
+
+/// Whether the program behind `prog` was JIT-compiled (else the kernel
+/// interprets it, or cannot run it at all under `CONFIG_BPF_JIT_ALWAYS_ON`).
+pub fn prog_jited(prog: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(prog_sizes(prog)?.jited > 0)
+}
+
+/// Lifts `RLIMIT_MEMLOCK`: kernels < 5.11 charge BPF memory to it, later
+/// ones ignore it. A failure shows later as EPERM from map creation.
+pub fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain setrlimit with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Whether `p` is on a BPF filesystem (where maps and links can be pinned).
+pub fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: valid path and out struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Mounts a BPF filesystem on /sys/fs/bpf.
+pub fn mount_bpffs() -> io::Result<()> {
+    let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+    // SAFETY: constant C strings.
+    if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// Reads every entry of a hash map, `chunk` entries per syscall. Only call it

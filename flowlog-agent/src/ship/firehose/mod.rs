@@ -1,9 +1,12 @@
-//! Kinesis Data Firehose destination: `PutRecordBatch` of
+//! `firehose:<delivery-stream>`, the Kinesis Data Firehose destination: `PutRecordBatch` of
 //! `{"message":"<record>"}` records within its limits (500 records and
 //! 4 MiB per call, 1,000 KiB per record); after a partial failure only the
 //! failed records are sent again.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::{
+    fmt,
+    sync::{atomic::Ordering, Arc},
+};
 
 use anyhow::Result;
 use aws_sdk_firehose::{primitives::Blob, types::Record, Client};
@@ -11,12 +14,53 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use super::{
-    aws::{classify, retry, startup_check, Failure, Interrupted, RetryPolicy},
+    aws::{classify, OutputAws},
     batch::{fh_payload, fh_split},
-    spool::Batch,
     destination::{BoxFut, Destination, ShipStats},
+    output::{parse_aws_scheme, query, OutputSpec, Registration, StartContext, StartFut},
+    retry::{retry, startup_check, Failure, Interrupted, RetryPolicy},
+    spool::Batch,
     stop::Stop,
 };
+
+pub const REGISTRATION: Registration = Registration { syntax: "`firehose:<delivery-stream>`", parse: |s| parse_aws_scheme(s, "firehose:", FirehoseOutput::parse) };
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirehoseOutput {
+    pub stream: String,
+    pub aws: OutputAws,
+}
+
+impl FirehoseOutput {
+    fn parse(s: &str, st: &str, aws: OutputAws, q: Option<&str>) -> Result<FirehoseOutput, String> {
+        if let Some(q) = q {
+            return Err(format!("invalid output {s:?}: unknown option {q:?} (region, endpoint, role-arn)"));
+        }
+        if st.is_empty() || st.len() > 64 || !st.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(format!("invalid output {s:?}: delivery stream names are 1-64 characters of a-z A-Z 0-9 . _ -"));
+        }
+        Ok(FirehoseOutput { stream: st.into(), aws })
+    }
+}
+
+impl fmt::Display for FirehoseOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "firehose:{}{}", self.stream, query(self.aws.query()))
+    }
+}
+
+impl OutputSpec for FirehoseOutput {
+    fn aws(&self) -> Option<&OutputAws> {
+        Some(&self.aws)
+    }
+    fn start<'a>(&'a self, cx: StartContext<'a>) -> StartFut<'a> {
+        Box::pin(async move {
+            let d = FirehoseDest { name: cx.name.to_string(), client: Client::new(cx.sdk()), stream: self.stream.clone(), retry: cx.retry, stats: cx.stats };
+            d.check().await?;
+            anyhow::Ok(Box::new(d) as Box<dyn Destination>)
+        })
+    }
+}
 
 pub struct FirehoseDest {
     pub name: String,
@@ -85,7 +129,7 @@ impl Destination for FirehoseDest {
             for call in calls {
                 let n = call.len() as u64;
                 let pending = Mutex::new(call);
-                retry(&self.name, "PutRecordBatch", &self.retry, &self.stats, stop, |_| self.put(&pending)).await?;
+                retry(&self.name, "PutRecordBatch", &self.retry, &*self.stats, stop, |_| self.put(&pending)).await?;
                 self.stats.delivered.fetch_add(n, Ordering::Relaxed);
                 debug!(destination = %self.name, records = n, "PutRecordBatch");
             }

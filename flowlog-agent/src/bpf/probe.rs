@@ -11,12 +11,15 @@
 //! and JIT takes, so no atomics need probing: atomic OR and the fetch
 //! variants (5.12 on x86-64, 5.18 in the arm64 JIT) are not used by the
 //! capture programs. Only the REJECT drop program uses fetch-add, and it
-//! needs `enum skb_drop_reason` (5.17) anyway, checked in [`super::reject`].
+//! needs `enum skb_drop_reason` (5.17) anyway, checked in
+//! [`crate::capture::reject`].
 //!
-//! The flow table: the slot table ([`flowlog_common::table::SLOTS`]) needs
+//! The flow table: the slot table ([`flowlog_common::FlowSlot`]) needs
 //! BPF compare-and-exchange and atomic OR (5.12 on x86-64, 5.18 in the arm64
 //! JIT), probed by loading a tiny program that uses both; without them the
-//! hash table of every kernel. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the
+//! hash table of every kernel. A probe that loads but is not JIT-compiled
+//! while the JIT is on (arm64 5.12-5.17 without `CONFIG_BPF_JIT_ALWAYS_ON`,
+//! see [`probe_jited`]) counts as without. `FLOWLOG_FLOW_TABLE=hash|slots` overrides the
 //! choice (benchmarks, tests of both on one kernel).
 //!
 //! Optional: `bpf_ktime_get_coarse_ns` (5.11; else `bpf_ktime_get_ns`, the
@@ -31,9 +34,12 @@ use aya::{
     util::KernelVersion,
 };
 
-use crate::drain::sys;
+use super::sys;
 
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// r0 = *(u32 *)(r1 + offsetof(struct __sk_buff, gso_size)); exit
+const GSO_SIZE_PROG: [u64; 2] = [0x0000_0000_00b0_1061, 0x95];
 
 /// What the capture programs may use on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,9 +121,7 @@ pub fn detect() -> Result<KernelFeatures> {
     }
     need(Ok(aya::features().bpf_global_data()), "BPF global data (.rodata)", "5.2");
     need(sys::hash_batch_supported().map_err(|e| e.to_string()), "batch operations on BPF_MAP_TYPE_HASH", "5.6");
-    // r0 = *(u32 *)(r1 + offsetof(struct __sk_buff, gso_size)); exit
-    let gso_size = [0x0000_0000_00b0_1061u64, 0x95];
-    need(sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &gso_size).map_err(|e| e.to_string()), "__sk_buff.gso_size in TC programs", "5.7");
+    need(sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &GSO_SIZE_PROG).map_err(|e| e.to_string()), "__sk_buff.gso_size in TC programs", "5.7");
     if !missing.is_empty() {
         bail!(
             "this kernel ({}) lacks what flowlog's eBPF programs need: {}. flowlog runs on Linux ≥ 5.10 \
@@ -147,14 +151,48 @@ pub fn detect() -> Result<KernelFeatures> {
         0x0000_0000_0000_00b7,
         0x95,
     ];
-    let slot_atomics = match sys::program_loads(BPF_PROG_TYPE_SCHED_CLS, &atomics) {
-        Ok(v) => v,
+    let slot_atomics = match probe_jited(BPF_PROG_TYPE_SCHED_CLS, &atomics) {
+        // Loaded but interpreted while the JIT is on: arm64 5.12-5.17, whose
+        // JIT lacks these atomics. The hash table's programs are JIT-compiled
+        // there. With the JIT off nothing is, and the slot table stays.
+        Ok(Some(false)) if jit_enabled() => {
+            tracing::info!("BPF compare-and-exchange loads but is not JIT-compiled on this kernel (arm64 JIT: 5.18): using the hash flow table, which is");
+            false
+        }
+        Ok(v) => v.is_some(),
         Err(e) => {
             tracing::debug!("probing BPF compare-and-exchange: {e}; using the hash flow table");
             false
         }
     };
     Ok(KernelFeatures { coarse_clock, tcx: tcx_available(), slot_atomics })
+}
+
+/// Loads a tiny program: `None` if the kernel refuses it (EINVAL, EACCES,
+/// ENOTSUPP), else whether it was JIT-compiled. A kernel without
+/// `CONFIG_BPF_JIT_ALWAYS_ON` (Debian's arm64 kernels) runs what its JIT
+/// cannot translate in the interpreter instead of refusing it: only
+/// `jited_prog_len` tells (BPF compare-and-exchange and the fetch atomics on
+/// arm64 5.12-5.17; every program with `net.core.bpf_jit_enable=0`).
+pub fn probe_jited(prog_type: u32, insns: &[u64]) -> std::io::Result<Option<bool>> {
+    match sys::load_program(prog_type, insns) {
+        Ok(prog) => sys::prog_jited(std::os::fd::AsFd::as_fd(&prog)).map(Some),
+        // ENOTSUPP (524): a JIT that cannot translate it on a JIT-always-on kernel.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES | 524)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the JIT compiles at all (`net.core.bpf_jit_enable` not 0): a
+/// program every JIT translates (`r0 = 0; exit`) comes out JIT-compiled.
+/// Asked of the kernel rather than read from /proc/sys, which a network
+/// namespace other than the first does not show. The sysctl only if the
+/// probe cannot load.
+pub fn jit_enabled() -> bool {
+    match probe_jited(BPF_PROG_TYPE_SCHED_CLS, &[0xb7, 0x95]) {
+        Ok(Some(jited)) => jited,
+        _ => std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").map_or(true, |v| v.trim() != "0"),
+    }
 }
 
 /// One line of what was found, logged once at startup.
@@ -168,4 +206,33 @@ pub fn log(f: &KernelFeatures, table: TableKind, reject: bool) {
         reject = yn(reject),
         "kernel features (coarse clock: Linux 5.11, TCX: 6.6, slot flow table: 5.12 (arm64 5.18), REJECT: 5.17 with BTF)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    /// The probe program is JIT-compiled exactly when the kernel's JIT is on.
+    #[test]
+    fn prog_jited_follows_bpf_jit_enable() {
+        // SAFETY: plain geteuid.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loading a program needs root");
+            return;
+        }
+        let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").expect("bpf_jit_enable");
+        let want = jit.trim() != "0";
+        let prog = sys::load_program(BPF_PROG_TYPE_SCHED_CLS, &GSO_SIZE_PROG).expect("loading the gso_size probe program");
+        let sizes = sys::prog_sizes(prog.as_fd()).unwrap();
+        // Two instructions, the context read rewritten by the verifier: the
+        // info was really read.
+        assert!(sizes.xlated >= 2 * 8, "{sizes:?}");
+        assert_eq!(sizes.jited > 0, want, "bpf_jit_enable = {}: {sizes:?}", jit.trim());
+        assert_eq!(sys::prog_jited(prog.as_fd()).unwrap(), want);
+        // Not a program: the kernel says so instead of reporting sizes.
+        let not_prog = std::fs::File::open("/proc/self/stat").unwrap();
+        assert_eq!(sys::prog_jited(not_prog.as_fd()).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
 }

@@ -749,22 +749,26 @@ fn dockerfile_runs_the_packaged_agent() {
     let ins = dockerfile(&read("Dockerfile"));
     let xtask = read("xtask/src/package.rs");
     let froms: Vec<&String> = ins.iter().filter(|(i, _)| i == "FROM").map(|(_, r)| r).collect();
-    assert_eq!(froms.len(), 1, "one stage, from the packaged binary: {froms:?}");
+    // A stage per architecture holds its packaged binary; the builder's
+    // TARGETARCH picks one for the image, the last stage.
+    assert_eq!(froms, ["scratch AS agent-amd64", "scratch AS agent-arm64", "agent-${TARGETARCH} AS agent", "${RUNTIME_IMAGE}"], "{froms:?}");
     let args: BTreeMap<&str, &str> = ins.iter().filter(|(i, _)| i == "ARG").filter_map(|(_, r)| r.split_once('=')).collect();
-    assert_eq!(froms[0], "${RUNTIME_IMAGE}");
     // A glibc base (the binary needs glibc >= 2.28; Debian 12 has 2.36).
     assert!(args["RUNTIME_IMAGE"].contains("distroless/cc-debian12") || args["RUNTIME_IMAGE"].contains("bookworm"), "{args:?}");
     assert_eq!(xtask_str(&xtask, "GLIBC_FLOOR"), "2.28");
     assert!(ins.iter().all(|(i, _)| i != "RUN"), "nothing to run: the binary is built by `cargo xtask package`");
 
-    // The binary: where `cargo xtask package` puts it, and the ENTRYPOINT.
+    // The binaries: where `cargo xtask package` puts them, and the ENTRYPOINT.
     let copies: Vec<Vec<&str>> = ins.iter().filter(|(i, _)| i == "COPY").map(|(_, r)| r.split_whitespace().collect()).collect();
-    let packaged = format!("{}/flowlog-agent", xtask_str(&xtask, "PACKAGES_DIR"));
-    let bin = copies.iter().find(|c| c[0] == packaged).unwrap_or_else(|| panic!("no COPY {packaged}: {copies:?}"));
+    let packaged = ["x86_64", "aarch64"].map(|arch| format!("{}/{arch}/flowlog-agent", xtask_str(&xtask, "PACKAGES_DIR")));
+    for p in &packaged {
+        assert!(copies.iter().any(|c| c[..] == [p.as_str(), "/flowlog-agent"]), "no COPY {p} /flowlog-agent: {copies:?}");
+    }
+    let bin = copies.iter().find(|c| c[..2] == ["--from=agent", "/flowlog-agent"]).unwrap_or_else(|| panic!("no COPY --from=agent: {copies:?}"));
     let entry = ins.iter().find(|(i, _)| i == "ENTRYPOINT").map(|(_, r)| r.as_str()).expect("no ENTRYPOINT");
     let entry: Vec<String> = serde_json::from_str(entry).expect("ENTRYPOINT in exec form (signals reach the agent)");
-    assert_eq!(entry, [bin[1].to_string()]);
-    assert_eq!(bin[1], "/usr/local/bin/flowlog-agent");
+    assert_eq!(entry, [bin[2].to_string()]);
+    assert_eq!(bin[2], "/usr/local/bin/flowlog-agent");
 
     // Config: the example (as the packages install it) at the path
     // FLOWLOG_CONFIG names, and no CMD flags that would override a mounted config.
@@ -776,9 +780,9 @@ fn dockerfile_runs_the_packaged_agent() {
     let expose: Vec<&str> = ins.iter().filter(|(i, _)| i == "EXPOSE").map(|(_, r)| r.as_str()).collect();
     let port = DEFAULT_METRICS_LISTEN.rsplit_once(':').unwrap().1;
     assert_eq!(expose, [format!("{port}/tcp")]);
-    assert_eq!(copies.len(), 2, "only the binary and the config: {copies:?}");
+    assert_eq!(copies.len(), 4, "only the binaries and the config: {copies:?}");
 
-    // The build context: target/ is left out except the packaged binary
+    // The build context: target/ is left out except the packaged binaries
     // (a later `!` wins in .dockerignore).
     let ignore = read(".dockerignore");
     let lines: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
@@ -786,8 +790,10 @@ fn dockerfile_runs_the_packaged_agent() {
         assert!(lines.contains(&p), ".dockerignore lacks {p}");
     }
     let t = lines.iter().position(|l| *l == "target").unwrap();
-    let keep = format!("!{packaged}");
-    assert!(lines.iter().position(|l| *l == keep).is_some_and(|k| k > t), ".dockerignore must re-include {packaged} after `target`");
+    for p in &packaged {
+        let keep = format!("!{p}");
+        assert!(lines.iter().position(|l| *l == keep).is_some_and(|k| k > t), ".dockerignore must re-include {p} after `target`");
+    }
 }
 
 // -------------------------------------------------------------------- README

@@ -1,22 +1,94 @@
-//! The artefacts of `cargo xtask package` in target/packages/: the release
-//! binary (glibc floor 2.28, runs), the .deb installed on this machine with
-//! dpkg and removed again, the .rpm's files, scripts and dependencies.
+//! The artefacts of `cargo xtask package` in target/packages/, for each
+//! architecture of the release (x86_64 and aarch64): the release binary
+//! (its ELF machine, glibc floor 2.28, runs: natively, or through
+//! qemu-user for the other architecture), the .deb (its architecture and
+//! files; the one of this machine's architecture installed with dpkg and
+//! removed again), the .rpm's architecture, files, scripts and
+//! dependencies. Both architectures' packages hold the same files.
 //!
 //! Skipped when target/packages/ has not been built, unless
 //! FLOWLOG_REQUIRE_PACKAGES=1 (then a missing package is a failure). The
 //! rpm test needs Debian's `rpm` package (rpm -qp, rpm2archive); the
 //! dpkg test needs root and a machine without another flowlog-agent
-//! package installed.
+//! package installed; the other architecture's binary runs when
+//! qemu-user-static and that architecture's libc (libc6-arm64-cross) are
+//! installed.
 
 use std::{
     collections::BTreeSet,
     fs,
+    io::Read,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
 };
 
 const GLIBC_FLOOR: (u32, u32) = (2, 28);
+
+/// One architecture of the release (xtask/src/package.rs's ARCHES).
+struct Arch {
+    /// `uname -m`, and the directory of its binary in target/packages/.
+    name: &'static str,
+    deb: &'static str,
+    rpm: &'static str,
+    /// The ELF header's e_machine: EM_X86_64, EM_AARCH64.
+    e_machine: u16,
+    /// The dynamic loader, the binary's one architecture-named NEEDED.
+    loader: &'static str,
+    /// qemu-user and the libc (Debian's cross package) it runs on elsewhere.
+    qemu: &'static str,
+    sysroot: &'static str,
+}
+
+const ARCHES: [Arch; 2] = [
+    Arch {
+        name: "x86_64",
+        deb: "amd64",
+        rpm: "x86_64",
+        e_machine: 62,
+        loader: "ld-linux-x86-64.so.2",
+        qemu: "qemu-x86_64-static",
+        sysroot: "/usr/x86_64-linux-gnu",
+    },
+    Arch {
+        name: "aarch64",
+        deb: "arm64",
+        rpm: "aarch64",
+        e_machine: 183,
+        loader: "ld-linux-aarch64.so.1",
+        qemu: "qemu-aarch64-static",
+        sysroot: "/usr/aarch64-linux-gnu",
+    },
+];
+
+impl Arch {
+    fn native(&self) -> bool {
+        self.name == std::env::consts::ARCH
+    }
+
+    fn binary(&self) -> PathBuf {
+        packages().join(self.name).join("flowlog-agent")
+    }
+
+    /// `bin` run on this machine: directly, or through qemu-user with this
+    /// architecture's libc; None when this machine cannot run it.
+    fn command(&self, bin: &Path) -> Option<Command> {
+        if self.native() {
+            return Some(Command::new(bin));
+        }
+        let qemu_there = Command::new(self.qemu).arg("--version").output().is_ok_and(|o| o.status.success());
+        if !qemu_there || !Path::new(self.sysroot).join("lib").join(self.loader).exists() {
+            return None;
+        }
+        let mut cmd = Command::new(self.qemu);
+        cmd.arg("-L").arg(self.sysroot).arg(bin);
+        Some(cmd)
+    }
+}
+
+fn native() -> &'static Arch {
+    ARCHES.iter().find(|a| a.native()).expect("this machine's architecture is one of the release's")
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -30,21 +102,33 @@ fn packages() -> PathBuf {
     root().join("target/packages")
 }
 
-/// The one file in target/packages ending in `ext`, if built.
-fn artefact(ext: &str) -> Option<PathBuf> {
+fn required() -> bool {
+    std::env::var("FLOWLOG_REQUIRE_PACKAGES").as_deref() == Ok("1")
+}
+
+/// The one file in target/packages ending in `suffix`, if built.
+fn artefact(suffix: &str) -> Option<PathBuf> {
     let found: Vec<PathBuf> = fs::read_dir(packages())
         .into_iter()
         .flatten()
         .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(ext)))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(suffix)))
         .collect();
-    assert!(found.len() <= 1, "several {ext} in target/packages: {found:?}");
+    assert!(found.len() <= 1, "several *{suffix} in target/packages: {found:?}");
     let got = found.into_iter().next();
     if got.is_none() {
-        assert!(std::env::var("FLOWLOG_REQUIRE_PACKAGES").as_deref() != Ok("1"), "no {ext} in target/packages: run `cargo xtask package`");
-        eprintln!("no {ext} in target/packages (run `cargo xtask package`): skipped");
+        assert!(!required(), "no *{suffix} in target/packages: run `cargo xtask package`");
+        eprintln!("no *{suffix} in target/packages (run `cargo xtask package`): skipped");
     }
     got
+}
+
+fn deb_of(arch: &Arch) -> Option<PathBuf> {
+    artefact(&format!("_{}.deb", arch.deb))
+}
+
+fn rpm_of(arch: &Arch) -> Option<PathBuf> {
+    artefact(&format!(".{}.rpm", arch.rpm))
 }
 
 fn out(cmd: &mut Command) -> String {
@@ -68,7 +152,21 @@ fn glibc_versions(bin: &Path) -> BTreeSet<(u32, u32)> {
     v
 }
 
-fn check_runs_anywhere(bin: &Path) {
+/// The ELF header's e_machine, after checking the header is a 64-bit
+/// little-endian one (both architectures' ABI); the first 20 bytes.
+fn elf_machine(bin: &Path) -> u16 {
+    let mut h = [0u8; 20];
+    fs::File::open(bin).and_then(|mut f| f.read_exact(&mut h)).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert_eq!(&h[..4], b"\x7fELF", "{}: not ELF", bin.display());
+    assert_eq!((h[4], h[5]), (2, 1), "{}: not ELFCLASS64, ELFDATA2LSB", bin.display());
+    u16::from_le_bytes([h[18], h[19]])
+}
+
+/// `arch`'s binary: its machine, glibc 2.28 at most, libc only; and it
+/// runs (`--version`, `check-config`) when this machine can run it (for
+/// the other architecture through qemu-user). Returns its `--version`.
+fn check_runs_anywhere(arch: &Arch, bin: &Path) -> Option<String> {
+    assert_eq!(elf_machine(bin), arch.e_machine, "{}: not an {} binary", bin.display(), arch.name);
     let v = glibc_versions(bin);
     let max = *v.iter().max().unwrap();
     assert!(max <= GLIBC_FLOOR, "{} needs GLIBC_{}.{} (> {}.{}): {v:?}", bin.display(), max.0, max.1, GLIBC_FLOOR.0, GLIBC_FLOOR.1);
@@ -77,27 +175,39 @@ fn check_runs_anywhere(bin: &Path) {
     for l in dynamic.lines().filter(|l| l.contains("(NEEDED)")) {
         let lib = l.split('[').nth(1).and_then(|r| r.split(']').next()).unwrap();
         assert!(
-            ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libgcc_s.so.1", "ld-linux-x86-64.so.2"].contains(&lib),
+            ["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libgcc_s.so.1", arch.loader].contains(&lib),
             "{} needs {lib}",
             bin.display()
         );
     }
-    let version = out(Command::new(bin).arg("--version"));
+    let Some(mut run) = arch.command(bin) else {
+        assert!(!required(), "cannot run {} here: apt-get install qemu-user-static and {}'s libc ({})", bin.display(), arch.name, arch.sysroot);
+        eprintln!("{}: no {} or no {}: not run", bin.display(), arch.qemu, arch.sysroot);
+        return None;
+    };
+    let version = out(run.arg("--version"));
     assert!(version.starts_with("flowlog-agent "), "{version}");
-    let check = out(Command::new(bin).arg("check-config").arg("--config").arg(root().join("flowlog.example.toml")).env_clear());
+    let mut run = arch.command(bin).unwrap();
+    let check = out(run.arg("check-config").arg("--config").arg(root().join("flowlog.example.toml")).env_clear());
     assert!(check.contains("pin-dir = \"/sys/fs/bpf/flowlog\"\n"), "{check}");
+    Some(version)
 }
 
-/// The release binary of the packages needs glibc 2.28 at most, and runs.
+/// Each architecture's release binary is that architecture's, needs glibc
+/// 2.28 at most, and runs; both are the same version.
 #[test]
-fn release_binary_needs_glibc_2_28_at_most() {
-    let bin = packages().join("flowlog-agent");
-    if !bin.is_file() {
-        assert!(std::env::var("FLOWLOG_REQUIRE_PACKAGES").as_deref() != Ok("1"), "no target/packages/flowlog-agent: run `cargo xtask package`");
-        eprintln!("no target/packages/flowlog-agent (run `cargo xtask package`): skipped");
-        return;
+fn release_binaries_need_glibc_2_28_at_most() {
+    let mut versions = BTreeSet::new();
+    for arch in &ARCHES {
+        let bin = arch.binary();
+        if !bin.is_file() {
+            assert!(!required(), "no {}: run `cargo xtask package`", bin.display());
+            eprintln!("no {} (run `cargo xtask package`): skipped", bin.display());
+            continue;
+        }
+        versions.extend(check_runs_anywhere(arch, &bin));
     }
-    check_runs_anywhere(&bin);
+    assert!(versions.len() <= 1, "the architectures' binaries differ in version: {versions:?}");
 }
 
 /// The unit the packages install: deploy/systemd's with the packaged path.
@@ -123,37 +233,107 @@ fn dpkg_status() -> String {
         .unwrap_or_default()
 }
 
+/// A package's files unpacked into a fresh temporary directory, removed on drop.
+struct Unpacked(PathBuf);
+
+impl Unpacked {
+    fn new(what: &str) -> Unpacked {
+        let dir = std::env::temp_dir().join(format!("flowlog-{what}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Unpacked(dir)
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The files (not directories) under `dir`, relative to it.
+fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut found = BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                found.insert(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    found
+}
+
+/// Both architectures' packages hold the same files, byte for byte, but
+/// for the binary, which is each architecture's tested one.
+fn same_files_but_the_binary(kind: &str, unpacked: &[(&Arch, Unpacked)], bin: &str) {
+    let [(a, da), (b, db)] = unpacked else { return };
+    let files = files_under(&da.0);
+    assert_eq!(files, files_under(&db.0), "the {} and {} {kind}s hold different files", a.name, b.name);
+    for f in files.iter().filter(|f| *f != Path::new(bin)) {
+        assert!(fs::read(da.0.join(f)).unwrap() == fs::read(db.0.join(f)).unwrap(), "{}: differs between the {kind}s", f.display());
+    }
+}
+
+/// Each architecture's .deb: its fields, files, conffiles and scripts, and
+/// the binary it holds is that architecture's tested one; both debs hold
+/// the same files.
+#[test]
+fn debs_hold_their_architecture_s_binary_and_the_same_files() {
+    let mut unpacked = Vec::new();
+    for arch in &ARCHES {
+        let Some(deb) = deb_of(arch) else { continue };
+        // What the package says and holds, without installing it.
+        let info = out(Command::new("dpkg-deb").arg("--field").arg(&deb));
+        let architecture = format!("Architecture: {}", arch.deb);
+        for want in ["Package: flowlog-agent", &architecture, "Depends: libc6 (>= 2.28)", "Section: net"] {
+            assert!(info.lines().any(|l| l == want), "{want} not in {}:\n{info}", deb.display());
+        }
+        let listing = out(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+        for f in [
+            "./usr/bin/flowlog-agent",
+            "./lib/systemd/system/flowlog.service",
+            "./etc/flowlog/flowlog.toml",
+            "./usr/share/doc/flowlog-agent/iam/s3.json",
+            "./usr/share/man/man1/flowlog-agent.1.gz",
+            "./usr/share/man/man1/flowlog-agent-compare.1.gz",
+            "./usr/share/bash-completion/completions/flowlog-agent",
+            "./usr/share/zsh/vendor-completions/_flowlog-agent",
+            "./usr/share/fish/vendor_completions.d/flowlog-agent.fish",
+        ] {
+            assert!(listing.lines().any(|l| l.ends_with(f)), "{f} not in {}:\n{listing}", deb.display());
+        }
+        let ctrl = Unpacked::new(&format!("deb-control-{}", arch.deb));
+        out(Command::new("dpkg-deb").arg("--control").arg(&deb).arg(ctrl.0.join("DEBIAN")));
+        assert_eq!(fs::read_to_string(ctrl.0.join("DEBIAN/conffiles")).unwrap().trim(), "/etc/flowlog/flowlog.toml");
+        for s in ["postinst", "prerm", "postrm"] {
+            assert_eq!(fs::read_to_string(ctrl.0.join("DEBIAN").join(s)).unwrap(), read(&format!("deploy/packaging/{s}")), "{s}");
+        }
+        let files = Unpacked::new(&format!("deb-{}", arch.deb));
+        out(Command::new("dpkg-deb").arg("--extract").arg(&deb).arg(&files.0));
+        let bin = files.0.join("usr/bin/flowlog-agent");
+        assert_eq!(elf_machine(&bin), arch.e_machine, "{}: not an {} binary", deb.display(), arch.name);
+        assert!(
+            fs::read(&bin).unwrap() == fs::read(arch.binary()).unwrap(),
+            "{} holds another binary than {}",
+            deb.display(),
+            arch.binary().display()
+        );
+        unpacked.push((arch, files));
+    }
+    same_files_but_the_binary("deb", &unpacked, "usr/bin/flowlog-agent");
+}
+
+/// This machine's architecture's .deb installs, its agent accepts the
+/// installed config, and it removes and purges cleanly.
 #[test]
 fn deb_installs_checks_its_config_and_purges() {
-    let Some(deb) = artefact(".deb") else { return };
-    // What the package says and holds, without installing it.
-    let info = out(Command::new("dpkg-deb").arg("--field").arg(&deb));
-    for want in ["Package: flowlog-agent", "Architecture: amd64", "Depends: libc6 (>= 2.28)", "Section: net"] {
-        assert!(info.lines().any(|l| l == want), "{want} not in\n{info}");
-    }
-    let listing = out(Command::new("dpkg-deb").arg("--contents").arg(&deb));
-    for f in [
-        "./usr/bin/flowlog-agent",
-        "./lib/systemd/system/flowlog.service",
-        "./etc/flowlog/flowlog.toml",
-        "./usr/share/doc/flowlog-agent/iam/s3.json",
-        "./usr/share/man/man1/flowlog-agent.1.gz",
-        "./usr/share/man/man1/flowlog-agent-compare.1.gz",
-        "./usr/share/bash-completion/completions/flowlog-agent",
-        "./usr/share/zsh/vendor-completions/_flowlog-agent",
-        "./usr/share/fish/vendor_completions.d/flowlog-agent.fish",
-    ] {
-        assert!(listing.lines().any(|l| l.ends_with(f)), "{f} not in the deb:\n{listing}");
-    }
-    let ctrl = std::env::temp_dir().join(format!("flowlog-deb-control-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&ctrl);
-    out(Command::new("dpkg-deb").arg("--control").arg(&deb).arg(&ctrl));
-    assert_eq!(fs::read_to_string(ctrl.join("conffiles")).unwrap().trim(), "/etc/flowlog/flowlog.toml");
-    for s in ["postinst", "prerm", "postrm"] {
-        assert_eq!(fs::read_to_string(ctrl.join(s)).unwrap(), read(&format!("deploy/packaging/{s}")), "{s}");
-    }
-    let _ = fs::remove_dir_all(&ctrl);
-
+    let arch = native();
+    let Some(deb) = deb_of(arch) else { return };
     if !flowlog_testkit::require_root() {
         return;
     }
@@ -167,8 +347,8 @@ fn deb_installs_checks_its_config_and_purges() {
     // The installed files.
     let bin = Path::new("/usr/bin/flowlog-agent");
     assert_eq!(fs::metadata(bin).unwrap().permissions().mode() & 0o7777, 0o755);
-    assert_eq!(fs::read(bin).unwrap(), fs::read(packages().join("flowlog-agent")).unwrap(), "the deb holds the tested binary");
-    check_runs_anywhere(bin);
+    assert!(fs::read(bin).unwrap() == fs::read(arch.binary()).unwrap(), "the deb holds the tested binary");
+    check_runs_anywhere(arch, bin);
     assert_eq!(fs::read_to_string("/lib/systemd/system/flowlog.service").unwrap(), packaged_unit());
     assert_eq!(fs::read_to_string("/etc/flowlog/flowlog.toml").unwrap(), read("flowlog.example.toml"));
     for d in ["/var/lib/flowlog", "/var/log/flowlog"] {
@@ -213,15 +393,27 @@ fn deb_installs_checks_its_config_and_purges() {
     assert!(dpkg_status().is_empty() || dpkg_status().contains("not-installed"), "{}", dpkg_status());
 }
 
+/// Each architecture's .rpm: its name, architecture, files, config,
+/// modes, scripts (the deb's) and dependencies; the binary it holds is that
+/// architecture's tested one; both rpms hold the same files.
 #[test]
 fn rpm_holds_the_same_files_and_scripts() {
-    let Some(rpm) = artefact(".rpm") else { return };
     if Command::new("rpm").arg("--version").output().is_err() {
-        assert!(std::env::var("FLOWLOG_REQUIRE_PACKAGES").as_deref() != Ok("1"), "rpm not installed (apt-get install rpm)");
+        assert!(!required(), "rpm not installed (apt-get install rpm)");
         eprintln!("rpm not installed: skipped");
         return;
     }
-    let q = |args: &[&str]| out(Command::new("rpm").args(["-qp", "--nosignature"]).args(args).arg(&rpm));
+    let mut unpacked = Vec::new();
+    for arch in &ARCHES {
+        let Some(rpm) = rpm_of(arch) else { continue };
+        unpacked.push((arch, check_rpm(arch, &rpm)));
+    }
+    same_files_but_the_binary("rpm", &unpacked, "usr/bin/flowlog-agent");
+}
+
+/// One rpm's checks; returns its files unpacked.
+fn check_rpm(arch: &Arch, rpm: &Path) -> Unpacked {
+    let q = |args: &[&str]| out(Command::new("rpm").args(["-qp", "--nosignature"]).args(args).arg(rpm));
     let files: BTreeSet<String> = q(&["-l"]).lines().map(String::from).collect();
     for f in [
         "/usr/bin/flowlog-agent",
@@ -239,7 +431,7 @@ fn rpm_holds_the_same_files_and_scripts() {
     }
     assert_eq!(q(&["--configfiles"]).trim(), "/etc/flowlog/flowlog.toml");
     let info = q(&["--queryformat", "%{NAME} %{ARCH} %{LICENSE}\\n"]);
-    assert_eq!(info.trim(), "flowlog-agent x86_64 Apache-2.0");
+    assert_eq!(info.trim(), format!("flowlog-agent {} Apache-2.0", arch.rpm));
     let requires = q(&["--requires"]);
     assert!(requires.lines().any(|l| l.trim() == "glibc >= 2.28"), "{requires}");
     // Modes and the noreplace flag of the config.
@@ -257,19 +449,66 @@ fn rpm_holds_the_same_files_and_scripts() {
         assert!(scripts.contains(&format!("{what} scriptlet")) && scripts.contains(first), "{what}: {scripts}");
     }
     // The files themselves: the tested binary, the packaged unit, the example.
-    let dir = std::env::temp_dir().join(format!("flowlog-rpm-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
+    let unpacked = Unpacked::new(&format!("rpm-{}", arch.rpm));
+    let dir = &unpacked.0;
     let st = Command::new("sh")
         .arg("-c")
         // rpm2archive (in Debian's rpm package; cpio may be missing).
-        .arg(format!("rpm2archive - < {} | tar xz", flowlog_testkit::shell_quote(&rpm)))
-        .current_dir(&dir)
+        .arg(format!("rpm2archive - < {} | tar xz", flowlog_testkit::shell_quote(rpm)))
+        .current_dir(dir)
         .status()
         .unwrap();
     assert!(st.success(), "rpm2archive | tar");
-    assert_eq!(fs::read(dir.join("usr/bin/flowlog-agent")).unwrap(), fs::read(packages().join("flowlog-agent")).unwrap());
+    let bin = dir.join("usr/bin/flowlog-agent");
+    assert_eq!(elf_machine(&bin), arch.e_machine, "{}: not an {} binary", rpm.display(), arch.name);
+    assert!(fs::read(&bin).unwrap() == fs::read(arch.binary()).unwrap(), "{} holds another binary than {}", rpm.display(), arch.binary().display());
     assert_eq!(fs::read_to_string(dir.join("usr/lib/systemd/system/flowlog.service")).unwrap(), packaged_unit());
     assert_eq!(fs::read_to_string(dir.join("etc/flowlog/flowlog.toml")).unwrap(), read("flowlog.example.toml"));
-    let _ = fs::remove_dir_all(&dir);
+    unpacked
+}
+
+/// The Dockerfile built for each platform with buildah, as `docker buildx
+/// build --platform` would (the builder sets TARGETARCH; the runtime image
+/// is swapped for `scratch`: no registry here, and nothing runs in the
+/// build): each image is its platform's and holds that architecture's
+/// packaged binary and the example config.
+#[test]
+fn image_holds_each_platform_s_binary() {
+    if let Some(missing) = ARCHES.iter().map(Arch::binary).find(|b| !b.is_file()) {
+        assert!(!required(), "no {}: run `cargo xtask package`", missing.display());
+        eprintln!("no {} (run `cargo xtask package`): skipped", missing.display());
+        return;
+    }
+    if Command::new("buildah").arg("--version").output().is_err() {
+        assert!(!required(), "buildah not installed (apt-get install buildah)");
+        eprintln!("buildah not installed: skipped");
+        return;
+    }
+    // A private image store: nothing left in the machine's.
+    let store = Unpacked::new("buildah");
+    let buildah = || {
+        let mut cmd = Command::new("buildah");
+        cmd.arg("--root").arg(store.0.join("root")).arg("--runroot").arg(store.0.join("run")).args(["--storage-driver", "vfs"]);
+        cmd
+    };
+    for arch in &ARCHES {
+        let tag = format!("localhost/flowlog-test:{}", arch.deb);
+        let image = store.0.join(arch.deb);
+        out(buildah()
+            .args(["build", "--quiet", "--platform", &format!("linux/{}", arch.deb), "--build-arg", "RUNTIME_IMAGE=scratch", "-t", &tag])
+            .arg(format!("--output=type=local,dest={}", image.display()))
+            .arg(root()));
+        let platform = out(buildah().args(["inspect", "--format", "{{.OCIv1.OS}}/{{.OCIv1.Architecture}}", &tag]));
+        assert_eq!(platform.trim(), format!("linux/{}", arch.deb));
+        let bin = image.join("usr/local/bin/flowlog-agent");
+        assert_eq!(elf_machine(&bin), arch.e_machine, "the {} image holds no {} binary", arch.deb, arch.name);
+        assert!(
+            fs::read(&bin).unwrap() == fs::read(arch.binary()).unwrap(),
+            "the {} image holds another binary than {}",
+            arch.deb,
+            arch.binary().display()
+        );
+        assert_eq!(fs::metadata(&bin).unwrap().permissions().mode() & 0o7777, 0o755);
+        assert_eq!(fs::read_to_string(image.join("etc/flowlog/flowlog.toml")).unwrap(), read("flowlog.example.toml"));
+    }
 }

@@ -23,7 +23,11 @@ const DEBIAN_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Tools the kernel tests use to build network namespaces.
 /// rpm: tests/package.rs reads the .rpm; man-db: the manual page tests.
-const DEBIAN_TEST_TOOLS: &[&str] = &["iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables", "wireguard-tools", "rpm", "man-db"];
+/// qemu-user-static, libc6-arm64-cross: tests/package.rs runs the arm64 binary; buildah: it builds the image.
+const DEBIAN_TEST_TOOLS: &[&str] = &[
+    "iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables", "wireguard-tools", "rpm", "man-db", "qemu-user-static",
+    "libc6-arm64-cross", "libgcc-s1-arm64-cross", "buildah",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// moto, the local AWS server the destination tests talk to (pinned: 5.2.1
@@ -64,7 +68,8 @@ fn main() -> ExitCode {
                  \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
                  \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S\
                  \n  athena          write the Athena DDLs of deploy/athena/ from the field table (flowlog-records)\
-                 \n  package         the release binary (glibc 2.28 floor, cargo-zigbuild) and its .deb and .rpm in target/packages/\
+                 \n  package         the release binaries for x86_64 and aarch64 (glibc 2.28 floor, cargo-zigbuild) in target/packages/<arch>/,\
+                 \n                  and their .deb and .rpm in target/packages/\
                  \n  vmtest [ARGS]   setup, then run the root-needing suites in QEMU VMs on Debian's 5.10, 6.1, 6.12 kernels (~15 min);\
                  \n                  ARGS: --arch x86_64|arm64|all  --kernel 5.10|6.1|6.12|all  --suite NAME...  --jobs N\
                  \n                  (see `cargo xtask vmtest --help`)"

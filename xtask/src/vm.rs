@@ -89,29 +89,20 @@ fn default_filters(img: &KernelImage, suite: &str) -> Option<&'static [&'static 
     }
     let series = img.series;
     const ALL: &[&str] = &[];
-    const EXACT: &str = "udp_tcp_icmp_both_directions_are_exact";
-    const KEEP: &str = "restart_with_keep_hands_over_exactly";
-    const KILL9: &str = "kill_9_leaves_one_program_per_hook";
-    const BEFORE: &str = "programs_attached_before_the_agent";
-    const HOTPLUG: &str = "hot_plugged_interfaces_are_attached_once";
-    const CONCURRENT: &str = "concurrent_senders_on_every_cpu_insert_the_same_new_flows_exactly";
-    // With the arm64 matrix beside it, CI's time goes further when the e2e
-    // properties are spread like arm64's: exact counts on every kernel, each
-    // other property with the netlink filters (5.10 or 6.1) and with TCX
-    // (6.12). `--full` runs all of them everywhere.
-    const E2E_510: &[&str] = &[EXACT, KEEP, BEFORE];
-    const E2E_61: &[&str] = &[EXACT, KILL9, HOTPLUG, CONCURRENT];
-    const E2E_612: &[&str] = &[EXACT, KEEP, KILL9, BEFORE, HOTPLUG, CONCURRENT];
+    const E2E: &[&str] = &[
+        "udp_tcp_icmp_both_directions_are_exact",
+        "restart_with_keep_hands_over_exactly",
+        "kill_9_leaves_one_program_per_hook",
+        "programs_attached_before_the_agent",
+        "hot_plugged_interfaces_are_attached_once",
+        "concurrent_senders_on_every_cpu_insert_the_same_new_flows_exactly",
+    ];
     const DEVICES: &[&str] = &["vlan", "bond", "dummy", "wireguard"];
-    // e2e's exactness (and on 6.12 the restart) again, with the packaged binary.
-    const PACKAGED: &[&str] = &[EXACT];
-    const PACKAGED_612: &[&str] = &[EXACT, KEEP];
+    // e2e's exactness and restart tests again, with the packaged binary.
+    const PACKAGED: &[&str] = &["udp_tcp_icmp_both_directions_are_exact", "restart_with_keep_hands_over_exactly"];
     match (series, suite) {
         (_, "kernel") | (_, "reject") => Some(ALL),
-        ("5.10", "e2e") => Some(E2E_510),
-        ("6.1", "e2e") => Some(E2E_61),
-        (_, "e2e") => Some(E2E_612),
-        ("6.12", PACKAGED_SUITE) => Some(PACKAGED_612),
+        (_, "e2e") => Some(E2E),
         (_, PACKAGED_SUITE) => Some(PACKAGED),
         ("6.1", "devices") => Some(DEVICES),
         _ => None,

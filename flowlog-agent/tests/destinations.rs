@@ -39,10 +39,34 @@ fn utc(t: u64, fmt: &str) -> String {
     jiff::Timestamp::from_second(t as i64).unwrap().strftime(fmt).to_string()
 }
 
-fn tmp(name: &str) -> PathBuf {
+/// A scratch path under `$TMPDIR`, empty at first and removed when dropped
+/// (also when the test fails).
+struct Tmp(PathBuf);
+
+impl std::ops::Deref for Tmp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Tmp {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Tmp {
     let d = std::env::temp_dir().join(format!("flowlog-dest-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    d
+    Tmp(d)
 }
 
 /// `n` records on `ifaces` interfaces, windows of 60 s from `t0`.
@@ -508,7 +532,7 @@ async fn kill_9_with_a_non_empty_spool_then_restart_delivers() {
     let dead = format!("http://127.0.0.1:{}", harness::free_port());
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "kill9_child", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("FLOWLOG_TEST_SPOOL", &spool)
+        .env("FLOWLOG_TEST_SPOOL", spool.as_os_str())
         .env("FLOWLOG_TEST_ENDPOINT", &dead)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -574,7 +598,8 @@ async fn bad_configuration_is_a_clear_startup_error() {
     // Any region of the right shape is the SDK's to judge: a real one that
     // an older, stricter check refused starts.
     harness::s3(moto).await.create_bucket().bucket("eusc").send().await.unwrap();
-    let mut c = config(vec!["s3://eusc".parse().unwrap()], Some(moto), &tmp("eusc-spool"));
+    let scratch = tmp("eusc-spool");
+    let mut c = config(vec!["s3://eusc".parse().unwrap()], Some(moto), &scratch);
     c.aws.region = Some("eusc-de-east-1".into());
     Shipper::start(&c).await.expect("eusc-de-east-1 is a region").shutdown().await;
     let mut c = config(vec!["cloudwatch:g".parse().unwrap()], Some(moto), &spool);
@@ -686,7 +711,8 @@ async fn per_output_region_endpoint_and_role() {
     // from the spool): nothing is acknowledged.
     let dead = format!("http://127.0.0.1:{}", harness::free_port());
     let o: Output = format!("s3://per-out-ep?endpoint={dead}&role-arn=arn:aws:iam::123456789012:role/x").parse().unwrap();
-    let mut cfg = config(vec![o], Some(&dead), &tmp("perout-bad"));
+    let scratch = tmp("perout-bad");
+    let mut cfg = config(vec![o], Some(&dead), &scratch);
     cfg.shutdown_timeout = Duration::from_millis(500);
     let mut sh = Shipper::start(&cfg).await.unwrap();
     sh.send(&format, &recs);

@@ -3,11 +3,11 @@
 //! an endpoint override, results read back with the SDK and compared record
 //! by record. No root needed.
 
-use flowlog_testkit::aws as harness;
+use flowlog_testkit::{aws as harness, TmpPath};
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
@@ -39,34 +39,8 @@ fn utc(t: u64, fmt: &str) -> String {
     jiff::Timestamp::from_second(t as i64).unwrap().strftime(fmt).to_string()
 }
 
-/// A scratch path under `$TMPDIR`, empty at first and removed when dropped
-/// (also when the test fails).
-struct Tmp(PathBuf);
-
-impl std::ops::Deref for Tmp {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Tmp {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn tmp(name: &str) -> Tmp {
-    let d = std::env::temp_dir().join(format!("flowlog-dest-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    Tmp(d)
+fn tmp(name: &str) -> TmpPath {
+    TmpPath::new("flowlog-dest", name)
 }
 
 /// `n` records on `ifaces` interfaces, windows of 60 s from `t0`.

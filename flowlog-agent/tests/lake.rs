@@ -7,7 +7,7 @@
 //! Needs python3 (the venv target/test-tools/lake is installed from PyPI
 //! when missing, or `cargo xtask setup`). No root.
 
-use flowlog_testkit::aws as harness;
+use flowlog_testkit::{aws as harness, TmpPath};
 
 use std::{
     collections::BTreeMap,
@@ -43,10 +43,8 @@ fn ddl_format() -> Format {
     Format::parse(&AWS_COLUMNS.split(' ').map(|c| format!("${{{}}}", c.replace('_', "-"))).collect::<Vec<_>>().join(" ")).unwrap()
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("flowlog-lake-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn tmp(name: &str) -> TmpPath {
+    TmpPath::new("flowlog-lake", name)
 }
 
 /// 40 minutes of records ending 3 hours ago, across an hour boundary:

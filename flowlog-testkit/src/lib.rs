@@ -66,6 +66,38 @@ pub fn shell_quote(s: impl AsRef<std::ffi::OsStr>) -> String {
     shlex::try_quote(s).unwrap_or_else(|e| panic!("{s:?}: {e}")).into_owned()
 }
 
+/// A path under `$TMPDIR` named for the test and this process, absent at
+/// first and removed when dropped (also when the test fails).
+pub struct TmpPath(std::path::PathBuf);
+
+impl TmpPath {
+    pub fn new(prefix: &str, name: &str) -> TmpPath {
+        let d = std::env::temp_dir().join(format!("{prefix}-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        TmpPath(d)
+    }
+}
+
+impl std::ops::Deref for TmpPath {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TmpPath {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A fresh directory `/run/<name>-<pid>-<n>`, removed on drop. For what must
 /// stay visible where a test hides /tmp, /var/tmp and /home (the checkout,
 /// and with it the target directory, may be under any of them), and for

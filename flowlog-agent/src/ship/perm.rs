@@ -134,7 +134,9 @@ mod tests {
             let (dir, file, new) = (d.join(format!("{tag}-dir")), d.join(format!("{tag}-file")), d.join(format!("{tag}-new")));
             let r = (create_dir(&dir, 0o750), open_append(&file, 0o640).map(|_| ()), write_new(&new, b"x", 0o600));
             unsafe { libc::umask(old) };
-            (r.0.unwrap(), r.1.unwrap(), r.2.unwrap());
+            r.0.unwrap();
+            r.1.unwrap();
+            r.2.unwrap();
             assert_eq!((mode_of(&dir).unwrap(), mode_of(&file).unwrap(), mode_of(&new).unwrap()), (0o750, 0o640, 0o600), "umask {umask:03o}");
         }
         fs::remove_dir_all(&d).unwrap();

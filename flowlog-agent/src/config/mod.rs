@@ -182,10 +182,10 @@ keys! {
         pub reject_reason_map: Vec<String>,
         /// Where records go; repeatable (fan-out): `stdout`, `file:<path>` (one
         /// record per line), `dir:<path>` (the S3 layout on a local directory),
-        /// `s3://<bucket>[/<prefix>]`, `cloudwatch:<log-group>[?retention=<days>]`,
+        /// `s3://<bucket>[/<prefix>]`, `cloudwatch:<log-group>[?retention=<days>&class=infrequent-access]`,
         /// `firehose:<delivery-stream>`. `dir:` and `s3:` take
-        /// `?format=parquet&hive&per-hour`. All but stdout/file go through the
-        /// spool. Default stdout.
+        /// `?format=parquet&hive&per-hour`; `file:` and `dir:` files are 0640 unless
+        /// `?mode=<octal>`. All but stdout/file go through the spool. Default stdout.
         #[arg(help_heading = "Outputs", long = "output", short = 'o', env = "FLOWLOG_OUTPUTS", value_delimiter = ',')]
         pub outputs: Vec<String>,
         /// The flow log id in S3 object names. Default fl-00000000000000000.
@@ -601,7 +601,7 @@ mod tests {
             ("max-flows = 0", "invalid max-flows = \"0\": 1 to 16777216"),
             ("on-exit = \"stay\"", "invalid on-exit = \"stay\": detach or keep"),
             ("metrics-listen = \"localhost\"", "invalid metrics-listen = \"localhost\": off, or an address such as 127.0.0.1:9750 or [::1]:9750"),
-            ("outputs = [\"s3\"]", "invalid outputs = \"s3\": invalid output \"s3\": expected `stdout`, `file:<path>`, `dir:<path>[?options]`, `s3://<bucket>[/<prefix>][?options]` (options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>"),
+            ("outputs = [\"s3\"]", "invalid outputs = \"s3\": invalid output \"s3\": expected `stdout`, `file:<path>[?mode=<octal>]`, `dir:<path>[?options]` (also mode=<octal>), `s3://<bucket>[/<prefix>][?options]` (options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>&class=standard|infrequent-access]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>"),
             ("spool-max-bytes = 10", "invalid spool-max-bytes = \"10\": at least 1048576 (1 MiB)"),
             ("file-interval = 0", "invalid file-interval = \"0\": seconds from 1 to 3600 (AWS: 300)"),
             ("account-id = \"a b\"", "invalid account-id = \"a b\": a non-empty value without spaces"),

@@ -407,7 +407,7 @@ mod tests {
     fn parses_outputs() {
         assert_eq!("stdout".parse::<Output>(), Ok(Output::stdout()));
         assert_eq!("file:/tmp/x.log".parse::<Output>().unwrap().spec(), Some(&FileOutput { path: "/tmp/x.log".into(), mode: None }));
-        assert!("bogus".parse::<Output>().unwrap_err().starts_with("invalid output \"bogus\": expected `stdout`, `file:<path>`"));
+        assert!("bogus".parse::<Output>().unwrap_err().starts_with("invalid output \"bogus\": expected `stdout`, `file:<path>[?mode=<octal>]`"));
         assert!("file:".parse::<Output>().is_err());
         let o = "s3://my-bucket/a/b/?format=parquet&hive".parse::<Output>().unwrap();
         assert_eq!(o.spec(), Some(&S3Output { bucket: "my-bucket".into(), prefix: "a/b".into(), opts: LayoutOptions { format: FileFormat::Parquet, hive: true, per_hour: false }, aws: Default::default() }));
@@ -444,8 +444,8 @@ mod tests {
     fn unknown_output_lists_the_syntax() {
         assert_eq!(
             "s3".parse::<Output>().unwrap_err(),
-            "invalid output \"s3\": expected `stdout`, `file:<path>`, `dir:<path>[?options]`, `s3://<bucket>[/<prefix>][?options]` \
-(options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>"
+            "invalid output \"s3\": expected `stdout`, `file:<path>[?mode=<octal>]`, `dir:<path>[?options]` (also mode=<octal>), `s3://<bucket>[/<prefix>][?options]` \
+(options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>&class=standard|infrequent-access]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>"
         );
     }
 }

@@ -29,8 +29,7 @@ use super::{
     stop::Stop,
 };
 
-/// The syntax names only `retention`; an unknown option's error lists them all.
-pub const REGISTRATION: Registration = Registration { syntax: "`cloudwatch:<log-group>[?retention=<days>]`", parse: |s| parse_aws_scheme(s, "cloudwatch:", CloudWatchOutput::parse) };
+pub const REGISTRATION: Registration = Registration { syntax: "`cloudwatch:<log-group>[?retention=<days>&class=standard|infrequent-access]`", parse: |s| parse_aws_scheme(s, "cloudwatch:", CloudWatchOutput::parse) };
 
 /// The tags a group the agent creates gets, so that CloudWatch Logs lists
 /// it as a custom data source (`@data_source_name`/`@data_source_type`:

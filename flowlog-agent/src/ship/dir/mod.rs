@@ -17,7 +17,7 @@ use super::{
     retry::Failure,
 };
 
-pub const REGISTRATION: Registration = Registration { syntax: "`dir:<path>[?options]`", parse };
+pub const REGISTRATION: Registration = Registration { syntax: "`dir:<path>[?options]` (also mode=<octal>)", parse };
 
 fn parse(s: &str) -> Option<Result<Box<dyn OutputSpec>, String>> {
     let (p, q) = split_query(s.strip_prefix("dir:")?);

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// The syntax leaves `mode` out: an unknown option's error names it.
-pub const REGISTRATION: Registration = Registration { syntax: "`file:<path>`", parse };
+pub const REGISTRATION: Registration = Registration { syntax: "`file:<path>[?mode=<octal>]`", parse };
 
 /// The mode of a file (`file:`, and the objects of `dir:`) without `mode=`:
 /// the owner and its group read flow records, other local accounts do not.

@@ -43,6 +43,7 @@ pub mod config;
 pub mod detect;
 pub mod ec2;
 pub mod imds;
+pub mod kubernetes;
 pub mod model;
 pub mod onprem;
 pub mod refresh;

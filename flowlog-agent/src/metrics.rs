@@ -152,6 +152,8 @@ metrics! {
     last_success: Family<OutputLabel, Gauge>, "output_last_success_timestamp_seconds", "Unix time of an output's last successful write or service call";
     errors: Family<OutputReason, Counter>, "output_errors", "Failed writes or service calls of an output, by reason";
     build: Family<BuildLabels, Gauge>, "build_info", "Always 1; the labels say what runs";
+    k8s_failures: Counter, "k8s_pod_lookup_failures", "Pod listings from the container runtime (CRI) that failed or timed out";
+    k8s_pods: Gauge, "k8s_pods", "Pods in the last good listing from the container runtime";
 }
 
 impl Metrics {
@@ -173,6 +175,15 @@ impl Metrics {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// A pod listing failed (the last good one stays in use).
+    pub fn k8s_lookup_failed(&self) {
+        self.k8s_failures.inc();
+    }
+
+    pub fn set_k8s_pods(&self, n: usize) {
+        self.k8s_pods.set(n as i64);
     }
 
     pub fn set_attached(&self, n: usize) {

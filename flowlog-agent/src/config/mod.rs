@@ -16,7 +16,7 @@ use flowlog_records::format::Format;
 use crate::{
     capture::{reject::RejectConfig, IngressHook, KernelFilters},
     enrich::EnrichConfig,
-    metadata::MetadataConfig,
+    metadata::{kubernetes::KubernetesConfig, MetadataConfig},
     ship::{aws::AwsSettings, s3::ObjectOptions, Output, ShipConfig},
 };
 
@@ -153,6 +153,9 @@ keys! {
         /// The `[filters]` section.
         #[command(flatten)]
         pub filters: Filters,
+        /// The `[kubernetes]` section.
+        #[command(flatten)]
+        pub kubernetes: Kubernetes,
         /// Aggregation interval in seconds, 1..3600 (AWS: 60 or 600). Default 60.
         #[arg(help_heading = "Records", long, env = "FLOWLOG_INTERVAL")]
         pub interval: Option<u64>,
@@ -274,6 +277,83 @@ keys! {
     }
 }
 
+keys! {
+    /// Pod identity from the node's container runtime (the `k8s-*` extension
+    /// fields): the `[kubernetes]` section and its flags.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+    #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+    pub struct Kubernetes {
+        /// Pod identity for the k8s-* fields from the node's container runtime
+        /// (CRI, no API server): `auto` (on when a CRI socket exists and the
+        /// log format names a k8s-* field), `on` or `off`. Default auto.
+        #[arg(help_heading = "Kubernetes", long = "kubernetes", value_name = "MODE", env = "FLOWLOG_KUBERNETES")]
+        pub mode: Option<String>,
+        /// The runtime's CRI socket. Default: the first that exists of
+        /// /run/containerd/containerd.sock, /run/crio/crio.sock, /var/run/crio/crio.sock.
+        #[arg(help_heading = "Kubernetes", long = "cri-socket", env = "FLOWLOG_CRI_SOCKET")]
+        pub cri_socket: Option<PathBuf>,
+        /// Pod label key whose value the k8s-pod-label field writes, e.g.
+        /// app.kubernetes.io/name. Default none (the field is `-`).
+        #[arg(help_heading = "Kubernetes", long = "k8s-pod-label", value_name = "KEY", env = "FLOWLOG_K8S_POD_LABEL")]
+        pub pod_label: Option<String>,
+        /// Seconds between pod listings, 1..3600; link changes (new pod veths)
+        /// also trigger one, at most one a second. Default 10.
+        #[arg(help_heading = "Kubernetes", long = "k8s-refresh", value_name = "SECS", env = "FLOWLOG_K8S_REFRESH")]
+        pub refresh_interval: Option<u64>,
+        /// Seconds a pod listing may take before it counts as failed, 1..60.
+        /// Default 2.
+        #[arg(help_heading = "Kubernetes", long = "cri-timeout", value_name = "SECS", env = "FLOWLOG_CRI_TIMEOUT")]
+        pub cri_timeout: Option<u64>,
+    }
+}
+
+impl Kubernetes {
+    /// Checks each value; defaults for absent ones.
+    fn resolve(self) -> Result<KubernetesConfig, ConfigError> {
+        let d = KubernetesConfig::default();
+        let mode = match self.mode {
+            Some(m) => m.parse().map_err(|e| invalid("kubernetes.mode", &m, e))?,
+            None => d.mode,
+        };
+        if let Some(p) = self.cri_socket.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(invalid("kubernetes.cri-socket", p.display(), "an absolute path, e.g. /run/containerd/containerd.sock"));
+        }
+        if let Some(k) = &self.pod_label {
+            // A label key: an optional DNS prefix (253) and `/`, a name (63).
+            if k.is_empty() || k.len() > 317 || k.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return Err(invalid("kubernetes.pod-label", k, "a label key such as app.kubernetes.io/name (1 to 317 characters, no spaces)"));
+            }
+        }
+        let refresh = self.refresh_interval.unwrap_or(d.refresh.as_secs());
+        if !(1..=3600).contains(&refresh) {
+            return Err(invalid("kubernetes.refresh-interval", refresh, "seconds from 1 to 3600"));
+        }
+        let timeout = self.cri_timeout.unwrap_or(d.timeout.as_secs());
+        if !(1..=60).contains(&timeout) {
+            return Err(invalid("kubernetes.cri-timeout", timeout, "seconds from 1 to 60"));
+        }
+        Ok(KubernetesConfig {
+            mode,
+            socket: self.cri_socket,
+            pod_label: self.pod_label,
+            refresh: Duration::from_secs(refresh),
+            timeout: Duration::from_secs(timeout),
+        })
+    }
+}
+
+impl From<&KubernetesConfig> for Kubernetes {
+    fn from(k: &KubernetesConfig) -> Kubernetes {
+        Kubernetes {
+            mode: Some(k.mode.as_str().into()),
+            cri_socket: k.socket.as_ref().map(|p| PathBuf::from(p.display().to_string())),
+            pod_label: k.pod_label.clone(),
+            refresh_interval: Some(k.refresh.as_secs()),
+            cri_timeout: Some(k.timeout.as_secs()),
+        }
+    }
+}
+
 impl From<Filters> for KernelFilters {
     fn from(f: Filters) -> KernelFilters {
         KernelFilters {
@@ -344,6 +424,7 @@ pub struct Settings {
     pub log_json: bool,
     pub metadata: MetadataConfig,
     pub enrich: EnrichConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Settings {
@@ -432,6 +513,7 @@ impl Settings {
         if let Err((key, n)) = filters.validate() {
             return Err(invalid(key, format!("{n} entries"), format!("at most {}", crate::capture::MAX_FILTER_ENTRIES)));
         }
+        let kubernetes = k.kubernetes.resolve()?;
         let (include, exclude) = (k.interfaces, k.exclude_interfaces);
         crate::capture::links::Selector::new(&include, &exclude).map_err(|e| invalid("interfaces", include.join(","), e))?;
         Ok(Settings {
@@ -456,6 +538,7 @@ impl Settings {
             log_json: k.log_json.unwrap_or(false),
             metadata: k.metadata,
             enrich,
+            kubernetes,
         })
     }
 
@@ -474,6 +557,7 @@ impl Settings {
             ingress_hook: Some(a.ingress_hook.as_str().into()),
             sample_rate: Some(a.sample_rate),
             filters: Filters::from(&a.filters),
+            kubernetes: Kubernetes::from(&self.kubernetes),
             interval: Some(a.interval.as_secs()),
             log_format: Some(a.format.spec()),
             account_id: Some(a.account_id.clone().unwrap_or_else(|| "<from metadata>".into())),

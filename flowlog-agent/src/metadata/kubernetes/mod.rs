@@ -2,4 +2,5 @@
 //! (CRI), with no API server: which pod owns a captured interface and which
 //! pod on this node holds an address.
 
+pub mod cri;
 pub mod model;

@@ -214,6 +214,15 @@ impl Containerd {
         found.unwrap_or_else(|| panic!("no host veth with ifindex {peer} in {veths:?}")).0.clone()
     }
 
+    /// Makes the host-local IPAM of network `net` hand out `ip` next (once
+    /// it is free): its allocator goes on after the last address it reserved,
+    /// so a freed address would come back only after the whole range.
+    pub fn allocate_next(&self, net: &str, ip: Ipv4Addr) {
+        let file = self.scratch.join("cni/ipam").join(net).join("last_reserved_ip.0");
+        assert!(file.exists(), "{}: host-local keeps no such file (changed layout?)", file.display());
+        fs::write(&file, Ipv4Addr::from(u32::from(ip) - 1).to_string()).unwrap();
+    }
+
     /// The ids of the pod sandboxes containerd knows (its CRI store on disk).
     fn sandbox_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();

@@ -10,8 +10,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::{apt_install, root_dir, step};
 
-/// Beside the client that includes it: flowlog-agent/src/metadata/kubernetes/cri.rs.
-const DIR: &str = "flowlog-agent/src/metadata/kubernetes/cri";
+/// Third-party API code (vendor/: the vendored proto and what is generated from
+/// it), included by flowlog-agent/src/metadata/kubernetes/cri.rs.
+const DIR: &str = "flowlog-agent/src/metadata/kubernetes/cri/vendor";
 const PROTO: &str = "api.proto";
 const GENERATED: &str = "runtime.v1.rs";
 

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         "ebpf" => setup().and_then(|_| ebpf_objects()),
         "package" => package::package(),
         "athena" => athena::athena(&rest),
+        "cri" if rest.first().map(String::as_str) == Some("--check") => cri::check(),
         "cri" => cri::write(),
         _ => {
             eprintln!(
@@ -72,8 +73,8 @@ fn main() -> ExitCode {
                  \n                  ARGS go to `cargo test`\
                  \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
                  \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S\
-                 \n  cri             write the agent's CRI client code (flowlog-agent/src/metadata/kubernetes/cri/runtime.v1.rs)\
-                 \n                  from the vendored api.proto (needs protoc: installs protobuf-compiler)\
+                 \n  cri             write the agent's CRI client code (flowlog-agent/src/metadata/kubernetes/cri/vendor/runtime.v1.rs)\
+                 \n                  from the vendored api.proto (needs protoc: installs protobuf-compiler); --check: only compare\
                  \n  athena          write the Athena DDLs of deploy/athena/ from the field table (flowlog-records)\
                  \n  package         the release binaries for x86_64 and aarch64 (glibc 2.28 floor, cargo-zigbuild) in target/packages/<arch>/,\
                  \n                  and their .deb and .rpm in target/packages/\

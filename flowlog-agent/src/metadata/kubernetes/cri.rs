@@ -1,7 +1,7 @@
 //! The CRI client: the node's container runtime (containerd, CRI-O) answers
 //! the Kubernetes CRI `runtime.v1` API on a local unix socket.
 //!
-//! [`v1`] is tonic code generated from the vendored `cri/api.proto` by
+//! [`v1`] is tonic code generated from the vendored `cri/vendor/api.proto` by
 //! `cargo xtask cri` and committed, so building the agent needs no protoc
 //! (`cargo xtask test` checks it is a fresh generation). No kept crate ships
 //! that code generated: k8s-cri and cri-api run protoc in their build.rs.
@@ -27,14 +27,15 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, warn};
 
 use super::model::Pod;
+use crate::metadata::imds::describe;
 
 /// The CRI runtime.v1 API (generated; see the module header).
 #[allow(clippy::all, clippy::pedantic, rustdoc::all, missing_docs)]
 pub mod v1 {
-    include!("cri/runtime.v1.rs");
+    include!("cri/vendor/runtime.v1.rs");
 }
 
-use v1::runtime_service_client::RuntimeServiceClient;
+pub use v1::runtime_service_client::RuntimeServiceClient;
 
 /// Longest wait for one CRI call (and for connecting).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,7 +67,7 @@ pub async fn connect(path: &Path) -> Result<RuntimeServiceClient<Channel>, CriEr
     }));
     let channel = match tokio::time::timeout(CALL_TIMEOUT, connecting).await {
         Ok(Ok(ch)) => ch,
-        Ok(Err(e)) => return Err(CriError::Connect { socket, reason: error_chain(&e) }),
+        Ok(Err(e)) => return Err(CriError::Connect { socket, reason: describe(&e) }),
         Err(_) => return Err(CriError::Timeout { socket, call: "connect", timeout: CALL_TIMEOUT }),
     };
     let mut client = RuntimeServiceClient::new(channel);
@@ -216,21 +217,6 @@ pub fn parse_info(text: &str) -> Result<VerboseInfo, serde_json::Error> {
 /// it is no pod's interface.
 fn is_bridge(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).join("bridge").exists()
-}
-
-/// The error and its sources ("transport error: No such file or directory").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

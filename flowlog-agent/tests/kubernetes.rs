@@ -8,6 +8,7 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, UdpSocket},
     path::{Path, PathBuf},
+    thread,
     time::Duration,
 };
 
@@ -16,8 +17,9 @@ use flowlog_agent::metadata::kubernetes::{
     model::Pod,
 };
 use flowlog_testkit::{
+    agent::{Agent, AgentCmd, Rec, FORMAT},
     containerd::{self, Containerd, BRIDGE, BRIDGE_GW, BRIDGE_NET, PTP_GW, PTP_HANDLER, PTP_NET},
-    netns::in_netns_file,
+    netns::{in_netns_file, Topo},
     require_root,
 };
 use tonic::transport::Channel;
@@ -27,6 +29,7 @@ struct Cri {
     rt: tokio::runtime::Runtime,
     client: v1::runtime_service_client::RuntimeServiceClient<Channel>,
     socket: PathBuf,
+    cgroup_parent: String,
 }
 
 impl Cri {
@@ -34,7 +37,7 @@ impl Cri {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let socket = ctrd.socket();
         let client = rt.block_on(cri::connect(&socket)).unwrap_or_else(|e| panic!("{e}\n{}", ctrd.log()));
-        Cri { rt, client, socket }
+        Cri { rt, client, socket, cgroup_parent: ctrd.cgroup_parent() }
     }
 
     /// RunPodSandbox: `handler` "" is the bridge network, [`PTP_HANDLER`] the ptp one.
@@ -43,7 +46,7 @@ impl Cri {
             metadata: Some(v1::PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: ns.into(), attempt: 0 }),
             hostname: name.into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            linux: Some(v1::LinuxPodSandboxConfig::default()),
+            linux: Some(v1::LinuxPodSandboxConfig { cgroup_parent: self.cgroup_parent.clone(), ..Default::default() }),
             ..Default::default()
         };
         let req = v1::RunPodSandboxRequest { config: Some(config), runtime_handler: handler.into() };
@@ -123,6 +126,14 @@ fn containerd_pods_map_to_their_host_veths_and_teardown_is_clean() {
         assert!(addrs.contains(&format!(" {}/24 ", ipv4(p))), "{addrs}");
     }
     assert_eq!(ctrd.host_veths().len(), 3);
+    // runc's cgroups under the harness's own parent (removed at teardown).
+    let parent = ctrd.cgroup_parent();
+    let cgroup = |id: &str| {
+        let rel = format!("{}/{id}", parent.trim_start_matches('/'));
+        let roots = std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten().map(|e| e.path());
+        std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(roots).any(|h| h.join(&rel).is_dir())
+    };
+    assert!(cgroup(&web1) && cgroup(&db1));
     // Traffic: pod -> its gateway (in containerd's namespace) on both
     // networks, bridge pod -> bridge pod, ptp pod -> bridge pod (routed).
     let host = PathBuf::from(format!("/run/netns/{}", ctrd.netns().name()));
@@ -137,6 +148,12 @@ fn containerd_pods_map_to_their_host_veths_and_teardown_is_clean() {
     let pods = c.pods();
     assert_eq!(pods.keys().collect::<Vec<_>>(), ["data/db-1", "shop/web-1"]);
     assert!(ctrd.host_veths().iter().all(|(n, _)| *n != gone));
+    // Its address again, for a pod of another name.
+    ctrd.allocate_next(BRIDGE_NET, ipv4(w2));
+    let web3 = c.run_pod("shop", "web-3", "uid-web-3", "", &[]);
+    let w3 = c.pods()["shop/web-3"].clone();
+    assert_eq!((w3.id.as_str(), ipv4(&w3)), (web3.as_str(), ipv4(w2)));
+    assert_eq!(ctrd.pod_host_veth(&ns(&w3)), w3.host_ifaces.iter().find(|n| *n != BRIDGE).unwrap().as_str());
     // Teardown with live pods (as after a failed test) leaves nothing.
     let scratch = ctrd.scratch().to_path_buf();
     let cache = |id: &str, net: &str| Path::new("/var/lib/cni/results").join(format!("{net}-{id}-eth0"));
@@ -145,4 +162,5 @@ fn containerd_pods_map_to_their_host_veths_and_teardown_is_clean() {
     assert_eq!(ctrd.stop(), Vec::<String>::new());
     assert!(!scratch.exists());
     assert!(!cache(&web1, BRIDGE_NET).exists() && !cache(&db1, PTP_NET).exists());
+    assert!(!cgroup(&web1) && !cgroup(&db1));
 }

@@ -21,7 +21,8 @@
 //! Dropping [`Containerd`] tears everything down even after a failed test:
 //! containerd, shims and pause processes killed, every mount under the
 //! scratch dir unmounted, the namespace (bridge, veths) deleted, libcni's
-//! cache files, runc's cgroups and shim sockets of its pods removed, the
+//! cache files, runc's cgroups (under [`Containerd::cgroup_parent`]) and shim
+//! sockets of its pods removed, the
 //! scratch dir deleted. [`Containerd::leftovers`] says what a teardown left.
 //!
 //! The tests speak CRI with the agent's own client (testkit does not depend
@@ -223,6 +224,14 @@ impl Containerd {
         fs::write(&file, Ipv4Addr::from(u32::from(ip) - 1).to_string()).unwrap();
     }
 
+    /// The cgroup parent to give pods (PodSandboxConfig `linux.cgroup_parent`):
+    /// runc's cgroups of this harness's pods under one directory of its own in
+    /// every hierarchy, removed at teardown. Without it they go under the
+    /// `/k8s.io` that other runtimes share (only this harness's pods' are removed).
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", self.scratch.file_name().unwrap().to_string_lossy())
+    }
+
     /// The ids of the pod sandboxes containerd knows (its CRI store on disk).
     fn sandbox_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();
@@ -282,24 +291,21 @@ impl Containerd {
             for f in [format!("{BRIDGE_NET}-{id}-eth0"), format!("{PTP_NET}-{id}-eth0"), format!("cni-loopback-{id}-lo")] {
                 let _ = fs::remove_file(Path::new(CNI_RESULTS).join(f));
             }
-            // runc's cgroupfs cgroups: cgroupsPath /k8s.io/<id> in every hierarchy.
-            if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
-                for h in rd.flatten() {
-                    remove_cgroup(&h.path().join("k8s.io").join(id));
-                }
+            // runc's cgroupfs cgroups of pods made without our cgroup parent: /k8s.io/<id>.
+            for h in cgroup_hierarchies() {
+                remove_cgroup(&h.join("k8s.io").join(id));
             }
-            remove_cgroup(&Path::new("/sys/fs/cgroup/unified/k8s.io").join(id));
+        }
+        for h in cgroup_hierarchies() {
+            remove_cgroup(&h.join(self.cgroup_parent().trim_start_matches('/')));
         }
         for sk in &shim_socks {
             let _ = fs::remove_file(sk);
         }
         // Shared parents, only when no other harness (or real runtime) uses them.
-        if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
-            for h in rd.flatten() {
-                let _ = fs::remove_dir(h.path().join("k8s.io"));
-            }
+        for h in cgroup_hierarchies() {
+            let _ = fs::remove_dir(h.join("k8s.io"));
         }
-        let _ = fs::remove_dir("/sys/fs/cgroup/unified/k8s.io");
         for d in ["s", "fifo", "runc/k8s.io", "runc", ""] {
             let _ = fs::remove_dir(Path::new(RUN_CONTAINERD).join(d));
         }
@@ -316,6 +322,7 @@ impl Containerd {
         let sock = self.socket();
         let ns = self.netns().name().to_string();
         let ids = self.sandbox_ids();
+        let parent = self.cgroup_parent();
         self.teardown();
         let mut left = Vec::new();
         left.extend(mounts_under(&s).into_iter().map(|m| format!("mount {m}")));
@@ -333,9 +340,12 @@ impl Containerd {
                     left.push(format!("file {}", f.display()));
                 }
             }
-            if Path::new("/sys/fs/cgroup/memory/k8s.io").join(id).exists() {
-                left.push(format!("cgroup memory/k8s.io/{id}"));
+            for h in cgroup_hierarchies().into_iter().filter(|h| h.join("k8s.io").join(id).exists()) {
+                left.push(format!("cgroup {}/k8s.io/{id}", h.display()));
             }
+        }
+        for h in cgroup_hierarchies().into_iter().filter(|h| h.join(parent.trim_start_matches('/')).exists()) {
+            left.push(format!("cgroup {}{parent}", h.display()));
         }
         left
     }
@@ -501,6 +511,14 @@ fn is_zombie(pid: i32) -> bool {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // "pid (comm) S ...": the state follows the last ')'
     stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(true)
+}
+
+/// /sys/fs/cgroup (cgroup v2) and the hierarchies under it (v1, hybrid).
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let mut v = vec![root.clone()];
+    v.extend(fs::read_dir(&root).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    v
 }
 
 /// A cgroup directory and its children (empty ones: rmdir, deepest first).

@@ -18,6 +18,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -40,9 +41,11 @@ pub use v1::runtime_service_client::RuntimeServiceClient;
 /// Longest wait for one CRI call (and for connecting).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+static INFO_WARNED: AtomicBool = AtomicBool::new(false);
+
 /// Where the runtimes listen by default, in the order auto-detection tries them.
 pub fn default_sockets() -> &'static [&'static str] {
-    &["/run/containerd/containerd.sock", "/var/run/crio/crio.sock"]
+    &["/run/containerd/containerd.sock", "/run/crio/crio.sock", "/var/run/crio/crio.sock"]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,21 +60,27 @@ pub enum CriError {
 
 /// Connects to the runtime's socket and checks it answers CRI v1 (Version).
 pub async fn connect(path: &Path) -> Result<RuntimeServiceClient<Channel>, CriError> {
+    connect_within(path, CALL_TIMEOUT).await
+}
+
+/// [`connect`] with another limit for connecting and for the Version call.
+pub async fn connect_within(path: &Path, limit: Duration) -> Result<RuntimeServiceClient<Channel>, CriError> {
     let socket = path.to_path_buf();
     let sock = socket.clone();
     // The URI is required by tonic and ignored: every connection goes to the socket.
-    let endpoint = Endpoint::from_static("http://[::]:50051").timeout(CALL_TIMEOUT).connect_timeout(CALL_TIMEOUT);
+    let endpoint = Endpoint::from_static("http://[::]:50051").timeout(CALL_TIMEOUT).connect_timeout(limit);
     let connecting = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
         let p = sock.clone();
         async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
     }));
-    let channel = match tokio::time::timeout(CALL_TIMEOUT, connecting).await {
+    let channel = match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(ch)) => ch,
         Ok(Err(e)) => return Err(CriError::Connect { socket, reason: describe(&e) }),
-        Err(_) => return Err(CriError::Timeout { socket, call: "connect", timeout: CALL_TIMEOUT }),
+        Err(_) => return Err(CriError::Timeout { socket, call: "connect", timeout: limit }),
     };
     let mut client = RuntimeServiceClient::new(channel);
-    let version = call(&socket, "Version", client.version(v1::VersionRequest { version: "v1".into() })).await?;
+    let version = client.version(v1::VersionRequest { version: "v1".into() });
+    let version = call_within(&socket, "Version", limit, version).await?;
     debug!(
         socket = %socket.display(),
         runtime = %version.runtime_name,
@@ -120,11 +129,14 @@ pub async fn list_pods(client: &mut RuntimeServiceClient<Channel>, socket: &Path
                     pod.netns = info.netns;
                     pod.host_ifaces = info.host_ifaces.into_iter().filter(|n| !is_bridge(n)).collect();
                 }
-                Err(e) => warn!(
+                // Once per process: the runtime answers the same at every listing.
+                Err(e) if !INFO_WARNED.swap(true, Ordering::Relaxed) => warn!(
                     socket = %socket.display(),
                     pod = %format!("{}/{}", pod.namespace, pod.name),
-                    "CRI verbose info is not JSON ({e}): the pod's network namespace and host interfaces are unknown"
+                    "CRI verbose info is not JSON ({e}): the pod's network namespace and host interfaces are unknown \
+                     (interfaces are matched to such pods by nothing else; further pods: debug log)"
                 ),
+                Err(e) => debug!(socket = %socket.display(), id = %pod.id, "CRI verbose info is not JSON: {e}"),
             }
         }
         pods.push(pod);
@@ -138,7 +150,16 @@ async fn call<T>(
     name: &'static str,
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, CriError> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+    call_within(socket, name, CALL_TIMEOUT, fut).await
+}
+
+async fn call_within<T>(
+    socket: &Path,
+    name: &'static str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, CriError> {
+    match tokio::time::timeout(limit, fut).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(CriError::Call {
             socket: socket.to_path_buf(),
@@ -146,7 +167,7 @@ async fn call<T>(
             code: s.code(),
             message: s.message().to_string(),
         }),
-        Err(_) => Err(CriError::Timeout { socket: socket.to_path_buf(), call: name, timeout: CALL_TIMEOUT }),
+        Err(_) => Err(CriError::Timeout { socket: socket.to_path_buf(), call: name, timeout: limit }),
     }
 }
 
@@ -295,6 +316,27 @@ mod tests {
         let listed = v1::PodSandboxMetadata { name: "h".into(), namespace: "kube-system".into(), ..Default::default() };
         let pod = pod_from_status("def".into(), Some(listed), v1::PodSandboxStatus::default());
         assert_eq!((pod.namespace.as_str(), pod.name.as_str(), pod.ips.len()), ("kube-system", "h", 0));
+    }
+
+    /// A socket that accepts and never answers (a hung runtime).
+    #[tokio::test]
+    async fn a_runtime_that_does_not_answer_times_out() {
+        let dir = std::env::temp_dir().join(format!("flowlog-cri-hang-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("hang.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let e = connect_within(&sock, Duration::from_millis(300)).await.unwrap_err();
+        held.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        // the limit given, not CALL_TIMEOUT: the caller's bound holds
+        assert!(matches!(e, CriError::Timeout { timeout, .. } if timeout == Duration::from_millis(300)), "{e}");
+        assert!(e.to_string().starts_with(&format!("CRI socket {}: ", sock.display())), "{e}");
     }
 
     #[tokio::test]

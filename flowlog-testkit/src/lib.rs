@@ -4,10 +4,12 @@
 //! `BPF_PROG_TEST_RUN` ([`frames`]), network namespaces and a packet
 //! capture ([`netns`]), the agent run in them with its records read back
 //! ([`agent`]), systemd unit files read as systemd does ([`systemd`]),
-//! Parquet files of other writers for `compare` ([`parquet`]).
+//! Parquet files of other writers for `compare` ([`parquet`]), a private
+//! containerd with CNI pods for the Kubernetes tests ([`containerd`]).
 
 pub mod agent;
 pub mod aws;
+pub mod containerd;
 pub mod fake_imds;
 pub mod frames;
 pub mod netns;

@@ -22,7 +22,11 @@ use crate::{
     config::{Config, OnExit, Settings},
     drain::{Drained, FlowTables, KernelCounters},
     enrich::{self, EcsConfig, Enrichment, HostMeta, InterfaceMeta, TagFields},
-    metadata::{refresh::Refresher, InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
+    metadata::{
+        kubernetes::{source::PodSource, KubernetesConfig, Mode as K8sMode},
+        refresh::Refresher,
+        InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot,
+    },
     metrics::{self, Metrics, RecordCounts},
     ship::{ShipConfig, Shipper},
 };
@@ -61,6 +65,8 @@ struct Agent {
     ifs: Interfaces,
     host: HostMeta,
     enrichment: Enrichment,
+    /// Pod identity for the `k8s-*` fields, when on.
+    pods: Option<PodSource>,
     shipper: Shipper,
     metrics: Arc<Metrics>,
     sigterm: Signal,
@@ -83,7 +89,7 @@ impl Agent {
     /// Loads the programs, starts metrics and metadata, attaches to the
     /// selected interfaces and opens the outputs; then says it is ready.
     async fn start(settings: Settings) -> Result<Agent> {
-        let Settings { agent: cfg, metadata, enrich, .. } = settings;
+        let Settings { agent: cfg, metadata, enrich, kubernetes, .. } = settings;
         let drops = prepare_drops(&cfg)?;
         // Subscribe first: a link created while we list is then not missed.
         let link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
@@ -101,6 +107,7 @@ impl Agent {
         // an instance: leave it out by default on EC2.
         let enrichment =
             enrich.build(&[], selection.kind == ProviderKind::Ec2, reject_reasons).context("enrichment configuration ([enrich])")?;
+        let pods = start_pods(&cfg, &kubernetes, &metrics);
         let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
         let (snapshot, refresher) = Refresher::start(provider, link_ids, metadata.refresh_interval()).await;
         let host = HostMeta {
@@ -127,6 +134,7 @@ impl Agent {
             ifs,
             host,
             enrichment,
+            pods,
             shipper,
             metrics,
             sigterm,
@@ -175,7 +183,11 @@ impl Agent {
                 _ = sleep_until(deadline) => return false,
                 _ = self.sigterm.recv() => return true,
                 _ = self.sigint.recv() => return true,
-                Some(ev) = self.link_events.recv() => match ev {
+                Some(ev) = self.link_events.recv() => {
+                    if let Some(p) = &self.pods {
+                        p.link_changed();
+                    }
+                    match ev {
                     LinkEvent::Changed(link) => {
                         if !self.ifs.attached.contains_key(&link.ifindex) && self.selector.wants(&link) {
                             if let Err(e) = self.ifs.attach(&mut self.capture, &link) {
@@ -185,7 +197,8 @@ impl Agent {
                     }
                     LinkEvent::Removed { ifindex, .. } => self.ifs.gone(&mut self.capture, ifindex),
                     LinkEvent::Overrun => relist(&mut self.ifs, &mut self.capture, &self.selector, &mut self.refused),
-                },
+                    }
+                }
                 s = self.ifs.refresher.changed() => self.ifs.update(s),
             }
         }
@@ -279,6 +292,8 @@ impl Agent {
     /// kernel tables forget them.
     fn ship(&mut self, drained: &Drained) -> bool {
         let mut counts = RecordCounts::default();
+        // The pods of this window from the kept listings (no runtime call).
+        self.enrichment.pods = self.pods.as_ref().and_then(|p| p.window(drained.window_start_unix_ns, drained.window_end_unix_ns));
         let mut window = self.shipper.window(&self.cfg.format);
         enrich::for_each_record(&self.host, &self.ifs.in_window, drained, Some(&self.enrichment), |r| {
             counts.add(r);
@@ -320,6 +335,25 @@ fn load_capture(cfg: &Config, drops: Option<&DropSetup>, links: &[links::LinkInf
         }
     }
     Ok((capture, tables))
+}
+
+/// The pod listing task, when the format names a `k8s-*` field and a CRI
+/// socket is there (`auto`) or it is asked for (`on`).
+fn start_pods(cfg: &Config, k8s: &KubernetesConfig, metrics: &Arc<Metrics>) -> Option<PodSource> {
+    let wanted = cfg.format.fields().iter().any(|f| f.is_extension());
+    match k8s.decide(wanted, |p| p.exists()) {
+        Ok(socket) => {
+            info!(socket = %socket.display(), label = k8s.pod_label.as_deref().unwrap_or("-"), "kubernetes: pod identity from the container runtime (CRI)");
+            let lister = crate::metadata::kubernetes::source::CriLister::new(socket.clone());
+            Some(PodSource::start(lister, socket, k8s, metrics.clone()))
+        }
+        Err(why) => {
+            if wanted || k8s.mode == K8sMode::On {
+                warn!("kubernetes: pod identity is off: {why}; the k8s-* fields are `-`. On a node, mount the runtime's CRI socket (hostPath, read-only) or set --cri-socket");
+            }
+            None
+        }
+    }
 }
 
 /// The metrics registry, served on `metrics-listen` unless that is off.

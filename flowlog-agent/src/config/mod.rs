@@ -300,8 +300,8 @@ keys! {
         /// also trigger one, at most one a second. Default 10.
         #[arg(help_heading = "Kubernetes", long = "k8s-refresh", value_name = "SECS", env = "FLOWLOG_K8S_REFRESH")]
         pub refresh_interval: Option<u64>,
-        /// Seconds a pod listing may take before it counts as failed, 1..60.
-        /// Default 2.
+        /// Seconds a whole pod listing (one call per pod) may take before it
+        /// counts as failed, 1..120. Default 10.
         #[arg(help_heading = "Kubernetes", long = "cri-timeout", value_name = "SECS", env = "FLOWLOG_CRI_TIMEOUT")]
         pub cri_timeout: Option<u64>,
     }
@@ -329,8 +329,8 @@ impl Kubernetes {
             return Err(invalid("kubernetes.refresh-interval", refresh, "seconds from 1 to 3600"));
         }
         let timeout = self.cri_timeout.unwrap_or(d.timeout.as_secs());
-        if !(1..=60).contains(&timeout) {
-            return Err(invalid("kubernetes.cri-timeout", timeout, "seconds from 1 to 60"));
+        if !(1..=120).contains(&timeout) {
+            return Err(invalid("kubernetes.cri-timeout", timeout, "seconds from 1 to 120"));
         }
         Ok(KubernetesConfig {
             mode,
@@ -744,6 +744,61 @@ mod tests {
 }
 
 #[cfg(test)]
+mod kubernetes_tests {
+    use super::*;
+    use crate::metadata::kubernetes::Mode;
+
+    fn resolve(file: &str, flags: &[&str]) -> Result<Settings, String> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            keys: Keys,
+        }
+        let o = Cli::try_parse_from(std::iter::once("flowlog-agent").chain(flags.iter().copied())).map_err(|e| e.to_string())?.keys;
+        Settings::resolve(FileConfig::parse(file)?, o).map_err(|e| e.to_string())
+    }
+
+    /// The `[kubernetes]` section and its flags (flags win), and what
+    /// `check-config` prints of it.
+    #[test]
+    fn section_flags_and_render() {
+        let s = resolve(
+            "[kubernetes]\nmode = \"on\"\ncri-socket = \"/run/k3s/containerd/containerd.sock\"\npod-label = \"app.kubernetes.io/name\"\nrefresh-interval = 30\n",
+            &["--cri-timeout", "5", "--kubernetes", "off"],
+        )
+        .unwrap();
+        let k = &s.kubernetes;
+        assert_eq!(
+            (k.mode, k.socket.as_deref(), k.pod_label.as_deref(), k.refresh, k.timeout),
+            (Mode::Off, Some(std::path::Path::new("/run/k3s/containerd/containerd.sock")), Some("app.kubernetes.io/name"), Duration::from_secs(30), Duration::from_secs(5))
+        );
+        assert!(s.render().contains(
+            "[kubernetes]\nmode = \"off\"\ncri-socket = \"/run/k3s/containerd/containerd.sock\"\npod-label = \"app.kubernetes.io/name\"\nrefresh-interval = 30\ncri-timeout = 5\n"
+        ), "{}", s.render());
+    }
+
+    /// Bad values: the key, the value and what is accepted.
+    #[test]
+    fn errors() {
+        let err = |file: &str| resolve(file, &[]).unwrap_err();
+        assert_eq!(err("[kubernetes]\nmode = \"yes\""), "invalid kubernetes.mode = \"yes\": auto, on or off");
+        assert_eq!(
+            err("[kubernetes]\ncri-socket = \"containerd.sock\""),
+            "invalid kubernetes.cri-socket = \"containerd.sock\": an absolute path, e.g. /run/containerd/containerd.sock"
+        );
+        assert_eq!(
+            err("[kubernetes]\npod-label = \"my app\""),
+            "invalid kubernetes.pod-label = \"my app\": a label key such as app.kubernetes.io/name (1 to 317 characters, no spaces)"
+        );
+        assert_eq!(err("[kubernetes]\nrefresh-interval = 0"), "invalid kubernetes.refresh-interval = \"0\": seconds from 1 to 3600");
+        assert_eq!(err("[kubernetes]\ncri-timeout = 121"), "invalid kubernetes.cri-timeout = \"121\": seconds from 1 to 120");
+        assert!(err("[kubernetes]\nsocket = \"/x\"").contains("unknown field `socket`"), "{}", err("[kubernetes]\nsocket = \"/x\""));
+        assert_eq!(resolve("", &["--kubernetes", "maybe"]).unwrap_err(), "invalid kubernetes.mode = \"maybe\": auto, on or off");
+    }
+}
+
+#[cfg(test)]
 mod example {
     use super::*;
 
@@ -760,6 +815,7 @@ mod example {
         assert_eq!(parsed.metadata, MetadataConfig::default());
         assert_eq!(parsed.enrich, EnrichConfig::default());
         assert_eq!(parsed.filters, Filters::default());
+        assert_eq!(s.kubernetes, KubernetesConfig::default());
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
@@ -770,6 +826,7 @@ mod example {
             "log-json", "ingress-hook", "reject-reasons", "reject-reason-map", "region", "aws-endpoint-url", "flow-log-id", "spool-dir",
             "spool-max-bytes", "file-interval", "file-max-bytes", "shutdown-timeout", "sample-rate", "include-cidrs", "instance", "network-interface", "cluster-arn", "cluster-name", "container-instance-arn",
             "container-instance-id", "container-id", "second-container-id", "service-name", "task-definition-arn", "task-arn", "task-id", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
+            "cri-socket", "pod-label", "refresh-interval", "cri-timeout",
         ];
         for k in keys {
             assert!(EXAMPLE.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{k} = "))), "{k} missing from the example");
@@ -779,7 +836,7 @@ mod example {
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
             "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
             "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
-            "--exclude-port", "--protocol",
+            "--exclude-port", "--protocol", "--kubernetes", "--cri-socket", "--k8s-pod-label", "--k8s-refresh", "--cri-timeout",
         ] {
             assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");
         }

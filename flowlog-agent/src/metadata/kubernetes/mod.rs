@@ -45,7 +45,7 @@ impl std::str::FromStr for Mode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KubernetesConfig {
     pub mode: Mode,
-    /// `None`: the first of [`DEFAULT_SOCKETS`] that exists.
+    /// `None`: the first of [`cri::default_sockets`] that exists.
     pub socket: Option<PathBuf>,
     /// The label key whose value `k8s-pod-label` writes.
     pub pod_label: Option<String>,
@@ -57,32 +57,29 @@ pub struct KubernetesConfig {
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
-        KubernetesConfig { mode: Mode::Auto, socket: None, pod_label: None, refresh: Duration::from_secs(10), timeout: Duration::from_secs(2) }
+        KubernetesConfig { mode: Mode::Auto, socket: None, pod_label: None, refresh: Duration::from_secs(10), timeout: Duration::from_secs(10) }
     }
 }
-
-/// CRI sockets of the runtimes Kubernetes nodes run, in the order tried.
-pub const DEFAULT_SOCKETS: [&str; 3] = ["/run/containerd/containerd.sock", "/run/crio/crio.sock", "/var/run/crio/crio.sock"];
 
 impl KubernetesConfig {
     /// The socket to use, and whether pod identity is on, for a log format
     /// that does (`wanted`) or does not name a `k8s-*` field. `Err`: why it
     /// is off, for the log.
     pub fn decide(&self, wanted: bool, exists: impl Fn(&std::path::Path) -> bool) -> Result<PathBuf, String> {
-        let found = self.socket.clone().or_else(|| DEFAULT_SOCKETS.iter().map(PathBuf::from).find(|p| exists(p)));
+        let found = self.socket.clone().or_else(|| cri::default_sockets().iter().map(PathBuf::from).find(|p| exists(p)));
         match (self.mode, wanted) {
             (Mode::Off, _) => Err("kubernetes = off".into()),
             (_, false) => Err("the log format names no k8s-* field".into()),
             (Mode::Auto, true) => found.filter(|p| exists(p)).ok_or_else(|| format!("no CRI socket found (tried {})", self.tried())),
             // On: a missing socket is the source's warning, not a stop.
-            (Mode::On, true) => Ok(found.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKETS[0]))),
+            (Mode::On, true) => Ok(found.unwrap_or_else(|| PathBuf::from(cri::default_sockets()[0]))),
         }
     }
 
     fn tried(&self) -> String {
         match &self.socket {
             Some(p) => p.display().to_string(),
-            None => DEFAULT_SOCKETS.join(", "),
+            None => cri::default_sockets().join(", "),
         }
     }
 }

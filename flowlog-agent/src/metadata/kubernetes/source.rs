@@ -26,6 +26,30 @@ pub trait PodLister: Send + 'static {
     fn list(&mut self) -> impl Future<Output = Result<Vec<Pod>, String>> + Send;
 }
 
+/// The runtime's CRI endpoint; reconnects after a failed call.
+pub struct CriLister {
+    socket: PathBuf,
+    client: Option<super::cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>>,
+}
+
+impl CriLister {
+    pub fn new(socket: PathBuf) -> CriLister {
+        CriLister { socket, client: None }
+    }
+}
+
+impl PodLister for CriLister {
+    async fn list(&mut self) -> Result<Vec<Pod>, String> {
+        let mut client = match self.client.take() {
+            Some(c) => c,
+            None => super::cri::connect(&self.socket).await.map_err(|e| e.to_string())?,
+        };
+        let pods = super::cri::list_pods(&mut client, &self.socket).await.map_err(|e| e.to_string())?;
+        self.client = Some(client);
+        Ok(pods)
+    }
+}
+
 /// Link events closer together than this share one listing.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -106,7 +130,11 @@ fn resolve(pods: Vec<Pod>) -> Result<Vec<index::ResolvedPod>, String> {
     let links = netns::host_links().map_err(|e| format!("listing host interfaces (rtnetlink): {e}"))?;
     // A namespace file that is gone (pod being deleted) or not mounted here:
     // the runtime's interface names are the fallback.
-    Ok(index::resolve(pods, &links, |p: &Path| netns::nsid_of(p).ok().flatten()))
+    Ok(index::resolve(pods, &links, |p: &Path| {
+        // Runtimes name /var/run/netns/…; an image may have no /var/run link.
+        let alt = p.strip_prefix("/var/run").ok().map(|rest| Path::new("/run").join(rest));
+        netns::nsid_of(p).ok().flatten().or_else(|| alt.and_then(|a| netns::nsid_of(&a).ok().flatten()))
+    }))
 }
 
 /// The one warning a failing runtime gets (until it answers again).

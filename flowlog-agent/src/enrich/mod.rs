@@ -410,7 +410,11 @@ pub fn for_each_record(
                 rec.reject_reason = reject_reason.cloned();
             }
             if let Some(g) = &mut k8s {
-                rec.k8s = g.of(own_pod, Some((pkt_src, pkt_dst)));
+                // Records of one interface often share a group: no refcount churn then.
+                let group = g.of(own_pod, Some((pkt_src, pkt_dst)));
+                if rec.k8s.as_ref().map(Arc::as_ptr) != group.map(Arc::as_ptr) {
+                    rec.k8s = group.cloned();
+                }
             }
             emit(&rec);
             written += 1;
@@ -426,7 +430,7 @@ pub fn for_each_record(
         if let Some(status) = status {
             let mut r = base_record(host, meta, w_start, w_end, status);
             if let Some(g) = &mut k8s {
-                r.k8s = g.of(own_pod, None);
+                r.k8s = g.of(own_pod, None).cloned();
             }
             emit(&r);
         }

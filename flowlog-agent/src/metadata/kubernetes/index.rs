@@ -116,7 +116,9 @@ pub const NO_POD: u32 = u32::MAX;
 pub struct PodIndex {
     pods: Vec<PodIdent>,
     by_ifindex: Map<u32, u32>,
-    by_ip: Map<IpAddr, u32>,
+    // Addresses as integers: one multiply to hash, not an enum's bytes.
+    by_v4: Map<u32, u32>,
+    by_v6: Map<u128, u32>,
 }
 
 impl PodIndex {
@@ -150,7 +152,10 @@ impl PodIndex {
             }
             if p.netns.is_some() {
                 for ip in &p.ips {
-                    claim(&mut index.by_ip, *ip, i);
+                    match ip {
+                        IpAddr::V4(a) => claim(&mut index.by_v4, u32::from(*a), i),
+                        IpAddr::V6(a) => claim(&mut index.by_v6, u128::from(*a), i),
+                    }
                 }
             }
         }
@@ -176,7 +181,12 @@ impl PodIndex {
 
     /// The pod on this node that holds the address, or [`NO_POD`].
     pub fn of_ip(&self, ip: IpAddr) -> u32 {
-        self.by_ip.get(&ip).copied().unwrap_or(NO_POD)
+        match ip {
+            IpAddr::V4(a) => self.by_v4.get(&u32::from(a)),
+            IpAddr::V6(a) => self.by_v6.get(&u128::from(a)),
+        }
+        .copied()
+        .unwrap_or(NO_POD)
     }
 }
 
@@ -185,7 +195,8 @@ impl PodIndex {
 /// address lookups and a cache hit.
 pub struct K8sGroups<'a> {
     index: &'a PodIndex,
-    cache: Map<(u32, u32, u32), Option<Arc<K8sMeta>>>,
+    /// Key: interface pod, source pod, destination pod (32 bits each).
+    cache: Map<u128, Option<Arc<K8sMeta>>>,
 }
 
 impl<'a> K8sGroups<'a> {
@@ -195,11 +206,11 @@ impl<'a> K8sGroups<'a> {
 
     /// The group of a record on the interface of pod `iface` (or
     /// [`NO_POD`]) between these packet addresses (`None`: NODATA).
-    pub fn of(&mut self, iface: u32, addrs: Option<(IpAddr, IpAddr)>) -> Option<Arc<K8sMeta>> {
+    pub fn of(&mut self, iface: u32, addrs: Option<(IpAddr, IpAddr)>) -> Option<&Arc<K8sMeta>> {
         let (src, dst) = addrs.map_or((NO_POD, NO_POD), |(s, d)| (self.index.of_ip(s), self.index.of_ip(d)));
         let index = self.index;
         self.cache
-            .entry((iface, src, dst))
+            .entry((iface as u128) << 64 | (src as u128) << 32 | dst as u128)
             .or_insert_with(|| {
                 let (own, s, d) = (index.pod(iface), index.pod(src), index.pod(dst));
                 (own.is_some() || s.is_some() || d.is_some()).then(|| {
@@ -213,7 +224,7 @@ impl<'a> K8sGroups<'a> {
                     })
                 })
             })
-            .clone()
+            .as_ref()
     }
 }
 
@@ -248,7 +259,8 @@ mod tests {
     #[test]
     fn interfaces_map_to_pods_by_namespace_id_then_name() {
         let a = pod("shop", "web", "u1", "10.88.0.2", "/run/netns/cni-a");
-        let b = pod("shop", "db", "u2", "10.88.0.3", "/run/netns/cni-b");
+        let mut b = pod("shop", "db", "u2", "10.88.0.3", "/run/netns/cni-b");
+        b.ips.push(ip("fd00:88::3"));
         let mut c = pod("ops", "agent", "u3", "10.88.0.4", "/run/netns/cni-c");
         c.host_ifaces = vec!["vethc".into(), "flbr0".into()];
         let links = [link(1, "lo", None), link(7, "vetha", Some(0)), link(8, "vethb", Some(1)), link(9, "vethc", Some(5)), link(3, "flbr0", None)];
@@ -264,6 +276,8 @@ mod tests {
         assert_eq!((name(idx.of_ifindex(7)), name(idx.of_ifindex(8)), name(idx.of_ifindex(9))), (Some("shop/web".into()), Some("shop/db".into()), Some("ops/agent".into())));
         assert_eq!(idx.of_ifindex(1), NO_POD);
         assert_eq!(name(idx.of_ip(ip("10.88.0.3"))), Some("shop/db".into()));
+        assert_eq!(name(idx.of_ip(ip("fd00:88::3"))), Some("shop/db".into()));
+        assert_eq!(idx.of_ip(ip("fd00:88::4")), NO_POD);
         assert_eq!(idx.of_ip(ip("10.88.0.9")), NO_POD);
         assert_eq!(idx.pod(idx.of_ifindex(7)).unwrap().label.as_deref(), Some("web-app"));
     }
@@ -338,8 +352,8 @@ mod tests {
         let idx = PodIndex::build(r.iter(), Some("app"));
         let mut g = K8sGroups::new(&idx);
         let web = idx.of_ifindex(7);
-        let a = g.of(web, Some((ip("10.88.0.2"), ip("10.88.0.3")))).unwrap();
-        let b = g.of(web, Some((ip("10.88.0.2"), ip("10.88.0.3")))).unwrap();
+        let a = g.of(web, Some((ip("10.88.0.2"), ip("10.88.0.3")))).unwrap().clone();
+        let b = g.of(web, Some((ip("10.88.0.2"), ip("10.88.0.3")))).unwrap().clone();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(
             *a,
@@ -352,7 +366,7 @@ mod tests {
                 dst_pod: Some("shop/db".into()),
             }
         );
-        let outside = g.of(NO_POD, Some((ip("10.88.0.2"), ip("8.8.8.8")))).unwrap();
+        let outside = g.of(NO_POD, Some((ip("10.88.0.2"), ip("8.8.8.8")))).unwrap().clone();
         assert_eq!((outside.namespace.as_deref(), outside.src_pod.as_deref(), outside.dst_pod.as_deref()), (None, Some("shop/web"), None));
         assert!(g.of(NO_POD, Some((ip("1.1.1.1"), ip("8.8.8.8")))).is_none());
         assert_eq!(g.of(web, None).unwrap().pod_name.as_deref(), Some("web"));

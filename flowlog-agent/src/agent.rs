@@ -188,15 +188,17 @@ impl Agent {
                         p.link_changed();
                     }
                     match ev {
-                    LinkEvent::Changed(link) => {
-                        if !self.ifs.attached.contains_key(&link.ifindex) && self.selector.wants(&link) {
-                            if let Err(e) = self.ifs.attach(&mut self.capture, &link) {
-                                error!(iface = %link.name, "cannot attach to a new interface: {e:#}");
+                        LinkEvent::Changed(link) => {
+                            if !self.ifs.attached.contains_key(&link.ifindex) && self.selector.wants(&link) {
+                                if let Err(e) = self.ifs.attach(&mut self.capture, &link) {
+                                    error!(iface = %link.name, "cannot attach to a new interface: {e:#}");
+                                }
                             }
                         }
-                    }
-                    LinkEvent::Removed { ifindex, .. } => self.ifs.gone(&mut self.capture, ifindex),
-                    LinkEvent::Overrun => relist(&mut self.ifs, &mut self.capture, &self.selector, &mut self.refused),
+                        LinkEvent::Removed { ifindex, .. } => self.ifs.gone(&mut self.capture, ifindex),
+                        LinkEvent::Overrun => {
+                            relist(&mut self.ifs, &mut self.capture, &self.selector, &mut self.refused)
+                        }
                     }
                 }
                 s = self.ifs.refresher.changed() => self.ifs.update(s),
@@ -293,7 +295,8 @@ impl Agent {
     fn ship(&mut self, drained: &Drained) -> bool {
         let mut counts = RecordCounts::default();
         // The pods of this window from the kept listings (no runtime call).
-        self.enrichment.pods = self.pods.as_ref().and_then(|p| p.window(drained.window_start_unix_ns, drained.window_end_unix_ns));
+        let (start, end) = (drained.window_start_unix_ns, drained.window_end_unix_ns);
+        self.enrichment.pods = self.pods.as_ref().and_then(|p| p.window(start, end));
         let mut window = self.shipper.window(&self.cfg.format);
         enrich::for_each_record(&self.host, &self.ifs.in_window, drained, Some(&self.enrichment), |r| {
             counts.add(r);
@@ -343,13 +346,17 @@ fn start_pods(cfg: &Config, k8s: &KubernetesConfig, metrics: &Arc<Metrics>) -> O
     let wanted = cfg.format.fields().iter().any(|f| f.is_extension());
     match k8s.decide(wanted, |p| p.exists()) {
         Ok(socket) => {
-            info!(socket = %socket.display(), label = k8s.pod_label.as_deref().unwrap_or("-"), "kubernetes: pod identity from the container runtime (CRI)");
+            let label = k8s.pod_label.as_deref().unwrap_or("-");
+            info!(socket = %socket.display(), label, "kubernetes: pod identity from the container runtime (CRI)");
             let lister = crate::metadata::kubernetes::source::CriLister::new(socket.clone());
             Some(PodSource::start(lister, socket, k8s, metrics.clone()))
         }
         Err(why) => {
             if wanted || k8s.mode == K8sMode::On {
-                warn!("kubernetes: pod identity is off: {why}; the k8s-* fields are `-`. On a node, mount the runtime's CRI socket (hostPath, read-only) or set --cri-socket");
+                warn!(
+                    "kubernetes: pod identity is off: {why}; the k8s-* fields are `-`. On a node, mount the runtime's \
+                     CRI socket (hostPath, read-only) or set --cri-socket"
+                );
             }
             None
         }

@@ -152,7 +152,7 @@ metrics! {
     last_success: Family<OutputLabel, Gauge>, "output_last_success_timestamp_seconds", "Unix time of an output's last successful write or service call";
     errors: Family<OutputReason, Counter>, "output_errors", "Failed writes or service calls of an output, by reason";
     build: Family<BuildLabels, Gauge>, "build_info", "Always 1; the labels say what runs";
-    k8s_failures: Counter, "k8s_pod_lookup_failures", "Pod listings from the container runtime (CRI) that failed or timed out";
+    k8s_failures: Counter, "k8s_pod_lookup_failures", "Pod listings from the runtime (CRI) that failed or timed out";
     k8s_pods: Gauge, "k8s_pods", "Pods in the last good listing from the container runtime";
 }
 

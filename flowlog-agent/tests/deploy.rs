@@ -299,15 +299,21 @@ fn manifest_problems(text: &str) -> Vec<String> {
         let socket = k8s.socket.clone().unwrap_or_else(|| PathBuf::from(default_sockets()[0]));
         let dir = socket.parent().unwrap_or(Path::new("/"));
         match mount_of(&|v| v["hostPath"]["path"].as_str().is_some_and(|hp| dir.starts_with(hp))) {
-            Some((m, v)) if m["mountPath"].as_str() == v["hostPath"]["path"].as_str() && m["readOnly"].as_bool() == Some(true) => {}
-            _ => p.push(format!("kubernetes: the CRI socket {} must be on a read-only hostPath mount at the same path", socket.display())),
+            Some((m, v))
+                if m["mountPath"].as_str() == v["hostPath"]["path"].as_str() && m["readOnly"].as_bool() == Some(true) => {}
+            _ => p.push(format!(
+                "kubernetes: the CRI socket {} must be on a read-only hostPath mount at the same path",
+                socket.display()
+            )),
         }
         match mount_of(&|v| v["hostPath"]["path"].as_str() == Some("/run/netns")) {
             Some((m, _))
                 if m["mountPath"].as_str() == Some("/run/netns")
                     && m["readOnly"].as_bool() == Some(true)
                     && m["mountPropagation"].as_str() == Some("HostToContainer") => {}
-            _ => p.push("kubernetes: /run/netns must be mounted read-only at /run/netns with mountPropagation HostToContainer".into()),
+            _ => p.push(
+                "kubernetes: /run/netns must be mounted read-only at /run/netns with mountPropagation HostToContainer".into(),
+            ),
         }
         if !s.agent.ifaces.iter().any(|i| i == "veth*") {
             p.push(format!("kubernetes: interfaces {:?} capture no pod interfaces (veth*)", s.agent.ifaces));
@@ -344,7 +350,8 @@ fn kubernetes_config_resolves_with_the_agents_parser() {
     // The AWS default fields first, unchanged; then the k8s-* extensions.
     let fields = s.agent.format.fields();
     assert_eq!(fields[..14], flowlog_records::format::DEFAULT_FIELDS);
-    assert_eq!(fields[14..].iter().map(|f| f.name()).collect::<Vec<_>>().join(" "), "k8s-namespace k8s-pod-name k8s-pod-uid k8s-src-pod k8s-dst-pod k8s-pod-label");
+    let ext = fields[14..].iter().map(|f| f.name()).collect::<Vec<_>>().join(" ");
+    assert_eq!(ext, "k8s-namespace k8s-pod-name k8s-pod-uid k8s-src-pod k8s-dst-pod k8s-pod-label");
     assert_eq!(s.agent.format.version(), 2);
     assert_eq!((s.kubernetes.mode, s.kubernetes.pod_label.as_deref()), (K8sMode::Auto, Some("app.kubernetes.io/name")));
     // The metrics port is the agent's default one.
@@ -376,8 +383,8 @@ fn kubernetes_checks_catch_mistakes() {
         ("outputs = [\"stdout\"]", "outputs = [\"file:/tmp/records.log\"]", "output file:/tmp/records.log is not on a writable volume"),
         ("interval = 60", "spool-dir = \"/var/lib/flowlog-agent/spool\"\n    interval = 60", "spool-dir /var/lib/flowlog-agent/spool is not on a writable volume"),
         ("mountPath: /var/lib/flowlog", "mountPath: /var/lib/flowlog-data", "spool-dir /var/lib/flowlog/spool is not on a writable volume"),
-        ("mountPath: /run/containerd", "mountPath: /host/run/containerd", "CRI socket /run/containerd/containerd.sock must be on a read-only"),
-        ("cri-socket = \"/run/containerd/containerd.sock\"", "cri-socket = \"/var/run/crio/crio.sock\"", "CRI socket /var/run/crio/crio.sock must be"),
+        ("mountPath: /run/containerd", "mountPath: /host/run/containerd", "CRI socket /run/containerd/containerd.sock must be"),
+        ("cri-socket = \"/run/containerd/", "cri-socket = \"/var/run/crio/crio.sock\" # ", "CRI socket /var/run/crio/crio.sock must be"),
         ("mountPropagation: HostToContainer", "mountPropagation: None", "/run/netns must be mounted read-only"),
         ("\"veth*\", ", "", "capture no pod interfaces"),
     ];
@@ -392,12 +399,17 @@ fn kubernetes_checks_catch_mistakes() {
     let cri_mount = "mountPath: /run/containerd\n              readOnly: true";
     assert!(good.contains(cri_mount));
     let writable = good.replacen(cri_mount, "mountPath: /run/containerd", 1);
-    assert!(manifest_problems(&writable).iter().any(|p| p.contains("must be on a read-only hostPath mount")), "{:?}", manifest_problems(&writable));
+    let problems = manifest_problems(&writable);
+    assert!(problems.iter().any(|p| p.contains("must be on a read-only hostPath mount")), "{problems:?}");
     // Pod identity off, or no k8s-* field: neither the socket nor pod interfaces are required.
-    let off = good.replacen("    mode = \"auto\"\n    cri-socket", "    mode = \"off\"\n    cri-socket", 1).replacen(cri_mount, "mountPath: /run/containerd", 1);
+    let off = good
+        .replacen("    mode = \"auto\"\n    cri-socket", "    mode = \"off\"\n    cri-socket", 1)
+        .replacen(cri_mount, "mountPath: /run/containerd", 1);
     assert_ne!(off, good.replacen(cri_mount, "mountPath: /run/containerd", 1));
-    assert_eq!(manifest_problems(&mutate(&off, "mountPropagation: HostToContainer", "mountPropagation: None").replacen("\"veth*\", ", "", 1)), Vec::<String>::new());
-    let no_fields = mutate(&writable, " ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label}", "");
+    let off = mutate(&off, "mountPropagation: HostToContainer", "mountPropagation: None").replacen("\"veth*\", ", "", 1);
+    assert_eq!(manifest_problems(&off), Vec::<String>::new());
+    let k8s_fields = " ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label}";
+    let no_fields = mutate(&writable, k8s_fields, "");
     assert_eq!(manifest_problems(&no_fields.replacen("\"veth*\", ", "", 1)), Vec::<String>::new());
 }
 

@@ -594,7 +594,11 @@ k8s-namespace k8s-pod-name k8s-pod-uid k8s-src-pod k8s-dst-pod k8s-pod-label";
         assert_eq!(of(Kind::Int32), "version srcport dstport protocol tcp-flags traffic-path encryption-status");
         assert_eq!(of(Kind::Int64), "packets bytes start end");
         assert_eq!(of(Kind::String).split(' ').count(), 49);
-        let athena: Vec<String> = ALL_FIELDS.iter().filter(|f| !f.is_extension() && f.version() <= 5).map(|f| format!("{} {}", f.column(), f.athena())).collect();
+        let athena: Vec<String> = ALL_FIELDS
+            .iter()
+            .filter(|f| !f.is_extension() && f.version() <= 5)
+            .map(|f| format!("{} {}", f.column(), f.athena()))
+            .collect();
         assert_eq!(
             athena.join(", "),
             "version int, account_id string, interface_id string, srcaddr string, dstaddr string, srcport int, dstport int, \
@@ -788,7 +792,9 @@ flow_direction string, traffic_path int"
     fn k8s_extension_fields_are_written() {
         use crate::record::K8sMeta;
         let s = |v: &str| Some(Arc::<str>::from(v));
-        let f = Format::parse("${srcaddr} ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label} ${version}").unwrap();
+        let spec = "${srcaddr} ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} \
+                    ${k8s-pod-label} ${version}";
+        let f = Format::parse(spec).unwrap();
         let mut r = ok("eni-1", "10.88.0.2", "10.88.0.3", (1, 2), 6, 1, 40, (1, 1), Action::Accept);
         assert_eq!(f.line(&r), "10.88.0.2 - - - - - - 2");
         r.k8s = Some(Arc::new(K8sMeta {
@@ -799,7 +805,8 @@ flow_direction string, traffic_path int"
             src_pod: s("shop/web-7d9f"),
             dst_pod: None,
         }));
-        assert_eq!(f.line(&r), "10.88.0.2 shop web-7d9f 0b5c6f1e-8a3d-4c1e-9f00-1234567890ab shop/web-7d9f - my%20app 2");
+        let want = "10.88.0.2 shop web-7d9f 0b5c6f1e-8a3d-4c1e-9f00-1234567890ab shop/web-7d9f - my%20app 2";
+        assert_eq!(f.line(&r), want);
         assert_eq!(Format::default().line(&r), "2 123456789010 eni-1 10.88.0.2 10.88.0.3 1 2 6 1 40 1 1 ACCEPT OK");
     }
 

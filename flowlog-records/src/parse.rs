@@ -149,7 +149,8 @@ fn parse_with(format: &Format, line: &str, intern: &mut dyn FnMut(&str) -> Arc<s
     }
     let mut r = FlowRecord::default();
     let mut version = None;
-    let (mut ecs, mut tags, mut hop, mut k8s) = (EcsMeta::default(), TagValues::default(), NextHop::default(), K8sMeta::default());
+    let (mut ecs, mut tags) = (EcsMeta::default(), TagValues::default());
+    let (mut hop, mut k8s) = (NextHop::default(), K8sMeta::default());
     for (i, (f, v)) in fields.iter().copied().zip(line.split_ascii_whitespace()).enumerate() {
         let bad = |expected: &'static str| RecordError::BadValue { field: f.name(), column: i + 1, value: v.to_string(), expected };
         let missing = v == "-";
@@ -420,13 +421,14 @@ mod tests {
     /// without identity has none.
     #[test]
     fn k8s_fields_round_trip() {
-        let f = fmt("${srcaddr} ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label}");
+        let f = fmt("${srcaddr} ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} \
+                     ${k8s-pod-label}");
         let line = "10.88.0.2 shop web-1 0b5c6f1e-8a3d-4c1e-9f00-1234567890ab shop/web-1 kube-system/dns-2 my%20app";
         let p = parse_record(&f, line).unwrap();
         let k = p.record.k8s.as_deref().unwrap();
         assert_eq!(
-            (k.namespace.as_deref(), k.pod_name.as_deref(), k.src_pod.as_deref(), k.dst_pod.as_deref(), k.pod_label.as_deref()),
-            (Some("shop"), Some("web-1"), Some("shop/web-1"), Some("kube-system/dns-2"), Some("my app"))
+            [&k.namespace, &k.pod_name, &k.src_pod, &k.dst_pod, &k.pod_label].map(|v| v.as_deref()),
+            [Some("shop"), Some("web-1"), Some("shop/web-1"), Some("kube-system/dns-2"), Some("my app")]
         );
         assert_eq!(f.line(&p.record), line);
         let none = parse_record(&f, "10.88.0.2 - - - - - -").unwrap();

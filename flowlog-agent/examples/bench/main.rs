@@ -31,7 +31,8 @@ struct Opts {
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { sections: vec!["kernel".into(), "veth".into(), "drain".into(), "ship".into(), "k8s".into()], rounds: 7, veth_secs: 3.0 };
+    let sections = ["kernel", "veth", "drain", "ship", "k8s"].map(String::from).to_vec();
+    let mut o = Opts { sections, rounds: 7, veth_secs: 3.0 };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -40,7 +41,9 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--rounds" => o.rounds = val()?.parse().context("--rounds")?,
             "--veth-secs" => o.veth_secs = val()?.parse().context("--veth-secs")?,
             "--" => {}
-            other => bail!("unknown option {other}; options: --only kernel,veth,drain,ship,k8s  --rounds N  --veth-secs S"),
+            other => {
+                bail!("unknown option {other}; options: --only kernel,veth,drain,ship,k8s  --rounds N  --veth-secs S")
+            }
         }
     }
     for s in &o.sections {

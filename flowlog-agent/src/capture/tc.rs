@@ -18,12 +18,10 @@ use aya::programs::{
     tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle},
     SchedClassifier, TcAttachType,
 };
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
     tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption},
     RouteNetlinkMessage,
 };
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// `tc filter show` prints it as `pref 1`: the lowest priority number runs
 /// first, so no filter of another priority can end the chain before flowlog
@@ -54,50 +52,25 @@ fn parent(kind: TcAttachType) -> u32 {
 
 /// The filters on one hook of an interface (`tc filter show dev X ingress`).
 pub fn filters(ifindex: u32, kind: TcAttachType) -> io::Result<Vec<Filter>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
     let mut msg = TcMessage::default();
     msg.header.index = ifindex as i32;
     let p = parent(kind);
     msg.header.parent = netlink_packet_route::tc::TcHandle { major: (p >> 16) as u16, minor: p as u16 };
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::GetTrafficFilter(msg)));
-    req.finalize();
-    let mut buf = vec![0; req.buffer_len()];
-    req.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-
-    let mut out = Vec::new();
-    let mut rx = vec![0u8; 64 * 1024];
-    loop {
-        let n = socket.recv(&mut &mut rx[..], 0)?;
-        let mut at = &rx[..n];
-        while !at.is_empty() {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(at)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("tc filter dump: {e}")))?;
-            let len = m.header.length as usize;
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(f)) => {
-                    // A hook's own entry (the chain) has no priority.
-                    let priority = (f.header.info >> 16) as u16;
-                    if priority != 0 {
-                        let handle = (u32::from(f.header.handle.major) << 16) | u32::from(f.header.handle.minor);
-                        out.push(Filter { priority, handle, name: bpf_name(&f).unwrap_or_default() });
-                    }
-                }
-                _ => {}
-            }
-            if len == 0 || len > at.len() {
-                break;
-            }
-            at = &at[len..];
-        }
-    }
+    let answers = super::watch::request(RouteNetlinkMessage::GetTrafficFilter(msg), true)?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewTrafficFilter(f) => Some(f),
+            _ => None,
+        })
+        // A hook's own entry (the chain) has no priority.
+        .filter(|f| (f.header.info >> 16) as u16 != 0)
+        .map(|f| Filter {
+            priority: (f.header.info >> 16) as u16,
+            handle: (u32::from(f.header.handle.major) << 16) | u32::from(f.header.handle.minor),
+            name: bpf_name(&f).unwrap_or_default(),
+        })
+        .collect())
 }
 
 fn bpf_name(f: &TcMessage) -> Option<String> {
@@ -183,6 +156,31 @@ mod tests {
         assert!(!is_ours("flowlog_egress2", &ours));
         assert!(!is_ours("cil_from_netdev", &ours));
         assert!(!is_ours("", &ours));
+    }
+
+    /// Root: the filters of a hook, read over rtnetlink, with their
+    /// priority and handle (a classic-BPF filter: no program name).
+    #[test]
+    fn filters_of_a_hook() {
+        use flowlog_testkit::netns::{in_netns, Netns};
+        flowlog_testkit::require_root();
+        let ns = Netns::new("tcf");
+        ns.ip(&["link", "add", "tcf0", "type", "veth", "peer", "name", "tcf1"]);
+        let tc = |args: &[&str]| {
+            let mut v = vec!["tc", "-n", ns.name()];
+            v.extend_from_slice(args);
+            flowlog_testkit::netns::sh(&v);
+        };
+        tc(&["qdisc", "add", "dev", "tcf0", "clsact"]);
+        tc(&["filter", "add", "dev", "tcf0", "ingress", "prio", "7", "handle", "3", "bpf", "bytecode", "1,6 0 0 4294967295,"]);
+        let i = ns.ifindex("tcf0");
+        let got = in_netns(ns.name(), move || {
+            (filters(i, TcAttachType::Ingress).unwrap(), filters(i, TcAttachType::Egress).unwrap())
+        });
+        // The priority's own entry (handle 0), then the filter.
+        let ingress: Vec<_> = got.0.iter().map(|f| (f.priority, f.handle, f.name.as_str())).collect();
+        assert_eq!(ingress, [(7, 0, ""), (7, 3, "")]);
+        assert!(got.1.is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkFlags, LinkMessage},
     RouteNetlinkMessage,
@@ -93,6 +93,50 @@ pub fn spawn() -> io::Result<mpsc::UnboundedReceiver<LinkEvent>> {
         }
     })?;
     Ok(rx)
+}
+
+/// One rtnetlink request and its answers: every part of a dump (until DONE),
+/// or the one reply; an error reply as the `io::Error` it carries.
+pub fn request(msg: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<RouteNetlinkMessage>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut out = Vec::new();
+    let mut rx = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut &mut rx[..], 0)?;
+        let mut at = &rx[..n];
+        while !at.is_empty() {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(at)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("rtnetlink answer: {e}")))?;
+            let len = m.header.length as usize;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                // An acknowledgement.
+                NetlinkPayload::Error(_) => return Ok(out),
+                NetlinkPayload::InnerMessage(inner) => {
+                    out.push(inner);
+                    if !dump {
+                        return Ok(out);
+                    }
+                }
+                _ => {}
+            }
+            if len == 0 || len > at.len() {
+                break;
+            }
+            at = &at[len..];
+        }
+    }
 }
 
 #[cfg(test)]

@@ -316,12 +316,14 @@ impl Kubernetes {
             None => d.mode,
         };
         if let Some(p) = self.cri_socket.as_ref().filter(|p| !p.is_absolute()) {
-            return Err(invalid("kubernetes.cri-socket", p.display(), "an absolute path, e.g. /run/containerd/containerd.sock"));
+            let accepted = "an absolute path, e.g. /run/containerd/containerd.sock";
+            return Err(invalid("kubernetes.cri-socket", p.display(), accepted));
         }
         if let Some(k) = &self.pod_label {
             // A label key: an optional DNS prefix (253) and `/`, a name (63).
             if k.is_empty() || k.len() > 317 || k.contains(|c: char| c.is_whitespace() || c.is_control()) {
-                return Err(invalid("kubernetes.pod-label", k, "a label key such as app.kubernetes.io/name (1 to 317 characters, no spaces)"));
+                let accepted = "a label key such as app.kubernetes.io/name (1 to 317 characters, no spaces)";
+                return Err(invalid("kubernetes.pod-label", k, accepted));
             }
         }
         let refresh = self.refresh_interval.unwrap_or(d.refresh.as_secs());
@@ -755,7 +757,8 @@ mod kubernetes_tests {
             #[command(flatten)]
             keys: Keys,
         }
-        let o = Cli::try_parse_from(std::iter::once("flowlog-agent").chain(flags.iter().copied())).map_err(|e| e.to_string())?.keys;
+        let args = std::iter::once("flowlog-agent").chain(flags.iter().copied());
+        let o = Cli::try_parse_from(args).map_err(|e| e.to_string())?.keys;
         Settings::resolve(FileConfig::parse(file)?, o).map_err(|e| e.to_string())
     }
 
@@ -764,17 +767,25 @@ mod kubernetes_tests {
     #[test]
     fn section_flags_and_render() {
         let s = resolve(
-            "[kubernetes]\nmode = \"on\"\ncri-socket = \"/run/k3s/containerd/containerd.sock\"\npod-label = \"app.kubernetes.io/name\"\nrefresh-interval = 30\n",
+            "[kubernetes]\nmode = \"on\"\ncri-socket = \"/run/k3s/containerd/containerd.sock\"\n\
+             pod-label = \"app.kubernetes.io/name\"\nrefresh-interval = 30\n",
             &["--cri-timeout", "5", "--kubernetes", "off"],
         )
         .unwrap();
         let k = &s.kubernetes;
         assert_eq!(
             (k.mode, k.socket.as_deref(), k.pod_label.as_deref(), k.refresh, k.timeout),
-            (Mode::Off, Some(std::path::Path::new("/run/k3s/containerd/containerd.sock")), Some("app.kubernetes.io/name"), Duration::from_secs(30), Duration::from_secs(5))
+            (
+                Mode::Off,
+                Some(std::path::Path::new("/run/k3s/containerd/containerd.sock")),
+                Some("app.kubernetes.io/name"),
+                Duration::from_secs(30),
+                Duration::from_secs(5)
+            )
         );
         assert!(s.render().contains(
-            "[kubernetes]\nmode = \"off\"\ncri-socket = \"/run/k3s/containerd/containerd.sock\"\npod-label = \"app.kubernetes.io/name\"\nrefresh-interval = 30\ncri-timeout = 5\n"
+            "[kubernetes]\nmode = \"off\"\ncri-socket = \"/run/k3s/containerd/containerd.sock\"\n\
+             pod-label = \"app.kubernetes.io/name\"\nrefresh-interval = 30\ncri-timeout = 5\n"
         ), "{}", s.render());
     }
 
@@ -785,16 +796,22 @@ mod kubernetes_tests {
         assert_eq!(err("[kubernetes]\nmode = \"yes\""), "invalid kubernetes.mode = \"yes\": auto, on or off");
         assert_eq!(
             err("[kubernetes]\ncri-socket = \"containerd.sock\""),
-            "invalid kubernetes.cri-socket = \"containerd.sock\": an absolute path, e.g. /run/containerd/containerd.sock"
+            "invalid kubernetes.cri-socket = \"containerd.sock\": an absolute path, e.g. \
+             /run/containerd/containerd.sock"
         );
         assert_eq!(
             err("[kubernetes]\npod-label = \"my app\""),
-            "invalid kubernetes.pod-label = \"my app\": a label key such as app.kubernetes.io/name (1 to 317 characters, no spaces)"
+            "invalid kubernetes.pod-label = \"my app\": a label key such as app.kubernetes.io/name (1 to 317 \
+             characters, no spaces)"
         );
-        assert_eq!(err("[kubernetes]\nrefresh-interval = 0"), "invalid kubernetes.refresh-interval = \"0\": seconds from 1 to 3600");
-        assert_eq!(err("[kubernetes]\ncri-timeout = 121"), "invalid kubernetes.cri-timeout = \"121\": seconds from 1 to 120");
-        assert!(err("[kubernetes]\nsocket = \"/x\"").contains("unknown field `socket`"), "{}", err("[kubernetes]\nsocket = \"/x\""));
-        assert_eq!(resolve("", &["--kubernetes", "maybe"]).unwrap_err(), "invalid kubernetes.mode = \"maybe\": auto, on or off");
+        let refresh = err("[kubernetes]\nrefresh-interval = 0");
+        assert_eq!(refresh, "invalid kubernetes.refresh-interval = \"0\": seconds from 1 to 3600");
+        let timeout = err("[kubernetes]\ncri-timeout = 121");
+        assert_eq!(timeout, "invalid kubernetes.cri-timeout = \"121\": seconds from 1 to 120");
+        let unknown = err("[kubernetes]\nsocket = \"/x\"");
+        assert!(unknown.contains("unknown field `socket`"), "{unknown}");
+        let flag = resolve("", &["--kubernetes", "maybe"]).unwrap_err();
+        assert_eq!(flag, "invalid kubernetes.mode = \"maybe\": auto, on or off");
     }
 }
 
@@ -836,7 +853,8 @@ mod example {
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
             "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
             "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
-            "--exclude-port", "--protocol", "--kubernetes", "--cri-socket", "--k8s-pod-label", "--k8s-refresh", "--cri-timeout",
+            "--exclude-port", "--protocol", "--kubernetes", "--cri-socket", "--k8s-pod-label", "--k8s-refresh",
+            "--cri-timeout",
         ] {
             assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");
         }

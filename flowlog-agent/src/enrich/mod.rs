@@ -869,7 +869,8 @@ mod tests {
         let ifaces = [iface(2, "eni-node"), iface(7, "eni-web"), iface(8, "eni-db")];
         let records = build_records(&HostMeta::new("1"), &ifaces, &d, Some(&e));
         let f = flowlog_records::format::Format::parse(
-            "${interface-id} ${srcaddr} ${dstaddr} ${packets} ${log-status} ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label}",
+            "${interface-id} ${srcaddr} ${dstaddr} ${packets} ${log-status} ${k8s-namespace} ${k8s-pod-name} \
+             ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label}",
         )
         .unwrap();
         assert_eq!(

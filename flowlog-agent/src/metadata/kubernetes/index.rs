@@ -51,8 +51,15 @@ pub fn resolve(pods: Vec<Pod>, links: &[HostLink], nsid: impl Fn(&Path) -> Optio
 /// Listings of the node's pods, each with the Unix time (ns) it was taken.
 #[derive(Debug, Default)]
 pub struct History {
-    listings: VecDeque<(u64, Arc<Vec<ResolvedPod>>)>,
+    listings: VecDeque<(u64, Listing)>,
+    /// The last window's look-ups and the listings (and label) they were
+    /// built from: pods rarely change between windows, so most windows reuse
+    /// them. Holding the listings keeps their addresses from being reused.
+    last: Option<(Vec<Listing>, Option<String>, Arc<PodIndex>)>,
 }
+
+/// One listing of the node's pods, shared by the windows it covers.
+type Listing = Arc<Vec<ResolvedPod>>;
 
 /// Bound on listings kept between two windows (refreshes are rate-limited;
 /// this only guards against windows that stop closing).
@@ -78,15 +85,33 @@ impl History {
     /// The lookups of the window `[start_ns, end_ns)`: the last listing at
     /// or before its start and all taken in it. Forgets the listings no later
     /// window needs. `None` before the first listing.
-    pub fn window(&mut self, start_ns: u64, end_ns: u64, label_key: Option<&str>) -> Option<PodIndex> {
+    pub fn window(&mut self, start_ns: u64, end_ns: u64, label_key: Option<&str>) -> Option<Arc<PodIndex>> {
         if self.listings.is_empty() {
             return None;
         }
         // Before the first listing (the agent's start), the first one stands
         // for the state at the window's start.
         let first = self.listings.iter().rposition(|(at, _)| *at <= start_ns).unwrap_or(0);
-        let used = self.listings.iter().enumerate().skip(first).take_while(|(i, (at, _))| *i == first || *at < end_ns);
-        let index = PodIndex::build(used.flat_map(|(_, (_, l))| l.iter()), label_key);
+        let used: Vec<Listing> = self
+            .listings
+            .iter()
+            .enumerate()
+            .skip(first)
+            .take_while(|(i, (at, _))| *i == first || *at < end_ns)
+            .map(|(_, (_, l))| l.clone())
+            .collect();
+        let index = match &self.last {
+            Some((l, label, index))
+                if label.as_deref() == label_key && l.len() == used.len() && l.iter().zip(&used).all(|(a, b)| Arc::ptr_eq(a, b)) =>
+            {
+                index.clone()
+            }
+            _ => {
+                let index = Arc::new(PodIndex::build(used.iter().flat_map(|l| l.iter()), label_key));
+                self.last = Some((used, label_key.map(str::to_string), index.clone()));
+                index
+            }
+        };
         // The next window starts at `end_ns`: it needs the last listing at or
         // before that and the later ones.
         if let Some(keep) = self.listings.iter().rposition(|(at, _)| *at <= end_ns) {
@@ -197,17 +222,36 @@ pub struct K8sGroups<'a> {
     index: &'a PodIndex,
     /// Key: interface pod, source pod, destination pod (32 bits each).
     cache: Map<u128, Option<Arc<K8sMeta>>>,
+    /// The last two addresses looked up: on a pod's veth one end of nearly
+    /// every flow is the pod itself.
+    recent: [(Option<IpAddr>, u32); 2],
 }
 
 impl<'a> K8sGroups<'a> {
     pub fn new(index: &'a PodIndex) -> Self {
-        K8sGroups { index, cache: Map::default() }
+        K8sGroups { index, cache: Map::default(), recent: [(None, NO_POD); 2] }
+    }
+
+    fn pod_of(&mut self, ip: IpAddr) -> u32 {
+        if self.recent[0].0 == Some(ip) {
+            return self.recent[0].1;
+        }
+        if self.recent[1].0 == Some(ip) {
+            self.recent.swap(0, 1);
+            return self.recent[0].1;
+        }
+        let pod = self.index.of_ip(ip);
+        self.recent[1] = (Some(ip), pod);
+        pod
     }
 
     /// The group of a record on the interface of pod `iface` (or
     /// [`NO_POD`]) between these packet addresses (`None`: NODATA).
     pub fn of(&mut self, iface: u32, addrs: Option<(IpAddr, IpAddr)>) -> Option<&Arc<K8sMeta>> {
-        let (src, dst) = addrs.map_or((NO_POD, NO_POD), |(s, d)| (self.index.of_ip(s), self.index.of_ip(d)));
+        let (src, dst) = match addrs {
+            Some((s, d)) => (self.pod_of(s), self.pod_of(d)),
+            None => (NO_POD, NO_POD),
+        };
         let index = self.index;
         self.cache
             .entry((iface as u128) << 64 | (src as u128) << 32 | dst as u128)
@@ -263,7 +307,13 @@ mod tests {
         b.ips.push(ip("fd00:88::3"));
         let mut c = pod("ops", "agent", "u3", "10.88.0.4", "/run/netns/cni-c");
         c.host_ifaces = vec!["vethc".into(), "flbr0".into()];
-        let links = [link(1, "lo", None), link(7, "vetha", Some(0)), link(8, "vethb", Some(1)), link(9, "vethc", Some(5)), link(3, "flbr0", None)];
+        let links = [
+            link(1, "lo", None),
+            link(7, "vetha", Some(0)),
+            link(8, "vethb", Some(1)),
+            link(9, "vethc", Some(5)),
+            link(3, "flbr0", None),
+        ];
         let nsid = |p: &Path| match p.to_str().unwrap() {
             "/run/netns/cni-a" => Some(0),
             "/run/netns/cni-b" => Some(1),
@@ -273,7 +323,8 @@ mod tests {
         assert_eq!(r.iter().map(|p| p.ifindexes.clone()).collect::<Vec<_>>(), [vec![7], vec![8], vec![9, 3]]);
         let idx = PodIndex::build(r.iter(), Some("app"));
         let name = |i: u32| idx.pod(i).map(|p| p.qualified.to_string());
-        assert_eq!((name(idx.of_ifindex(7)), name(idx.of_ifindex(8)), name(idx.of_ifindex(9))), (Some("shop/web".into()), Some("shop/db".into()), Some("ops/agent".into())));
+        let by_iface = [7, 8, 9].map(|i| name(idx.of_ifindex(i)));
+        assert_eq!(by_iface, [Some("shop/web".into()), Some("shop/db".into()), Some("ops/agent".into())]);
         assert_eq!(idx.of_ifindex(1), NO_POD);
         assert_eq!(name(idx.of_ip(ip("10.88.0.3"))), Some("shop/db".into()));
         assert_eq!(name(idx.of_ip(ip("fd00:88::3"))), Some("shop/db".into()));
@@ -323,7 +374,8 @@ mod tests {
         // interface still names its pod.
         let w2 = h.window(120 * s, 180 * s, None).unwrap();
         assert_eq!(w2.of_ip(ip("10.88.0.2")), NO_POD);
-        assert_eq!((w2.pod(w2.of_ifindex(7)).unwrap().name.as_ref(), w2.pod(w2.of_ifindex(9)).unwrap().name.as_ref()), ("web-1", "web-2"));
+        let pod_name = |i: u32| w2.pod(w2.of_ifindex(i)).unwrap().name.to_string();
+        assert_eq!((pod_name(7), pod_name(9)), ("web-1".into(), "web-2".into()));
         // Window [180, 240): web-1 is gone for good.
         let w3 = h.window(180 * s, 240 * s, None).unwrap();
         assert_eq!((who(&w3, "10.88.0.2"), w3.len(), w3.of_ifindex(7)), (Some("shop/web-2".into()), 1, NO_POD));
@@ -331,6 +383,11 @@ mod tests {
         // No listing since: the last one stays valid (runtime unreachable).
         let w4 = h.window(240 * s, 300 * s, None).unwrap();
         assert_eq!(who(&w4, "10.88.0.2"), Some("shop/web-2".into()));
+        // Same listing, same label: the look-ups are reused, not rebuilt.
+        assert!(Arc::ptr_eq(&w3, &w4));
+        let labelled = h.window(300 * s, 360 * s, Some("app")).unwrap();
+        assert!(!Arc::ptr_eq(&w4, &labelled));
+        assert_eq!(labelled.pod(0).unwrap().label.as_deref(), Some("web-2-app"));
     }
 
     /// The first listing came after the window started: it still names the
@@ -345,7 +402,7 @@ mod tests {
     /// One group per (interface pod, source pod, destination pod), shared.
     #[test]
     fn record_groups_are_shared_per_pod_triple() {
-        let r = vec![
+        let r = [
             ResolvedPod { pod: pod("shop", "web", "u1", "10.88.0.2", "/a"), ifindexes: vec![7] },
             ResolvedPod { pod: pod("shop", "db", "u2", "10.88.0.3", "/b"), ifindexes: vec![8] },
         ];
@@ -367,8 +424,14 @@ mod tests {
             }
         );
         let outside = g.of(NO_POD, Some((ip("10.88.0.2"), ip("8.8.8.8")))).unwrap().clone();
-        assert_eq!((outside.namespace.as_deref(), outside.src_pod.as_deref(), outside.dst_pod.as_deref()), (None, Some("shop/web"), None));
+        let o = (outside.namespace.as_deref(), outside.src_pod.as_deref(), outside.dst_pod.as_deref());
+        assert_eq!(o, (None, Some("shop/web"), None));
         assert!(g.of(NO_POD, Some((ip("1.1.1.1"), ip("8.8.8.8")))).is_none());
+        // After the recent-address memo turned over: still the right pods.
+        let back = g.of(NO_POD, Some((ip("8.8.8.8"), ip("10.88.0.3")))).unwrap();
+        assert_eq!((back.src_pod.as_deref(), back.dst_pod.as_deref()), (None, Some("shop/db")));
+        let again = g.of(web, Some((ip("10.88.0.3"), ip("10.88.0.2")))).unwrap();
+        assert_eq!((again.src_pod.as_deref(), again.dst_pod.as_deref()), (Some("shop/db"), Some("shop/web")));
         assert_eq!(g.of(web, None).unwrap().pod_name.as_deref(), Some("web"));
     }
 }

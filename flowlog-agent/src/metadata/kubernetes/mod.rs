@@ -25,19 +25,17 @@ pub enum Mode {
 }
 
 impl Mode {
+    const NAMES: [(Mode, &'static str); 3] = [(Mode::Auto, "auto"), (Mode::On, "on"), (Mode::Off, "off")];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Auto => "auto",
-            Mode::On => "on",
-            Mode::Off => "off",
-        }
+        Mode::NAMES.iter().find(|(m, _)| *m == self).map_or("auto", |(_, n)| n)
     }
 }
 
 impl std::str::FromStr for Mode {
     type Err = &'static str;
     fn from_str(s: &str) -> Result<Mode, Self::Err> {
-        [Mode::Auto, Mode::On, Mode::Off].into_iter().find(|m| m.as_str() == s).ok_or("auto, on or off")
+        Mode::NAMES.iter().find(|(_, n)| *n == s).map(|(m, _)| *m).ok_or("auto, on or off")
     }
 }
 
@@ -57,7 +55,8 @@ pub struct KubernetesConfig {
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
-        KubernetesConfig { mode: Mode::Auto, socket: None, pod_label: None, refresh: Duration::from_secs(10), timeout: Duration::from_secs(10) }
+        let secs = Duration::from_secs;
+        KubernetesConfig { mode: Mode::Auto, socket: None, pod_label: None, refresh: secs(10), timeout: secs(10) }
     }
 }
 
@@ -66,11 +65,14 @@ impl KubernetesConfig {
     /// that does (`wanted`) or does not name a `k8s-*` field. `Err`: why it
     /// is off, for the log.
     pub fn decide(&self, wanted: bool, exists: impl Fn(&std::path::Path) -> bool) -> Result<PathBuf, String> {
-        let found = self.socket.clone().or_else(|| cri::default_sockets().iter().map(PathBuf::from).find(|p| exists(p)));
+        let found =
+            self.socket.clone().or_else(|| cri::default_sockets().iter().map(PathBuf::from).find(|p| exists(p)));
         match (self.mode, wanted) {
             (Mode::Off, _) => Err("kubernetes = off".into()),
             (_, false) => Err("the log format names no k8s-* field".into()),
-            (Mode::Auto, true) => found.filter(|p| exists(p)).ok_or_else(|| format!("no CRI socket found (tried {})", self.tried())),
+            (Mode::Auto, true) => {
+                found.filter(|p| exists(p)).ok_or_else(|| format!("no CRI socket found (tried {})", self.tried()))
+            }
             // On: a missing socket is the source's warning, not a stop.
             (Mode::On, true) => Ok(found.unwrap_or_else(|| PathBuf::from(cri::default_sockets()[0]))),
         }
@@ -91,15 +93,22 @@ mod tests {
 
     #[test]
     fn on_off_auto_and_the_socket() {
-        let cfg = |mode, socket: Option<&str>| KubernetesConfig { mode, socket: socket.map(PathBuf::from), ..KubernetesConfig::default() };
+        let cfg = |mode, socket: Option<&str>| KubernetesConfig {
+            mode,
+            socket: socket.map(PathBuf::from),
+            ..KubernetesConfig::default()
+        };
         let crio = |p: &Path| p == Path::new("/run/crio/crio.sock");
         let none = |_: &Path| false;
         assert_eq!(cfg(Mode::Auto, None).decide(true, crio), Ok(PathBuf::from("/run/crio/crio.sock")));
         assert_eq!(
             cfg(Mode::Auto, None).decide(true, none),
-            Err("no CRI socket found (tried /run/containerd/containerd.sock, /run/crio/crio.sock, /var/run/crio/crio.sock)".into())
+            Err("no CRI socket found (tried /run/containerd/containerd.sock, /run/crio/crio.sock, \
+                 /var/run/crio/crio.sock)"
+                .into())
         );
-        assert_eq!(cfg(Mode::Auto, Some("/x.sock")).decide(true, none), Err("no CRI socket found (tried /x.sock)".into()));
+        let x = cfg(Mode::Auto, Some("/x.sock"));
+        assert_eq!(x.decide(true, none), Err("no CRI socket found (tried /x.sock)".into()));
         assert_eq!(cfg(Mode::Auto, None).decide(false, crio), Err("the log format names no k8s-* field".into()));
         assert_eq!(cfg(Mode::On, None).decide(true, none), Ok(PathBuf::from("/run/containerd/containerd.sock")));
         assert_eq!(cfg(Mode::On, Some("/x.sock")).decide(true, none), Ok(PathBuf::from("/x.sock")));

@@ -6,13 +6,13 @@
 
 use std::{io, os::fd::AsRawFd, path::Path};
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
     RouteNetlinkMessage,
 };
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::capture::watch::request;
 
 /// A link of the host's namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,50 +21,6 @@ pub struct HostLink {
     pub name: String,
     /// The id of the namespace its peer is in (veths), if any.
     pub link_netnsid: Option<i32>,
-}
-
-/// One request, its answers (all parts of a dump) until DONE or the reply.
-fn request(msg: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<RouteNetlinkMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-    header.sequence_number = 1;
-    let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-    req.finalize();
-    let mut buf = vec![0u8; req.buffer_len()];
-    req.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-    let mut out = Vec::new();
-    let mut rx = vec![0u8; 64 * 1024];
-    loop {
-        let n = socket.recv(&mut &mut rx[..], 0)?;
-        let mut at = &rx[..n];
-        while !at.is_empty() {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(at)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("rtnetlink answer: {e}")))?;
-            let len = m.header.length as usize;
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => match e.code {
-                    Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
-                    None => return Ok(out),
-                },
-                NetlinkPayload::InnerMessage(inner) => {
-                    out.push(inner);
-                    if !dump {
-                        return Ok(out);
-                    }
-                }
-                _ => {}
-            }
-            if len == 0 || len > at.len() {
-                break;
-            }
-            at = &at[len..];
-        }
-    }
 }
 
 /// Every link of this namespace with the namespace id of its peer. (A dump

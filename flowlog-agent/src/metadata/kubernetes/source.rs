@@ -70,7 +70,12 @@ impl Drop for PodSource {
 impl PodSource {
     /// Starts listing pods from `lister` (which talks to `socket`) now and
     /// then as configured.
-    pub fn start<L: PodLister>(mut lister: L, socket: PathBuf, cfg: &KubernetesConfig, metrics: Arc<Metrics>) -> PodSource {
+    pub fn start<L: PodLister>(
+        mut lister: L,
+        socket: PathBuf,
+        cfg: &KubernetesConfig,
+        metrics: Arc<Metrics>,
+    ) -> PodSource {
         let history = Arc::new(Mutex::new(History::default()));
         let kick = Arc::new(Notify::new());
         let (h, k, refresh, timeout) = (history.clone(), kick.clone(), cfg.refresh, cfg.timeout);
@@ -84,7 +89,9 @@ impl PodSource {
                 };
                 // Host links and namespace ids: a few netlink round trips.
                 let resolved = match listed {
-                    Ok(pods) => tokio::task::spawn_blocking(move || resolve(pods)).await.unwrap_or_else(|e| Err(e.to_string())),
+                    Ok(pods) => {
+                        tokio::task::spawn_blocking(move || resolve(pods)).await.unwrap_or_else(|e| Err(e.to_string()))
+                    }
                     Err(e) => Err(e),
                 };
                 match resolved {
@@ -122,7 +129,7 @@ impl PodSource {
     /// before the first good listing. No runtime call: the kept listings.
     pub fn window(&self, start_ns: u64, end_ns: u64) -> Option<Arc<PodIndex>> {
         let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        h.window(start_ns, end_ns, self.label.as_deref()).map(Arc::new)
+        h.window(start_ns, end_ns, self.label.as_deref())
     }
 }
 
@@ -171,7 +178,12 @@ mod tests {
     }
 
     fn cfg() -> KubernetesConfig {
-        KubernetesConfig { refresh: Duration::from_secs(3600), timeout: Duration::from_secs(1), pod_label: Some("app".into()), ..KubernetesConfig::default() }
+        KubernetesConfig {
+            refresh: Duration::from_secs(3600),
+            timeout: Duration::from_secs(1),
+            pod_label: Some("app".into()),
+            ..KubernetesConfig::default()
+        }
     }
 
     fn failures(m: &Metrics) -> String {
@@ -220,7 +232,8 @@ mod tests {
     async fn failures_are_counted_and_never_block() {
         let metrics = Metrics::new(Duration::from_secs(60));
         let calls = Arc::new(AtomicUsize::new(0));
-        let refused = PodSource::start(Fixed(calls.clone(), Err("connection refused".into())), "/x.sock".into(), &cfg(), metrics.clone());
+        let lister = Fixed(calls.clone(), Err("connection refused".into()));
+        let refused = PodSource::start(lister, "/x.sock".into(), &cfg(), metrics.clone());
         let hangs = PodSource::start(Hangs, "/y.sock".into(), &cfg(), metrics.clone());
         tokio::time::timeout(Duration::from_secs(5), async {
             while !failures(&metrics).contains("flowlog_k8s_pod_lookup_failures_total 2") {
@@ -233,10 +246,10 @@ mod tests {
         assert!(hangs.window(0, u64::MAX).is_none());
         assert_eq!(
             failure_message(Path::new("/run/containerd/containerd.sock"), "permission denied"),
-            "kubernetes: cannot list pods from the container runtime at /run/containerd/containerd.sock: permission denied; \
-             the k8s-* fields are `-` (or name the pods of the last good listing) until it answers. In a pod, mount the \
-             socket's directory as a hostPath volume, read-only, at the same path (or set kubernetes.cri-socket / \
-             --cri-socket); counting goes on"
+            "kubernetes: cannot list pods from the container runtime at /run/containerd/containerd.sock: \
+             permission denied; the k8s-* fields are `-` (or name the pods of the last good listing) until it \
+             answers. In a pod, mount the socket's directory as a hostPath volume, read-only, at the same path (or \
+             set kubernetes.cri-socket / --cri-socket); counting goes on"
         );
     }
 }

@@ -1,5 +1,14 @@
 //! The agent's main loop: capture → drain → enrich → format → ship, once per
 //! aggregation interval, and a final round on SIGINT/SIGTERM.
+//!
+//! SIGHUP reads the configuration again ([`Source`]) and checks it at once
+//! (outputs opened and checked too); a bad one is refused and the running
+//! one stays. A good one waits for the window's end: the window is written
+//! as configured when it was counted, then the interfaces, the format, the
+//! outputs and `[enrich]` change, so each window is whole in one
+//! configuration. Interfaces no longer selected are detached just before
+//! the window's tables are switched (their last packets are in it), new ones
+//! attached just after.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,13 +27,13 @@ use tracing::{error, info, warn};
 
 use crate::{
     bpf::clock,
-    capture::{self, links, reject::DropSetup, watch::{self, LinkEvent}, Capture},
-    config::{Config, OnExit, Settings},
+    capture::{self, links, reject::{DropSetup, RejectReasons}, watch::{self, LinkEvent}, Capture},
+    config::{Config, OnExit, Settings, Source},
     drain::{Drained, FlowTables, KernelCounters},
     enrich::{self, EcsConfig, Enrichment, HostMeta, InterfaceMeta, TagFields},
     metadata::{refresh::Refresher, InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
     metrics::{self, Metrics, RecordCounts},
-    ship::{ShipConfig, Shipper},
+    ship::{Reconfig, ShipConfig, Shipper},
 };
 
 const SYSFS: &str = "/sys";
@@ -38,15 +47,26 @@ fn next_boundary(interval: Duration) -> Instant {
     Instant::now() + Duration::from_nanos(wait as u64)
 }
 
-/// Runs windows until SIGINT/SIGTERM, then a final one.
-pub async fn run(settings: Settings) -> Result<()> {
-    let mut agent = Agent::start(settings).await?;
+/// Runs windows until SIGINT/SIGTERM, then a final one; a reload (SIGHUP)
+/// re-reads `source` and applies at the next window boundary.
+pub async fn run(settings: Settings, source: Source) -> Result<()> {
+    let mut agent = Agent::start(settings, source).await?;
     agent.report_leftover()?;
     loop {
         let stop = agent.wait_for_window_end().await;
+        let reload = agent.pending.take();
+        if let Some(r) = reload.as_ref().filter(|_| !stop) {
+            agent.leave_unselected(&r.selector);
+        }
         let closed = agent.close_window(stop)?;
         if stop {
+            if reload.is_some() {
+                warn!("stopping before the reloaded configuration applied: the window was written with the running one");
+            }
             return agent.finish(closed).await;
+        }
+        if let Some(r) = reload {
+            agent.apply(r);
         }
     }
 }
@@ -54,6 +74,15 @@ pub async fn run(settings: Settings) -> Result<()> {
 /// What the main loop runs with, set up by [`Agent::start`].
 struct Agent {
     cfg: Config,
+    /// Everything running (`cfg` is its `agent`): what a reload compares with.
+    settings: Settings,
+    source: Source,
+    /// A reload accepted, waiting for the window's end.
+    pending: Option<Reload>,
+    /// On EC2 (the exclusions' default) and the REJECT reasons: to build a
+    /// reloaded `[enrich]` as the start did.
+    on_ec2: bool,
+    reject_reasons: RejectReasons,
     capture: Capture,
     tables: FlowTables,
     selector: links::Selector,
@@ -65,11 +94,23 @@ struct Agent {
     metrics: Arc<Metrics>,
     sigterm: Signal,
     sigint: Signal,
+    sighup: Signal,
     last_counters: KernelCounters,
     /// `--on-exit keep` with pinned tables: the programs outlive the agent.
     keep: bool,
     /// Interfaces whose attach failed once: not retried every window.
     refused: BTreeSet<u32>,
+}
+
+/// A new configuration, checked and with its added outputs opened, waiting
+/// for the window's end.
+struct Reload {
+    settings: Settings,
+    selector: links::Selector,
+    enrichment: Enrichment,
+    outputs: Reconfig,
+    /// What changes, for the log.
+    changes: Vec<&'static str>,
 }
 
 /// One window's outcome, which the final round reports on.
@@ -82,8 +123,8 @@ struct Closed {
 impl Agent {
     /// Loads the programs, starts metrics and metadata, attaches to the
     /// selected interfaces and opens the outputs; then says it is ready.
-    async fn start(settings: Settings) -> Result<Agent> {
-        let Settings { agent: cfg, metadata, enrich, .. } = settings;
+    async fn start(settings: Settings, source: Source) -> Result<Agent> {
+        let Settings { agent: cfg, metadata, enrich, .. } = settings.clone();
         let drops = prepare_drops(&cfg)?;
         // Subscribe first: a link created while we list is then not missed.
         let link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
@@ -99,8 +140,8 @@ impl Agent {
         let reject_reasons = drops.map(|d| d.reasons).unwrap_or_default();
         // Native flow logs never show metadata, DNS, time sync or DHCP traffic of
         // an instance: leave it out by default on EC2.
-        let enrichment =
-            enrich.build(&[], selection.kind == ProviderKind::Ec2, reject_reasons).context("enrichment configuration ([enrich])")?;
+        let on_ec2 = selection.kind == ProviderKind::Ec2;
+        let enrichment = enrich.build(&[], on_ec2, reject_reasons.clone()).context("enrichment configuration ([enrich])")?;
         let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
         let (snapshot, refresher) = Refresher::start(provider, link_ids, metadata.refresh_interval()).await;
         let host = HostMeta {
@@ -115,11 +156,16 @@ impl Agent {
             warn!(patterns = %cfg.ifaces.join(","), "no interface matches yet; waiting for matching interfaces to appear");
         }
         let shipper = Shipper::start(&ShipConfig { account_id: host.account_id.to_string(), ..cfg.ship.clone() }).await?;
-        let (sigterm, sigint) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+        let (sigterm, sigint, sighup) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
         let last_counters = tables.counters()?;
         let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
         let agent = Agent {
             cfg,
+            settings,
+            source,
+            pending: None,
+            on_ec2,
+            reject_reasons,
             capture,
             tables,
             selector,
@@ -131,6 +177,7 @@ impl Agent {
             metrics,
             sigterm,
             sigint,
+            sighup,
             last_counters,
             keep,
             refused: BTreeSet::new(),
@@ -175,6 +222,7 @@ impl Agent {
                 _ = sleep_until(deadline) => return false,
                 _ = self.sigterm.recv() => return true,
                 _ = self.sigint.recv() => return true,
+                _ = self.sighup.recv() => self.reload().await,
                 Some(ev) = self.link_events.recv() => match ev {
                     LinkEvent::Changed(link) => {
                         if !self.ifs.attached.contains_key(&link.ifindex) && self.selector.wants(&link) {
@@ -189,6 +237,105 @@ impl Agent {
                 s = self.ifs.refresher.changed() => self.ifs.update(s),
             }
         }
+    }
+
+    /// SIGHUP: reads and checks the configuration; accepted, it waits for
+    /// the window's end (replacing one accepted before that did not apply
+    /// yet); refused, the running one stays.
+    async fn reload(&mut self) {
+        crate::notify::reloading();
+        let path = self.source.path.as_ref().map_or_else(|| "(none: flags and variables only)".to_string(), |p| p.display().to_string());
+        info!(config = %path, "SIGHUP: reading the configuration again");
+        match self.prepare_reload().await {
+            Ok(r) => {
+                self.metrics.reloaded(true);
+                let changes = if r.changes.is_empty() { "nothing reloadable".to_string() } else { r.changes.join(", ") };
+                info!(changes = %changes, "configuration reload accepted: it applies at the next window boundary");
+                crate::notify::reloaded(&format!("reload accepted ({changes}): applies at the next window boundary"));
+                if self.pending.replace(r).is_some() {
+                    info!("it replaces a reload accepted earlier in this window");
+                }
+            }
+            Err(e) => {
+                self.metrics.reloaded(false);
+                error!("configuration reload refused, the running configuration stays: {e:#}");
+                crate::notify::reloaded("reload refused (see the log); the running configuration stays");
+            }
+        }
+    }
+
+    /// The new configuration, checked as a start checks it: the file and
+    /// every value, the interface patterns against the links, `[enrich]`,
+    /// the added outputs opened (AWS ones checked).
+    async fn prepare_reload(&self) -> Result<Reload> {
+        let new = self.source.load()?;
+        for key in self.settings.restart_only_changes(&new) {
+            warn!(key = %key, "changed in the configuration, but only a restart changes it: the running value stays");
+        }
+        let n = &new.agent;
+        let selector = links::Selector::new(&n.ifaces, &n.exclude_ifaces)?;
+        selector.select(&links::list_links().context("listing network interfaces in /sys/class/net")?)?;
+        let enrichment = new.enrich.build(&[], self.on_ec2, self.reject_reasons.clone()).context("enrichment configuration ([enrich])")?;
+        let ship = ShipConfig { outputs: n.ship.outputs.clone(), account_id: self.host.account_id.to_string(), ..self.cfg.ship.clone() };
+        let outputs = self.shipper.prepare(&ship).await?;
+        let c = &self.cfg;
+        let changes = [
+            (c.ifaces != n.ifaces || c.exclude_ifaces != n.exclude_ifaces, "interfaces"),
+            (c.format != n.format, "log-format"),
+            (c.ship.outputs != n.ship.outputs, "outputs"),
+            (self.settings.enrich != new.enrich, "[enrich]"),
+            (c.on_exit != n.on_exit, "on-exit"),
+        ];
+        let changes = changes.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what).collect();
+        Ok(Reload { settings: new, selector, enrichment, outputs, changes })
+    }
+
+    /// Before the last window of a reload is switched out: detaches the
+    /// interfaces the new configuration no longer selects, so their last
+    /// packets are in that window.
+    fn leave_unselected(&mut self, selector: &links::Selector) {
+        let gone: Vec<u32> = self.capture.attached().filter(|l| !selector.wants(l)).map(|l| l.ifindex).collect();
+        for ifindex in gone {
+            if let Some(m) = self.ifs.detach(&mut self.capture, ifindex) {
+                info!(iface = %m.name, ifindex, "detached: the reloaded configuration no longer selects it; reporting its last window");
+            }
+            // Not attached again by the window's own relist (old selector).
+            self.refused.insert(ifindex);
+        }
+    }
+
+    /// After the window's end: the reloaded configuration takes over.
+    fn apply(&mut self, r: Reload) {
+        let Reload { settings: new, selector, enrichment, outputs, changes } = r;
+        // Reloadable keys from the new configuration, the others as running.
+        let s = &mut self.settings;
+        s.agent.ifaces = new.agent.ifaces;
+        s.agent.exclude_ifaces = new.agent.exclude_ifaces;
+        s.agent.format = new.agent.format;
+        s.agent.ship.outputs = new.agent.ship.outputs;
+        s.agent.on_exit = new.agent.on_exit;
+        s.enrich = new.enrich;
+        self.cfg = s.agent.clone();
+        self.keep = self.cfg.on_exit == OnExit::Keep && self.capture.pin_dir().is_some();
+        self.enrichment = enrichment;
+        self.ifs.tag_fields = self.settings.enrich.tag_fields.clone();
+        self.ifs.ecs = self.settings.enrich.ecs.clone();
+        self.ifs.update(self.ifs.snapshot.clone());
+        self.selector = selector;
+        self.refused.clear();
+        relist(&mut self.ifs, &mut self.capture, &self.selector, &mut self.refused);
+        let applied = self.shipper.apply(outputs);
+        self.metrics.set_attached(self.ifs.attached.len());
+        let outputs = self.shipper.describe();
+        info!(
+            changes = %changes.join(","),
+            interfaces = self.ifs.attached.len(),
+            outputs = %outputs,
+            added = %applied.added.join(","),
+            removed = %applied.removed.join(","),
+            "configuration reloaded: applies from this window on"
+        );
+        crate::notify::status(&format!("configuration reloaded; capturing on {} interfaces, writing to {outputs}", self.ifs.attached.len()));
     }
 
     /// Drains the window (everything, on a stop that detaches), ships it,
@@ -289,6 +436,7 @@ impl Agent {
         for (output, ok) in &results {
             self.metrics.shipped(output, counts.total(), *ok);
         }
+        self.shipper.reap();
         self.metrics.destinations(&self.shipper);
         results.is_empty() || results.iter().any(|(_, ok)| *ok)
     }
@@ -406,11 +554,17 @@ impl Interfaces {
         Ok(())
     }
 
+    /// Detaches an interface; it stays in the window's records.
+    fn detach(&mut self, capture: &mut Capture, ifindex: u32) -> Option<InterfaceMeta> {
+        let m = self.attached.remove(&ifindex)?;
+        capture.detach(ifindex);
+        self.forget.push(m.name.clone());
+        self.refresher.remove(&m.name);
+        Some(m)
+    }
+
     fn gone(&mut self, capture: &mut Capture, ifindex: u32) {
-        if let Some(m) = self.attached.remove(&ifindex) {
-            capture.detach(ifindex);
-            self.forget.push(m.name.clone());
-            self.refresher.remove(&m.name);
+        if let Some(m) = self.detach(capture, ifindex) {
             warn!(iface = %m.name, ifindex, "interface disappeared; reporting its last window and going on with the others");
             if self.attached.is_empty() {
                 warn!("no interface left to capture on; waiting for matching interfaces to appear");

@@ -4,7 +4,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use flowlog_agent::{
     agent,
     compare,
-    config::{Keys, Settings},
+    config::{Keys, Source},
 };
 
 const EXAMPLES: &str = "\
@@ -81,12 +81,8 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn settings(self) -> Result<Settings, String> {
-        let file = match &self.config {
-            Some(p) => Keys::load(p).map_err(|e| e.to_string())?,
-            None => Keys::default(),
-        };
-        Settings::resolve(file, self.keys).map_err(|e| e.to_string())
+    fn source(self) -> Source {
+        Source { path: self.config, overrides: self.keys }
     }
 }
 
@@ -117,7 +113,8 @@ fn main() -> ExitCode {
         }
         None => (cli.run, false),
     };
-    let settings = match args.settings() {
+    let source = args.source();
+    let settings = match source.load() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -151,7 +148,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(agent::run(settings)) {
+    match rt.block_on(agent::run(settings, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

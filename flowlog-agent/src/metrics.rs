@@ -75,6 +75,12 @@ pub struct OutputLabel {
     pub output: String,
 }
 
+/// `ok` (accepted; applied at the next window boundary) or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadResult {
+    pub result: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutputReason {
     pub output: String,
@@ -152,6 +158,7 @@ metrics! {
     last_success: Family<OutputLabel, Gauge>, "output_last_success_timestamp_seconds", "Unix time of an output's last successful write or service call";
     errors: Family<OutputReason, Counter>, "output_errors", "Failed writes or service calls of an output, by reason";
     build: Family<BuildLabels, Gauge>, "build_info", "Always 1; the labels say what runs";
+    reloads: Family<ReloadResult, Counter>, "config_reloads", "Configuration reloads (SIGHUP) by result: ok (applied at the next window boundary), error (refused, the running configuration stays)";
 }
 
 impl Metrics {
@@ -169,6 +176,11 @@ impl Metrics {
         };
         self.build.clear();
         self.build.get_or_create(&labels).set(1);
+    }
+
+    /// A reload (SIGHUP) was accepted, or refused.
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads.get_or_create(&ReloadResult { result: if ok { "ok" } else { "error" }.into() }).inc();
     }
 
     pub fn set_ready(&self) {

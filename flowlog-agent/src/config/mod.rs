@@ -335,6 +335,32 @@ impl Keys {
 }
 
 
+/// Where the settings come from: kept so that a reload (SIGHUP) reads the
+/// same file with the same flags and variables as the start did.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Source {
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.path {
+            Some(p) => Keys::load(p)?,
+            None => Keys::default(),
+        };
+        Settings::resolve(file, self.overrides.clone())
+    }
+}
+
+/// The keys a reload changes (at the next window boundary), with the
+/// `[enrich]` section. Every other key (and `[metadata]`) keeps its value
+/// until a restart: the kernel side is loaded with it (`max-flows`,
+/// `sample-rate`, `[filters]`, `ingress-hook`, `reject-reasons`, pinning),
+/// or it is set up once (`interval`, the metrics listener, the spool, the
+/// logs, the AWS settings, the metadata provider).
+pub const RELOADABLE: &[&str] = &["interfaces", "exclude-interfaces", "log-format", "outputs", "traffic-type", "on-exit"];
+
 /// Everything the agent runs with, after precedence and validation.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -464,10 +490,43 @@ impl Settings {
     /// never pass through the config); values of keys that look like secrets
     /// are redacted all the same.
     pub fn render(&self) -> String {
+        let mut out: String = match toml::to_string(&self.keys()) {
+            Ok(text) => text.lines().map(redact).map(|l| l + "\n").collect(),
+            Err(e) => format!("# cannot render the configuration: {e}\n"),
+        };
+        out.push_str(&format!("\n# [metadata]\n# {:?}\n", self.metadata));
+        out.push_str(&format!("\n# [enrich]\n# {:?}\n", self.enrich));
+        out
+    }
+
+    /// The keys a reload ([`RELOADABLE`]) does not change that differ in
+    /// `new`: they keep their running value until a restart.
+    pub fn restart_only_changes(&self, new: &Settings) -> Vec<String> {
+        let table = |s: &Settings| match toml::Table::try_from(s.keys()) {
+            Ok(t) => t,
+            Err(e) => unreachable!("the keys are plain TOML values: {e}"),
+        };
+        let (old, new_keys) = (table(self), table(new));
+        let mut changed: Vec<String> = old
+            .keys()
+            .chain(new_keys.keys())
+            .filter(|k| !RELOADABLE.contains(&k.as_str()) && old.get(*k) != new_keys.get(*k))
+            .cloned()
+            .collect();
+        changed.sort();
+        changed.dedup();
+        if self.metadata != new.metadata {
+            changed.push("metadata".into());
+        }
+        changed
+    }
+
+    /// The effective values as [`Keys`].
+    fn keys(&self) -> Keys {
         let a = &self.agent;
         // Paths as text: TOML has no other kind of string.
         let path = |p: &std::path::Path| PathBuf::from(p.display().to_string());
-        let keys = Keys {
+        Keys {
             interfaces: a.ifaces.clone(),
             exclude_interfaces: a.exclude_ifaces.clone(),
             max_flows: Some(a.max_flows),
@@ -499,14 +558,7 @@ impl Settings {
             // Not serialized: shown below as they are.
             metadata: MetadataConfig::default(),
             enrich: EnrichConfig::default(),
-        };
-        let mut out: String = match toml::to_string(&keys) {
-            Ok(text) => text.lines().map(redact).map(|l| l + "\n").collect(),
-            Err(e) => format!("# cannot render the configuration: {e}\n"),
-        };
-        out.push_str(&format!("\n# [metadata]\n# {:?}\n", self.metadata));
-        out.push_str(&format!("\n# [enrich]\n# {:?}\n", self.enrich));
-        out
+        }
     }
 }
 

@@ -405,32 +405,40 @@ impl Spool {
             return Ok(());
         }
         *cur = pos;
-        let p = inner.dir.join(cursor_file_name(dest));
-        let tmp = p.with_extension("tmp");
-        perm::write_new(&tmp, format!("{} {}\n", pos.segment, pos.offset).as_bytes(), FILE_MODE).and_then(|_| fs::rename(&tmp, &p)).with_context(|| format!("writing spool cursor {}", p.display()))?;
-        inner.forget_delivered();
-        let min = inner.cursors.values().min().copied().unwrap_or_default();
-        let active = *inner.segments.keys().next_back().unwrap();
-        let done: Vec<u64> = inner.segments.keys().copied().filter(|&id| id < min.segment && id != active).collect();
-        for id in done {
-            let _ = fs::remove_file(seg_path(&inner.dir, id));
-            inner.segments.remove(&id);
-        }
-        // Everything acknowledged and the active segment is big: start afresh.
-        let active_size = inner.segments[&active];
-        if min == (Pos { segment: active, offset: active_size }) && active_size > inner.segment_max / 2 {
-            let id = active + 1;
-            let path = seg_path(&inner.dir, id);
-            inner.active = new_segment(&path).with_context(|| format!("spool segment {}", path.display()))?;
-            inner.segments.insert(id, 0);
-            let _ = fs::remove_file(seg_path(&inner.dir, active));
-            inner.segments.remove(&active);
-            for c in inner.cursors.values_mut() {
-                *c = Pos { segment: id, offset: 0 };
-            }
-            inner.waiting.clear();
-        }
+        inner.write_cursor(dest, pos)?;
+        inner.collect()
+    }
+
+    /// Where the next batch goes: a destination added now starts here.
+    pub fn end(&self) -> Pos {
+        let g = self.inner.lock().unwrap();
+        let (&segment, &offset) = g.segments.iter().next_back().unwrap();
+        Pos { segment, offset }
+    }
+
+    /// A destination added while the agent runs (a reload): it gets the
+    /// batches from `pos` on. Its cursor file is written at once, so that a
+    /// restart does not hand it older records (or a stale cursor of a
+    /// destination of the same name).
+    pub fn add_destination(&self, dest: &str, pos: Pos) -> Result<()> {
+        let mut g = self.inner.lock().unwrap();
+        g.write_cursor(dest, pos)?;
+        g.cursors.insert(dest.to_string(), pos);
         Ok(())
+    }
+
+    /// A destination removed by a reload, once it delivered what it had
+    /// accepted: its cursor no longer holds segments back.
+    pub fn remove_destination(&self, dest: &str) -> Result<()> {
+        let mut g = self.inner.lock().unwrap();
+        g.cursors.remove(dest);
+        let p = g.dir.join(cursor_file_name(dest));
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e).with_context(|| format!("removing spool cursor {}", p.display()));
+            }
+        }
+        g.collect()
     }
 
     /// Seconds since the window of the oldest record some destination has
@@ -450,6 +458,42 @@ impl Spool {
 }
 
 impl Inner {
+    fn write_cursor(&self, dest: &str, pos: Pos) -> Result<()> {
+        let p = self.dir.join(cursor_file_name(dest));
+        let tmp = p.with_extension("tmp");
+        perm::write_new(&tmp, format!("{} {}\n", pos.segment, pos.offset).as_bytes(), FILE_MODE).and_then(|_| fs::rename(&tmp, &p)).with_context(|| format!("writing spool cursor {}", p.display()))
+    }
+
+    /// Deletes the segments every destination is done with.
+    fn collect(&mut self) -> Result<()> {
+        self.forget_delivered();
+        if self.cursors.is_empty() {
+            return Ok(());
+        }
+        let min = self.cursors.values().min().copied().unwrap_or_default();
+        let active = *self.segments.keys().next_back().unwrap();
+        let done: Vec<u64> = self.segments.keys().copied().filter(|&id| id < min.segment && id != active).collect();
+        for id in done {
+            let _ = fs::remove_file(seg_path(&self.dir, id));
+            self.segments.remove(&id);
+        }
+        // Everything acknowledged and the active segment is big: start afresh.
+        let active_size = self.segments[&active];
+        if min == (Pos { segment: active, offset: active_size }) && active_size > self.segment_max / 2 {
+            let id = active + 1;
+            let path = seg_path(&self.dir, id);
+            self.active = new_segment(&path).with_context(|| format!("spool segment {}", path.display()))?;
+            self.segments.insert(id, 0);
+            let _ = fs::remove_file(seg_path(&self.dir, active));
+            self.segments.remove(&active);
+            for c in self.cursors.values_mut() {
+                *c = Pos { segment: id, offset: 0 };
+            }
+            self.waiting.clear();
+        }
+        Ok(())
+    }
+
     /// Drops the frames every destination has acknowledged from `waiting`.
     fn forget_delivered(&mut self) {
         let min = self.cursors.values().min().copied().unwrap_or_default();

@@ -17,6 +17,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use flowlog_records::format::Format;
 use flowlog_testkit::{
     agent::{Agent, AgentCmd, Rec, Tuple, FORMAT},
     netns::{in_netns, next_id, sh, spawn_in_netns, Capture, Topo},
@@ -970,4 +971,138 @@ fn a_renamed_interface_stays_attached_and_counted() {
     let port = tx.local_addr().unwrap().port();
     let got = sum(&recs, port, 7640, "ingress");
     assert_eq!(got, (25, 25 * 108), "{log}");
+}
+
+/// The lines of every `.log.gz` file under a `dir:` output, header lines left out.
+fn dir_output_lines(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".log.gz") {
+                let mut s = String::new();
+                flate2::read::GzDecoder::new(&fs::read(&p).unwrap()[..]).read_to_string(&mut s).unwrap();
+                out.extend(s.lines().skip(1).map(str::to_string));
+            }
+        }
+    }
+    out
+}
+
+/// Three reloads (SIGHUP) under steady traffic, 2-second windows: another
+/// format for every output, a `file:` output added, a `dir:` output (spooled)
+/// removed; then three bad configurations refused. Every packet is in the
+/// first file exactly once; each window is whole in one format; the added
+/// output has exactly the windows from the one after its reload on, the
+/// removed one exactly the windows up to its reload; the refused ones are
+/// logged and counted, and the agent goes on as it was.
+#[test]
+fn reloads_under_traffic_lose_and_double_nothing() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    let tmp = flowlog_testkit::ScratchDir::new("flowlog-reload");
+    let conf = tmp.join("flowlog.toml");
+    let (a_out, b_out, d_out) = (tmp.join("a.log"), tmp.join("b.log"), tmp.join("d"));
+    let (a, b, d) = (format!("file:{}", a_out.display()), format!("file:{}", b_out.display()), format!("dir:{}", d_out.display()));
+    let spool = tmp.join("spool").display().to_string();
+    let f2 = FORMAT.replace(" ${tcp-flags}", "");
+    let config = |format: &str, interval: u64, outputs: &[&str]| {
+        let outputs: Vec<String> = outputs.iter().map(|o| format!("{o:?}")).collect();
+        let text = format!(
+            "interfaces = [{:?}]\ninterval = {interval}\nlog-format = {format:?}\noutputs = [{}]\nspool-dir = {spool:?}\nfile-interval = 1\nmetrics-listen = \"127.0.0.1:9750\"\n",
+            t.a_if,
+            outputs.join(", ")
+        );
+        fs::write(&conf, text).unwrap();
+    };
+    config(FORMAT, 2, &[&a, &d]);
+    let agent = agent(&t).config(&conf).output(&a_out).start();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (tx, rx) = udp_pair(&t, true, false, 7650);
+    let traffic_end = now() + 26;
+    let sender = send_steadily(&tx, &rx, 100, Duration::from_secs(26));
+    thread::sleep(Duration::from_secs(3));
+    config(&f2, 2, &[&a, &d]);
+    let w1 = now() / 2;
+    agent.reload().unwrap();
+    agent.wait_reloaded(1);
+    thread::sleep(Duration::from_secs(2));
+    config(&f2, 2, &[&a, &d, &b]);
+    let w2 = now() / 2;
+    agent.reload().unwrap();
+    agent.wait_reloaded(2);
+    thread::sleep(Duration::from_secs(2));
+    // The interval needs a restart: logged, and the windows stay 2 s.
+    config(&f2, 4, &[&a, &b]);
+    let w3 = now() / 2;
+    agent.reload().unwrap();
+    agent.wait_reloaded(3);
+    thread::sleep(Duration::from_secs(1));
+    fs::write(&conf, "interval = \n").unwrap();
+    let e = agent.reload().unwrap_err();
+    assert!(e.contains("configuration reload refused") && e.contains(&conf.display().to_string()), "{e}");
+    config("${nope}", 2, &[&a, &b]);
+    let e = agent.reload().unwrap_err();
+    assert!(e.contains("invalid log-format = \"${nope}\""), "{e}");
+    config(&f2, 2, &[&a, "s3"]);
+    let e = agent.reload().unwrap_err();
+    assert!(e.contains("invalid outputs = \"s3\""), "{e}");
+    let refused_at = now();
+    assert!(refused_at + 6 <= traffic_end, "the reloads took too long for the traffic: {}", agent.log());
+    let sent = sender.join().unwrap();
+    let (status, metrics) = http_get(&t.a, "127.0.0.1:9750".parse().unwrap(), "/metrics");
+    let log = agent.stop_log();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("flowlog_config_reloads_total{result=\"ok\"} 3\n"), "{metrics}");
+    assert!(metrics.contains("flowlog_config_reloads_total{result=\"error\"} 3\n"), "{metrics}");
+    assert!(log.contains("key=interval") && log.contains("only a restart changes it"), "{log}");
+    assert_eq!(log.matches("configuration reloaded").count(), 3, "{log}");
+
+    // Per window (start / 2): whether it is in the first format, its lines sorted.
+    let (fa, fb) = (Format::parse(FORMAT).unwrap(), Format::parse(&f2).unwrap());
+    let fields = FORMAT.split(' ').count();
+    let parse = |l: &str| Rec::parse(if l.split(' ').count() == fields { &fa } else { &fb }, l);
+    let windows = |lines: Vec<String>| {
+        let mut m: BTreeMap<u64, (bool, Vec<String>)> = BTreeMap::new();
+        for l in lines {
+            let first = l.split(' ').count() == fields;
+            let w = parse(&l).start / 2;
+            let e = m.entry(w).or_insert((first, Vec::new()));
+            assert_eq!(e.0, first, "window {w} in two formats: {l}\n{log}");
+            e.1.push(l);
+        }
+        m.values_mut().for_each(|(_, v)| v.sort());
+        m
+    };
+    let lines = |p: &std::path::Path| fs::read_to_string(p).unwrap().lines().map(str::to_string).collect::<Vec<_>>();
+    let all_a = lines(&a_out);
+    let (wa, wb, wd) = (windows(all_a.clone()), windows(lines(&b_out)), windows(dir_output_lines(&d_out)));
+
+    // Every packet once, no line twice.
+    let recs: Vec<Rec> = all_a.iter().map(|l| parse(l)).collect();
+    let port = tx.local_addr().unwrap().port();
+    assert_eq!(sum(&recs, port, 7650, "ingress"), (sent, sent * 128), "{log}");
+    let mut unique = all_a.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), all_a.len(), "a line written twice: {all_a:#?}");
+    // The format changed once, at the first window boundary after reload 1.
+    let first_f2 = *wa.iter().find(|(_, (first, _))| !first).expect("no window in the new format").0;
+    assert!(wa.range(..first_f2).all(|(_, (first, _))| *first), "{wa:#?}");
+    assert!((w1 + 1..=w1 + 2).contains(&first_f2), "reload 1 in window {w1}, new format from {first_f2}");
+    // The removed output: whole windows up to its reload's boundary, then none.
+    let d_last = *wd.keys().last().unwrap();
+    assert!((w3..=w3 + 1).contains(&d_last), "reload 3 in window {w3}, dir: output until {d_last}");
+    assert_eq!(wd, wa.range(..=d_last).map(|(w, v)| (*w, v.clone())).collect::<BTreeMap<_, _>>());
+    // The added output: whole windows from the boundary after its reload.
+    let b_first = *wb.keys().next().unwrap();
+    assert!((w2 + 1..=w2 + 2).contains(&b_first), "reload 2 in window {w2}, file b from {b_first}");
+    assert_eq!(wb, wa.range(b_first..).map(|(w, v)| (*w, v.clone())).collect::<BTreeMap<_, _>>());
+    // After the refused reloads the agent went on with the configuration it had.
+    assert!(wb.range(refused_at / 2 + 1..).count() >= 2, "{wb:#?}");
 }

@@ -1021,7 +1021,26 @@ fn reloads_under_traffic_lose_and_double_nothing() {
         fs::write(&conf, text).unwrap();
     };
     config(FORMAT, 2, &[&a, &d]);
-    let agent = agent(&t).config(&conf).output(&a_out).start();
+    // systemd's side of a reload: RELOADING=1, then READY=1.
+    let sock = tmp.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    // Read as systemd does, all along: a full queue would block the agent.
+    notify.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let (mut buf, mut got) = ([0u8; 4096], Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = notify.recv(&mut buf) {
+                    got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                }
+            }
+            got
+        })
+    };
+    let env = format!("NOTIFY_SOCKET={}", sock.display());
+    let agent = agent(&t).wrapper(&["env", &env]).config(&conf).output(&a_out).start();
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let (tx, rx) = udp_pair(&t, true, false, 7650);
     let traffic_end = now() + 26;
@@ -1062,6 +1081,18 @@ fn reloads_under_traffic_lose_and_double_nothing() {
     assert!(metrics.contains("flowlog_config_reloads_total{result=\"error\"} 3\n"), "{metrics}");
     assert!(log.contains("key=interval") && log.contains("only a restart changes it"), "{log}");
     assert_eq!(log.matches("configuration reloaded").count(), 3, "{log}");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent_to_systemd = reader.join().unwrap();
+    let reloads: Vec<&String> = sent_to_systemd.iter().filter(|m| m.contains("RELOADING=1") || m.contains("STATUS=reload ")).collect();
+    assert_eq!(reloads.len(), 12, "{sent_to_systemd:#?}");
+    for (i, m) in reloads.iter().enumerate() {
+        let want: &[&str] = match i {
+            _ if i % 2 == 0 => &["RELOADING=1\n", "MONOTONIC_USEC=", "STATUS=reloading the configuration"],
+            1 | 3 | 5 => &["READY=1\n", "STATUS=reload accepted ("],
+            _ => &["READY=1\n", "STATUS=reload refused"],
+        };
+        assert!(want.iter().all(|w| m.contains(w)), "message {i}: {m:?}, want {want:?}");
+    }
 
     // Per window (start / 2): whether it is in the first format, its lines sorted.
     let (fa, fb) = (Format::parse(FORMAT).unwrap(), Format::parse(&f2).unwrap());

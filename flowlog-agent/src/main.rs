@@ -24,6 +24,9 @@ Examples:
   flowlog-agent check-config -c /etc/flowlog/flowlog.toml
   flowlog-agent -c /etc/flowlog/flowlog.toml
 
+  # After editing the file (outputs, format, interfaces), without a restart:
+  systemctl reload flowlog        # or kill -HUP <pid>: SIGHUP
+
 Every flag also reads the environment variable shown with it; flags win over
 variables, variables over the config file. Boolean variables take 1/0,
 true/false, yes/no, on/off. Documentation: README.md, flowlog.example.toml, man
@@ -72,7 +75,10 @@ enum Cmd {
 /// Defaults are those of the config file (see `flowlog.example.toml`).
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Config file (TOML).
+    /// Config file (TOML). SIGHUP (`systemctl reload`) reads it again, with
+    /// the same flags and variables over it: interfaces, log-format, outputs,
+    /// [enrich] and on-exit change at the next window boundary; other keys
+    /// need a restart; a bad file is refused and the running configuration stays.
     #[arg(help_heading = "Config", long, short = 'c', env = "FLOWLOG_CONFIG")]
     config: Option<PathBuf>,
     /// Every key of the config file (but the sections), as a flag.

@@ -334,6 +334,69 @@ async fn dir_round_trip_text_and_parquet() {
     assert!(n >= 1, "{n} parquet files in {}", pq.display());
 }
 
+/// Record lines of every text object under a `dir:` output.
+fn dir_lines(root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                lines.extend(gunzip(&std::fs::read(&p).unwrap()).lines().skip(1).map(str::to_string));
+            }
+        }
+    }
+    lines
+}
+
+/// A reload's outputs: between two windows, a spooled and a direct output
+/// removed, another of each added. The removed ones have exactly the first
+/// window (the spooled one delivers what it had accepted, then leaves the
+/// spool), the added ones exactly the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_outputs_between_windows_exactly() {
+    let root = tmp("reload");
+    std::fs::create_dir_all(&*root).unwrap();
+    let spool = root.join("spool");
+    let (x, y, f1, f2) = (root.join("x"), root.join("y"), root.join("f1.log"), root.join("f2.log"));
+    let out = |s: String| -> Output { s.parse().unwrap() };
+    let mut cfg = config(vec![out(format!("dir:{}", x.display())), out(format!("file:{}", f1.display()))], None, &spool);
+    cfg.flush_interval = Duration::from_secs(3600);
+    let format = Format::default();
+    let recs = records(200, 2, t0());
+    let lines = |r: &[FlowRecord]| -> Vec<String> { r.iter().map(|r| format.line(r)).collect() };
+    let mut sh = Shipper::start(&cfg).await.unwrap();
+    sh.send(&format, &recs[..100]);
+    let new = ShipConfig { outputs: vec![out(format!("file:{}", f2.display())), out(format!("dir:{}", y.display()))], ..cfg.clone() };
+    let r = sh.prepare(&new).await.unwrap();
+    // Nothing changes before apply: the added ones are only opened.
+    assert_eq!(sh.describe(), format!("file:{},dir:{}", f1.display(), x.display()));
+    let applied = sh.apply(r);
+    assert_eq!(applied.added, [format!("file:{}", f2.display()), format!("dir:{}", y.display())]);
+    assert_eq!(applied.removed, [format!("file:{}", f1.display()), format!("dir:{}", x.display())]);
+    assert_eq!(sh.describe(), format!("file:{},dir:{}", f2.display(), y.display()));
+    sh.send(&format, &recs[100..]);
+    // The removed spooled output delivers its window at once (not after the
+    // hour-long file interval), then its cursor is gone.
+    let x_name = format!("dir:{}", x.display());
+    harness::wait_for("the removed output to deliver and end", Duration::from_secs(30), || {
+        sh.reap();
+        sh.stats.iter().all(|(n, _)| n != &x_name)
+    })
+    .await;
+    assert!(!spool.join(flowlog_agent::ship::spool::cursor_file_name(&x_name)).exists());
+    assert_same("removed dir:", dir_lines(&x), lines(&recs[..100]));
+    // Twice the same spooled output: refused, nothing changes.
+    let twice = ShipConfig { outputs: vec![out(format!("dir:{}", y.display())), out(format!("dir:{}", y.display()))], ..cfg.clone() };
+    assert!(sh.prepare(&twice).await.err().unwrap().to_string().contains("the same output is given twice"));
+    sh.shutdown().await;
+    assert_same("added dir:", dir_lines(&y), lines(&recs[100..]));
+    assert_same("removed file:", std::fs::read_to_string(&f1).unwrap().lines().map(str::to_string).collect(), lines(&recs[..100]));
+    assert_same("added file:", std::fs::read_to_string(&f2).unwrap().lines().map(str::to_string).collect(), lines(&recs[100..]));
+}
+
 /// Every record exactly once, per destination.
 async fn check_all_once(moto: &str, format: &Format, recs: &[FlowRecord], bucket: &str, group: &str, fh_bucket: &str) {
     let want: Vec<String> = recs.iter().map(|r| format.line(r)).collect();

@@ -662,6 +662,36 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A destination added while running starts at the end (also after a
+    /// reopen); one removed no longer holds segments back.
+    #[test]
+    fn destinations_added_and_removed_while_running() {
+        let dir = tmpdir("reload");
+        // 64 KiB segments: two big batches in the first, the third starts the second.
+        let s = Spool::open(&dir, 256 << 10, &["a".to_string()]).unwrap();
+        for _ in 0..3 {
+            s.append(&big_batch()).unwrap();
+        }
+        assert_eq!(s.end().segment, 2);
+        s.add_destination("b", s.end()).unwrap();
+        assert_eq!(s.pending_records("b").unwrap(), 0);
+        let later = batch(2, "y");
+        let end = s.append(&later).unwrap();
+        assert_eq!((s.pending_records("a").unwrap(), s.pending_records("b").unwrap()), (302, 2));
+        drop(s);
+        let s = Spool::open(&dir, 256 << 10, &["a".to_string(), "b".to_string()]).unwrap();
+        assert_eq!(s.reader("b").next_batch().unwrap().unwrap().0, later);
+        // `b` has everything; `a`, removed, held the first segment.
+        s.ack("b", end).unwrap();
+        let (before, first) = (s.bytes(), fs::metadata(seg_path(&dir, 1)).unwrap().len());
+        s.remove_destination("a").unwrap();
+        assert!(!dir.join(cursor_file_name("a")).exists() && !seg_path(&dir, 1).exists());
+        assert_eq!(s.bytes(), before - first);
+        s.append(&batch(1, "z")).unwrap();
+        assert_eq!(s.pending_records("b").unwrap(), 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn oldest_waiting_record_age() {
         let d = tmpdir("age");

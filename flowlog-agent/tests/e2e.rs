@@ -513,7 +513,7 @@ fn hot_plugged_interfaces_are_attached_once_and_counted() {
 
 /// How many "attached" log lines name `iface` so far.
 fn agent_attach_count(agent: &Agent, iface: &str) -> usize {
-    agent.log().lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()
+    agent_attach_count_in(&agent.log(), iface)
 }
 
 /// GET over plain HTTP/1.0 from inside namespace `ns`: (status, body).
@@ -1136,4 +1136,56 @@ fn reloads_under_traffic_lose_and_double_nothing() {
     assert_eq!(wb, wa.range(b_first..).map(|(w, v)| (*w, v.clone())).collect::<BTreeMap<_, _>>());
     // After the refused reloads the agent went on with the configuration it had.
     assert!(wb.range(refused_at / 2 + 1..).count() >= 2, "{wb:#?}");
+}
+
+/// A reload that moves the agent from one interface to another: before it,
+/// only the first is counted (exactly), after its window boundary only the
+/// second; the first's last window is reported.
+#[test]
+fn a_reload_changes_the_interfaces_at_the_window_boundary() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    // A second veth pair between the same namespaces, 10.209.<n>.1/.2.
+    let n = next_id();
+    let (x_if, y_if) = (format!("flx{}{n}", std::process::id() % 10_000), format!("fly{}{n}", std::process::id() % 10_000));
+    let (xa, yb) = (Ipv4Addr::new(10, 209, (n % 250) as u8, 1), Ipv4Addr::new(10, 209, (n % 250) as u8, 2));
+    t.a.ip(&["link", "add", &x_if, "type", "veth", "peer", "name", &y_if, "netns", &t.b]);
+    t.a.ip(&["addr", "add", &format!("{xa}/24"), "dev", &x_if]);
+    t.b.ip(&["addr", "add", &format!("{yb}/24"), "dev", &y_if]);
+    t.a.ip(&["link", "set", &x_if, "up"]);
+    t.b.ip(&["link", "set", &y_if, "up"]);
+    let tmp = flowlog_testkit::ScratchDir::new("flowlog-reload-ifaces");
+    let (conf, out) = (tmp.join("flowlog.toml"), tmp.join("records.log"));
+    let config = |iface: &str| {
+        let text = format!("interfaces = [{iface:?}]\ninterval = 1\noutputs = [{:?}]\nmetrics-listen = \"off\"\n", format!("file:{}", out.display()));
+        fs::write(&conf, text).unwrap();
+    };
+    config(&t.a_if);
+    // A flag stays over the file on reloads too.
+    let agent = agent(&t).config(&conf).output(&out).args(&["--log-format", FORMAT]).start();
+    let (tx1, rx1) = udp_pair(&t, true, false, 7660);
+    let rx2 = in_netns(&t.a, move || UdpSocket::bind((xa, 7661)).unwrap());
+    let tx2 = in_netns(&t.b, move || UdpSocket::bind((yb, 0)).unwrap());
+    rx2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    send_udp(&tx1, &rx1, 20, 60);
+    send_udp(&tx2, &rx2, 20, 60);
+    config(&x_if);
+    agent.reload().unwrap();
+    agent.wait_reloaded(1);
+    send_udp(&tx1, &rx1, 30, 60);
+    send_udp(&tx2, &rx2, 30, 60);
+    thread::sleep(Duration::from_millis(1200));
+    let (recs, log) = agent.stop();
+    let (p1, p2) = (tx1.local_addr().unwrap().port(), tx2.local_addr().unwrap().port());
+    assert_eq!(sum(&recs, p1, 7660, "ingress"), (20, 20 * 88), "{log}");
+    assert_eq!(sum(&recs, p2, 7661, "ingress"), (30, 30 * 88), "{log}");
+    assert!(log.contains(&format!("detached: the reloaded configuration no longer selects it; reporting its last window iface={}", t.a_if)), "{log}");
+    assert_eq!(agent_attach_count_in(&log, &x_if), 1, "{log}");
+}
+
+/// How often the log says `iface` was attached.
+fn agent_attach_count_in(log: &str, iface: &str) -> usize {
+    log.lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()
 }

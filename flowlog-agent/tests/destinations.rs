@@ -397,6 +397,31 @@ async fn reload_swaps_outputs_between_windows_exactly() {
     assert_same("added file:", std::fs::read_to_string(&f2).unwrap().lines().map(str::to_string).collect(), lines(&recs[100..]));
 }
 
+/// The first spooled output, added by a reload: a second reload before the
+/// first applied may replace it (the waiting one holds no spool lock); the
+/// output gets the windows after it applied, none from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_the_first_spooled_output() {
+    let root = tmp("reload-first");
+    std::fs::create_dir_all(&*root).unwrap();
+    let (f, y) = (root.join("f.log"), root.join("y"));
+    let out = |s: String| -> Output { s.parse().unwrap() };
+    let cfg = config(vec![out(format!("file:{}", f.display()))], None, &root.join("spool"));
+    let format = Format::default();
+    let recs = records(100, 1, t0());
+    let mut sh = Shipper::start(&cfg).await.unwrap();
+    sh.send(&format, &recs[..50]);
+    let new = ShipConfig { outputs: vec![out(format!("file:{}", f.display())), out(format!("dir:{}", y.display()))], ..cfg.clone() };
+    let first = sh.prepare(&new).await.unwrap();
+    let second = sh.prepare(&new).await.unwrap();
+    drop(first);
+    assert_eq!(sh.apply(second).added, [format!("dir:{}", y.display())]);
+    sh.send(&format, &recs[50..]);
+    sh.shutdown().await;
+    assert_same("added dir:", dir_lines(&y), recs[50..].iter().map(|r| format.line(r)).collect());
+    assert_eq!(std::fs::read_to_string(&f).unwrap().lines().count(), 100);
+}
+
 /// Every record exactly once, per destination.
 async fn check_all_once(moto: &str, format: &Format, recs: &[FlowRecord], bucket: &str, group: &str, fh_bucket: &str) {
     let want: Vec<String> = recs.iter().map(|r| format.line(r)).collect();

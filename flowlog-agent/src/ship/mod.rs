@@ -225,8 +225,19 @@ pub struct Reconfig {
     outputs: Vec<String>,
     direct: Vec<(String, Box<dyn Sink>)>,
     spooled: Vec<(Box<dyn Destination>, Arc<ShipStats>)>,
-    /// Opened for it when no spooled output ran before.
-    spool: Option<Spool>,
+    spool: NewSpool,
+}
+
+/// The spool for added spooled outputs when none ran before.
+enum NewSpool {
+    /// One runs already, or none is needed.
+    Running,
+    /// Opened at start, with the outputs' cursors.
+    Open(Spool),
+    /// Checked by a reload (opened, then closed: a reload waiting for the
+    /// window's end must not hold its lock, a later SIGHUP may replace it);
+    /// opened when it applies.
+    At(PathBuf, u64),
 }
 
 /// What [`Shipper::apply`] changed, by output name.
@@ -255,7 +266,7 @@ impl Shipper {
             text: Vec::new(),
         };
         let r = sh.prepare(cfg).await?;
-        sh.install(r, false)?;
+        sh.install(r)?;
         Ok(sh)
     }
 
@@ -283,7 +294,7 @@ impl Shipper {
         }
         let spooled: Vec<(&Output, &String)> = new.into_iter().filter(|(o, _)| o.spooled()).collect();
         if spooled.is_empty() {
-            return Ok(Reconfig { outputs, direct, spooled: Vec::new(), spool: None });
+            return Ok(Reconfig { outputs, direct, spooled: Vec::new(), spool: NewSpool::Running });
         }
         let needs_aws = spooled.iter().any(|(o, _)| o.aws().is_some_and(|a| a.region.is_none()));
         let sdk = if needs_aws { Some(aws::sdk_config(&cfg.aws).await?) } else { None };
@@ -322,12 +333,14 @@ impl Shipper {
         }
         // At start the spool is opened with the outputs' cursors (each goes
         // on where it was); outputs a reload adds start at its end.
-        let spool = match &self.spool {
-            Some(_) => None,
-            None => {
-                let at_start = if self.running() { Vec::new() } else { spooled.iter().map(|(_, n)| (*n).clone()).collect() };
-                Some(Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &at_start)?)
-            }
+        let spool = if self.spool.is_some() {
+            NewSpool::Running
+        } else if self.running() {
+            Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &[])?;
+            NewSpool::At(cfg.spool_dir.clone(), cfg.spool_max_bytes)
+        } else {
+            let names: Vec<String> = spooled.iter().map(|(_, n)| (*n).clone()).collect();
+            NewSpool::Open(Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &names)?)
         };
         Ok(Reconfig { outputs, direct, spooled: dests, spool })
     }
@@ -362,7 +375,7 @@ impl Shipper {
             self.retiring.push(t);
         }
         let added: Vec<String> = r.direct.iter().map(|(n, _)| n.clone()).chain(r.spooled.iter().map(|(d, _)| d.name().to_string())).collect();
-        if let Err(e) = self.install(r, true) {
+        if let Err(e) = self.install(r) {
             error!("outputs added by the reload could not start: {e:#}");
         }
         applied.added = added.into_iter().filter(|n| self.direct_names.contains(n) || self.tasks.iter().any(|t| &t.name == n)).collect();
@@ -372,10 +385,11 @@ impl Shipper {
         applied
     }
 
-    /// Adds the outputs `r` opened; on a reload (`at_end`) a spooled one's
-    /// cursor starts at the spool's end.
-    fn install(&mut self, r: Reconfig, at_end: bool) -> Result<()> {
+    /// Adds the outputs `r` opened. A spooled one's cursor starts at the
+    /// spool's end, but at start (the spool opened with their cursors).
+    fn install(&mut self, r: Reconfig) -> Result<()> {
         let Reconfig { outputs, direct, spooled, spool } = r;
+        let at_end = !matches!(spool, NewSpool::Open(_));
         for (n, s) in direct {
             self.direct_names.push(n);
             self.direct.push(s);
@@ -384,16 +398,18 @@ impl Shipper {
         let mut order: Vec<(String, Box<dyn Sink>)> = self.direct_names.drain(..).zip(self.direct.drain(..)).collect();
         order.sort_by_key(|(n, _)| outputs.iter().position(|o| o == n));
         (self.direct_names, self.direct) = order.into_iter().unzip();
-        if let Some(sp) = spool {
-            if !at_end {
+        match spool {
+            NewSpool::Running => {}
+            NewSpool::Open(sp) => {
                 for (d, _) in &spooled {
                     let p = sp.pending_records(d.name())?;
                     if p > 0 {
                         info!(destination = %d.name(), records = p, "spool: delivering records left from before");
                     }
                 }
+                self.spool = Some(sp);
             }
-            self.spool = Some(sp);
+            NewSpool::At(dir, max_bytes) => self.spool = Some(Spool::open(&dir, max_bytes, &[])?),
         }
         for (d, stats) in spooled {
             let name = d.name().to_string();

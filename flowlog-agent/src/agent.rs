@@ -125,6 +125,9 @@ impl Agent {
     /// selected interfaces and opens the outputs; then says it is ready.
     async fn start(settings: Settings, source: Source) -> Result<Agent> {
         let Settings { agent: cfg, metadata, enrich, .. } = settings.clone();
+        // First: a SIGHUP while starting is then a reload once started, not
+        // the signal's default (the end of the process).
+        let sighup = signal(SignalKind::hangup())?;
         let drops = prepare_drops(&cfg)?;
         // Subscribe first: a link created while we list is then not missed.
         let link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
@@ -156,7 +159,7 @@ impl Agent {
             warn!(patterns = %cfg.ifaces.join(","), "no interface matches yet; waiting for matching interfaces to appear");
         }
         let shipper = Shipper::start(&ShipConfig { account_id: host.account_id.to_string(), ..cfg.ship.clone() }).await?;
-        let (sigterm, sigint, sighup) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+        let (sigterm, sigint) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
         let last_counters = tables.counters()?;
         let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
         let agent = Agent {

@@ -18,7 +18,7 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use flowlog_testkit::{
-    agent::{Agent, AgentCmd, Rec, Tuple, FORMAT},
+    agent::{http_get, Agent, AgentCmd, Rec, Tuple, FORMAT},
     netns::{in_netns, next_id, sh, spawn_in_netns, Capture, Topo},
     require_root,
 };
@@ -515,19 +515,6 @@ fn agent_attach_count(agent: &Agent, iface: &str) -> usize {
     agent.log().lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()
 }
 
-/// GET over plain HTTP/1.0 from inside namespace `ns`: (status, body).
-fn http_get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
-    let path = path.to_string();
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status = text[9..12].parse().unwrap();
-        (status, text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
-    })
-}
-
 #[test]
 fn metrics_match_the_records() {
     if !require_root() {
@@ -565,6 +552,62 @@ fn metrics_match_the_records() {
     assert!(metric("flowlog_non_ip_frames_total") >= 2, "ARP: {body}");
     assert_eq!(metric("flowlog_attached_interfaces"), 1);
     agent.stop();
+}
+
+/// Link counters: the driver statistics `--ethtool-stats` names are
+/// `flowlog_ethtool_<name>_total{interface}` with exactly the values
+/// `ethtool -S` prints, read at scrape time; names the driver lacks (an ENA
+/// one on a veth) and an interface without statistics (loopback) have no
+/// series, and the latter one debug line. A veth counts the packets its XDP
+/// program saw per queue: N datagrams move that counter by exactly N.
+#[test]
+fn link_counters_are_the_drivers_statistics() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    // No ARP in the test: b knows a's address for good (and IPv6 is off).
+    t.a.ip(&["link", "set", &t.a_if, "address", "02:fe:00:00:00:01"]);
+    t.b.ip(&["neigh", "replace", &t.a4.to_string(), "lladdr", "02:fe:00:00:00:01", "dev", &t.b_if, "nud", "permanent"]);
+    let present = ["peer_ifindex", "rx_queue_0_xdp_packets", "rx_queue_0_xdp_bytes", "rx_queue_0_drops"];
+    let stats = [&present[..], &["bw_in_allowance_exceeded", "no_such_statistic"]].concat().join(",");
+    let agent = start(&t, &[&t.a_if, "lo"], &[
+        "--interval", "3600", "--ingress-hook", "xdp", "--metrics-listen", "127.0.0.1:9752", "--ethtool-stats", &stats,
+        "--log", "info,flowlog_agent::metrics=debug",
+    ]);
+    assert_eq!(flowlog_testkit::agent::attach_hook(&agent.log(), &t.a_if).as_deref(), Some("xdp"), "{}", agent.log());
+    let addr: SocketAddr = "127.0.0.1:9752".parse().unwrap();
+    let iface = t.a_if.clone();
+    // The scrape's figures against `ethtool -S` run just before it (no traffic in between).
+    let check = |ethtool: &BTreeMap<String, u64>| {
+        let (status, body) = http_get(&t.a, addr, "/metrics");
+        assert_eq!(status, 200);
+        let lines: Vec<&str> = body.lines().filter(|l| l.starts_with("flowlog_ethtool_")).collect();
+        for stat in present {
+            let want = ethtool.get(stat).unwrap_or_else(|| panic!("the veth has no {stat}: {ethtool:?}"));
+            let line = format!("flowlog_ethtool_{stat}_total{{interface=\"{iface}\"}} {want}");
+            assert!(lines.contains(&line.as_str()), "{line:?} not in\n{body}");
+            assert!(body.contains(&format!("# TYPE flowlog_ethtool_{stat} counter\n")), "{body}");
+        }
+        assert_eq!(lines.len(), present.len(), "{body}");
+        assert!(!body.contains("bw_in_allowance_exceeded") && !body.contains("no_such_statistic"), "{body}");
+        body
+    };
+    let before = t.a.ethtool_stats(&t.a_if);
+    assert_eq!(before["peer_ifindex"], u64::from(t.b.ifindex(&t.b_if)));
+    check(&before);
+    let (tx, rx) = udp_pair(&t, true, false, 7800);
+    send_udp(&tx, &rx, 25, 100);
+    let after = t.a.ethtool_stats(&t.a_if);
+    check(&after);
+    assert_eq!(after["rx_queue_0_xdp_packets"] - before["rx_queue_0_xdp_packets"], 25, "{before:?} {after:?}");
+    // Counted after the Ethernet header is pulled: the IP length, 20 + 8 + 100.
+    assert_eq!(after["rx_queue_0_xdp_bytes"] - before["rx_queue_0_xdp_bytes"], 25 * 128, "{before:?} {after:?}");
+    let (_, log) = agent.stop();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("link counters") && l.contains("iface=lo")).collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("DEBUG") && said[0].contains("reports none of these statistics"), "{log}");
+    assert!(!log.lines().any(|l| l.contains("link counters") && l.contains(&format!("iface={} ", t.a_if))), "{log}");
 }
 
 /// `net.core.bpf_jit_enable` set for one test, restored on drop (also when

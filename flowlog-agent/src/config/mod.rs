@@ -240,7 +240,7 @@ keys! {
         pub metrics_listen: Option<String>,
         /// Driver statistics (`ethtool -S` names) exported as the counters
         /// flowlog_ethtool_<name>_total{interface} where the captured
-        /// interface's driver has them; `none`: no link counters. Default the
+        /// interface's driver has them; repeatable; `none`: no link counters. Default the
         /// ENA allowance counters: bw_in_allowance_exceeded,
         /// bw_out_allowance_exceeded, pps_allowance_exceeded,
         /// conntrack_allowance_exceeded, linklocal_allowance_exceeded.

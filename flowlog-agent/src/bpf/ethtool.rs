@@ -64,14 +64,7 @@ impl Ethtool {
         let mut buf = Guarded::new(12 + n * ETH_GSTRING_LEN)?;
         buf.put_u32(0, ETHTOOL_GSTRINGS);
         buf.put_u32(4, ETH_SS_STATS);
-        buf.put_u32(8, n as u32);
-        match self.ioctl(ifname, buf.ptr()) {
-            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return Err(changed()),
-            r => r?,
-        }
-        if buf.get_u32(8) as usize != n {
-            return Err(changed());
-        }
+        self.list(ifname, &mut buf, 8, n)?;
         Ok(buf.bytes()[12..12 + n * ETH_GSTRING_LEN]
             .chunks(ETH_GSTRING_LEN)
             .map(|c| String::from_utf8_lossy(&c[..c.iter().position(|b| *b == 0).unwrap_or(c.len())]).into_owned())
@@ -84,15 +77,20 @@ impl Ethtool {
         // struct ethtool_stats: cmd, n_stats, then the u64 values.
         let mut buf = Guarded::new(8 + n * 8)?;
         buf.put_u32(0, ETHTOOL_GSTATS);
-        buf.put_u32(4, n as u32);
-        match self.ioctl(ifname, buf.ptr()) {
-            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return Err(changed()),
-            r => r?,
-        }
-        if buf.get_u32(4) as usize != n {
-            return Err(changed());
-        }
+        self.list(ifname, &mut buf, 4, n)?;
         Ok(buf.bytes()[8..8 + n * 8].chunks(8).map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
+
+    /// A command that answers a list of `n` entries, its length at `len_at`:
+    /// an error if the driver has another number now (EFAULT: more than fit).
+    fn list(&self, ifname: &str, buf: &mut Guarded, len_at: usize, n: usize) -> io::Result<()> {
+        buf.put_u32(len_at, n as u32);
+        match self.ioctl(ifname, buf.ptr()) {
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Err(changed()),
+            Err(e) => Err(e),
+            Ok(()) if buf.get_u32(len_at) as usize != n => Err(changed()),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// `None`: no statistics (no ethtool operations, or none of this set).

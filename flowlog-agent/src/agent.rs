@@ -188,6 +188,7 @@ impl Agent {
                 },
                 s = self.ifs.refresher.changed() => self.ifs.update(s),
             }
+            self.metrics.set_attached(self.ifs.attached.values());
         }
     }
 

@@ -559,7 +559,9 @@ fn metrics_match_the_records() {
 /// `ethtool -S` prints, read at scrape time; names the driver lacks (an ENA
 /// one on a veth) and an interface without statistics (loopback) have no
 /// series, and the latter one debug line. A veth counts the packets its XDP
-/// program saw per queue: N datagrams move that counter by exactly N.
+/// program saw per queue: N datagrams move that counter by exactly N. An
+/// interface hot-plugged mid-window has its series at once, and loses them
+/// when it goes.
 #[test]
 fn link_counters_are_the_drivers_statistics() {
     if !require_root() {
@@ -571,43 +573,66 @@ fn link_counters_are_the_drivers_statistics() {
     t.b.ip(&["neigh", "replace", &t.a4.to_string(), "lladdr", "02:fe:00:00:00:01", "dev", &t.b_if, "nud", "permanent"]);
     let present = ["peer_ifindex", "rx_queue_0_xdp_packets", "rx_queue_0_xdp_bytes", "rx_queue_0_drops"];
     let stats = [&present[..], &["bw_in_allowance_exceeded", "no_such_statistic"]].concat().join(",");
-    let agent = start(&t, &[&t.a_if, "lo"], &[
+    let (hot, hot_peer) = (format!("flh{}{}", std::process::id() % 100_000, next_id()), format!("fli{}", next_id()));
+    let agent = start(&t, &[&t.a_if, "lo", &format!("{hot}*")], &[
         "--interval", "3600", "--ingress-hook", "xdp", "--metrics-listen", "127.0.0.1:9752", "--ethtool-stats", &stats,
         "--log", "info,flowlog_agent::metrics=debug",
     ]);
     assert_eq!(flowlog_testkit::agent::attach_hook(&agent.log(), &t.a_if).as_deref(), Some("xdp"), "{}", agent.log());
     let addr: SocketAddr = "127.0.0.1:9752".parse().unwrap();
-    let iface = t.a_if.clone();
-    // The scrape's figures against `ethtool -S` run just before it (no traffic in between).
-    let check = |ethtool: &BTreeMap<String, u64>| {
+    // A scrape's figures against `ethtool -S` of each interface, run just
+    // before it (no traffic in between): exactly these series.
+    let check = |want: &[(&str, &BTreeMap<String, u64>)]| {
         let (status, body) = http_get(&t.a, addr, "/metrics");
         assert_eq!(status, 200);
         let lines: Vec<&str> = body.lines().filter(|l| l.starts_with("flowlog_ethtool_")).collect();
-        for stat in present {
-            let want = ethtool.get(stat).unwrap_or_else(|| panic!("the veth has no {stat}: {ethtool:?}"));
-            let line = format!("flowlog_ethtool_{stat}_total{{interface=\"{iface}\"}} {want}");
-            assert!(lines.contains(&line.as_str()), "{line:?} not in\n{body}");
-            assert!(body.contains(&format!("# TYPE flowlog_ethtool_{stat} counter\n")), "{body}");
+        for (iface, ethtool) in want {
+            for stat in present {
+                let v = ethtool.get(stat).unwrap_or_else(|| panic!("{iface} has no {stat}: {ethtool:?}"));
+                let line = format!("flowlog_ethtool_{stat}_total{{interface=\"{iface}\"}} {v}");
+                assert!(lines.contains(&line.as_str()), "{line:?} not in\n{body}");
+                assert!(body.contains(&format!("# TYPE flowlog_ethtool_{stat} counter\n")), "{body}");
+            }
         }
-        assert_eq!(lines.len(), present.len(), "{body}");
+        assert_eq!(lines.len(), present.len() * want.len(), "{body}");
         assert!(!body.contains("bw_in_allowance_exceeded") && !body.contains("no_such_statistic"), "{body}");
-        body
+    };
+    // The agent takes an interface's link event, then updates what is read.
+    let until = |what: &str, f: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f(&http_get(&t.a, addr, "/metrics").1) {
+            assert!(std::time::Instant::now() < deadline, "{what}: {}", http_get(&t.a, addr, "/metrics").1);
+            thread::sleep(Duration::from_millis(20));
+        }
     };
     let before = t.a.ethtool_stats(&t.a_if);
     assert_eq!(before["peer_ifindex"], u64::from(t.b.ifindex(&t.b_if)));
-    check(&before);
+    check(&[(&t.a_if, &before)]);
     let (tx, rx) = udp_pair(&t, true, false, 7800);
     send_udp(&tx, &rx, 25, 100);
     let after = t.a.ethtool_stats(&t.a_if);
-    check(&after);
+    check(&[(&t.a_if, &after)]);
     assert_eq!(after["rx_queue_0_xdp_packets"] - before["rx_queue_0_xdp_packets"], 25, "{before:?} {after:?}");
     // Counted after the Ethernet header is pulled: the IP length, 20 + 8 + 100.
     assert_eq!(after["rx_queue_0_xdp_bytes"] - before["rx_queue_0_xdp_bytes"], 25 * 128, "{before:?} {after:?}");
+    // Hot-plugged (an hour before the window ends), then gone.
+    t.a.ip(&["link", "add", &hot, "type", "veth", "peer", "name", &hot_peer, "netns", &t.b]);
+    t.a.ip(&["link", "set", &hot, "up"]);
+    agent.wait_log(Duration::from_secs(20), |l| l.contains(&format!("iface={hot} ")) && l.contains(" attached "));
+    let hot_series = format!("flowlog_ethtool_peer_ifindex_total{{interface=\"{hot}\"}}");
+    until("no series of the new interface", &|body| body.contains(&hot_series));
+    let hot_stats = t.a.ethtool_stats(&hot);
+    assert_eq!(hot_stats["peer_ifindex"], u64::from(t.b.ifindex(&hot_peer)));
+    check(&[(&t.a_if, &after), (&hot, &hot_stats)]);
+    t.a.ip(&["link", "del", &hot]);
+    agent.wait_log(Duration::from_secs(20), |l| l.contains(&format!("iface={hot} ")) && l.contains("interface disappeared"));
+    until("series of a gone interface", &|body| !body.contains(&hot_series));
+    check(&[(&t.a_if, &after)]);
     let (_, log) = agent.stop();
     let said: Vec<&str> = log.lines().filter(|l| l.contains("link counters") && l.contains("iface=lo")).collect();
     assert_eq!(said.len(), 1, "{log}");
     assert!(said[0].contains("DEBUG") && said[0].contains("reports none of these statistics"), "{log}");
-    assert!(!log.lines().any(|l| l.contains("link counters") && l.contains(&format!("iface={} ", t.a_if))), "{log}");
+    assert!(!log.lines().any(|l| l.contains("link counters") && !l.contains("iface=lo")), "{log}");
 }
 
 /// `net.core.bpf_jit_enable` set for one test, restored on drop (also when

@@ -583,7 +583,9 @@ fn systemd_sandbox_allows_what_the_agent_calls() {
         ns.ip(&["link", "set", l, "up"]);
     }
     let config = dir.join("flowlog.toml");
-    std::fs::write(&config, "interfaces = [\"fdeploy*\"]\ninterval = 1\nmetrics-listen = \"127.0.0.1:9750\"\nethtool-stats = [\"peer_ifindex\"]\n").unwrap();
+    let text = "interfaces = [\"fdeploy*\"]\ninterval = 1\nmetrics-listen = \"127.0.0.1:9750\"\n\
+                ethtool-stats = [\"peer_ifindex\"]\n";
+    std::fs::write(&config, text).unwrap();
     let exec: Vec<String> = svc["ExecStart"][0]
         .split_whitespace()
         .skip(1)

@@ -129,9 +129,8 @@ impl Guarded {
         let data = len.div_ceil(page).max(1) * page;
         let mapped = data + page;
         // SAFETY: a fresh private anonymous mapping; checked for failure.
-        let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), mapped, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-        };
+        let (prot, flags) = (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS);
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), mapped, prot, flags, -1, 0) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

@@ -418,9 +418,10 @@ impl Settings {
             "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics-listen", a, "off, or an address such as 127.0.0.1:9750 or [::1]:9750"))?),
         };
-        let ethtool_stats = if k.ethtool_stats.is_empty() { crate::metrics::link::default_names() } else { k.ethtool_stats };
+        use crate::metrics::link;
+        let ethtool_stats = if k.ethtool_stats.is_empty() { link::default_names() } else { k.ethtool_stats };
         let ethtool_stats =
-            crate::metrics::link::check_names(&ethtool_stats).map_err(|e| invalid("ethtool-stats", ethtool_stats.join(","), e))?;
+            link::check_names(&ethtool_stats).map_err(|e| invalid("ethtool-stats", ethtool_stats.join(","), e))?;
         // `pin` comes only from the file, `no-pin` only from flags and variables.
         let pin = k.no_pin.map_or_else(|| k.pin.unwrap_or(true), |no| !no);
         let pin_dir = k.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
@@ -666,11 +667,14 @@ mod tests {
         let s = resolve("ethtool-stats = [\"none\"]", Overrides::default()).unwrap();
         assert_eq!(s.agent.ethtool_stats, Vec::<String>::new());
         assert!(s.render().contains("ethtool-stats = [\"none\"]\n"), "{}", s.render());
-        let o = Overrides { ethtool_stats: vec!["peer_ifindex".into(), "rx_queue_0_xdp_packets".into()], ..Default::default() };
+        let stats = vec!["peer_ifindex".into(), "rx_queue_0_xdp_packets".into()];
+        let o = Overrides { ethtool_stats: stats, ..Default::default() };
         let s = resolve("ethtool-stats = [\"none\"]", o).unwrap();
         assert_eq!(s.agent.ethtool_stats, ["peer_ifindex", "rx_queue_0_xdp_packets"]);
         let r = resolve("", Overrides::default()).unwrap().render();
-        assert!(r.contains("ethtool-stats = [\"bw_in_allowance_exceeded\", \"bw_out_allowance_exceeded\", \"pps_allowance_exceeded\", \"conntrack_allowance_exceeded\", \"linklocal_allowance_exceeded\"]\n"), "{r}");
+        let ena = "[\"bw_in_allowance_exceeded\", \"bw_out_allowance_exceeded\", \"pps_allowance_exceeded\", \
+                   \"conntrack_allowance_exceeded\", \"linklocal_allowance_exceeded\"]";
+        assert!(r.contains(&format!("ethtool-stats = {ena}\n")), "{r}");
     }
 
     /// A key given by flags or variables wins; a list replaces the file's

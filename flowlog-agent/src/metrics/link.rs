@@ -19,7 +19,7 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::counter::ConstCounter,
+    metrics::{counter::ConstCounter, MetricType},
 };
 use tracing::debug;
 
@@ -29,11 +29,24 @@ use crate::bpf::ethtool::{Ethtool, ETH_GSTRING_LEN};
 /// The ENA driver's allowance counters, the default of `ethtool-stats`, and
 /// what each counts (from AWS's ENA documentation).
 pub const ENA_ALLOWANCES: [(&str, &str); 5] = [
-    ("bw_in_allowance_exceeded", "Packets queued or dropped because the inbound aggregate bandwidth exceeded the instance's maximum"),
-    ("bw_out_allowance_exceeded", "Packets queued or dropped because the outbound aggregate bandwidth exceeded the instance's maximum"),
-    ("pps_allowance_exceeded", "Packets queued or dropped because the bidirectional packets per second exceeded the instance's maximum"),
+    (
+        "bw_in_allowance_exceeded",
+        "Packets queued or dropped because the inbound aggregate bandwidth exceeded the instance's maximum",
+    ),
+    (
+        "bw_out_allowance_exceeded",
+        "Packets queued or dropped because the outbound aggregate bandwidth exceeded the instance's maximum",
+    ),
+    (
+        "pps_allowance_exceeded",
+        "Packets queued or dropped because the bidirectional packets per second exceeded the instance's maximum",
+    ),
     ("conntrack_allowance_exceeded", "Packets dropped because connection tracking exceeded the instance's maximum"),
-    ("linklocal_allowance_exceeded", "Packets dropped because traffic to local proxy services (Amazon DNS, IMDS, Time Sync) exceeded the interface's packets per second maximum"),
+    (
+        "linklocal_allowance_exceeded",
+        "Packets dropped because traffic to local proxy services (Amazon DNS, IMDS, Time Sync) exceeded the \
+         interface's packets per second maximum",
+    ),
 ];
 
 /// The default list: the ENA allowance counters.
@@ -62,7 +75,8 @@ pub fn check_names(names: &[String]) -> Result<Vec<String>, String> {
             return Err("`none` alone, or names of `ethtool -S` statistics".into());
         }
         if n.is_empty() || n.len() >= ETH_GSTRING_LEN || n.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(format!("{n:?}: an `ethtool -S` statistic name is 1 to {} bytes without spaces", ETH_GSTRING_LEN - 1));
+            let most = ETH_GSTRING_LEN - 1;
+            return Err(format!("{n:?}: an `ethtool -S` statistic name is 1 to {most} bytes without spaces"));
         }
         if !metrics.insert(metric_name(n)) {
             return Err(format!("{n:?}: another name gives the same metric, flowlog_{}_total", metric_name(n)));
@@ -129,7 +143,8 @@ impl LinkCounters {
             match read_one(&ethtool, iface, names) {
                 Ok(r) if r.is_empty() => {
                     if said.insert(iface.clone()) {
-                        debug!(iface = %iface, stats = %names.join(","), "link counters: the interface's driver reports none of these statistics");
+                        let stats = names.join(",");
+                        debug!(iface = %iface, %stats, "link counters: the driver has none of these statistics");
                     }
                 }
                 Ok(r) => out.extend(r),
@@ -154,7 +169,9 @@ fn read_one(ethtool: &Ethtool, iface: &str, wanted: &[String]) -> std::io::Resul
         return Ok(Vec::new());
     }
     let values = ethtool.stat_values(iface, names.len())?;
-    Ok(picked.into_iter().map(|(i, w)| Reading { stat: w.clone(), interface: iface.to_string(), value: values[i] }).collect())
+    let reading =
+        |(i, w): (usize, &String)| Reading { stat: w.clone(), interface: iface.to_string(), value: values[i] };
+    Ok(picked.into_iter().map(reading).collect())
 }
 
 /// `readings` as counters: one metric per statistic, in their order.
@@ -168,7 +185,7 @@ pub fn encode(readings: &[Reading], mut encoder: DescriptorEncoder) -> Result<()
             None => format!("Driver statistic {stat} of the interface (ethtool -S)."),
         };
         let name = metric_name(stat);
-        let mut metric = encoder.encode_descriptor(&name, &help, None, prometheus_client::metrics::MetricType::Counter)?;
+        let mut metric = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
         for r in &readings[i..i + n] {
             ConstCounter::new(r.value).encode(metric.encode_family(&Iface { interface: r.interface.clone() })?)?;
         }
@@ -203,23 +220,30 @@ mod tests {
 
     #[test]
     fn the_default_is_the_five_ena_allowance_counters() {
-        assert_eq!(
-            default_names(),
-            s(&["bw_in_allowance_exceeded", "bw_out_allowance_exceeded", "pps_allowance_exceeded", "conntrack_allowance_exceeded", "linklocal_allowance_exceeded"])
-        );
+        let ena = [
+            "bw_in_allowance_exceeded",
+            "bw_out_allowance_exceeded",
+            "pps_allowance_exceeded",
+            "conntrack_allowance_exceeded",
+            "linklocal_allowance_exceeded",
+        ];
+        assert_eq!(default_names(), s(&ena));
         assert_eq!(check_names(&default_names()).unwrap(), default_names());
     }
 
     #[test]
     fn names_are_checked() {
         assert_eq!(check_names(&s(&["none"])).unwrap(), Vec::<String>::new());
-        assert_eq!(check_names(&s(&["port.rx_bytes", "rx_queue_0_drops"])).unwrap(), s(&["port.rx_bytes", "rx_queue_0_drops"]));
+        let other = s(&["port.rx_bytes", "rx_queue_0_drops"]);
+        assert_eq!(check_names(&other).unwrap(), other);
+        let size = ": an `ethtool -S` statistic name is 1 to 31 bytes without spaces";
+        let same = "another name gives the same metric, flowlog_ethtool_port_rx_total";
         for (names, want) in [
-            (&["none", "x"][..], "`none` alone, or names of `ethtool -S` statistics"),
-            (&[""], "\"\": an `ethtool -S` statistic name is 1 to 31 bytes without spaces"),
-            (&["a b"], "\"a b\": an `ethtool -S` statistic name is 1 to 31 bytes without spaces"),
-            (&["rx_queue_0_xdp_packets_and_a_lot"], "\"rx_queue_0_xdp_packets_and_a_lot\": an `ethtool -S` statistic name is 1 to 31 bytes without spaces"),
-            (&["port.rx", "port_rx"], "\"port_rx\": another name gives the same metric, flowlog_ethtool_port_rx_total"),
+            (&["none", "x"][..], "`none` alone, or names of `ethtool -S` statistics".to_string()),
+            (&[""], format!("\"\"{size}")),
+            (&["a b"], format!("\"a b\"{size}")),
+            (&["rx_queue_0_xdp_packets_and_a_lot"], format!("\"rx_queue_0_xdp_packets_and_a_lot\"{size}")),
+            (&["port.rx", "port_rx"], format!("\"port_rx\": {same}")),
         ] {
             assert_eq!(check_names(&s(names)).unwrap_err(), want, "{names:?}");
         }
@@ -240,7 +264,8 @@ mod tests {
         text::encode(&mut text, &reg).unwrap();
         assert_eq!(
             text,
-            "# HELP flowlog_ethtool_pps_allowance_exceeded Packets queued or dropped because the bidirectional packets per second \
+            "# HELP flowlog_ethtool_pps_allowance_exceeded Packets queued or dropped because the bidirectional \
+             packets per second \
              exceeded the instance's maximum (ethtool -S pps_allowance_exceeded; ENA).\n\
              # TYPE flowlog_ethtool_pps_allowance_exceeded counter\n\
              flowlog_ethtool_pps_allowance_exceeded_total{interface=\"eth0\"} 7\n\

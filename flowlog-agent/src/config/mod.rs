@@ -41,6 +41,9 @@ pub struct Config {
     pub on_exit: OnExit,
     /// Address of the metrics/health endpoint (`None`: off).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Driver statistics (`ethtool -S` names) exported per captured
+    /// interface (empty: none).
+    pub ethtool_stats: Vec<String>,
     /// Count 1 packet in N, scaled by N (0/1: all).
     pub sample_rate: u32,
     pub filters: KernelFilters,
@@ -235,6 +238,14 @@ keys! {
         /// `off`. Default 127.0.0.1:9750.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_METRICS_LISTEN")]
         pub metrics_listen: Option<String>,
+        /// Driver statistics (`ethtool -S` names) exported as the counters
+        /// flowlog_ethtool_<name>_total{interface} where the captured
+        /// interface's driver has them; repeatable; `none`: no link counters. Default the
+        /// ENA allowance counters: bw_in_allowance_exceeded,
+        /// bw_out_allowance_exceeded, pps_allowance_exceeded,
+        /// conntrack_allowance_exceeded, linklocal_allowance_exceeded.
+        #[arg(help_heading = "Operations", long, value_delimiter = ',', env = "FLOWLOG_ETHTOOL_STATS")]
+        pub ethtool_stats: Vec<String>,
         /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_LOG")]
         pub log: Option<String>,
@@ -433,6 +444,10 @@ impl Settings {
             "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics-listen", a, "off, or an address such as 127.0.0.1:9750 or [::1]:9750"))?),
         };
+        use crate::metrics::link;
+        let ethtool_stats = if k.ethtool_stats.is_empty() { link::default_names() } else { k.ethtool_stats };
+        let ethtool_stats =
+            link::check_names(&ethtool_stats).map_err(|e| invalid("ethtool-stats", ethtool_stats.join(","), e))?;
         // `pin` comes only from the file, `no-pin` only from flags and variables.
         let pin = k.no_pin.map_or_else(|| k.pin.unwrap_or(true), |no| !no);
         let pin_dir = k.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
@@ -472,6 +487,7 @@ impl Settings {
                 pin_root: pin.then_some(pin_dir),
                 on_exit,
                 metrics_listen,
+                ethtool_stats,
                 sample_rate,
                 filters,
                 ingress_hook,
@@ -553,6 +569,7 @@ impl Settings {
             no_pin: None,
             on_exit: Some(a.on_exit.as_str().into()),
             metrics_listen: Some(a.metrics_listen.map_or("off".to_string(), |s| s.to_string())),
+            ethtool_stats: if a.ethtool_stats.is_empty() { vec!["none".into()] } else { a.ethtool_stats.clone() },
             log: Some(self.log.clone()),
             log_json: Some(self.log_json),
             // Not serialized: shown below as they are.
@@ -603,6 +620,7 @@ mod tests {
         assert_eq!(s.agent.max_flows, 65_536);
         assert_eq!(s.agent.pin_root.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/flowlog")));
         assert_eq!(s.agent.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));
+        assert_eq!(s.agent.ethtool_stats, crate::metrics::link::default_names());
         assert_eq!(s.agent.format, Format::default());
         assert_eq!(s.agent.account_id, None);
         assert_eq!(s.log, "info");
@@ -660,6 +678,8 @@ mod tests {
             ("pin-dir = \"bpf\"", "invalid pin-dir = \"bpf\": an absolute path on a BPF filesystem"),
             ("ingress-hook = \"ebpf\"", "invalid ingress-hook = \"ebpf\": auto, xdp or tc"),
             ("sample-rate = 0", "invalid sample-rate = \"0\": 1 (every packet) or more (1 in N, counts scaled by N)"),
+            ("ethtool-stats = [\"rx drops\"]", "invalid ethtool-stats = \"rx drops\": \"rx drops\": an `ethtool -S` statistic name is 1 to 31 bytes without spaces"),
+            ("ethtool-stats = [\"none\", \"rx_drops\"]", "invalid ethtool-stats = \"none,rx_drops\": `none` alone, or names of `ethtool -S` statistics"),
             ("interfaces = [\"veth[\"]", "invalid interfaces = \"veth[\": invalid interface pattern \"veth[\": unclosed character class; missing ']'"),
         ];
         for (file, want) in cases {
@@ -726,6 +746,23 @@ mod tests {
         }
     }
 
+    /// `none` switches the link counters off, and says so when rendered; a
+    /// flag's list replaces the file's.
+    #[test]
+    fn ethtool_stats_none_or_a_list() {
+        let s = resolve("ethtool-stats = [\"none\"]", Overrides::default()).unwrap();
+        assert_eq!(s.agent.ethtool_stats, Vec::<String>::new());
+        assert!(s.render().contains("ethtool-stats = [\"none\"]\n"), "{}", s.render());
+        let stats = vec!["peer_ifindex".into(), "rx_queue_0_xdp_packets".into()];
+        let o = Overrides { ethtool_stats: stats, ..Default::default() };
+        let s = resolve("ethtool-stats = [\"none\"]", o).unwrap();
+        assert_eq!(s.agent.ethtool_stats, ["peer_ifindex", "rx_queue_0_xdp_packets"]);
+        let r = resolve("", Overrides::default()).unwrap().render();
+        let ena = "[\"bw_in_allowance_exceeded\", \"bw_out_allowance_exceeded\", \"pps_allowance_exceeded\", \
+                   \"conntrack_allowance_exceeded\", \"linklocal_allowance_exceeded\"]";
+        assert!(r.contains(&format!("ethtool-stats = {ena}\n")), "{r}");
+    }
+
     /// A key given by flags or variables wins; a list replaces the file's
     /// whole; what only the file has (sections, `pin`) stays.
     #[test]
@@ -765,7 +802,7 @@ mod example {
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
-            "on-exit", "metrics-listen", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
+            "on-exit", "metrics-listen", "ethtool-stats", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
             "timeout-ms", "max-attempts", "endpoint-mode", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
@@ -779,7 +816,7 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
+            "--on-exit", "--metrics-listen", "--ethtool-stats", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
             "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol",
         ] {

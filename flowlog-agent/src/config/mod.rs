@@ -41,6 +41,10 @@ pub struct Config {
     pub on_exit: OnExit,
     /// Address of the metrics/health endpoint (`None`: off).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The live endpoint's unix socket (`None`: off).
+    pub live_socket: Option<PathBuf>,
+    /// Whether `live_socket` was configured (then failing to bind it is an error).
+    pub live_socket_explicit: bool,
     /// Count 1 packet in N, scaled by N (0/1: all).
     pub sample_rate: u32,
     pub filters: KernelFilters,
@@ -235,6 +239,11 @@ keys! {
         /// `off`. Default 127.0.0.1:9750.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_METRICS_LISTEN")]
         pub metrics_listen: Option<String>,
+        /// Unix socket of the live endpoint (`flowlog-agent top`): the open
+        /// window's counts, for root only (mode 0600), or `off`. Default
+        /// /run/flowlog/live.sock.
+        #[arg(help_heading = "Operations", long, env = "FLOWLOG_LIVE_SOCKET")]
+        pub live_socket: Option<String>,
         /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_LOG")]
         pub log: Option<String>,
@@ -407,6 +416,12 @@ impl Settings {
             "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics-listen", a, "off, or an address such as 127.0.0.1:9750 or [::1]:9750"))?),
         };
+        let live_socket_explicit = k.live_socket.is_some();
+        let live_socket = match k.live_socket.as_deref().unwrap_or(crate::live::DEFAULT_LIVE_SOCKET) {
+            "off" => None,
+            p if p.starts_with('/') => Some(PathBuf::from(p)),
+            p => return Err(invalid("live-socket", p, "off, or an absolute path such as /run/flowlog/live.sock")),
+        };
         // `pin` comes only from the file, `no-pin` only from flags and variables.
         let pin = k.no_pin.map_or_else(|| k.pin.unwrap_or(true), |no| !no);
         let pin_dir = k.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
@@ -446,6 +461,8 @@ impl Settings {
                 pin_root: pin.then_some(pin_dir),
                 on_exit,
                 metrics_listen,
+                live_socket,
+                live_socket_explicit,
                 sample_rate,
                 filters,
                 ingress_hook,
@@ -494,6 +511,7 @@ impl Settings {
             no_pin: None,
             on_exit: Some(a.on_exit.as_str().into()),
             metrics_listen: Some(a.metrics_listen.map_or("off".to_string(), |s| s.to_string())),
+            live_socket: Some(a.live_socket.as_deref().map_or("off".to_string(), |p| p.display().to_string())),
             log: Some(self.log.clone()),
             log_json: Some(self.log_json),
             // Not serialized: shown below as they are.
@@ -679,7 +697,7 @@ mod example {
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
-            "on-exit", "metrics-listen", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
+            "on-exit", "metrics-listen", "live-socket", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
             "timeout-ms", "max-attempts", "endpoint-mode", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
@@ -693,7 +711,7 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
+            "--on-exit", "--metrics-listen", "--live-socket", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
             "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol",
         ] {

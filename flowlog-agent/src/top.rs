@@ -559,6 +559,8 @@ mod tests {
         assert_eq!(View::new(None, &b, SortKey::Bytes, "10.0.").flows.len(), 3);
         let out = text(&View::new(None, &b, SortKey::Bytes, ""), 2);
         assert!(out.contains("flows by bytes (2 of 3)"), "{out}");
-        assert!(out.contains("veth0      egress  ACCEPT  UDP    10.0.0.1:3   10.0.0.2:53  1        5000"), "{out}");
+        // Averages since the window started (5 s).
+        assert!(out.contains("\nveth0      egress  ACCEPT  UDP    10.0.0.1:3  10.0.0.2:53  1        5000   8.00k\n"), "{out}");
+        assert!(out.contains("\nveth0      0         0         12         14.24k     0           0         61           8900\n"), "{out}");
     }
 }

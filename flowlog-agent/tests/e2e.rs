@@ -19,7 +19,7 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use flowlog_testkit::{
     agent::{Agent, AgentCmd, Rec, Tuple, FORMAT},
-    netns::{in_netns, next_id, sh, spawn_in_netns, Capture, Topo},
+    netns::{http_get, in_netns, next_id, sh, spawn_in_netns, Capture, Topo},
     require_root,
 };
 
@@ -513,19 +513,6 @@ fn hot_plugged_interfaces_are_attached_once_and_counted() {
 /// How many "attached" log lines name `iface` so far.
 fn agent_attach_count(agent: &Agent, iface: &str) -> usize {
     agent.log().lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()
-}
-
-/// GET over plain HTTP/1.0 from inside namespace `ns`: (status, body).
-fn http_get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
-    let path = path.to_string();
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status = text[9..12].parse().unwrap();
-        (status, text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
-    })
 }
 
 #[test]

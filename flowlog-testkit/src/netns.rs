@@ -1,13 +1,15 @@
 //! Network namespaces for the agent's integration tests: namespaces that
 //! remove themselves, the two-namespace topology most tests use ([`Topo`]),
-//! and an AF_PACKET capture that counts wire segments. Everything here
+//! an AF_PACKET capture that counts wire segments, and a plain HTTP GET
+//! from inside a namespace ([`http_get`]). Everything here
 //! touches only the namespaces and links a test creates, with iproute2 and
 //! ethtool (also inside the kernel matrix's VMs).
 
 use std::{
     collections::BTreeMap,
     fmt, fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -388,4 +390,17 @@ pub fn open_tun(name: &str) -> OwnedFd {
         assert_eq!(libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req), 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
         fd
     }
+}
+
+/// GET over plain HTTP/1.0 from inside namespace `ns`: (status, body).
+pub fn http_get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
+    let path = path.to_string();
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        (status, text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+    })
 }

@@ -202,7 +202,7 @@ fn terminal_view_in_tmux() {
         assert_eq!(c[..4], [t.a_if.as_str(), "ingress", "ACCEPT", "UDP"], "{screen}");
         assert_eq!(c[6..8], want, "{screen}");
     }
-    assert_eq!(order(&screen), [big.clone(), small.clone()], "{screen}");
+    assert_eq!(order(&screen), [big.as_str(), small.as_str()], "{screen}");
     assert!(screen.contains("flows by bytes"), "{screen}");
     // The interface: 22 packets, 3000 bytes in, nothing out.
     let iface = screen
@@ -213,15 +213,15 @@ fn terminal_view_in_tmux() {
     assert_eq!(iface[5..], ["22", "3000", "0", "0"], "{screen}");
     tmux.keys(&["p"]);
     let screen = tmux.wait_for(Duration::from_secs(5), "flows by packets", |s| s.contains("flows by packets"));
-    assert_eq!(order(&screen), [small.clone(), big.clone()], "{screen}");
+    assert_eq!(order(&screen), [small.as_str(), big.as_str()], "{screen}");
     tmux.keys(&["b"]);
     let screen = tmux.wait_for(Duration::from_secs(5), "flows by bytes", |s| s.contains("flows by bytes"));
-    assert_eq!(order(&screen), [big.clone(), small.clone()], "{screen}");
+    assert_eq!(order(&screen), [big.as_str(), small.as_str()], "{screen}");
     let port = b_small.local_addr().unwrap().port().to_string();
     tmux.keys(&["/"]);
     tmux.keys(&[&port, "Enter"]);
     let screen = tmux.wait_for(Duration::from_secs(5), "the filter", |s| s.contains(&format!("filter: {port}")));
-    assert_eq!(order(&screen), [small.clone()], "{screen}");
+    assert_eq!(order(&screen), [small.as_str()], "{screen}");
     tmux.keys(&["q"]);
     let until = std::time::Instant::now() + Duration::from_secs(5);
     while tmux.alive() {

@@ -489,6 +489,7 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     fs::create_dir_all(dir.join("varlib/flowlog")).unwrap();
     let volumes: BTreeMap<&str, &yaml_rust2::Yaml> = pod["volumes"].as_vec().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v)).collect();
     let mut writable = Vec::new();
+    let mut empty_dirs = Vec::new();
     let mut config_path = None;
     for m in c["volumeMounts"].as_vec().unwrap() {
         let at = m["mountPath"].as_str().unwrap();
@@ -497,6 +498,13 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
         if !v["configMap"].is_badvalue() {
             // Read-only anyway; the agent finds it through FLOWLOG_CONFIG.
             config_path = Some(dir.join("configmap").join(env["FLOWLOG_CONFIG"].strip_prefix(&format!("{at}/")).unwrap()));
+            continue;
+        }
+        if !v["emptyDir"].is_badvalue() {
+            // A fresh directory of the pod's.
+            let d = dir.join(format!("emptydir-{}", m["name"].as_str().unwrap()));
+            fs::create_dir_all(&d).unwrap();
+            empty_dirs.push((d, at));
             continue;
         }
         let host = v["hostPath"]["path"].as_str().unwrap();
@@ -508,6 +516,8 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
         }
     }
     assert_eq!(writable.len(), 2, "pins and data volumes");
+    assert_eq!(empty_dirs.iter().map(|(_, at)| *at).collect::<Vec<_>>(), ["/run/flowlog"], "the live socket's volume");
+    writable.extend(empty_dirs.iter().map(|(d, at)| (d.clone(), *at)));
     let caps: Vec<String> = sc["capabilities"]["add"].as_vec().unwrap().iter().map(|c| format!("+{}", c.as_str().unwrap().to_lowercase())).collect();
     let caps = caps.join(",");
     // Runtimes give added capabilities to the bounding, permitted and
@@ -534,4 +544,6 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
     assert_eq!(check_udp_records("S3", &s3, &t), want);
     assert!(dir.join("varlib/flowlog/spool").is_dir(), "no spool on the data volume\n{log}");
+    // The live endpoint on its emptyDir.
+    assert!(log.contains("socket=/run/flowlog/live.sock"), "no live endpoint\n{log}");
 }

@@ -141,9 +141,38 @@ impl Drop for Server {
 }
 
 /// Binds the socket (`0600`, in a directory created `0755` if missing) and
-/// answers every connection with a [`Snapshot`]. A socket another agent still
-/// answers on is left alone (an error); a stale one is replaced.
+/// answers every connection with a [`Snapshot`].
 pub async fn serve(path: &Path, tables: LiveTables, pods: Option<PodLookup>) -> Result<Server> {
+    let (listener, ino) = bind_private(path)?;
+    let tables = Arc::new(tables);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: not a busy loop.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            };
+            let (tables, pods) = (tables.clone(), pods.clone());
+            tokio::spawn(async move {
+                let body = tokio::task::spawn_blocking(move || read(&tables, pods.as_ref())).await;
+                let body = match body {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+                    Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+                };
+                let _ = stream.write_all(body.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    info!(socket = %path.display(), "live endpoint (flowlog-agent top) on a root-only unix socket");
+    Ok(Server { path: path.to_path_buf(), ino, task })
+}
+
+/// The listening socket at `path`, mode `0600` from the start, and its inode.
+/// A socket another agent still answers on is left alone (an error); a stale
+/// one is replaced.
+fn bind_private(path: &Path) -> Result<(UnixListener, u64)> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         anyhow::bail!("another agent answers on {}", path.display());
     }
@@ -161,25 +190,7 @@ pub async fn serve(path: &Path, tables: LiveTables, pods: Option<PodLookup>) -> 
         return Err(e).with_context(|| format!("placing the socket at {}", path.display()));
     }
     let ino = std::fs::symlink_metadata(path).context("the socket just bound")?.ino();
-    let tables = Arc::new(tables);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            let (tables, pods) = (tables.clone(), pods.clone());
-            tokio::spawn(async move {
-                let body = tokio::task::spawn_blocking(move || read(&tables, pods.as_ref())).await;
-                let body = match body {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),
-                    Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
-                };
-                let _ = stream.write_all(body.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    info!(socket = %path.display(), "live endpoint (flowlog-agent top) on a root-only unix socket");
-    Ok(Server { path: path.to_path_buf(), ino, task })
+    Ok((listener, ino))
 }
 
 fn read(tables: &LiveTables, pods: Option<&PodLookup>) -> Result<String> {
@@ -222,6 +233,31 @@ mod tests {
 
     fn st(packets: u64, bytes: u64) -> FlowStats {
         FlowStats { packets, bytes, ..Default::default() }
+    }
+
+    /// A new socket is 0600 in a directory created for it, with no temporary
+    /// name left; a stale socket is replaced; one another agent answers on is
+    /// left alone.
+    #[tokio::test]
+    async fn socket_is_private_and_never_stolen() {
+        let dir = std::env::temp_dir().join(format!("flowlog-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("run/live.sock");
+        let (first, ino) = bind_private(&path).unwrap();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.ino()), (0o600, ino));
+        assert_eq!(std::fs::metadata(dir.join("run")).unwrap().mode() & 0o777, 0o755);
+        let names: Vec<_> = std::fs::read_dir(dir.join("run")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["live.sock"]);
+        let err = bind_private(&path).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(err, format!("another agent answers on {}", path.display()));
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().ino(), ino, "the other agent's socket was replaced");
+        // Its agent gone (killed: the file stays), the next one takes the path.
+        drop(first);
+        let (_second, ino2) = bind_private(&path).unwrap();
+        assert_ne!(ino2, ino);
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Interfaces sum ACCEPT and REJECT per direction; an ACCEPT entry left

@@ -146,7 +146,7 @@ impl Agent {
     /// To the metrics, systemd and the log.
     fn announce_ready(&self) {
         let (attached, outputs) = (self.ifs.attached.len(), self.shipper.describe());
-        self.metrics.set_attached(attached);
+        self.metrics.set_attached(self.ifs.attached.values());
         self.metrics.set_ready();
         crate::notify::ready(&format!("capturing on {attached} interfaces, writing to {outputs}"), self.metrics.clone());
         info!(
@@ -192,6 +192,7 @@ impl Agent {
                 },
                 s = self.ifs.refresher.changed() => self.ifs.update(s),
             }
+            self.metrics.set_attached(self.ifs.attached.values());
         }
     }
 
@@ -235,7 +236,7 @@ impl Agent {
         for name in self.ifs.forget.drain(..) {
             self.metrics.forget_interface(&name);
         }
-        self.metrics.set_attached(self.ifs.attached.len());
+        self.metrics.set_attached(self.ifs.attached.values());
         Ok(Closed { flows: drained.flows.len(), written })
     }
 
@@ -329,6 +330,7 @@ fn load_capture(cfg: &Config, drops: Option<&DropSetup>, links: &[links::LinkInf
 /// The metrics registry, served on `metrics-listen` unless that is off.
 async fn start_metrics(cfg: &Config, capture: &Capture) -> Result<Arc<Metrics>> {
     let metrics = Metrics::new(cfg.interval);
+    metrics.set_link_counters(&cfg.ethtool_stats);
     metrics.set_build(capture.table().name(), capture::object_of(capture.table()), capture.jit().all_jited());
     if let Some(addr) = cfg.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone())

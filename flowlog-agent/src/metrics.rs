@@ -2,7 +2,10 @@
 //!
 //! `GET /metrics`, `GET /healthz` (the main loop closed a window recently),
 //! `GET /readyz` (attached and running). Loopback by default: the numbers
-//! describe the host's traffic.
+//! describe the host's traffic. The captured interfaces' driver statistics
+//! (link counters) are read at scrape time: [`link`].
+
+pub mod link;
 
 use std::{
     collections::HashMap,
@@ -107,6 +110,7 @@ macro_rules! metrics {
             ready: AtomicBool,
             last_window_unix: AtomicU64,
             interval: Duration,
+            link: Arc<link::LinkCounters>,
         }
 
         impl Metrics {
@@ -116,12 +120,15 @@ macro_rules! metrics {
                     let $field: $ty = metrics!(@init $($init)?);
                     registry.register($name, $help, $field.clone());
                 )*
+                let link = Arc::new(link::LinkCounters::default());
+                registry.register_collector(Box::new(link.clone()));
                 Arc::new(Metrics {
                     registry,
                     $($field,)*
                     ready: AtomicBool::new(false),
                     last_window_unix: AtomicU64::new(clock::unix_ns() / 1_000_000_000),
                     interval,
+                    link,
                 })
             }
         }
@@ -175,8 +182,15 @@ impl Metrics {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    pub fn set_attached(&self, n: usize) {
-        self.attached.set(n as i64);
+    /// The captured interfaces: their number, and whose link counters to read.
+    pub fn set_attached<'a>(&self, ifaces: impl ExactSizeIterator<Item = &'a InterfaceMeta>) {
+        self.attached.set(ifaces.len() as i64);
+        self.link.set_interfaces(ifaces.map(|m| m.name.clone()).collect());
+    }
+
+    /// The driver statistics (`ethtool -S` names) exported per interface.
+    pub fn set_link_counters(&self, names: &[String]) {
+        self.link.set_names(names);
     }
 
     pub fn drained(&self, d: &Drained, ifaces: &[InterfaceMeta], max_flows: u32, seconds: f64) {
@@ -288,7 +302,11 @@ fn reply(status: StatusCode, body: String, content_type: &str) -> Response<Full<
 async fn handle(m: Arc<Metrics>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = "text/plain; charset=utf-8";
     Ok(match req.uri().path() {
-        "/metrics" => reply(StatusCode::OK, m.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        // Off the runtime's threads: the link counters' ioctl may wait for the RTNL lock.
+        "/metrics" => match tokio::task::spawn_blocking(move || m.render()).await {
+            Ok(body) => reply(StatusCode::OK, body, "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the metrics failed: {e}\n"), text),
+        },
         "/healthz" if m.healthy() => reply(StatusCode::OK, "ok\n".into(), text),
         "/healthz" => reply(StatusCode::SERVICE_UNAVAILABLE, "no window closed recently\n".into(), text),
         "/readyz" if m.ready.load(Ordering::Relaxed) => reply(StatusCode::OK, "ready\n".into(), text),

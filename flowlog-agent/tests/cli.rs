@@ -40,7 +40,7 @@ fn help_is_grouped_by_topic_with_examples() {
         ("Outputs:", &["--output", "--spool-dir", "--file-interval"]),
         ("AWS:", &["--region", "--aws-endpoint-url"]),
         ("Restarts:", &["--pin-dir", "--no-pin", "--on-exit"]),
-        ("Operations:", &["--metrics-listen", "--log-json"]),
+        ("Operations:", &["--metrics-listen", "--ethtool-stats", "--log-json"]),
     ] {
         let s = section(h);
         for f in flags {

@@ -18,8 +18,8 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use flowlog_testkit::{
-    agent::{Agent, AgentCmd, Rec, Tuple, FORMAT},
-    netns::{http_get, in_netns, next_id, sh, spawn_in_netns, Capture, Topo},
+    agent::{http_get, Agent, AgentCmd, Rec, Tuple, FORMAT},
+    netns::{in_netns, next_id, sh, spawn_in_netns, Capture, Topo},
     require_root,
 };
 
@@ -552,6 +552,88 @@ fn metrics_match_the_records() {
     assert!(metric("flowlog_non_ip_frames_total") >= 2, "ARP: {body}");
     assert_eq!(metric("flowlog_attached_interfaces"), 1);
     agent.stop();
+}
+
+/// Link counters: the driver statistics `--ethtool-stats` names are
+/// `flowlog_ethtool_<name>_total{interface}` with exactly the values
+/// `ethtool -S` prints, read at scrape time; names the driver lacks (an ENA
+/// one on a veth) and an interface without statistics (loopback) have no
+/// series, and the latter one debug line. A veth counts the packets its XDP
+/// program saw per queue: N datagrams move that counter by exactly N. An
+/// interface hot-plugged mid-window has its series at once, and loses them
+/// when it goes.
+#[test]
+fn link_counters_are_the_drivers_statistics() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    // No ARP in the test: b knows a's address for good (and IPv6 is off).
+    t.a.ip(&["link", "set", &t.a_if, "address", "02:fe:00:00:00:01"]);
+    t.b.ip(&["neigh", "replace", &t.a4.to_string(), "lladdr", "02:fe:00:00:00:01", "dev", &t.b_if, "nud", "permanent"]);
+    let present = ["peer_ifindex", "rx_queue_0_xdp_packets", "rx_queue_0_xdp_bytes", "rx_queue_0_drops"];
+    let stats = [&present[..], &["bw_in_allowance_exceeded", "no_such_statistic"]].concat().join(",");
+    let (hot, hot_peer) = (format!("flh{}{}", std::process::id() % 100_000, next_id()), format!("fli{}", next_id()));
+    let agent = start(&t, &[&t.a_if, "lo", &format!("{hot}*")], &[
+        "--interval", "3600", "--ingress-hook", "xdp", "--metrics-listen", "127.0.0.1:9752", "--ethtool-stats", &stats,
+        "--log", "info,flowlog_agent::metrics=debug",
+    ]);
+    assert_eq!(flowlog_testkit::agent::attach_hook(&agent.log(), &t.a_if).as_deref(), Some("xdp"), "{}", agent.log());
+    let addr: SocketAddr = "127.0.0.1:9752".parse().unwrap();
+    // A scrape's figures against `ethtool -S` of each interface, run just
+    // before it (no traffic in between): exactly these series.
+    let check = |want: &[(&str, &BTreeMap<String, u64>)]| {
+        let (status, body) = http_get(&t.a, addr, "/metrics");
+        assert_eq!(status, 200);
+        let lines: Vec<&str> = body.lines().filter(|l| l.starts_with("flowlog_ethtool_")).collect();
+        for (iface, ethtool) in want {
+            for stat in present {
+                let v = ethtool.get(stat).unwrap_or_else(|| panic!("{iface} has no {stat}: {ethtool:?}"));
+                let line = format!("flowlog_ethtool_{stat}_total{{interface=\"{iface}\"}} {v}");
+                assert!(lines.contains(&line.as_str()), "{line:?} not in\n{body}");
+                assert!(body.contains(&format!("# TYPE flowlog_ethtool_{stat} counter\n")), "{body}");
+            }
+        }
+        assert_eq!(lines.len(), present.len() * want.len(), "{body}");
+        assert!(!body.contains("bw_in_allowance_exceeded") && !body.contains("no_such_statistic"), "{body}");
+    };
+    // The agent takes an interface's link event, then updates what is read.
+    let until = |what: &str, f: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f(&http_get(&t.a, addr, "/metrics").1) {
+            assert!(std::time::Instant::now() < deadline, "{what}: {}", http_get(&t.a, addr, "/metrics").1);
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let before = t.a.ethtool_stats(&t.a_if);
+    assert_eq!(before["peer_ifindex"], u64::from(t.b.ifindex(&t.b_if)));
+    check(&[(&t.a_if, &before)]);
+    let (tx, rx) = udp_pair(&t, true, false, 7800);
+    send_udp(&tx, &rx, 25, 100);
+    let after = t.a.ethtool_stats(&t.a_if);
+    check(&[(&t.a_if, &after)]);
+    assert_eq!(after["rx_queue_0_xdp_packets"] - before["rx_queue_0_xdp_packets"], 25, "{before:?} {after:?}");
+    // Counted after the Ethernet header is pulled: the IP length, 20 + 8 + 100.
+    assert_eq!(after["rx_queue_0_xdp_bytes"] - before["rx_queue_0_xdp_bytes"], 25 * 128, "{before:?} {after:?}");
+    // Hot-plugged (an hour before the window ends), then gone.
+    t.a.ip(&["link", "add", &hot, "type", "veth", "peer", "name", &hot_peer, "netns", &t.b]);
+    t.a.ip(&["link", "set", &hot, "up"]);
+    agent.wait_log(Duration::from_secs(20), |l| l.contains(&format!("iface={hot} ")) && l.contains(" attached "));
+    let hot_series = format!("flowlog_ethtool_peer_ifindex_total{{interface=\"{hot}\"}}");
+    until("no series of the new interface", &|body| body.contains(&hot_series));
+    let hot_stats = t.a.ethtool_stats(&hot);
+    assert_eq!(hot_stats["peer_ifindex"], u64::from(t.b.ifindex(&hot_peer)));
+    check(&[(&t.a_if, &after), (&hot, &hot_stats)]);
+    t.a.ip(&["link", "del", &hot]);
+    let gone = |l: &str| l.contains(&format!("iface={hot} ")) && l.contains("interface disappeared");
+    agent.wait_log(Duration::from_secs(20), gone);
+    until("series of a gone interface", &|body| !body.contains(&hot_series));
+    check(&[(&t.a_if, &after)]);
+    let (_, log) = agent.stop();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("link counters") && l.contains("iface=lo")).collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("DEBUG") && said[0].contains("the driver has none of these statistics"), "{log}");
+    assert!(!log.lines().any(|l| l.contains("link counters") && !l.contains("iface=lo")), "{log}");
 }
 
 /// `net.core.bpf_jit_enable` set for one test, restored on drop (also when

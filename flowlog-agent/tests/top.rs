@@ -24,8 +24,8 @@ use std::{
 
 use flowlog_agent::live::{Flow, Snapshot};
 use flowlog_testkit::{
-    agent::{Agent, AgentCmd, FORMAT},
-    netns::{http_get, in_netns, Topo},
+    agent::{http_get, Agent, AgentCmd, FORMAT},
+    netns::{in_netns, Topo},
     require_root,
     tmux::Tmux,
     ScratchDir,

@@ -243,6 +243,21 @@ impl Drop for Agent {
     }
 }
 
+/// GET over plain HTTP/1.0 from inside namespace `ns` (the agent's
+/// metrics and health endpoints): (status, body).
+pub fn http_get(ns: &str, addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let path = path.to_string();
+    crate::netns::in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        (status, text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+    })
+}
+
 /// The `ingress="..."` the agent logged when it attached to `iface`.
 pub fn attach_hook(log: &str, iface: &str) -> Option<String> {
     log.lines().filter(|l| l.contains("attached") && l.contains(&format!("iface={iface}"))).find_map(|l| {

@@ -1,15 +1,13 @@
 //! Network namespaces for the agent's integration tests: namespaces that
 //! remove themselves, the two-namespace topology most tests use ([`Topo`]),
-//! an AF_PACKET capture that counts wire segments, and a plain HTTP GET
-//! from inside a namespace ([`http_get`]). Everything here
+//! and an AF_PACKET capture that counts wire segments. Everything here
 //! touches only the namespaces and links a test creates, with iproute2 and
 //! ethtool (also inside the kernel matrix's VMs).
 
 use std::{
     collections::BTreeMap,
     fmt, fs,
-    io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -109,6 +107,20 @@ impl Netns {
         for f in ["tso", "gso", "gro"] {
             let _ = self.try_exec(&["ethtool", "-K", ifname, f, v]);
         }
+    }
+
+    /// What `ethtool -S` prints for an interface of the namespace: each
+    /// driver statistic's name and value.
+    pub fn ethtool_stats(&self, ifname: &str) -> BTreeMap<String, u64> {
+        let text = self.try_exec(&["ethtool", "-S", ifname]).unwrap_or_else(|e| panic!("{e}"));
+        text.lines()
+            .skip_while(|l| !l.ends_with("statistics:"))
+            .skip(1)
+            .map(|l| {
+                let (k, val) = l.trim().rsplit_once(": ").unwrap_or_else(|| panic!("ethtool -S line {l:?}"));
+                (k.to_string(), val.parse().unwrap_or_else(|e| panic!("ethtool -S line {l:?}: {e}")))
+            })
+            .collect()
     }
 
     pub fn ifindex(&self, ifname: &str) -> u32 {
@@ -390,17 +402,4 @@ pub fn open_tun(name: &str) -> OwnedFd {
         assert_eq!(libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req), 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
         fd
     }
-}
-
-/// GET over plain HTTP/1.0 from inside namespace `ns`: (status, body).
-pub fn http_get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
-    let path = path.to_string();
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status = text[9..12].parse().unwrap();
-        (status, text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
-    })
 }

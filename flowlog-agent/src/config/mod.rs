@@ -45,6 +45,9 @@ pub struct Config {
     pub live_socket: Option<PathBuf>,
     /// Whether `live_socket` was configured (then failing to bind it is an error).
     pub live_socket_explicit: bool,
+    /// Driver statistics (`ethtool -S` names) exported per captured
+    /// interface (empty: none).
+    pub ethtool_stats: Vec<String>,
     /// Count 1 packet in N, scaled by N (0/1: all).
     pub sample_rate: u32,
     pub filters: KernelFilters,
@@ -244,6 +247,14 @@ keys! {
         /// /run/flowlog/live.sock.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_LIVE_SOCKET")]
         pub live_socket: Option<String>,
+        /// Driver statistics (`ethtool -S` names) exported as the counters
+        /// flowlog_ethtool_<name>_total{interface} where the captured
+        /// interface's driver has them; repeatable; `none`: no link counters. Default the
+        /// ENA allowance counters: bw_in_allowance_exceeded,
+        /// bw_out_allowance_exceeded, pps_allowance_exceeded,
+        /// conntrack_allowance_exceeded, linklocal_allowance_exceeded.
+        #[arg(help_heading = "Operations", long, value_delimiter = ',', env = "FLOWLOG_ETHTOOL_STATS")]
+        pub ethtool_stats: Vec<String>,
         /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_LOG")]
         pub log: Option<String>,
@@ -422,6 +433,10 @@ impl Settings {
             p if p.starts_with('/') => Some(PathBuf::from(p)),
             p => return Err(invalid("live-socket", p, "off, or an absolute path such as /run/flowlog/live.sock")),
         };
+        use crate::metrics::link;
+        let ethtool_stats = if k.ethtool_stats.is_empty() { link::default_names() } else { k.ethtool_stats };
+        let ethtool_stats =
+            link::check_names(&ethtool_stats).map_err(|e| invalid("ethtool-stats", ethtool_stats.join(","), e))?;
         // `pin` comes only from the file, `no-pin` only from flags and variables.
         let pin = k.no_pin.map_or_else(|| k.pin.unwrap_or(true), |no| !no);
         let pin_dir = k.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
@@ -463,6 +478,7 @@ impl Settings {
                 metrics_listen,
                 live_socket,
                 live_socket_explicit,
+                ethtool_stats,
                 sample_rate,
                 filters,
                 ingress_hook,
@@ -512,6 +528,7 @@ impl Settings {
             on_exit: Some(a.on_exit.as_str().into()),
             metrics_listen: Some(a.metrics_listen.map_or("off".to_string(), |s| s.to_string())),
             live_socket: Some(a.live_socket.as_deref().map_or("off".to_string(), |p| p.display().to_string())),
+            ethtool_stats: if a.ethtool_stats.is_empty() { vec!["none".into()] } else { a.ethtool_stats.clone() },
             log: Some(self.log.clone()),
             log_json: Some(self.log_json),
             // Not serialized: shown below as they are.
@@ -569,6 +586,7 @@ mod tests {
         assert_eq!(s.agent.max_flows, 65_536);
         assert_eq!(s.agent.pin_root.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/flowlog")));
         assert_eq!(s.agent.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));
+        assert_eq!(s.agent.ethtool_stats, crate::metrics::link::default_names());
         assert_eq!(s.agent.format, Format::default());
         assert_eq!(s.agent.account_id, None);
         assert_eq!(s.log, "info");
@@ -626,6 +644,8 @@ mod tests {
             ("pin-dir = \"bpf\"", "invalid pin-dir = \"bpf\": an absolute path on a BPF filesystem"),
             ("ingress-hook = \"ebpf\"", "invalid ingress-hook = \"ebpf\": auto, xdp or tc"),
             ("sample-rate = 0", "invalid sample-rate = \"0\": 1 (every packet) or more (1 in N, counts scaled by N)"),
+            ("ethtool-stats = [\"rx drops\"]", "invalid ethtool-stats = \"rx drops\": \"rx drops\": an `ethtool -S` statistic name is 1 to 31 bytes without spaces"),
+            ("ethtool-stats = [\"none\", \"rx_drops\"]", "invalid ethtool-stats = \"none,rx_drops\": `none` alone, or names of `ethtool -S` statistics"),
             ("interfaces = [\"veth[\"]", "invalid interfaces = \"veth[\": invalid interface pattern \"veth[\": unclosed character class; missing ']'"),
         ];
         for (file, want) in cases {
@@ -656,6 +676,23 @@ mod tests {
         for line in ["ingress-hook = \"xdp\"\n", "on-exit = \"keep\"\n", "traffic-type = \"REJECT\"\n"] {
             assert!(r.contains(line), "{line:?} not in {r}");
         }
+    }
+
+    /// `none` switches the link counters off, and says so when rendered; a
+    /// flag's list replaces the file's.
+    #[test]
+    fn ethtool_stats_none_or_a_list() {
+        let s = resolve("ethtool-stats = [\"none\"]", Overrides::default()).unwrap();
+        assert_eq!(s.agent.ethtool_stats, Vec::<String>::new());
+        assert!(s.render().contains("ethtool-stats = [\"none\"]\n"), "{}", s.render());
+        let stats = vec!["peer_ifindex".into(), "rx_queue_0_xdp_packets".into()];
+        let o = Overrides { ethtool_stats: stats, ..Default::default() };
+        let s = resolve("ethtool-stats = [\"none\"]", o).unwrap();
+        assert_eq!(s.agent.ethtool_stats, ["peer_ifindex", "rx_queue_0_xdp_packets"]);
+        let r = resolve("", Overrides::default()).unwrap().render();
+        let ena = "[\"bw_in_allowance_exceeded\", \"bw_out_allowance_exceeded\", \"pps_allowance_exceeded\", \
+                   \"conntrack_allowance_exceeded\", \"linklocal_allowance_exceeded\"]";
+        assert!(r.contains(&format!("ethtool-stats = {ena}\n")), "{r}");
     }
 
     /// A key given by flags or variables wins; a list replaces the file's
@@ -697,7 +734,7 @@ mod example {
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
-            "on-exit", "metrics-listen", "live-socket", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
+            "on-exit", "metrics-listen", "ethtool-stats", "live-socket", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
             "timeout-ms", "max-attempts", "endpoint-mode", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
@@ -711,7 +748,7 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--live-socket", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
+            "--on-exit", "--metrics-listen", "--ethtool-stats", "--live-socket", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
             "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol",
         ] {

@@ -513,27 +513,19 @@ impl Reader {
                 let next_seg = g.segments.range(self.pos.segment + 1..).next().map(|(k, _)| *k);
                 (limit, next_seg)
             };
-            let Some(limit) = limit else {
-                // Our segment is gone (acked by all, or rotated away).
-                match next_seg {
+            // Our segment is gone (acked by all, or rotated away) or read to
+            // its end: on to the next one, if any.
+            let limit = match limit {
+                Some(l) if self.pos.offset < l => l,
+                _ => match next_seg {
                     Some(s) => {
                         self.pos = Pos { segment: s, offset: 0 };
                         self.file = None;
                         continue;
                     }
                     None => return Ok(None),
-                }
+                },
             };
-            if self.pos.offset >= limit {
-                match next_seg {
-                    Some(s) => {
-                        self.pos = Pos { segment: s, offset: 0 };
-                        self.file = None;
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
-            }
             if self.file.as_ref().map(|(id, _)| *id) != Some(self.pos.segment) {
                 let path = {
                     let g = self.spool.inner.lock().unwrap();
@@ -584,6 +576,28 @@ mod tests {
     /// 100 records of 200 bytes: about 23 KiB in a segment.
     fn big_batch() -> Batch {
         Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() }
+    }
+
+    /// A new spool in its own directory for `dests`, `bigs` big batches appended.
+    fn spool_with(name: &str, max_bytes: u64, dests: &[&str], bigs: usize) -> (PathBuf, Spool) {
+        let dir = tmpdir(name);
+        let dests: Vec<String> = dests.iter().map(|d| d.to_string()).collect();
+        let s = Spool::open(&dir, max_bytes, &dests).unwrap();
+        let big = big_batch();
+        for _ in 0..bigs {
+            s.append(&big).unwrap();
+        }
+        (dir, s)
+    }
+
+    /// Reads every batch waiting for `dest`; the position of the last one.
+    fn read_all(s: &Spool, dest: &str) -> Option<Pos> {
+        let mut r = s.reader(dest);
+        let mut last = None;
+        while let Some((_, p)) = r.next_batch().unwrap() {
+            last = Some(p);
+        }
+        last
     }
 
     fn batch(n: usize, tag: &str) -> Batch {
@@ -673,12 +687,7 @@ mod tests {
             s.append(&big).unwrap();
             total += 100;
             // `a` keeps up, `b` never acknowledges.
-            let mut r = s.reader("a");
-            let mut last = None;
-            while let Some((_, p)) = r.next_batch().unwrap() {
-                last = Some(p);
-            }
-            s.ack("a", last.unwrap()).unwrap();
+            s.ack("a", read_all(&s, "a").unwrap()).unwrap();
         }
         assert!(s.bytes() <= 256 << 10, "{}", s.bytes());
         let dropped = s.stats.dropped_records.load(Ordering::Relaxed);
@@ -691,20 +700,9 @@ mod tests {
 
     #[test]
     fn acked_segments_are_deleted() {
-        let dir = tmpdir("gc");
-        let dests = vec!["a".to_string()];
-        let s = Spool::open(&dir, 1 << 20, &dests).unwrap();
-        let big = big_batch();
-        for _ in 0..20 {
-            s.append(&big).unwrap();
-        }
+        let (dir, s) = spool_with("gc", 1 << 20, &["a"], 20);
         assert!(s.bytes() > 300_000);
-        let mut r = s.reader("a");
-        let mut last = None;
-        while let Some((_, p)) = r.next_batch().unwrap() {
-            last = Some(p);
-        }
-        s.ack("a", last.unwrap()).unwrap();
+        s.ack("a", read_all(&s, "a").unwrap()).unwrap();
         assert_eq!(s.bytes(), 0);
         assert_eq!(s.stats.dropped_records.load(Ordering::Relaxed), 0);
         fs::remove_dir_all(dir).unwrap();
@@ -735,14 +733,8 @@ mod tests {
     /// A new spool: directory 0700, segments, cursors and lock 0600.
     #[test]
     fn new_spool_is_private() {
-        let dir = tmpdir("modes-new");
-        let dests = vec!["a".to_string()];
-        let s = Spool::open(&dir, 256 << 10, &dests).unwrap();
-        let big = big_batch();
         // Two ~23 KiB batches per 64 KiB segment: segments 1 and 2.
-        for _ in 0..4 {
-            s.append(&big).unwrap();
-        }
+        let (dir, s) = spool_with("modes-new", 256 << 10, &["a"], 4);
         let (_, p) = s.reader("a").next_batch().unwrap().unwrap();
         s.ack("a", p).unwrap();
         assert_eq!(perm::mode_of(&dir).unwrap(), 0o700);

@@ -541,6 +541,30 @@ mod tests {
         assert_eq!(rate(Some(p(1000, 1_005_000)), 100, p(1000, 1_006_000), 30), 30.0 / 6.0);
     }
 
+    /// --live-socket, else the config file's live-socket, else the default;
+    /// an agent that is not there is a clear error.
+    #[test]
+    fn socket_from_flag_config_or_default() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            top: TopArgs,
+        }
+        let dir = std::env::temp_dir().join(format!("flowlog-top-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (on, off) = (dir.join("on.toml"), dir.join("off.toml"));
+        std::fs::write(&on, "live-socket = \"/run/x/live.sock\"\n").unwrap();
+        std::fs::write(&off, "live-socket = \"off\"\n").unwrap();
+        let path = |args: &[&str]| socket_path(&Cli::parse_from([&["top"], args].concat()).top).map_err(|e| e.to_string());
+        assert_eq!(path(&["--live-socket", "/a.sock", "-c", on.to_str().unwrap()]), Ok("/a.sock".into()));
+        assert_eq!(path(&["-c", on.to_str().unwrap()]), Ok("/run/x/live.sock".into()));
+        assert_eq!(path(&["-c", off.to_str().unwrap()]), Err(format!("live-socket is off in {}", off.display())));
+        let err = fetch(&dir.join("none.sock")).unwrap_err().to_string();
+        assert!(err.ends_with(": is the agent running (live-socket)?"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn view_rates_sort_and_filter() {
         let a = snap(1000, 1_004_000, vec![flow(1, 10, 1000), flow(2, 40, 1900)]);

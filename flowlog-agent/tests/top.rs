@@ -6,6 +6,8 @@
 //!   packets and bytes of the window so far, for both flow tables; reading
 //!   them changes nothing (the window's records, drained afterwards, hold
 //!   the same exact totals);
+//! - rates across window flips (2-second windows): never negative, never a
+//!   spike;
 //! - the terminal view in tmux: the flows with their figures, `p`/`b`
 //!   reorder them, `/` filters, `q` quits;
 //! - access: the socket is `0600` root, a non-root user (in this or another
@@ -22,7 +24,10 @@ use std::{
     time::Duration,
 };
 
-use flowlog_agent::live::{Flow, Snapshot};
+use flowlog_agent::{
+    live::{Flow, Snapshot},
+    top::{SortKey, View},
+};
 use flowlog_testkit::{
     agent::{http_get, Agent, AgentCmd, FORMAT},
     netns::{in_netns, Topo},
@@ -159,6 +164,55 @@ fn live_counts_exact_slot_table() {
 #[test]
 fn live_counts_exact_hash_table() {
     live_counts_exact("hash");
+}
+
+/// 2-second windows under a steady 100 packets/s at most (one datagram
+/// every 10 ms or more, each awaited): polled every 300 ms across several
+/// flips, the rates `top` computes stay between 0 and that rate (with
+/// margin for the poll timing): no negative rate, no spike at a flip.
+#[test]
+fn rates_across_window_flips() {
+    if !require_root() {
+        return;
+    }
+    let t = topo();
+    let dir = ScratchDir::new("flowlog-top");
+    fs::set_permissions(&*dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.join("live.sock");
+    let agent = AgentCmd::new(EXE, &t.a).ifaces(&[&t.a_if]).args(&["--interval", "2", "--live-socket", sock.to_str().unwrap()]).start();
+    let (rx, tx) = (udp(&t.a, t.a4.into()), udp(&t.b, t.b4.into()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                send(&tx, &rx, 1, 72);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut prev: Option<Snapshot> = None;
+    let (mut windows, mut polls) = (std::collections::BTreeSet::new(), 0);
+    let until = std::time::Instant::now() + Duration::from_secs(7);
+    while std::time::Instant::now() < until {
+        let cur = snapshot(&sock);
+        windows.insert(cur.window_start);
+        let v = View::new(prev.as_ref(), &cur, SortKey::Bytes, "");
+        for i in &v.interfaces {
+            // In: at most 100 packets/s of 100 IP bytes.
+            assert!((0.0..=150.0).contains(&i.rates[0]) && (0.0..=150.0 * 800.0).contains(&i.rates[1]), "{i:?} after {prev:?}, {cur:?}");
+        }
+        for f in &v.flows {
+            assert!((0.0..=150.0).contains(&f.pps) && (0.0..=150.0 * 800.0).contains(&f.bps), "{f:?}");
+        }
+        polls += 1;
+        prev = Some(cur);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    assert!(windows.len() >= 3, "{polls} polls saw windows {windows:?}");
+    drop(agent);
 }
 
 /// The terminal view in a 200×50 tmux: the two flows with their exact

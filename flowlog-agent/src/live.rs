@@ -97,8 +97,13 @@ pub fn snapshot(w: &LiveWindow, now_ms: u64, names: &BTreeMap<u32, String>, pods
             continue;
         }
         let ingress = k.direction == flowlog_common::direction::INGRESS;
-        let i = ifaces.entry(k.ifindex).or_insert_with(|| Interface { name: name(k.ifindex), ifindex: k.ifindex, ..Default::default() });
-        let (p, b) = if ingress { (&mut i.packets_in, &mut i.bytes_in) } else { (&mut i.packets_out, &mut i.bytes_out) };
+        let i = ifaces.entry(k.ifindex).or_insert_with(|| Interface {
+            name: name(k.ifindex),
+            ifindex: k.ifindex,
+            ..Default::default()
+        });
+        let (p, b) =
+            if ingress { (&mut i.packets_in, &mut i.bytes_in) } else { (&mut i.packets_out, &mut i.bytes_out) };
         *p += s.packets;
         *b += s.bytes;
         let (src, dst) = key_addrs(k);
@@ -178,13 +183,18 @@ fn bind_private(path: &Path) -> Result<(UnixListener, u64)> {
     }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
     let name = path.file_name().context("the socket path has no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).and_then(|()| std::fs::rename(&tmp, path));
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("placing the socket at {}", path.display()));
@@ -228,7 +238,17 @@ mod tests {
         src[..4].copy_from_slice(&[10, 0, 0, 1]);
         let mut dst = [0; 16];
         dst[..4].copy_from_slice(&[10, 0, 0, 2]);
-        FlowKey { ifindex, src_addr: src, dst_addr: dst, src_port: sport, dst_port: 53, protocol: 17, direction, family: 4, _pad: 0 }
+        FlowKey {
+            ifindex,
+            src_addr: src,
+            dst_addr: dst,
+            src_port: sport,
+            dst_port: 53,
+            protocol: 17,
+            direction,
+            family: 4,
+            _pad: 0,
+        }
     }
 
     fn st(packets: u64, bytes: u64) -> FlowStats {
@@ -270,16 +290,31 @@ mod tests {
             rejects: vec![(RejectKey { flow: key(3, 1002, 0), reason: 2 }, st(1, 60))],
         };
         let names = BTreeMap::from([(3, "veth0".to_string())]);
-        let pods: PodLookup = Arc::new(|a: IpAddr| (a == IpAddr::from([10, 0, 0, 2])).then(|| "default/web".to_string()));
+        let pods: PodLookup =
+            Arc::new(|a: IpAddr| (a == IpAddr::from([10, 0, 0, 2])).then(|| "default/web".to_string()));
         let s = snapshot(&w, 42, &names, Some(&pods));
         assert_eq!((s.window_start, s.now_ms), (1_800_000_000, 42));
         assert_eq!(
             s.interfaces,
-            [Interface { name: "veth0".into(), ifindex: 3, packets_in: 3, bytes_in: 260, packets_out: 5, bytes_out: 900 }]
+            [Interface {
+                name: "veth0".into(),
+                ifindex: 3,
+                packets_in: 3,
+                bytes_in: 260,
+                packets_out: 5,
+                bytes_out: 900
+            }]
         );
         let got: Vec<(u16, &str, &str, u64, u64)> =
             s.flows.iter().map(|f| (f.srcport, f.direction.as_str(), f.action.as_str(), f.packets, f.bytes)).collect();
-        assert_eq!(got, [(1001, "egress", "ACCEPT", 5, 900), (1000, "ingress", "ACCEPT", 2, 200), (1002, "ingress", "REJECT", 1, 60)]);
+        assert_eq!(
+            got,
+            [
+                (1001, "egress", "ACCEPT", 5, 900),
+                (1000, "ingress", "ACCEPT", 2, 200),
+                (1002, "ingress", "REJECT", 1, 60)
+            ]
+        );
         assert_eq!((s.flows[0].src_pod.as_deref(), s.flows[0].dst_pod.as_deref()), (None, Some("default/web")));
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Snapshot>(&text).unwrap(), s);

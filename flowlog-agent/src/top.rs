@@ -116,7 +116,9 @@ fn socket_path(a: &TopArgs) -> Result<PathBuf> {
         None => None,
     };
     match from_file.as_deref() {
-        Some("off") => anyhow::bail!("live-socket is off in {}", a.config.as_deref().unwrap_or(Path::new("")).display()),
+        Some("off") => {
+            anyhow::bail!("live-socket is off in {}", a.config.as_deref().unwrap_or(Path::new("")).display())
+        }
         Some(p) => Ok(PathBuf::from(p)),
         None => Ok(PathBuf::from(DEFAULT_LIVE_SOCKET)),
     }
@@ -134,7 +136,9 @@ pub fn fetch(socket: &Path) -> Result<(String, Snapshot)> {
     let mut s = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::PermissionDenied => ": the live socket is for root only",
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ": is the agent running (live-socket)?",
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ": is the agent running (live-socket)?"
+            }
             _ => "",
         };
         anyhow::anyhow!("connecting to {}: {e}{hint}", socket.display())
@@ -142,7 +146,9 @@ pub fn fetch(socket: &Path) -> Result<(String, Snapshot)> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).with_context(|| format!("reading {}", socket.display()))?;
-    match serde_json::from_str(&raw).with_context(|| format!("the answer of {} is not a live snapshot", socket.display()))? {
+    match serde_json::from_str(&raw)
+        .with_context(|| format!("the answer of {} is not a live snapshot", socket.display()))?
+    {
         Reply::Ok(snap) => Ok((raw, snap)),
         Reply::Err { error } => anyhow::bail!("the agent could not read its tables: {error}"),
     }
@@ -221,10 +227,16 @@ impl View {
     pub fn new(prev: Option<&Snapshot>, cur: &Snapshot, sort: SortKey, filter: &str) -> View {
         let (p, c) = (prev.map(Poll::of), Poll::of(cur));
         let prev_ifaces: HashMap<&str, [u64; 4]> = prev
-            .map(|s| s.interfaces.iter().map(|i| (i.name.as_str(), [i.packets_in, i.bytes_in, i.packets_out, i.bytes_out])).collect())
+            .map(|s| {
+                s.interfaces
+                    .iter()
+                    .map(|i| (i.name.as_str(), [i.packets_in, i.bytes_in, i.packets_out, i.bytes_out]))
+                    .collect()
+            })
             .unwrap_or_default();
         // Interfaces a term names: only those are listed.
-        let named: Vec<&str> = filter.split_whitespace().filter(|t| cur.interfaces.iter().any(|i| i.name == *t)).collect();
+        let named: Vec<&str> =
+            filter.split_whitespace().filter(|t| cur.interfaces.iter().any(|i| i.name == *t)).collect();
         let interfaces = cur
             .interfaces
             .iter()
@@ -292,12 +304,24 @@ fn pod(f: &Flow) -> String {
 }
 
 fn window_line(v: &View) -> String {
-    let start = jiff::Timestamp::from_second(v.window_start as i64).map_or_else(|_| v.window_start.to_string(), |t| t.to_string());
+    let start = jiff::Timestamp::from_second(v.window_start as i64)
+        .map_or_else(|_| v.window_start.to_string(), |t| t.to_string());
     format!("window {start} ({} s so far)", v.now_ms.saturating_sub(v.window_start * 1000) / 1000)
 }
 
-const IFACE_HEAD: [&str; 9] = ["INTERFACE", "PKT/S IN", "BIT/S IN", "PKT/S OUT", "BIT/S OUT", "PACKETS IN", "BYTES IN", "PACKETS OUT", "BYTES OUT"];
-const FLOW_HEAD: [&str; 10] = ["INTERFACE", "DIR", "ACTION", "PROTO", "SOURCE", "DESTINATION", "PACKETS", "BYTES", "BIT/S", "POD"];
+const IFACE_HEAD: [&str; 9] = [
+    "INTERFACE",
+    "PKT/S IN",
+    "BIT/S IN",
+    "PKT/S OUT",
+    "BIT/S OUT",
+    "PACKETS IN",
+    "BYTES IN",
+    "PACKETS OUT",
+    "BYTES OUT",
+];
+const FLOW_HEAD: [&str; 10] =
+    ["INTERFACE", "DIR", "ACTION", "PROTO", "SOURCE", "DESTINATION", "PACKETS", "BYTES", "BIT/S", "POD"];
 
 fn iface_cells(i: &IfaceRow) -> Vec<String> {
     let mut c = vec![i.name.clone()];
@@ -473,7 +497,16 @@ impl Screen {
 fn interactive(socket: &Path, sort: SortKey, filter: String) -> Result<()> {
     // Fails before the screen changes when the agent cannot be reached.
     fetch(socket)?;
-    let mut s = Screen { socket: socket.into(), sort, filter, editing: None, prev: None, cur: None, view: View::default(), error: None };
+    let mut s = Screen {
+        socket: socket.into(),
+        sort,
+        filter,
+        editing: None,
+        prev: None,
+        cur: None,
+        view: View::default(),
+        error: None,
+    };
     let mut terminal = ratatui::init();
     let result = (|| -> Result<()> {
         let mut next = Instant::now();
@@ -556,7 +589,8 @@ mod tests {
         let (on, off) = (dir.join("on.toml"), dir.join("off.toml"));
         std::fs::write(&on, "live-socket = \"/run/x/live.sock\"\n").unwrap();
         std::fs::write(&off, "live-socket = \"off\"\n").unwrap();
-        let path = |args: &[&str]| socket_path(&Cli::parse_from([&["top"], args].concat()).top).map_err(|e| e.to_string());
+        let path =
+            |args: &[&str]| socket_path(&Cli::parse_from([&["top"], args].concat()).top).map_err(|e| e.to_string());
         assert_eq!(path(&["--live-socket", "/a.sock", "-c", on.to_str().unwrap()]), Ok("/a.sock".into()));
         assert_eq!(path(&["-c", on.to_str().unwrap()]), Ok("/run/x/live.sock".into()));
         assert_eq!(path(&["-c", off.to_str().unwrap()]), Err(format!("live-socket is off in {}", off.display())));
@@ -584,7 +618,15 @@ mod tests {
         let out = text(&View::new(None, &b, SortKey::Bytes, ""), 2);
         assert!(out.contains("flows by bytes (2 of 3)"), "{out}");
         // Averages since the window started (5 s).
-        assert!(out.contains("\nveth0      egress  ACCEPT  UDP    10.0.0.1:3  10.0.0.2:53  1        5000   8.00k\n"), "{out}");
-        assert!(out.contains("\nveth0      0         0         12         14.24k     0           0         61           8900\n"), "{out}");
+        assert!(
+            out.contains("\nveth0      egress  ACCEPT  UDP    10.0.0.1:3  10.0.0.2:53  1        5000   8.00k\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "\nveth0      0         0         12         14.24k     0           0         61           8900\n"
+            ),
+            "{out}"
+        );
     }
 }

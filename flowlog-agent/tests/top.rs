@@ -54,7 +54,16 @@ fn start(t: &Topo, dir: &Path, table: &str) -> Agent {
     AgentCmd::new(EXE, &t.a)
         .wrapper(&["env", &env])
         .ifaces(&[&t.a_if])
-        .args(&["--log-format", FORMAT, "--interval", &INTERVAL.to_string(), "--live-socket", sock.to_str().unwrap(), "--metrics-listen", "127.0.0.1:9750"])
+        .args(&[
+            "--log-format",
+            FORMAT,
+            "--interval",
+            &INTERVAL.to_string(),
+            "--live-socket",
+            sock.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:9750",
+        ])
         .start()
 }
 
@@ -88,7 +97,14 @@ fn udp(ns: &str, addr: IpAddr) -> UdpSocket {
 
 /// `flowlog-agent top --once` with `args`: its stdout (it must succeed).
 fn top_once(sock: &Path, args: &[&str]) -> String {
-    let out = Command::new(flowlog_testkit::agent_bin(EXE)).arg("top").arg("--once").arg("--live-socket").arg(sock).args(args).output().unwrap();
+    let out = Command::new(flowlog_testkit::agent_bin(EXE))
+        .arg("top")
+        .arg("--once")
+        .arg("--live-socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "top --once {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -101,7 +117,13 @@ fn snapshot(sock: &Path) -> Snapshot {
 /// (direction, action, packets, bytes) of the flows between these sockets.
 fn flow_of(s: &Snapshot, src: &UdpSocket, dst: &UdpSocket) -> Vec<(String, String, u64, u64)> {
     let (src, dst) = (src.local_addr().unwrap(), dst.local_addr().unwrap());
-    let hit = |f: &&Flow| f.srcaddr == src.ip() && f.srcport == src.port() && f.dstaddr == dst.ip() && f.dstport == dst.port() && f.protocol == 17;
+    let hit = |f: &&Flow| {
+        f.srcaddr == src.ip()
+            && f.srcport == src.port()
+            && f.dstaddr == dst.ip()
+            && f.dstport == dst.port()
+            && f.protocol == 17
+    };
     s.flows.iter().filter(hit).map(|f| (f.direction.clone(), f.action.clone(), f.packets, f.bytes)).collect()
 }
 
@@ -131,13 +153,21 @@ fn live_counts_exact(table: &str) {
         assert_eq!(flow_of(&s, &b_tx, &a_rx), [("ingress".to_string(), "ACCEPT".to_string(), 7, 7 * 128)]);
         assert_eq!(flow_of(&s, &a_tx, &b_rx), [("egress".to_string(), "ACCEPT".to_string(), 3, 3 * 328)]);
         assert_eq!(s.flows.len(), 2, "{s:#?}");
-        let i: Vec<_> = s.interfaces.iter().map(|i| (i.name.as_str(), i.packets_in, i.bytes_in, i.packets_out, i.bytes_out)).collect();
+        let i: Vec<_> = s
+            .interfaces
+            .iter()
+            .map(|i| (i.name.as_str(), i.packets_in, i.bytes_in, i.packets_out, i.bytes_out))
+            .collect();
         assert_eq!(i, [(t.a_if.as_str(), 7, 896, 3, 984)]);
         assert!(s.now_ms / 1000 >= s.window_start && s.now_ms / 1000 < s.window_start + INTERVAL, "{s:?}");
     }
     // The text form: the same figures, the bigger flow (by bytes) first.
     let text = top_once(&sock, &["--format", "text"]);
-    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).filter(|r: &Vec<&str>| r.len() >= 8 && r[1].ends_with("gress")).collect();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|r: &Vec<&str>| r.len() >= 8 && r[1].ends_with("gress"))
+        .collect();
     let port = |s: &UdpSocket| format!(":{}", s.local_addr().unwrap().port());
     assert!(rows[0][4].ends_with(&port(&a_tx)) && rows[0][6..8] == ["3", "984"], "{text}");
     assert!(rows[1][4].ends_with(&port(&b_tx)) && rows[1][6..8] == ["7", "896"], "{text}");
@@ -147,7 +177,9 @@ fn live_counts_exact(table: &str) {
     let sum = |src: &UdpSocket, dst: &UdpSocket, dir: &str| {
         let (s, d) = (src.local_addr().unwrap(), dst.local_addr().unwrap());
         recs.iter()
-            .filter(|r| r.status == "OK" && r.direction == dir && r.sport == Some(s.port()) && r.dport == Some(d.port()))
+            .filter(|r| {
+                r.status == "OK" && r.direction == dir && r.sport == Some(s.port()) && r.dport == Some(d.port())
+            })
             .fold((0, 0, 0), |(n, p, b), r| (n + 1, p + r.packets, b + r.bytes))
     };
     assert_eq!(sum(&b_tx, &a_rx, "ingress"), (1, 7, 896), "{log}");
@@ -179,7 +211,10 @@ fn rates_across_window_flips() {
     let dir = ScratchDir::new("flowlog-top");
     fs::set_permissions(&*dir, fs::Permissions::from_mode(0o755)).unwrap();
     let sock = dir.join("live.sock");
-    let agent = AgentCmd::new(EXE, &t.a).ifaces(&[&t.a_if]).args(&["--interval", "2", "--live-socket", sock.to_str().unwrap()]).start();
+    let agent = AgentCmd::new(EXE, &t.a)
+        .ifaces(&[&t.a_if])
+        .args(&["--interval", "2", "--live-socket", sock.to_str().unwrap()])
+        .start();
     let (rx, tx) = (udp(&t.a, t.a4.into()), udp(&t.b, t.b4.into()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
@@ -200,7 +235,10 @@ fn rates_across_window_flips() {
         let v = View::new(prev.as_ref(), &cur, SortKey::Bytes, "");
         for i in &v.interfaces {
             // In: at most 100 packets/s of 100 IP bytes.
-            assert!((0.0..=150.0).contains(&i.rates[0]) && (0.0..=150.0 * 800.0).contains(&i.rates[1]), "{i:?} after {prev:?}, {cur:?}");
+            assert!(
+                (0.0..=150.0).contains(&i.rates[0]) && (0.0..=150.0 * 800.0).contains(&i.rates[1]),
+                "{i:?} after {prev:?}, {cur:?}"
+            );
         }
         for f in &v.flows {
             assert!((0.0..=150.0).contains(&f.pps) && (0.0..=150.0 * 800.0).contains(&f.bps), "{f:?}");
@@ -244,7 +282,12 @@ fn terminal_view_in_tmux() {
     let rows = |screen: &str| -> Vec<(String, Vec<String>)> {
         screen
             .lines()
-            .map(|l| l.trim_matches(|c: char| c == '│' || c.is_whitespace()).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .map(|l| {
+                l.trim_matches(|c: char| c == '│' || c.is_whitespace())
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
             .filter(|c| c.len() >= 8 && (c[4] == small || c[4] == big))
             .map(|c| (c[4].clone(), c))
             .collect()
@@ -319,7 +362,8 @@ fn socket_is_root_only() {
     assert!(m.file_type().is_socket());
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o600, 0, 0));
     // No temporary name left beside it.
-    let names: Vec<String> = fs::read_dir(&*dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        fs::read_dir(&*dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["live.sock"]);
     for ns in [&t.a, &t.b] {
         let err = nobody_connects(ns, sock.clone()).expect_err("nobody connected to the live socket");
@@ -331,16 +375,25 @@ fn socket_is_root_only() {
     let bin = flowlog_testkit::agent_bin(EXE);
     let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
     if Command::new("setpriv").args(nobody).args(["test", "-x", &bin]).status().unwrap().success() {
-        let out = Command::new("setpriv").args(nobody).arg(&bin).args(["top", "--once", "--live-socket", sock.to_str().unwrap()]).output().unwrap();
+        let out = Command::new("setpriv")
+            .args(nobody)
+            .arg(&bin)
+            .args(["top", "--once", "--live-socket", sock.to_str().unwrap()])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("the live socket is for root only"), "{err}");
     }
     let listening = Command::new("ip").args(["netns", "exec", &t.a, "ss", "-Hltn"]).output().unwrap();
-    let addrs: Vec<String> =
-        String::from_utf8_lossy(&listening.stdout).lines().filter_map(|l| l.split_whitespace().nth(3).map(String::from)).collect();
+    let addrs: Vec<String> = String::from_utf8_lossy(&listening.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(String::from))
+        .collect();
     assert_eq!(addrs, ["127.0.0.1:9750"]);
     let a4 = t.a4;
-    let reached = in_netns(&t.b, move || TcpStream::connect_timeout(&SocketAddr::new(a4.into(), 9750), Duration::from_secs(2)).is_ok());
+    let reached = in_netns(&t.b, move || {
+        TcpStream::connect_timeout(&SocketAddr::new(a4.into(), 9750), Duration::from_secs(2)).is_ok()
+    });
     assert!(!reached, "namespace b reached the agent's listener");
     drop(agent);
 }

@@ -26,7 +26,8 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("tmux").arg("-L").arg(&self.server).args(args).output().map_err(|e| format!("tmux: {e}"))?;
+        let out =
+            Command::new("tmux").arg("-L").arg(&self.server).args(args).output().map_err(|e| format!("tmux: {e}"))?;
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }

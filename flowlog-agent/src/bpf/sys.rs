@@ -285,7 +285,8 @@ impl Mapping {
 
     fn map(map: BorrowedFd<'_>, offset: usize, len: usize, prot: libc::c_int) -> io::Result<Mapping> {
         // SAFETY: a fresh shared mapping of the fd; checked for failure.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, map.as_raw_fd(), offset as libc::off_t) };
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, map.as_raw_fd(), offset as libc::off_t) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, IterableMap, Map, MapData};
 use flowlog_common::{FlowKey, FlowStats, RejectKey};
 
-use super::{read_slots, Flows, FlowTables, NS};
+use super::{read_slots, FlowTables, Flows, NS};
 use crate::bpf::sys;
 
 /// The counts of the open window so far.
@@ -90,10 +90,13 @@ impl LiveTables {
         let i = g as usize;
         let mut flows = Vec::new();
         match &self.flows {
-            LiveFlows::Hash(t) => sys::lookup_all(t[i].as_fd(), self.batch, &mut flows).context("reading the flow table")?,
+            LiveFlows::Hash(t) => {
+                sys::lookup_all(t[i].as_fd(), self.batch, &mut flows).context("reading the flow table")?
+            }
             LiveFlows::Slots { tables, capacity } => {
                 // Times are not reported: no slot clock needed.
-                read_slots(tables[i].as_fd(), *capacity, 0, &mut flows, &mut Vec::new()).context("reading the slot table")?
+                read_slots(tables[i].as_fd(), *capacity, 0, &mut flows, &mut Vec::new())
+                    .context("reading the slot table")?
             }
         }
         let mut rejects = Vec::new();

@@ -100,6 +100,8 @@ struct Agent {
     keep: bool,
     /// Interfaces whose attach failed once: not retried every window.
     refused: BTreeSet<u32>,
+    /// The live endpoint (`flowlog-agent top`); its socket goes with the agent.
+    _live: Option<crate::live::Server>,
 }
 
 /// A new configuration, checked and with its added outputs opened, waiting
@@ -136,6 +138,7 @@ impl Agent {
         let selected = selector.select(&links)?;
         let (mut capture, tables) = load_capture(&cfg, drops.as_ref(), &links, &selected)?;
         let metrics = start_metrics(&cfg, &capture).await?;
+        let live = crate::live::start(cfg.live_socket.as_deref(), cfg.live_socket_explicit, tables.live()?).await?;
         let machine = links::machine_id();
         let (provider, selection) =
             MetadataProvider::new(&metadata, Path::new(SYSFS), &machine).context("metadata configuration ([metadata])")?;
@@ -184,6 +187,7 @@ impl Agent {
             last_counters,
             keep,
             refused: BTreeSet::new(),
+            _live: live,
         };
         agent.announce_ready();
         Ok(agent)

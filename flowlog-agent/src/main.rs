@@ -55,6 +55,13 @@ enum Cmd {
     CheckConfig(RunArgs),
     /// Compare flow logs with AWS's native VPC flow logs.
     Compare(compare::cli::CompareArgs),
+    /// Live traffic of the running agent: per interface packets/s and bits/s,
+    /// the top flows of the open window (root: reads its live socket).
+    ///
+    /// Keys: `b`/`p` sort flows by bytes/packets, `/` filter (interface,
+    /// address or its beginning, port, pod; Enter applies), `c` clears the
+    /// filter, `q` quits. `--once` prints one snapshot for scripts.
+    Top(flowlog_agent::top::TopArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// bash: `flowlog-agent completions bash > /etc/bash_completion.d/flowlog-agent`
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
         Some(Cmd::Run(a)) => (a, false),
         Some(Cmd::CheckConfig(a)) => (a, true),
         Some(Cmd::Compare(a)) => return compare::cli::main(a),
+        Some(Cmd::Top(a)) => return flowlog_agent::top::main(a),
         Some(Cmd::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "flowlog-agent", &mut std::io::stdout());
             return ExitCode::SUCCESS;

@@ -135,6 +135,11 @@ impl AgentCmd {
         if self.no_pin && !self.args.iter().any(|a| a == "--pin-dir") {
             cmd.arg("--no-pin");
         }
+        // Agents of parallel tests would contend for the host's default
+        // /run/flowlog/live.sock: off unless a test names its own.
+        if !self.args.iter().any(|a| a == "--live-socket") {
+            cmd.arg("--live-socket").arg("off");
+        }
         let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start agent");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel();

@@ -22,10 +22,10 @@ const DEBIAN_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// LLVM that bpf-linker links against: the same major as rustc-web's LLVM.
 const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Tools the kernel tests use to build network namespaces.
-/// rpm: tests/package.rs reads the .rpm; man-db: the manual page tests.
+/// rpm: tests/package.rs reads the .rpm; man-db: the manual page tests; tmux: tests/top.rs.
 /// qemu-user-static, libc6-arm64-cross: tests/package.rs runs the arm64 binary; buildah: it builds the image.
 const DEBIAN_TEST_TOOLS: &[&str] = &[
-    "iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables", "wireguard-tools", "rpm", "man-db", "qemu-user-static",
+    "iproute2", "ethtool", "procps", "tmux", "util-linux", "strace", "systemd", "nftables", "wireguard-tools", "rpm", "man-db", "qemu-user-static",
     "libc6-arm64-cross", "libgcc-s1-arm64-cross", "buildah",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -41,6 +41,10 @@ pub struct Config {
     pub on_exit: OnExit,
     /// Address of the metrics/health endpoint (`None`: off).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The live endpoint's unix socket (`None`: off).
+    pub live_socket: Option<PathBuf>,
+    /// Whether `live_socket` was configured (then failing to bind it is an error).
+    pub live_socket_explicit: bool,
     /// Driver statistics (`ethtool -S` names) exported per captured
     /// interface (empty: none).
     pub ethtool_stats: Vec<String>,
@@ -238,6 +242,11 @@ keys! {
         /// `off`. Default 127.0.0.1:9750.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_METRICS_LISTEN")]
         pub metrics_listen: Option<String>,
+        /// Unix socket of the live endpoint (`flowlog-agent top`): the open
+        /// window's counts, for root only (mode 0600), or `off`. Default
+        /// /run/flowlog/live.sock.
+        #[arg(help_heading = "Operations", long, env = "FLOWLOG_LIVE_SOCKET")]
+        pub live_socket: Option<String>,
         /// Driver statistics (`ethtool -S` names) exported as the counters
         /// flowlog_ethtool_<name>_total{interface} where the captured
         /// interface's driver has them; repeatable; `none`: no link counters. Default the
@@ -444,6 +453,12 @@ impl Settings {
             "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics-listen", a, "off, or an address such as 127.0.0.1:9750 or [::1]:9750"))?),
         };
+        let live_socket_explicit = k.live_socket.is_some();
+        let live_socket = match k.live_socket.as_deref().unwrap_or(crate::live::DEFAULT_LIVE_SOCKET) {
+            "off" => None,
+            p if p.starts_with('/') => Some(PathBuf::from(p)),
+            p => return Err(invalid("live-socket", p, "off, or an absolute path such as /run/flowlog/live.sock")),
+        };
         use crate::metrics::link;
         let ethtool_stats = if k.ethtool_stats.is_empty() { link::default_names() } else { k.ethtool_stats };
         let ethtool_stats =
@@ -487,6 +502,8 @@ impl Settings {
                 pin_root: pin.then_some(pin_dir),
                 on_exit,
                 metrics_listen,
+                live_socket,
+                live_socket_explicit,
                 ethtool_stats,
                 sample_rate,
                 filters,
@@ -569,6 +586,7 @@ impl Settings {
             no_pin: None,
             on_exit: Some(a.on_exit.as_str().into()),
             metrics_listen: Some(a.metrics_listen.map_or("off".to_string(), |s| s.to_string())),
+            live_socket: Some(a.live_socket.as_deref().map_or("off".to_string(), |p| p.display().to_string())),
             ethtool_stats: if a.ethtool_stats.is_empty() { vec!["none".into()] } else { a.ethtool_stats.clone() },
             log: Some(self.log.clone()),
             log_json: Some(self.log_json),
@@ -802,7 +820,7 @@ mod example {
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
-            "on-exit", "metrics-listen", "ethtool-stats", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
+            "on-exit", "metrics-listen", "ethtool-stats", "live-socket", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
             "timeout-ms", "max-attempts", "endpoint-mode", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
@@ -816,7 +834,7 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--ethtool-stats", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
+            "--on-exit", "--metrics-listen", "--ethtool-stats", "--live-socket", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
             "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol",
         ] {

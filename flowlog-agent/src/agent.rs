@@ -61,7 +61,8 @@ pub async fn run(settings: Settings, source: Source) -> Result<()> {
         let closed = agent.close_window(stop)?;
         if stop {
             if reload.is_some() {
-                warn!("stopping before the reloaded configuration applied: the window was written with the running one");
+                warn!("stopping before the reloaded configuration applied: the window was written with the running \
+                       one");
             }
             return agent.finish(closed).await;
         }
@@ -147,7 +148,8 @@ impl Agent {
         // Native flow logs never show metadata, DNS, time sync or DHCP traffic of
         // an instance: leave it out by default on EC2.
         let on_ec2 = selection.kind == ProviderKind::Ec2;
-        let enrichment = enrich.build(&[], on_ec2, reject_reasons.clone()).context("enrichment configuration ([enrich])")?;
+        let enrichment =
+            enrich.build(&[], on_ec2, reject_reasons.clone()).context("enrichment configuration ([enrich])")?;
         let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
         let (snapshot, refresher) = Refresher::start(provider, link_ids, metadata.refresh_interval()).await;
         let host = HostMeta {
@@ -252,12 +254,16 @@ impl Agent {
     /// yet); refused, the running one stays.
     async fn reload(&mut self) {
         crate::notify::reloading();
-        let path = self.source.path.as_ref().map_or_else(|| "(none: flags and variables only)".to_string(), |p| p.display().to_string());
+        let path = match &self.source.path {
+            Some(p) => p.display().to_string(),
+            None => "(none: flags and variables only)".to_string(),
+        };
         info!(config = %path, "SIGHUP: reading the configuration again");
         match self.prepare_reload().await {
             Ok(r) => {
                 self.metrics.reloaded(true);
-                let changes = if r.changes.is_empty() { "nothing reloadable".to_string() } else { r.changes.join(", ") };
+                let changes =
+                    if r.changes.is_empty() { "nothing reloadable".to_string() } else { r.changes.join(", ") };
                 info!(changes = %changes, "configuration reload accepted: it applies at the next window boundary");
                 crate::notify::reloaded(&format!("reload accepted ({changes}): applies at the next window boundary"));
                 if self.pending.replace(r).is_some() {
@@ -283,8 +289,10 @@ impl Agent {
         let n = &new.agent;
         let selector = links::Selector::new(&n.ifaces, &n.exclude_ifaces)?;
         selector.select(&links::list_links().context("listing network interfaces in /sys/class/net")?)?;
-        let enrichment = new.enrich.build(&[], self.on_ec2, self.reject_reasons.clone()).context("enrichment configuration ([enrich])")?;
-        let ship = ShipConfig { outputs: n.ship.outputs.clone(), account_id: self.host.account_id.to_string(), ..self.cfg.ship.clone() };
+        let reasons = self.reject_reasons.clone();
+        let enrichment = new.enrich.build(&[], self.on_ec2, reasons).context("enrichment configuration ([enrich])")?;
+        let account_id = self.host.account_id.to_string();
+        let ship = ShipConfig { outputs: n.ship.outputs.clone(), account_id, ..self.cfg.ship.clone() };
         let outputs = self.shipper.prepare(&ship).await?;
         let c = &self.cfg;
         let changes = [
@@ -305,7 +313,8 @@ impl Agent {
         let gone: Vec<u32> = self.capture.attached().filter(|l| !selector.wants(l)).map(|l| l.ifindex).collect();
         for ifindex in gone {
             if let Some(m) = self.ifs.detach(&mut self.capture, ifindex) {
-                info!(iface = %m.name, ifindex, "detached: the reloaded configuration no longer selects it; reporting its last window");
+                let why = "detached: the reloaded configuration no longer selects it; reporting its last window";
+                info!(iface = %m.name, ifindex, "{why}");
             }
             // Not attached again by the window's own relist (old selector).
             self.refused.insert(ifindex);
@@ -343,7 +352,8 @@ impl Agent {
             removed = %applied.removed.join(","),
             "configuration reloaded: applies from this window on"
         );
-        crate::notify::status(&format!("configuration reloaded; capturing on {} interfaces, writing to {outputs}", self.ifs.attached.len()));
+        let n = self.ifs.attached.len();
+        crate::notify::status(&format!("configuration reloaded; capturing on {n} interfaces, writing to {outputs}"));
     }
 
     /// Drains the window (everything, on a stop that detaches), ships it,

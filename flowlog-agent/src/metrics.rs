@@ -165,7 +165,8 @@ metrics! {
     last_success: Family<OutputLabel, Gauge>, "output_last_success_timestamp_seconds", "Unix time of an output's last successful write or service call";
     errors: Family<OutputReason, Counter>, "output_errors", "Failed writes or service calls of an output, by reason";
     build: Family<BuildLabels, Gauge>, "build_info", "Always 1; the labels say what runs";
-    reloads: Family<ReloadResult, Counter>, "config_reloads", "Configuration reloads (SIGHUP) by result: ok (applied at the next window boundary), error (refused, the running configuration stays)";
+    reloads: Family<ReloadResult, Counter>, "config_reloads", "Configuration reloads (SIGHUP) by result: ok \
+        (applied at the next window boundary), error (refused, the running configuration stays)";
 }
 
 impl Metrics {

@@ -434,7 +434,8 @@ fn unit_problems(text: &str, help: &str) -> Vec<String> {
     }
     // `systemctl reload`: SIGHUP to the agent, which re-reads its config.
     if one("ExecReload") != Some("/bin/kill -HUP $MAINPID") {
-        p.push(format!("ExecReload={:?}, want /bin/kill -HUP $MAINPID (the agent reloads on SIGHUP)", one("ExecReload")));
+        let got = one("ExecReload");
+        p.push(format!("ExecReload={got:?}, want /bin/kill -HUP $MAINPID (the agent reloads on SIGHUP)"));
     }
     if one("NotifyAccess").is_some_and(|v| v != "main") {
         p.push("NotifyAccess must stay main: the agent itself notifies".into());
@@ -509,7 +510,7 @@ fn systemd_checks_catch_mistakes() {
         ("/etc/flowlog/flowlog.toml", "/etc/flowlog.toml", "--config Some(\"/etc/flowlog.toml\")"),
         ("Type=notify", "Type=exec", "Type=Some(\"exec\"), want notify"),
         ("WatchdogSec=60s", "TimeoutStartSec=90s", "WatchdogSec= expected"),
-        ("ExecReload=/bin/kill -HUP $MAINPID", "ExecReload=/bin/kill -USR1 $MAINPID", "ExecReload=Some(\"/bin/kill -USR1 $MAINPID\")"),
+        ("-HUP $MAINPID", "-USR1 $MAINPID", "ExecReload=Some(\"/bin/kill -USR1 $MAINPID\")"),
     ];
     for (from, to, want) in cases {
         let problems = unit_problems(&mutate(&good, from, to), &help);

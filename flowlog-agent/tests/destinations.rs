@@ -361,40 +361,40 @@ async fn reload_swaps_outputs_between_windows_exactly() {
     std::fs::create_dir_all(&*root).unwrap();
     let spool = root.join("spool");
     let (x, y, f1, f2) = (root.join("x"), root.join("y"), root.join("f1.log"), root.join("f2.log"));
-    let out = |s: String| -> Output { s.parse().unwrap() };
-    let mut cfg = config(vec![out(format!("dir:{}", x.display())), out(format!("file:{}", f1.display()))], None, &spool);
+    let (xn, yn) = (format!("dir:{}", x.display()), format!("dir:{}", y.display()));
+    let (f1n, f2n) = (format!("file:{}", f1.display()), format!("file:{}", f2.display()));
+    let outputs = |names: &[&String]| -> Vec<Output> { names.iter().map(|n| n.parse().unwrap()).collect() };
+    let mut cfg = config(outputs(&[&xn, &f1n]), None, &spool);
     cfg.flush_interval = Duration::from_secs(3600);
     let format = Format::default();
     let recs = records(200, 2, t0());
     let lines = |r: &[FlowRecord]| -> Vec<String> { r.iter().map(|r| format.line(r)).collect() };
+    let read = |p: &Path| -> Vec<String> { std::fs::read_to_string(p).unwrap().lines().map(str::to_string).collect() };
     let mut sh = Shipper::start(&cfg).await.unwrap();
     sh.send(&format, &recs[..100]);
-    let new = ShipConfig { outputs: vec![out(format!("file:{}", f2.display())), out(format!("dir:{}", y.display()))], ..cfg.clone() };
-    let r = sh.prepare(&new).await.unwrap();
+    let r = sh.prepare(&ShipConfig { outputs: outputs(&[&f2n, &yn]), ..cfg.clone() }).await.unwrap();
     // Nothing changes before apply: the added ones are only opened.
-    assert_eq!(sh.describe(), format!("file:{},dir:{}", f1.display(), x.display()));
+    assert_eq!(sh.describe(), format!("{f1n},{xn}"));
     let applied = sh.apply(r);
-    assert_eq!(applied.added, [format!("file:{}", f2.display()), format!("dir:{}", y.display())]);
-    assert_eq!(applied.removed, [format!("file:{}", f1.display()), format!("dir:{}", x.display())]);
-    assert_eq!(sh.describe(), format!("file:{},dir:{}", f2.display(), y.display()));
+    assert_eq!((applied.added, applied.removed), (vec![f2n.clone(), yn.clone()], vec![f1n.clone(), xn.clone()]));
+    assert_eq!(sh.describe(), format!("{f2n},{yn}"));
     sh.send(&format, &recs[100..]);
     // The removed spooled output delivers its window at once (not after the
     // hour-long file interval), then its cursor is gone.
-    let x_name = format!("dir:{}", x.display());
     harness::wait_for("the removed output to deliver and end", Duration::from_secs(30), || {
         sh.reap();
-        sh.stats.iter().all(|(n, _)| n != &x_name)
+        sh.stats.iter().all(|(n, _)| n != &xn)
     })
     .await;
-    assert!(!spool.join(flowlog_agent::ship::spool::cursor_file_name(&x_name)).exists());
+    assert!(!spool.join(flowlog_agent::ship::spool::cursor_file_name(&xn)).exists());
     assert_same("removed dir:", dir_lines(&x), lines(&recs[..100]));
     // Twice the same spooled output: refused, nothing changes.
-    let twice = ShipConfig { outputs: vec![out(format!("dir:{}", y.display())), out(format!("dir:{}", y.display()))], ..cfg.clone() };
-    assert!(sh.prepare(&twice).await.err().unwrap().to_string().contains("the same output is given twice"));
+    let twice = sh.prepare(&ShipConfig { outputs: outputs(&[&yn, &yn]), ..cfg.clone() }).await;
+    assert!(twice.err().unwrap().to_string().contains("the same output is given twice"));
     sh.shutdown().await;
     assert_same("added dir:", dir_lines(&y), lines(&recs[100..]));
-    assert_same("removed file:", std::fs::read_to_string(&f1).unwrap().lines().map(str::to_string).collect(), lines(&recs[..100]));
-    assert_same("added file:", std::fs::read_to_string(&f2).unwrap().lines().map(str::to_string).collect(), lines(&recs[100..]));
+    assert_same("removed file:", read(&f1), lines(&recs[..100]));
+    assert_same("added file:", read(&f2), lines(&recs[100..]));
 }
 
 /// The first spooled output, added by a reload: a second reload before the
@@ -411,7 +411,8 @@ async fn reload_adds_the_first_spooled_output() {
     let recs = records(100, 1, t0());
     let mut sh = Shipper::start(&cfg).await.unwrap();
     sh.send(&format, &recs[..50]);
-    let new = ShipConfig { outputs: vec![out(format!("file:{}", f.display())), out(format!("dir:{}", y.display()))], ..cfg.clone() };
+    let outputs = vec![out(format!("file:{}", f.display())), out(format!("dir:{}", y.display()))];
+    let new = ShipConfig { outputs, ..cfg.clone() };
     let first = sh.prepare(&new).await.unwrap();
     let second = sh.prepare(&new).await.unwrap();
     drop(first);

@@ -1077,13 +1077,15 @@ fn reloads_under_traffic_lose_and_double_nothing() {
     let tmp = flowlog_testkit::ScratchDir::new("flowlog-reload");
     let conf = tmp.join("flowlog.toml");
     let (a_out, b_out, d_out) = (tmp.join("a.log"), tmp.join("b.log"), tmp.join("d"));
-    let (a, b, d) = (format!("file:{}", a_out.display()), format!("file:{}", b_out.display()), format!("dir:{}", d_out.display()));
+    let (a, b) = (format!("file:{}", a_out.display()), format!("file:{}", b_out.display()));
+    let d = format!("dir:{}", d_out.display());
     let spool = tmp.join("spool").display().to_string();
     let f2 = FORMAT.replace(" ${tcp-flags}", "");
     let config = |format: &str, interval: u64, outputs: &[&str]| {
         let outputs: Vec<String> = outputs.iter().map(|o| format!("{o:?}")).collect();
         let text = format!(
-            "interfaces = [{:?}]\ninterval = {interval}\nlog-format = {format:?}\noutputs = [{}]\nspool-dir = {spool:?}\nfile-interval = 1\nmetrics-listen = \"127.0.0.1:9750\"\n",
+            "interfaces = [{:?}]\ninterval = {interval}\nlog-format = {format:?}\noutputs = [{}]\n\
+             spool-dir = {spool:?}\nfile-interval = 1\nmetrics-listen = \"127.0.0.1:9750\"\n",
             t.a_if,
             outputs.join(", ")
         );
@@ -1152,7 +1154,8 @@ fn reloads_under_traffic_lose_and_double_nothing() {
     assert_eq!(log.matches("configuration reloaded").count(), 3, "{log}");
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent_to_systemd = reader.join().unwrap();
-    let reloads: Vec<&String> = sent_to_systemd.iter().filter(|m| m.contains("RELOADING=1") || m.contains("STATUS=reload ")).collect();
+    let reloads: Vec<&String> =
+        sent_to_systemd.iter().filter(|m| m.contains("RELOADING=1") || m.contains("STATUS=reload ")).collect();
     assert_eq!(reloads.len(), 12, "{sent_to_systemd:#?}");
     for (i, m) in reloads.iter().enumerate() {
         let want: &[&str] = match i {
@@ -1218,7 +1221,8 @@ fn a_reload_changes_the_interfaces_at_the_window_boundary() {
     let t = topo(false);
     // A second veth pair between the same namespaces, 10.209.<n>.1/.2.
     let n = next_id();
-    let (x_if, y_if) = (format!("flx{}{n}", std::process::id() % 10_000), format!("fly{}{n}", std::process::id() % 10_000));
+    let pid = std::process::id() % 10_000;
+    let (x_if, y_if) = (format!("flx{pid}{n}"), format!("fly{pid}{n}"));
     let (xa, yb) = (Ipv4Addr::new(10, 209, (n % 250) as u8, 1), Ipv4Addr::new(10, 209, (n % 250) as u8, 2));
     t.a.ip(&["link", "add", &x_if, "type", "veth", "peer", "name", &y_if, "netns", &t.b]);
     t.a.ip(&["addr", "add", &format!("{xa}/24"), "dev", &x_if]);
@@ -1228,7 +1232,8 @@ fn a_reload_changes_the_interfaces_at_the_window_boundary() {
     let tmp = flowlog_testkit::ScratchDir::new("flowlog-reload-ifaces");
     let (conf, out) = (tmp.join("flowlog.toml"), tmp.join("records.log"));
     let config = |iface: &str| {
-        let text = format!("interfaces = [{iface:?}]\ninterval = 1\noutputs = [{:?}]\nmetrics-listen = \"off\"\n", format!("file:{}", out.display()));
+        let file = format!("file:{}", out.display());
+        let text = format!("interfaces = [{iface:?}]\ninterval = 1\noutputs = [{file:?}]\nmetrics-listen = \"off\"\n");
         fs::write(&conf, text).unwrap();
     };
     config(&t.a_if);
@@ -1250,7 +1255,8 @@ fn a_reload_changes_the_interfaces_at_the_window_boundary() {
     let (p1, p2) = (tx1.local_addr().unwrap().port(), tx2.local_addr().unwrap().port());
     assert_eq!(sum(&recs, p1, 7660, "ingress"), (20, 20 * 88), "{log}");
     assert_eq!(sum(&recs, p2, 7661, "ingress"), (30, 30 * 88), "{log}");
-    assert!(log.contains(&format!("detached: the reloaded configuration no longer selects it; reporting its last window iface={}", t.a_if)), "{log}");
+    let detached = "detached: the reloaded configuration no longer selects it; reporting its last window";
+    assert!(log.contains(&format!("{detached} iface={}", t.a_if)), "{log}");
     assert_eq!(agent_attach_count_in(&log, &x_if), 1, "{log}");
 }
 

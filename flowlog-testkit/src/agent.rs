@@ -51,7 +51,18 @@ impl AgentCmd {
     /// FLOWLOG_TEST_AGENT_BIN names, see [`crate::agent_bin`]), run in
     /// network namespace `ns`.
     pub fn new(exe: &str, ns: &str) -> AgentCmd {
-        AgentCmd { exe: crate::agent_bin(exe), ns: ns.into(), wrapper: vec![], ifaces: vec![], args: vec![], out: None, config: None, no_pin: true, check: None, ready_within: READY_WITHIN }
+        AgentCmd {
+            exe: crate::agent_bin(exe),
+            ns: ns.into(),
+            wrapper: vec![],
+            ifaces: vec![],
+            args: vec![],
+            out: None,
+            config: None,
+            no_pin: true,
+            check: None,
+            ready_within: READY_WITHIN,
+        }
     }
 
     /// `--iface` for each.
@@ -117,7 +128,8 @@ impl AgentCmd {
         let (out, own_out) = match self.out {
             Some(p) => (p, false),
             None => {
-                assert!(self.config.is_none(), "AgentCmd::config: name the file: output the records are read from with AgentCmd::output");
+                let why = "AgentCmd::config: name the file: output the records are read from with AgentCmd::output";
+                assert!(self.config.is_none(), "{why}");
                 (std::env::temp_dir().join(format!("flowlog-test-{}-{}.log", self.ns, next_id())), true)
             }
         };
@@ -225,7 +237,8 @@ impl Agent {
     /// applies at the next window boundary: [`Agent::wait_reloaded`]),
     /// `Err(the log line)` when it refused it.
     pub fn reload(&self) -> Result<(), String> {
-        let outcome = |l: &&str| l.contains("configuration reload accepted") || l.contains("configuration reload refused");
+        let outcome =
+            |l: &&str| l.contains("configuration reload accepted") || l.contains("configuration reload refused");
         let before = self.log().lines().filter(outcome).count();
         self.signal(libc::SIGHUP);
         self.wait_log(READY_WITHIN, |log| log.lines().filter(outcome).count() > before);

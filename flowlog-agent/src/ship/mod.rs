@@ -276,18 +276,23 @@ impl Shipper {
     /// files) are taken as they are: a reload does not change them.
     pub async fn prepare(&self, cfg: &ShipConfig) -> Result<Reconfig> {
         let outputs: Vec<String> = cfg.outputs.iter().map(|o| o.to_string()).collect();
-        let spooled_names: Vec<&String> = cfg.outputs.iter().zip(&outputs).filter(|(o, _)| o.spooled()).map(|(_, n)| n).collect();
+        let spooled_names: Vec<&String> =
+            cfg.outputs.iter().zip(&outputs).filter(|(o, _)| o.spooled()).map(|(_, n)| n).collect();
         let mut dedup = spooled_names.clone();
         dedup.sort();
         dedup.dedup();
         if dedup.len() != spooled_names.len() {
-            anyhow::bail!("the same output is given twice: {}", spooled_names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "));
+            let names: Vec<&str> = spooled_names.iter().map(|n| n.as_str()).collect();
+            anyhow::bail!("the same output is given twice: {}", names.join(", "));
         }
         if let Some(r) = self.retiring.iter().find(|t| spooled_names.contains(&&t.name)) {
-            anyhow::bail!("output {} was removed by an earlier reload and is still delivering what it had accepted; add it again once it is done", r.name);
+            anyhow::bail!(
+                "output {} was removed by an earlier reload and is still delivering what it had accepted; add it \
+                 again once it is done",
+                r.name
+            );
         }
-        let running = |n: &String| self.direct_names.contains(n) || self.tasks.iter().any(|t| &t.name == n);
-        let new: Vec<(&Output, &String)> = cfg.outputs.iter().zip(&outputs).filter(|(_, n)| !running(n)).collect();
+        let new: Vec<(&Output, &String)> = cfg.outputs.iter().zip(&outputs).filter(|(_, n)| !self.runs(n)).collect();
         let mut direct = Vec::new();
         for (o, n) in new.iter().filter(|(o, _)| !o.spooled()) {
             direct.push(((*n).clone(), o.open()?));
@@ -345,6 +350,11 @@ impl Shipper {
         Ok(Reconfig { outputs, direct, spooled: dests, spool })
     }
 
+    /// Whether the output of that name runs (removed ones do not).
+    fn runs(&self, name: &str) -> bool {
+        self.direct_names.iter().any(|n| n == name) || self.tasks.iter().any(|t| t.name == name)
+    }
+
     /// Whether any output runs (false only while [`Shipper::start`] runs).
     fn running(&self) -> bool {
         !self.direct.is_empty() || !self.tasks.is_empty()
@@ -357,28 +367,32 @@ impl Shipper {
     pub fn apply(&mut self, r: Reconfig) -> Applied {
         self.reap();
         let mut applied = Applied::default();
-        let (keep, gone): (Vec<_>, Vec<_>) = self.direct_names.drain(..).zip(self.direct.drain(..)).partition(|(n, _)| r.outputs.contains(n));
+        let (keep, gone): (Vec<_>, Vec<_>) =
+            self.direct_names.drain(..).zip(self.direct.drain(..)).partition(|(n, _)| r.outputs.contains(n));
         for (n, _) in gone {
             info!(output = %n, "output removed by the reload: closed after the last window");
             applied.removed.push(n);
         }
         (self.direct_names, self.direct) = keep.into_iter().unzip();
         let end = self.spool.as_ref().map(Spool::end);
-        let (gone, stay): (Vec<Task>, Vec<Task>) = std::mem::take(&mut self.tasks).into_iter().partition(|t| !r.outputs.contains(&t.name));
+        let (gone, stay): (Vec<Task>, Vec<Task>) =
+            std::mem::take(&mut self.tasks).into_iter().partition(|t| !r.outputs.contains(&t.name));
         self.tasks = stay;
         for t in gone {
             let end = end.expect("spooled outputs have a spool");
             let pending = self.spool.as_ref().and_then(|s| s.pending_records(&t.name).ok()).unwrap_or(0);
-            info!(output = %t.name, records = pending, "output removed by the reload: delivering what it had accepted, then closing");
+            let what = "output removed by the reload: delivering what it had accepted, then closing";
+            info!(output = %t.name, records = pending, "{what}");
             let _ = t.retire.send(Some(end));
             applied.removed.push(t.name.clone());
             self.retiring.push(t);
         }
-        let added: Vec<String> = r.direct.iter().map(|(n, _)| n.clone()).chain(r.spooled.iter().map(|(d, _)| d.name().to_string())).collect();
+        let spooled = r.spooled.iter().map(|(d, _)| d.name().to_string());
+        let added: Vec<String> = r.direct.iter().map(|(n, _)| n.clone()).chain(spooled).collect();
         if let Err(e) = self.install(r) {
             error!("outputs added by the reload could not start: {e:#}");
         }
-        applied.added = added.into_iter().filter(|n| self.direct_names.contains(n) || self.tasks.iter().any(|t| &t.name == n)).collect();
+        applied.added = added.into_iter().filter(|n| self.runs(n)).collect();
         for n in &applied.added {
             info!(output = %n, "output added by the reload: writing from this window on");
         }
@@ -431,12 +445,14 @@ impl Shipper {
     }
 
     pub fn describe(&self) -> String {
-        self.direct.iter().map(|s| s.describe()).chain(self.tasks.iter().map(|t| t.name.clone())).collect::<Vec<_>>().join(",")
+        let spooled = self.tasks.iter().map(|t| t.name.clone());
+        self.direct.iter().map(|s| s.describe()).chain(spooled).collect::<Vec<_>>().join(",")
     }
 
     /// Forgets the removed outputs that delivered everything they had.
     pub fn reap(&mut self) {
-        let done: Vec<String> = self.retiring.iter().filter(|t| t.handle.is_finished()).map(|t| t.name.clone()).collect();
+        let done: Vec<String> =
+            self.retiring.iter().filter(|t| t.handle.is_finished()).map(|t| t.name.clone()).collect();
         self.retiring.retain(|t| !done.contains(&t.name));
         self.stats.retain(|(n, _)| !done.contains(n));
     }
@@ -498,7 +514,13 @@ impl Shipper {
 ///
 /// `retire` (a reload removed the output): deliver everything before that
 /// position at once (partial files too), then leave the spool and end.
-async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, mut retire: watch::Receiver<Option<Pos>>, flush_interval: Duration) {
+async fn drive(
+    mut dest: Box<dyn Destination>,
+    spool: Spool,
+    mut stop: Stop,
+    mut retire: watch::Receiver<Option<Pos>>,
+    flush_interval: Duration,
+) {
     let name = dest.name().to_string();
     let mut reader = spool.reader(&name);
     let mut pending: Vec<Batch> = Vec::new();
@@ -524,7 +546,9 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, mut
         }
         let stopping = stop.stopping();
         let flush_at = first_at.map(|t| t + if dest.batches_files() { flush_interval } else { Duration::ZERO });
-        let due = !pending.is_empty() && (stopping || until.is_some() || pending_bytes >= dest.max_pending_bytes() || flush_at.is_some_and(|t| t <= Instant::now()));
+        let now = stopping || until.is_some();
+        let due = !pending.is_empty()
+            && (now || pending_bytes >= dest.max_pending_bytes() || flush_at.is_some_and(|t| t <= Instant::now()));
         if due {
             match dest.deliver(&pending, &stop).await {
                 Ok(()) => {
@@ -544,8 +568,10 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, mut
         }
         if until.is_some_and(|e| pending.is_empty() && reader.pos() >= e) {
             match spool.remove_destination(&name) {
-                Ok(()) => info!(destination = %name, "removed output: everything it had accepted is delivered; closed"),
-                Err(e) => error!(destination = %name, "removed output delivered everything, but its spool cursor stays: {e:#}"),
+                Ok(()) => info!(destination = %name, "removed output: all it had accepted is delivered; closed"),
+                Err(e) => {
+                    error!(destination = %name, "removed output delivered all, but its spool cursor stays: {e:#}")
+                }
             }
             return;
         }

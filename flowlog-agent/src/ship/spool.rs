@@ -461,7 +461,9 @@ impl Inner {
     fn write_cursor(&self, dest: &str, pos: Pos) -> Result<()> {
         let p = self.dir.join(cursor_file_name(dest));
         let tmp = p.with_extension("tmp");
-        perm::write_new(&tmp, format!("{} {}\n", pos.segment, pos.offset).as_bytes(), FILE_MODE).and_then(|_| fs::rename(&tmp, &p)).with_context(|| format!("writing spool cursor {}", p.display()))
+        perm::write_new(&tmp, format!("{} {}\n", pos.segment, pos.offset).as_bytes(), FILE_MODE)
+            .and_then(|_| fs::rename(&tmp, &p))
+            .with_context(|| format!("writing spool cursor {}", p.display()))
     }
 
     /// Deletes the segments every destination is done with.

@@ -1260,6 +1260,51 @@ fn a_reload_changes_the_interfaces_at_the_window_boundary() {
     assert_eq!(agent_attach_count_in(&log, &x_if), 1, "{log}");
 }
 
+/// A reload changes the values of the kernel filters in use at the window
+/// boundary (port 7670 counted before, 7671 after, exactly); switching on
+/// another kind of filter is named as needing a restart and changes nothing.
+#[test]
+fn a_reload_changes_the_kernel_filter_values_at_the_window_boundary() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    let tmp = flowlog_testkit::ScratchDir::new("flowlog-reload-filters");
+    let (conf, out) = (tmp.join("flowlog.toml"), tmp.join("records.log"));
+    let config = |filters: &str| {
+        let file = format!("file:{}", out.display());
+        let text = format!(
+            "interfaces = [{:?}]\ninterval = 1\noutputs = [{file:?}]\nmetrics-listen = \"off\"\n[filters]\n{filters}\n",
+            t.a_if
+        );
+        fs::write(&conf, text).unwrap();
+    };
+    config("include-ports = [7670]");
+    let agent = agent(&t).config(&conf).output(&out).args(&["--log-format", FORMAT]).start();
+    let (tx1, rx1) = udp_pair(&t, true, false, 7670);
+    let (tx2, rx2) = udp_pair(&t, true, false, 7671);
+    let both = |n| {
+        send_udp(&tx1, &rx1, n, 60);
+        send_udp(&tx2, &rx2, n, 60);
+    };
+    both(20);
+    config("include-ports = [7671]");
+    agent.reload().unwrap();
+    agent.wait_reloaded(1);
+    both(30);
+    config("include-ports = [7671]\nexclude-cidrs = [\"192.0.2.0/24\"]");
+    agent.reload().unwrap();
+    agent.wait_reloaded(2);
+    both(10);
+    thread::sleep(Duration::from_millis(1200));
+    let (recs, log) = agent.stop();
+    let (p1, p2) = (tx1.local_addr().unwrap().port(), tx2.local_addr().unwrap().port());
+    assert_eq!(sum(&recs, p1, 7670, "ingress"), (20, 20 * 88), "{log}");
+    assert_eq!(sum(&recs, p2, 7671, "ingress"), (40, 40 * 88), "{log}");
+    assert!(log.contains("changes=[filters]"), "{log}");
+    assert!(log.lines().any(|l| l.contains("only a restart changes it") && l.contains("key=filters")), "{log}");
+}
+
 /// How often the log says `iface` was attached.
 fn agent_attach_count_in(log: &str, iface: &str) -> usize {
     log.lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()

@@ -374,9 +374,10 @@ impl Source {
 }
 
 /// The keys a reload changes (at the next window boundary), with the
-/// `[enrich]` section. Every other key (and `[metadata]`) keeps its value
-/// until a restart: the kernel side is loaded with it (`max-flows`,
-/// `sample-rate`, `[filters]`, `ingress-hook`, `reject-reasons`, pinning),
+/// `[enrich]` section and the values of the `[filters]` already in use.
+/// Every other key (and `[metadata]`) keeps its value until a restart: the
+/// kernel side is loaded with it (`max-flows`, `sample-rate`, which kinds
+/// of `[filters]` run, `ingress-hook`, `reject-reasons`, pinning),
 /// or it is set up once (`interval`, the metrics listener, the spool, the
 /// logs, the AWS settings, the metadata provider).
 pub const RELOADABLE: &[&str] =
@@ -545,6 +546,9 @@ impl Settings {
             .keys()
             .chain(new_keys.keys())
             .filter(|k| !RELOADABLE.contains(&k.as_str()) && old.get(*k) != new_keys.get(*k))
+            // The values of the kernel filters already on change; a kind
+            // switched on or off does not (the programs are loaded with it).
+            .filter(|k| *k != "filters" || self.agent.filters.bits() != new.agent.filters.bits())
             .cloned()
             .collect();
         changed.sort();

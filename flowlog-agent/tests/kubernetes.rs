@@ -102,10 +102,7 @@ fn ipv4(p: &Pod) -> Ipv4Addr {
 /// host; the teardown leaves nothing.
 #[test]
 fn containerd_pods_map_to_their_host_veths_and_teardown_is_clean() {
-    if !require_root() {
-        return;
-    }
-    let ctrd = Containerd::start();
+    let Some(ctrd) = Containerd::start_or_skip() else { return };
     let mut c = Cri::connect(&ctrd);
     let web1 = c.run_pod("shop", "web-1", "uid-web-1", "", &[("app", "web"), ("tier", "front")]);
     let web2 = c.run_pod("shop", "web-2", "uid-web-2", "", &[("app", "web")]);
@@ -243,10 +240,7 @@ fn expect(recs: &[Rec], log: &str, dport: u16, rows: &[Row]) {
 /// behind its source and destination addresses; packets and bytes exact.
 #[test]
 fn records_name_the_pod_of_each_veth_and_of_each_address() {
-    if !require_root() {
-        return;
-    }
-    let ctrd = Containerd::start();
+    let Some(ctrd) = Containerd::start_or_skip() else { return };
     let mut c = Cri::connect(&ctrd);
     c.run_pod("shop", "web-1", "uid-web-1", "", &[("app", "web")]);
     c.run_pod("shop", "web-2", "uid-web-2", "", &[("app", "web")]);
@@ -289,10 +283,7 @@ fn records_name_the_pod_of_each_veth_and_of_each_address() {
 /// the next one; the veths' records name their own pods.
 #[test]
 fn after_ip_reuse_each_window_names_the_pod_that_held_the_address() {
-    if !require_root() {
-        return;
-    }
-    let ctrd = Containerd::start();
+    let Some(ctrd) = Containerd::start_or_skip() else { return };
     let mut c = Cri::connect(&ctrd);
     c.run_pod("data", "client", "uid-client", PTP_HANDLER, &[("app", "client")]);
     let old = c.run_pod("shop", "web-1", "uid-web-1", "", &[("app", "web")]);

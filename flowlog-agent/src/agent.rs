@@ -31,7 +31,11 @@ use crate::{
     config::{Config, OnExit, Settings, Source},
     drain::{Drained, FlowTables, KernelCounters},
     enrich::{self, EcsConfig, Enrichment, HostMeta, InterfaceMeta, TagFields},
-    metadata::{refresh::Refresher, InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot},
+    metadata::{
+        kubernetes::{source::PodSource, KubernetesConfig, Mode as K8sMode},
+        refresh::Refresher,
+        InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot,
+    },
     metrics::{self, Metrics, RecordCounts},
     ship::{Reconfig, ShipConfig, Shipper},
 };
@@ -91,6 +95,8 @@ struct Agent {
     ifs: Interfaces,
     host: HostMeta,
     enrichment: Enrichment,
+    /// Pod identity for the `k8s-*` fields, when on.
+    pods: Option<PodSource>,
     shipper: Shipper,
     metrics: Arc<Metrics>,
     sigterm: Signal,
@@ -127,7 +133,7 @@ impl Agent {
     /// Loads the programs, starts metrics and metadata, attaches to the
     /// selected interfaces and opens the outputs; then says it is ready.
     async fn start(settings: Settings, source: Source) -> Result<Agent> {
-        let Settings { agent: cfg, metadata, enrich, .. } = settings.clone();
+        let Settings { agent: cfg, metadata, enrich, kubernetes, .. } = settings.clone();
         // First: a SIGHUP while starting is then a reload once started, not
         // the signal's default (the end of the process).
         let sighup = signal(SignalKind::hangup())?;
@@ -150,6 +156,7 @@ impl Agent {
         let on_ec2 = selection.kind == ProviderKind::Ec2;
         let enrichment =
             enrich.build(&[], on_ec2, reject_reasons.clone()).context("enrichment configuration ([enrich])")?;
+        let pods = start_pods(&cfg, &kubernetes, &metrics);
         let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
         let (snapshot, refresher) = Refresher::start(provider, link_ids, metadata.refresh_interval()).await;
         let host = HostMeta {
@@ -181,6 +188,7 @@ impl Agent {
             ifs,
             host,
             enrichment,
+            pods,
             shipper,
             metrics,
             sigterm,
@@ -232,7 +240,11 @@ impl Agent {
                 _ = self.sigterm.recv() => return true,
                 _ = self.sigint.recv() => return true,
                 _ = self.sighup.recv() => self.reload().await,
-                Some(ev) = self.link_events.recv() => match ev {
+                Some(ev) = self.link_events.recv() => {
+                    if let Some(p) = &self.pods {
+                        p.link_changed();
+                    }
+                    match ev {
                     LinkEvent::Changed(link) => {
                         if !self.ifs.attached.contains_key(&link.ifindex) && self.selector.wants(&link) {
                             if let Err(e) = self.ifs.attach(&mut self.capture, &link) {
@@ -242,7 +254,8 @@ impl Agent {
                     }
                     LinkEvent::Removed { ifindex, .. } => self.ifs.gone(&mut self.capture, ifindex),
                     LinkEvent::Overrun => relist(&mut self.ifs, &mut self.capture, &self.selector, &mut self.refused),
-                },
+                    }
+                }
                 s = self.ifs.refresher.changed() => self.ifs.update(s),
             }
             self.metrics.set_attached(self.ifs.attached.values());
@@ -456,6 +469,8 @@ impl Agent {
     /// kernel tables forget them.
     fn ship(&mut self, drained: &Drained) -> bool {
         let mut counts = RecordCounts::default();
+        // The pods of this window from the kept listings (no runtime call).
+        self.enrichment.pods = self.pods.as_ref().and_then(|p| p.window(drained.window_start_unix_ns, drained.window_end_unix_ns));
         let mut window = self.shipper.window(&self.cfg.format);
         enrich::for_each_record(&self.host, &self.ifs.in_window, drained, Some(&self.enrichment), |r| {
             counts.add(r);
@@ -498,6 +513,25 @@ fn load_capture(cfg: &Config, drops: Option<&DropSetup>, links: &[links::LinkInf
         }
     }
     Ok((capture, tables))
+}
+
+/// The pod listing task, when the format names a `k8s-*` field and a CRI
+/// socket is there (`auto`) or it is asked for (`on`).
+fn start_pods(cfg: &Config, k8s: &KubernetesConfig, metrics: &Arc<Metrics>) -> Option<PodSource> {
+    let wanted = cfg.format.fields().iter().any(|f| f.is_extension());
+    match k8s.decide(wanted, |p| p.exists()) {
+        Ok(socket) => {
+            info!(socket = %socket.display(), label = k8s.pod_label.as_deref().unwrap_or("-"), "kubernetes: pod identity from the container runtime (CRI)");
+            let lister = crate::metadata::kubernetes::source::CriLister::new(socket.clone());
+            Some(PodSource::start(lister, socket, k8s, metrics.clone()))
+        }
+        Err(why) => {
+            if wanted || k8s.mode == K8sMode::On {
+                warn!("kubernetes: pod identity is off: {why}; the k8s-* fields are `-`. On a node, mount the runtime's CRI socket (hostPath, read-only) or set --cri-socket");
+            }
+            None
+        }
+    }
 }
 
 /// The metrics registry, served on `metrics-listen` unless that is off.

@@ -167,6 +167,8 @@ metrics! {
     build: Family<BuildLabels, Gauge>, "build_info", "Always 1; the labels say what runs";
     reloads: Family<ReloadResult, Counter>, "config_reloads", "Configuration reloads (SIGHUP) by result: ok \
         (applied at the next window boundary), error (refused, the running configuration stays)";
+    k8s_failures: Counter, "k8s_pod_lookup_failures", "Pod listings from the container runtime (CRI) that failed or timed out";
+    k8s_pods: Gauge, "k8s_pods", "Pods in the last good listing from the container runtime";
 }
 
 impl Metrics {
@@ -193,6 +195,15 @@ impl Metrics {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// A pod listing failed (the last good one stays in use).
+    pub fn k8s_lookup_failed(&self) {
+        self.k8s_failures.inc();
+    }
+
+    pub fn set_k8s_pods(&self, n: usize) {
+        self.k8s_pods.set(n as i64);
     }
 
     /// The captured interfaces: their number, and whose link counters to read.

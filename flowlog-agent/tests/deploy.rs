@@ -23,6 +23,7 @@ use flowlog_testkit::{
 use flowlog_agent::{
     config::OnExit,
     config::{FileConfig, Overrides, Settings, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_DIR},
+    metadata::kubernetes::{cri::default_sockets, Mode as K8sMode},
     ship::{file::FileOutput, Output},
 };
 use yaml_rust2::{Yaml, YamlLoader};
@@ -291,6 +292,27 @@ fn manifest_problems(text: &str) -> Vec<String> {
             }
         }
     }
+    // Pod identity (k8s-* fields): the runtime's socket read-only at its own
+    // path, the pods' namespace files, and the pods' interfaces captured.
+    let k8s = &s.kubernetes;
+    if s.agent.format.fields().iter().any(|f| f.is_extension()) && k8s.mode != K8sMode::Off {
+        let socket = k8s.socket.clone().unwrap_or_else(|| PathBuf::from(default_sockets()[0]));
+        let dir = socket.parent().unwrap_or(Path::new("/"));
+        match mount_of(&|v| v["hostPath"]["path"].as_str().is_some_and(|hp| dir.starts_with(hp))) {
+            Some((m, v)) if m["mountPath"].as_str() == v["hostPath"]["path"].as_str() && m["readOnly"].as_bool() == Some(true) => {}
+            _ => p.push(format!("kubernetes: the CRI socket {} must be on a read-only hostPath mount at the same path", socket.display())),
+        }
+        match mount_of(&|v| v["hostPath"]["path"].as_str() == Some("/run/netns")) {
+            Some((m, _))
+                if m["mountPath"].as_str() == Some("/run/netns")
+                    && m["readOnly"].as_bool() == Some(true)
+                    && m["mountPropagation"].as_str() == Some("HostToContainer") => {}
+            _ => p.push("kubernetes: /run/netns must be mounted read-only at /run/netns with mountPropagation HostToContainer".into()),
+        }
+        if !s.agent.ifaces.iter().any(|i| i == "veth*") {
+            p.push(format!("kubernetes: interfaces {:?} capture no pod interfaces (veth*)", s.agent.ifaces));
+        }
+    }
     for (kind, want) in [("requests", ["cpu", "memory"]), ("limits", ["cpu", "memory"])] {
         for r in want {
             if c["resources"][kind][r].is_badvalue() {
@@ -317,8 +339,14 @@ fn kubernetes_config_resolves_with_the_agents_parser() {
     assert_eq!(s.agent.pin_root.as_deref(), Some(Path::new(DEFAULT_PIN_DIR)));
     assert_eq!(s.agent.ship.outputs, [Output::stdout()]);
     assert_eq!(s.agent.interval.as_secs(), 60);
-    // The node's NICs, as VPC Flow Logs capture ENIs; pod interfaces are opt-in.
-    assert_eq!(s.agent.ifaces, ["eth*", "ens*"]);
+    // The node's NICs, as VPC Flow Logs capture ENIs, and the pods' interfaces.
+    assert_eq!(s.agent.ifaces, ["eth*", "ens*", "veth*", "eni*", "cali*", "lxc*"]);
+    // The AWS default fields first, unchanged; then the k8s-* extensions.
+    let fields = s.agent.format.fields();
+    assert_eq!(fields[..14], flowlog_records::format::DEFAULT_FIELDS);
+    assert_eq!(fields[14..].iter().map(|f| f.name()).collect::<Vec<_>>().join(" "), "k8s-namespace k8s-pod-name k8s-pod-uid k8s-src-pod k8s-dst-pod k8s-pod-label");
+    assert_eq!(s.agent.format.version(), 2);
+    assert_eq!((s.kubernetes.mode, s.kubernetes.pod_label.as_deref()), (K8sMode::Auto, Some("app.kubernetes.io/name")));
     // The metrics port is the agent's default one.
     assert_eq!(DEFAULT_METRICS_LISTEN.rsplit_once(':').unwrap().1, "9750");
     // And the agent's own check agrees (enrichment tables included).
@@ -348,6 +376,10 @@ fn kubernetes_checks_catch_mistakes() {
         ("outputs = [\"stdout\"]", "outputs = [\"file:/tmp/records.log\"]", "output file:/tmp/records.log is not on a writable volume"),
         ("interval = 60", "spool-dir = \"/var/lib/flowlog-agent/spool\"\n    interval = 60", "spool-dir /var/lib/flowlog-agent/spool is not on a writable volume"),
         ("mountPath: /var/lib/flowlog", "mountPath: /var/lib/flowlog-data", "spool-dir /var/lib/flowlog/spool is not on a writable volume"),
+        ("mountPath: /run/containerd", "mountPath: /host/run/containerd", "CRI socket /run/containerd/containerd.sock must be on a read-only"),
+        ("cri-socket = \"/run/containerd/containerd.sock\"", "cri-socket = \"/var/run/crio/crio.sock\"", "CRI socket /var/run/crio/crio.sock must be"),
+        ("mountPropagation: HostToContainer", "mountPropagation: None", "/run/netns must be mounted read-only"),
+        ("\"veth*\", ", "", "capture no pod interfaces"),
     ];
     for (from, to, want) in cases {
         let problems = manifest_problems(&mutate(&good, from, to));
@@ -356,6 +388,17 @@ fn kubernetes_checks_catch_mistakes() {
     // A file output under the writable data volume is fine.
     let ok = mutate(&good, "outputs = [\"stdout\"]", "outputs = [\"file:/var/lib/flowlog/records.log\"]");
     assert_eq!(manifest_problems(&ok), Vec::<String>::new());
+    // The socket mounted writable (the readOnly line after its mountPath).
+    let cri_mount = "mountPath: /run/containerd\n              readOnly: true";
+    assert!(good.contains(cri_mount));
+    let writable = good.replacen(cri_mount, "mountPath: /run/containerd", 1);
+    assert!(manifest_problems(&writable).iter().any(|p| p.contains("must be on a read-only hostPath mount")), "{:?}", manifest_problems(&writable));
+    // Pod identity off, or no k8s-* field: neither the socket nor pod interfaces are required.
+    let off = good.replacen("    mode = \"auto\"\n    cri-socket", "    mode = \"off\"\n    cri-socket", 1).replacen(cri_mount, "mountPath: /run/containerd", 1);
+    assert_ne!(off, good.replacen(cri_mount, "mountPath: /run/containerd", 1));
+    assert_eq!(manifest_problems(&mutate(&off, "mountPropagation: HostToContainer", "mountPropagation: None").replacen("\"veth*\", ", "", 1)), Vec::<String>::new());
+    let no_fields = mutate(&writable, " ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label}", "");
+    assert_eq!(manifest_problems(&no_fields.replacen("\"veth*\", ", "", 1)), Vec::<String>::new());
 }
 
 // ------------------------------------------------------------------- systemd

@@ -14,6 +14,10 @@
 //! ([`Kind`], its Athena type): the agent's Parquet writer, `compare`'s
 //! test files and the Athena DDLs of deploy/athena/ (`cargo xtask athena`)
 //! are made from it, so a new field is one row plus its meaning.
+//!
+//! Rows of version 0 are flowlog's own extension fields (Kubernetes pod
+//! identity), not AWS fields: they never count towards a format's version,
+//! are in no AWS field set, the default format or the Athena DDLs.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -43,7 +47,8 @@ impl Kind {
 /// Declares [`Field`] from one table, so a field's name, version, type and
 /// place in [`ALL_FIELDS`] cannot drift apart. A row is
 /// `Variant = "name" @ version : Kind`, with `as "athena-type"` after the
-/// kind where AWS's Athena DDL types the column otherwise.
+/// kind where AWS's Athena DDL types the column otherwise; version 0 marks
+/// a flowlog extension.
 macro_rules! fields {
     (@athena $kind:ident) => { Kind::$kind.athena() };
     (@athena $kind:ident $athena:literal) => { $athena };
@@ -54,7 +59,8 @@ macro_rules! fields {
             $($variant,)*
         }
 
-        /// Every field, in the order of the AWS field table (versions 2–11).
+        /// Every field, in the order of the AWS field table (versions 2–11),
+        /// then flowlog's extensions (version 0).
         pub const ALL_FIELDS: [Field; [$(stringify!($variant),)*].len()] = [$(Field::$variant,)*];
 
         impl Field {
@@ -144,6 +150,14 @@ fields! {
     NextHopAzId = "next-hop-az-id" @ 11 : String,
     NextHopVpcId = "next-hop-vpc-id" @ 11 : String,
     NextHopInterfaceType = "next-hop-interface-type" @ 11 : String,
+    // flowlog extensions (version 0): Kubernetes pod identity from the node's
+    // container runtime.
+    K8sNamespace = "k8s-namespace" @ 0 : String,
+    K8sPodName = "k8s-pod-name" @ 0 : String,
+    K8sPodUid = "k8s-pod-uid" @ 0 : String,
+    K8sSrcPod = "k8s-src-pod" @ 0 : String,
+    K8sDstPod = "k8s-dst-pod" @ 0 : String,
+    K8sPodLabel = "k8s-pod-label" @ 0 : String,
 }
 
 impl Field {
@@ -162,8 +176,14 @@ impl Field {
         Field::from_name(&column.replace('_', "-"))
     }
 
-    /// Tag values are free text chosen by users, so they are written
-    /// percent-encoded to keep one field one token.
+    /// A flowlog extension, not an AWS field (version 0 in the table).
+    pub fn is_extension(self) -> bool {
+        self.version() == 0
+    }
+
+    /// Tag values (and the Kubernetes label value, written the same way) are
+    /// free text chosen by users, so they are written percent-encoded to keep
+    /// one field one token.
     pub fn is_tag(self) -> bool {
         matches!(
             self,
@@ -173,6 +193,7 @@ impl Field {
                 | Field::InterfaceTag2
                 | Field::AsgTag
                 | Field::AsgTag2
+                | Field::K8sPodLabel
         )
     }
 
@@ -182,6 +203,7 @@ impl Field {
         let ecs = r.ecs.as_deref();
         let tags = r.tags.as_deref();
         let hop = r.next_hop.as_deref();
+        let k8s = r.k8s.as_deref();
         let v = match self {
             Field::AccountId => r.account_id.as_deref(),
             Field::InterfaceId => r.interface_id.as_deref(),
@@ -218,6 +240,12 @@ impl Field {
             Field::NextHopAzId => hop.and_then(|h| h.az_id.as_deref()),
             Field::NextHopVpcId => hop.and_then(|h| h.vpc_id.as_deref()),
             Field::NextHopInterfaceType => hop.and_then(|h| h.interface_type.as_deref()),
+            Field::K8sNamespace => k8s.and_then(|k| k.namespace.as_deref()),
+            Field::K8sPodName => k8s.and_then(|k| k.pod_name.as_deref()),
+            Field::K8sPodUid => k8s.and_then(|k| k.pod_uid.as_deref()),
+            Field::K8sSrcPod => k8s.and_then(|k| k.src_pod.as_deref()),
+            Field::K8sDstPod => k8s.and_then(|k| k.dst_pod.as_deref()),
+            Field::K8sPodLabel => k8s.and_then(|k| k.pod_label.as_deref()),
             _ => return None,
         };
         Some(v)
@@ -298,8 +326,9 @@ impl Format {
         if fields.is_empty() {
             return Err(FormatError::Empty { valid: valid_fields() });
         }
-        // AWS: the version is that of the newest field chosen.
-        let version = fields.iter().map(|f| f.version()).max().unwrap_or(2);
+        // AWS: the version is that of the newest field chosen (extensions
+        // are no AWS version).
+        let version = fields.iter().filter(|f| !f.is_extension()).map(|f| f.version()).max().unwrap_or(2);
         Ok(Format { fields, version })
     }
 
@@ -529,26 +558,32 @@ mod tests {
         }
     }
 
-    /// All 54 names in AWS table order, written out by hand so that a change
-    /// to the field table shows up here.
+    /// All 54 names in AWS table order, then the 6 extensions, written out by
+    /// hand so that a change to the field table shows up here.
     const VALID: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status \
 vpc-id subnet-id instance-id tcp-flags type pkt-srcaddr pkt-dstaddr \
 region az-id sublocation-type sublocation-id \
 pkt-src-aws-service pkt-dst-aws-service flow-direction traffic-path \
 ecs-cluster-arn ecs-cluster-name ecs-container-instance-arn ecs-container-instance-id ecs-container-id ecs-second-container-id ecs-service-name ecs-task-definition-arn ecs-task-arn ecs-task-id \
 reject-reason resource-id encryption-status \
-instance-tag instance-tag-2 interface-tag interface-tag-2 asg-tag asg-tag-2 interface-type next-hop-interface-id next-hop-subnet-id next-hop-az-id next-hop-vpc-id next-hop-interface-type";
+instance-tag instance-tag-2 interface-tag interface-tag-2 asg-tag asg-tag-2 interface-type next-hop-interface-id next-hop-subnet-id next-hop-az-id next-hop-vpc-id next-hop-interface-type \
+k8s-namespace k8s-pod-name k8s-pod-uid k8s-src-pod k8s-dst-pod k8s-pod-label";
 
     #[test]
     fn field_table_matches_aws() {
         assert_eq!(valid_fields(), VALID);
-        let count = |v: u8| ALL_FIELDS.iter().filter(|f| f.version() <= v).count();
+        let count = |v: u8| ALL_FIELDS.iter().filter(|f| !f.is_extension() && f.version() <= v).count();
         // Cumulative field counts per version, as in the AWS table.
         assert_eq!([2, 3, 4, 5, 7, 8, 9, 10, 11].map(count), [14, 21, 25, 29, 39, 40, 41, 42, 54]);
+        // The extensions come after every AWS field and none is in the default format.
+        let ext: Vec<&str> = ALL_FIELDS.iter().filter(|f| f.is_extension()).map(|f| f.name()).collect();
+        assert_eq!(ext.join(" "), "k8s-namespace k8s-pod-name k8s-pod-uid k8s-src-pod k8s-dst-pod k8s-pod-label");
+        assert!(ALL_FIELDS[..54].iter().all(|f| !f.is_extension()));
+        assert!(DEFAULT_FIELDS.iter().all(|f| !f.is_extension()));
         for f in ALL_FIELDS {
             assert_eq!(Field::from_name(f.name()), Some(f));
         }
-        assert_eq!(ALL_FIELDS.iter().filter(|f| f.is_tag()).count(), 6);
+        assert_eq!(ALL_FIELDS.iter().filter(|f| f.is_tag()).count(), 7);
     }
 
     /// Parquet types as in AWS's field table, Athena types as in AWS's DDL
@@ -558,8 +593,8 @@ instance-tag instance-tag-2 interface-tag interface-tag-2 asg-tag asg-tag-2 inte
         let of = |k: Kind| ALL_FIELDS.iter().filter(|f| f.kind() == k).map(|f| f.name()).collect::<Vec<_>>().join(" ");
         assert_eq!(of(Kind::Int32), "version srcport dstport protocol tcp-flags traffic-path encryption-status");
         assert_eq!(of(Kind::Int64), "packets bytes start end");
-        assert_eq!(of(Kind::String).split(' ').count(), 43);
-        let athena: Vec<String> = ALL_FIELDS.iter().filter(|f| f.version() <= 5).map(|f| format!("{} {}", f.column(), f.athena())).collect();
+        assert_eq!(of(Kind::String).split(' ').count(), 49);
+        let athena: Vec<String> = ALL_FIELDS.iter().filter(|f| !f.is_extension() && f.version() <= 5).map(|f| format!("{} {}", f.column(), f.athena())).collect();
         assert_eq!(
             athena.join(", "),
             "version int, account_id string, interface_id string, srcaddr string, dstaddr string, srcport int, dstport int, \
@@ -626,6 +661,9 @@ flow_direction string, traffic_path int"
             ("${encryption-status} ${flow-direction}", 10),
             ("${next-hop-interface-type} ${encryption-status}", 11),
             ("${asg-tag-2}", 11),
+            // Extensions are no AWS version.
+            ("${k8s-namespace} ${k8s-pod-label}", 2),
+            ("${k8s-src-pod} ${tcp-flags}", 3),
         ];
         for (spec, v) in cases {
             assert_eq!(Format::parse(spec).unwrap().version(), v, "{spec}");
@@ -742,6 +780,27 @@ flow_direction string, traffic_path int"
             f.line(&r),
             "prod - abc123 web%20server - %2D %C3%BC%25 a:b/c=d+e@f_g.h-i - transit_gateway - nat_gateway BPA nat-0123 1 8"
         );
+    }
+
+    /// The Kubernetes extension fields: `-` without identity, the label
+    /// percent-encoded like a tag, the AWS fields of the line unchanged.
+    #[test]
+    fn k8s_extension_fields_are_written() {
+        use crate::record::K8sMeta;
+        let s = |v: &str| Some(Arc::<str>::from(v));
+        let f = Format::parse("${srcaddr} ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label} ${version}").unwrap();
+        let mut r = ok("eni-1", "10.88.0.2", "10.88.0.3", (1, 2), 6, 1, 40, (1, 1), Action::Accept);
+        assert_eq!(f.line(&r), "10.88.0.2 - - - - - - 2");
+        r.k8s = Some(Arc::new(K8sMeta {
+            namespace: s("shop"),
+            pod_name: s("web-7d9f"),
+            pod_uid: s("0b5c6f1e-8a3d-4c1e-9f00-1234567890ab"),
+            pod_label: s("my app"),
+            src_pod: s("shop/web-7d9f"),
+            dst_pod: None,
+        }));
+        assert_eq!(f.line(&r), "10.88.0.2 shop web-7d9f 0b5c6f1e-8a3d-4c1e-9f00-1234567890ab shop/web-7d9f - my%20app 2");
+        assert_eq!(Format::default().line(&r), "2 123456789010 eni-1 10.88.0.2 10.88.0.3 1 2 6 1 40 1 1 ACCEPT OK");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{collections::HashSet, net::IpAddr, sync::Arc};
 
 use crate::{
     format::{valid_fields, Field, Format, FormatError},
-    record::{Action, Direction, EcsMeta, FlowRecord, IpType, LogStatus, NextHop, TagValues},
+    record::{Action, Direction, EcsMeta, FlowRecord, IpType, K8sMeta, LogStatus, NextHop, TagValues},
 };
 
 /// One parsed line: the record and the `version` it states (if the format
@@ -149,7 +149,7 @@ fn parse_with(format: &Format, line: &str, intern: &mut dyn FnMut(&str) -> Arc<s
     }
     let mut r = FlowRecord::default();
     let mut version = None;
-    let (mut ecs, mut tags, mut hop) = (EcsMeta::default(), TagValues::default(), NextHop::default());
+    let (mut ecs, mut tags, mut hop, mut k8s) = (EcsMeta::default(), TagValues::default(), NextHop::default(), K8sMeta::default());
     for (i, (f, v)) in fields.iter().copied().zip(line.split_ascii_whitespace()).enumerate() {
         let bad = |expected: &'static str| RecordError::BadValue { field: f.name(), column: i + 1, value: v.to_string(), expected };
         let missing = v == "-";
@@ -196,7 +196,7 @@ fn parse_with(format: &Format, line: &str, intern: &mut dyn FnMut(&str) -> Arc<s
                 } else {
                     Some(intern(v))
                 };
-                *text_slot(f, &mut r, &mut ecs, &mut tags, &mut hop) = value;
+                *text_slot(f, &mut r, &mut ecs, &mut tags, &mut hop, &mut k8s) = value;
             }
         }
     }
@@ -210,11 +210,21 @@ fn parse_with(format: &Format, line: &str, intern: &mut dyn FnMut(&str) -> Arc<s
     if hop != NextHop::default() {
         r.next_hop = Some(Arc::new(hop));
     }
+    if k8s != K8sMeta::default() {
+        r.k8s = Some(Arc::new(k8s));
+    }
     Ok(ParsedRecord { version, record: r })
 }
 
 /// Where a text field lives (the inverse of [`Field::text`]).
-fn text_slot<'a>(f: Field, r: &'a mut FlowRecord, ecs: &'a mut EcsMeta, tags: &'a mut TagValues, hop: &'a mut NextHop) -> &'a mut Option<Arc<str>> {
+fn text_slot<'a>(
+    f: Field,
+    r: &'a mut FlowRecord,
+    ecs: &'a mut EcsMeta,
+    tags: &'a mut TagValues,
+    hop: &'a mut NextHop,
+    k8s: &'a mut K8sMeta,
+) -> &'a mut Option<Arc<str>> {
     match f {
         Field::AccountId => &mut r.account_id,
         Field::InterfaceId => &mut r.interface_id,
@@ -251,6 +261,12 @@ fn text_slot<'a>(f: Field, r: &'a mut FlowRecord, ecs: &'a mut EcsMeta, tags: &'
         Field::NextHopAzId => &mut hop.az_id,
         Field::NextHopVpcId => &mut hop.vpc_id,
         Field::NextHopInterfaceType => &mut hop.interface_type,
+        Field::K8sNamespace => &mut k8s.namespace,
+        Field::K8sPodName => &mut k8s.pod_name,
+        Field::K8sPodUid => &mut k8s.pod_uid,
+        Field::K8sSrcPod => &mut k8s.src_pod,
+        Field::K8sDstPod => &mut k8s.dst_pod,
+        Field::K8sPodLabel => &mut k8s.pod_label,
         other => unreachable!("{} is not a text field", other.name()),
     }
 }
@@ -398,6 +414,24 @@ mod tests {
         let tags = r.tags.as_deref().unwrap();
         assert_eq!((tags.instance[0].as_deref(), tags.interface[1].as_deref(), tags.asg[0].as_deref()), (Some("web server"), Some("-"), Some("ü%")));
         assert!(parse_record(&f, "- - - - - - - -").unwrap().record.ecs.is_none());
+    }
+
+    /// The Kubernetes extension fields read back into one group; a line
+    /// without identity has none.
+    #[test]
+    fn k8s_fields_round_trip() {
+        let f = fmt("${srcaddr} ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label}");
+        let line = "10.88.0.2 shop web-1 0b5c6f1e-8a3d-4c1e-9f00-1234567890ab shop/web-1 kube-system/dns-2 my%20app";
+        let p = parse_record(&f, line).unwrap();
+        let k = p.record.k8s.as_deref().unwrap();
+        assert_eq!(
+            (k.namespace.as_deref(), k.pod_name.as_deref(), k.src_pod.as_deref(), k.dst_pod.as_deref(), k.pod_label.as_deref()),
+            (Some("shop"), Some("web-1"), Some("shop/web-1"), Some("kube-system/dns-2"), Some("my app"))
+        );
+        assert_eq!(f.line(&p.record), line);
+        let none = parse_record(&f, "10.88.0.2 - - - - - -").unwrap();
+        assert!(none.record.k8s.is_none());
+        assert_eq!(f.line(&none.record), "10.88.0.2 - - - - - -");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! filling a record clones pointers, not strings. Groups of fields that come
 //! from one source and are all set or all unknown together (an ECS task, the
 //! configured tags, the next hop) sit behind one `Arc` each.
+//!
+//! Beyond AWS's fields, [`K8sMeta`] holds flowlog's own Kubernetes
+//! extension fields (version 0 in the field table, never in an AWS format).
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -137,6 +140,24 @@ pub struct NextHop {
     pub interface_type: Option<Arc<str>>,
 }
 
+/// flowlog's Kubernetes extension fields (not AWS fields): the pod that owns
+/// the record's interface, and the pods on this node behind the packet's
+/// source and destination addresses, as the node's container runtime named
+/// them in the record's window.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct K8sMeta {
+    /// `k8s-namespace`, `k8s-pod-name`, `k8s-pod-uid`: the interface's pod.
+    pub namespace: Option<Arc<str>>,
+    pub pod_name: Option<Arc<str>>,
+    pub pod_uid: Option<Arc<str>>,
+    /// `k8s-pod-label`: the value of the configured label key on the
+    /// interface's pod, unescaped (the writer percent-encodes it).
+    pub pod_label: Option<Arc<str>>,
+    /// `k8s-src-pod`, `k8s-dst-pod`: `namespace/name`.
+    pub src_pod: Option<Arc<str>>,
+    pub dst_pod: Option<Arc<str>>,
+}
+
 /// The fields of a record. NODATA/SKIPDATA records have only `account_id`,
 /// `interface_id`, `start`, `end` and `log_status`.
 ///
@@ -211,6 +232,9 @@ pub struct FlowRecord {
     pub tags: Option<Arc<TagValues>>,
     pub interface_type: Option<Arc<str>>,
     pub next_hop: Option<Arc<NextHop>>,
+
+    // flowlog extensions
+    pub k8s: Option<Arc<K8sMeta>>,
 }
 
 impl FlowRecord {

@@ -19,7 +19,7 @@ use std::{
 use flowlog_records::{
     format::Format,
     parse::parse_record,
-    record::LogStatus,
+    record::{K8sMeta, LogStatus},
 };
 
 use crate::netns::next_id;
@@ -360,6 +360,8 @@ pub struct Rec {
     pub tcp_flags: Option<u8>,
     pub direction: String,
     pub reject_reason: String,
+    /// The `k8s-*` extension fields (all `None` when the format has none).
+    pub k8s: K8sMeta,
 }
 
 pub type Tuple = (IpAddr, IpAddr, u16, u16, u8);
@@ -396,6 +398,7 @@ impl Rec {
             tcp_flags: r.tcp_flags,
             direction: text(r.flow_direction.map(|d| d.as_str())),
             reject_reason: text(r.reject_reason.as_deref()),
+            k8s: r.k8s.as_deref().cloned().unwrap_or_default(),
         }
     }
 

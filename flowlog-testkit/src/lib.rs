@@ -5,10 +5,12 @@
 //! capture ([`netns`]), the agent run in them with its records read back
 //! ([`agent`]), systemd unit files read as systemd does ([`systemd`]),
 //! Parquet files of other writers for `compare` ([`parquet`]), terminal
-//! programs run in tmux ([`tmux`]).
+//! programs run in tmux ([`tmux`]), a private containerd with CNI pods for
+//! the Kubernetes tests ([`containerd`]).
 
 pub mod agent;
 pub mod aws;
+pub mod containerd;
 pub mod fake_imds;
 pub mod frames;
 pub mod netns;

@@ -42,17 +42,30 @@ pub fn try_sh(args: &[&str]) -> Result<String, String> {
 /// Runs `f` on a new thread inside network namespace `ns`. Sockets it
 /// creates belong to that namespace and can be used from any thread.
 pub fn spawn_in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: valid netns fd; only this thread changes namespace.
-        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-        f()
-    })
+    spawn_in_netns_file(format!("/run/netns/{ns}"), f)
 }
 
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     spawn_in_netns(ns, f).join().unwrap()
+}
+
+/// [`spawn_in_netns`] for a namespace named by its file (a container
+/// runtime's pod netns, `/proc/PID/ns/net`), not by an `ip netns` name.
+pub fn spawn_in_netns_file<T: Send + 'static>(
+    path: impl Into<std::path::PathBuf>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = path.into();
+    thread::spawn(move || {
+        let fd = fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // SAFETY: valid netns fd; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {}", path.display());
+        f()
+    })
+}
+
+pub fn in_netns_file<T: Send + 'static>(path: impl Into<std::path::PathBuf>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns_file(path, f).join().unwrap()
 }
 
 /// A named network namespace (`ip netns add`), deleted on drop with all its links.

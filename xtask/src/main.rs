@@ -14,6 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod athena;
+mod cri;
 mod package;
 mod vm;
 
@@ -24,9 +25,12 @@ const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "
 /// Tools the kernel tests use to build network namespaces.
 /// rpm: tests/package.rs reads the .rpm; man-db: the manual page tests; tmux: tests/top.rs.
 /// qemu-user-static, libc6-arm64-cross: tests/package.rs runs the arm64 binary; buildah: it builds the image.
+/// containerd, runc, containernetworking-plugins (in /usr/lib/cni), umoci, gcc: the private containerd with CNI pods
+/// of tests/kubernetes.rs (flowlog-testkit/src/containerd.rs); protobuf-compiler: the check of the CRI client code.
 const DEBIAN_TEST_TOOLS: &[&str] = &[
     "iproute2", "ethtool", "procps", "tmux", "util-linux", "strace", "systemd", "nftables", "wireguard-tools", "rpm", "man-db", "qemu-user-static",
-    "libc6-arm64-cross", "libgcc-s1-arm64-cross", "buildah",
+    "libc6-arm64-cross", "libgcc-s1-arm64-cross", "buildah", "containerd", "runc", "containernetworking-plugins", "umoci", "gcc",
+    "libc6-dev", "protobuf-compiler",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -55,6 +59,8 @@ fn main() -> ExitCode {
         "ebpf" => setup().and_then(|_| ebpf_objects()),
         "package" => package::package(),
         "athena" => athena::athena(&rest),
+        "cri" if rest.first().map(String::as_str) == Some("--check") => cri::check(),
+        "cri" => cri::write(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\
@@ -62,11 +68,13 @@ fn main() -> ExitCode {
                  \n  build           build the agent (release; stable Rust is enough)\
                  \n  ebpf            setup, then rebuild the committed eBPF objects (flowlog-ebpf/prebuilt) from their sources\
                  \n  run [-- ARGS]   build, and run the agent as root with ARGS\
-                 \n  test [ARGS]     setup, then run every test (needs root): the committed eBPF objects rebuilt and compared,\
+                 \n  test [ARGS]     setup, then run every test (needs root): the committed eBPF objects and CRI code rebuilt and compared,\
                  \n                  the host suites, then the root suites on the kernel matrix of both architectures (vmtest);\
                  \n                  ARGS go to `cargo test`\
                  \n  bench [ARGS]    setup, then run the benchmarks of BENCHMARKS.md (needs root, ~5 min);\
                  \n                  ARGS: --only kernel,veth,drain,ship  --rounds N  --veth-secs S\
+                 \n  cri             write the agent's CRI client code (flowlog-agent/src/metadata/kubernetes/cri/vendor/runtime.v1.rs)\
+                 \n                  from the vendored api.proto (needs protoc: installs protobuf-compiler); --check: only compare\
                  \n  athena          write the Athena DDLs of deploy/athena/ from the field table (flowlog-records)\
                  \n  package         the release binaries for x86_64 and aarch64 (glibc 2.28 floor, cargo-zigbuild) in target/packages/<arch>/,\
                  \n                  and their .deb and .rpm in target/packages/\
@@ -263,6 +271,8 @@ fn test(args: &[String]) -> Result<()> {
     // rebuilds the eBPF objects and fails unless they are the committed
     // bytes: one setting for all, so nothing is built twice.
     std::env::set_var("FLOWLOG_EBPF_PREBUILT", "check");
+    // The committed CRI client code, like the eBPF objects: a fresh generation.
+    let cri = cri::check();
     // The packages first: tests/package.rs installs the deb and reads the
     // rpm, and the matrix runs the packaged binary of each architecture on
     // every kernel.
@@ -291,7 +301,7 @@ fn test(args: &[String]) -> Result<()> {
         step("test ARGS given: the kernel matrix is skipped (run `cargo xtask vmtest`)");
         Ok(())
     };
-    packages.context("cargo xtask package").and(host).and(matrix)
+    cri.and(packages.context("cargo xtask package")).and(host).and(matrix)
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -6,13 +6,15 @@
 //!    programs attached;
 //! 3. drain: rotate + build_records + format of 10K/100K/1M flows, peak RSS;
 //! 4. the formatted records written to a file destination;
-//! 5. ship: records/s to S3, CloudWatch Logs and Firehose on moto.
+//! 5. ship: records/s to S3, CloudWatch Logs and Firehose on moto;
+//! 6. k8s: records + format with the Kubernetes pod identity fields (`k8s.rs`).
 //!
 //! Needs root. Prints Markdown tables on stdout, progress on stderr.
-//! Options: `--only kernel,veth,drain,ship` (sections), `--rounds N` (samples
+//! Options: `--only kernel,veth,drain,ship,k8s` (sections), `--rounds N` (samples
 //! per figure, default 7), `--veth-secs S` (seconds per veth sample, default 3).
 
 mod drain;
+mod k8s;
 mod kernel;
 mod ship;
 mod util;
@@ -29,7 +31,7 @@ struct Opts {
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { sections: vec!["kernel".into(), "veth".into(), "drain".into(), "ship".into()], rounds: 7, veth_secs: 3.0 };
+    let mut o = Opts { sections: vec!["kernel".into(), "veth".into(), "drain".into(), "ship".into(), "k8s".into()], rounds: 7, veth_secs: 3.0 };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -38,12 +40,12 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--rounds" => o.rounds = val()?.parse().context("--rounds")?,
             "--veth-secs" => o.veth_secs = val()?.parse().context("--veth-secs")?,
             "--" => {}
-            other => bail!("unknown option {other}; options: --only kernel,veth,drain,ship  --rounds N  --veth-secs S"),
+            other => bail!("unknown option {other}; options: --only kernel,veth,drain,ship,k8s  --rounds N  --veth-secs S"),
         }
     }
     for s in &o.sections {
-        if !["kernel", "veth", "drain", "ship"].contains(&s.as_str()) {
-            bail!("unknown section {s}: expected kernel, veth, drain or ship");
+        if !["kernel", "veth", "drain", "ship", "k8s"].contains(&s.as_str()) {
+            bail!("unknown section {s}: expected kernel, veth, drain, ship or k8s");
         }
     }
     if o.rounds == 0 {
@@ -114,6 +116,10 @@ fn run(o: &Opts) -> Result<()> {
         eprintln!("==> 5. ship to S3, CloudWatch Logs and Firehose on moto (local AWS-compatible server)");
         let r = ship::run()?;
         ship::print(&r);
+    }
+    if has("k8s") {
+        eprintln!("==> 6. records + format with Kubernetes pod identity (1,000 pods, 100K flows)");
+        k8s::print(&k8s::run(o.rounds)?);
     }
     println!("1-min load at the end: {:.2}. Total time: {:.0?}.", util::load1(), started.elapsed());
     Ok(())

@@ -16,7 +16,7 @@ use flowlog_records::format::Format;
 use crate::{
     capture::{reject::RejectConfig, IngressHook, KernelFilters},
     enrich::EnrichConfig,
-    metadata::MetadataConfig,
+    metadata::{kubernetes::KubernetesConfig, MetadataConfig},
     ship::{aws::AwsSettings, s3::ObjectOptions, Output, ShipConfig},
 };
 
@@ -160,6 +160,9 @@ keys! {
         /// The `[filters]` section.
         #[command(flatten)]
         pub filters: Filters,
+        /// The `[kubernetes]` section.
+        #[command(flatten)]
+        pub kubernetes: Kubernetes,
         /// Aggregation interval in seconds, 1..3600 (AWS: 60 or 600). Default 60.
         #[arg(help_heading = "Records", long, env = "FLOWLOG_INTERVAL")]
         pub interval: Option<u64>,
@@ -294,6 +297,83 @@ keys! {
     }
 }
 
+keys! {
+    /// Pod identity from the node's container runtime (the `k8s-*` extension
+    /// fields): the `[kubernetes]` section and its flags.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+    #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+    pub struct Kubernetes {
+        /// Pod identity for the k8s-* fields from the node's container runtime
+        /// (CRI, no API server): `auto` (on when a CRI socket exists and the
+        /// log format names a k8s-* field), `on` or `off`. Default auto.
+        #[arg(help_heading = "Kubernetes", long = "kubernetes", value_name = "MODE", env = "FLOWLOG_KUBERNETES")]
+        pub mode: Option<String>,
+        /// The runtime's CRI socket. Default: the first that exists of
+        /// /run/containerd/containerd.sock, /run/crio/crio.sock, /var/run/crio/crio.sock.
+        #[arg(help_heading = "Kubernetes", long = "cri-socket", env = "FLOWLOG_CRI_SOCKET")]
+        pub cri_socket: Option<PathBuf>,
+        /// Pod label key whose value the k8s-pod-label field writes, e.g.
+        /// app.kubernetes.io/name. Default none (the field is `-`).
+        #[arg(help_heading = "Kubernetes", long = "k8s-pod-label", value_name = "KEY", env = "FLOWLOG_K8S_POD_LABEL")]
+        pub pod_label: Option<String>,
+        /// Seconds between pod listings, 1..3600; link changes (new pod veths)
+        /// also trigger one, at most one a second. Default 10.
+        #[arg(help_heading = "Kubernetes", long = "k8s-refresh", value_name = "SECS", env = "FLOWLOG_K8S_REFRESH")]
+        pub refresh_interval: Option<u64>,
+        /// Seconds a whole pod listing (one call per pod) may take before it
+        /// counts as failed, 1..120. Default 10.
+        #[arg(help_heading = "Kubernetes", long = "cri-timeout", value_name = "SECS", env = "FLOWLOG_CRI_TIMEOUT")]
+        pub cri_timeout: Option<u64>,
+    }
+}
+
+impl Kubernetes {
+    /// Checks each value; defaults for absent ones.
+    fn resolve(self) -> Result<KubernetesConfig, ConfigError> {
+        let d = KubernetesConfig::default();
+        let mode = match self.mode {
+            Some(m) => m.parse().map_err(|e| invalid("kubernetes.mode", &m, e))?,
+            None => d.mode,
+        };
+        if let Some(p) = self.cri_socket.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(invalid("kubernetes.cri-socket", p.display(), "an absolute path, e.g. /run/containerd/containerd.sock"));
+        }
+        if let Some(k) = &self.pod_label {
+            // A label key: an optional DNS prefix (253) and `/`, a name (63).
+            if k.is_empty() || k.len() > 317 || k.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return Err(invalid("kubernetes.pod-label", k, "a label key such as app.kubernetes.io/name (1 to 317 characters, no spaces)"));
+            }
+        }
+        let refresh = self.refresh_interval.unwrap_or(d.refresh.as_secs());
+        if !(1..=3600).contains(&refresh) {
+            return Err(invalid("kubernetes.refresh-interval", refresh, "seconds from 1 to 3600"));
+        }
+        let timeout = self.cri_timeout.unwrap_or(d.timeout.as_secs());
+        if !(1..=120).contains(&timeout) {
+            return Err(invalid("kubernetes.cri-timeout", timeout, "seconds from 1 to 120"));
+        }
+        Ok(KubernetesConfig {
+            mode,
+            socket: self.cri_socket,
+            pod_label: self.pod_label,
+            refresh: Duration::from_secs(refresh),
+            timeout: Duration::from_secs(timeout),
+        })
+    }
+}
+
+impl From<&KubernetesConfig> for Kubernetes {
+    fn from(k: &KubernetesConfig) -> Kubernetes {
+        Kubernetes {
+            mode: Some(k.mode.as_str().into()),
+            cri_socket: k.socket.as_ref().map(|p| PathBuf::from(p.display().to_string())),
+            pod_label: k.pod_label.clone(),
+            refresh_interval: Some(k.refresh.as_secs()),
+            cri_timeout: Some(k.timeout.as_secs()),
+        }
+    }
+}
+
 impl From<Filters> for KernelFilters {
     fn from(f: Filters) -> KernelFilters {
         KernelFilters {
@@ -392,6 +472,7 @@ pub struct Settings {
     pub log_json: bool,
     pub metadata: MetadataConfig,
     pub enrich: EnrichConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Settings {
@@ -490,6 +571,7 @@ impl Settings {
         if let Err((key, n)) = filters.validate() {
             return Err(invalid(key, format!("{n} entries"), format!("at most {}", crate::capture::MAX_FILTER_ENTRIES)));
         }
+        let kubernetes = k.kubernetes.resolve()?;
         let (include, exclude) = (k.interfaces, k.exclude_interfaces);
         crate::capture::links::Selector::new(&include, &exclude).map_err(|e| invalid("interfaces", include.join(","), e))?;
         Ok(Settings {
@@ -517,6 +599,7 @@ impl Settings {
             log_json: k.log_json.unwrap_or(false),
             metadata: k.metadata,
             enrich,
+            kubernetes,
         })
     }
 
@@ -571,6 +654,7 @@ impl Settings {
             ingress_hook: Some(a.ingress_hook.as_str().into()),
             sample_rate: Some(a.sample_rate),
             filters: Filters::from(&a.filters),
+            kubernetes: Kubernetes::from(&self.kubernetes),
             interval: Some(a.interval.as_secs()),
             log_format: Some(a.format.spec()),
             account_id: Some(a.account_id.clone().unwrap_or_else(|| "<from metadata>".into())),
@@ -811,6 +895,61 @@ mod tests {
 }
 
 #[cfg(test)]
+mod kubernetes_tests {
+    use super::*;
+    use crate::metadata::kubernetes::Mode;
+
+    fn resolve(file: &str, flags: &[&str]) -> Result<Settings, String> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            keys: Keys,
+        }
+        let o = Cli::try_parse_from(std::iter::once("flowlog-agent").chain(flags.iter().copied())).map_err(|e| e.to_string())?.keys;
+        Settings::resolve(FileConfig::parse(file)?, o).map_err(|e| e.to_string())
+    }
+
+    /// The `[kubernetes]` section and its flags (flags win), and what
+    /// `check-config` prints of it.
+    #[test]
+    fn section_flags_and_render() {
+        let s = resolve(
+            "[kubernetes]\nmode = \"on\"\ncri-socket = \"/run/k3s/containerd/containerd.sock\"\npod-label = \"app.kubernetes.io/name\"\nrefresh-interval = 30\n",
+            &["--cri-timeout", "5", "--kubernetes", "off"],
+        )
+        .unwrap();
+        let k = &s.kubernetes;
+        assert_eq!(
+            (k.mode, k.socket.as_deref(), k.pod_label.as_deref(), k.refresh, k.timeout),
+            (Mode::Off, Some(std::path::Path::new("/run/k3s/containerd/containerd.sock")), Some("app.kubernetes.io/name"), Duration::from_secs(30), Duration::from_secs(5))
+        );
+        assert!(s.render().contains(
+            "[kubernetes]\nmode = \"off\"\ncri-socket = \"/run/k3s/containerd/containerd.sock\"\npod-label = \"app.kubernetes.io/name\"\nrefresh-interval = 30\ncri-timeout = 5\n"
+        ), "{}", s.render());
+    }
+
+    /// Bad values: the key, the value and what is accepted.
+    #[test]
+    fn errors() {
+        let err = |file: &str| resolve(file, &[]).unwrap_err();
+        assert_eq!(err("[kubernetes]\nmode = \"yes\""), "invalid kubernetes.mode = \"yes\": auto, on or off");
+        assert_eq!(
+            err("[kubernetes]\ncri-socket = \"containerd.sock\""),
+            "invalid kubernetes.cri-socket = \"containerd.sock\": an absolute path, e.g. /run/containerd/containerd.sock"
+        );
+        assert_eq!(
+            err("[kubernetes]\npod-label = \"my app\""),
+            "invalid kubernetes.pod-label = \"my app\": a label key such as app.kubernetes.io/name (1 to 317 characters, no spaces)"
+        );
+        assert_eq!(err("[kubernetes]\nrefresh-interval = 0"), "invalid kubernetes.refresh-interval = \"0\": seconds from 1 to 3600");
+        assert_eq!(err("[kubernetes]\ncri-timeout = 121"), "invalid kubernetes.cri-timeout = \"121\": seconds from 1 to 120");
+        assert!(err("[kubernetes]\nsocket = \"/x\"").contains("unknown field `socket`"), "{}", err("[kubernetes]\nsocket = \"/x\""));
+        assert_eq!(resolve("", &["--kubernetes", "maybe"]).unwrap_err(), "invalid kubernetes.mode = \"maybe\": auto, on or off");
+    }
+}
+
+#[cfg(test)]
 mod example {
     use super::*;
 
@@ -827,6 +966,7 @@ mod example {
         assert_eq!(parsed.metadata, MetadataConfig::default());
         assert_eq!(parsed.enrich, EnrichConfig::default());
         assert_eq!(parsed.filters, Filters::default());
+        assert_eq!(s.kubernetes, KubernetesConfig::default());
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
@@ -837,6 +977,7 @@ mod example {
             "log-json", "ingress-hook", "reject-reasons", "reject-reason-map", "region", "aws-endpoint-url", "flow-log-id", "spool-dir",
             "spool-max-bytes", "file-interval", "file-max-bytes", "shutdown-timeout", "sample-rate", "include-cidrs", "instance", "network-interface", "cluster-arn", "cluster-name", "container-instance-arn",
             "container-instance-id", "container-id", "second-container-id", "service-name", "task-definition-arn", "task-arn", "task-id", "exclude-cidrs", "include-ports", "exclude-ports", "protocols",
+            "cri-socket", "pod-label", "refresh-interval", "cri-timeout",
         ];
         for k in keys {
             assert!(EXAMPLE.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{k} = "))), "{k} missing from the example");
@@ -846,7 +987,7 @@ mod example {
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
             "--on-exit", "--metrics-listen", "--ethtool-stats", "--live-socket", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
             "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
-            "--exclude-port", "--protocol",
+            "--exclude-port", "--protocol", "--kubernetes", "--cri-socket", "--k8s-pod-label", "--k8s-refresh", "--cri-timeout",
         ] {
             assert!(EXAMPLE.contains(&format!("flag {flag}")), "{flag} missing");
         }

@@ -28,7 +28,7 @@ use flowlog_records::{
     traffic_path::{RouteError, RouteTable, RouteTableConfig},
 };
 use crate::{
-    metadata::InterfaceMetadata,
+    metadata::{kubernetes::index::{K8sGroups, PodIndex, NO_POD}, InterfaceMetadata},
     drain::Drained,
     capture::reject::{self, RejectReasons},
 };
@@ -105,6 +105,8 @@ pub struct Enrichment {
     pub traffic_type: TrafficType,
     /// `reject-reason` text of kernel drop reasons (none: `-`).
     pub reject_reasons: RejectReasons,
+    /// The window's pods (the `k8s-*` extension fields), set per window.
+    pub pods: Option<Arc<PodIndex>>,
 }
 
 /// The enrichment part of the configuration file.
@@ -225,7 +227,7 @@ impl EnrichConfig {
                 let cidrs: Vec<IpNet> = self.vpc_cidrs.iter().chain(vpc_cidrs).copied().collect();
                 Exclusions::from_config(&self.exclusions, &cidrs)
             });
-        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, reject_reasons })
+        Ok(Enrichment { aws_services, routes, exclusions, traffic_type: self.traffic_type, reject_reasons, pods: None })
     }
 }
 
@@ -359,7 +361,10 @@ pub fn for_each_record(
 
     let services = enrichment.and_then(|e| e.aws_services.as_ref());
     let service_of = |a: IpAddr| services.and_then(|s| s.lookup(a)).cloned();
+    let pods = enrichment.and_then(|e| e.pods.as_deref());
+    let mut k8s = pods.map(K8sGroups::new);
     for meta in &order {
+        let own_pod = pods.map_or(NO_POD, |p| p.of_ifindex(meta.ifindex));
         let lo = slots.partition_point(|s| s.ifindex() < meta.ifindex);
         let hi = lo + slots[lo..].partition_point(|s| s.ifindex() == meta.ifindex);
         // Interfaces without known addresses keep the packet addresses.
@@ -404,6 +409,13 @@ pub fn for_each_record(
             if rec.reject_reason.as_ref() != reject_reason {
                 rec.reject_reason = reject_reason.cloned();
             }
+            if let Some(g) = &mut k8s {
+                // Records of one interface often share a group: no refcount churn then.
+                let group = g.of(own_pod, Some((pkt_src, pkt_dst)));
+                if rec.k8s.as_ref().map(Arc::as_ptr) != group.map(Arc::as_ptr) {
+                    rec.k8s = group.cloned();
+                }
+            }
             emit(&rec);
             written += 1;
         }
@@ -416,7 +428,11 @@ pub fn for_each_record(
             None
         };
         if let Some(status) = status {
-            emit(&base_record(host, meta, w_start, w_end, status));
+            let mut r = base_record(host, meta, w_start, w_end, status);
+            if let Some(g) = &mut k8s {
+                r.k8s = g.of(own_pod, None).cloned();
+            }
+            emit(&r);
         }
     }
 }
@@ -818,6 +834,57 @@ mod tests {
         let plain = build_records(&host, &ifaces, &d, None);
         assert!(plain.iter().all(|r| r.reject_reason.is_none()));
         assert_eq!(plain.iter().filter(|r| r.action == Some(flowlog_records::record::Action::Reject)).count(), 3);
+    }
+
+    /// Pod veths carry their pod's identity (NODATA too), addresses of pods
+    /// on this node name them on any interface; the AWS fields are unchanged.
+    #[test]
+    fn k8s_fields_from_the_window_pods() {
+        use crate::metadata::kubernetes::{index::ResolvedPod, model::Pod};
+        let p = |ns: &str, name: &str, ip: &str, ifindex: u32| ResolvedPod {
+            pod: Pod {
+                id: format!("sb-{name}"),
+                namespace: ns.into(),
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                labels: [("app.kubernetes.io/name".to_string(), format!("{name} app"))].into(),
+                ips: vec![ip.parse().unwrap()],
+                netns: Some(format!("/run/netns/{name}").into()),
+                host_ifaces: vec![],
+            },
+            ifindexes: vec![ifindex],
+        };
+        let pods = [p("shop", "web", "10.88.0.2", 7), p("shop", "db", "10.88.0.3", 8)];
+        let index = PodIndex::build(pods.iter(), Some("app.kubernetes.io/name"));
+        let e = Enrichment { pods: Some(Arc::new(index)), ..Enrichment::default() };
+        let d = drained_at(
+            vec![
+                flow(7, "10.88.0.2", "10.88.0.3", (40000, 5432), 6, direction::EGRESS, (3, 180), (101, 102), 0x02),
+                flow(2, "10.88.0.2", "10.88.0.3", (40000, 5432), 6, direction::INGRESS, (3, 180), (101, 102), 0x02),
+                flow(2, "10.88.0.3", "192.0.2.1", (5432, 443), 6, direction::EGRESS, (1, 60), (103, 103), 0x02),
+                flow(2, "198.51.100.1", "192.0.2.1", (1, 2), 17, direction::EGRESS, (1, 60), (104, 104), 0),
+            ],
+            (100, 160),
+        );
+        let ifaces = [iface(2, "eni-node"), iface(7, "eni-web"), iface(8, "eni-db")];
+        let records = build_records(&HostMeta::new("1"), &ifaces, &d, Some(&e));
+        let f = flowlog_records::format::Format::parse(
+            "${interface-id} ${srcaddr} ${dstaddr} ${packets} ${log-status} ${k8s-namespace} ${k8s-pod-name} ${k8s-pod-uid} ${k8s-src-pod} ${k8s-dst-pod} ${k8s-pod-label}",
+        )
+        .unwrap();
+        assert_eq!(
+            records.iter().map(|r| f.line(r)).collect::<Vec<_>>(),
+            [
+                "eni-node 10.88.0.2 10.88.0.3 3 OK - - - shop/web shop/db -",
+                "eni-node 10.88.0.3 192.0.2.1 1 OK - - - shop/db - -",
+                "eni-node 198.51.100.1 192.0.2.1 1 OK - - - - - -",
+                "eni-web 10.88.0.2 10.88.0.3 3 OK shop web uid-web shop/web shop/db web%20app",
+                "eni-db - - - NODATA shop db uid-db - - db%20app",
+            ]
+        );
+        // The default format is byte-exact with and without pods.
+        assert_eq!(lines(&records), lines(&build_records(&HostMeta::new("1"), &ifaces, &d, None)));
+        assert!(records[2].k8s.is_none());
     }
 
     #[test]

@@ -132,7 +132,8 @@ pub struct ImdsClient {
 
 /// An error and its causes, each once: the SDK's own messages are short
 /// ("dispatch failure"); the cause (refused, timed out) is further down.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+/// Also the CRI client's (tonic's "transport error").
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

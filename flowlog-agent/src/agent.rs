@@ -1,5 +1,14 @@
 //! The agent's main loop: capture → drain → enrich → format → ship, once per
 //! aggregation interval, and a final round on SIGINT/SIGTERM.
+//!
+//! SIGHUP reads the configuration again ([`Source`]) and checks it at once
+//! (outputs opened and checked too); a bad one is refused and the running
+//! one stays. A good one waits for the window's end: the window is written
+//! as configured when it was counted, then the interfaces, the format, the
+//! outputs and `[enrich]` change, so each window is whole in one
+//! configuration. Interfaces no longer selected are detached just before
+//! the window's tables are switched (their last packets are in it), new ones
+//! attached just after.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,8 +27,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     bpf::clock,
-    capture::{self, links, reject::DropSetup, watch::{self, LinkEvent}, Capture},
-    config::{Config, OnExit, Settings},
+    capture::{self, links, reject::{DropSetup, RejectReasons}, watch::{self, LinkEvent}, Capture},
+    config::{Config, OnExit, Settings, Source},
     drain::{Drained, FlowTables, KernelCounters},
     enrich::{self, EcsConfig, Enrichment, HostMeta, InterfaceMeta, TagFields},
     metadata::{
@@ -28,7 +37,7 @@ use crate::{
         InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot,
     },
     metrics::{self, Metrics, RecordCounts},
-    ship::{ShipConfig, Shipper},
+    ship::{Reconfig, ShipConfig, Shipper},
 };
 
 const SYSFS: &str = "/sys";
@@ -42,15 +51,27 @@ fn next_boundary(interval: Duration) -> Instant {
     Instant::now() + Duration::from_nanos(wait as u64)
 }
 
-/// Runs windows until SIGINT/SIGTERM, then a final one.
-pub async fn run(settings: Settings) -> Result<()> {
-    let mut agent = Agent::start(settings).await?;
+/// Runs windows until SIGINT/SIGTERM, then a final one; a reload (SIGHUP)
+/// re-reads `source` and applies at the next window boundary.
+pub async fn run(settings: Settings, source: Source) -> Result<()> {
+    let mut agent = Agent::start(settings, source).await?;
     agent.report_leftover()?;
     loop {
         let stop = agent.wait_for_window_end().await;
+        let reload = agent.pending.take();
+        if let Some(r) = reload.as_ref().filter(|_| !stop) {
+            agent.leave_unselected(&r.selector);
+        }
         let closed = agent.close_window(stop)?;
         if stop {
+            if reload.is_some() {
+                warn!("stopping before the reloaded configuration applied: the window was written with the running \
+                       one");
+            }
             return agent.finish(closed).await;
+        }
+        if let Some(r) = reload {
+            agent.apply(r);
         }
     }
 }
@@ -58,6 +79,15 @@ pub async fn run(settings: Settings) -> Result<()> {
 /// What the main loop runs with, set up by [`Agent::start`].
 struct Agent {
     cfg: Config,
+    /// Everything running (`cfg` is its `agent`): what a reload compares with.
+    settings: Settings,
+    source: Source,
+    /// A reload accepted, waiting for the window's end.
+    pending: Option<Reload>,
+    /// On EC2 (the exclusions' default) and the REJECT reasons: to build a
+    /// reloaded `[enrich]` as the start did.
+    on_ec2: bool,
+    reject_reasons: RejectReasons,
     capture: Capture,
     tables: FlowTables,
     selector: links::Selector,
@@ -71,11 +101,25 @@ struct Agent {
     metrics: Arc<Metrics>,
     sigterm: Signal,
     sigint: Signal,
+    sighup: Signal,
     last_counters: KernelCounters,
     /// `--on-exit keep` with pinned tables: the programs outlive the agent.
     keep: bool,
     /// Interfaces whose attach failed once: not retried every window.
     refused: BTreeSet<u32>,
+    /// The live endpoint (`flowlog-agent top`); its socket goes with the agent.
+    _live: Option<crate::live::Server>,
+}
+
+/// A new configuration, checked and with its added outputs opened, waiting
+/// for the window's end.
+struct Reload {
+    settings: Settings,
+    selector: links::Selector,
+    enrichment: Enrichment,
+    outputs: Reconfig,
+    /// What changes, for the log.
+    changes: Vec<&'static str>,
 }
 
 /// One window's outcome, which the final round reports on.
@@ -88,8 +132,11 @@ struct Closed {
 impl Agent {
     /// Loads the programs, starts metrics and metadata, attaches to the
     /// selected interfaces and opens the outputs; then says it is ready.
-    async fn start(settings: Settings) -> Result<Agent> {
-        let Settings { agent: cfg, metadata, enrich, kubernetes, .. } = settings;
+    async fn start(settings: Settings, source: Source) -> Result<Agent> {
+        let Settings { agent: cfg, metadata, enrich, kubernetes, .. } = settings.clone();
+        // First: a SIGHUP while starting is then a reload once started, not
+        // the signal's default (the end of the process).
+        let sighup = signal(SignalKind::hangup())?;
         let drops = prepare_drops(&cfg)?;
         // Subscribe first: a link created while we list is then not missed.
         let link_events = watch::spawn().context("subscribing to link notifications (rtnetlink)")?;
@@ -98,6 +145,7 @@ impl Agent {
         let selected = selector.select(&links)?;
         let (mut capture, tables) = load_capture(&cfg, drops.as_ref(), &links, &selected)?;
         let metrics = start_metrics(&cfg, &capture).await?;
+        let live = crate::live::start(cfg.live_socket.as_deref(), cfg.live_socket_explicit, tables.live()?).await?;
         let machine = links::machine_id();
         let (provider, selection) =
             MetadataProvider::new(&metadata, Path::new(SYSFS), &machine).context("metadata configuration ([metadata])")?;
@@ -105,8 +153,9 @@ impl Agent {
         let reject_reasons = drops.map(|d| d.reasons).unwrap_or_default();
         // Native flow logs never show metadata, DNS, time sync or DHCP traffic of
         // an instance: leave it out by default on EC2.
+        let on_ec2 = selection.kind == ProviderKind::Ec2;
         let enrichment =
-            enrich.build(&[], selection.kind == ProviderKind::Ec2, reject_reasons).context("enrichment configuration ([enrich])")?;
+            enrich.build(&[], on_ec2, reject_reasons.clone()).context("enrichment configuration ([enrich])")?;
         let pods = start_pods(&cfg, &kubernetes, &metrics);
         let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
         let (snapshot, refresher) = Refresher::start(provider, link_ids, metadata.refresh_interval()).await;
@@ -127,6 +176,11 @@ impl Agent {
         let keep = cfg.on_exit == OnExit::Keep && capture.pin_dir().is_some();
         let agent = Agent {
             cfg,
+            settings,
+            source,
+            pending: None,
+            on_ec2,
+            reject_reasons,
             capture,
             tables,
             selector,
@@ -139,9 +193,11 @@ impl Agent {
             metrics,
             sigterm,
             sigint,
+            sighup,
             last_counters,
             keep,
             refused: BTreeSet::new(),
+            _live: live,
         };
         agent.announce_ready();
         Ok(agent)
@@ -150,7 +206,7 @@ impl Agent {
     /// To the metrics, systemd and the log.
     fn announce_ready(&self) {
         let (attached, outputs) = (self.ifs.attached.len(), self.shipper.describe());
-        self.metrics.set_attached(attached);
+        self.metrics.set_attached(self.ifs.attached.values());
         self.metrics.set_ready();
         crate::notify::ready(&format!("capturing on {attached} interfaces, writing to {outputs}"), self.metrics.clone());
         info!(
@@ -183,6 +239,7 @@ impl Agent {
                 _ = sleep_until(deadline) => return false,
                 _ = self.sigterm.recv() => return true,
                 _ = self.sigint.recv() => return true,
+                _ = self.sighup.recv() => self.reload().await,
                 Some(ev) = self.link_events.recv() => {
                     if let Some(p) = &self.pods {
                         p.link_changed();
@@ -203,7 +260,127 @@ impl Agent {
                 }
                 s = self.ifs.refresher.changed() => self.ifs.update(s),
             }
+            self.metrics.set_attached(self.ifs.attached.values());
         }
+    }
+
+    /// SIGHUP: reads and checks the configuration; accepted, it waits for
+    /// the window's end (replacing one accepted before that did not apply
+    /// yet); refused, the running one stays.
+    async fn reload(&mut self) {
+        crate::notify::reloading();
+        let path = match &self.source.path {
+            Some(p) => p.display().to_string(),
+            None => "(none: flags and variables only)".to_string(),
+        };
+        info!(config = %path, "SIGHUP: reading the configuration again");
+        match self.prepare_reload().await {
+            Ok(r) => {
+                self.metrics.reloaded(true);
+                let changes =
+                    if r.changes.is_empty() { "nothing reloadable".to_string() } else { r.changes.join(", ") };
+                info!(changes = %changes, "configuration reload accepted: it applies at the next window boundary");
+                crate::notify::reloaded(&format!("reload accepted ({changes}): applies at the next window boundary"));
+                if self.pending.replace(r).is_some() {
+                    info!("it replaces a reload accepted earlier in this window");
+                }
+            }
+            Err(e) => {
+                self.metrics.reloaded(false);
+                error!("configuration reload refused, the running configuration stays: {e:#}");
+                crate::notify::reloaded("reload refused (see the log); the running configuration stays");
+            }
+        }
+    }
+
+    /// The new configuration, checked as a start checks it: the file and
+    /// every value, the interface patterns against the links, `[enrich]`,
+    /// the added outputs opened (AWS ones checked).
+    async fn prepare_reload(&self) -> Result<Reload> {
+        let new = self.source.load()?;
+        for key in self.settings.restart_only_changes(&new) {
+            warn!(key = %key, "changed in the configuration, but only a restart changes it: the running value stays");
+        }
+        let n = &new.agent;
+        let selector = links::Selector::new(&n.ifaces, &n.exclude_ifaces)?;
+        selector.select(&links::list_links().context("listing network interfaces in /sys/class/net")?)?;
+        let reasons = self.reject_reasons.clone();
+        let enrichment = new.enrich.build(&[], self.on_ec2, reasons).context("enrichment configuration ([enrich])")?;
+        let account_id = self.host.account_id.to_string();
+        let ship = ShipConfig { outputs: n.ship.outputs.clone(), account_id, ..self.cfg.ship.clone() };
+        let outputs = self.shipper.prepare(&ship).await?;
+        let c = &self.cfg;
+        if c.filters.bits() == n.filters.bits() {
+            capture::KernelFilters::check_replace(&c.filters, &n.filters).context("[filters]")?;
+        }
+        let changes = [
+            (c.ifaces != n.ifaces || c.exclude_ifaces != n.exclude_ifaces, "interfaces"),
+            (c.format != n.format, "log-format"),
+            (c.ship.outputs != n.ship.outputs, "outputs"),
+            (self.settings.enrich != new.enrich, "[enrich]"),
+            (c.on_exit != n.on_exit, "on-exit"),
+            (c.filters != n.filters && c.filters.bits() == n.filters.bits(), "[filters]"),
+        ];
+        let changes = changes.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what).collect();
+        Ok(Reload { settings: new, selector, enrichment, outputs, changes })
+    }
+
+    /// Before the last window of a reload is switched out: detaches the
+    /// interfaces the new configuration no longer selects, so their last
+    /// packets are in that window.
+    fn leave_unselected(&mut self, selector: &links::Selector) {
+        let gone: Vec<u32> = self.capture.attached().filter(|l| !selector.wants(l)).map(|l| l.ifindex).collect();
+        for ifindex in gone {
+            if let Some(m) = self.ifs.detach(&mut self.capture, ifindex) {
+                let why = "detached: the reloaded configuration no longer selects it; reporting its last window";
+                info!(iface = %m.name, ifindex, "{why}");
+            }
+            // Not attached again by the window's own relist (old selector).
+            self.refused.insert(ifindex);
+        }
+    }
+
+    /// After the window's end: the reloaded configuration takes over.
+    fn apply(&mut self, r: Reload) {
+        let Reload { settings: new, selector, enrichment, outputs, changes } = r;
+        // Reloadable keys from the new configuration, the others as running.
+        let s = &mut self.settings;
+        s.agent.ifaces = new.agent.ifaces;
+        s.agent.exclude_ifaces = new.agent.exclude_ifaces;
+        s.agent.format = new.agent.format;
+        s.agent.ship.outputs = new.agent.ship.outputs;
+        s.agent.on_exit = new.agent.on_exit;
+        s.enrich = new.enrich;
+        if s.agent.filters.bits() == new.agent.filters.bits() && s.agent.filters != new.agent.filters {
+            match self.capture.replace_filters(&s.agent.filters, &new.agent.filters) {
+                Ok(()) => s.agent.filters = new.agent.filters,
+                // Checked when the reload was accepted; a map update the
+                // kernel refused leaves a mix of both sets.
+                Err(e) => error!("kernel filters only partly reloaded ({e:#}): restart the agent"),
+            }
+        }
+        self.cfg = s.agent.clone();
+        self.keep = self.cfg.on_exit == OnExit::Keep && self.capture.pin_dir().is_some();
+        self.enrichment = enrichment;
+        self.ifs.tag_fields = self.settings.enrich.tag_fields.clone();
+        self.ifs.ecs = self.settings.enrich.ecs.clone();
+        self.ifs.update(self.ifs.snapshot.clone());
+        self.selector = selector;
+        self.refused.clear();
+        relist(&mut self.ifs, &mut self.capture, &self.selector, &mut self.refused);
+        let applied = self.shipper.apply(outputs);
+        self.metrics.set_attached(self.ifs.attached.values());
+        let outputs = self.shipper.describe();
+        info!(
+            changes = %changes.join(","),
+            interfaces = self.ifs.attached.len(),
+            outputs = %outputs,
+            added = %applied.added.join(","),
+            removed = %applied.removed.join(","),
+            "configuration reloaded: applies from this window on"
+        );
+        let n = self.ifs.attached.len();
+        crate::notify::status(&format!("configuration reloaded; capturing on {n} interfaces, writing to {outputs}"));
     }
 
     /// Drains the window (everything, on a stop that detaches), ships it,
@@ -246,7 +423,7 @@ impl Agent {
         for name in self.ifs.forget.drain(..) {
             self.metrics.forget_interface(&name);
         }
-        self.metrics.set_attached(self.ifs.attached.len());
+        self.metrics.set_attached(self.ifs.attached.values());
         Ok(Closed { flows: drained.flows.len(), written })
     }
 
@@ -307,6 +484,7 @@ impl Agent {
         for (output, ok) in &results {
             self.metrics.shipped(output, counts.total(), *ok);
         }
+        self.shipper.reap();
         self.metrics.destinations(&self.shipper);
         results.is_empty() || results.iter().any(|(_, ok)| *ok)
     }
@@ -366,6 +544,7 @@ fn start_pods(cfg: &Config, k8s: &KubernetesConfig, metrics: &Arc<Metrics>) -> O
 /// The metrics registry, served on `metrics-listen` unless that is off.
 async fn start_metrics(cfg: &Config, capture: &Capture) -> Result<Arc<Metrics>> {
     let metrics = Metrics::new(cfg.interval);
+    metrics.set_link_counters(&cfg.ethtool_stats);
     metrics.set_build(capture.table().name(), capture::object_of(capture.table()), capture.jit().all_jited());
     if let Some(addr) = cfg.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone())
@@ -447,11 +626,17 @@ impl Interfaces {
         Ok(())
     }
 
+    /// Detaches an interface; it stays in the window's records.
+    fn detach(&mut self, capture: &mut Capture, ifindex: u32) -> Option<InterfaceMeta> {
+        let m = self.attached.remove(&ifindex)?;
+        capture.detach(ifindex);
+        self.forget.push(m.name.clone());
+        self.refresher.remove(&m.name);
+        Some(m)
+    }
+
     fn gone(&mut self, capture: &mut Capture, ifindex: u32) {
-        if let Some(m) = self.attached.remove(&ifindex) {
-            capture.detach(ifindex);
-            self.forget.push(m.name.clone());
-            self.refresher.remove(&m.name);
+        if let Some(m) = self.detach(capture, ifindex) {
             warn!(iface = %m.name, ifindex, "interface disappeared; reporting its last window and going on with the others");
             if self.attached.is_empty() {
                 warn!("no interface left to capture on; waiting for matching interfaces to appear");

@@ -7,7 +7,8 @@
 //! → [`ship`] (destinations). Capture and drain stand on [`bpf`] (raw
 //! syscalls, kernel feature probes, the clocks, the flow table kind), which
 //! uses no stage. [`agent`] runs the loop with the [`config`] it
-//! is given and reports through [`metrics`] (and to systemd, [`notify`]); [`metadata`] answers who this
+//! is given and reports through [`metrics`] (and to systemd, [`notify`]), and
+//! serves the open window's counts on [`live`] for [`top`]; [`metadata`] answers who this
 //! host and its interfaces are; [`compare`] checks records against native
 //! flow logs; [`toml_de`] reads TOML with the full key in every error.
 //!
@@ -21,8 +22,10 @@ pub mod compare;
 pub mod config;
 pub mod drain;
 pub mod enrich;
+pub mod live;
 pub mod metadata;
 pub mod metrics;
 pub mod notify;
 pub mod ship;
 pub mod toml_de;
+pub mod top;

@@ -4,7 +4,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use flowlog_agent::{
     agent,
     compare,
-    config::{Keys, Settings},
+    config::{Keys, Source},
 };
 
 const EXAMPLES: &str = "\
@@ -23,6 +23,9 @@ Examples:
   # A config file; check it first (prints the values in effect):
   flowlog-agent check-config -c /etc/flowlog/flowlog.toml
   flowlog-agent -c /etc/flowlog/flowlog.toml
+
+  # After editing the file (outputs, format, interfaces), without a restart:
+  systemctl reload flowlog        # or kill -HUP <pid>: SIGHUP
 
 Every flag also reads the environment variable shown with it; flags win over
 variables, variables over the config file. Boolean variables take 1/0,
@@ -52,6 +55,13 @@ enum Cmd {
     CheckConfig(RunArgs),
     /// Compare flow logs with AWS's native VPC flow logs.
     Compare(compare::cli::CompareArgs),
+    /// Live traffic of the running agent: per interface packets/s and bits/s,
+    /// the top flows of the open window (root: reads its live socket).
+    ///
+    /// Keys: `b`/`p` sort flows by bytes/packets, `/` filter (interface,
+    /// address or its beginning, port, pod; Enter applies), `c` clears the
+    /// filter, `q` quits. `--once` prints one snapshot for scripts.
+    Top(flowlog_agent::top::TopArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// bash: `flowlog-agent completions bash > /etc/bash_completion.d/flowlog-agent`
@@ -72,7 +82,10 @@ enum Cmd {
 /// Defaults are those of the config file (see `flowlog.example.toml`).
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Config file (TOML).
+    /// Config file (TOML). SIGHUP (`systemctl reload`) reads it again, with
+    /// the same flags and variables over it: interfaces, log-format, outputs,
+    /// [enrich] and on-exit change at the next window boundary; other keys
+    /// need a restart; a bad file is refused and the running configuration stays.
     #[arg(help_heading = "Config", long, short = 'c', env = "FLOWLOG_CONFIG")]
     config: Option<PathBuf>,
     /// Every key of the config file (but the sections), as a flag.
@@ -81,12 +94,8 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn settings(self) -> Result<Settings, String> {
-        let file = match &self.config {
-            Some(p) => Keys::load(p).map_err(|e| e.to_string())?,
-            None => Keys::default(),
-        };
-        Settings::resolve(file, self.keys).map_err(|e| e.to_string())
+    fn source(self) -> Source {
+        Source { path: self.config, overrides: self.keys }
     }
 }
 
@@ -96,6 +105,7 @@ fn main() -> ExitCode {
         Some(Cmd::Run(a)) => (a, false),
         Some(Cmd::CheckConfig(a)) => (a, true),
         Some(Cmd::Compare(a)) => return compare::cli::main(a),
+        Some(Cmd::Top(a)) => return flowlog_agent::top::main(a),
         Some(Cmd::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "flowlog-agent", &mut std::io::stdout());
             return ExitCode::SUCCESS;
@@ -117,7 +127,8 @@ fn main() -> ExitCode {
         }
         None => (cli.run, false),
     };
-    let settings = match args.settings() {
+    let source = args.source();
+    let settings = match source.load() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -151,7 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(agent::run(settings)) {
+    match rt.block_on(agent::run(settings, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

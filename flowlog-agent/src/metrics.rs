@@ -2,7 +2,10 @@
 //!
 //! `GET /metrics`, `GET /healthz` (the main loop closed a window recently),
 //! `GET /readyz` (attached and running). Loopback by default: the numbers
-//! describe the host's traffic.
+//! describe the host's traffic. The captured interfaces' driver statistics
+//! (link counters) are read at scrape time: [`link`].
+
+pub mod link;
 
 use std::{
     collections::HashMap,
@@ -75,6 +78,12 @@ pub struct OutputLabel {
     pub output: String,
 }
 
+/// `ok` (accepted; applied at the next window boundary) or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadResult {
+    pub result: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutputReason {
     pub output: String,
@@ -107,6 +116,7 @@ macro_rules! metrics {
             ready: AtomicBool,
             last_window_unix: AtomicU64,
             interval: Duration,
+            link: Arc<link::LinkCounters>,
         }
 
         impl Metrics {
@@ -116,12 +126,15 @@ macro_rules! metrics {
                     let $field: $ty = metrics!(@init $($init)?);
                     registry.register($name, $help, $field.clone());
                 )*
+                let link = Arc::new(link::LinkCounters::default());
+                registry.register_collector(Box::new(link.clone()));
                 Arc::new(Metrics {
                     registry,
                     $($field,)*
                     ready: AtomicBool::new(false),
                     last_window_unix: AtomicU64::new(clock::unix_ns() / 1_000_000_000),
                     interval,
+                    link,
                 })
             }
         }
@@ -152,6 +165,8 @@ metrics! {
     last_success: Family<OutputLabel, Gauge>, "output_last_success_timestamp_seconds", "Unix time of an output's last successful write or service call";
     errors: Family<OutputReason, Counter>, "output_errors", "Failed writes or service calls of an output, by reason";
     build: Family<BuildLabels, Gauge>, "build_info", "Always 1; the labels say what runs";
+    reloads: Family<ReloadResult, Counter>, "config_reloads", "Configuration reloads (SIGHUP) by result: ok \
+        (applied at the next window boundary), error (refused, the running configuration stays)";
     k8s_failures: Counter, "k8s_pod_lookup_failures", "Pod listings from the runtime (CRI) that failed or timed out";
     k8s_pods: Gauge, "k8s_pods", "Pods in the last good listing from the container runtime";
 }
@@ -173,6 +188,11 @@ impl Metrics {
         self.build.get_or_create(&labels).set(1);
     }
 
+    /// A reload (SIGHUP) was accepted, or refused.
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads.get_or_create(&ReloadResult { result: if ok { "ok" } else { "error" }.into() }).inc();
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
@@ -186,8 +206,15 @@ impl Metrics {
         self.k8s_pods.set(n as i64);
     }
 
-    pub fn set_attached(&self, n: usize) {
-        self.attached.set(n as i64);
+    /// The captured interfaces: their number, and whose link counters to read.
+    pub fn set_attached<'a>(&self, ifaces: impl ExactSizeIterator<Item = &'a InterfaceMeta>) {
+        self.attached.set(ifaces.len() as i64);
+        self.link.set_interfaces(ifaces.map(|m| m.name.clone()).collect());
+    }
+
+    /// The driver statistics (`ethtool -S` names) exported per interface.
+    pub fn set_link_counters(&self, names: &[String]) {
+        self.link.set_names(names);
     }
 
     pub fn drained(&self, d: &Drained, ifaces: &[InterfaceMeta], max_flows: u32, seconds: f64) {
@@ -299,7 +326,11 @@ fn reply(status: StatusCode, body: String, content_type: &str) -> Response<Full<
 async fn handle(m: Arc<Metrics>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = "text/plain; charset=utf-8";
     Ok(match req.uri().path() {
-        "/metrics" => reply(StatusCode::OK, m.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        // Off the runtime's threads: the link counters' ioctl may wait for the RTNL lock.
+        "/metrics" => match tokio::task::spawn_blocking(move || m.render()).await {
+            Ok(body) => reply(StatusCode::OK, body, "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering the metrics failed: {e}\n"), text),
+        },
         "/healthz" if m.healthy() => reply(StatusCode::OK, "ok\n".into(), text),
         "/healthz" => reply(StatusCode::SERVICE_UNAVAILABLE, "no window closed recently\n".into(), text),
         "/readyz" if m.ready.load(Ordering::Relaxed) => reply(StatusCode::OK, "ready\n".into(), text),

@@ -7,7 +7,9 @@
 //! main loop closed a window within two intervals and 30 s): a wedged main
 //! loop stops the pings and systemd restarts the agent. Pinging from a timer
 //! rather than once per window keeps `WatchdogSec=` independent of
-//! `--interval` (1 s to 1 h). Outside systemd (no `NOTIFY_SOCKET`) all of
+//! `--interval` (1 s to 1 h). A reload (SIGHUP, `systemctl reload`) sends
+//! RELOADING=1, then READY=1 once the new configuration is accepted or
+//! refused (it applies at the next window boundary). Outside systemd (no `NOTIFY_SOCKET`) all of
 //! this is a no-op.
 
 use std::{sync::Arc, time::Duration};
@@ -45,6 +47,20 @@ pub fn ready(status: &str, metrics: Arc<Metrics>) {
 /// The status line after each window.
 pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
+}
+
+/// A reload (SIGHUP) started: systemd shows the unit as reloading until
+/// [`reloaded`].
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading the configuration")]),
+        Err(e) => warn!("cannot read the monotonic clock for RELOADING=1: {e}"),
+    }
+}
+
+/// The reload is decided (accepted for the next window boundary, or refused).
+pub fn reloaded(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 pub fn stopping() {

@@ -40,7 +40,7 @@ fn help_is_grouped_by_topic_with_examples() {
         ("Outputs:", &["--output", "--spool-dir", "--file-interval"]),
         ("AWS:", &["--region", "--aws-endpoint-url"]),
         ("Restarts:", &["--pin-dir", "--no-pin", "--on-exit"]),
-        ("Operations:", &["--metrics-listen", "--log-json"]),
+        ("Operations:", &["--metrics-listen", "--ethtool-stats", "--log-json"]),
     ] {
         let s = section(h);
         for f in flags {
@@ -109,7 +109,7 @@ fn man_page_renders() {
     stdout(&run(&["man", "--dir", pages.to_str().unwrap()], &[]));
     let mut names: Vec<String> = std::fs::read_dir(&pages).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["flowlog-agent-check-config.1", "flowlog-agent-compare.1", "flowlog-agent-completions.1", "flowlog-agent-man.1", "flowlog-agent-run.1", "flowlog-agent.1"]);
+    assert_eq!(names, ["flowlog-agent-check-config.1", "flowlog-agent-compare.1", "flowlog-agent-completions.1", "flowlog-agent-man.1", "flowlog-agent-run.1", "flowlog-agent-top.1", "flowlog-agent.1"]);
     for n in &names {
         let sub = n.trim_end_matches(".1").trim_start_matches("flowlog-agent");
         if !sub.is_empty() {

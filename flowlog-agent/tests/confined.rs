@@ -6,7 +6,7 @@
 //!   runs here, so the unit's filesystem confinement is rebuilt with a
 //!   private mount namespace: every mount read-only (ProtectSystem=strict),
 //!   then the unit's writable paths (ReadWritePaths=, StateDirectory=,
-//!   LogsDirectory=) bound read-write, PrivateTmp, PrivateDevices,
+//!   LogsDirectory=, RuntimeDirectory=) bound read-write, PrivateTmp, PrivateDevices,
 //!   ProtectHome, read-only /sys and /proc/sys; the unit's capability
 //!   bounding and ambient sets and NoNewPrivileges with setpriv; the
 //!   environment systemd gives (STATE_DIRECTORY=...); its SystemCallFilter,
@@ -142,6 +142,11 @@ fn confine_script(scratch: &Scratch, binds_before: &[(PathBuf, &str)], writable:
     }
     for (from, to) in binds_before {
         s += &format!("mount --bind {} {to}\n", shell_quote(from));
+    }
+    // Mount points of the writable paths (RuntimeDirectory= is created by
+    // systemd at start, like this).
+    for (_, to) in writable {
+        s += &format!("mkdir -p {to}\n");
     }
     // Everything read-only (ProtectSystem=strict, ProtectKernelTunables,
     // readOnlyRootFilesystem), deepest mounts last so none is missed;
@@ -330,6 +335,7 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     assert_eq!(one("ProtectSystem"), "strict");
     let state = format!("/var/lib/{}", one("StateDirectory"));
     let logs = format!("/var/log/{}", one("LogsDirectory"));
+    let runtime = format!("/run/{}", one("RuntimeDirectory"));
 
     let t = topo();
     let _moto = moto(&t.a, "unit");
@@ -340,6 +346,7 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     for (d, sub) in [("varlib", one("StateDirectory")), ("varlog", one("LogsDirectory"))] {
         fs::create_dir_all(dir.join(d).join(&sub)).unwrap();
     }
+    fs::create_dir_all(dir.join("runtime")).unwrap();
     // The packaged default config (the example), made to capture the test
     // interface and send to moto and to the logs directory.
     let example = read("flowlog.example.toml");
@@ -374,7 +381,11 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
         caps("AmbientCapabilities")
     );
     let exec = format!("strace -f -qq -o {trace_inside} {setpriv} {}", exec.join(" "));
-    let mut writable: Vec<(PathBuf, &str)> = vec![(dir.join("varlib").join(one("StateDirectory")), state.as_str()), (dir.join("varlog").join(one("LogsDirectory")), logs.as_str())];
+    let mut writable: Vec<(PathBuf, &str)> = vec![
+        (dir.join("varlib").join(one("StateDirectory")), state.as_str()),
+        (dir.join("varlog").join(one("LogsDirectory")), logs.as_str()),
+        (dir.join("runtime"), runtime.as_str()),
+    ];
     let rw = words("ReadWritePaths");
     for p in &rw {
         writable.push((PathBuf::from(p), p.as_str()));
@@ -387,6 +398,7 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
         ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
         ("STATE_DIRECTORY", state.clone()),
         ("LOGS_DIRECTORY", logs.clone()),
+        ("RUNTIME_DIRECTORY", runtime.clone()),
         ("CONFIGURATION_DIRECTORY", "/etc/flowlog".to_string()),
     ]);
     // Type=notify: what systemd gives the service, a notification socket
@@ -422,6 +434,10 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     all_file.sort();
     assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
     assert_eq!(check_udp_records("S3", &s3, &t), want);
+    // The live endpoint answered on the default socket in the runtime
+    // directory while the agent ran (removed when it stopped).
+    assert!(log.contains(&format!("socket={runtime}/live.sock")), "no live endpoint in {runtime}\n{log}");
+    assert!(!dir.join("runtime").join("live.sock").exists(), "the live socket outlived the agent");
     // The spool was the default one, in the state directory.
     assert!(dir.join("varlib").join(one("StateDirectory")).join("spool").is_dir(), "no spool in $STATE_DIRECTORY\n{log}");
 
@@ -473,6 +489,7 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     fs::create_dir_all(dir.join("varlib/flowlog")).unwrap();
     let volumes: BTreeMap<&str, &yaml_rust2::Yaml> = pod["volumes"].as_vec().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v)).collect();
     let mut writable = Vec::new();
+    let mut empty_dirs = Vec::new();
     let mut config_path = None;
     for m in c["volumeMounts"].as_vec().unwrap() {
         let at = m["mountPath"].as_str().unwrap();
@@ -481,6 +498,13 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
         if !v["configMap"].is_badvalue() {
             // Read-only anyway; the agent finds it through FLOWLOG_CONFIG.
             config_path = Some(dir.join("configmap").join(env["FLOWLOG_CONFIG"].strip_prefix(&format!("{at}/")).unwrap()));
+            continue;
+        }
+        if !v["emptyDir"].is_badvalue() {
+            // A fresh directory of the pod's.
+            let d = dir.join(format!("emptydir-{}", m["name"].as_str().unwrap()));
+            fs::create_dir_all(&d).unwrap();
+            empty_dirs.push((d, at));
             continue;
         }
         let host = v["hostPath"]["path"].as_str().unwrap();
@@ -492,6 +516,8 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
         }
     }
     assert_eq!(writable.len(), 2, "pins and data volumes");
+    assert_eq!(empty_dirs.iter().map(|(_, at)| *at).collect::<Vec<_>>(), ["/run/flowlog"], "the live socket's volume");
+    writable.extend(empty_dirs.iter().map(|(d, at)| (d.clone(), *at)));
     let caps: Vec<String> = sc["capabilities"]["add"].as_vec().unwrap().iter().map(|c| format!("+{}", c.as_str().unwrap().to_lowercase())).collect();
     let caps = caps.join(",");
     // Runtimes give added capabilities to the bounding, permitted and
@@ -518,4 +544,6 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
     assert_eq!(check_udp_records("S3", &s3, &t), want);
     assert!(dir.join("varlib/flowlog/spool").is_dir(), "no spool on the data volume\n{log}");
+    // The live endpoint on its emptyDir.
+    assert!(log.contains("socket=/run/flowlog/live.sock"), "no live endpoint\n{log}");
 }

@@ -487,6 +487,11 @@ fn unit_problems(text: &str, help: &str) -> Vec<String> {
     if one("WatchdogSec").is_none() {
         p.push("WatchdogSec= expected: the agent pings the watchdog while healthy".into());
     }
+    // `systemctl reload`: SIGHUP to the agent, which re-reads its config.
+    if one("ExecReload") != Some("/bin/kill -HUP $MAINPID") {
+        let got = one("ExecReload");
+        p.push(format!("ExecReload={got:?}, want /bin/kill -HUP $MAINPID (the agent reloads on SIGHUP)"));
+    }
     if one("NotifyAccess").is_some_and(|v| v != "main") {
         p.push("NotifyAccess must stay main: the agent itself notifies".into());
     }
@@ -560,6 +565,7 @@ fn systemd_checks_catch_mistakes() {
         ("/etc/flowlog/flowlog.toml", "/etc/flowlog.toml", "--config Some(\"/etc/flowlog.toml\")"),
         ("Type=notify", "Type=exec", "Type=Some(\"exec\"), want notify"),
         ("WatchdogSec=60s", "TimeoutStartSec=90s", "WatchdogSec= expected"),
+        ("-HUP $MAINPID", "-USR1 $MAINPID", "ExecReload=Some(\"/bin/kill -USR1 $MAINPID\")"),
     ];
     for (from, to, want) in cases {
         let problems = unit_problems(&mutate(&good, from, to), &help);
@@ -613,8 +619,9 @@ fn systemd_analyze_accepts_the_unit() {
 }
 
 /// The agent, run with the unit's flags in a network namespace of its own
-/// for a few windows, calls only system calls the unit's SystemCallFilter
-/// allows and opens only sockets RestrictAddressFamilies allows.
+/// for a few windows and scraped (link counters included), calls only system
+/// calls the unit's SystemCallFilter allows and opens only sockets
+/// RestrictAddressFamilies allows.
 #[test]
 fn systemd_sandbox_allows_what_the_agent_calls() {
     let missing = |tool: &str| Command::new(tool).arg("--version").output().is_err();
@@ -637,7 +644,9 @@ fn systemd_sandbox_allows_what_the_agent_calls() {
         ns.ip(&["link", "set", l, "up"]);
     }
     let config = dir.join("flowlog.toml");
-    std::fs::write(&config, "interfaces = [\"fdeploy*\"]\ninterval = 1\nmetrics-listen = \"127.0.0.1:9750\"\n").unwrap();
+    let text = "interfaces = [\"fdeploy*\"]\ninterval = 1\nmetrics-listen = \"127.0.0.1:9750\"\n\
+                ethtool-stats = [\"peer_ifindex\"]\n";
+    std::fs::write(&config, text).unwrap();
     let exec: Vec<String> = svc["ExecStart"][0]
         .split_whitespace()
         .skip(1)
@@ -652,13 +661,33 @@ fn systemd_sandbox_allows_what_the_agent_calls() {
         shell_quote(AGENT),
         exec.join(" ")
     );
+    // Scrapes until the link counters (the ethtool ioctl) are on /metrics.
+    let scraper = {
+        let ns = ns.to_string();
+        std::thread::spawn(move || {
+            let addr: SocketAddr = "127.0.0.1:9750".parse().unwrap();
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(3500);
+            while std::time::Instant::now() < until {
+                let ns2 = ns.clone();
+                if flowlog_testkit::netns::in_netns(&ns, move || std::net::TcpStream::connect(addr).is_ok()) {
+                    let body = flowlog_testkit::agent::http_get(&ns2, addr, "/metrics").1;
+                    if body.contains("flowlog_ethtool_peer_ifindex_total{interface=\"fdeploy0\"} ") {
+                        return true;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            false
+        })
+    };
     let out = Command::new("ip").args(["netns", "exec", &ns, "sh", "-c", &script]).env_clear().output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(scraper.join().unwrap(), "no link counter on /metrics: {stderr}");
     // timeout's SIGTERM: the agent drains and exits 0; timeout says 124.
     assert_eq!(out.status.code(), Some(124), "{stderr}");
     assert!(stderr.contains("attached") && stderr.contains("programs stay attached"), "{stderr}");
     let calls = Calls::from_strace(&std::fs::read_to_string(&trace).unwrap(), None);
-    assert!(calls.used.contains("bpf") && calls.used.contains("epoll_wait"), "{:?}", calls.used);
+    assert!(["bpf", "epoll_wait", "ioctl"].iter().all(|c| calls.used.contains(*c)), "{:?}", calls.used);
     calls.assert_allowed_by(svc);
     let _ = std::fs::remove_dir_all(dir);
 }

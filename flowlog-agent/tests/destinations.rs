@@ -334,6 +334,95 @@ async fn dir_round_trip_text_and_parquet() {
     assert!(n >= 1, "{n} parquet files in {}", pq.display());
 }
 
+/// Record lines of every text object under a `dir:` output.
+fn dir_lines(root: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                lines.extend(gunzip(&std::fs::read(&p).unwrap()).lines().skip(1).map(str::to_string));
+            }
+        }
+    }
+    lines
+}
+
+/// A reload's outputs: between two windows, a spooled and a direct output
+/// removed, another of each added. The removed ones have exactly the first
+/// window (the spooled one delivers what it had accepted, then leaves the
+/// spool), the added ones exactly the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_outputs_between_windows_exactly() {
+    let root = tmp("reload");
+    std::fs::create_dir_all(&*root).unwrap();
+    let spool = root.join("spool");
+    let (x, y, f1, f2) = (root.join("x"), root.join("y"), root.join("f1.log"), root.join("f2.log"));
+    let (xn, yn) = (format!("dir:{}", x.display()), format!("dir:{}", y.display()));
+    let (f1n, f2n) = (format!("file:{}", f1.display()), format!("file:{}", f2.display()));
+    let outputs = |names: &[&String]| -> Vec<Output> { names.iter().map(|n| n.parse().unwrap()).collect() };
+    let mut cfg = config(outputs(&[&xn, &f1n]), None, &spool);
+    cfg.flush_interval = Duration::from_secs(3600);
+    let format = Format::default();
+    let recs = records(200, 2, t0());
+    let lines = |r: &[FlowRecord]| -> Vec<String> { r.iter().map(|r| format.line(r)).collect() };
+    let read = |p: &Path| -> Vec<String> { std::fs::read_to_string(p).unwrap().lines().map(str::to_string).collect() };
+    let mut sh = Shipper::start(&cfg).await.unwrap();
+    sh.send(&format, &recs[..100]);
+    let r = sh.prepare(&ShipConfig { outputs: outputs(&[&f2n, &yn]), ..cfg.clone() }).await.unwrap();
+    // Nothing changes before apply: the added ones are only opened.
+    assert_eq!(sh.describe(), format!("{f1n},{xn}"));
+    let applied = sh.apply(r);
+    assert_eq!((applied.added, applied.removed), (vec![f2n.clone(), yn.clone()], vec![f1n.clone(), xn.clone()]));
+    assert_eq!(sh.describe(), format!("{f2n},{yn}"));
+    sh.send(&format, &recs[100..]);
+    // The removed spooled output delivers its window at once (not after the
+    // hour-long file interval), then its cursor is gone.
+    harness::wait_for("the removed output to deliver and end", Duration::from_secs(30), || {
+        sh.reap();
+        sh.stats.iter().all(|(n, _)| n != &xn)
+    })
+    .await;
+    assert!(!spool.join(flowlog_agent::ship::spool::cursor_file_name(&xn)).exists());
+    assert_same("removed dir:", dir_lines(&x), lines(&recs[..100]));
+    // Twice the same spooled output: refused, nothing changes.
+    let twice = sh.prepare(&ShipConfig { outputs: outputs(&[&yn, &yn]), ..cfg.clone() }).await;
+    assert!(twice.err().unwrap().to_string().contains("the same output is given twice"));
+    sh.shutdown().await;
+    assert_same("added dir:", dir_lines(&y), lines(&recs[100..]));
+    assert_same("removed file:", read(&f1), lines(&recs[..100]));
+    assert_same("added file:", read(&f2), lines(&recs[100..]));
+}
+
+/// The first spooled output, added by a reload: a second reload before the
+/// first applied may replace it (the waiting one holds no spool lock); the
+/// output gets the windows after it applied, none from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_the_first_spooled_output() {
+    let root = tmp("reload-first");
+    std::fs::create_dir_all(&*root).unwrap();
+    let (f, y) = (root.join("f.log"), root.join("y"));
+    let out = |s: String| -> Output { s.parse().unwrap() };
+    let cfg = config(vec![out(format!("file:{}", f.display()))], None, &root.join("spool"));
+    let format = Format::default();
+    let recs = records(100, 1, t0());
+    let mut sh = Shipper::start(&cfg).await.unwrap();
+    sh.send(&format, &recs[..50]);
+    let outputs = vec![out(format!("file:{}", f.display())), out(format!("dir:{}", y.display()))];
+    let new = ShipConfig { outputs, ..cfg.clone() };
+    let first = sh.prepare(&new).await.unwrap();
+    let second = sh.prepare(&new).await.unwrap();
+    drop(first);
+    assert_eq!(sh.apply(second).added, [format!("dir:{}", y.display())]);
+    sh.send(&format, &recs[50..]);
+    sh.shutdown().await;
+    assert_same("added dir:", dir_lines(&y), recs[50..].iter().map(|r| format.line(r)).collect());
+    assert_eq!(std::fs::read_to_string(&f).unwrap().lines().count(), 100);
+}
+
 /// Every record exactly once, per destination.
 async fn check_all_once(moto: &str, format: &Format, recs: &[FlowRecord], bucket: &str, group: &str, fh_bucket: &str) {
     let want: Vec<String> = recs.iter().map(|r| format.line(r)).collect();

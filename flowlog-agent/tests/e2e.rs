@@ -17,8 +17,9 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use flowlog_records::format::Format;
 use flowlog_testkit::{
-    agent::{Agent, AgentCmd, Rec, Tuple, FORMAT},
+    agent::{http_get, Agent, AgentCmd, Rec, Tuple, FORMAT},
     netns::{in_netns, next_id, sh, spawn_in_netns, Capture, Topo},
     require_root,
 };
@@ -512,20 +513,7 @@ fn hot_plugged_interfaces_are_attached_once_and_counted() {
 
 /// How many "attached" log lines name `iface` so far.
 fn agent_attach_count(agent: &Agent, iface: &str) -> usize {
-    agent.log().lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()
-}
-
-/// GET over plain HTTP/1.0 from inside namespace `ns`: (status, body).
-fn http_get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
-    let path = path.to_string();
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status = text[9..12].parse().unwrap();
-        (status, text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
-    })
+    agent_attach_count_in(&agent.log(), iface)
 }
 
 #[test]
@@ -565,6 +553,88 @@ fn metrics_match_the_records() {
     assert!(metric("flowlog_non_ip_frames_total") >= 2, "ARP: {body}");
     assert_eq!(metric("flowlog_attached_interfaces"), 1);
     agent.stop();
+}
+
+/// Link counters: the driver statistics `--ethtool-stats` names are
+/// `flowlog_ethtool_<name>_total{interface}` with exactly the values
+/// `ethtool -S` prints, read at scrape time; names the driver lacks (an ENA
+/// one on a veth) and an interface without statistics (loopback) have no
+/// series, and the latter one debug line. A veth counts the packets its XDP
+/// program saw per queue: N datagrams move that counter by exactly N. An
+/// interface hot-plugged mid-window has its series at once, and loses them
+/// when it goes.
+#[test]
+fn link_counters_are_the_drivers_statistics() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    // No ARP in the test: b knows a's address for good (and IPv6 is off).
+    t.a.ip(&["link", "set", &t.a_if, "address", "02:fe:00:00:00:01"]);
+    t.b.ip(&["neigh", "replace", &t.a4.to_string(), "lladdr", "02:fe:00:00:00:01", "dev", &t.b_if, "nud", "permanent"]);
+    let present = ["peer_ifindex", "rx_queue_0_xdp_packets", "rx_queue_0_xdp_bytes", "rx_queue_0_drops"];
+    let stats = [&present[..], &["bw_in_allowance_exceeded", "no_such_statistic"]].concat().join(",");
+    let (hot, hot_peer) = (format!("flh{}{}", std::process::id() % 100_000, next_id()), format!("fli{}", next_id()));
+    let agent = start(&t, &[&t.a_if, "lo", &format!("{hot}*")], &[
+        "--interval", "3600", "--ingress-hook", "xdp", "--metrics-listen", "127.0.0.1:9752", "--ethtool-stats", &stats,
+        "--log", "info,flowlog_agent::metrics=debug",
+    ]);
+    assert_eq!(flowlog_testkit::agent::attach_hook(&agent.log(), &t.a_if).as_deref(), Some("xdp"), "{}", agent.log());
+    let addr: SocketAddr = "127.0.0.1:9752".parse().unwrap();
+    // A scrape's figures against `ethtool -S` of each interface, run just
+    // before it (no traffic in between): exactly these series.
+    let check = |want: &[(&str, &BTreeMap<String, u64>)]| {
+        let (status, body) = http_get(&t.a, addr, "/metrics");
+        assert_eq!(status, 200);
+        let lines: Vec<&str> = body.lines().filter(|l| l.starts_with("flowlog_ethtool_")).collect();
+        for (iface, ethtool) in want {
+            for stat in present {
+                let v = ethtool.get(stat).unwrap_or_else(|| panic!("{iface} has no {stat}: {ethtool:?}"));
+                let line = format!("flowlog_ethtool_{stat}_total{{interface=\"{iface}\"}} {v}");
+                assert!(lines.contains(&line.as_str()), "{line:?} not in\n{body}");
+                assert!(body.contains(&format!("# TYPE flowlog_ethtool_{stat} counter\n")), "{body}");
+            }
+        }
+        assert_eq!(lines.len(), present.len() * want.len(), "{body}");
+        assert!(!body.contains("bw_in_allowance_exceeded") && !body.contains("no_such_statistic"), "{body}");
+    };
+    // The agent takes an interface's link event, then updates what is read.
+    let until = |what: &str, f: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f(&http_get(&t.a, addr, "/metrics").1) {
+            assert!(std::time::Instant::now() < deadline, "{what}: {}", http_get(&t.a, addr, "/metrics").1);
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let before = t.a.ethtool_stats(&t.a_if);
+    assert_eq!(before["peer_ifindex"], u64::from(t.b.ifindex(&t.b_if)));
+    check(&[(&t.a_if, &before)]);
+    let (tx, rx) = udp_pair(&t, true, false, 7800);
+    send_udp(&tx, &rx, 25, 100);
+    let after = t.a.ethtool_stats(&t.a_if);
+    check(&[(&t.a_if, &after)]);
+    assert_eq!(after["rx_queue_0_xdp_packets"] - before["rx_queue_0_xdp_packets"], 25, "{before:?} {after:?}");
+    // Counted after the Ethernet header is pulled: the IP length, 20 + 8 + 100.
+    assert_eq!(after["rx_queue_0_xdp_bytes"] - before["rx_queue_0_xdp_bytes"], 25 * 128, "{before:?} {after:?}");
+    // Hot-plugged (an hour before the window ends), then gone.
+    t.a.ip(&["link", "add", &hot, "type", "veth", "peer", "name", &hot_peer, "netns", &t.b]);
+    t.a.ip(&["link", "set", &hot, "up"]);
+    agent.wait_log(Duration::from_secs(20), |l| l.contains(&format!("iface={hot} ")) && l.contains(" attached "));
+    let hot_series = format!("flowlog_ethtool_peer_ifindex_total{{interface=\"{hot}\"}}");
+    until("no series of the new interface", &|body| body.contains(&hot_series));
+    let hot_stats = t.a.ethtool_stats(&hot);
+    assert_eq!(hot_stats["peer_ifindex"], u64::from(t.b.ifindex(&hot_peer)));
+    check(&[(&t.a_if, &after), (&hot, &hot_stats)]);
+    t.a.ip(&["link", "del", &hot]);
+    let gone = |l: &str| l.contains(&format!("iface={hot} ")) && l.contains("interface disappeared");
+    agent.wait_log(Duration::from_secs(20), gone);
+    until("series of a gone interface", &|body| !body.contains(&hot_series));
+    check(&[(&t.a_if, &after)]);
+    let (_, log) = agent.stop();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("link counters") && l.contains("iface=lo")).collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains("DEBUG") && said[0].contains("the driver has none of these statistics"), "{log}");
+    assert!(!log.lines().any(|l| l.contains("link counters") && !l.contains("iface=lo")), "{log}");
 }
 
 /// `net.core.bpf_jit_enable` set for one test, restored on drop (also when
@@ -970,4 +1040,272 @@ fn a_renamed_interface_stays_attached_and_counted() {
     let port = tx.local_addr().unwrap().port();
     let got = sum(&recs, port, 7640, "ingress");
     assert_eq!(got, (25, 25 * 108), "{log}");
+}
+
+/// The lines of every `.log.gz` file under a `dir:` output, header lines left out.
+fn dir_output_lines(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".log.gz") {
+                let mut s = String::new();
+                flate2::read::GzDecoder::new(&fs::read(&p).unwrap()[..]).read_to_string(&mut s).unwrap();
+                out.extend(s.lines().skip(1).map(str::to_string));
+            }
+        }
+    }
+    out
+}
+
+/// Three reloads (SIGHUP) under steady traffic, 2-second windows: another
+/// format for every output, a `file:` output added, a `dir:` output (spooled)
+/// removed; then three bad configurations refused. Every packet is in the
+/// first file exactly once; each window is whole in one format; the added
+/// output has exactly the windows from the one after its reload on, the
+/// removed one exactly the windows up to its reload; the refused ones are
+/// logged and counted, and the agent goes on as it was.
+#[test]
+fn reloads_under_traffic_lose_and_double_nothing() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    let tmp = flowlog_testkit::ScratchDir::new("flowlog-reload");
+    let conf = tmp.join("flowlog.toml");
+    let (a_out, b_out, d_out) = (tmp.join("a.log"), tmp.join("b.log"), tmp.join("d"));
+    let (a, b) = (format!("file:{}", a_out.display()), format!("file:{}", b_out.display()));
+    let d = format!("dir:{}", d_out.display());
+    let spool = tmp.join("spool").display().to_string();
+    let f2 = FORMAT.replace(" ${tcp-flags}", "");
+    let config = |format: &str, interval: u64, outputs: &[&str]| {
+        let outputs: Vec<String> = outputs.iter().map(|o| format!("{o:?}")).collect();
+        let text = format!(
+            "interfaces = [{:?}]\ninterval = {interval}\nlog-format = {format:?}\noutputs = [{}]\n\
+             spool-dir = {spool:?}\nfile-interval = 1\nmetrics-listen = \"127.0.0.1:9750\"\n",
+            t.a_if,
+            outputs.join(", ")
+        );
+        fs::write(&conf, text).unwrap();
+    };
+    config(FORMAT, 2, &[&a, &d]);
+    // systemd's side of a reload: RELOADING=1, then READY=1.
+    let sock = tmp.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    // Read as systemd does, all along: a full queue would block the agent.
+    notify.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let (mut buf, mut got) = ([0u8; 4096], Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = notify.recv(&mut buf) {
+                    got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                }
+            }
+            got
+        })
+    };
+    let env = format!("NOTIFY_SOCKET={}", sock.display());
+    let agent = agent(&t).wrapper(&["env", &env]).config(&conf).output(&a_out).start();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let (tx, rx) = udp_pair(&t, true, false, 7650);
+    let traffic_end = now() + 26;
+    let sender = send_steadily(&tx, &rx, 100, Duration::from_secs(26));
+    thread::sleep(Duration::from_secs(3));
+    config(&f2, 2, &[&a, &d]);
+    let w1 = now() / 2;
+    agent.reload().unwrap();
+    agent.wait_reloaded(1);
+    thread::sleep(Duration::from_secs(2));
+    config(&f2, 2, &[&a, &d, &b]);
+    let w2 = now() / 2;
+    agent.reload().unwrap();
+    agent.wait_reloaded(2);
+    thread::sleep(Duration::from_secs(2));
+    // The interval needs a restart: logged, and the windows stay 2 s.
+    config(&f2, 4, &[&a, &b]);
+    let w3 = now() / 2;
+    agent.reload().unwrap();
+    agent.wait_reloaded(3);
+    thread::sleep(Duration::from_secs(1));
+    fs::write(&conf, "interval = \n").unwrap();
+    let e = agent.reload().unwrap_err();
+    assert!(e.contains("configuration reload refused") && e.contains(&conf.display().to_string()), "{e}");
+    config("${nope}", 2, &[&a, &b]);
+    let e = agent.reload().unwrap_err();
+    assert!(e.contains("invalid log-format = \"${nope}\""), "{e}");
+    config(&f2, 2, &[&a, "s3"]);
+    let e = agent.reload().unwrap_err();
+    assert!(e.contains("invalid outputs = \"s3\""), "{e}");
+    let refused_at = now();
+    assert!(refused_at + 6 <= traffic_end, "the reloads took too long for the traffic: {}", agent.log());
+    let sent = sender.join().unwrap();
+    let (status, metrics) = http_get(&t.a, "127.0.0.1:9750".parse().unwrap(), "/metrics");
+    let log = agent.stop_log();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("flowlog_config_reloads_total{result=\"ok\"} 3\n"), "{metrics}");
+    assert!(metrics.contains("flowlog_config_reloads_total{result=\"error\"} 3\n"), "{metrics}");
+    assert!(log.contains("key=interval") && log.contains("only a restart changes it"), "{log}");
+    assert_eq!(log.matches("configuration reloaded").count(), 3, "{log}");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent_to_systemd = reader.join().unwrap();
+    let reloads: Vec<&String> =
+        sent_to_systemd.iter().filter(|m| m.contains("RELOADING=1") || m.contains("STATUS=reload ")).collect();
+    assert_eq!(reloads.len(), 12, "{sent_to_systemd:#?}");
+    for (i, m) in reloads.iter().enumerate() {
+        let want: &[&str] = match i {
+            _ if i % 2 == 0 => &["RELOADING=1\n", "MONOTONIC_USEC=", "STATUS=reloading the configuration"],
+            1 | 3 | 5 => &["READY=1\n", "STATUS=reload accepted ("],
+            _ => &["READY=1\n", "STATUS=reload refused"],
+        };
+        assert!(want.iter().all(|w| m.contains(w)), "message {i}: {m:?}, want {want:?}");
+    }
+
+    // Per window (start / 2): whether it is in the first format, its lines sorted.
+    let (fa, fb) = (Format::parse(FORMAT).unwrap(), Format::parse(&f2).unwrap());
+    let fields = FORMAT.split(' ').count();
+    let parse = |l: &str| Rec::parse(if l.split(' ').count() == fields { &fa } else { &fb }, l);
+    let windows = |lines: Vec<String>| {
+        let mut m: BTreeMap<u64, (bool, Vec<String>)> = BTreeMap::new();
+        for l in lines {
+            let first = l.split(' ').count() == fields;
+            let w = parse(&l).start / 2;
+            let e = m.entry(w).or_insert((first, Vec::new()));
+            assert_eq!(e.0, first, "window {w} in two formats: {l}\n{log}");
+            e.1.push(l);
+        }
+        m.values_mut().for_each(|(_, v)| v.sort());
+        m
+    };
+    let lines = |p: &std::path::Path| fs::read_to_string(p).unwrap().lines().map(str::to_string).collect::<Vec<_>>();
+    let all_a = lines(&a_out);
+    let (wa, wb, wd) = (windows(all_a.clone()), windows(lines(&b_out)), windows(dir_output_lines(&d_out)));
+
+    // Every packet once, no line twice.
+    let recs: Vec<Rec> = all_a.iter().map(|l| parse(l)).collect();
+    let port = tx.local_addr().unwrap().port();
+    assert_eq!(sum(&recs, port, 7650, "ingress"), (sent, sent * 128), "{log}");
+    let mut unique = all_a.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), all_a.len(), "a line written twice: {all_a:#?}");
+    // The format changed once, at the first window boundary after reload 1.
+    let first_f2 = *wa.iter().find(|(_, (first, _))| !first).expect("no window in the new format").0;
+    assert!(wa.range(..first_f2).all(|(_, (first, _))| *first), "{wa:#?}");
+    assert!((w1 + 1..=w1 + 2).contains(&first_f2), "reload 1 in window {w1}, new format from {first_f2}");
+    // The removed output: whole windows up to its reload's boundary, then none.
+    let d_last = *wd.keys().last().unwrap();
+    assert!((w3..=w3 + 1).contains(&d_last), "reload 3 in window {w3}, dir: output until {d_last}");
+    assert_eq!(wd, wa.range(..=d_last).map(|(w, v)| (*w, v.clone())).collect::<BTreeMap<_, _>>());
+    // The added output: whole windows from the boundary after its reload.
+    let b_first = *wb.keys().next().unwrap();
+    assert!((w2 + 1..=w2 + 2).contains(&b_first), "reload 2 in window {w2}, file b from {b_first}");
+    assert_eq!(wb, wa.range(b_first..).map(|(w, v)| (*w, v.clone())).collect::<BTreeMap<_, _>>());
+    // After the refused reloads the agent went on with the configuration it had.
+    assert!(wb.range(refused_at / 2 + 1..).count() >= 2, "{wb:#?}");
+}
+
+/// A reload that moves the agent from one interface to another: before it,
+/// only the first is counted (exactly), after its window boundary only the
+/// second; the first's last window is reported.
+#[test]
+fn a_reload_changes_the_interfaces_at_the_window_boundary() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    // A second veth pair between the same namespaces, 10.209.<n>.1/.2.
+    let n = next_id();
+    let pid = std::process::id() % 10_000;
+    let (x_if, y_if) = (format!("flx{pid}{n}"), format!("fly{pid}{n}"));
+    let (xa, yb) = (Ipv4Addr::new(10, 209, (n % 250) as u8, 1), Ipv4Addr::new(10, 209, (n % 250) as u8, 2));
+    t.a.ip(&["link", "add", &x_if, "type", "veth", "peer", "name", &y_if, "netns", &t.b]);
+    t.a.ip(&["addr", "add", &format!("{xa}/24"), "dev", &x_if]);
+    t.b.ip(&["addr", "add", &format!("{yb}/24"), "dev", &y_if]);
+    t.a.ip(&["link", "set", &x_if, "up"]);
+    t.b.ip(&["link", "set", &y_if, "up"]);
+    let tmp = flowlog_testkit::ScratchDir::new("flowlog-reload-ifaces");
+    let (conf, out) = (tmp.join("flowlog.toml"), tmp.join("records.log"));
+    let config = |iface: &str| {
+        let file = format!("file:{}", out.display());
+        let text = format!("interfaces = [{iface:?}]\ninterval = 1\noutputs = [{file:?}]\nmetrics-listen = \"off\"\n");
+        fs::write(&conf, text).unwrap();
+    };
+    config(&t.a_if);
+    // A flag stays over the file on reloads too.
+    let agent = agent(&t).config(&conf).output(&out).args(&["--log-format", FORMAT]).start();
+    let (tx1, rx1) = udp_pair(&t, true, false, 7660);
+    let rx2 = in_netns(&t.a, move || UdpSocket::bind((xa, 7661)).unwrap());
+    let tx2 = in_netns(&t.b, move || UdpSocket::bind((yb, 0)).unwrap());
+    rx2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    send_udp(&tx1, &rx1, 20, 60);
+    send_udp(&tx2, &rx2, 20, 60);
+    config(&x_if);
+    agent.reload().unwrap();
+    agent.wait_reloaded(1);
+    send_udp(&tx1, &rx1, 30, 60);
+    send_udp(&tx2, &rx2, 30, 60);
+    thread::sleep(Duration::from_millis(1200));
+    let (recs, log) = agent.stop();
+    let (p1, p2) = (tx1.local_addr().unwrap().port(), tx2.local_addr().unwrap().port());
+    assert_eq!(sum(&recs, p1, 7660, "ingress"), (20, 20 * 88), "{log}");
+    assert_eq!(sum(&recs, p2, 7661, "ingress"), (30, 30 * 88), "{log}");
+    let detached = "detached: the reloaded configuration no longer selects it; reporting its last window";
+    assert!(log.contains(&format!("{detached} iface={}", t.a_if)), "{log}");
+    assert_eq!(agent_attach_count_in(&log, &x_if), 1, "{log}");
+}
+
+/// A reload changes the values of the kernel filters in use at the window
+/// boundary (port 7670 counted before, 7671 after, exactly); switching on
+/// another kind of filter is named as needing a restart and changes nothing.
+#[test]
+fn a_reload_changes_the_kernel_filter_values_at_the_window_boundary() {
+    if !require_root() {
+        return;
+    }
+    let t = topo(false);
+    let tmp = flowlog_testkit::ScratchDir::new("flowlog-reload-filters");
+    let (conf, out) = (tmp.join("flowlog.toml"), tmp.join("records.log"));
+    let config = |filters: &str| {
+        let file = format!("file:{}", out.display());
+        let text = format!(
+            "interfaces = [{:?}]\ninterval = 1\noutputs = [{file:?}]\nmetrics-listen = \"off\"\n[filters]\n{filters}\n",
+            t.a_if
+        );
+        fs::write(&conf, text).unwrap();
+    };
+    config("include-ports = [7670]");
+    let agent = agent(&t).config(&conf).output(&out).args(&["--log-format", FORMAT]).start();
+    let (tx1, rx1) = udp_pair(&t, true, false, 7670);
+    let (tx2, rx2) = udp_pair(&t, true, false, 7671);
+    let both = |n| {
+        send_udp(&tx1, &rx1, n, 60);
+        send_udp(&tx2, &rx2, n, 60);
+    };
+    both(20);
+    config("include-ports = [7671]");
+    agent.reload().unwrap();
+    agent.wait_reloaded(1);
+    both(30);
+    config("include-ports = [7671]\nexclude-cidrs = [\"192.0.2.0/24\"]");
+    agent.reload().unwrap();
+    agent.wait_reloaded(2);
+    both(10);
+    thread::sleep(Duration::from_millis(1200));
+    let (recs, log) = agent.stop();
+    let (p1, p2) = (tx1.local_addr().unwrap().port(), tx2.local_addr().unwrap().port());
+    assert_eq!(sum(&recs, p1, 7670, "ingress"), (20, 20 * 88), "{log}");
+    assert_eq!(sum(&recs, p2, 7671, "ingress"), (40, 40 * 88), "{log}");
+    assert!(log.contains("changes=[filters]"), "{log}");
+    assert!(log.lines().any(|l| l.contains("only a restart changes it") && l.contains("key=filters")), "{log}");
+}
+
+/// How often the log says `iface` was attached.
+fn agent_attach_count_in(log: &str, iface: &str) -> usize {
+    log.lines().filter(|l| l.contains(" attached ") && l.contains(&format!("iface={iface} "))).count()
 }

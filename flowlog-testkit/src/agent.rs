@@ -1,8 +1,8 @@
 //! The agent binary run by the integration tests: started in a network
 //! namespace (optionally behind a wrapper such as `setpriv`), ready when it
-//! logs `ready`, stopped with SIGTERM (final drain, exit 0) or killed with
-//! SIGKILL; its `file:` output read back as records with
-//! [`flowlog_records::parse`], in the `--log-format` it was given.
+//! logs `ready`, reloaded with SIGHUP, stopped with SIGTERM (final drain,
+//! exit 0) or killed with SIGKILL; its `file:` output read back as records
+//! with [`flowlog_records::parse`], in the `--log-format` it was given.
 
 use std::{
     collections::BTreeMap,
@@ -19,7 +19,7 @@ use std::{
 use flowlog_records::{
     format::Format,
     parse::parse_record,
-    record::LogStatus,
+    record::{K8sMeta, LogStatus},
 };
 
 use crate::netns::next_id;
@@ -40,6 +40,7 @@ pub struct AgentCmd {
     ifaces: Vec<String>,
     args: Vec<String>,
     out: Option<PathBuf>,
+    config: Option<PathBuf>,
     no_pin: bool,
     check: Option<fn(&Rec)>,
     ready_within: Duration,
@@ -50,7 +51,18 @@ impl AgentCmd {
     /// FLOWLOG_TEST_AGENT_BIN names, see [`crate::agent_bin`]), run in
     /// network namespace `ns`.
     pub fn new(exe: &str, ns: &str) -> AgentCmd {
-        AgentCmd { exe: crate::agent_bin(exe), ns: ns.into(), wrapper: vec![], ifaces: vec![], args: vec![], out: None, no_pin: true, check: None, ready_within: READY_WITHIN }
+        AgentCmd {
+            exe: crate::agent_bin(exe),
+            ns: ns.into(),
+            wrapper: vec![],
+            ifaces: vec![],
+            args: vec![],
+            out: None,
+            config: None,
+            no_pin: true,
+            check: None,
+            ready_within: READY_WITHIN,
+        }
     }
 
     /// `--iface` for each.
@@ -76,6 +88,15 @@ impl AgentCmd {
     /// once read.
     pub fn output(mut self, path: impl Into<PathBuf>) -> AgentCmd {
         self.out = Some(path.into());
+        self
+    }
+
+    /// `--config <path>`, whose outputs are the agent's: no `--output` flag,
+    /// which would override the file's outputs, on reloads too. The file
+    /// must have a `file:` output at the path given to [`AgentCmd::output`]
+    /// (the one [`Agent::records`] reads).
+    pub fn config(mut self, path: impl Into<PathBuf>) -> AgentCmd {
+        self.config = Some(path.into());
         self
     }
 
@@ -106,7 +127,11 @@ impl AgentCmd {
         };
         let (out, own_out) = match self.out {
             Some(p) => (p, false),
-            None => (std::env::temp_dir().join(format!("flowlog-test-{}-{}.log", self.ns, next_id())), true),
+            None => {
+                let why = "AgentCmd::config: name the file: output the records are read from with AgentCmd::output";
+                assert!(self.config.is_none(), "{why}");
+                (std::env::temp_dir().join(format!("flowlog-test-{}-{}.log", self.ns, next_id())), true)
+            }
         };
         let _ = fs::remove_file(&out);
         let mut cmd = Command::new("ip");
@@ -114,9 +139,18 @@ impl AgentCmd {
         for i in &self.ifaces {
             cmd.args(["--iface", i]);
         }
-        cmd.arg("--output").arg(format!("file:{}", out.display())).args(&self.args);
+        match &self.config {
+            Some(c) => cmd.arg("--config").arg(c),
+            None => cmd.arg("--output").arg(format!("file:{}", out.display())),
+        };
+        cmd.args(&self.args);
         if self.no_pin && !self.args.iter().any(|a| a == "--pin-dir") {
             cmd.arg("--no-pin");
+        }
+        // Agents of parallel tests would contend for the host's default
+        // /run/flowlog/live.sock: off unless a test names its own.
+        if !self.args.iter().any(|a| a == "--live-socket") {
+            cmd.arg("--live-socket").arg("off");
         }
         let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start agent");
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -198,14 +232,53 @@ impl Agent {
             .collect()
     }
 
+    /// SIGHUP: the agent reads its configuration again. Returns once it
+    /// logged the outcome: `Ok` when it accepted the new configuration (it
+    /// applies at the next window boundary: [`Agent::wait_reloaded`]),
+    /// `Err(the log line)` when it refused it.
+    pub fn reload(&self) -> Result<(), String> {
+        let outcome =
+            |l: &&str| l.contains("configuration reload accepted") || l.contains("configuration reload refused");
+        let before = self.log().lines().filter(outcome).count();
+        self.signal(libc::SIGHUP);
+        self.wait_log(READY_WITHIN, |log| log.lines().filter(outcome).count() > before);
+        let log = self.log();
+        let line = log.lines().filter(outcome).nth(before).unwrap();
+        if line.contains("accepted") {
+            Ok(())
+        } else {
+            Err(line.to_string())
+        }
+    }
+
+    /// Waits until `n` reloads in all were applied (at window boundaries).
+    pub fn wait_reloaded(&self, n: usize) {
+        self.wait_log(READY_WITHIN, |log| log.lines().filter(|l| l.contains("configuration reloaded")).count() >= n);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// SIGTERM → final drain → exit 0; returns the records and the log.
     pub fn stop(mut self) -> (Vec<Rec>, String) {
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let log = self.terminate();
+        (self.take_records(), log)
+    }
+
+    /// [`Agent::stop`] for a test that reads the outputs itself (e.g. in
+    /// formats a reload changed): returns the log.
+    pub fn stop_log(mut self) -> String {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> String {
+        self.signal(libc::SIGTERM);
         let status = self.child.wait().unwrap();
         let log = self.finish();
         assert!(status.success(), "agent exit {status}: {log}");
-        (self.take_records(), log)
+        log
     }
 
     /// SIGKILL: no drain, no cleanup. Returns what it had written, and the log.
@@ -243,6 +316,21 @@ impl Drop for Agent {
     }
 }
 
+/// GET over plain HTTP/1.0 from inside namespace `ns` (the agent's
+/// metrics and health endpoints): (status, body).
+pub fn http_get(ns: &str, addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let path = path.to_string();
+    crate::netns::in_netns(ns, move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        (status, text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+    })
+}
+
 /// The `ingress="..."` the agent logged when it attached to `iface`.
 pub fn attach_hook(log: &str, iface: &str) -> Option<String> {
     log.lines().filter(|l| l.contains("attached") && l.contains(&format!("iface={iface}"))).find_map(|l| {
@@ -272,6 +360,8 @@ pub struct Rec {
     pub tcp_flags: Option<u8>,
     pub direction: String,
     pub reject_reason: String,
+    /// The `k8s-*` extension fields (all `None` when the format has none).
+    pub k8s: K8sMeta,
 }
 
 pub type Tuple = (IpAddr, IpAddr, u16, u16, u8);
@@ -308,6 +398,7 @@ impl Rec {
             tcp_flags: r.tcp_flags,
             direction: text(r.flow_direction.map(|d| d.as_str())),
             reject_reason: text(r.reject_reason.as_deref()),
+            k8s: r.k8s.as_deref().cloned().unwrap_or_default(),
         }
     }
 

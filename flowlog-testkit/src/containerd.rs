@@ -88,7 +88,9 @@ impl Containerd {
     /// the pause image; panics (after cleaning up) with containerd's log if
     /// it does not come up. About 0.5 s.
     pub fn start() -> Containerd {
-        check_tools();
+        if let Some(missing) = missing_tools() {
+            panic!("{missing}");
+        }
         let scratch = PathBuf::from(format!("/run/flowlog-ctrd-{}-{}", std::process::id(), next_id()));
         let _ = fs::remove_dir_all(&scratch);
         fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("{}: {e}", scratch.display()));
@@ -99,6 +101,23 @@ impl Containerd {
             panic!("private containerd: {e}\ncontainerd log:\n{log}");
         }
         c
+    }
+
+    /// For a test: `None` (the test returns) without root, or without the
+    /// packages (`SKIP:` line), unless FLOWLOG_REQUIRE_ROOT_TESTS=1 (`cargo
+    /// xtask test`, CI) makes either a failure; else [`Containerd::start`].
+    pub fn start_or_skip() -> Option<Containerd> {
+        if !crate::require_root() {
+            return None;
+        }
+        if let Some(missing) = missing_tools() {
+            if std::env::var("FLOWLOG_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+                panic!("{missing}");
+            }
+            eprintln!("SKIP: {missing}");
+            return None;
+        }
+        Some(Containerd::start())
     }
 
     fn boot(&mut self) -> Result<(), String> {
@@ -450,8 +469,8 @@ fn build_pause_image(s: &Path) -> Result<PathBuf, String> {
     Ok(s.join("pause-oci.tar"))
 }
 
-/// The tools the harness runs, with the packages that bring them.
-fn check_tools() {
+/// What the harness lacks (tools, CNI plugins), as the command that installs it.
+pub fn missing_tools() -> Option<String> {
     let tools = [
         ("containerd", "containerd"),
         ("ctr", "containerd"),
@@ -467,14 +486,15 @@ fn check_tools() {
     let missing: Vec<&str> =
         tools.iter().filter(|(t, _)| !path.split(':').any(|d| Path::new(d).join(t).is_file())).map(|(_, p)| *p).collect();
     let no_cni = ["bridge", "ptp", "host-local", "loopback"].iter().any(|p| !Path::new(CNI_BIN).join(p).is_file());
-    if !missing.is_empty() || no_cni {
-        let mut pkgs = missing;
-        if no_cni {
-            pkgs.push("containernetworking-plugins");
-        }
-        pkgs.dedup();
-        panic!("the containerd harness needs `apt-get install {}` (`cargo xtask test` installs them)", pkgs.join(" "));
+    if missing.is_empty() && !no_cni {
+        return None;
     }
+    let mut pkgs = missing;
+    if no_cni {
+        pkgs.push("containernetworking-plugins");
+    }
+    pkgs.dedup();
+    Some(format!("the containerd harness needs `apt-get install {}` (`cargo xtask test` installs them)", pkgs.join(" ")))
 }
 
 /// Mount points under `dir`, in /proc/mounts order (parents first).

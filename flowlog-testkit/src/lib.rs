@@ -4,8 +4,9 @@
 //! `BPF_PROG_TEST_RUN` ([`frames`]), network namespaces and a packet
 //! capture ([`netns`]), the agent run in them with its records read back
 //! ([`agent`]), systemd unit files read as systemd does ([`systemd`]),
-//! Parquet files of other writers for `compare` ([`parquet`]), a private
-//! containerd with CNI pods for the Kubernetes tests ([`containerd`]).
+//! Parquet files of other writers for `compare` ([`parquet`]), terminal
+//! programs run in tmux ([`tmux`]), a private containerd with CNI pods for
+//! the Kubernetes tests ([`containerd`]).
 
 pub mod agent;
 pub mod aws;
@@ -15,6 +16,7 @@ pub mod frames;
 pub mod netns;
 pub mod parquet;
 pub mod systemd;
+pub mod tmux;
 
 /// Tests that need root (BPF, network namespaces) call this first. Under
 /// `cargo xtask test` (and CI) FLOWLOG_REQUIRE_ROOT_TESTS=1 turns a missing

@@ -122,6 +122,20 @@ impl Netns {
         }
     }
 
+    /// What `ethtool -S` prints for an interface of the namespace: each
+    /// driver statistic's name and value.
+    pub fn ethtool_stats(&self, ifname: &str) -> BTreeMap<String, u64> {
+        let text = self.try_exec(&["ethtool", "-S", ifname]).unwrap_or_else(|e| panic!("{e}"));
+        text.lines()
+            .skip_while(|l| !l.ends_with("statistics:"))
+            .skip(1)
+            .map(|l| {
+                let (k, val) = l.trim().rsplit_once(": ").unwrap_or_else(|| panic!("ethtool -S line {l:?}"));
+                (k.to_string(), val.parse().unwrap_or_else(|e| panic!("ethtool -S line {l:?}: {e}")))
+            })
+            .collect()
+    }
+
     pub fn ifindex(&self, ifname: &str) -> u32 {
         let n = ifname.to_string();
         in_netns(&self.0, move || {

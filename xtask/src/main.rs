@@ -23,12 +23,12 @@ const DEBIAN_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 /// LLVM that bpf-linker links against: the same major as rustc-web's LLVM.
 const DEBIAN_LLVM: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Tools the kernel tests use to build network namespaces.
-/// rpm: tests/package.rs reads the .rpm; man-db: the manual page tests.
+/// rpm: tests/package.rs reads the .rpm; man-db: the manual page tests; tmux: tests/top.rs.
 /// qemu-user-static, libc6-arm64-cross: tests/package.rs runs the arm64 binary; buildah: it builds the image.
 /// containerd, runc, containernetworking-plugins (in /usr/lib/cni), umoci, gcc: the private containerd with CNI pods
 /// of tests/kubernetes.rs (flowlog-testkit/src/containerd.rs); protobuf-compiler: the check of the CRI client code.
 const DEBIAN_TEST_TOOLS: &[&str] = &[
-    "iproute2", "ethtool", "procps", "util-linux", "strace", "systemd", "nftables", "wireguard-tools", "rpm", "man-db", "qemu-user-static",
+    "iproute2", "ethtool", "procps", "tmux", "util-linux", "strace", "systemd", "nftables", "wireguard-tools", "rpm", "man-db", "qemu-user-static",
     "libc6-arm64-cross", "libgcc-s1-arm64-cross", "buildah", "containerd", "runc", "containernetworking-plugins", "umoci", "gcc",
     "libc6-dev", "protobuf-compiler",
 ];

@@ -866,22 +866,36 @@ fn build_tests(root: &Path, suites: &[String]) -> Result<Build> {
     }
     fs::create_dir_all(snap.join("bin"))?;
     let mut build = Build { suites: Vec::new(), binds: Vec::new(), packaged_agent: None, rootfs: None };
-    for s in suites {
-        let test = if s == PACKAGED_SUITE {
-            build.packaged_agent = Some(snapshot(&root.join(Arch::X86_64.packaged_agent()), &snap.join("bin/packaged-flowlog-agent"))?);
-            "e2e"
-        } else {
-            s.as_str()
-        };
-        let Some(exe) = tests.get(test) else {
-            bail!("cargo built no test binary {s:?} (test targets: {})", tests.keys().cloned().collect::<Vec<_>>().join(", "));
-        };
-        build.suites.push((s.clone(), snapshot(exe, &snap.join(s))?));
-    }
+    build.add_suites(root, Arch::X86_64, suites, &tests, &snap, &snap.join("bin/packaged-flowlog-agent"))?;
     for (name, exe) in &bins {
         build.binds.push((snapshot(exe, &snap.join("bin").join(name))?, exe.clone()));
     }
     Ok(build)
+}
+
+impl Build {
+    /// Snapshots each suite's test binary into `dir`; the `packaged` suite
+    /// runs the e2e binary with the packages' agent of `arch`, snapshot to
+    /// `packaged_to`.
+    fn add_suites(&mut self, root: &Path, arch: Arch, suites: &[String], tests: &BTreeMap<String, PathBuf>, dir: &Path, packaged_to: &Path) -> Result<()> {
+        for s in suites {
+            let test = if s == PACKAGED_SUITE {
+                let packaged = root.join(arch.packaged_agent());
+                if !packaged.is_file() {
+                    bail!("--packaged: no {}; run `cargo xtask package` first", arch.packaged_agent());
+                }
+                self.packaged_agent = Some(snapshot(&packaged, packaged_to)?);
+                "e2e"
+            } else {
+                s.as_str()
+            };
+            let Some(exe) = tests.get(test) else {
+                bail!("cargo built no {} test binary {s:?} (test targets: {})", arch.name(), tests.keys().cloned().collect::<Vec<_>>().join(", "));
+            };
+            self.suites.push((s.clone(), snapshot(exe, &dir.join(s))?));
+        }
+        Ok(())
+    }
 }
 
 /// A hard link keeps the built file: cargo and the linker replace outputs by

@@ -264,21 +264,29 @@ fn batch<K: Copy, V: Copy>(cmd: libc::c_long, map: BorrowedFd<'_>, chunk: usize,
     }
 }
 
-/// A shared, writable mapping of part of a `BPF_F_MMAPABLE` array (the
-/// kernel maps the array's values from file offset 0).
+/// A shared mapping of part of a `BPF_F_MMAPABLE` array (the kernel maps
+/// the array's values from file offset 0), writable or read-only.
 pub struct Mapping {
     ptr: *mut u8,
     len: usize,
 }
 
 impl Mapping {
-    /// Bytes `[offset, offset + len)` of the array's values; `offset` a
-    /// multiple of the page size.
+    /// Bytes `[offset, offset + len)` of the array's values, writable;
+    /// `offset` a multiple of the page size.
     pub fn new(map: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<Mapping> {
+        Self::map(map, offset, len, libc::PROT_READ | libc::PROT_WRITE)
+    }
+
+    /// The same, read-only: a write through it faults instead of changing a count.
+    pub fn read_only(map: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<Mapping> {
+        Self::map(map, offset, len, libc::PROT_READ)
+    }
+
+    fn map(map: BorrowedFd<'_>, offset: usize, len: usize, prot: libc::c_int) -> io::Result<Mapping> {
         // SAFETY: a fresh shared mapping of the fd; checked for failure.
-        let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.as_raw_fd(), offset as libc::off_t)
-        };
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, map.as_raw_fd(), offset as libc::off_t) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

@@ -170,6 +170,25 @@ impl KernelFilters {
         b
     }
 
+    /// Whether a running agent can go from `old` to `new` ([`Capture::replace_filters`]):
+    /// the same kinds on, and both sets fitting the maps at once (new
+    /// entries go in before old ones leave).
+    pub fn check_replace(old: &KernelFilters, new: &KernelFilters) -> Result<()> {
+        anyhow::ensure!(old.bits() == new.bits(), "switching a kind of kernel filter on or off needs a restart");
+        let union = |a: &[IpNet], b: &[IpNet]| a.iter().chain(b.iter().filter(|n| !a.contains(n))).copied().collect();
+        let ports = port_bits(old).into_keys().chain(port_bits(new).into_keys()).collect::<std::collections::BTreeSet<u16>>();
+        let both = KernelFilters {
+            include_cidrs: union(&old.include_cidrs, &new.include_cidrs),
+            exclude_cidrs: union(&old.exclude_cidrs, &new.exclude_cidrs),
+            include_ports: ports.into_iter().collect(),
+            ..KernelFilters::default()
+        };
+        if let Err((key, n)) = both.validate() {
+            anyhow::bail!("the running and the new {key} are {n} entries together, over the kernel map's {MAX_FILTER_ENTRIES}: restart to change them");
+        }
+        Ok(())
+    }
+
     /// Checks the sizes against the kernel maps; returns the offending key.
     pub fn validate(&self) -> Result<(), (&'static str, usize)> {
         for (k, n) in [
@@ -199,14 +218,39 @@ fn lpm_key(net: &IpNet) -> Key<[u8; 16]> {
     }
 }
 
-fn fill_filters(ebpf: &mut Ebpf, f: &KernelFilters) -> Result<()> {
-    for (name, nets) in [(maps::INCLUDE_CIDRS, &f.include_cidrs), (maps::EXCLUDE_CIDRS, &f.exclude_cidrs)] {
+/// Replaces the filter maps' entries `old` put there with `new`'s (at load:
+/// `old` is empty), adding before removing: for the microseconds in between
+/// a packet may meet both sets, never none.
+fn refill_filters(ebpf: &mut Ebpf, old: &KernelFilters, new: &KernelFilters) -> Result<()> {
+    for (name, was, now) in [(maps::INCLUDE_CIDRS, &old.include_cidrs, &new.include_cidrs), (maps::EXCLUDE_CIDRS, &old.exclude_cidrs, &new.exclude_cidrs)] {
         let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(ebpf.map_mut(name).context("no filter map")?)?;
-        for n in nets {
+        for n in now.iter().filter(|n| !was.contains(n)) {
             trie.insert(&lpm_key(n), 1, 0).with_context(|| format!("loading filter {n}"))?;
+        }
+        for n in was.iter().filter(|n| !now.contains(n)) {
+            trie.remove(&lpm_key(n)).with_context(|| format!("removing filter {n}"))?;
         }
     }
     let mut ports: AyaHashMap<&mut MapData, u16, u8> = AyaHashMap::try_from(ebpf.map_mut(maps::FILTER_PORTS).context("no filter map")?)?;
+    let (was, now) = (port_bits(old), port_bits(new));
+    for (p, b) in now.iter().filter(|(p, b)| was.get(p) != Some(b)) {
+        ports.insert(p, b, 0)?;
+    }
+    for p in was.keys().filter(|p| !now.contains_key(p)) {
+        ports.remove(p)?;
+    }
+    let mut protos: Array<&mut MapData, u8> = Array::try_from(ebpf.map_mut(maps::FILTER_PROTOCOLS).context("no filter map")?)?;
+    for p in new.protocols.iter().filter(|p| !old.protocols.contains(p)) {
+        protos.set(u32::from(*p), 1, 0)?;
+    }
+    for p in old.protocols.iter().filter(|p| !new.protocols.contains(p)) {
+        protos.set(u32::from(*p), 0, 0)?;
+    }
+    Ok(())
+}
+
+/// The `FILTER_PORTS` entries: per port, its include/exclude bits.
+fn port_bits(f: &KernelFilters) -> BTreeMap<u16, u8> {
     let mut bits: BTreeMap<u16, u8> = BTreeMap::new();
     for p in &f.include_ports {
         *bits.entry(*p).or_default() |= filters::PORT_INCLUDE;
@@ -214,14 +258,7 @@ fn fill_filters(ebpf: &mut Ebpf, f: &KernelFilters) -> Result<()> {
     for p in &f.exclude_ports {
         *bits.entry(*p).or_default() |= filters::PORT_EXCLUDE;
     }
-    for (p, b) in bits {
-        ports.insert(p, b, 0)?;
-    }
-    let mut protos: Array<&mut MapData, u8> = Array::try_from(ebpf.map_mut(maps::FILTER_PROTOCOLS).context("no filter map")?)?;
-    for p in &f.protocols {
-        protos.set(u32::from(*p), 1, 0)?;
-    }
-    Ok(())
+    bits
 }
 
 /// How an attachment is held. Pinned links outlive the agent: the programs
@@ -373,7 +410,7 @@ impl Capture {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(object_of(kind)).map_err(explain_load)?;
-        fill_filters(&mut ebpf, filters)?;
+        refill_filters(&mut ebpf, &KernelFilters::default(), filters)?;
         let tables = FlowTables::new(&mut ebpf, DRAIN_BATCH, kind, slot_entries)?;
         // The Ethernet TC programs go on every interface: verified now, so a
         // kernel that refuses them stops the agent at once. XDP and the
@@ -637,6 +674,14 @@ impl Capture {
 
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
+    }
+
+    /// A reload's new filter values. Which kinds of filter run is a
+    /// load-time constant of the programs ([`KernelFilters::bits`]), so only
+    /// the values of the kinds already on can change without a restart.
+    pub fn replace_filters(&mut self, old: &KernelFilters, new: &KernelFilters) -> Result<()> {
+        KernelFilters::check_replace(old, new)?;
+        refill_filters(&mut self.ebpf, old, new)
     }
 }
 

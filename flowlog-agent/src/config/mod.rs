@@ -41,6 +41,13 @@ pub struct Config {
     pub on_exit: OnExit,
     /// Address of the metrics/health endpoint (`None`: off).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The live endpoint's unix socket (`None`: off).
+    pub live_socket: Option<PathBuf>,
+    /// Whether `live_socket` was configured (then failing to bind it is an error).
+    pub live_socket_explicit: bool,
+    /// Driver statistics (`ethtool -S` names) exported per captured
+    /// interface (empty: none).
+    pub ethtool_stats: Vec<String>,
     /// Count 1 packet in N, scaled by N (0/1: all).
     pub sample_rate: u32,
     pub filters: KernelFilters,
@@ -238,6 +245,19 @@ keys! {
         /// `off`. Default 127.0.0.1:9750.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_METRICS_LISTEN")]
         pub metrics_listen: Option<String>,
+        /// Unix socket of the live endpoint (`flowlog-agent top`): the open
+        /// window's counts, for root only (mode 0600), or `off`. Default
+        /// /run/flowlog/live.sock.
+        #[arg(help_heading = "Operations", long, env = "FLOWLOG_LIVE_SOCKET")]
+        pub live_socket: Option<String>,
+        /// Driver statistics (`ethtool -S` names) exported as the counters
+        /// flowlog_ethtool_<name>_total{interface} where the captured
+        /// interface's driver has them; repeatable; `none`: no link counters. Default the
+        /// ENA allowance counters: bw_in_allowance_exceeded,
+        /// bw_out_allowance_exceeded, pps_allowance_exceeded,
+        /// conntrack_allowance_exceeded, linklocal_allowance_exceeded.
+        #[arg(help_heading = "Operations", long, value_delimiter = ',', env = "FLOWLOG_ETHTOOL_STATS")]
+        pub ethtool_stats: Vec<String>,
         /// Log filter (tracing syntax), e.g. `info` or `flowlog_agent=debug`.
         #[arg(help_heading = "Operations", long, env = "FLOWLOG_LOG")]
         pub log: Option<String>,
@@ -417,6 +437,34 @@ impl Keys {
 }
 
 
+/// Where the settings come from: kept so that a reload (SIGHUP) reads the
+/// same file with the same flags and variables as the start did.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Source {
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.path {
+            Some(p) => Keys::load(p)?,
+            None => Keys::default(),
+        };
+        Settings::resolve(file, self.overrides.clone())
+    }
+}
+
+/// The keys a reload changes (at the next window boundary), with the
+/// `[enrich]` section and the values of the `[filters]` already in use.
+/// Every other key (and `[metadata]`) keeps its value until a restart: the
+/// kernel side is loaded with it (`max-flows`, `sample-rate`, which kinds
+/// of `[filters]` run, `ingress-hook`, `reject-reasons`, pinning),
+/// or it is set up once (`interval`, the metrics listener, the spool, the
+/// logs, the AWS settings, the metadata provider).
+pub const RELOADABLE: &[&str] =
+    &["interfaces", "exclude-interfaces", "log-format", "outputs", "traffic-type", "on-exit"];
+
 /// Everything the agent runs with, after precedence and validation.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -490,6 +538,16 @@ impl Settings {
             "off" => None,
             a => Some(a.parse().map_err(|_| invalid("metrics-listen", a, "off, or an address such as 127.0.0.1:9750 or [::1]:9750"))?),
         };
+        let live_socket_explicit = k.live_socket.is_some();
+        let live_socket = match k.live_socket.as_deref().unwrap_or(crate::live::DEFAULT_LIVE_SOCKET) {
+            "off" => None,
+            p if p.starts_with('/') => Some(PathBuf::from(p)),
+            p => return Err(invalid("live-socket", p, "off, or an absolute path such as /run/flowlog/live.sock")),
+        };
+        use crate::metrics::link;
+        let ethtool_stats = if k.ethtool_stats.is_empty() { link::default_names() } else { k.ethtool_stats };
+        let ethtool_stats =
+            link::check_names(&ethtool_stats).map_err(|e| invalid("ethtool-stats", ethtool_stats.join(","), e))?;
         // `pin` comes only from the file, `no-pin` only from flags and variables.
         let pin = k.no_pin.map_or_else(|| k.pin.unwrap_or(true), |no| !no);
         let pin_dir = k.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into());
@@ -530,6 +588,9 @@ impl Settings {
                 pin_root: pin.then_some(pin_dir),
                 on_exit,
                 metrics_listen,
+                live_socket,
+                live_socket_explicit,
+                ethtool_stats,
                 sample_rate,
                 filters,
                 ingress_hook,
@@ -549,10 +610,46 @@ impl Settings {
     /// never pass through the config); values of keys that look like secrets
     /// are redacted all the same.
     pub fn render(&self) -> String {
+        let mut out: String = match toml::to_string(&self.keys()) {
+            Ok(text) => text.lines().map(redact).map(|l| l + "\n").collect(),
+            Err(e) => format!("# cannot render the configuration: {e}\n"),
+        };
+        out.push_str(&format!("\n# [metadata]\n# {:?}\n", self.metadata));
+        out.push_str(&format!("\n# [enrich]\n# {:?}\n", self.enrich));
+        out
+    }
+
+    /// The keys a reload ([`RELOADABLE`]) does not change that differ in
+    /// `new`: they keep their running value until a restart.
+    pub fn restart_only_changes(&self, new: &Settings) -> Vec<String> {
+        let table = |s: &Settings| match toml::Table::try_from(s.keys()) {
+            Ok(t) => t,
+            Err(e) => unreachable!("the keys are plain TOML values: {e}"),
+        };
+        let (old, new_keys) = (table(self), table(new));
+        let mut changed: Vec<String> = old
+            .keys()
+            .chain(new_keys.keys())
+            .filter(|k| !RELOADABLE.contains(&k.as_str()) && old.get(*k) != new_keys.get(*k))
+            // The values of the kernel filters already on change; a kind
+            // switched on or off does not (the programs are loaded with it).
+            .filter(|k| *k != "filters" || self.agent.filters.bits() != new.agent.filters.bits())
+            .cloned()
+            .collect();
+        changed.sort();
+        changed.dedup();
+        if self.metadata != new.metadata {
+            changed.push("metadata".into());
+        }
+        changed
+    }
+
+    /// The effective values as [`Keys`].
+    fn keys(&self) -> Keys {
         let a = &self.agent;
         // Paths as text: TOML has no other kind of string.
         let path = |p: &std::path::Path| PathBuf::from(p.display().to_string());
-        let keys = Keys {
+        Keys {
             interfaces: a.ifaces.clone(),
             exclude_interfaces: a.exclude_ifaces.clone(),
             max_flows: Some(a.max_flows),
@@ -580,19 +677,14 @@ impl Settings {
             no_pin: None,
             on_exit: Some(a.on_exit.as_str().into()),
             metrics_listen: Some(a.metrics_listen.map_or("off".to_string(), |s| s.to_string())),
+            live_socket: Some(a.live_socket.as_deref().map_or("off".to_string(), |p| p.display().to_string())),
+            ethtool_stats: if a.ethtool_stats.is_empty() { vec!["none".into()] } else { a.ethtool_stats.clone() },
             log: Some(self.log.clone()),
             log_json: Some(self.log_json),
             // Not serialized: shown below as they are.
             metadata: MetadataConfig::default(),
             enrich: EnrichConfig::default(),
-        };
-        let mut out: String = match toml::to_string(&keys) {
-            Ok(text) => text.lines().map(redact).map(|l| l + "\n").collect(),
-            Err(e) => format!("# cannot render the configuration: {e}\n"),
-        };
-        out.push_str(&format!("\n# [metadata]\n# {:?}\n", self.metadata));
-        out.push_str(&format!("\n# [enrich]\n# {:?}\n", self.enrich));
-        out
+        }
     }
 }
 
@@ -637,6 +729,7 @@ mod tests {
         assert_eq!(s.agent.max_flows, 65_536);
         assert_eq!(s.agent.pin_root.as_deref(), Some(std::path::Path::new("/sys/fs/bpf/flowlog")));
         assert_eq!(s.agent.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));
+        assert_eq!(s.agent.ethtool_stats, crate::metrics::link::default_names());
         assert_eq!(s.agent.format, Format::default());
         assert_eq!(s.agent.account_id, None);
         assert_eq!(s.log, "info");
@@ -694,6 +787,8 @@ mod tests {
             ("pin-dir = \"bpf\"", "invalid pin-dir = \"bpf\": an absolute path on a BPF filesystem"),
             ("ingress-hook = \"ebpf\"", "invalid ingress-hook = \"ebpf\": auto, xdp or tc"),
             ("sample-rate = 0", "invalid sample-rate = \"0\": 1 (every packet) or more (1 in N, counts scaled by N)"),
+            ("ethtool-stats = [\"rx drops\"]", "invalid ethtool-stats = \"rx drops\": \"rx drops\": an `ethtool -S` statistic name is 1 to 31 bytes without spaces"),
+            ("ethtool-stats = [\"none\", \"rx_drops\"]", "invalid ethtool-stats = \"none,rx_drops\": `none` alone, or names of `ethtool -S` statistics"),
             ("interfaces = [\"veth[\"]", "invalid interfaces = \"veth[\": invalid interface pattern \"veth[\": unclosed character class; missing ']'"),
         ];
         for (file, want) in cases {
@@ -701,6 +796,45 @@ mod tests {
         }
         let e = resolve("log-format = \"${nope}\"", Overrides::default()).unwrap_err();
         assert!(e.starts_with("invalid log-format = \"${nope}\": unknown field \"${nope}\""), "{e}");
+    }
+
+    /// What a reload cannot change is named; what it changes is not.
+    #[test]
+    fn restart_only_keys_are_named() {
+        let base = "interfaces = [\"veth*\"]\ninterval = 60\n";
+        let old = resolve(base, Overrides::default()).unwrap();
+        let reloadable = "interfaces = [\"eth0\"]\nexclude-interfaces = [\"x*\"]\ninterval = 60\n\
+            log-format = \"${srcaddr}\"\noutputs = [\"stdout\", \"file:/tmp/x.log\"]\non-exit = \"keep\"\n\
+            [enrich]\ntraffic-type = \"REJECT\"\n";
+        let new = resolve(reloadable, Overrides::default()).unwrap();
+        assert_eq!(old.restart_only_changes(&new), Vec::<String>::new());
+        let restart = format!(
+            "{base}max-flows = 10\nsample-rate = 2\nmetrics-listen = \"off\"\npin = false\nspool-dir = \"/x\"\n\
+             account-id = \"1\"\n[filters]\nprotocols = [6]\n[metadata]\nmode = \"onprem\"\n"
+        );
+        let new = resolve(&restart, Overrides::default()).unwrap();
+        let want = ["account-id", "filters", "max-flows", "metrics-listen", "pin", "pin-dir", "sample-rate"];
+        assert_eq!(old.restart_only_changes(&new), [&want[..], &["spool-dir", "metadata"]].concat());
+        let new = resolve(&base.replace("60", "600"), Overrides::default()).unwrap();
+        assert_eq!(old.restart_only_changes(&new), ["interval"]);
+    }
+
+    /// A reload reads the same file with the same flags over it.
+    #[test]
+    fn source_lays_the_start_flags_over_the_file_again() {
+        let path = std::env::temp_dir().join(format!("flowlog-source-{}.toml", std::process::id()));
+        std::fs::write(&path, "interval = 60\nlog-format = \"${srcaddr}\"\n").unwrap();
+        let overrides = Overrides { interval: Some(5), ..Default::default() };
+        let source = Source { path: Some(path.clone()), overrides };
+        let s = source.load().unwrap();
+        assert_eq!((s.agent.interval.as_secs(), s.agent.format.spec()), (5, "${srcaddr}".to_string()));
+        std::fs::write(&path, "interval = 600\nlog-format = \"${dstaddr}\"\n").unwrap();
+        let s = source.load().unwrap();
+        assert_eq!((s.agent.interval.as_secs(), s.agent.format.spec()), (5, "${dstaddr}".to_string()));
+        std::fs::write(&path, "interval = \n").unwrap();
+        let e = source.load().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("config file {}: TOML parse error", path.display())), "{e}");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -724,6 +858,23 @@ mod tests {
         for line in ["ingress-hook = \"xdp\"\n", "on-exit = \"keep\"\n", "traffic-type = \"REJECT\"\n"] {
             assert!(r.contains(line), "{line:?} not in {r}");
         }
+    }
+
+    /// `none` switches the link counters off, and says so when rendered; a
+    /// flag's list replaces the file's.
+    #[test]
+    fn ethtool_stats_none_or_a_list() {
+        let s = resolve("ethtool-stats = [\"none\"]", Overrides::default()).unwrap();
+        assert_eq!(s.agent.ethtool_stats, Vec::<String>::new());
+        assert!(s.render().contains("ethtool-stats = [\"none\"]\n"), "{}", s.render());
+        let stats = vec!["peer_ifindex".into(), "rx_queue_0_xdp_packets".into()];
+        let o = Overrides { ethtool_stats: stats, ..Default::default() };
+        let s = resolve("ethtool-stats = [\"none\"]", o).unwrap();
+        assert_eq!(s.agent.ethtool_stats, ["peer_ifindex", "rx_queue_0_xdp_packets"]);
+        let r = resolve("", Overrides::default()).unwrap().render();
+        let ena = "[\"bw_in_allowance_exceeded\", \"bw_out_allowance_exceeded\", \"pps_allowance_exceeded\", \
+                   \"conntrack_allowance_exceeded\", \"linklocal_allowance_exceeded\"]";
+        assert!(r.contains(&format!("ethtool-stats = {ena}\n")), "{r}");
     }
 
     /// A key given by flags or variables wins; a list replaces the file's
@@ -836,7 +987,7 @@ mod example {
         // Every key (commented or not) appears in the example.
         let keys = [
             "interfaces", "exclude-interfaces", "interval", "outputs", "log-format", "account-id", "max-flows", "pin", "pin-dir",
-            "on-exit", "metrics-listen", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
+            "on-exit", "metrics-listen", "ethtool-stats", "live-socket", "log", "mode", "refresh-interval-secs", "endpoint", "token-ttl-secs", "connect-timeout-ms",
             "timeout-ms", "max-attempts", "endpoint-mode", "instance-tags", "region", "az-id", "vpc-id",
             "subnet-id", "instance-id", "interface-id", "addresses", "tags", "traffic-type", "ip-ranges", "vpc-cidrs", "enabled",
             "instance-metadata", "time-sync", "amazon-dns", "dhcp", "vpc-router", "windows-activation", "extra", "nitro", "routes",
@@ -851,7 +1002,7 @@ mod example {
         // And every flag of the agent is named in it.
         for flag in [
             "--iface", "--exclude-iface", "--interval", "--output", "--log-format", "--account-id", "--max-flows", "--no-pin", "--pin-dir",
-            "--on-exit", "--metrics-listen", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
+            "--on-exit", "--metrics-listen", "--ethtool-stats", "--live-socket", "--log", "--log-json", "--ingress-hook", "--traffic-type", "--reject-reasons", "--reject-reason-map", "--region", "--aws-endpoint-url", "--flow-log-id",
             "--spool-dir", "--spool-max-bytes", "--file-interval", "--file-max-bytes", "--shutdown-timeout", "--sample-rate", "--include-cidr", "--exclude-cidr", "--include-port",
             "--exclude-port", "--protocol", "--kubernetes", "--cri-socket", "--k8s-pod-label", "--k8s-refresh",
             "--cri-timeout",

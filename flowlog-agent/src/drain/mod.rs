@@ -28,6 +28,8 @@ use flowlog_common::{counters, maps, FlowKey, FlowSlot, FlowStats, InsertFailure
 
 use crate::bpf::{clock, sys, TableKind};
 
+pub mod live;
+
 
 /// Everything one window counted.
 #[derive(Clone, Debug, Default)]
@@ -336,8 +338,9 @@ fn slot_base(unix_ns: u64) -> u64 {
     (mono - (unix_ns % NS) as i128).max(1) as u64
 }
 
-/// Reads every published slot of a quiescent table; duplicate slots of one
-/// flow (two CPUs inserted it at once) are added together.
+/// Reads every published slot of a table (quiescent, or the live one, read
+/// only); duplicate slots of one flow (two CPUs inserted it at once) are
+/// added together.
 fn read_slots(fd: std::os::fd::BorrowedFd<'_>, capacity: u32, base: u64, out: &mut Vec<(FlowKey, FlowStats)>, idx: &mut Vec<u32>) -> std::io::Result<()> {
     let cap = capacity as usize;
     let first = out.len();
@@ -348,11 +351,12 @@ fn read_slots(fd: std::os::fd::BorrowedFd<'_>, capacity: u32, base: u64, out: &m
     let ns = |sec: u16| base + sec as u64 * NS + NS / 2;
     while start < cap {
         let n = CHUNK_SLOTS.min(cap - start);
-        let m = sys::Mapping::new(fd, start * 64, n * 64)?;
-        // SAFETY: n slots of plain data, mapped and 64-aligned; no program
-        // writes this generation any more (RCU barrier).
-        let slots = unsafe { std::slice::from_raw_parts(m.as_ptr() as *const FlowSlot, n) };
-        for (j, s) in slots.iter().enumerate() {
+        let m = sys::Mapping::read_only(fd, start * 64, n * 64)?;
+        for j in 0..n {
+            // SAFETY: slot j of n of plain data, mapped and 64-aligned. Copied
+            // with a volatile read: the live view reads the generation being
+            // written (a slot read mid-update is at worst a count behind).
+            let s = &unsafe { std::ptr::read_volatile((m.as_ptr() as *const FlowSlot).add(j)) };
             // Claimed but never published cannot happen once quiescent (a
             // program publishes before it returns): skipped, like empty.
             if s.state == 0 || s.state == FlowSlot::CLAIMED {

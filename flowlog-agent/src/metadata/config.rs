@@ -330,7 +330,7 @@ impl OnPremConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -345,30 +345,33 @@ mod tests {
         d.validate().unwrap();
     }
 
+    /// The host-wide keys of an `[metadata.onprem]` section the tests share.
+    pub(crate) const ONPREM_HOST: &str = r#"account-id = "123456789012"
+            region = "eu-west-1"
+            az-id = "euw1-az1"
+            vpc-id = "vpc-1"
+            subnet-id = "subnet-1"
+            instance-id = "i-1""#;
+
     #[test]
     fn full_onprem_section() {
-        let c = MetadataConfig::from_toml(
+        let c = MetadataConfig::from_toml(&format!(
             r#"
             [metadata]
             mode = "onprem"
             refresh-interval-secs = 30
             [metadata.onprem]
-            account-id = "123456789012"
-            region = "eu-west-1"
-            az-id = "euw1-az1"
-            vpc-id = "vpc-1"
-            subnet-id = "subnet-1"
-            instance-id = "i-1"
-            instance-tags = { Name = "edge-1" }
+            {ONPREM_HOST}
+            instance-tags = {{ Name = "edge-1" }}
             [metadata.onprem.interfaces.eth0]
             interface-id = "eni-0a"
             subnet-id = "subnet-2"
             addresses = ["10.0.0.5", "2001:db8::5"]
-            tags = { role = "uplink" }
+            tags = {{ role = "uplink" }}
             [metadata.onprem.interfaces."02:00:5E:10:00:01"]
             interface-id = "eni-0b"
             "#,
-        )
+        ))
         .unwrap();
         assert_eq!(c.mode, Mode::Onprem);
         assert_eq!(c.refresh_interval_secs, 30);

@@ -394,19 +394,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_token_and_throttling_during_a_refresh() {
-        let fake = instance().await;
-        let mut p = Ec2Provider::new(&cfg(&fake.endpoint()), "m").unwrap();
-        let first = p.refresh(&links()).await.unwrap();
-        fake.expire_tokens();
-        fake.throttle(1, 429);
-        let again = p.refresh(&links()).await.unwrap();
-        assert_eq!(first, again);
-        let st = fake.stats();
-        assert_eq!((st.puts, st.unauthorized, st.throttled), (2, 1, 1));
-    }
-
-    #[tokio::test]
     async fn host_values_fall_back_when_paths_are_missing() {
         // An older instance: no placement/region or az-id, no identity
         // document account, no ENIs listed.

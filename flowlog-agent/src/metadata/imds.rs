@@ -311,16 +311,19 @@ mod tests {
         assert_eq!(s.unauthorized, 0);
     }
 
+    /// A token the service expired early is replaced on the 401, and a
+    /// throttled answer after it is retried: the caller sees neither.
     #[tokio::test]
-    async fn expired_token_is_replaced_on_401() {
+    async fn expired_token_is_replaced_on_401_and_throttling_retried() {
         let fake = FakeImds::start().await;
         fake.set("meta-data/instance-id", "i-1");
         let c = ImdsClient::new(&cfg(&fake.endpoint())).unwrap();
         assert!(c.get("meta-data/instance-id").await.unwrap().is_some());
         fake.expire_tokens();
+        fake.throttle(1, 429);
         assert_eq!(c.get("meta-data/instance-id").await.unwrap().as_deref(), Some("i-1"));
         let s = fake.stats();
-        assert_eq!((s.puts, s.unauthorized, s.gets), (2, 1, 3));
+        assert_eq!((s.puts, s.unauthorized, s.throttled), (2, 1, 1));
     }
 
     /// The SDK renews a token 120 s before its end: a TTL under that is

@@ -65,8 +65,8 @@ pub enum MetadataError {
 
 /// The provider selected by config (and detection in `auto` mode).
 pub enum MetadataProvider {
-    Ec2(ec2::Ec2Provider),
-    OnPrem(onprem::OnPremProvider),
+    Ec2(Box<ec2::Ec2Provider>),
+    OnPrem(Box<onprem::OnPremProvider>),
 }
 
 impl MetadataProvider {
@@ -77,8 +77,8 @@ impl MetadataProvider {
         cfg.validate()?;
         let sel = detect::select(cfg.mode, sysfs_root);
         let p = match sel.kind {
-            ProviderKind::Ec2 => MetadataProvider::Ec2(ec2::Ec2Provider::new(&cfg.ec2, machine_id)?),
-            ProviderKind::OnPrem => MetadataProvider::OnPrem(onprem::OnPremProvider::new(&cfg.onprem, machine_id)?),
+            ProviderKind::Ec2 => MetadataProvider::Ec2(Box::new(ec2::Ec2Provider::new(&cfg.ec2, machine_id)?)),
+            ProviderKind::OnPrem => MetadataProvider::OnPrem(Box::new(onprem::OnPremProvider::new(&cfg.onprem, machine_id)?)),
         };
         Ok((p, sel))
     }

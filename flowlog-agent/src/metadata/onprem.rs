@@ -117,20 +117,15 @@ mod tests {
 
     #[test]
     fn lookup_and_fallback_table() {
-        let p = provider(
+        let p = provider(&format!(
             r#"
             [metadata.onprem]
-            account-id = "123456789012"
-            region = "eu-west-1"
-            az-id = "euw1-az1"
-            vpc-id = "vpc-1"
-            subnet-id = "subnet-1"
-            instance-id = "i-1"
+            {}
             [metadata.onprem.interfaces.eth0]
             interface-id = "eni-by-name"
             subnet-id = "subnet-2"
             addresses = ["2001:db8::5", "10.0.0.5", "10.0.0.6"]
-            tags = { role = "uplink" }
+            tags = {{ role = "uplink" }}
             [metadata.onprem.interfaces."02:00:00:00:00:02"]
             interface-id = "eni-by-mac"
             account-id = "999999999999"
@@ -140,7 +135,8 @@ mod tests {
             [metadata.onprem.interfaces.eth3]
             subnet-id = "subnet-3"
             "#,
-        );
+            crate::metadata::config::tests::ONPREM_HOST
+        ));
         let d = |n: &str| crate::capture::links::derived_interface_id("machine-1", n);
         let cases = [
             // Name entry; its MAC also has an entry, but the name wins.

@@ -41,7 +41,7 @@ use flowlog_records::{
     format::Format,
     record::FlowRecord,
 };
-use spool::{Batch, Spool, SpoolRecord};
+use spool::{Batch, Pos, Spool, SpoolRecord};
 pub use destination::{BoxFut, Destination, ShipStats};
 pub use output::{Output, OutputSpec, Registration, Sink, StartContext};
 pub use stop::Stop;
@@ -196,14 +196,55 @@ impl WindowWriter<'_> {
 /// Fan-out to every configured output.
 pub struct Shipper {
     direct: Vec<Box<dyn Sink>>,
+    /// The outputs' names (`Output`'s text), in the order of `direct`.
+    direct_names: Vec<String>,
     spool: Option<Spool>,
-    tasks: Vec<(String, JoinHandle<()>)>,
+    tasks: Vec<Task>,
+    /// Spooled outputs a reload removed, delivering what they had accepted.
+    retiring: Vec<Task>,
     stop_tx: watch::Sender<Option<Instant>>,
     shutdown_timeout: Duration,
+    flush_interval: Duration,
     /// Per spooled destination, by name.
     pub stats: Vec<(String, Arc<ShipStats>)>,
     /// The direct outputs' text buffer, reused across windows.
     text: Vec<u8>,
+}
+
+/// A spooled destination's delivery task.
+struct Task {
+    name: String,
+    handle: JoinHandle<()>,
+    /// Set by a reload that removes the output: deliver up to here, then end.
+    retire: watch::Sender<Option<Pos>>,
+}
+
+/// The outputs a new configuration adds, opened and checked (see
+/// [`Shipper::prepare`]) but not yet written to; and the full list.
+pub struct Reconfig {
+    outputs: Vec<String>,
+    direct: Vec<(String, Box<dyn Sink>)>,
+    spooled: Vec<(Box<dyn Destination>, Arc<ShipStats>)>,
+    spool: NewSpool,
+}
+
+/// The spool for added spooled outputs when none ran before.
+enum NewSpool {
+    /// One runs already, or none is needed.
+    Running,
+    /// Opened at start, with the outputs' cursors.
+    Open(Spool),
+    /// Checked by a reload (opened, then closed: a reload waiting for the
+    /// window's end must not hold its lock, a later SIGHUP may replace it);
+    /// opened when it applies.
+    At(PathBuf, u64),
+}
+
+/// What [`Shipper::apply`] changed, by output name.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 impl Shipper {
@@ -211,26 +252,61 @@ impl Shipper {
     /// bucket, log group or delivery stream, bad region, access denied, an
     /// unusable spool directory) and starts one task per spooled output.
     pub async fn start(cfg: &ShipConfig) -> Result<Shipper> {
-        let direct = cfg.outputs.iter().filter(|o| !o.spooled()).map(|o| o.open()).collect::<Result<Vec<_>>>()?;
-        let spooled: Vec<&Output> = cfg.outputs.iter().filter(|o| o.spooled()).collect();
-        let (stop_tx, stop_rx) = watch::channel(None);
-        let mut sh = Shipper { direct, spool: None, tasks: Vec::new(), stop_tx, shutdown_timeout: cfg.shutdown_timeout, stats: Vec::new(), text: Vec::new() };
-        if spooled.is_empty() {
-            return Ok(sh);
-        }
-        let names: Vec<String> = spooled.iter().map(|o| o.to_string()).collect();
-        let mut dedup = names.clone();
+        let (stop_tx, _) = watch::channel(None);
+        let mut sh = Shipper {
+            direct: Vec::new(),
+            direct_names: Vec::new(),
+            spool: None,
+            tasks: Vec::new(),
+            retiring: Vec::new(),
+            stop_tx,
+            shutdown_timeout: cfg.shutdown_timeout,
+            flush_interval: cfg.flush_interval,
+            stats: Vec::new(),
+            text: Vec::new(),
+        };
+        let r = sh.prepare(cfg).await?;
+        sh.install(r)?;
+        Ok(sh)
+    }
+
+    /// Opens and checks the outputs of `cfg` that do not run yet (all of
+    /// them at start), as [`Shipper::start`] does; nothing is written to them
+    /// before [`Shipper::apply`]. The other settings of `cfg` (spool, AWS,
+    /// files) are taken as they are: a reload does not change them.
+    pub async fn prepare(&self, cfg: &ShipConfig) -> Result<Reconfig> {
+        let outputs: Vec<String> = cfg.outputs.iter().map(|o| o.to_string()).collect();
+        let spooled_names: Vec<&String> =
+            cfg.outputs.iter().zip(&outputs).filter(|(o, _)| o.spooled()).map(|(_, n)| n).collect();
+        let mut dedup = spooled_names.clone();
         dedup.sort();
         dedup.dedup();
-        if dedup.len() != names.len() {
+        if dedup.len() != spooled_names.len() {
+            let names: Vec<&str> = spooled_names.iter().map(|n| n.as_str()).collect();
             anyhow::bail!("the same output is given twice: {}", names.join(", "));
         }
-        let needs_aws = spooled.iter().any(|o| o.aws().is_some_and(|a| a.region.is_none()));
+        if let Some(r) = self.retiring.iter().find(|t| spooled_names.contains(&&t.name)) {
+            anyhow::bail!(
+                "output {} was removed by an earlier reload and is still delivering what it had accepted; add it \
+                 again once it is done",
+                r.name
+            );
+        }
+        let new: Vec<(&Output, &String)> = cfg.outputs.iter().zip(&outputs).filter(|(_, n)| !self.runs(n)).collect();
+        let mut direct = Vec::new();
+        for (o, n) in new.iter().filter(|(o, _)| !o.spooled()) {
+            direct.push(((*n).clone(), o.open()?));
+        }
+        let spooled: Vec<(&Output, &String)> = new.into_iter().filter(|(o, _)| o.spooled()).collect();
+        if spooled.is_empty() {
+            return Ok(Reconfig { outputs, direct, spooled: Vec::new(), spool: NewSpool::Running });
+        }
+        let needs_aws = spooled.iter().any(|(o, _)| o.aws().is_some_and(|a| a.region.is_none()));
         let sdk = if needs_aws { Some(aws::sdk_config(&cfg.aws).await?) } else { None };
         let known_region = sdk.as_ref().and_then(|c| c.region().map(|r| r.to_string())).or_else(|| cfg.aws.region.clone()).or_else(|| std::env::var("AWS_REGION").ok());
         // One SDK configuration per distinct set of output options.
         let mut sdks: Vec<(aws::OutputAws, aws_config::SdkConfig)> = Vec::new();
-        for o in &spooled {
+        for (o, _) in &spooled {
             if let Some(a) = o.aws() {
                 if !sdks.iter().any(|(k, _)| k == a) {
                     let c = aws::output_sdk_config(&cfg.aws, a).await.with_context(|| format!("output {o}"))?;
@@ -240,44 +316,128 @@ impl Shipper {
         }
         let cxs: Vec<StartContext> = spooled
             .iter()
-            .zip(&names)
-            .map(|(o, name)| {
-                let stats = Arc::new(ShipStats::default());
-                sh.stats.push((name.clone(), stats.clone()));
-                StartContext {
-                    name,
-                    account_id: &cfg.account_id,
-                    flow_log_id: &cfg.flow_log_id,
-                    aws: &cfg.aws,
-                    known_region: known_region.as_deref(),
-                    sdk: o.aws().map(|a| sdks.iter().find(|(k, _)| k == a).map(|(_, c)| c).expect("loaded above")),
-                    objects: &cfg.objects,
-                    retry: cfg.retry,
-                    stats,
-                }
+            .map(|(o, name)| StartContext {
+                name,
+                account_id: &cfg.account_id,
+                flow_log_id: &cfg.flow_log_id,
+                aws: &cfg.aws,
+                known_region: known_region.as_deref(),
+                sdk: o.aws().map(|a| sdks.iter().find(|(k, _)| k == a).map(|(_, c)| c).expect("loaded above")),
+                objects: &cfg.objects,
+                retry: cfg.retry,
+                stats: Arc::new(ShipStats::default()),
             })
             .collect();
-        for (o, cx) in spooled.iter().zip(&cxs) {
+        for ((o, _), cx) in spooled.iter().zip(&cxs) {
             o.validate(cx)?;
         }
-        let mut dests: Vec<Box<dyn Destination>> = Vec::new();
-        for (o, cx) in spooled.iter().zip(cxs) {
-            dests.push(o.start(cx).await?);
+        let mut dests = Vec::new();
+        for ((o, _), cx) in spooled.iter().zip(cxs) {
+            let stats = cx.stats.clone();
+            dests.push((o.start(cx).await?, stats));
         }
-        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &names)?;
-        for n in &names {
-            let p = spool.pending_records(n)?;
-            if p > 0 {
-                info!(destination = %n, records = p, "spool: delivering records left from before");
+        // At start the spool is opened with the outputs' cursors (each goes
+        // on where it was); outputs a reload adds start at its end.
+        let spool = if self.spool.is_some() {
+            NewSpool::Running
+        } else if self.running() {
+            Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &[])?;
+            NewSpool::At(cfg.spool_dir.clone(), cfg.spool_max_bytes)
+        } else {
+            let names: Vec<String> = spooled.iter().map(|(_, n)| (*n).clone()).collect();
+            NewSpool::Open(Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, &names)?)
+        };
+        Ok(Reconfig { outputs, direct, spooled: dests, spool })
+    }
+
+    /// Whether the output of that name runs (removed ones do not).
+    fn runs(&self, name: &str) -> bool {
+        self.direct_names.iter().any(|n| n == name) || self.tasks.iter().any(|t| t.name == name)
+    }
+
+    /// Whether any output runs (false only while [`Shipper::start`] runs).
+    fn running(&self) -> bool {
+        !self.direct.is_empty() || !self.tasks.is_empty()
+    }
+
+    /// Switches to the outputs of `r`, between two windows: a removed direct
+    /// output is closed (it has every window so far), a removed spooled one
+    /// delivers everything spooled up to now, then ends; an added one gets
+    /// the windows from the next one on.
+    pub fn apply(&mut self, r: Reconfig) -> Applied {
+        self.reap();
+        let mut applied = Applied::default();
+        let (keep, gone): (Vec<_>, Vec<_>) =
+            self.direct_names.drain(..).zip(self.direct.drain(..)).partition(|(n, _)| r.outputs.contains(n));
+        for (n, _) in gone {
+            info!(output = %n, "output removed by the reload: closed after the last window");
+            applied.removed.push(n);
+        }
+        (self.direct_names, self.direct) = keep.into_iter().unzip();
+        let end = self.spool.as_ref().map(Spool::end);
+        let (gone, stay): (Vec<Task>, Vec<Task>) =
+            std::mem::take(&mut self.tasks).into_iter().partition(|t| !r.outputs.contains(&t.name));
+        self.tasks = stay;
+        for t in gone {
+            let end = end.expect("spooled outputs have a spool");
+            let pending = self.spool.as_ref().and_then(|s| s.pending_records(&t.name).ok()).unwrap_or(0);
+            let what = "output removed by the reload: delivering what it had accepted, then closing";
+            info!(output = %t.name, records = pending, "{what}");
+            let _ = t.retire.send(Some(end));
+            applied.removed.push(t.name.clone());
+            self.retiring.push(t);
+        }
+        let spooled = r.spooled.iter().map(|(d, _)| d.name().to_string());
+        let added: Vec<String> = r.direct.iter().map(|(n, _)| n.clone()).chain(spooled).collect();
+        if let Err(e) = self.install(r) {
+            error!("outputs added by the reload could not start: {e:#}");
+        }
+        applied.added = added.into_iter().filter(|n| self.runs(n)).collect();
+        for n in &applied.added {
+            info!(output = %n, "output added by the reload: writing from this window on");
+        }
+        applied
+    }
+
+    /// Adds the outputs `r` opened. A spooled one's cursor starts at the
+    /// spool's end, but at start (the spool opened with their cursors).
+    fn install(&mut self, r: Reconfig) -> Result<()> {
+        let Reconfig { outputs, direct, spooled, spool } = r;
+        let at_end = !matches!(spool, NewSpool::Open(_));
+        for (n, s) in direct {
+            self.direct_names.push(n);
+            self.direct.push(s);
+        }
+        // The order of the configuration (the output order of each window).
+        let mut order: Vec<(String, Box<dyn Sink>)> = self.direct_names.drain(..).zip(self.direct.drain(..)).collect();
+        order.sort_by_key(|(n, _)| outputs.iter().position(|o| o == n));
+        (self.direct_names, self.direct) = order.into_iter().unzip();
+        match spool {
+            NewSpool::Running => {}
+            NewSpool::Open(sp) => {
+                for (d, _) in &spooled {
+                    let p = sp.pending_records(d.name())?;
+                    if p > 0 {
+                        info!(destination = %d.name(), records = p, "spool: delivering records left from before");
+                    }
+                }
+                self.spool = Some(sp);
             }
+            NewSpool::At(dir, max_bytes) => self.spool = Some(Spool::open(&dir, max_bytes, &[])?),
         }
-        for d in dests {
+        for (d, stats) in spooled {
             let name = d.name().to_string();
-            let task = tokio::spawn(drive(d, spool.clone(), Stop(stop_rx.clone()), cfg.flush_interval));
-            sh.tasks.push((name, task));
+            let spool = self.spool.clone().expect("opened for spooled outputs");
+            if at_end {
+                spool.add_destination(&name, spool.end()).with_context(|| format!("output {name}"))?;
+            }
+            self.stats.retain(|(n, _)| n != &name);
+            self.stats.push((name.clone(), stats));
+            let (retire, retire_rx) = watch::channel(None);
+            let handle = tokio::spawn(drive(d, spool, Stop(self.stop_tx.subscribe()), retire_rx, self.flush_interval));
+            self.tasks.push(Task { name, handle, retire });
         }
-        sh.spool = Some(spool);
-        Ok(sh)
+        Ok(())
     }
 
     pub fn spool(&self) -> Option<&Spool> {
@@ -285,7 +445,16 @@ impl Shipper {
     }
 
     pub fn describe(&self) -> String {
-        self.direct.iter().map(|s| s.describe()).chain(self.tasks.iter().map(|(n, _)| n.clone())).collect::<Vec<_>>().join(",")
+        let spooled = self.tasks.iter().map(|t| t.name.clone());
+        self.direct.iter().map(|s| s.describe()).chain(spooled).collect::<Vec<_>>().join(",")
+    }
+
+    /// Forgets the removed outputs that delivered everything they had.
+    pub fn reap(&mut self) {
+        let done: Vec<String> =
+            self.retiring.iter().filter(|t| t.handle.is_finished()).map(|t| t.name.clone()).collect();
+        self.retiring.retain(|t| !done.contains(&t.name));
+        self.stats.retain(|(n, _)| !done.contains(n));
     }
 
     /// Hands a window's records to every output (see [`Shipper::window`]).
@@ -301,7 +470,7 @@ impl Shipper {
     /// so that a window is held as text, never as a `Vec<FlowRecord>`.
     /// Each record is formatted once, whatever the number of outputs.
     pub fn window<'a>(&'a mut self, format: &'a Format) -> WindowWriter<'a> {
-        let spooled = self.spool.is_some().then(|| Batch { header: format.header(), records: Vec::new() });
+        let spooled = (!self.tasks.is_empty()).then(|| Batch { header: format.header(), records: Vec::new() });
         let text = std::mem::take(&mut self.text);
         WindowWriter { shipper: self, format, text, spooled, records: 0 }
     }
@@ -322,10 +491,10 @@ impl Shipper {
     pub async fn shutdown(self) {
         let deadline = Instant::now() + self.shutdown_timeout;
         let _ = self.stop_tx.send(Some(deadline));
-        for (name, t) in self.tasks {
-            match tokio::time::timeout_at(deadline + Duration::from_secs(1), t).await {
+        for t in self.tasks.into_iter().chain(self.retiring) {
+            match tokio::time::timeout_at(deadline + Duration::from_secs(1), t.handle).await {
                 Ok(_) => {}
-                Err(_) => warn!(destination = %name, "did not finish before the shutdown deadline"),
+                Err(_) => warn!(destination = %t.name, "did not finish before the shutdown deadline"),
             }
         }
         if let Some(sp) = &self.spool {
@@ -342,7 +511,16 @@ impl Shipper {
 
 /// One destination's loop: read from the spool at its cursor, deliver,
 /// acknowledge.
-async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flush_interval: Duration) {
+///
+/// `retire` (a reload removed the output): deliver everything before that
+/// position at once (partial files too), then leave the spool and end.
+async fn drive(
+    mut dest: Box<dyn Destination>,
+    spool: Spool,
+    mut stop: Stop,
+    mut retire: watch::Receiver<Option<Pos>>,
+    flush_interval: Duration,
+) {
     let name = dest.name().to_string();
     let mut reader = spool.reader(&name);
     let mut pending: Vec<Batch> = Vec::new();
@@ -350,7 +528,8 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flu
     let mut pending_bytes = 0usize;
     let mut first_at: Option<Instant> = None;
     loop {
-        while pending_bytes < dest.max_pending_bytes() {
+        let until = *retire.borrow_and_update();
+        while pending_bytes < dest.max_pending_bytes() && until.is_none_or(|e| reader.pos() < e) {
             match reader.next_batch() {
                 Ok(Some((b, end))) => {
                     pending_bytes += b.text_len();
@@ -367,7 +546,9 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flu
         }
         let stopping = stop.stopping();
         let flush_at = first_at.map(|t| t + if dest.batches_files() { flush_interval } else { Duration::ZERO });
-        let due = !pending.is_empty() && (stopping || pending_bytes >= dest.max_pending_bytes() || flush_at.is_some_and(|t| t <= Instant::now()));
+        let now = stopping || until.is_some();
+        let due = !pending.is_empty()
+            && (now || pending_bytes >= dest.max_pending_bytes() || flush_at.is_some_and(|t| t <= Instant::now()));
         if due {
             match dest.deliver(&pending, &stop).await {
                 Ok(()) => {
@@ -385,6 +566,15 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flu
             }
             continue;
         }
+        if until.is_some_and(|e| pending.is_empty() && reader.pos() >= e) {
+            match spool.remove_destination(&name) {
+                Ok(()) => info!(destination = %name, "removed output: all it had accepted is delivered; closed"),
+                Err(e) => {
+                    error!(destination = %name, "removed output delivered all, but its spool cursor stays: {e:#}")
+                }
+            }
+            return;
+        }
         if stopping && pending.is_empty() {
             return;
         }
@@ -393,6 +583,7 @@ async fn drive(mut dest: Box<dyn Destination>, spool: Spool, mut stop: Stop, flu
             _ = reader.changed() => {}
             _ = tokio::time::sleep_until(wake) => {}
             _ = stop.changed() => {}
+            Ok(()) = retire.changed() => {}
         }
     }
 }

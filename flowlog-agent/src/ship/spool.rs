@@ -405,32 +405,40 @@ impl Spool {
             return Ok(());
         }
         *cur = pos;
-        let p = inner.dir.join(cursor_file_name(dest));
-        let tmp = p.with_extension("tmp");
-        perm::write_new(&tmp, format!("{} {}\n", pos.segment, pos.offset).as_bytes(), FILE_MODE).and_then(|_| fs::rename(&tmp, &p)).with_context(|| format!("writing spool cursor {}", p.display()))?;
-        inner.forget_delivered();
-        let min = inner.cursors.values().min().copied().unwrap_or_default();
-        let active = *inner.segments.keys().next_back().unwrap();
-        let done: Vec<u64> = inner.segments.keys().copied().filter(|&id| id < min.segment && id != active).collect();
-        for id in done {
-            let _ = fs::remove_file(seg_path(&inner.dir, id));
-            inner.segments.remove(&id);
-        }
-        // Everything acknowledged and the active segment is big: start afresh.
-        let active_size = inner.segments[&active];
-        if min == (Pos { segment: active, offset: active_size }) && active_size > inner.segment_max / 2 {
-            let id = active + 1;
-            let path = seg_path(&inner.dir, id);
-            inner.active = new_segment(&path).with_context(|| format!("spool segment {}", path.display()))?;
-            inner.segments.insert(id, 0);
-            let _ = fs::remove_file(seg_path(&inner.dir, active));
-            inner.segments.remove(&active);
-            for c in inner.cursors.values_mut() {
-                *c = Pos { segment: id, offset: 0 };
-            }
-            inner.waiting.clear();
-        }
+        inner.write_cursor(dest, pos)?;
+        inner.collect()
+    }
+
+    /// Where the next batch goes: a destination added now starts here.
+    pub fn end(&self) -> Pos {
+        let g = self.inner.lock().unwrap();
+        let (&segment, &offset) = g.segments.iter().next_back().unwrap();
+        Pos { segment, offset }
+    }
+
+    /// A destination added while the agent runs (a reload): it gets the
+    /// batches from `pos` on. Its cursor file is written at once, so that a
+    /// restart does not hand it older records (or a stale cursor of a
+    /// destination of the same name).
+    pub fn add_destination(&self, dest: &str, pos: Pos) -> Result<()> {
+        let mut g = self.inner.lock().unwrap();
+        g.write_cursor(dest, pos)?;
+        g.cursors.insert(dest.to_string(), pos);
         Ok(())
+    }
+
+    /// A destination removed by a reload, once it delivered what it had
+    /// accepted: its cursor no longer holds segments back.
+    pub fn remove_destination(&self, dest: &str) -> Result<()> {
+        let mut g = self.inner.lock().unwrap();
+        g.cursors.remove(dest);
+        let p = g.dir.join(cursor_file_name(dest));
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e).with_context(|| format!("removing spool cursor {}", p.display()));
+            }
+        }
+        g.collect()
     }
 
     /// Seconds since the window of the oldest record some destination has
@@ -450,6 +458,44 @@ impl Spool {
 }
 
 impl Inner {
+    fn write_cursor(&self, dest: &str, pos: Pos) -> Result<()> {
+        let p = self.dir.join(cursor_file_name(dest));
+        let tmp = p.with_extension("tmp");
+        perm::write_new(&tmp, format!("{} {}\n", pos.segment, pos.offset).as_bytes(), FILE_MODE)
+            .and_then(|_| fs::rename(&tmp, &p))
+            .with_context(|| format!("writing spool cursor {}", p.display()))
+    }
+
+    /// Deletes the segments every destination is done with.
+    fn collect(&mut self) -> Result<()> {
+        self.forget_delivered();
+        if self.cursors.is_empty() {
+            return Ok(());
+        }
+        let min = self.cursors.values().min().copied().unwrap_or_default();
+        let active = *self.segments.keys().next_back().unwrap();
+        let done: Vec<u64> = self.segments.keys().copied().filter(|&id| id < min.segment && id != active).collect();
+        for id in done {
+            let _ = fs::remove_file(seg_path(&self.dir, id));
+            self.segments.remove(&id);
+        }
+        // Everything acknowledged and the active segment is big: start afresh.
+        let active_size = self.segments[&active];
+        if min == (Pos { segment: active, offset: active_size }) && active_size > self.segment_max / 2 {
+            let id = active + 1;
+            let path = seg_path(&self.dir, id);
+            self.active = new_segment(&path).with_context(|| format!("spool segment {}", path.display()))?;
+            self.segments.insert(id, 0);
+            let _ = fs::remove_file(seg_path(&self.dir, active));
+            self.segments.remove(&active);
+            for c in self.cursors.values_mut() {
+                *c = Pos { segment: id, offset: 0 };
+            }
+            self.waiting.clear();
+        }
+        Ok(())
+    }
+
     /// Drops the frames every destination has acknowledged from `waiting`.
     fn forget_delivered(&mut self) {
         let min = self.cursors.values().min().copied().unwrap_or_default();
@@ -513,27 +559,19 @@ impl Reader {
                 let next_seg = g.segments.range(self.pos.segment + 1..).next().map(|(k, _)| *k);
                 (limit, next_seg)
             };
-            let Some(limit) = limit else {
-                // Our segment is gone (acked by all, or rotated away).
-                match next_seg {
+            // Our segment is gone (acked by all, or rotated away) or read to
+            // its end: on to the next one, if any.
+            let limit = match limit {
+                Some(l) if self.pos.offset < l => l,
+                _ => match next_seg {
                     Some(s) => {
                         self.pos = Pos { segment: s, offset: 0 };
                         self.file = None;
                         continue;
                     }
                     None => return Ok(None),
-                }
+                },
             };
-            if self.pos.offset >= limit {
-                match next_seg {
-                    Some(s) => {
-                        self.pos = Pos { segment: s, offset: 0 };
-                        self.file = None;
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
-            }
             if self.file.as_ref().map(|(id, _)| *id) != Some(self.pos.segment) {
                 let path = {
                     let g = self.spool.inner.lock().unwrap();
@@ -586,6 +624,28 @@ mod tests {
         Batch { header: "h".into(), records: (0..100).map(|i| SpoolRecord { interface_id: "e".into(), start: i, end: i, line: "x".repeat(200) }).collect() }
     }
 
+    /// A new spool in its own directory for `dests`, `bigs` big batches appended.
+    fn spool_with(name: &str, max_bytes: u64, dests: &[&str], bigs: usize) -> (PathBuf, Spool) {
+        let dir = tmpdir(name);
+        let dests: Vec<String> = dests.iter().map(|d| d.to_string()).collect();
+        let s = Spool::open(&dir, max_bytes, &dests).unwrap();
+        let big = big_batch();
+        for _ in 0..bigs {
+            s.append(&big).unwrap();
+        }
+        (dir, s)
+    }
+
+    /// Reads every batch waiting for `dest`; the position of the last one.
+    fn read_all(s: &Spool, dest: &str) -> Option<Pos> {
+        let mut r = s.reader(dest);
+        let mut last = None;
+        while let Some((_, p)) = r.next_batch().unwrap() {
+            last = Some(p);
+        }
+        last
+    }
+
     fn batch(n: usize, tag: &str) -> Batch {
         Batch {
             header: "a b".into(),
@@ -615,6 +675,35 @@ mod tests {
         let mut rb = s.reader("b");
         assert_eq!(rb.next_batch().unwrap().unwrap().0, b1);
         assert_eq!(s.pending_records("b").unwrap(), 5);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A destination added while running starts at the end (also after a
+    /// reopen); one removed no longer holds segments back.
+    #[test]
+    fn destinations_added_and_removed_while_running() {
+        let dir = tmpdir("reload");
+        // 64 KiB segments: two big batches in the first, the third starts the second.
+        let s = Spool::open(&dir, 256 << 10, &["a".to_string()]).unwrap();
+        for _ in 0..3 {
+            s.append(&big_batch()).unwrap();
+        }
+        assert_eq!(s.end().segment, 2);
+        s.add_destination("b", s.end()).unwrap();
+        assert_eq!(s.pending_records("b").unwrap(), 0);
+        let later = batch(2, "y");
+        let end = s.append(&later).unwrap();
+        assert_eq!((s.pending_records("a").unwrap(), s.pending_records("b").unwrap()), (302, 2));
+        drop(s);
+        let s = Spool::open(&dir, 256 << 10, &["a".to_string(), "b".to_string()]).unwrap();
+        assert_eq!(s.reader("b").next_batch().unwrap().unwrap().0, later);
+        // `b` has everything; `a`, removed, held the first segment.
+        s.ack("b", end).unwrap();
+        let (before, first) = (s.bytes(), fs::metadata(seg_path(&dir, 1)).unwrap().len());
+        s.remove_destination("a").unwrap();
+        assert!(!dir.join(cursor_file_name("a")).exists() && !seg_path(&dir, 1).exists());
+        assert_eq!(s.bytes(), before - first);
+        assert!(s.reader("b").next_batch().unwrap().is_none());
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -673,12 +762,7 @@ mod tests {
             s.append(&big).unwrap();
             total += 100;
             // `a` keeps up, `b` never acknowledges.
-            let mut r = s.reader("a");
-            let mut last = None;
-            while let Some((_, p)) = r.next_batch().unwrap() {
-                last = Some(p);
-            }
-            s.ack("a", last.unwrap()).unwrap();
+            s.ack("a", read_all(&s, "a").unwrap()).unwrap();
         }
         assert!(s.bytes() <= 256 << 10, "{}", s.bytes());
         let dropped = s.stats.dropped_records.load(Ordering::Relaxed);
@@ -691,20 +775,9 @@ mod tests {
 
     #[test]
     fn acked_segments_are_deleted() {
-        let dir = tmpdir("gc");
-        let dests = vec!["a".to_string()];
-        let s = Spool::open(&dir, 1 << 20, &dests).unwrap();
-        let big = big_batch();
-        for _ in 0..20 {
-            s.append(&big).unwrap();
-        }
+        let (dir, s) = spool_with("gc", 1 << 20, &["a"], 20);
         assert!(s.bytes() > 300_000);
-        let mut r = s.reader("a");
-        let mut last = None;
-        while let Some((_, p)) = r.next_batch().unwrap() {
-            last = Some(p);
-        }
-        s.ack("a", last.unwrap()).unwrap();
+        s.ack("a", read_all(&s, "a").unwrap()).unwrap();
         assert_eq!(s.bytes(), 0);
         assert_eq!(s.stats.dropped_records.load(Ordering::Relaxed), 0);
         fs::remove_dir_all(dir).unwrap();
@@ -735,14 +808,8 @@ mod tests {
     /// A new spool: directory 0700, segments, cursors and lock 0600.
     #[test]
     fn new_spool_is_private() {
-        let dir = tmpdir("modes-new");
-        let dests = vec!["a".to_string()];
-        let s = Spool::open(&dir, 256 << 10, &dests).unwrap();
-        let big = big_batch();
         // Two ~23 KiB batches per 64 KiB segment: segments 1 and 2.
-        for _ in 0..4 {
-            s.append(&big).unwrap();
-        }
+        let (dir, s) = spool_with("modes-new", 256 << 10, &["a"], 4);
         let (_, p) = s.reader("a").next_batch().unwrap().unwrap();
         s.ack("a", p).unwrap();
         assert_eq!(perm::mode_of(&dir).unwrap(), 0o700);

@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{artifacts, snapshot, Build, PACKAGED_SUITE};
+use super::{artifacts, snapshot, Arch, Build, PACKAGED_SUITE};
 use crate::{apt_install, cargo, dpkg_installed, package, run, step};
 
 /// QEMU for aarch64 guests, qemu-user for debootstrap's second stage,
@@ -152,22 +152,7 @@ pub(super) fn build_tests(root: &Path, rootfs: &Path, suites: &[String]) -> Resu
     let (tests, bins) = artifacts(&out.stdout);
     let bin_dir = rootfs.join(GUEST_DIR).join("bin");
     let mut build = Build { suites: Vec::new(), binds: Vec::new(), packaged_agent: None, rootfs: Some(rootfs.to_path_buf()) };
-    for s in suites {
-        let test = if s == PACKAGED_SUITE {
-            let packaged = root.join(PACKAGED_AGENT);
-            if !packaged.is_file() {
-                bail!("--packaged: no {PACKAGED_AGENT}; run `cargo xtask package` first");
-            }
-            build.packaged_agent = Some(snapshot(&packaged, &bin_dir.join("packaged-flowlog-agent"))?);
-            "e2e"
-        } else {
-            s.as_str()
-        };
-        let Some(exe) = tests.get(test) else {
-            bail!("cargo built no arm64 test binary {s:?} (test targets: {})", tests.keys().cloned().collect::<Vec<_>>().join(", "));
-        };
-        build.suites.push((s.clone(), snapshot(exe, &bin_dir.join(s))?));
-    }
+    build.add_suites(root, Arch::Arm64, suites, &tests, &bin_dir, &bin_dir.join("packaged-flowlog-agent"))?;
     for exe in bins.values() {
         // The host path, under the root: e.g. <root>/work/x/target/aarch64-.../release/flowlog-agent.
         let inside = rootfs.join(exe.strip_prefix("/").unwrap_or(exe));

@@ -356,30 +356,113 @@ impl Op {
         }
     }
 
+    /// Writes the op's value into `l` (which has room for [`MAX_OP`]
+    /// bytes); text longer than `l`'s room goes to `out` after `l`.
     #[inline]
-    fn write(self, r: &FlowRecord, out: &mut Vec<u8>) {
+    fn put(self, r: &FlowRecord, l: &mut Line, out: &mut Vec<u8>) {
         match self {
-            Op::Version(v) => write_u64(out, v as u64),
-            Op::SrcAddr => addr(out, r.srcaddr),
-            Op::DstAddr => addr(out, r.dstaddr),
-            Op::PktSrcAddr => addr(out, r.pkt_srcaddr),
-            Op::PktDstAddr => addr(out, r.pkt_dstaddr),
-            Op::SrcPort => num(out, r.srcport.map(u64::from)),
-            Op::DstPort => num(out, r.dstport.map(u64::from)),
-            Op::Protocol => num(out, r.protocol.map(u64::from)),
-            Op::TcpFlags => num(out, r.tcp_flags.map(u64::from)),
-            Op::TrafficPath => num(out, r.traffic_path.map(u64::from)),
-            Op::EncryptionStatus => num(out, r.encryption_status.map(u64::from)),
-            Op::Packets => num(out, r.packets),
-            Op::Bytes => num(out, r.bytes),
-            Op::Start => write_u64(out, r.start),
-            Op::End => write_u64(out, r.end),
-            Op::Action => write_text(out, r.action.map(|a| a.as_str())),
-            Op::LogStatus => out.extend_from_slice(r.log_status.as_str().as_bytes()),
-            Op::Type => write_text(out, r.ip_type.map(|t| t.as_str())),
-            Op::FlowDirection => write_text(out, r.flow_direction.map(|d| d.as_str())),
-            Op::Text(f) => write_text(out, f.text(r).flatten()),
-            Op::Tag(f) => write_tag(out, f.text(r).flatten()),
+            Op::Version(v) => l.u64(v as u64),
+            Op::SrcAddr => l.addr(r.srcaddr),
+            Op::DstAddr => l.addr(r.dstaddr),
+            Op::PktSrcAddr => l.addr(r.pkt_srcaddr),
+            Op::PktDstAddr => l.addr(r.pkt_dstaddr),
+            Op::SrcPort => l.num(r.srcport.map(u64::from)),
+            Op::DstPort => l.num(r.dstport.map(u64::from)),
+            Op::Protocol => l.num(r.protocol.map(u64::from)),
+            Op::TcpFlags => l.num(r.tcp_flags.map(u64::from)),
+            Op::TrafficPath => l.num(r.traffic_path.map(u64::from)),
+            Op::EncryptionStatus => l.num(r.encryption_status.map(u64::from)),
+            Op::Packets => l.num(r.packets),
+            Op::Bytes => l.num(r.bytes),
+            Op::Start => l.u64(r.start),
+            Op::End => l.u64(r.end),
+            Op::Action => l.text(r.action.map(|a| a.as_str()), out),
+            Op::LogStatus => l.text(Some(r.log_status.as_str()), out),
+            Op::Type => l.text(r.ip_type.map(|t| t.as_str()), out),
+            Op::FlowDirection => l.text(r.flow_direction.map(|d| d.as_str()), out),
+            Op::Text(f) => l.text(f.text(r).flatten(), out),
+            Op::Tag(f) => {
+                l.flush(out);
+                write_tag(out, f.text(r).flatten());
+            }
+        }
+    }
+}
+
+/// Bytes of a line gathered on the stack and appended to the output in one
+/// copy: a dozen small `extend_from_slice` calls per record (each a length
+/// check and a `memcpy` call) cost more than the digits.
+const LINE: usize = 256;
+/// The most a non-text op writes (an address), plus its separator.
+const MAX_OP: usize = MAX_IP + 1;
+
+struct Line {
+    buf: [u8; LINE],
+    n: usize,
+}
+
+impl Line {
+    #[inline]
+    fn new() -> Line {
+        Line { buf: [0; LINE], n: 0 }
+    }
+
+    #[inline]
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.buf[..self.n]);
+        self.n = 0;
+    }
+
+    /// Makes room for one more op and its separator.
+    #[inline]
+    fn room(&mut self, out: &mut Vec<u8>) {
+        if self.n + MAX_OP > LINE {
+            self.flush(out);
+        }
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.n] = b;
+        self.n += 1;
+    }
+
+    #[inline]
+    fn u64(&mut self, v: u64) {
+        self.n = put_u64(&mut self.buf, self.n, v);
+    }
+
+    #[inline]
+    fn num(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => self.u64(v),
+            None => self.byte(b'-'),
+        }
+    }
+
+    #[inline]
+    fn addr(&mut self, a: Option<IpAddr>) {
+        match a {
+            Some(a) => self.n = put_ip(&mut self.buf, self.n, a),
+            None => self.byte(b'-'),
+        }
+    }
+
+    /// `None` and the empty string are both "no value" (see [`write_text`]).
+    #[inline]
+    fn text(&mut self, s: Option<&str>, out: &mut Vec<u8>) {
+        match s {
+            Some(s) if !s.is_empty() => {
+                let s = s.as_bytes();
+                if self.n + s.len() <= LINE {
+                    self.buf[self.n..self.n + s.len()].copy_from_slice(s);
+                    self.n += s.len();
+                } else {
+                    self.flush(out);
+                    out.extend_from_slice(s);
+                }
+            }
+            _ => self.byte(b'-'),
         }
     }
 }
@@ -400,22 +483,6 @@ fn interface_value(f: Field, r: &FlowRecord) -> Option<&Option<Arc<str>>> {
     })
 }
 
-#[inline]
-fn num(out: &mut Vec<u8>, v: Option<u64>) {
-    match v {
-        Some(n) => write_u64(out, n),
-        None => out.push(b'-'),
-    }
-}
-
-#[inline]
-fn addr(out: &mut Vec<u8>, a: Option<IpAddr>) {
-    match a {
-        Some(a) => write_ip(out, a),
-        None => out.push(b'-'),
-    }
-}
-
 /// Two decimal digits of 0..100, for [`write_u64`].
 const DIGITS2: [u8; 200] = {
     let mut t = [0u8; 200];
@@ -428,30 +495,32 @@ const DIGITS2: [u8; 200] = {
     t
 };
 
-/// Appends `n` in decimal, two digits per step, without `core::fmt`.
-#[inline]
-pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    if n < 10 {
-        out.push(b'0' + n as u8);
-        return;
-    }
+/// Appends `n` in decimal, without `core::fmt`.
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    while n >= 100 {
-        let d = (n % 100) as usize * 2;
-        n /= 100;
+    let end = put_u64(&mut buf, 0, n);
+    out.extend_from_slice(&buf[..end]);
+}
+
+/// Writes `v` in decimal at `buf[n..]`, two digits per step from the end;
+/// returns the new end.
+#[inline(always)]
+fn put_u64(buf: &mut [u8], n: usize, mut v: u64) -> usize {
+    let end = n + v.checked_ilog10().unwrap_or(0) as usize + 1;
+    let mut i = end;
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
         i -= 2;
         buf[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
     }
-    if n >= 10 {
-        let d = n as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
+    if v >= 10 {
+        let d = v as usize * 2;
+        buf[i - 2..i].copy_from_slice(&DIGITS2[d..d + 2]);
     } else {
-        i -= 1;
-        buf[i] = b'0' + n as u8;
+        buf[i - 1] = b'0' + v as u8;
     }
-    out.extend_from_slice(&buf[i..]);
+    end
 }
 
 /// A [`Format`]'s writer for a stream of records: the leading fields that
@@ -466,11 +535,13 @@ pub struct LineWriter<'f> {
     /// pointers cannot mistake a freed and reused string for the same one.
     key: Vec<Option<Arc<str>>>,
     valid: bool,
+    /// Reused: not zeroed per record.
+    line: Line,
 }
 
 impl<'f> LineWriter<'f> {
     pub fn new(format: &'f Format) -> Self {
-        LineWriter { format, prefix: Vec::new(), key: Vec::new(), valid: false }
+        LineWriter { format, prefix: Vec::new(), key: Vec::new(), valid: false, line: Line::new() }
     }
 
     pub fn format(&self) -> &'f Format {
@@ -488,12 +559,20 @@ impl<'f> LineWriter<'f> {
         if !self.valid || !self.same_prefix(r) {
             self.render_prefix(r);
         }
-        out.reserve(self.prefix.len() + 112);
-        out.extend_from_slice(&self.prefix);
-        for op in &f.ops[n..] {
-            out.push(b' ');
-            op.write(r, out);
+        let l = &mut self.line;
+        l.n = 0;
+        if self.prefix.len() <= LINE - MAX_OP {
+            l.buf[..self.prefix.len()].copy_from_slice(&self.prefix);
+            l.n = self.prefix.len();
+        } else {
+            out.extend_from_slice(&self.prefix);
         }
+        for op in &f.ops[n..] {
+            l.room(out);
+            l.byte(b' ');
+            op.put(r, l, out);
+        }
+        l.flush(out);
     }
 
     #[inline]
@@ -577,18 +656,20 @@ impl Format {
     /// Appends the record's line (without terminator) to `out`. For a
     /// stream of records, [`LineWriter`] writes the same bytes faster.
     pub fn write(&self, r: &FlowRecord, out: &mut Vec<u8>) {
-        out.reserve(128);
         self.write_ops(&self.ops, r, out);
     }
 
     #[inline]
     fn write_ops(&self, ops: &[Op], r: &FlowRecord, out: &mut Vec<u8>) {
+        let mut l = Line::new();
         for (i, op) in ops.iter().enumerate() {
+            l.room(out);
             if i > 0 {
-                out.push(b' ');
+                l.byte(b' ');
             }
-            op.write(r, out);
+            op.put(r, &mut l, out);
         }
+        l.flush(out);
     }
 
     pub fn line(&self, r: &FlowRecord) -> String {
@@ -602,9 +683,20 @@ impl Format {
 /// (lowercase hex, the longest run of two or more zero groups as `::`, the
 /// first one on a tie; `::ffff:a.b.c.d` for IPv4-mapped addresses).
 pub fn write_ip(out: &mut Vec<u8>, a: IpAddr) {
+    let mut buf = [0u8; MAX_IP];
+    let n = put_ip(&mut buf, 0, a);
+    out.extend_from_slice(&buf[..n]);
+}
+
+/// Room an address needs in a buffer (39 bytes of text, and the last
+/// octet's fixed-size copy).
+const MAX_IP: usize = 48;
+
+#[inline]
+fn put_ip(buf: &mut [u8], n: usize, a: IpAddr) -> usize {
     match a {
-        IpAddr::V4(a) => write_ipv4(out, a),
-        IpAddr::V6(a) => write_ipv6(out, a),
+        IpAddr::V4(a) => put_ipv4(buf, n, a),
+        IpAddr::V6(a) => put_ipv6(buf, n, a),
     }
 }
 
@@ -626,24 +718,27 @@ const OCTETS: [[u8; 4]; 256] = {
     t
 };
 
-fn write_ipv4(out: &mut Vec<u8>, a: Ipv4Addr) {
-    // 4 octets of up to 3 digits and their dots, one copy out.
-    let mut buf = [0u8; 16];
-    let mut n = 0;
-    for o in a.octets() {
+/// Writes `a` at `buf[n..]` (4 fixed-size copies); returns the new end.
+/// Needs 16 bytes of room.
+#[inline]
+fn put_ipv4(buf: &mut [u8], mut n: usize, a: Ipv4Addr) -> usize {
+    for (i, o) in a.octets().into_iter().enumerate() {
         let t = &OCTETS[o as usize];
         buf[n..n + 4].copy_from_slice(t);
         n += t[3] as usize;
-        buf[n] = b'.';
-        n += 1;
+        if i < 3 {
+            buf[n] = b'.';
+            n += 1;
+        }
     }
-    out.extend_from_slice(&buf[..n - 1]);
+    n
 }
 
-fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
+/// Writes `a` (RFC 5952) at `buf[n..]`; returns the new end.
+fn put_ipv6(buf: &mut [u8], mut n: usize, a: Ipv6Addr) -> usize {
     if let Some(v4) = a.to_ipv4_mapped() {
-        out.extend_from_slice(b"::ffff:");
-        return write_ipv4(out, v4);
+        buf[n..n + 7].copy_from_slice(b"::ffff:");
+        return put_ipv4(buf, n + 7, v4);
     }
     let g = a.segments();
     // Longest run of zero groups (first on a tie); compressed only if ≥ 2.
@@ -662,15 +757,6 @@ fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
         }
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 39];
-    let mut n = 0;
-    fn group(buf: &mut [u8; 39], n: &mut usize, x: u16) {
-        let digits = (4 - x.leading_zeros() as usize / 4).max(1);
-        for d in (0..digits).rev() {
-            buf[*n] = HEX[(x >> (d * 4)) as usize & 15];
-            *n += 1;
-        }
-    }
     let mut i = 0;
     while i < 8 {
         if best_len >= 2 && i == best {
@@ -683,10 +769,15 @@ fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
             buf[n] = b':';
             n += 1;
         }
-        group(&mut buf, &mut n, g[i]);
+        let x = g[i];
+        let digits = (4 - x.leading_zeros() as usize / 4).max(1);
+        for d in (0..digits).rev() {
+            buf[n] = HEX[(x >> (d * 4)) as usize & 15];
+            n += 1;
+        }
         i += 1;
     }
-    out.extend_from_slice(&buf[..n]);
+    n
 }
 
 /// `None` and the empty string are both "no value": an empty field would
@@ -786,6 +877,54 @@ pub mod reference {
         }
     }
 
+    fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
+        if let Some(v4) = a.to_ipv4_mapped() {
+            out.extend_from_slice(b"::ffff:");
+            return write_ipv4(out, v4);
+        }
+        let g = a.segments();
+        // Longest run of zero groups (first on a tie); compressed only if ≥ 2.
+        let (mut best, mut best_len, mut run, mut run_len) = (0, 0, 0, 0);
+        for (i, &x) in g.iter().enumerate() {
+            if x == 0 {
+                if run_len == 0 {
+                    run = i;
+                }
+                run_len += 1;
+                if run_len > best_len {
+                    (best, best_len) = (run, run_len);
+                }
+            } else {
+                run_len = 0;
+            }
+        }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 39];
+        let mut n = 0;
+        fn group(buf: &mut [u8; 39], n: &mut usize, x: u16) {
+            let digits = (4 - x.leading_zeros() as usize / 4).max(1);
+            for d in (0..digits).rev() {
+                buf[*n] = HEX[(x >> (d * 4)) as usize & 15];
+                *n += 1;
+            }
+        }
+        let mut i = 0;
+        while i < 8 {
+            if best_len >= 2 && i == best {
+                buf[n..n + 2].copy_from_slice(b"::");
+                n += 2;
+                i += best_len;
+                continue;
+            }
+            if i > 0 && !(best_len >= 2 && i == best + best_len) {
+                buf[n] = b':';
+                n += 1;
+            }
+            group(&mut buf, &mut n, g[i]);
+            i += 1;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
     /// The dotted quad, a digit at a time.
     fn write_ipv4(out: &mut Vec<u8>, a: Ipv4Addr) {
         let mut buf = [0u8; 15];

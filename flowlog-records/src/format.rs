@@ -402,8 +402,7 @@ struct Line {
 }
 
 impl Line {
-    #[inline]
-    fn new() -> Line {
+    const fn new() -> Line {
         Line { buf: [0; LINE], n: 0 }
     }
 
@@ -659,17 +658,22 @@ impl Format {
         self.write_ops(&self.ops, r, out);
     }
 
-    #[inline]
     fn write_ops(&self, ops: &[Op], r: &FlowRecord, out: &mut Vec<u8>) {
-        let mut l = Line::new();
-        for (i, op) in ops.iter().enumerate() {
-            l.room(out);
-            if i > 0 {
-                l.byte(b' ');
-            }
-            op.put(r, &mut l, out);
+        thread_local! {
+            // One per thread, so a line costs no zeroing of a fresh buffer.
+            static LINE_BUF: std::cell::RefCell<Line> = const { std::cell::RefCell::new(Line::new()) };
         }
-        l.flush(out);
+        LINE_BUF.with_borrow_mut(|l| {
+            l.n = 0;
+            for (i, op) in ops.iter().enumerate() {
+                l.room(out);
+                if i > 0 {
+                    l.byte(b' ');
+                }
+                op.put(r, l, out);
+            }
+            l.flush(out);
+        })
     }
 
     pub fn line(&self, r: &FlowRecord) -> String {

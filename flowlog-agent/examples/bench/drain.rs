@@ -522,6 +522,9 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut rel = vec![];
     let mut batch = Vec::new();
     for _ in 0..windows {
+        // The last window's flows are kept for the formatter-only pass, not
+        // across windows (they would add to the peak).
+        drop(last.take());
         match kind {
             TableKind::Hash => fill(&flow_maps[current], n, v6)?,
             TableKind::Slots => fill_slots(&flow_maps[current], capacity, n, v6)?,

@@ -276,6 +276,27 @@ impl Slot {
     }
 }
 
+/// How many flows ahead of the one being written [`for_each_record`] asks
+/// the CPU to fetch.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Asks the CPU to bring `v` into the cache. Flows are written in output
+/// order, not in the order the table gave them, so each record's entry is a
+/// random read in the window's flows (88 MB at 1 M flows): without this the
+/// wait for that cache and TLB miss was most of a record's time
+/// (BENCHMARKS.md, issue #22).
+#[inline(always)]
+fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and reads nothing into
+    // the program (and the pointer comes from a reference anyway).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((v as *const T).cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// Builds the records of one window (see [`for_each_record`]).
 pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, enrichment: Option<&Enrichment>) -> Vec<FlowRecord> {
     let mut out = Vec::with_capacity(drained.flows.len() + interfaces.len());
@@ -366,7 +387,11 @@ pub fn for_each_record(
         let addrs = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
         let mut rec = base_record(host, meta, w_start, w_end, LogStatus::Ok);
         let mut written = 0usize;
-        for slot in &slots[lo..hi] {
+        for (at, slot) in slots.iter().enumerate().take(hi).skip(lo) {
+            if let Some((k, v)) = slots.get(at + PREFETCH_AHEAD).and_then(|s| drained.flows.get(s.idx())) {
+                prefetch(k);
+                prefetch(v);
+            }
             let (k, v, action, reject_reason) = entry(slot.idx());
             let (pkt_src, pkt_dst) = key_addrs(k);
             let dir = if k.direction == direction::INGRESS { Direction::Ingress } else { Direction::Egress };

@@ -125,10 +125,11 @@ fn run(o: &Opts) -> Result<()> {
 }
 
 /// The figures of issue #22 from this run's sections (slot table, IPv4),
-/// the formatter's before (the writer of commit 3c34e0b) beside its after.
+/// with the writer of commit 3c34e0b (`format::reference`, same records
+/// stage) beside the new one.
 fn print_summary(k: Option<&kernel::Results>, v: Option<&veth::Results>, d: Option<&drain::Results>) {
     println!("## Summary (issue #22)\n");
-    println!("| figure | before (3c34e0b writer) | this run | target |");
+    println!("| figure | with the writer of 3c34e0b | this run | target |");
     println!("|---|---|---|---|");
     let row = |flows: usize| d.and_then(|d| d.rows.iter().find(|x| x.flows == flows && x.family == "IPv4" && x.table == "slots"));
     if let Some(x) = row(1_000_000) {

@@ -543,10 +543,6 @@ impl<'f> LineWriter<'f> {
         LineWriter { format, prefix: Vec::new(), key: Vec::new(), valid: false, line: Line::new() }
     }
 
-    pub fn format(&self) -> &'f Format {
-        self.format
-    }
-
     /// Appends the record's line (without terminator) to `out`.
     #[inline]
     pub fn write(&mut self, r: &FlowRecord, out: &mut Vec<u8>) {
@@ -819,9 +815,9 @@ fn write_tag(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// The field-by-field writer the agent used before formats were compiled
-/// into a plan (commit 3c34e0b): what the tests compare [`Format::write`],
-/// [`LineWriter`] and the agent's parallel writer against, byte for byte,
-/// and what `cargo xtask bench` measures them against.
+/// into a plan (commit 3c34e0b): what the tests compare [`Format::write`]
+/// and [`LineWriter`] against, byte for byte, and what `cargo xtask bench`
+/// measures them against.
 #[doc(hidden)]
 pub mod reference {
     use super::*;

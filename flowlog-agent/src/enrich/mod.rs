@@ -299,7 +299,10 @@ fn sort_slots(slots: &mut [Slot]) {
     let mut keys: Vec<u64> = slots
         .iter()
         .map(fields)
-        .map(|(i, t, x)| ((((i - lo.0) as u128) << (t_bits + x_bits)) | (((t - lo.1) as u128) << x_bits) | (x - lo.2) as u128) as u64)
+        .map(|(i, t, x)| {
+            let key = ((i - lo.0) as u128) << (t_bits + x_bits) | ((t - lo.1) as u128) << x_bits | (x - lo.2) as u128;
+            key as u64
+        })
         .collect();
     keys.sort_unstable();
     let mask = |b: u32| (1u128 << b) - 1;

@@ -5,10 +5,15 @@
 //! `Display` writes). No trailing space, no newline: the caller decides the
 //! line terminator (S3/files use `\n`, CloudWatch events have none).
 //!
-//! Writing appends to a caller-owned buffer and never allocates per field:
-//! numbers go through `itoa`, addresses through [`write_ip`], which writes
-//! what `Display` writes without `core::fmt`'s per-piece dispatch (formatting
-//! is most of the agent's per-record CPU time).
+//! Writing appends to a caller-owned buffer and never allocates per field.
+//! A format is compiled once into a plan of writers (one per field, chosen
+//! at parse time); numbers and addresses are written by table-driven code
+//! ([`write_u64`], [`write_ip`]) that writes what `Display` writes without
+//! `core::fmt`'s per-piece dispatch. [`LineWriter`] also renders the leading
+//! per-interface fields (version, account, interface id) once per interface.
+//! Formatting is most of the agent's per-record CPU time (BENCHMARKS.md);
+//! [`reference`] keeps the plain field-by-field writer the tests compare
+//! every writer against.
 //!
 //! The field table (`fields!`) also gives each field's column type
 //! ([`Kind`], its Athena type): the agent's Parquet writer, `compare`'s
@@ -19,7 +24,10 @@
 //! identity), not AWS fields: they never count towards a format's version,
 //! are in no AWS field set, the default format or the Athena DDLs.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use crate::record::FlowRecord;
 
@@ -291,15 +299,333 @@ pub const DEFAULT_FIELDS: [Field; 14] = [
     Field::LogStatus,
 ];
 
+/// A format: its fields, and the plan of writers compiled from them once
+/// (see [`Format::write`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Format {
     fields: Vec<Field>,
     version: u8,
+    ops: Vec<Op>,
+    /// How many leading ops write values that are the same for every record
+    /// of an interface (see [`LineWriter`]).
+    prefix_len: usize,
 }
 
 impl Default for Format {
     fn default() -> Self {
-        Format { fields: DEFAULT_FIELDS.to_vec(), version: 2 }
+        Format::from_fields(DEFAULT_FIELDS.to_vec()).expect("the default format has fields")
+    }
+}
+
+/// The writer of one field, chosen when the format is compiled so that
+/// writing a record is one jump per field (no per-field lookups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Version(u8),
+    SrcAddr,
+    DstAddr,
+    PktSrcAddr,
+    PktDstAddr,
+    SrcPort,
+    DstPort,
+    Protocol,
+    TcpFlags,
+    TrafficPath,
+    EncryptionStatus,
+    Packets,
+    Bytes,
+    Start,
+    End,
+    Action,
+    LogStatus,
+    Type,
+    FlowDirection,
+    /// Every string-valued field, through [`Field::text`].
+    Text(Field),
+    /// Tag fields: [`Field::text`], percent-encoded.
+    Tag(Field),
+}
+
+impl Op {
+    fn of(f: Field, version: u8) -> Op {
+        match f {
+            Field::Version => Op::Version(version),
+            Field::SrcAddr => Op::SrcAddr,
+            Field::DstAddr => Op::DstAddr,
+            Field::PktSrcAddr => Op::PktSrcAddr,
+            Field::PktDstAddr => Op::PktDstAddr,
+            Field::SrcPort => Op::SrcPort,
+            Field::DstPort => Op::DstPort,
+            Field::Protocol => Op::Protocol,
+            Field::TcpFlags => Op::TcpFlags,
+            Field::TrafficPath => Op::TrafficPath,
+            Field::EncryptionStatus => Op::EncryptionStatus,
+            Field::Packets => Op::Packets,
+            Field::Bytes => Op::Bytes,
+            Field::Start => Op::Start,
+            Field::End => Op::End,
+            Field::Action => Op::Action,
+            Field::LogStatus => Op::LogStatus,
+            Field::Type => Op::Type,
+            Field::FlowDirection => Op::FlowDirection,
+            f if f.is_tag() => Op::Tag(f),
+            f => Op::Text(f),
+        }
+    }
+
+    /// Whether the op's value is the same for every record of an interface
+    /// (the enrich stage fills these from the interface's metadata; they
+    /// are plain `Arc<str>` fields of the record, held by [`LineWriter`]).
+    fn per_interface(self) -> bool {
+        match self {
+            Op::Version(_) => true,
+            Op::Text(f) => interface_value(f, &FlowRecord::default()).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Writes the op's value into `l` (which has room for [`MAX_OP`]
+    /// bytes); text longer than `l`'s room goes to `out` after `l`.
+    #[inline]
+    fn put(self, r: &FlowRecord, l: &mut Line, out: &mut Vec<u8>) {
+        match self {
+            Op::Version(v) => l.u64(v as u64),
+            Op::SrcAddr => l.addr(r.srcaddr),
+            Op::DstAddr => l.addr(r.dstaddr),
+            Op::PktSrcAddr => l.addr(r.pkt_srcaddr),
+            Op::PktDstAddr => l.addr(r.pkt_dstaddr),
+            Op::SrcPort => l.num(r.srcport.map(u64::from)),
+            Op::DstPort => l.num(r.dstport.map(u64::from)),
+            Op::Protocol => l.num(r.protocol.map(u64::from)),
+            Op::TcpFlags => l.num(r.tcp_flags.map(u64::from)),
+            Op::TrafficPath => l.num(r.traffic_path.map(u64::from)),
+            Op::EncryptionStatus => l.num(r.encryption_status.map(u64::from)),
+            Op::Packets => l.num(r.packets),
+            Op::Bytes => l.num(r.bytes),
+            Op::Start => l.u64(r.start),
+            Op::End => l.u64(r.end),
+            Op::Action => l.text(r.action.map(|a| a.as_str()), out),
+            Op::LogStatus => l.text(Some(r.log_status.as_str()), out),
+            Op::Type => l.text(r.ip_type.map(|t| t.as_str()), out),
+            Op::FlowDirection => l.text(r.flow_direction.map(|d| d.as_str()), out),
+            // A typed row missing from `Op::of` panics in every test here
+            // rather than writing `-`.
+            Op::Text(f) => l.text(f.text(r).expect("every other field is text"), out),
+            Op::Tag(f) => {
+                l.flush(out);
+                write_tag(out, f.text(r).expect("tags are text"));
+            }
+        }
+    }
+}
+
+/// Bytes of a line gathered on the stack and appended to the output in one
+/// copy: a dozen small `extend_from_slice` calls per record (each a length
+/// check and a `memcpy` call) cost more than the digits.
+const LINE: usize = 256;
+/// The most a non-text op writes (an address), plus its separator.
+const MAX_OP: usize = MAX_IP + 1;
+
+struct Line {
+    buf: [u8; LINE],
+    n: usize,
+}
+
+impl Line {
+    const fn new() -> Line {
+        Line { buf: [0; LINE], n: 0 }
+    }
+
+    #[inline]
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.buf[..self.n]);
+        self.n = 0;
+    }
+
+    /// Makes room for one more op and its separator.
+    #[inline]
+    fn room(&mut self, out: &mut Vec<u8>) {
+        if self.n + MAX_OP > LINE {
+            self.flush(out);
+        }
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.n] = b;
+        self.n += 1;
+    }
+
+    #[inline]
+    fn u64(&mut self, v: u64) {
+        self.n = put_u64(&mut self.buf, self.n, v);
+    }
+
+    #[inline]
+    fn num(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => self.u64(v),
+            None => self.byte(b'-'),
+        }
+    }
+
+    #[inline]
+    fn addr(&mut self, a: Option<IpAddr>) {
+        match a {
+            Some(a) => self.n = put_ip(&mut self.buf, self.n, a),
+            None => self.byte(b'-'),
+        }
+    }
+
+    /// `None` and the empty string are both "no value" (see [`write_text`]).
+    #[inline]
+    fn text(&mut self, s: Option<&str>, out: &mut Vec<u8>) {
+        match s {
+            Some(s) if !s.is_empty() => {
+                let s = s.as_bytes();
+                if self.n + s.len() <= LINE {
+                    self.buf[self.n..self.n + s.len()].copy_from_slice(s);
+                    self.n += s.len();
+                } else {
+                    self.flush(out);
+                    out.extend_from_slice(s);
+                }
+            }
+            _ => self.byte(b'-'),
+        }
+    }
+}
+
+/// The record's own value of a per-interface text field (`None` for other
+/// fields). [`Field::text`] gives the same text; this gives the `Arc`, so a
+/// [`LineWriter`] can hold it and compare by pointer.
+fn interface_value(f: Field, r: &FlowRecord) -> Option<&Option<Arc<str>>> {
+    Some(match f {
+        Field::AccountId => &r.account_id,
+        Field::InterfaceId => &r.interface_id,
+        Field::VpcId => &r.vpc_id,
+        Field::SubnetId => &r.subnet_id,
+        Field::InstanceId => &r.instance_id,
+        Field::Region => &r.region,
+        Field::AzId => &r.az_id,
+        _ => return None,
+    })
+}
+
+/// Two decimal digits of 0..100, for [`write_u64`].
+const DIGITS2: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Appends `n` in decimal, without `core::fmt`.
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 20];
+    let end = put_u64(&mut buf, 0, n);
+    out.extend_from_slice(&buf[..end]);
+}
+
+/// Writes `v` in decimal at `buf[n..]`, two digits per step from the end;
+/// returns the new end.
+#[inline(always)]
+fn put_u64(buf: &mut [u8], n: usize, mut v: u64) -> usize {
+    let end = n + v.checked_ilog10().unwrap_or(0) as usize + 1;
+    let mut i = end;
+    while v >= 100 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGITS2[d..d + 2]);
+    }
+    if v >= 10 {
+        let d = v as usize * 2;
+        buf[i - 2..i].copy_from_slice(&DIGITS2[d..d + 2]);
+    } else {
+        buf[i - 1] = b'0' + v as u8;
+    }
+    end
+}
+
+/// A [`Format`]'s writer for a stream of records: the leading fields that
+/// are the same for every record of an interface (version, account-id,
+/// interface-id, ... as far as the format starts with them) are rendered
+/// once per interface and copied as one piece. Output is byte-identical to
+/// [`Format::write`].
+pub struct LineWriter<'f> {
+    format: &'f Format,
+    prefix: Vec<u8>,
+    /// The values `prefix` was rendered from, held so that comparing
+    /// pointers cannot mistake a freed and reused string for the same one.
+    key: Vec<Option<Arc<str>>>,
+    valid: bool,
+    /// Reused: not zeroed per record.
+    line: Line,
+}
+
+impl<'f> LineWriter<'f> {
+    pub fn new(format: &'f Format) -> Self {
+        LineWriter { format, prefix: Vec::new(), key: Vec::new(), valid: false, line: Line::new() }
+    }
+
+    /// Appends the record's line (without terminator) to `out`.
+    #[inline]
+    pub fn write(&mut self, r: &FlowRecord, out: &mut Vec<u8>) {
+        let f = self.format;
+        let n = f.prefix_len;
+        if n == 0 {
+            return f.write(r, out);
+        }
+        if !self.valid || !self.same_prefix(r) {
+            self.render_prefix(r);
+        }
+        let l = &mut self.line;
+        l.n = 0;
+        if self.prefix.len() <= LINE - MAX_OP {
+            l.buf[..self.prefix.len()].copy_from_slice(&self.prefix);
+            l.n = self.prefix.len();
+        } else {
+            out.extend_from_slice(&self.prefix);
+        }
+        for op in &f.ops[n..] {
+            l.room(out);
+            l.byte(b' ');
+            op.put(r, l, out);
+        }
+        l.flush(out);
+    }
+
+    #[inline]
+    fn same_prefix(&self, r: &FlowRecord) -> bool {
+        self.format.ops[..self.format.prefix_len].iter().zip(&self.key).all(|(op, held)| match op {
+            Op::Text(f) => match (interface_value(*f, r), held) {
+                (Some(Some(a)), Some(b)) => Arc::ptr_eq(a, b),
+                (Some(None), None) => true,
+                _ => false,
+            },
+            _ => true,
+        })
+    }
+
+    #[cold]
+    fn render_prefix(&mut self, r: &FlowRecord) {
+        let f = self.format;
+        let ops = &f.ops[..f.prefix_len];
+        self.prefix.clear();
+        f.write_ops(ops, r, &mut self.prefix);
+        self.key = ops
+            .iter()
+            .map(|op| match op {
+                Op::Text(field) => interface_value(*field, r).and_then(|v| v.clone()),
+                _ => None,
+            })
+            .collect();
+        self.valid = true;
     }
 }
 
@@ -329,7 +655,9 @@ impl Format {
         // AWS: the version is that of the newest field chosen (extensions
         // are no AWS version).
         let version = fields.iter().filter(|f| !f.is_extension()).map(|f| f.version()).max().unwrap_or(2);
-        Ok(Format { fields, version })
+        let ops: Vec<Op> = fields.iter().map(|f| Op::of(*f, version)).collect();
+        let prefix_len = ops.iter().take_while(|op| op.per_interface()).count();
+        Ok(Format { fields, version, ops, prefix_len })
     }
 
     pub fn fields(&self) -> &[Field] {
@@ -351,14 +679,28 @@ impl Format {
         self.fields.iter().map(|f| format!("${{{}}}", f.name())).collect::<Vec<_>>().join(" ")
     }
 
-    /// Appends the record's line (without terminator) to `out`.
+    /// Appends the record's line (without terminator) to `out`. For a
+    /// stream of records, [`LineWriter`] writes the same bytes faster.
     pub fn write(&self, r: &FlowRecord, out: &mut Vec<u8>) {
-        for (i, f) in self.fields.iter().enumerate() {
-            if i > 0 {
-                out.push(b' ');
-            }
-            self.write_field(*f, r, out);
+        self.write_ops(&self.ops, r, out);
+    }
+
+    fn write_ops(&self, ops: &[Op], r: &FlowRecord, out: &mut Vec<u8>) {
+        thread_local! {
+            // One per thread, so a line costs no zeroing of a fresh buffer.
+            static LINE_BUF: std::cell::RefCell<Line> = const { std::cell::RefCell::new(Line::new()) };
         }
+        LINE_BUF.with_borrow_mut(|l| {
+            l.n = 0;
+            for (i, op) in ops.iter().enumerate() {
+                l.room(out);
+                if i > 0 {
+                    l.byte(b' ');
+                }
+                op.put(r, l, out);
+            }
+            l.flush(out);
+        })
     }
 
     pub fn line(&self, r: &FlowRecord) -> String {
@@ -366,88 +708,68 @@ impl Format {
         self.write(r, &mut v);
         String::from_utf8(v).expect("records are ASCII")
     }
-
-    fn write_field(&self, f: Field, r: &FlowRecord, out: &mut Vec<u8>) {
-        fn num<N: itoa::Integer>(out: &mut Vec<u8>, v: Option<N>) {
-            match v {
-                Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                None => out.push(b'-'),
-            }
-        }
-        fn addr(out: &mut Vec<u8>, a: Option<IpAddr>) {
-            match a {
-                Some(a) => write_ip(out, a),
-                None => out.push(b'-'),
-            }
-        }
-        match f {
-            Field::Version => num(out, Some(self.version)),
-            Field::SrcAddr => addr(out, r.srcaddr),
-            Field::DstAddr => addr(out, r.dstaddr),
-            Field::SrcPort => num(out, r.srcport),
-            Field::DstPort => num(out, r.dstport),
-            Field::Protocol => num(out, r.protocol),
-            Field::Packets => num(out, r.packets),
-            Field::Bytes => num(out, r.bytes),
-            Field::Start => num(out, Some(r.start)),
-            Field::End => num(out, Some(r.end)),
-            Field::Action => write_text(out, r.action.map(|a| a.as_str())),
-            Field::LogStatus => write_text(out, Some(r.log_status.as_str())),
-            Field::TcpFlags => num(out, r.tcp_flags),
-            Field::Type => write_text(out, r.ip_type.map(|t| t.as_str())),
-            Field::PktSrcAddr => addr(out, r.pkt_srcaddr),
-            Field::PktDstAddr => addr(out, r.pkt_dstaddr),
-            Field::FlowDirection => write_text(out, r.flow_direction.map(|d| d.as_str())),
-            Field::TrafficPath => num(out, r.traffic_path),
-            Field::EncryptionStatus => num(out, r.encryption_status),
-            _ => {
-                let v = f.text(r).expect("every other field is text");
-                if f.is_tag() {
-                    write_tag(out, v)
-                } else {
-                    write_text(out, v)
-                }
-            }
-        }
-    }
 }
 
 /// Appends `a` exactly as its `Display` does: dotted quad, or RFC 5952 text
 /// (lowercase hex, the longest run of two or more zero groups as `::`, the
 /// first one on a tie; `::ffff:a.b.c.d` for IPv4-mapped addresses).
 pub fn write_ip(out: &mut Vec<u8>, a: IpAddr) {
-    match a {
-        IpAddr::V4(a) => write_ipv4(out, a),
-        IpAddr::V6(a) => write_ipv6(out, a),
-    }
-}
-
-fn write_ipv4(out: &mut Vec<u8>, a: Ipv4Addr) {
-    let mut buf = [0u8; 15];
-    let mut n = 0;
-    for (i, o) in a.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[n] = b'.';
-            n += 1;
-        }
-        if o >= 100 {
-            buf[n] = b'0' + o / 100;
-            n += 1;
-        }
-        if o >= 10 {
-            buf[n] = b'0' + o / 10 % 10;
-            n += 1;
-        }
-        buf[n] = b'0' + o % 10;
-        n += 1;
-    }
+    let mut buf = [0u8; MAX_IP];
+    let n = put_ip(&mut buf, 0, a);
     out.extend_from_slice(&buf[..n]);
 }
 
-fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
+/// Room an address needs in a buffer (39 bytes of text, and the last
+/// octet's fixed-size copy).
+const MAX_IP: usize = 48;
+
+#[inline]
+fn put_ip(buf: &mut [u8], n: usize, a: IpAddr) -> usize {
+    match a {
+        IpAddr::V4(a) => put_ipv4(buf, n, a),
+        IpAddr::V6(a) => put_ipv6(buf, n, a),
+    }
+}
+
+/// Each octet's decimal text (up to 3 bytes) and, in the last byte, its length.
+const OCTETS: [[u8; 4]; 256] = {
+    let mut t = [[0u8; 4]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let o = i as u8;
+        t[i] = if o >= 100 {
+            [b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10, 3]
+        } else if o >= 10 {
+            [b'0' + o / 10, b'0' + o % 10, 0, 2]
+        } else {
+            [b'0' + o, 0, 0, 1]
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Writes `a` at `buf[n..]` (4 fixed-size copies); returns the new end.
+/// Needs 16 bytes of room.
+#[inline]
+fn put_ipv4(buf: &mut [u8], mut n: usize, a: Ipv4Addr) -> usize {
+    for (i, o) in a.octets().into_iter().enumerate() {
+        let t = &OCTETS[o as usize];
+        buf[n..n + 4].copy_from_slice(t);
+        n += t[3] as usize;
+        if i < 3 {
+            buf[n] = b'.';
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Writes `a` (RFC 5952) at `buf[n..]`; returns the new end.
+fn put_ipv6(buf: &mut [u8], mut n: usize, a: Ipv6Addr) -> usize {
     if let Some(v4) = a.to_ipv4_mapped() {
-        out.extend_from_slice(b"::ffff:");
-        return write_ipv4(out, v4);
+        buf[n..n + 7].copy_from_slice(b"::ffff:");
+        return put_ipv4(buf, n + 7, v4);
     }
     let g = a.segments();
     // Longest run of zero groups (first on a tie); compressed only if ≥ 2.
@@ -466,15 +788,6 @@ fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
         }
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 39];
-    let mut n = 0;
-    fn group(buf: &mut [u8; 39], n: &mut usize, x: u16) {
-        let digits = (4 - x.leading_zeros() as usize / 4).max(1);
-        for d in (0..digits).rev() {
-            buf[*n] = HEX[(x >> (d * 4)) as usize & 15];
-            *n += 1;
-        }
-    }
     let mut i = 0;
     while i < 8 {
         if best_len >= 2 && i == best {
@@ -487,10 +800,15 @@ fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
             buf[n] = b':';
             n += 1;
         }
-        group(&mut buf, &mut n, g[i]);
+        let x = g[i];
+        let digits = (4 - x.leading_zeros() as usize / 4).max(1);
+        for d in (0..digits).rev() {
+            buf[n] = HEX[(x >> (d * 4)) as usize & 15];
+            n += 1;
+        }
         i += 1;
     }
-    out.extend_from_slice(&buf[..n]);
+    n
 }
 
 /// `None` and the empty string are both "no value": an empty field would
@@ -524,6 +842,141 @@ fn write_tag(out: &mut Vec<u8>, s: Option<&str>) {
                 }
             }
         }
+    }
+}
+
+/// The field-by-field writer the agent used before formats were compiled
+/// into a plan (commit 3c34e0b): what the tests compare [`Format::write`]
+/// and [`LineWriter`] against, byte for byte, and what `cargo xtask bench`
+/// measures them against.
+#[doc(hidden)]
+pub mod reference {
+    use super::*;
+
+    /// Appends the record's line (without terminator) to `out`.
+    pub fn write(format: &Format, r: &FlowRecord, out: &mut Vec<u8>) {
+        for (i, f) in format.fields().iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            write_field(format.version(), *f, r, out);
+        }
+    }
+
+    fn write_field(version: u8, f: Field, r: &FlowRecord, out: &mut Vec<u8>) {
+        fn num<N: itoa::Integer>(out: &mut Vec<u8>, v: Option<N>) {
+            match v {
+                Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+                None => out.push(b'-'),
+            }
+        }
+        fn addr(out: &mut Vec<u8>, a: Option<IpAddr>) {
+            match a {
+                Some(IpAddr::V4(a)) => write_ipv4(out, a),
+                Some(IpAddr::V6(a)) => write_ipv6(out, a),
+                None => out.push(b'-'),
+            }
+        }
+        match f {
+            Field::Version => num(out, Some(version)),
+            Field::SrcAddr => addr(out, r.srcaddr),
+            Field::DstAddr => addr(out, r.dstaddr),
+            Field::SrcPort => num(out, r.srcport),
+            Field::DstPort => num(out, r.dstport),
+            Field::Protocol => num(out, r.protocol),
+            Field::Packets => num(out, r.packets),
+            Field::Bytes => num(out, r.bytes),
+            Field::Start => num(out, Some(r.start)),
+            Field::End => num(out, Some(r.end)),
+            Field::Action => write_text(out, r.action.map(|a| a.as_str())),
+            Field::LogStatus => write_text(out, Some(r.log_status.as_str())),
+            Field::TcpFlags => num(out, r.tcp_flags),
+            Field::Type => write_text(out, r.ip_type.map(|t| t.as_str())),
+            Field::PktSrcAddr => addr(out, r.pkt_srcaddr),
+            Field::PktDstAddr => addr(out, r.pkt_dstaddr),
+            Field::FlowDirection => write_text(out, r.flow_direction.map(|d| d.as_str())),
+            Field::TrafficPath => num(out, r.traffic_path),
+            Field::EncryptionStatus => num(out, r.encryption_status),
+            _ => {
+                let v = f.text(r).expect("every other field is text");
+                if f.is_tag() {
+                    write_tag(out, v)
+                } else {
+                    write_text(out, v)
+                }
+            }
+        }
+    }
+
+    fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
+        if let Some(v4) = a.to_ipv4_mapped() {
+            out.extend_from_slice(b"::ffff:");
+            return write_ipv4(out, v4);
+        }
+        let g = a.segments();
+        // Longest run of zero groups (first on a tie); compressed only if ≥ 2.
+        let (mut best, mut best_len, mut run, mut run_len) = (0, 0, 0, 0);
+        for (i, &x) in g.iter().enumerate() {
+            if x == 0 {
+                if run_len == 0 {
+                    run = i;
+                }
+                run_len += 1;
+                if run_len > best_len {
+                    (best, best_len) = (run, run_len);
+                }
+            } else {
+                run_len = 0;
+            }
+        }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 39];
+        let mut n = 0;
+        fn group(buf: &mut [u8; 39], n: &mut usize, x: u16) {
+            let digits = (4 - x.leading_zeros() as usize / 4).max(1);
+            for d in (0..digits).rev() {
+                buf[*n] = HEX[(x >> (d * 4)) as usize & 15];
+                *n += 1;
+            }
+        }
+        let mut i = 0;
+        while i < 8 {
+            if best_len >= 2 && i == best {
+                buf[n..n + 2].copy_from_slice(b"::");
+                n += 2;
+                i += best_len;
+                continue;
+            }
+            if i > 0 && !(best_len >= 2 && i == best + best_len) {
+                buf[n] = b':';
+                n += 1;
+            }
+            group(&mut buf, &mut n, g[i]);
+            i += 1;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    /// The dotted quad, a digit at a time.
+    fn write_ipv4(out: &mut Vec<u8>, a: Ipv4Addr) {
+        let mut buf = [0u8; 15];
+        let mut n = 0;
+        for (i, o) in a.octets().into_iter().enumerate() {
+            if i > 0 {
+                buf[n] = b'.';
+                n += 1;
+            }
+            if o >= 100 {
+                buf[n] = b'0' + o / 100;
+                n += 1;
+            }
+            if o >= 10 {
+                buf[n] = b'0' + o / 10 % 10;
+                n += 1;
+            }
+            buf[n] = b'0' + o % 10;
+            n += 1;
+        }
+        out.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -808,6 +1261,202 @@ flow_direction string, traffic_path int"
         let want = "10.88.0.2 shop web-7d9f 0b5c6f1e-8a3d-4c1e-9f00-1234567890ab shop/web-7d9f - my%20app 2";
         assert_eq!(f.line(&r), want);
         assert_eq!(Format::default().line(&r), "2 123456789010 eni-1 10.88.0.2 10.88.0.3 1 2 6 1 40 1 1 ACCEPT OK");
+    }
+
+    /// A random address: IPv4, IPv4-mapped, or IPv6 with runs of zeros.
+    fn random_ip(rng: &mut fastrand::Rng) -> IpAddr {
+        match rng.u8(0..4) {
+            0 | 1 => IpAddr::V4(match rng.u8(0..3) {
+                0 => [rng.u8(0..10), rng.u8(..), rng.u8(0..100), rng.u8(..)].into(),
+                _ => rng.u32(..).into(),
+            }),
+            2 => IpAddr::V6(Ipv4Addr::from(rng.u32(..)).to_ipv6_mapped()),
+            _ => IpAddr::V6(std::array::from_fn::<u16, 8, _>(|_| if rng.bool() { 0 } else { rng.u16(..) }).into()),
+        }
+    }
+
+    /// A random value of a text field: often one of a few shared strings
+    /// (as interface metadata is), sometimes empty, `-`, or bytes a tag must
+    /// escape.
+    fn random_text(rng: &mut fastrand::Rng, shared: &[Arc<str>]) -> Option<Arc<str>> {
+        const ODD: [&str; 6] = ["", "-", "a b", "100%", "ü\t\u{1}x", "eni-0123456789abcdef0"];
+        match rng.u8(0..6) {
+            0 => None,
+            1 => Some(ODD[rng.usize(..ODD.len())].into()),
+            2 => Some((0..rng.usize(1..40)).map(|_| rng.alphanumeric()).collect::<String>().into()),
+            _ => Some(shared[rng.usize(..shared.len())].clone()),
+        }
+    }
+
+    /// A record with every field random (each one also unset at times).
+    fn random_record(rng: &mut fastrand::Rng, shared: &[Arc<str>]) -> FlowRecord {
+        use crate::record::{Direction, IpType};
+        let mut t = || random_text(rng, shared);
+        let ecs = EcsMeta {
+            cluster_arn: t(),
+            cluster_name: t(),
+            container_instance_arn: t(),
+            container_instance_id: t(),
+            container_id: t(),
+            second_container_id: t(),
+            service_name: t(),
+            task_definition_arn: t(),
+            task_arn: t(),
+            task_id: t(),
+        };
+        let tags = TagValues { instance: [t(), t()], interface: [t(), t()], asg: [t(), t()] };
+        let hop = NextHop { interface_id: t(), subnet_id: t(), az_id: t(), vpc_id: t(), interface_type: t() };
+        let k8s = crate::record::K8sMeta { namespace: t(), pod_name: t(), pod_uid: t(), pod_label: t(), src_pod: t(), dst_pod: t() };
+        let texts: [Option<Arc<str>>; 14] = std::array::from_fn(|_| t());
+        let [account_id, interface_id, vpc_id, subnet_id, instance_id, region, az_id, sublocation_type, sublocation_id, pkt_src_aws_service, pkt_dst_aws_service, reject_reason, resource_id, interface_type] =
+            texts;
+        let some = |rng: &mut fastrand::Rng| rng.u8(0..8) != 0;
+        let big = |rng: &mut fastrand::Rng| match rng.u8(0..4) {
+            0 => rng.u64(0..10),
+            1 => rng.u64(..),
+            _ => {
+                let bits = rng.u32(1..40);
+                rng.u64(0..1 << bits)
+            }
+        };
+        FlowRecord {
+            account_id,
+            interface_id,
+            srcaddr: some(rng).then(|| random_ip(rng)),
+            dstaddr: some(rng).then(|| random_ip(rng)),
+            srcport: some(rng).then(|| rng.u16(..)),
+            dstport: some(rng).then(|| rng.u16(..)),
+            protocol: some(rng).then(|| rng.u8(..)),
+            packets: some(rng).then(|| big(rng)),
+            bytes: some(rng).then(|| big(rng)),
+            start: big(rng),
+            end: big(rng),
+            action: some(rng).then(|| if rng.bool() { Action::Accept } else { Action::Reject }),
+            log_status: [LogStatus::Ok, LogStatus::NoData, LogStatus::SkipData][rng.usize(..3)],
+            vpc_id,
+            subnet_id,
+            instance_id,
+            tcp_flags: some(rng).then(|| rng.u8(..)),
+            ip_type: some(rng).then(|| [IpType::V4, IpType::V6, IpType::Efa][rng.usize(..3)]),
+            pkt_srcaddr: some(rng).then(|| random_ip(rng)),
+            pkt_dstaddr: some(rng).then(|| random_ip(rng)),
+            region,
+            az_id,
+            sublocation_type,
+            sublocation_id,
+            pkt_src_aws_service,
+            pkt_dst_aws_service,
+            flow_direction: some(rng).then(|| if rng.bool() { Direction::Ingress } else { Direction::Egress }),
+            traffic_path: some(rng).then(|| rng.u8(..)),
+            ecs: some(rng).then(|| Arc::new(ecs)),
+            reject_reason,
+            resource_id,
+            encryption_status: some(rng).then(|| rng.u8(..)),
+            tags: some(rng).then(|| Arc::new(tags)),
+            interface_type,
+            next_hop: some(rng).then(|| Arc::new(hop)),
+            k8s: some(rng).then(|| Arc::new(k8s)),
+        }
+    }
+
+    /// The formats the writers are checked with: the default, each
+    /// version's full format, and random ones (fields repeated, in any
+    /// order, many starting with per-interface fields).
+    fn test_formats(rng: &mut fastrand::Rng) -> Vec<Format> {
+        let mut formats = vec![Format::default()];
+        for v in [2, 3, 4, 5, 7, 8, 9, 10, 11] {
+            formats.push(Format::from_fields(ALL_FIELDS.iter().copied().filter(|f| f.version() <= v).collect()).unwrap());
+        }
+        let leading = [Field::Version, Field::AccountId, Field::InterfaceId, Field::VpcId, Field::SubnetId, Field::InstanceId, Field::Region, Field::AzId];
+        for _ in 0..200 {
+            let mut fields: Vec<Field> = (0..rng.usize(0..5)).map(|_| leading[rng.usize(..leading.len())]).collect();
+            fields.extend((0..rng.usize(1..30)).map(|_| ALL_FIELDS[rng.usize(..ALL_FIELDS.len())]));
+            formats.push(Format::from_fields(fields).unwrap());
+        }
+        formats
+    }
+
+    /// `Format::write` and `LineWriter` write exactly what the reference
+    /// writer writes, for random records covering every field and value
+    /// kind, in every format; the line writer over streams where records of
+    /// one "interface" share their metadata strings and where they change.
+    #[test]
+    fn writers_match_the_reference_byte_for_byte() {
+        let mut rng = fastrand::Rng::with_seed(22);
+        let shared: Vec<Arc<str>> = ["123456789012", "eni-1", "vpc-0a", "", "-", "x y"].iter().map(|s| Arc::from(*s)).collect();
+        let formats = test_formats(&mut rng);
+        let (mut want, mut got, mut streamed) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, format) in formats.iter().enumerate() {
+            let mut lines = LineWriter::new(format);
+            want.clear();
+            got.clear();
+            streamed.clear();
+            let mut r = random_record(&mut rng, &shared);
+            for _ in 0..400 {
+                // Mostly the next flow of the same interface: only the
+                // flow's fields change, the metadata Arcs are shared.
+                let next = random_record(&mut rng, &shared);
+                r = if rng.u8(0..8) == 0 {
+                    next
+                } else {
+                    FlowRecord { account_id: r.account_id.clone(), interface_id: r.interface_id.clone(), vpc_id: r.vpc_id.clone(), ..next }
+                };
+                reference::write(format, &r, &mut want);
+                want.push(b'\n');
+                format.write(&r, &mut got);
+                got.push(b'\n');
+                lines.write(&r, &mut streamed);
+                streamed.push(b'\n');
+            }
+            let spec = format.spec();
+            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "format {i}: {spec}");
+            assert_eq!(String::from_utf8_lossy(&streamed), String::from_utf8_lossy(&want), "line writer, format {i}: {spec}");
+        }
+    }
+
+    /// The per-interface prefix: only leading per-interface fields, and a
+    /// record whose metadata string has the same text in a new `Arc` (or a
+    /// freed one's address) is written from its own value.
+    #[test]
+    fn line_writer_prefix_follows_the_record() {
+        let f = Format::default();
+        assert_eq!(f.prefix_len, 3);
+        assert_eq!(Format::parse("${srcaddr} ${version}").unwrap().prefix_len, 0);
+        assert_eq!(Format::parse("${account-id} ${vpc-id} ${az-id} ${instance-tag} ${region}").unwrap().prefix_len, 3);
+        let mut w = LineWriter::new(&f);
+        let mut out = Vec::new();
+        for id in ["eni-a", "eni-b", "eni-b", "eni-a"] {
+            let r = ok(id, "10.0.0.1", "10.0.0.2", (1, 2), 6, 1, 40, (5, 6), Action::Accept);
+            w.write(&r, &mut out);
+            out.push(b'\n');
+        }
+        let mut r = ok("eni-c", "10.0.0.1", "10.0.0.2", (1, 2), 6, 1, 40, (5, 6), Action::Accept);
+        w.write(&r, &mut out);
+        r.account_id = None;
+        w.write(&r, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2 123456789010 eni-a 10.0.0.1 10.0.0.2 1 2 6 1 40 5 6 ACCEPT OK\n\
+2 123456789010 eni-b 10.0.0.1 10.0.0.2 1 2 6 1 40 5 6 ACCEPT OK\n\
+2 123456789010 eni-b 10.0.0.1 10.0.0.2 1 2 6 1 40 5 6 ACCEPT OK\n\
+2 123456789010 eni-a 10.0.0.1 10.0.0.2 1 2 6 1 40 5 6 ACCEPT OK\n\
+2 123456789010 eni-c 10.0.0.1 10.0.0.2 1 2 6 1 40 5 6 ACCEPT OK\
+2 - eni-c 10.0.0.1 10.0.0.2 1 2 6 1 40 5 6 ACCEPT OK"
+        );
+    }
+
+    #[test]
+    fn integers_are_written_as_display_writes_them() {
+        let mut rng = fastrand::Rng::with_seed(10);
+        let mut cases: Vec<u64> = (0..=19).flat_map(|p| [10u64.pow(p) - 1, 10u64.pow(p), 10u64.pow(p) + 1]).collect();
+        cases.extend([u64::MAX, u64::MAX - 1, u32::MAX as u64, u16::MAX as u64]);
+        cases.extend((0..100_000).map(|_| rng.u64(..) >> rng.u32(0..64)));
+        let mut out = Vec::new();
+        for n in cases {
+            out.clear();
+            write_u64(&mut out, n);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), n.to_string());
+        }
     }
 
     #[test]

@@ -28,13 +28,17 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use flowlog_records::format::Format;
+use flowlog_records::{
+    format::{reference, Format, LineWriter},
+    record::FlowRecord,
+};
 use flowlog_agent::{
     bpf::TableKind,
     capture::Capture,
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
-    ship::{file::FileOutput, OutputSpec},
+    drain::Drained,
+    ship::{file::FileOutput, parquet, OutputSpec},
 };
 use flowlog_common::{family, maps, FlowKey, FlowSlot, FlowStats, TcpFlagsSeen};
 
@@ -69,6 +73,19 @@ pub struct Row {
     pub rotate_sys_ms: f64,
     pub enrich_ms: f64,
     pub format_ms: f64,
+    /// The same with the writer of commit 3c34e0b (`format::reference`).
+    pub format_ref_ms: f64,
+    /// Formatter alone, ns per record, on records built beforehand: the
+    /// reference writer, `Format::write`, `LineWriter`.
+    pub only_ref_ns: f64,
+    pub only_write_ns: f64,
+    pub only_lines_ns: f64,
+    /// The records' lines to a Parquet file and to gzip text (the S3
+    /// bodies), ns per record.
+    pub parquet_ns: f64,
+    pub gzip_ns: f64,
+    /// Of the peak: the drained flows and the window's text, MiB.
+    pub drained_mib: f64,
     pub ship_ms: f64,
     /// Bytes of formatted records per window.
     pub bytes: u64,
@@ -121,6 +138,13 @@ pub fn run() -> Result<Results> {
             rotate_sys_ms: get("rotate_sys_ms")?,
             enrich_ms: get("enrich_ms")?,
             format_ms: get("format_ms")?,
+            format_ref_ms: get("format_ref_ms")?,
+            only_ref_ns: get("only_ref_ns")?,
+            only_write_ns: get("only_write_ns")?,
+            only_lines_ns: get("only_lines_ns")?,
+            parquet_ns: get("parquet_ns")?,
+            gzip_ns: get("gzip_ns")?,
+            drained_mib: get("drained_mib")?,
             ship_ms: get("ship_ms")?,
             bytes: get("bytes")? as u64,
             maxrss_kib: get("maxrss_kib")? as u64,
@@ -142,19 +166,22 @@ pub fn print(r: &Results) {
          barriers, then BPF_MAP_LOOKUP_BATCH for the hash table, reading the mmap()ed slots for the slot table) + \
          `FlowTables::release()` after shipping (BPF_MAP_DELETE_BATCH of the keys read, or zeroing the slots \
          read through the mapping; shown apart as \"release\"); \"in kernel\" is the system time of both. records = \
-         `enrich::for_each_record` alone; format = the same records streamed into `Format::write` (one \
-         buffer of lines, reused across windows as the agent does), minus records. \"user part\" = \
-         records + format: the agent's own code without the kernel's map operations. Peak RSS = \
-         `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows.\n"
+         `enrich::for_each_record` alone; format = the same records streamed into `LineWriter::write` (one \
+         buffer of lines, reused across windows as the agent does), minus records; \"format before\" = the same \
+         with the writer of commit 3c34e0b (`format::reference`, checked byte-identical to it in every window). \
+         \"user part\" = records + format: the agent's own code without the kernel's map operations. Peak RSS = \
+         `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows; \
+         \"drained\" is the part of it that is the window's `Vec` of drained flows (the text is the bytes of \
+         section 4).\n"
     );
     println!(
-        "| flows | family | table | drain | (in kernel) | (release) | drain wall | records | format | drain+format | records/s/core | user part /core | peak RSS | RSS after load |"
+        "| flows | family | table | drain | (in kernel) | (release) | drain wall | records | format | format before | drain+format | records/s/core | user part /core | user part before | peak RSS | (drained) | RSS after load |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for x in &r.rows {
         let total = x.rotate_ms + x.enrich_ms + x.format_ms;
         println!(
-            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.2} M | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
             thousands(x.flows),
             x.family,
             x.table,
@@ -164,10 +191,13 @@ pub fn print(r: &Results) {
             x.rotate_wall_ms,
             x.enrich_ms,
             x.format_ms,
+            x.format_ref_ms,
             total,
             x.flows as f64 / total * 1e3 / 1e6,
             x.flows as f64 / (x.enrich_ms + x.format_ms) * 1e3 / 1e6,
+            x.flows as f64 / (x.enrich_ms + x.format_ref_ms) * 1e3 / 1e6,
             x.maxrss_kib as f64 / 1024.0,
+            x.drained_mib,
             x.base_rss_kib as f64 / 1024.0,
         );
     }
@@ -177,6 +207,32 @@ pub fn print(r: &Results) {
         median(&mut empty),
         empty.len()
     );
+    println!("### The formatter alone, and the S3 bodies (ns per record)\n");
+    println!(
+        "Up to 100,000 records of the window built beforehand, then written by: the writer of commit 3c34e0b \
+         (`format::reference`), `Format::write` (the compiled plan), `LineWriter` (the plan with the \
+         per-interface prefix, what the agent uses); median of 5 passes, thread CPU time; all three checked \
+         byte-identical. Parquet and gzip text: the same lines to the S3 object bodies (`ship::parquet`), one \
+         pass.\n"
+    );
+    println!("| flows | family | table | before | Format::write | LineWriter | speed-up | LineWriter records/s | Parquet | gzip text |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for x in &r.rows {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2}× | {:.1} M | {:.0} | {:.0} |",
+            thousands(x.flows),
+            x.family,
+            x.table,
+            x.only_ref_ns,
+            x.only_write_ns,
+            x.only_lines_ns,
+            x.only_ref_ns / x.only_lines_ns,
+            1e3 / x.only_lines_ns,
+            x.parquet_ns,
+            x.gzip_ns
+        );
+    }
+    println!();
     println!("## 4. Ship to a local file (`Sink::write_batch`, `--output file:`)\n");
     println!(
         "One `write` of the window's formatted records, appended to a new file in {} (ext4 on the VM's disk, into \
@@ -377,6 +433,57 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
     Ok((v, (thread_cpu_ns() - c0) as f64 / 1e6, t0.elapsed().as_secs_f64() * 1e3))
 }
 
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Records formatted without building them in the same pass: up to
+/// 100,000 records of the window, built once, then written by the reference
+/// writer, `Format::write` and `LineWriter` (median of 5 passes each), and
+/// their lines to a Parquet file and to gzip text once. ns per record, in
+/// that order.
+fn formatter_only(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, format: &Format) -> Result<[f64; 5]> {
+    const SAMPLE: usize = 100_000;
+    let mut sample: Vec<FlowRecord> = Vec::with_capacity(SAMPLE);
+    enrich::for_each_record(host, interfaces, drained, None, |r| {
+        if sample.len() < SAMPLE {
+            sample.push(r.clone())
+        }
+    });
+    let per = |ms: f64| ms * 1e6 / sample.len() as f64;
+    let mut out = Vec::with_capacity(sample.len() * 160);
+    let mut pass = |write: &mut dyn FnMut(&FlowRecord, &mut Vec<u8>)| -> Result<(f64, Vec<u8>)> {
+        let mut t = vec![];
+        for _ in 0..5 {
+            out.clear();
+            let ((), cpu, _) = timed(|| {
+                for r in &sample {
+                    write(r, &mut out);
+                    out.push(b'\n');
+                }
+                Ok(())
+            })?;
+            t.push(cpu);
+        }
+        Ok((per(median(&mut t)), out.clone()))
+    };
+    let (reference, want) = pass(&mut |r, o| reference::write(format, r, o))?;
+    let (write, got) = pass(&mut |r, o| format.write(r, o))?;
+    ensure!(got == want, "Format::write differs from the reference writer");
+    let mut lines = LineWriter::new(format);
+    let (streamed, got) = pass(&mut |r, o| lines.write(r, o))?;
+    ensure!(got == want, "LineWriter differs from the reference writer");
+    let text = std::str::from_utf8(&want)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let (body, parquet_ms, _) = timed(|| parquet::parquet_file(&format.header(), &lines))?;
+    ensure!(body.starts_with(b"PAR1"), "not a Parquet file");
+    let (_, gzip_ms, _) = timed(|| parquet::gzip_text(&format.header(), &lines))?;
+    Ok([reference, write, streamed, per(parquet_ms), per(gzip_ms)])
+}
+
 /// `__drain-child <flows> <v4|v6> <windows> <out dir>`
 pub fn child(args: &[String]) -> Result<()> {
     let [n, fam, windows, out_dir, table] = args else { bail!("usage: {CHILD_ARG} FLOWS v4|v6 WINDOWS OUT_DIR hash|slots") };
@@ -409,10 +516,15 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut current = 1;
 
     let (mut rot, mut rot_wall, mut rot_sys, mut enr, mut fmt, mut shp) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut fmt_ref = vec![];
+    let mut last: Option<Drained> = None;
     let mut bytes = 0;
     let mut rel = vec![];
     let mut batch = Vec::new();
     for _ in 0..windows {
+        // The last window's flows are kept for the formatter-only pass, not
+        // across windows (they would add to the peak).
+        drop(last.take());
         match kind {
             TableKind::Hash => fill(&flow_maps[current], n, v6)?,
             TableKind::Slots => fill_slots(&flow_maps[current], capacity, n, v6)?,
@@ -435,13 +547,28 @@ pub fn child(args: &[String]) -> Result<()> {
         ensure!(count == n, "built {count} records from {n} flows");
         enr.push(cpu);
 
-        // As agent::ship does it (ship::WindowWriter): records streamed
-        // into the formatter, one buffer of lines.
-        // The buffer is reused across windows as WindowWriter reuses it.
+        // The writer of commit 3c34e0b, into the same buffer, for the
+        // before/after comparison in one run.
         batch.clear();
         let ((), cpu, _) = timed(|| {
             enrich::for_each_record(&host, &interfaces, &drained, None, |r| {
-                format.write(r, &mut batch);
+                reference::write(&format, r, &mut batch);
+                batch.push(b'\n');
+            });
+            Ok(())
+        })?;
+        fmt_ref.push(cpu - enr.last().unwrap());
+        // A second buffer of this size would add to the peak RSS measured.
+        let want = (batch.len(), digest(&batch));
+
+        // As agent::ship does it (ship::WindowWriter): records streamed
+        // into the formatter's LineWriter, one buffer of lines.
+        // The buffer is reused across windows as WindowWriter reuses it.
+        batch.clear();
+        let ((), cpu, _) = timed(|| {
+            let mut lines = LineWriter::new(&format);
+            enrich::for_each_record(&host, &interfaces, &drained, None, |r| {
+                lines.write(r, &mut batch);
                 batch.push(b'\n');
             });
             Ok(())
@@ -449,6 +576,7 @@ pub fn child(args: &[String]) -> Result<()> {
         fmt.push(cpu - enr.last().unwrap());
         bytes = batch.len();
         ensure!(batch.iter().filter(|&&b| b == b'\n').count() == n, "formatted lines != {n}");
+        ensure!((batch.len(), digest(&batch)) == want, "the writer's output differs from the reference writer's");
 
         let mut sink = FileOutput { path: path.clone(), mode: None }.open()?;
         let ((), cpu, _) = timed(|| sink.write_batch(&batch))?;
@@ -464,20 +592,33 @@ pub fn child(args: &[String]) -> Result<()> {
         *last_cpu += cpu;
         *last_wall += wall;
         *last_sys += sys_cpu_ms() - sys0;
+        last = Some(drained);
     }
+    let drained = last.expect("at least one window");
+    let drained_mib = (drained.flows.capacity() * std::mem::size_of_val(&drained.flows[0])) as f64 / (1 << 20) as f64;
+    // Peak RSS of the windows as the agent runs them, before the
+    // formatter-only measurements below allocate their sample.
     // SAFETY: getrusage with a valid out pointer.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    drop(batch);
+    let only = formatter_only(&host, &interfaces, &drained, &format)?;
     println!(
-        "RESULT release_ms={:.3} rotate_ms={:.3} rotate_wall_ms={:.3} rotate_sys_ms={:.3} enrich_ms={:.3} format_ms={:.3} ship_ms={:.3} bytes={bytes} maxrss_kib={} base_rss_kib={base_rss} empty_rotate_ms={empty_rotate:.3}",
+        "RESULT release_ms={:.3} rotate_ms={:.3} rotate_wall_ms={:.3} rotate_sys_ms={:.3} enrich_ms={:.3} format_ms={:.3} format_ref_ms={:.3} ship_ms={:.3} bytes={bytes} maxrss_kib={} base_rss_kib={base_rss} empty_rotate_ms={empty_rotate:.3} only_ref_ns={:.2} only_write_ns={:.2} only_lines_ns={:.2} parquet_ns={:.2} gzip_ns={:.2} drained_mib={drained_mib:.1}",
         median(&mut rel),
         median(&mut rot),
         median(&mut rot_wall),
         median(&mut rot_sys),
         median(&mut enr),
         median(&mut fmt),
+        median(&mut fmt_ref),
         median(&mut shp),
         ru.ru_maxrss,
+        only[0],
+        only[1],
+        only[2],
+        only[3],
+        only[4],
     );
     Ok(())
 }

@@ -98,15 +98,18 @@ fn run(o: &Opts) -> Result<()> {
         o.rounds
     );
     let has = |s: &str| o.sections.iter().any(|x| x == s);
+    let (mut k, mut v, mut d) = (None, None, None);
     if has("kernel") {
         eprintln!("==> 1. kernel cost per packet (BPF_PROG_TEST_RUN)");
         let r = kernel::run(o.rounds)?;
         print_kernel(&r);
+        k = Some(r);
     }
     if has("veth") {
         eprintln!("==> 2. veth throughput between two network namespaces");
         let r = veth::run(o.rounds.min(5), o.veth_secs)?;
         veth::print(&r);
+        v = Some(r);
         let tcp = veth::run_tcp(o.rounds.min(5), o.veth_secs)?;
         veth::print_tcp(&tcp, o.veth_secs);
     }
@@ -114,6 +117,7 @@ fn run(o: &Opts) -> Result<()> {
         eprintln!("==> 3./4. drain + format, ship to a file, peak RSS (one child process per size)");
         let r = drain::run()?;
         drain::print(&r);
+        d = Some(r);
     }
     if has("ship") {
         eprintln!("==> 5. ship to S3, CloudWatch Logs and Firehose on moto (local AWS-compatible server)");
@@ -124,8 +128,75 @@ fn run(o: &Opts) -> Result<()> {
         eprintln!("==> 6. records + format with Kubernetes pod identity (1,000 pods, 100K flows)");
         k8s::print(&k8s::run(o.rounds)?);
     }
+    print_summary(k.as_ref(), v.as_ref(), d.as_ref());
     println!("1-min load at the end: {:.2}. Total time: {:.0?}.", util::load1(), started.elapsed());
     Ok(())
+}
+
+/// The figures of issue #22 from this run's sections (slot table, IPv4),
+/// with the writer of commit 3c34e0b (`format::reference`, same records
+/// stage) beside the new one.
+fn print_summary(k: Option<&kernel::Results>, v: Option<&veth::Results>, d: Option<&drain::Results>) {
+    println!("## Summary (issue #22)\n");
+    println!("| figure | with the writer of 3c34e0b | this run | target |");
+    println!("|---|---|---|---|");
+    let row = |flows: usize| d.and_then(|d| d.rows.iter().find(|x| x.flows == flows && x.family == "IPv4" && x.table == "slots"));
+    if let Some(x) = row(1_000_000) {
+        let rate = |format_ms: f64| x.flows as f64 / (x.enrich_ms + format_ms) / 1e3;
+        println!(
+            "| records + format, 1 M IPv4 flows, one core | {:.1} + {:.1} ms = {:.2} M records/s ({:.0} ns) | {:.1} + {:.1} ms = {:.2} M records/s ({:.0} ns) | ≥ 10 M/s (≤ 100 ns) |",
+            x.enrich_ms,
+            x.format_ref_ms,
+            rate(x.format_ref_ms),
+            1e3 / rate(x.format_ref_ms),
+            x.enrich_ms,
+            x.format_ms,
+            rate(x.format_ms),
+            1e3 / rate(x.format_ms),
+        );
+        println!(
+            "| the formatter alone (records built beforehand) | {:.0} ns = {:.1} M/s | {:.0} ns = {:.1} M/s | |",
+            x.only_ref_ns,
+            1e3 / x.only_ref_ns,
+            x.only_lines_ns,
+            1e3 / x.only_lines_ns
+        );
+        println!("| peak RSS, 1 M flows in a window | | {:.0} MiB (drained flows {:.0} MiB, text {:.0} MiB) | ≤ 128 MiB |", x.maxrss_kib as f64 / 1024.0, x.drained_mib, x.bytes as f64 / (1 << 20) as f64);
+    }
+    if let Some(x) = row(100_000) {
+        let rate = |format_ms: f64| {
+            let ms = x.rotate_ms + x.enrich_ms + format_ms;
+            format!("{ms:.1} ms = {:.2} M/s", x.flows as f64 / ms / 1e3)
+        };
+        println!("| drain + format at 100 K flows (slot table) | {} | {} | ≥ 8 M/s |", rate(x.format_ref_ms), rate(x.format_ms));
+    }
+    if let Some(v) = v {
+        let rate = |c: veth::Config| v.rows.iter().find(|r| r.config == c).map(|r| r.rate);
+        if let (Some(none), Some(pass), Some(fl)) = (rate(veth::Config::None), rate(veth::Config::PassTc), rate(veth::Config::FlowlogTc)) {
+            println!(
+                "| veth 64-byte flood, default TC hooks | | {:.2} M/s = {:.2}× the pass-only TC hooks ({:.0}% of no programs) | ≥ 0.95× |",
+                fl / 1e6,
+                fl / pass,
+                fl / none * 100.0
+            );
+        }
+    }
+    if let Some(k) = k {
+        let range = |pick: &dyn Fn(&kernel::Row) -> Option<f64>| {
+            let xs: Vec<f64> = k.rows.iter().filter_map(pick).collect();
+            let (lo, hi) = xs.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+            format!("{lo:.2}-{hi:.2}×")
+        };
+        println!(
+            "| kernel, 1 flow (test_run) | | slots {} the minimal per-CPU program | ≤ 1.1× |",
+            range(&|r| (r.flows == "1").then(|| r.cost.net_ratio()))
+        );
+        println!(
+            "| kernel, 65,536 flows | | slots {} the hash table | ≤ 0.5× |",
+            range(&|r| r.flows.starts_with("65,536").then(|| (r.cost.flowlog - r.cost.pass) / (r.cost.hash - r.cost.pass)))
+        );
+    }
+    println!();
 }
 
 fn print_kernel(r: &kernel::Results) {

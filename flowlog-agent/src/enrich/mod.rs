@@ -278,6 +278,66 @@ impl Slot {
     }
 }
 
+/// Sorts the window's flows into output order. Where the spans of the
+/// ifindexes, of the first-packet times and of the indexes fit in 64 bits
+/// together (one interface, a minute of nanoseconds and a million flows take
+/// 56), the sort runs on 64-bit keys, each part shifted into its own bits, so
+/// the order is the same: half the bytes to move and compare of the 128-bit
+/// slots (a million of those took 50-60 ms to sort, 64-bit keys 22-37 ms;
+/// BENCHMARKS.md, issue #22).
+fn sort_slots(slots: &mut [Slot]) {
+    let fields = |s: &Slot| ((s.0 >> 96) as u32, (s.0 >> 32) as u64, s.0 as u32);
+    let Some(first) = slots.first().map(fields) else { return };
+    let (mut lo, mut hi) = (first, first);
+    for (i, t, x) in slots.iter().map(fields) {
+        lo = (lo.0.min(i), lo.1.min(t), lo.2.min(x));
+        hi = (hi.0.max(i), hi.1.max(t), hi.2.max(x));
+    }
+    let bits = |span: u64| 64 - span.leading_zeros();
+    let (i_bits, t_bits, x_bits) = (bits((hi.0 - lo.0) as u64), bits(hi.1 - lo.1), bits((hi.2 - lo.2) as u64));
+    if i_bits + t_bits + x_bits > 64 {
+        return slots.sort_unstable();
+    }
+    let mut keys: Vec<u64> = slots
+        .iter()
+        .map(fields)
+        .map(|(i, t, x)| {
+            let key = ((i - lo.0) as u128) << (t_bits + x_bits) | ((t - lo.1) as u128) << x_bits | (x - lo.2) as u128;
+            key as u64
+        })
+        .collect();
+    keys.sort_unstable();
+    let mask = |b: u32| (1u128 << b) - 1;
+    for (slot, k) in slots.iter_mut().zip(keys) {
+        let k = k as u128;
+        let i = (k >> (t_bits + x_bits)) as u32 + lo.0;
+        let t = ((k >> x_bits) & mask(t_bits)) as u64 + lo.1;
+        let x = (k & mask(x_bits)) as u32 + lo.2;
+        *slot = Slot::new(i, t, x as usize);
+    }
+}
+
+/// How many flows ahead of the one being written [`for_each_record`] asks
+/// the CPU to fetch.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Asks the CPU to bring `v` into the cache. Flows are written in output
+/// order, not in the order the table gave them, so each record's entry is a
+/// random read in the window's flows (88 MB at 1 M flows): without this the
+/// wait for that cache and TLB miss was most of a record's time
+/// (BENCHMARKS.md, issue #22).
+#[inline(always)]
+fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and reads nothing into
+    // the program (and the pointer comes from a reference anyway).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((v as *const T).cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// Builds the records of one window (see [`for_each_record`]).
 pub fn build_records(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, enrichment: Option<&Enrichment>) -> Vec<FlowRecord> {
     let mut out = Vec::with_capacity(drained.flows.len() + interfaces.len());
@@ -337,7 +397,7 @@ pub fn for_each_record(
         .map(|(i, (k, v))| Slot::new(k.ifindex, v.first_seen_ns, i))
         .chain(rejects.iter().enumerate().map(|(i, (k, v, _))| Slot::new(k.ifindex, v.first_seen_ns, n_flows + i)))
         .collect();
-    slots.sort_unstable();
+    sort_slots(&mut slots);
     let failed: BTreeMap<u32, u64> = drained.fails.iter().map(|(i, f)| (*i, f.packets)).collect();
 
     let mut order: Vec<InterfaceMeta> = interfaces.to_vec();
@@ -371,7 +431,11 @@ pub fn for_each_record(
         let addrs = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
         let mut rec = base_record(host, meta, w_start, w_end, LogStatus::Ok);
         let mut written = 0usize;
-        for slot in &slots[lo..hi] {
+        for (at, slot) in slots.iter().enumerate().take(hi).skip(lo) {
+            if let Some((k, v)) = slots.get(at + PREFETCH_AHEAD).and_then(|s| drained.flows.get(s.idx())) {
+                prefetch(k);
+                prefetch(v);
+            }
             let (k, v, action, reject_reason) = entry(slot.idx());
             let (pkt_src, pkt_dst) = key_addrs(k);
             let dir = if k.direction == direction::INGRESS { Direction::Ingress } else { Direction::Egress };
@@ -441,6 +505,26 @@ pub fn for_each_record(
 mod tests {
     use super::*;
     use flowlog_common::InsertFailures;
+
+    /// The 64-bit sort gives the order of the 128-bit one, for windows
+    /// whose parts fit in 64 bits and windows that fall back.
+    #[test]
+    fn slots_sort_as_their_full_keys() {
+        let mut rng = fastrand::Rng::with_seed(64);
+        for case in 0..400 {
+            let n = rng.usize(0..3000);
+            let ifaces: Vec<u32> = (0..rng.usize(1..6)).map(|_| if rng.bool() { rng.u32(1..40) } else { rng.u32(..) }).collect();
+            let t0 = rng.u64(..u64::MAX / 2);
+            let span = 1u64 << rng.u32(0..63);
+            let mut slots: Vec<Slot> =
+                (0..n).map(|i| Slot::new(ifaces[rng.usize(..ifaces.len())], t0 + rng.u64(0..span) / 4_000_000 * 4_000_000, i)).collect();
+            rng.shuffle(&mut slots);
+            let mut want = slots.clone();
+            want.sort_unstable();
+            sort_slots(&mut slots);
+            assert!(slots == want, "case {case}: {n} slots, interfaces {ifaces:?}, time span {span}");
+        }
+    }
 
     fn key(ifindex: u32, sport: u16, proto: u8, dir: u8) -> FlowKey {
         let mut k = FlowKey {

@@ -38,7 +38,7 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tracing::{error, info, warn};
 
 use flowlog_records::{
-    format::Format,
+    format::{Format, LineWriter},
     record::FlowRecord,
 };
 use spool::{Batch, Pos, Spool, SpoolRecord};
@@ -139,7 +139,8 @@ impl Default for ShipConfig {
 /// One window on its way to the outputs (from [`Shipper::window`]).
 pub struct WindowWriter<'a> {
     shipper: &'a mut Shipper,
-    format: &'a Format,
+    /// The window's format, with its per-interface prefix cache.
+    lines: LineWriter<'a>,
     /// Lines for the direct outputs, `\n`-terminated.
     text: Vec<u8>,
     /// The batch for the spooled outputs.
@@ -150,7 +151,7 @@ pub struct WindowWriter<'a> {
 impl WindowWriter<'_> {
     pub fn push(&mut self, r: &FlowRecord) {
         let start = self.text.len();
-        self.format.write(r, &mut self.text);
+        self.lines.write(r, &mut self.text);
         if let Some(b) = &mut self.spooled {
             b.records.push(SpoolRecord {
                 interface_id: r.interface_id.as_deref().unwrap_or("-").to_string(),
@@ -472,7 +473,7 @@ impl Shipper {
     pub fn window<'a>(&'a mut self, format: &'a Format) -> WindowWriter<'a> {
         let spooled = (!self.tasks.is_empty()).then(|| Batch { header: format.header(), records: Vec::new() });
         let text = std::mem::take(&mut self.text);
-        WindowWriter { shipper: self, format, text, spooled, records: 0 }
+        WindowWriter { shipper: self, lines: LineWriter::new(format), text, spooled, records: 0 }
     }
 
     /// Appends a batch to the spool (spooled outputs only).

@@ -145,7 +145,9 @@ impl Agent {
         let selected = selector.select(&links)?;
         let (mut capture, tables) = load_capture(&cfg, drops.as_ref(), &links, &selected)?;
         let metrics = start_metrics(&cfg, &capture).await?;
-        let live = crate::live::start(cfg.live_socket.as_deref(), cfg.live_socket_explicit, tables.live()?).await?;
+        let pods = start_pods(&cfg, &kubernetes, &metrics);
+        let pod_lookup = pods.as_ref().map(|p| p.live_lookup());
+        let live = crate::live::start(cfg.live_socket.as_deref(), cfg.live_socket_explicit, tables.live()?, pod_lookup).await?;
         let machine = links::machine_id();
         let (provider, selection) =
             MetadataProvider::new(&metadata, Path::new(SYSFS), &machine).context("metadata configuration ([metadata])")?;
@@ -156,7 +158,6 @@ impl Agent {
         let on_ec2 = selection.kind == ProviderKind::Ec2;
         let enrichment =
             enrich.build(&[], on_ec2, reject_reasons.clone()).context("enrichment configuration ([enrich])")?;
-        let pods = start_pods(&cfg, &kubernetes, &metrics);
         let link_ids: Vec<LinkId> = selected.iter().map(|l| LinkId::from_sysfs(Path::new(SYSFS), &l.name)).collect();
         let (snapshot, refresher) = Refresher::start(provider, link_ids, metadata.refresh_interval()).await;
         let host = HostMeta {

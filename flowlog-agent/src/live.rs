@@ -81,7 +81,7 @@ pub struct Flow {
 
 /// Names the pod of an address (`namespace/name`): the hook through which
 /// the Kubernetes metadata source fills [`Flow::src_pod`] and
-/// [`Flow::dst_pod`]. None is set today.
+/// [`Flow::dst_pod`] ([`crate::metadata::kubernetes::source::PodSource::live_lookup`]).
 pub type PodLookup = Arc<dyn Fn(IpAddr) -> Option<String> + Send + Sync>;
 
 /// The JSON model of a live window; interfaces named by `names`.
@@ -215,9 +215,9 @@ fn read(tables: &LiveTables, pods: Option<&PodLookup>) -> Result<String> {
 /// Starts the endpoint where configured. Failing at the default path (no
 /// `/run` to write to, another agent there) is a warning: the agent captures
 /// without it. A path set explicitly must work.
-pub async fn start(path: Option<&Path>, explicit: bool, tables: LiveTables) -> Result<Option<Server>> {
+pub async fn start(path: Option<&Path>, explicit: bool, tables: LiveTables, pods: Option<PodLookup>) -> Result<Option<Server>> {
     let Some(path) = path else { return Ok(None) };
-    match serve(path, tables, None).await {
+    match serve(path, tables, pods).await {
         Ok(s) => Ok(Some(s)),
         Err(e) if !explicit => {
             warn!("no live endpoint (flowlog-agent top): {e:#}; set live-socket to a writable path, or off");

@@ -257,12 +257,11 @@ fn send_traffic(t: &Topo) {
 
 /// The UDP records from b to a (ICMP port unreachable replies and IPv6
 /// neighbour discovery are other flows): exactly one per port with every
-/// datagram, in the default (version 2) format.
-fn check_udp_records(what: &str, lines: &[String], t: &Topo) -> Vec<String> {
-    let format = Format::default();
+/// datagram, in `format`.
+fn check_udp_records(what: &str, format: &Format, lines: &[String], t: &Topo) -> Vec<String> {
     let mut got: Vec<(String, _)> = lines
         .iter()
-        .map(|l| (l.clone(), parse_record(&format, l).unwrap_or_else(|e| panic!("{what}: {e}: {l}"))))
+        .map(|l| (l.clone(), parse_record(format, l).unwrap_or_else(|e| panic!("{what}: {e}: {l}"))))
         .filter(|(_, p)| p.record.srcaddr == Some(t.b4.into()) && p.record.protocol == Some(17))
         .collect();
     got.sort_by(|x, y| x.0.cmp(&y.0));
@@ -427,13 +426,13 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
 
     // Records: the local file and S3 agree, with the exact traffic.
     let file: Vec<String> = fs::read_to_string(dir.join("varlog").join(one("LogsDirectory")).join("records.log")).unwrap().lines().map(String::from).collect();
-    let want = check_udp_records(&format!("file (agent log:\n{log})"), &file, &t);
+    let want = check_udp_records(&format!("file (agent log:\n{log})"), &Format::default(), &file, &t);
     let mut s3 = s3_lines(&t.a, "unit", "host/");
     s3.sort();
     let mut all_file = file.clone();
     all_file.sort();
     assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
-    assert_eq!(check_udp_records("S3", &s3, &t), want);
+    assert_eq!(check_udp_records("S3", &Format::default(), &s3, &t), want);
     // The live endpoint answered on the default socket in the runtime
     // directory while the agent ran (removed when it stopped).
     assert!(log.contains(&format!("socket={runtime}/live.sock")), "no live endpoint in {runtime}\n{log}");
@@ -512,6 +511,9 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
             ("/sys/fs/bpf", false) => writable.push((PathBuf::from("/sys/fs/bpf"), "/sys/fs/bpf")),
             ("/var/lib/flowlog", false) => writable.push((dir.join("varlib/flowlog"), "/var/lib/flowlog")),
             ("/etc/machine-id", true) => {} // the same file, read-only like all
+            // The runtime's socket directory and the pods' netns files:
+            // read-only like all (no runtime here: `auto` finds no socket).
+            ("/run/containerd", true) | ("/run/netns", true) => {}
             other => panic!("volume {other:?} not known to this test"),
         }
     }
@@ -526,7 +528,9 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     let script = confine_script(&scratch, &[(dir.join("varlib"), "/var/lib")], &writable, false, false, &exec);
     let mut envs = aws_env();
     envs.push(("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()));
-    envs.push(("FLOWLOG_CONFIG", config_path.unwrap().display().to_string()));
+    let config_path = config_path.unwrap();
+    let configmap_format = toml::from_str::<toml::Table>(&fs::read_to_string(&config_path).unwrap()).unwrap()["log-format"].as_str().map(String::from);
+    envs.push(("FLOWLOG_CONFIG", config_path.display().to_string()));
     // The old default spool directory, read-only in the pod: a clear error.
     let mut old = envs.clone();
     old.push(("FLOWLOG_SPOOL_DIR", "/var/lib/flowlog-agent/spool".to_string()));
@@ -536,13 +540,17 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     let log = run_confined(&t.a, &script, &envs, false, || send_traffic(&t));
 
     let file: Vec<String> = fs::read_to_string(dir.join("varlib/flowlog/records.log")).unwrap().lines().map(String::from).collect();
-    let want = check_udp_records(&format!("file (agent log:\n{log})"), &file, &t);
+    // The ConfigMap's format: the default fields, then the k8s-* ones
+    // (`-` here: no container runtime in this emulation).
+    let format = Format::parse(configmap_format.as_deref().expect("the ConfigMap sets log-format")).unwrap();
+    let want = check_udp_records(&format!("file (agent log:\n{log})"), &format, &file, &t);
+    assert!(want.iter().all(|l| l.ends_with(" OK - - - - - -")), "{want:?}");
     let mut s3 = s3_lines(&t.a, "pod", "nodes/");
     s3.sort();
     let mut all_file = file;
     all_file.sort();
     assert_eq!(s3, all_file, "S3 and the file output differ\n{log}");
-    assert_eq!(check_udp_records("S3", &s3, &t), want);
+    assert_eq!(check_udp_records("S3", &format, &s3, &t), want);
     assert!(dir.join("varlib/flowlog/spool").is_dir(), "no spool on the data volume\n{log}");
     // The live endpoint on its emptyDir.
     assert!(log.contains("socket=/run/flowlog/live.sock"), "no live endpoint\n{log}");

@@ -173,11 +173,12 @@ fn k8s_format() -> String {
 
 /// The agent in containerd's namespace on every veth (pods come and go) and
 /// the bridge, pod identity from the harness's CRI socket, label `app`.
-fn start_agent(ctrd: &Containerd, interval: &str) -> Agent {
+fn start_agent(ctrd: &Containerd, interval: &str, extra: &[&str]) -> Agent {
     let (fmt, sock) = (k8s_format(), ctrd.socket());
     let agent = AgentCmd::new(env!("CARGO_BIN_EXE_flowlog-agent"), ctrd.netns().name())
         .ifaces(&["veth*", BRIDGE])
         .args(&["--interval", interval, "--log-format", &fmt, "--kubernetes", "on"])
+        .args(extra)
         .args(&["--cri-socket", sock.to_str().unwrap(), "--k8s-refresh", "1", "--k8s-pod-label", "app"])
         .check(accepted)
         .start();
@@ -248,13 +249,36 @@ fn records_name_the_pod_of_each_veth_and_of_each_address() {
     let pods = c.pods();
     let (w1, w2, d1) = (&pods["shop/web-1"], &pods["shop/web-2"], &pods["data/db-1"]);
     let host = PathBuf::from(format!("/run/netns/{}", ctrd.netns().name()));
-    let agent = start_agent(&ctrd, "3600");
+    // A short path: a unix socket's is at most 107 bytes.
+    let live = PathBuf::from(format!("/run/flowlog-k8s-live-{}.sock", std::process::id()));
+    let agent = start_agent(&ctrd, "3600", &["--live-socket", live.to_str().unwrap()]);
     // bridge pod -> bridge pod (bridged), ptp pod -> bridge pod (routed via
     // the bridge), each pod -> its gateway.
     udp(&ns_of(w1), ipv4(w1), &ns_of(w2), ipv4(w2), 7101, 3, 100);
     udp(&ns_of(d1), ipv4(d1), &ns_of(w2), ipv4(w2), 7102, 4, 200);
     udp(&ns_of(w1), ipv4(w1), &host, BRIDGE_GW, 7103, 2, 50);
     udp(&ns_of(d1), ipv4(d1), &host, PTP_GW, 7104, 5, 60);
+    // The live view (`top`) names the pods behind the addresses too.
+    let out = std::process::Command::new(flowlog_testkit::agent_bin(env!("CARGO_BIN_EXE_flowlog-agent")))
+        .args(["top", "--once", "--json", "--live-socket"])
+        .arg(&live)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "top --once --json: {}", String::from_utf8_lossy(&out.stderr));
+    let snap: flowlog_agent::live::Snapshot = serde_json::from_slice(&out.stdout).unwrap();
+    let pods_of = |port: u16| -> Vec<(String, Option<String>, Option<String>, u64)> {
+        let mut v: Vec<_> = snap
+            .flows
+            .iter()
+            .filter(|f| f.dstport == port && f.direction == "ingress")
+            .map(|f| (f.interface.clone(), f.src_pod.clone(), f.dst_pod.clone(), f.packets))
+            .collect();
+        v.sort();
+        v
+    };
+    let (s, d) = (|p: &str| Some(p.to_string()), |p: &str| Some(p.to_string()));
+    assert_eq!(pods_of(7101), [(ctrd.pod_host_veth(&ns_of(w1)), s("shop/web-1"), d("shop/web-2"), 3)], "{snap:?}");
+    assert_eq!(pods_of(7103).iter().map(|r| (r.1.clone(), r.2.clone(), r.3)).collect::<Vec<_>>(), vec![(s("shop/web-1"), None, 2); 2], "{snap:?}");
     let (recs, log) = agent.stop();
     let (web1, web2, db1) = ("shop/web-1/uid-web-1", "shop/web-2/uid-web-2", "data/db-1/uid-db-1");
     // On the sender's veth (ingress from the pod) and the receiver's (egress to it).
@@ -291,7 +315,7 @@ fn after_ip_reuse_each_window_names_the_pod_that_held_the_address() {
     let (cl, w1) = (pods["data/client"].clone(), pods["shop/web-1"].clone());
     let addr = ipv4(&w1);
     let interval = 2;
-    let agent = start_agent(&ctrd, &interval.to_string());
+    let agent = start_agent(&ctrd, &interval.to_string(), &[]);
     // Traffic to web-1, which is gone before its window closes.
     udp(&ns_of(&cl), ipv4(&cl), &ns_of(&w1), addr, 7201, 3, 100);
     c.remove_pod(&old);

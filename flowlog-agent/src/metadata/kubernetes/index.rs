@@ -82,6 +82,11 @@ impl History {
         self.listings.is_empty()
     }
 
+    /// The newest listing, read without changing what windows will use.
+    pub fn newest(&self) -> Option<Listing> {
+        self.listings.back().map(|(_, l)| l.clone())
+    }
+
     /// The lookups of the window `[start_ns, end_ns)`: the last listing at
     /// or before its start and all taken in it. Forgets the listings no later
     /// window needs. `None` before the first listing.

@@ -125,6 +125,23 @@ impl PodSource {
         self.kick.notify_one();
     }
 
+    /// `namespace/name` of the pod on this node holding an address now (the
+    /// newest listing), for the live view; windows are not affected.
+    pub fn live_lookup(&self) -> crate::live::PodLookup {
+        let history = self.history.clone();
+        let cache: Mutex<Option<(Arc<Vec<index::ResolvedPod>>, PodIndex)>> = Mutex::new(None);
+        Arc::new(move |ip| {
+            let newest = history.lock().unwrap_or_else(|e| e.into_inner()).newest()?;
+            let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if !c.as_ref().is_some_and(|(l, _)| Arc::ptr_eq(l, &newest)) {
+                let index = PodIndex::build(newest.iter(), None);
+                *c = Some((newest, index));
+            }
+            let index = &c.as_ref()?.1;
+            index.pod(index.of_ip(ip)).map(|p| p.qualified.to_string())
+        })
+    }
+
     /// The pod lookups of the window `[start_ns, end_ns)` (Unix time); `None`
     /// before the first good listing. No runtime call: the kept listings.
     pub fn window(&self, start_ns: u64, end_ns: u64) -> Option<Arc<PodIndex>> {

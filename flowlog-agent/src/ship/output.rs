@@ -99,6 +99,21 @@ pub trait Sink: Send {
     fn describe(&self) -> String;
 }
 
+/// A spooled destination that checks at start that it can deliver (its
+/// resource exists, the credentials may write to it): a failure stops the
+/// start, or refuses a reload, with the check's error.
+pub trait StartupCheck: Destination + Sync + Sized {
+    fn startup_check(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Checked, then boxed: the end of an [`OutputSpec::start`].
+    fn checked<'a>(self) -> StartFut<'a> {
+        Box::pin(async move {
+            self.startup_check().await?;
+            anyhow::Ok(Box::new(self) as Box<dyn Destination>)
+        })
+    }
+}
+
 /// What startup hands a spooled destination to build itself with.
 pub struct StartContext<'a> {
     /// The output's canonical name.

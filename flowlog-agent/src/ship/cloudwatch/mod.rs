@@ -119,11 +119,13 @@ impl OutputSpec for CloudWatchOutput {
         Some(&self.aws)
     }
     fn start<'a>(&'a self, cx: StartContext<'a>) -> StartFut<'a> {
-        Box::pin(async move {
-            let d = CloudWatchDest::new(cx.name, Client::new(cx.sdk()), self, cx.retry, cx.stats);
-            d.check().await?;
-            anyhow::Ok(Box::new(d) as Box<dyn Destination>)
-        })
+        super::output::StartupCheck::checked(CloudWatchDest::new(cx.name, Client::new(cx.sdk()), self, cx.retry, cx.stats))
+    }
+}
+
+impl super::output::StartupCheck for CloudWatchDest {
+    fn startup_check(&self) -> impl std::future::Future<Output = Result<()>> + Send {
+        self.check()
     }
 }
 

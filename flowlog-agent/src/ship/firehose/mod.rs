@@ -54,11 +54,15 @@ impl OutputSpec for FirehoseOutput {
         Some(&self.aws)
     }
     fn start<'a>(&'a self, cx: StartContext<'a>) -> StartFut<'a> {
-        Box::pin(async move {
-            let d = FirehoseDest { name: cx.name.to_string(), client: Client::new(cx.sdk()), stream: self.stream.clone(), retry: cx.retry, stats: cx.stats };
-            d.check().await?;
-            anyhow::Ok(Box::new(d) as Box<dyn Destination>)
-        })
+        let client = Client::new(cx.sdk());
+        let d = FirehoseDest { name: cx.name.to_string(), client, stream: self.stream.clone(), retry: cx.retry, stats: cx.stats };
+        super::output::StartupCheck::checked(d)
+    }
+}
+
+impl super::output::StartupCheck for FirehoseDest {
+    fn startup_check(&self) -> impl std::future::Future<Output = Result<()>> + Send {
+        self.check()
     }
 }
 

@@ -22,6 +22,7 @@ pub mod object;
 pub mod output;
 pub mod parquet;
 pub mod perm;
+pub mod prelude;
 pub mod retry;
 pub mod spool;
 pub mod stop;

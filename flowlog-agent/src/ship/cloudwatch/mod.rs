@@ -20,13 +20,8 @@ use aws_sdk_cloudwatchlogs::{
 use tracing::{debug, info, warn};
 
 use super::{
-    aws::{classify, OutputAws},
     batch::{cw_events_by_stream, cw_split, CwEvent, CwLimits},
-    destination::{BoxFut, Destination, ShipStats},
-    output::{parse_aws_scheme, query, OutputSpec, Registration, StartContext, StartFut},
-    retry::{retry, startup_check, Failure, Interrupted, RetryPolicy},
-    spool::Batch,
-    stop::Stop,
+    prelude::*,
 };
 
 pub const REGISTRATION: Registration = Registration { syntax: "`cloudwatch:<log-group>[?retention=<days>&class=standard|infrequent-access]`", parse: |s| parse_aws_scheme(s, "cloudwatch:", CloudWatchOutput::parse) };
@@ -119,11 +114,11 @@ impl OutputSpec for CloudWatchOutput {
         Some(&self.aws)
     }
     fn start<'a>(&'a self, cx: StartContext<'a>) -> StartFut<'a> {
-        super::output::StartupCheck::checked(CloudWatchDest::new(cx.name, Client::new(cx.sdk()), self, cx.retry, cx.stats))
+        CloudWatchDest::new(cx.name, Client::new(cx.sdk()), self, cx.retry, cx.stats).checked()
     }
 }
 
-impl super::output::StartupCheck for CloudWatchDest {
+impl StartupCheck for CloudWatchDest {
     fn startup_check(&self) -> impl std::future::Future<Output = Result<()>> + Send {
         self.check()
     }

@@ -9,12 +9,11 @@ use anyhow::{Context, Result};
 use tracing::debug;
 
 use super::{
-    destination::Destination,
-    object::{LayoutOptions, ObjectDest, ObjectStore},
     file::DEFAULT_MODE,
-    output::{query, split_query, OutputSpec, Registration, StartContext, StartFut},
+    object::{LayoutOptions, ObjectDest, ObjectStore},
+    output::split_query,
     perm,
-    retry::Failure,
+    prelude::*,
 };
 
 pub const REGISTRATION: Registration = Registration { syntax: "`dir:<path>[?options]` (also mode=<octal>)", parse };

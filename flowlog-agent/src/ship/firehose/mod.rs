@@ -14,13 +14,8 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use super::{
-    aws::{classify, OutputAws},
     batch::{fh_payload, fh_split},
-    destination::{BoxFut, Destination, ShipStats},
-    output::{parse_aws_scheme, query, OutputSpec, Registration, StartContext, StartFut},
-    retry::{retry, startup_check, Failure, Interrupted, RetryPolicy},
-    spool::Batch,
-    stop::Stop,
+    prelude::*,
 };
 
 pub const REGISTRATION: Registration = Registration { syntax: "`firehose:<delivery-stream>`", parse: |s| parse_aws_scheme(s, "firehose:", FirehoseOutput::parse) };
@@ -56,11 +51,11 @@ impl OutputSpec for FirehoseOutput {
     fn start<'a>(&'a self, cx: StartContext<'a>) -> StartFut<'a> {
         let client = Client::new(cx.sdk());
         let d = FirehoseDest { name: cx.name.to_string(), client, stream: self.stream.clone(), retry: cx.retry, stats: cx.stats };
-        super::output::StartupCheck::checked(d)
+        d.checked()
     }
 }
 
-impl super::output::StartupCheck for FirehoseDest {
+impl StartupCheck for FirehoseDest {
     fn startup_check(&self) -> impl std::future::Future<Output = Result<()>> + Send {
         self.check()
     }

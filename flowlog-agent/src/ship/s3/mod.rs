@@ -13,11 +13,9 @@ use aws_sdk_s3::{
 use tracing::{debug, info};
 
 use super::{
-    destination::Destination,
-    aws::{classify, valid_region, OutputAws},
+    aws::valid_region,
     object::{LayoutOptions, ObjectDest, ObjectStore},
-    output::{parse_aws_scheme, query, OutputSpec, Registration, StartContext, StartFut},
-    retry::{startup_check, Failure},
+    prelude::*,
 };
 /// Still reachable here, where it was first defined.
 pub use super::object::ObjectOptions;

@@ -87,6 +87,34 @@ impl History {
         self.listings.back().map(|(_, l)| l.clone())
     }
 
+    /// Builds the next window's lookups now: the listing task calls it after
+    /// a listing that changed, so the window's close finds them ready (the
+    /// listings held are those the next window uses, unless another comes
+    /// before it closes).
+    pub fn prepare(&mut self, label_key: Option<&str>) {
+        if !self.listings.is_empty() {
+            let all = self.listings.iter().map(|(_, l)| l.clone()).collect();
+            self.lookups(all, label_key);
+        }
+    }
+
+    /// The lookups of `used`: the last ones when built from the same
+    /// listings, else built now.
+    fn lookups(&mut self, used: Vec<Listing>, label_key: Option<&str>) -> Arc<PodIndex> {
+        match &self.last {
+            Some((l, label, index))
+                if label.as_deref() == label_key && l.len() == used.len() && l.iter().zip(&used).all(|(a, b)| Arc::ptr_eq(a, b)) =>
+            {
+                index.clone()
+            }
+            _ => {
+                let index = Arc::new(PodIndex::build(used.iter().flat_map(|l| l.iter()), label_key));
+                self.last = Some((used, label_key.map(str::to_string), index.clone()));
+                index
+            }
+        }
+    }
+
     /// The lookups of the window `[start_ns, end_ns)`: the last listing at
     /// or before its start and all taken in it. Forgets the listings no later
     /// window needs. `None` before the first listing.
@@ -105,18 +133,7 @@ impl History {
             .take_while(|(i, (at, _))| *i == first || *at < end_ns)
             .map(|(_, (_, l))| l.clone())
             .collect();
-        let index = match &self.last {
-            Some((l, label, index))
-                if label.as_deref() == label_key && l.len() == used.len() && l.iter().zip(&used).all(|(a, b)| Arc::ptr_eq(a, b)) =>
-            {
-                index.clone()
-            }
-            _ => {
-                let index = Arc::new(PodIndex::build(used.iter().flat_map(|l| l.iter()), label_key));
-                self.last = Some((used, label_key.map(str::to_string), index.clone()));
-                index
-            }
-        };
+        let index = self.lookups(used, label_key);
         // The next window starts at `end_ns`: it needs the last listing at or
         // before that and the later ones.
         if let Some(keep) = self.listings.iter().rposition(|(at, _)| *at <= end_ns) {
@@ -393,6 +410,35 @@ mod tests {
         let labelled = h.window(300 * s, 360 * s, Some("app")).unwrap();
         assert!(!Arc::ptr_eq(&w4, &labelled));
         assert_eq!(labelled.pod(0).unwrap().label.as_deref(), Some("web-2-app"));
+    }
+
+    /// A listing that changed during a window: its lookups are prepared when
+    /// it arrives, and the window's close uses exactly those (nothing built
+    /// at the close), with the same answers as lookups built there.
+    #[test]
+    fn lookups_prepared_with_a_listing_serve_the_window_close() {
+        let s = 1_000_000_000u64;
+        let web = |name: &str, a: &str, i: u32| ResolvedPod { pod: pod("shop", name, name, a, "/n"), ifindexes: vec![i] };
+        let mut h = History::default();
+        h.push(5 * s, vec![web("web-1", "10.88.0.2", 7)]);
+        h.window(0, 60 * s, Some("app")).unwrap();
+        h.push(70 * s, vec![web("web-1", "10.88.0.2", 7), web("web-2", "10.88.0.3", 9)]);
+        h.prepare(Some("app"));
+        let prepared = h.last.as_ref().unwrap().2.clone();
+        let mut fresh = History { listings: h.listings.clone(), last: None };
+        let w = h.window(60 * s, 120 * s, Some("app")).unwrap();
+        assert!(Arc::ptr_eq(&prepared, &w), "the close rebuilt the lookups");
+        let built = fresh.window(60 * s, 120 * s, Some("app")).unwrap();
+        for a in ["10.88.0.2", "10.88.0.3", "10.88.0.4"] {
+            let name = |x: &PodIndex| x.pod(x.of_ip(ip(a))).map(|p| p.qualified.to_string());
+            assert_eq!(name(&w), name(&built), "{a}");
+        }
+        assert_eq!((w.of_ifindex(7), w.of_ifindex(9), w.len()), (built.of_ifindex(7), built.of_ifindex(9), 2));
+        // Another label: the prepared ones do not fit, the close builds.
+        h.push(130 * s, vec![web("web-2", "10.88.0.3", 9)]);
+        h.prepare(Some("app"));
+        let other = h.window(120 * s, 180 * s, None).unwrap();
+        assert!(!Arc::ptr_eq(&h.last.as_ref().unwrap().2, &prepared) && other.pod(0).unwrap().label.is_none());
     }
 
     /// The first listing came after the window started: it still names the

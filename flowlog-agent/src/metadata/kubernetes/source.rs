@@ -79,6 +79,7 @@ impl PodSource {
         let history = Arc::new(Mutex::new(History::default()));
         let kick = Arc::new(Notify::new());
         let (h, k, refresh, timeout) = (history.clone(), kick.clone(), cfg.refresh, cfg.timeout);
+        let label = cfg.pod_label.clone();
         let task = tokio::spawn(async move {
             let mut failing = false;
             loop {
@@ -101,7 +102,11 @@ impl PodSource {
                         }
                         failing = false;
                         metrics.set_k8s_pods(pods.len());
-                        h.lock().unwrap_or_else(|e| e.into_inner()).push(at, pods);
+                        let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+                        h.push(at, pods);
+                        // The next window's lookups, built here rather than
+                        // at its close (a no-op when nothing changed).
+                        h.prepare(label.as_deref());
                     }
                     Err(e) => {
                         metrics.k8s_lookup_failed();

@@ -121,6 +121,24 @@ impl Scratch {
     }
 }
 
+/// The mount points of `writable` that do not exist yet: the script makes
+/// them on the host's file system (e.g. /run/flowlog); removed again on drop.
+struct MountPoints(Vec<PathBuf>);
+
+impl MountPoints {
+    fn missing(writable: &[(PathBuf, &str)]) -> MountPoints {
+        MountPoints(writable.iter().map(|(_, to)| PathBuf::from(to)).filter(|p| !p.exists()).collect())
+    }
+}
+
+impl Drop for MountPoints {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = fs::remove_dir(p);
+        }
+    }
+}
+
 /// The shell that builds the confinement inside `unshare -m` (after `ip
 /// netns exec`, which gives a fresh /sys): `writable` are (host dir, path
 /// inside) pairs bound read-write after everything was made read-only.
@@ -389,6 +407,7 @@ fn systemd_unit_confinement_delivers_to_s3_and_a_file() {
     for p in &rw {
         writable.push((PathBuf::from(p), p.as_str()));
     }
+    let _made = MountPoints::missing(&writable);
     let script = confine_script(&scratch, &[(dir.join("varlib"), "/var/lib"), (dir.join("varlog"), "/var/log")], &writable, one("PrivateTmp") == "yes", one("ProtectHome") == "yes", &exec);
     // What systemd puts in the environment (no spool-dir anywhere: the
     // default must follow STATE_DIRECTORY).
@@ -525,6 +544,7 @@ fn kubernetes_pod_confinement_delivers_to_s3_and_a_file() {
     // Runtimes give added capabilities to the bounding, permitted and
     // effective sets; allowPrivilegeEscalation: false is no_new_privs.
     let exec = format!("setpriv --bounding-set=-all,{caps} --inh-caps=-all --no-new-privs {}", shell_quote(&scratch.agent));
+    let _made = MountPoints::missing(&writable);
     let script = confine_script(&scratch, &[(dir.join("varlib"), "/var/lib")], &writable, false, false, &exec);
     let mut envs = aws_env();
     envs.push(("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()));

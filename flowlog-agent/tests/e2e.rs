@@ -795,7 +795,8 @@ addresses = ["{a4}", "10.201.250.9"]
     let mut child = Command::new("ip")
         .args(["netns", "exec", &t.a, env!("CARGO_BIN_EXE_flowlog-agent"), "--config"])
         .arg(&cfg)
-        .args(["--iface", &t.a_if, "--output", &format!("file:{}", out.display())])
+        // No live socket: the host's /run/flowlog is not this test's.
+        .args(["--iface", &t.a_if, "--output", &format!("file:{}", out.display()), "--live-socket", "off"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -908,53 +908,11 @@ pub mod reference {
         }
     }
 
+    /// The production writer's: the IPv6 algorithm was the same before the
+    /// compiled formats (only IPv4 and integers changed), and it is checked
+    /// against `Display` on its own.
     fn write_ipv6(out: &mut Vec<u8>, a: Ipv6Addr) {
-        if let Some(v4) = a.to_ipv4_mapped() {
-            out.extend_from_slice(b"::ffff:");
-            return write_ipv4(out, v4);
-        }
-        let g = a.segments();
-        // Longest run of zero groups (first on a tie); compressed only if ≥ 2.
-        let (mut best, mut best_len, mut run, mut run_len) = (0, 0, 0, 0);
-        for (i, &x) in g.iter().enumerate() {
-            if x == 0 {
-                if run_len == 0 {
-                    run = i;
-                }
-                run_len += 1;
-                if run_len > best_len {
-                    (best, best_len) = (run, run_len);
-                }
-            } else {
-                run_len = 0;
-            }
-        }
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut buf = [0u8; 39];
-        let mut n = 0;
-        fn group(buf: &mut [u8; 39], n: &mut usize, x: u16) {
-            let digits = (4 - x.leading_zeros() as usize / 4).max(1);
-            for d in (0..digits).rev() {
-                buf[*n] = HEX[(x >> (d * 4)) as usize & 15];
-                *n += 1;
-            }
-        }
-        let mut i = 0;
-        while i < 8 {
-            if best_len >= 2 && i == best {
-                buf[n..n + 2].copy_from_slice(b"::");
-                n += 2;
-                i += best_len;
-                continue;
-            }
-            if i > 0 && !(best_len >= 2 && i == best + best_len) {
-                buf[n] = b':';
-                n += 1;
-            }
-            group(&mut buf, &mut n, g[i]);
-            i += 1;
-        }
-        out.extend_from_slice(&buf[..n]);
+        write_ip(out, IpAddr::V6(a));
     }
     /// The dotted quad, a digit at a time.
     fn write_ipv4(out: &mut Vec<u8>, a: Ipv4Addr) {

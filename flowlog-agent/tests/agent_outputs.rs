@@ -20,25 +20,6 @@ fn topo() -> Topo {
     Topo::new(203, false)
 }
 
-fn lines_of_text_files(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".log.gz") {
-                let mut s = String::new();
-                flate2::read::GzDecoder::new(&fs::read(&p).unwrap()[..]).read_to_string(&mut s).unwrap();
-                out.extend(s.lines().skip(1).map(str::to_string));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn agent_delivers_to_every_destination_at_once() {
     if !require_root() {
@@ -86,7 +67,7 @@ fn agent_delivers_to_every_destination_at_once() {
     let mut want: Vec<String> = fs::read_to_string(tmp.join("all.log")).unwrap().lines().map(str::to_string).collect();
     want.sort();
     assert!(want.iter().filter(|l| l.ends_with(" OK")).count() >= 20, "{want:?}");
-    assert_eq!(lines_of_text_files(&tmp.join("dir")), want, "dir:\n{log}");
+    assert_eq!(flowlog_testkit::agent::dir_output_lines(&tmp.join("dir")), want, "dir:\n{log}");
 
     let ep = endpoint.clone();
     let want2 = want.clone();

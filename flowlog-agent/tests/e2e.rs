@@ -1043,25 +1043,6 @@ fn a_renamed_interface_stays_attached_and_counted() {
     assert_eq!(got, (25, 25 * 108), "{log}");
 }
 
-/// The lines of every `.log.gz` file under a `dir:` output, header lines left out.
-fn dir_output_lines(root: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".log.gz") {
-                let mut s = String::new();
-                flate2::read::GzDecoder::new(&fs::read(&p).unwrap()[..]).read_to_string(&mut s).unwrap();
-                out.extend(s.lines().skip(1).map(str::to_string));
-            }
-        }
-    }
-    out
-}
-
 /// Three reloads (SIGHUP) under steady traffic, 2-second windows: another
 /// format for every output, a `file:` output added, a `dir:` output (spooled)
 /// removed; then three bad configurations refused. Every packet is in the
@@ -1185,7 +1166,7 @@ fn reloads_under_traffic_lose_and_double_nothing() {
     };
     let lines = |p: &std::path::Path| fs::read_to_string(p).unwrap().lines().map(str::to_string).collect::<Vec<_>>();
     let all_a = lines(&a_out);
-    let (wa, wb, wd) = (windows(all_a.clone()), windows(lines(&b_out)), windows(dir_output_lines(&d_out)));
+    let (wa, wb, wd) = (windows(all_a.clone()), windows(lines(&b_out)), windows(flowlog_testkit::agent::dir_output_lines(&d_out)));
 
     // Every packet once, no line twice.
     let recs: Vec<Rec> = all_a.iter().map(|l| parse(l)).collect();

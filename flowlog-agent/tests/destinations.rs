@@ -313,20 +313,11 @@ async fn dir_round_trip_text_and_parquet() {
     sh.send(&format, &recs);
     wait_delivered(&sh, 500, Duration::from_secs(30)).await;
     sh.shutdown().await;
-    let mut objs = Vec::new();
     let base = root.join("text");
-    let mut stack = vec![base.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                objs.push((p.strip_prefix(&base).unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    objs.sort();
+    let objs: Vec<(String, Vec<u8>)> = flowlog_testkit::agent::files_under(&base)
+        .iter()
+        .map(|p| (p.strip_prefix(&base).unwrap().to_string_lossy().to_string(), std::fs::read(p).unwrap()))
+        .collect();
     let got = check_text_objects(&objs, "AWSLogs/123456789012/vpcflowlogs/us-east-1/", &format);
     assert_same("dir", got, recs.iter().map(|r| format.line(r)).collect());
     let pq = root.join(format!("pq/AWSLogs/123456789012/vpcflowlogs/us-east-1/{}", utc(recs[0].end, "%Y/%m/%d/%H")));
@@ -336,19 +327,8 @@ async fn dir_round_trip_text_and_parquet() {
 
 /// Record lines of every text object under a `dir:` output.
 fn dir_lines(root: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                lines.extend(gunzip(&std::fs::read(&p).unwrap()).lines().skip(1).map(str::to_string));
-            }
-        }
-    }
-    lines
+    let files = flowlog_testkit::agent::files_under(root);
+    files.iter().flat_map(|p| gunzip(&std::fs::read(p).unwrap()).lines().skip(1).map(str::to_string).collect::<Vec<_>>()).collect()
 }
 
 /// A reload's outputs: between two windows, a spooled and a direct output

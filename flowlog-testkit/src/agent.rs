@@ -434,23 +434,33 @@ pub fn mirrored(m: &Totals) -> Totals {
         .collect()
 }
 
-/// The record lines of every `.log.gz` file under a `dir:` output (the S3
-/// layout on a directory), header lines left out, sorted.
-pub fn dir_output_lines(root: &Path) -> Vec<String> {
-    use std::io::Read;
-    let mut out = Vec::new();
+/// Every file under `root` (any depth), sorted.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.to_string_lossy().ends_with(".log.gz") {
-                let mut s = String::new();
-                flate2::read::GzDecoder::new(&fs::read(&p).unwrap()[..]).read_to_string(&mut s).unwrap();
-                out.extend(s.lines().skip(1).map(str::to_string));
+            } else {
+                files.push(p);
             }
         }
+    }
+    files.sort();
+    files
+}
+
+/// The record lines of every `.log.gz` file under a `dir:` output (the S3
+/// layout on a directory), header lines left out, sorted.
+pub fn dir_output_lines(root: &Path) -> Vec<String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    for p in files_under(root).into_iter().filter(|p| p.to_string_lossy().ends_with(".log.gz")) {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(&fs::read(&p).unwrap()[..]).read_to_string(&mut s).unwrap();
+        out.extend(s.lines().skip(1).map(str::to_string));
     }
     out.sort();
     out

@@ -301,7 +301,7 @@ fn update_batch(map: &OwnedFd, keys: &[FlowKey], values: &[FlowStats]) -> Result
 }
 
 /// Flow `i` of the benchmark's traffic mix: many hosts and ports, 3/4 TCP.
-fn flow(i: usize, v6: bool, now_ns: u64) -> (FlowKey, FlowStats) {
+pub fn flow(i: usize, v6: bool, now_ns: u64) -> (FlowKey, FlowStats) {
     let i32 = i as u32;
     let mut key = FlowKey {
         ifindex: IFINDEX,

@@ -16,13 +16,16 @@ use flowlog_agent::{
         model::Pod,
     },
 };
-use flowlog_common::{family, FlowKey, FlowStats, TcpFlagsSeen};
+use flowlog_common::{FlowKey, FlowStats};
 use flowlog_records::format::Format;
 
 use crate::{kernel::thousands, util::{median, thread_cpu_ns}};
 
 const PODS: usize = 1_000;
 const FLOWS: usize = 100_000;
+/// The window: [START, START + WINDOW_NS).
+const START: u64 = 1_700_000_000_000_000_000;
+const WINDOW_NS: u64 = 60_000_000_000;
 /// Pod veths are ifindex FIRST_IFINDEX..+PODS.
 const FIRST_IFINDEX: u32 = 100;
 const K8S_FORMAT: &str = "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} \
@@ -70,34 +73,15 @@ fn pods() -> Vec<ResolvedPod> {
         .collect()
 }
 
-/// Flow `i` on pod `i % PODS`'s veth: to another pod for 3 in 4 flows, else
-/// to an address outside the node.
+/// Flow `i` of section 3's mix, on pod `i % PODS`'s veth: to another pod for
+/// 3 in 4 flows, else to an address outside the node.
 fn flow(i: usize) -> (FlowKey, FlowStats) {
+    let (mut key, stats) = crate::drain::flow(i, false, START + WINDOW_NS);
     let p = i % PODS;
-    let mut key = FlowKey {
-        ifindex: FIRST_IFINDEX + p as u32,
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port: 1024 + (i % 60_000) as u16,
-        dst_port: [443, 80, 53, 5432, 8080, 6379, 22, 9092][i % 8],
-        protocol: if i % 4 == 3 { 17 } else { 6 },
-        direction: (i % 2) as u8,
-        family: family::IPV4,
-        _pad: 0,
-    };
+    key.ifindex = FIRST_IFINDEX + p as u32;
     key.src_addr[..4].copy_from_slice(&pod_ip(p));
     let dst = if i.is_multiple_of(4) { [172, 16, (i % 7) as u8, 10 + (i % 200) as u8] } else { pod_ip((i * 7 + 3) % PODS) };
     key.dst_addr[..4].copy_from_slice(&dst);
-    let packets = 1 + (i as u64 * 7919) % 5_000;
-    let first_seen_ns = 1_700_000_000_000_000_000 + ((i as u64 * 7919) % 15_000) * 4_000_000;
-    let stats = FlowStats {
-        packets,
-        bytes: packets * (52 + (i as u64 % 1400)),
-        first_seen_ns,
-        last_seen_ns: first_seen_ns + (i as u64 % 97) * 100_000_000,
-        tcp_flags: if key.protocol == 6 { TcpFlagsSeen::of_packet(0x1b) } else { TcpFlagsSeen::NONE },
-        _pad: 0,
-    };
     (key, stats)
 }
 
@@ -108,8 +92,8 @@ fn cpu_ms<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 pub fn run(rounds: usize) -> Result<Results> {
-    let start = 1_700_000_000_000_000_000u64;
-    let drained = Drained::from_parts((0..FLOWS).map(flow).collect(), vec![], 0, 0, start, start + 60_000_000_000);
+    let start = START;
+    let drained = Drained::from_parts((0..FLOWS).map(flow).collect(), vec![], 0, 0, start, start + WINDOW_NS);
     let host = HostMeta::new("123456789012");
     let interfaces: Vec<InterfaceMeta> = (0..PODS as u32)
         .map(|p| InterfaceMeta {

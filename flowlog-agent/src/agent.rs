@@ -311,16 +311,14 @@ impl Agent {
         let ship = ShipConfig { outputs: n.ship.outputs.clone(), account_id, ..self.cfg.ship.clone() };
         let outputs = self.shipper.prepare(&ship).await?;
         let c = &self.cfg;
-        if c.filters.bits() == n.filters.bits() {
-            capture::KernelFilters::check_replace(&c.filters, &n.filters).context("[filters]")?;
-        }
+        capture::KernelFilters::check_replace(&c.filters, &n.filters).context("[filters]")?;
         let changes = [
             (c.ifaces != n.ifaces || c.exclude_ifaces != n.exclude_ifaces, "interfaces"),
             (c.format != n.format, "log-format"),
             (c.ship.outputs != n.ship.outputs, "outputs"),
             (self.settings.enrich != new.enrich, "[enrich]"),
             (c.on_exit != n.on_exit, "on-exit"),
-            (c.filters != n.filters && c.filters.bits() == n.filters.bits(), "[filters]"),
+            (c.filters != n.filters, "[filters]"),
         ];
         let changes = changes.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what).collect();
         Ok(Reload { settings: new, selector, enrichment, outputs, changes })
@@ -352,7 +350,7 @@ impl Agent {
         s.agent.ship.outputs = new.agent.ship.outputs;
         s.agent.on_exit = new.agent.on_exit;
         s.enrich = new.enrich;
-        if s.agent.filters.bits() == new.agent.filters.bits() && s.agent.filters != new.agent.filters {
+        if s.agent.filters != new.agent.filters {
             match self.capture.replace_filters(&s.agent.filters, &new.agent.filters) {
                 Ok(()) => s.agent.filters = new.agent.filters,
                 // Checked when the reload was accepted; a map update the

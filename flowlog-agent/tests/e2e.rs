@@ -226,7 +226,12 @@ fn both_directions_exact(hook: &str, expect_hook: &str) {
         let want = c[&key];
         assert_eq!(get(&m, key.0, &key.1), want, "{key:?}; log: {log}");
         // b opened and closed (SYN, FIN); a answered SYN-ACK and closed.
-        assert_eq!(want.2, if key.1 == "ingress" { 3 } else { 19 });
+        // The flags themselves are checked against the capture above; here
+        // the conversation's shape, where a RST may join: under emulation a
+        // retransmitted FIN can reach a's socket after it closed (seen once
+        // in the arm64 6.1 VM, agent and capture agreeing).
+        const RST: u8 = 4;
+        assert_eq!(want.2 & !RST, if key.1 == "ingress" { 3 } else { 19 });
         let payload = if key.1 == "ingress" { 200_000 } else { 10_000 };
         assert!(want.1 > payload, "{key:?} {want:?}");
     }
@@ -1242,11 +1247,12 @@ fn a_reload_changes_the_interfaces_at_the_window_boundary() {
     assert_eq!(agent_attach_count_in(&log, &x_if), 1, "{log}");
 }
 
-/// A reload changes the values of the kernel filters in use at the window
-/// boundary (port 7670 counted before, 7671 after, exactly); switching on
-/// another kind of filter is named as needing a restart and changes nothing.
+/// A reload changes the kernel filters at the window boundary, values and
+/// kinds: each phase's packets are counted exactly as that phase's filters
+/// say (a value changed, one kind switched off and another on, protocols
+/// only, no filters at all), none lost to a switch.
 #[test]
-fn a_reload_changes_the_kernel_filter_values_at_the_window_boundary() {
+fn a_reload_changes_the_kernel_filters_at_the_window_boundary() {
     if !require_root() {
         return;
     }
@@ -1270,21 +1276,23 @@ fn a_reload_changes_the_kernel_filter_values_at_the_window_boundary() {
         send_udp(&tx2, &rx2, n, 60);
     };
     both(20);
-    config("include-ports = [7671]");
-    agent.reload().unwrap();
-    agent.wait_reloaded(1);
-    both(30);
-    config("include-ports = [7671]\nexclude-cidrs = [\"192.0.2.0/24\"]");
-    agent.reload().unwrap();
-    agent.wait_reloaded(2);
-    both(10);
+    // (filters, packets sent to each port while they run)
+    let phases = [("include-ports = [7671]", 30), ("exclude-ports = [7671]", 12), ("protocols = [6]", 7), ("", 5)];
+    for (n, (filters, packets)) in phases.into_iter().enumerate() {
+        config(filters);
+        agent.reload().unwrap();
+        agent.wait_reloaded(n + 1);
+        both(packets);
+    }
     thread::sleep(Duration::from_millis(1200));
     let (recs, log) = agent.stop();
     let (p1, p2) = (tx1.local_addr().unwrap().port(), tx2.local_addr().unwrap().port());
-    assert_eq!(sum(&recs, p1, 7670, "ingress"), (20, 20 * 88), "{log}");
-    assert_eq!(sum(&recs, p2, 7671, "ingress"), (40, 40 * 88), "{log}");
-    assert!(log.contains("changes=[filters]"), "{log}");
-    assert!(log.lines().any(|l| l.contains("only a restart changes it") && l.contains("key=filters")), "{log}");
+    // 7670: phases 1, 3 and 5; 7671: phases 2 and 5; UDP in phase 4: none.
+    assert_eq!(sum(&recs, p1, 7670, "ingress"), (20 + 12 + 5, (20 + 12 + 5) * 88), "{log}");
+    assert_eq!(sum(&recs, p2, 7671, "ingress"), (30 + 5, (30 + 5) * 88), "{log}");
+    let accepted = log.lines().filter(|l| l.contains("reload accepted") && l.contains("changes=[filters]")).count();
+    assert_eq!(accepted, 4, "{log}");
+    assert!(!log.contains("only a restart changes it"), "{log}");
 }
 
 /// How often the log says `iface` was attached.

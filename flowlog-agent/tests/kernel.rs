@@ -523,24 +523,33 @@ fn kernel_filters_keep_exactly_what_they_say() {
     if !require_root() {
         return;
     }
+    let mut k = Kernel::load_with(1024, 1, &filter_set());
+    check_filter_set(&mut k);
+}
+
+/// Every kind of kernel filter at once (`check_filter_set` sends through them).
+fn filter_set() -> KernelFilters {
     let net = |s: &str| s.parse().unwrap();
-    let f = KernelFilters {
+    KernelFilters {
         include_cidrs: vec![net("10.1.0.0/16"), net("2001:db8::/32")],
         exclude_cidrs: vec![net("10.1.9.0/24")],
         include_ports: vec![53, 443, 0],
         exclude_ports: vec![22],
         protocols: vec![6, 17, 1, 58],
-    };
-    let mut k = Kernel::load_with(1024, 1, &f);
+    }
+}
+
+/// Frames each kind of [`filter_set`] keeps or drops: (kept, their entries, dropped).
+fn filter_frames() -> (Vec<Vec<u8>>, Vec<(FlowKey, u64, u64, u8)>, Vec<Vec<u8>>) {
     let udp = |src: [u8; 4], dst: [u8; 4], sport, dport| frame_v4(&[], &V4::new(src, dst), &L4::Udp { sport, dport, payload: 0 });
     let (a, b, out1, out2, ex) = ([10, 1, 0, 1], [10, 1, 0, 2], [10, 2, 0, 1], [10, 3, 0, 2], [10, 1, 9, 5]);
-    let kept = [
+    let kept = vec![
         udp(a, b, 5353, 53),
         udp(out1, b, 1000, 53), // one end inside is enough
         frame_v4(&[], &V4::new(a, b), &L4::Icmp { payload: 8 }), // port 0 is listed
         frame_v6(&[], &V6::new("2001:db8::1", "2001:db8::2"), &L4::Udp { sport: 9, dport: 443, payload: 0 }),
     ];
-    let dropped = [
+    let dropped = vec![
         udp(out1, out2, 1000, 53),                                                               // no end inside
         udp(ex, b, 1000, 53),                                                                    // excluded CIDR wins
         frame_v4(&[], &V4::new(a, b), &L4::Tcp { sport: 22, dport: 443, flags: 2, options: 0, payload: 0 }), // excluded port
@@ -548,10 +557,6 @@ fn kernel_filters_keep_exactly_what_they_say() {
         frame_v4(&[], &V4::new(a, b), &L4::Raw { proto: 47, bytes: vec![0; 8] }),                // GRE: protocol not listed
         frame_v6(&[], &V6::new("2001:db9::1", "2001:db9::2"), &L4::Udp { sport: 9, dport: 443, payload: 0 }),
     ];
-    let before = k.tables.counters().unwrap();
-    for fr in kept.iter().chain(dropped.iter()) {
-        assert_eq!(k.xdp(fr), XDP_PASS);
-    }
     let mut want = vec![
         (v4key(a, b, 5353, 53, UDP, 0), 1, 28, 0),
         (v4key(out1, b, 1000, 53, UDP, 0), 1, 28, 0),
@@ -559,8 +564,49 @@ fn kernel_filters_keep_exactly_what_they_say() {
         (v6key("2001:db8::1", "2001:db8::2", 9, 443, UDP, 0), 1, 48, 0),
     ];
     want.sort();
+    (kept, want, dropped)
+}
+
+/// With [`filter_set`] in the kernel: exactly its kept frames counted, the
+/// others counted as filtered.
+fn check_filter_set(k: &mut Kernel) {
+    let (kept, want, dropped) = filter_frames();
+    let before = k.tables.counters().unwrap();
+    for fr in kept.iter().chain(dropped.iter()) {
+        assert_eq!(k.xdp(fr), XDP_PASS);
+    }
     assert_eq!(entries(&k.drain()), want);
     assert_eq!(k.tables.counters().unwrap().filtered - before.filtered, dropped.len() as u64);
+}
+
+/// A reload switches kinds of filter on and off in the loaded programs
+/// (`Capture::replace_filters`): none → all five kinds → one kind → none,
+/// each step counting exactly what its filters say.
+#[test]
+fn kernel_filter_kinds_switch_on_and_off_in_the_loaded_programs() {
+    if !require_root() {
+        return;
+    }
+    let mut k = Kernel::load_with(1024, 1, &KernelFilters::default());
+    let (kept, _, dropped) = filter_frames();
+    let all = kept.len() + dropped.len();
+    let send_all = |k: &mut Kernel| {
+        let before = k.tables.counters().unwrap().filtered;
+        for fr in kept.iter().chain(dropped.iter()) {
+            assert_eq!(k.xdp(fr), XDP_PASS);
+        }
+        let counted: u64 = k.drain().flows.iter().map(|(_, s)| s.packets).sum();
+        (counted, k.tables.counters().unwrap().filtered - before)
+    };
+    assert_eq!(send_all(&mut k), (all as u64, 0));
+    k.capture.replace_filters(&KernelFilters::default(), &filter_set()).unwrap();
+    check_filter_set(&mut k);
+    let ssh_only = KernelFilters { exclude_ports: vec![22], ..KernelFilters::default() };
+    k.capture.replace_filters(&filter_set(), &ssh_only).unwrap();
+    // Only the frame from port 22 is left out now.
+    assert_eq!(send_all(&mut k), (all as u64 - 1, 1));
+    k.capture.replace_filters(&ssh_only, &KernelFilters::default()).unwrap();
+    assert_eq!(send_all(&mut k), (all as u64, 0));
 }
 
 #[test]

@@ -33,6 +33,10 @@ pub mod maps {
     pub const EXCLUDE_CIDRS: &str = "EXCLUDE_CIDRS";
     /// `HashMap<u16, u8>`: port → [`super::filters::PORT_INCLUDE`] | [`super::filters::PORT_EXCLUDE`].
     pub const FILTER_PORTS: &str = "FILTER_PORTS";
+    /// `Array<u32>` of 1: the bits of [`super::filters`] that are on.
+    /// Written after a kind's values are in and before they go, so a reload
+    /// switches kinds between packets.
+    pub const FILTER_KINDS: &str = "FILTER_KINDS";
     /// `Array<u8>` of 256: 1 where the protocol is counted.
     pub const FILTER_PROTOCOLS: &str = "FILTER_PROTOCOLS";
     /// REJECT counts of generation 0 (`HashMap<RejectKey, FlowStats>`),
@@ -56,12 +60,12 @@ pub mod maps {
 
 
 /// Load-time settings of the programs (read-only globals: the verifier
-/// drops the code of filters that are off).
+/// drops the code of the branches their values rule out).
 pub mod globals {
     /// `u32`: count 1 packet in N (scaled by N); 0 or 1 counts every packet.
     pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
-    /// `u32`: bits of [`super::filters`] that are on.
-    pub const FILTERS: &str = "FILTERS";
+    /// `u32`: one of [`super::bench_cut`]; 0 (none) outside benchmarks.
+    pub const BENCH_CUT: &str = "BENCH_CUT";
     /// `u32`: 1 where the kernel has `bpf_ktime_get_coarse_ns` (5.11), else
     /// 0 and the programs read `bpf_ktime_get_ns`. Both are CLOCK_MONOTONIC.
     /// The verifier follows only the branch of the frozen value, and a
@@ -82,6 +86,21 @@ pub mod filters {
     /// `FILTER_PORTS` value bits.
     pub const PORT_INCLUDE: u8 = 1;
     pub const PORT_EXCLUDE: u8 = 2;
+}
+
+/// Where a benchmark build of the counting stops (`globals::BENCH_CUT`):
+/// the cost of each part of a packet's counting is the difference between
+/// two cuts (BENCHMARKS.md, issue #22). Outside benchmarks: `NONE`.
+pub mod bench_cut {
+    /// Count every packet completely.
+    pub const NONE: u32 = 0;
+    /// Return once the packet is parsed (and its wire segments known).
+    pub const AFTER_PARSE: u32 = 1;
+    /// ... once the filters and the sampling have admitted it.
+    pub const AFTER_FILTERS: u32 = 2;
+    /// ... once the generation and the clock are read: only the table's
+    /// entry is not written.
+    pub const BEFORE_TABLE: u32 = 3;
 }
 
 /// Index of `GENERATION` the agent sets, during a flip, to `old + 1`: the

@@ -40,7 +40,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use flowlog_common::{
-    counters, direction, family, filters, slot_hash, FlowKey, FlowSlot, FlowStats, InsertFailures, TcpFlagsSeen,
+    bench_cut, counters, direction, family, filters, slot_hash, FlowKey, FlowSlot, FlowStats, InsertFailures, TcpFlagsSeen,
     SLOT_PROBES,
 };
 use parse::{Packet, ParseError};
@@ -87,12 +87,23 @@ static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static FILTER_PROTOCOLS: Array<u8> = Array::with_max_entries(256, 0);
 
+/// Which kinds of filter run (bits of `flowlog_common::filters`), at index
+/// 0. A map, not a load-time constant, so that a reload can switch a kind on
+/// or off (issue #23); an array lookup the verifier inlines, then a load.
+#[map]
+static FILTER_KINDS: Array<u32> = Array::with_max_entries(1, 0);
+
 // Set by the agent at load time (read-only data: the verifier knows the
 // values and drops the code of what is off).
 #[unsafe(no_mangle)]
 static SAMPLE_RATE: u32 = 0;
+/// Benchmarks only (`flowlog_common::bench_cut`): return part-way through
+/// the counting of a packet, to measure what each part costs. 0 in the
+/// agent, and then the verifier removes every cut. Each cut reads it afresh:
+/// one value held across `count` pushed the TC programs past LLVM's
+/// 512-byte stack.
 #[unsafe(no_mangle)]
-static FILTERS: u32 = 0;
+static BENCH_CUT: u32 = 0;
 /// 1: the kernel has `bpf_ktime_get_coarse_ns` (5.11). 0, the default, works
 /// everywhere. The verifier sees the frozen value and never walks the other
 /// branch; a privileged load deletes it before resolving helper calls, so a
@@ -117,6 +128,7 @@ pub fn flowlog_ingress(ctx: XdpContext) -> u32 {
     let len = data_end.saturating_sub(data);
     let ifindex = ctx.ingress_ifindex() as u32;
     match parse::parse(data, data_end, len) {
+        Ok(_) if unsafe { read_volatile(&BENCH_CUT) } == bench_cut::AFTER_PARSE => {}
         Ok(pkt) => count(ifindex, direction::INGRESS, &pkt, 1, pkt.ip_len as u64),
         Err(e) => bump_error(e),
     }
@@ -185,7 +197,9 @@ fn tc_count_with<const L3: bool>(ctx: &TcContext, dir: u8) -> i32 {
             let (gso_segs, gso_size, ifindex) =
                 unsafe { ((*skb).gso_segs, (*skb).gso_size, (*skb).ifindex) };
             let (packets, bytes) = wire_counts(&pkt, gso_segs, gso_size);
-            count(ifindex, dir, &pkt, packets, bytes);
+            if unsafe { read_volatile(&BENCH_CUT) } != bench_cut::AFTER_PARSE {
+                count(ifindex, dir, &pkt, packets, bytes);
+            }
         }
         Err(e) => bump_error(e),
     }
@@ -234,7 +248,10 @@ fn lpm_key(fam: u8, a: &[u8; 16]) -> Key<[u8; 16]> {
 /// The configured filters: protocols, ports (either end), CIDRs (either end).
 #[inline(always)]
 fn admitted(pkt: &Packet) -> bool {
-    let f = unsafe { core::ptr::read_volatile(&FILTERS) };
+    let f = match FILTER_KINDS.get(0) {
+        Some(f) => *f,
+        None => return true,
+    };
     if f == 0 {
         return true;
     }
@@ -246,7 +263,9 @@ fn admitted(pkt: &Packet) -> bool {
         if f & filters::INCLUDE_PORTS != 0 && bits & filters::PORT_INCLUDE == 0 {
             return false;
         }
-        if bits & filters::PORT_EXCLUDE != 0 {
+        // Kinds switch on and off apart from their values (a reload): a
+        // port's exclude bit counts only while its kind is on.
+        if f & filters::EXCLUDE_PORTS != 0 && bits & filters::PORT_EXCLUDE != 0 {
             return false;
         }
     }
@@ -292,6 +311,9 @@ fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
     } else {
         (packets, bytes)
     };
+    if unsafe { read_volatile(&BENCH_CUT) } == bench_cut::AFTER_FILTERS {
+        return;
+    }
     let key = FlowKey {
         ifindex,
         src_addr: pkt.src_addr,
@@ -310,6 +332,10 @@ fn count(ifindex: u32, dir: u8, pkt: &Packet, packets: u64, bytes: u64) {
     // Read the clock after the generation: the agent notes a window's start
     // before it flips.
     let now = now_ns();
+    // Both values used, so that neither read is optimised away.
+    if unsafe { read_volatile(&BENCH_CUT) } == bench_cut::BEFORE_TABLE && (generation as u64) < now {
+        return;
+    }
     if SLOTS {
         let key = SlotKey(key);
         let flags = FlowSlot::flag_bits(&pkt.tcp_flags);

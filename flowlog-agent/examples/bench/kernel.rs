@@ -116,6 +116,7 @@ pub struct Results {
     /// directly on one frame (IPv4, XDP and TC).
     pub driver_overhead_ns: [f64; 2],
     pub rounds: usize,
+    pub cuts: Vec<CutRow>,
 }
 
 #[allow(dead_code)] // `prod` is only held, never read.
@@ -128,9 +129,9 @@ struct Harness {
     bench: Ebpf,
     driver: Array<MapData, [u32; 4]>,
     min_flows: PerCpuHashMap<MapData, FlowKey, [u64; 2]>,
-    // Kept alive: they hold the tail-call targets.
-    _xdp_targets: ProgramArray<MapData>,
-    _tc_targets: ProgramArray<MapData>,
+    // Hold the tail-call targets (and take the cut programs, `run_cuts`).
+    xdp_targets: ProgramArray<MapData>,
+    tc_targets: ProgramArray<MapData>,
     /// Program runs since the tables were last emptied, per slot.
     runs: [u64; 4],
 }
@@ -181,8 +182,8 @@ impl Harness {
             bench,
             driver,
             min_flows,
-            _xdp_targets: xdp_targets,
-            _tc_targets: tc_targets,
+            xdp_targets,
+            tc_targets,
             runs: [0; 4],
         })
     }
@@ -270,6 +271,77 @@ impl Harness {
 
 pub fn run(rounds: usize) -> Result<Results> {
     let mut h = Harness::load()?;
+    let mut results = run_with(&mut h, rounds)?;
+    results.cuts = run_cuts(&mut h, rounds)?;
+    Ok(results)
+}
+
+/// Where the slot-table programs' time goes (issue #22, item 2): the
+/// agent's programs loaded again with `BENCH_CUT` (flowlog_common::bench_cut)
+/// stop after parsing, after the filters, or just before the table; each
+/// part's cost is the difference between two cuts.
+#[derive(Clone, Debug)]
+pub struct CutRow {
+    pub hook: Hook,
+    pub flows: usize,
+    pub pass: f64,
+    /// After parse, after the filters, before the table.
+    pub cuts: [f64; 3],
+    pub full: f64,
+}
+
+pub const CUTS: [(u32, &str); 3] = [
+    (flowlog_common::bench_cut::AFTER_PARSE, "parse"),
+    (flowlog_common::bench_cut::AFTER_FILTERS, "+ filters and sampling"),
+    (flowlog_common::bench_cut::BEFORE_TABLE, "+ generation and clock"),
+];
+
+fn run_cuts(h: &mut Harness, rounds: usize) -> Result<Vec<CutRow>> {
+    eprintln!("    program parts (BENCH_CUT)");
+    let mut cut_progs = Vec::new();
+    for (cut, _) in CUTS {
+        let (mut c, _tables) =
+            Capture::load_cut(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Slots), cut)?;
+        c.xdp_program()?;
+        cut_progs.push(c);
+    }
+    let mut rows = Vec::new();
+    for hook in [Hook::Xdp, Hook::Tc] {
+        for flows in [1, MAX_FLOWS as usize] {
+            let repeat = (PACKETS_PER_CALL / flows).max(1) * flows;
+            let mut samples: [Vec<f64>; 5] = Default::default();
+            for _ in 0..rounds {
+                samples[0].push(h.run(hook, Family::V4, Prog::Pass, flows, repeat)?);
+                samples[4].push(h.run(hook, Family::V4, Prog::Flowlog, flows, repeat)?);
+                for (i, c) in cut_progs.iter_mut().enumerate() {
+                    // Each cut program in turn in the hash table's slot.
+                    match hook {
+                        Hook::Xdp => {
+                            let fd = xdp(c.ebpf_mut().program_mut(INGRESS_PROGRAM).unwrap())?.fd()?;
+                            h.xdp_targets.set(Prog::Hash as u32, fd, 0)?;
+                        }
+                        Hook::Tc => {
+                            let fd = tc(c.ebpf_mut().program_mut(EGRESS_PROGRAM).unwrap())?.fd()?;
+                            h.tc_targets.set(Prog::Hash as u32, fd, 0)?;
+                        }
+                    }
+                    samples[1 + i].push(h.run(hook, Family::V4, Prog::Hash, flows, repeat)?);
+                }
+            }
+            let m = samples.map(|mut s| median(&mut s));
+            rows.push(CutRow { hook, flows, pass: m[0], cuts: [m[1], m[2], m[3]], full: m[4] });
+        }
+    }
+    // The full program counted every packet it ran; the cut ones never
+    // reach a table (their own, unused: nothing to check there).
+    let d = h.tables.rotate()?;
+    h.tables.release(&d)?;
+    let packets: u64 = d.flows.iter().map(|(_, s)| s.packets).sum();
+    ensure!(packets == h.runs[Prog::Flowlog as usize], "flowlog counted {packets} packets for {} runs", h.runs[Prog::Flowlog as usize]);
+    Ok(rows)
+}
+
+fn run_with(h: &mut Harness, rounds: usize) -> Result<Results> {
     let mut rows = Vec::new();
     // The generation flip leaves the next table empty; start from there.
     h.check_and_clear(Family::V4, Hook::Xdp)?;
@@ -331,7 +403,7 @@ pub fn run(rounds: usize) -> Result<Results> {
             ensure!(table == n, "expected {n} flows in the table, found {table}");
         }
     }
-    Ok(Results { rows, driver_overhead_ns, rounds })
+    Ok(Results { rows, driver_overhead_ns, rounds, cuts: Vec::new() })
 }
 
 pub fn thousands(n: usize) -> String {

@@ -237,4 +237,32 @@ fn print_kernel(r: &kernel::Results) {
         );
     }
     println!();
+    if r.cuts.is_empty() {
+        return;
+    }
+    println!("### Where the slot-table programs' time goes (IPv4, ns per packet, median of {} runs)\n", r.rounds);
+    println!(
+        "The agent's programs loaded again with `BENCH_CUT`: they return after parsing, after the filters and the \
+         sampling (none configured: one array lookup), or after reading the generation and the clock, just before \
+         the flow's entry is written. Each part = the difference between two columns; `pass` includes the driver.\n"
+    );
+    println!("| hook | flows | pass | parse | + filters | + generation, clock | full | parse | filters | generation, clock | table entry |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for c in &r.cuts {
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            c.hook.name(),
+            kernel::thousands(c.flows),
+            c.pass,
+            c.cuts[0],
+            c.cuts[1],
+            c.cuts[2],
+            c.full,
+            c.cuts[0] - c.pass,
+            c.cuts[1] - c.cuts[0],
+            c.cuts[2] - c.cuts[1],
+            c.full - c.cuts[2]
+        );
+    }
+    println!();
 }

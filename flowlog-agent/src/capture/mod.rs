@@ -171,10 +171,9 @@ impl KernelFilters {
     }
 
     /// Whether a running agent can go from `old` to `new` ([`Capture::replace_filters`]):
-    /// the same kinds on, and both sets fitting the maps at once (new
-    /// entries go in before old ones leave).
+    /// both sets must fit the maps at once (new entries go in before old
+    /// ones leave).
     pub fn check_replace(old: &KernelFilters, new: &KernelFilters) -> Result<()> {
-        anyhow::ensure!(old.bits() == new.bits(), "switching a kind of kernel filter on or off needs a restart");
         let union = |a: &[IpNet], b: &[IpNet]| a.iter().chain(b.iter().filter(|n| !a.contains(n))).copied().collect();
         let ports = port_bits(old).into_keys().chain(port_bits(new).into_keys()).collect::<std::collections::BTreeSet<u16>>();
         let both = KernelFilters {
@@ -218,31 +217,49 @@ fn lpm_key(net: &IpNet) -> Key<[u8; 16]> {
     }
 }
 
-/// Replaces the filter maps' entries `old` put there with `new`'s (at load:
-/// `old` is empty), adding before removing: for the microseconds in between
-/// a packet may meet both sets, never none.
+/// Replaces the filters `old` set in the maps with `new` (at load: `old` is
+/// empty): `new`'s values go in, then the kinds that run switch, then
+/// `old`'s values leave. For the microseconds in between a packet may meet
+/// both sets of values, never none, and a kind only runs once its values
+/// are there.
 fn refill_filters(ebpf: &mut Ebpf, old: &KernelFilters, new: &KernelFilters) -> Result<()> {
     for (name, was, now) in [(maps::INCLUDE_CIDRS, &old.include_cidrs, &new.include_cidrs), (maps::EXCLUDE_CIDRS, &old.exclude_cidrs, &new.exclude_cidrs)] {
         let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(ebpf.map_mut(name).context("no filter map")?)?;
         for n in now.iter().filter(|n| !was.contains(n)) {
             trie.insert(&lpm_key(n), 1, 0).with_context(|| format!("loading filter {n}"))?;
         }
-        for n in was.iter().filter(|n| !now.contains(n)) {
-            trie.remove(&lpm_key(n)).with_context(|| format!("removing filter {n}"))?;
-        }
     }
-    let mut ports: AyaHashMap<&mut MapData, u16, u8> = AyaHashMap::try_from(ebpf.map_mut(maps::FILTER_PORTS).context("no filter map")?)?;
     let (was, now) = (port_bits(old), port_bits(new));
-    for (p, b) in now.iter().filter(|(p, b)| was.get(p) != Some(b)) {
-        ports.insert(p, b, 0)?;
-    }
-    for p in was.keys().filter(|p| !now.contains_key(p)) {
-        ports.remove(p)?;
+    let mut ports: AyaHashMap<&mut MapData, u16, u8> = AyaHashMap::try_from(ebpf.map_mut(maps::FILTER_PORTS).context("no filter map")?)?;
+    for (p, b) in &now {
+        let both = b | was.get(p).copied().unwrap_or(0);
+        if was.get(p) != Some(&both) {
+            ports.insert(p, both, 0)?;
+        }
     }
     let mut protos: Array<&mut MapData, u8> = Array::try_from(ebpf.map_mut(maps::FILTER_PROTOCOLS).context("no filter map")?)?;
     for p in new.protocols.iter().filter(|p| !old.protocols.contains(p)) {
         protos.set(u32::from(*p), 1, 0)?;
     }
+
+    let mut kinds: Array<&mut MapData, u32> = Array::try_from(ebpf.map_mut(maps::FILTER_KINDS).context("no filter map")?)?;
+    kinds.set(0, new.bits(), 0).context("switching the kinds of kernel filter")?;
+
+    for (name, was, now) in [(maps::INCLUDE_CIDRS, &old.include_cidrs, &new.include_cidrs), (maps::EXCLUDE_CIDRS, &old.exclude_cidrs, &new.exclude_cidrs)] {
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(ebpf.map_mut(name).context("no filter map")?)?;
+        for n in was.iter().filter(|n| !now.contains(n)) {
+            trie.remove(&lpm_key(n)).with_context(|| format!("removing filter {n}"))?;
+        }
+    }
+    let mut ports: AyaHashMap<&mut MapData, u16, u8> = AyaHashMap::try_from(ebpf.map_mut(maps::FILTER_PORTS).context("no filter map")?)?;
+    for (p, b) in &was {
+        match now.get(p) {
+            None => ports.remove(p)?,
+            Some(n) if n | b != *n => ports.insert(p, n, 0)?,
+            Some(_) => {}
+        }
+    }
+    let mut protos: Array<&mut MapData, u8> = Array::try_from(ebpf.map_mut(maps::FILTER_PROTOCOLS).context("no filter map")?)?;
     for p in old.protocols.iter().filter(|p| !new.protocols.contains(p)) {
         protos.set(u32::from(*p), 0, 0)?;
     }
@@ -359,6 +376,21 @@ impl Capture {
         drops: Option<&DropSetup>,
         table: Option<TableKind>,
     ) -> Result<(Capture, FlowTables)> {
+        Self::load_cut(max_flows, pin_root, sample_rate, filters, drops, table, flowlog_common::bench_cut::NONE)
+    }
+
+    /// [`Capture::load`] with programs that stop part-way through counting
+    /// (`flowlog_common::bench_cut`): for `cargo xtask bench` only.
+    #[doc(hidden)]
+    pub fn load_cut(
+        max_flows: u32,
+        pin_root: Option<&Path>,
+        sample_rate: u32,
+        filters: &KernelFilters,
+        drops: Option<&DropSetup>,
+        table: Option<TableKind>,
+        bench_cut: u32,
+    ) -> Result<(Capture, FlowTables)> {
         check_privileges()?;
         sys::raise_memlock();
 
@@ -380,7 +412,6 @@ impl Capture {
             None => (None, None),
         };
         let mut loader = EbpfLoader::new();
-        let filter_bits = filters.bits();
         let coarse_clock = u32::from(features.coarse_clock);
         // The table not used gets one entry (maps cannot be left out of a load).
         let slots = flowlog_common::slot_capacity(max_flows);
@@ -396,7 +427,7 @@ impl Capture {
             .map_max_entries(maps::SLOTS_1, slot_entries)
             .override_global(globals::SLOT_MASK, &slot_mask, true)
             .override_global(globals::SAMPLE_RATE, &sample_rate, true)
-            .override_global(globals::FILTERS, &filter_bits, true)
+            .override_global(globals::BENCH_CUT, &bench_cut, true)
             .override_global(globals::COARSE_CLOCK, &coarse_clock, true);
         loader.map_max_entries(maps::REJECTS_0, max_flows).map_max_entries(maps::REJECTS_1, max_flows);
         if let Some(d) = drops {
@@ -676,9 +707,8 @@ impl Capture {
         self.pin_dir.as_deref()
     }
 
-    /// A reload's new filter values. Which kinds of filter run is a
-    /// load-time constant of the programs ([`KernelFilters::bits`]), so only
-    /// the values of the kinds already on can change without a restart.
+    /// A reload's new filters: values and the kinds that run
+    /// ([`KernelFilters::bits`], a map the programs read per packet).
     pub fn replace_filters(&mut self, old: &KernelFilters, new: &KernelFilters) -> Result<()> {
         KernelFilters::check_replace(old, new)?;
         refill_filters(&mut self.ebpf, old, new)

@@ -456,14 +456,13 @@ impl Source {
 }
 
 /// The keys a reload changes (at the next window boundary), with the
-/// `[enrich]` section and the values of the `[filters]` already in use.
-/// Every other key (and `[metadata]`) keeps its value until a restart: the
-/// kernel side is loaded with it (`max-flows`, `sample-rate`, which kinds
-/// of `[filters]` run, `ingress-hook`, `reject-reasons`, pinning),
+/// `[enrich]` and `[filters]` sections. Every other key (and `[metadata]`)
+/// keeps its value until a restart: the kernel side is loaded with it
+/// (`max-flows`, `sample-rate`, `ingress-hook`, `reject-reasons`, pinning),
 /// or it is set up once (`interval`, the metrics listener, the spool, the
 /// logs, the AWS settings, the metadata provider).
 pub const RELOADABLE: &[&str] =
-    &["interfaces", "exclude-interfaces", "log-format", "outputs", "traffic-type", "on-exit"];
+    &["interfaces", "exclude-interfaces", "log-format", "outputs", "traffic-type", "on-exit", "filters"];
 
 /// Everything the agent runs with, after precedence and validation.
 #[derive(Clone, Debug)]
@@ -631,9 +630,6 @@ impl Settings {
             .keys()
             .chain(new_keys.keys())
             .filter(|k| !RELOADABLE.contains(&k.as_str()) && old.get(*k) != new_keys.get(*k))
-            // The values of the kernel filters already on change; a kind
-            // switched on or off does not (the programs are loaded with it).
-            .filter(|k| *k != "filters" || self.agent.filters.bits() != new.agent.filters.bits())
             .cloned()
             .collect();
         changed.sort();
@@ -805,7 +801,7 @@ mod tests {
         let old = resolve(base, Overrides::default()).unwrap();
         let reloadable = "interfaces = [\"eth0\"]\nexclude-interfaces = [\"x*\"]\ninterval = 60\n\
             log-format = \"${srcaddr}\"\noutputs = [\"stdout\", \"file:/tmp/x.log\"]\non-exit = \"keep\"\n\
-            [enrich]\ntraffic-type = \"REJECT\"\n";
+            [enrich]\ntraffic-type = \"REJECT\"\n[filters]\nexclude-ports = [22]\n";
         let new = resolve(reloadable, Overrides::default()).unwrap();
         assert_eq!(old.restart_only_changes(&new), Vec::<String>::new());
         let restart = format!(
@@ -813,7 +809,7 @@ mod tests {
              account-id = \"1\"\n[filters]\nprotocols = [6]\n[metadata]\nmode = \"onprem\"\n"
         );
         let new = resolve(&restart, Overrides::default()).unwrap();
-        let want = ["account-id", "filters", "max-flows", "metrics-listen", "pin", "pin-dir", "sample-rate"];
+        let want = ["account-id", "max-flows", "metrics-listen", "pin", "pin-dir", "sample-rate"];
         assert_eq!(old.restart_only_changes(&new), [&want[..], &["spool-dir", "metadata"]].concat());
         let new = resolve(&base.replace("60", "600"), Overrides::default()).unwrap();
         assert_eq!(old.restart_only_changes(&new), ["interval"]);

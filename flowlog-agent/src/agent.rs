@@ -505,7 +505,12 @@ fn prepare_drops(cfg: &Config) -> Result<Option<DropSetup>> {
 
 /// Loads the programs and maps (nothing attached yet).
 fn load_capture(cfg: &Config, drops: Option<&DropSetup>, links: &[links::LinkInfo], selected: &[links::LinkInfo]) -> Result<(Capture, FlowTables)> {
-    let (mut capture, tables) = Capture::load(cfg.max_flows, cfg.pin_root.as_deref(), cfg.sample_rate, &cfg.filters, drops, None)?;
+    let (mut capture, tables) = Capture::loader(cfg.max_flows)
+        .pin_root(cfg.pin_root.as_deref())
+        .sample_rate(cfg.sample_rate)
+        .filters(&cfg.filters)
+        .drops(drops)
+        .load()?;
     capture.set_ingress_hook(cfg.ingress_hook);
     if !crate::bpf::probe::tcx_available() {
         // Netlink filters outlive their agent; on interfaces this agent will

@@ -31,13 +31,13 @@ impl Kernel {
     }
 
     fn load_with(max_flows: u32, sample_rate: u32, filters: &KernelFilters) -> Self {
-        let (capture, tables) = Capture::load(max_flows, None, sample_rate, filters, None, None).expect("load eBPF programs");
+        let (capture, tables) = Capture::loader(max_flows).sample_rate(sample_rate).filters(filters).load().expect("load eBPF programs");
         Kernel { capture, tables }
     }
 
     /// With a given flow table.
     fn load_table(max_flows: u32, kind: TableKind) -> Self {
-        let (capture, tables) = Capture::load(max_flows, None, 1, &KernelFilters::default(), None, Some(kind)).expect("load eBPF programs");
+        let (capture, tables) = Capture::loader(max_flows).table(kind).load().expect("load eBPF programs");
         assert_eq!((capture.table(), tables.kind()), (kind, kind));
         Kernel { capture, tables }
     }
@@ -473,7 +473,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     let f = frame_v4(&[], &V4::new(A4, B4), &L4::Udp { sport: 3, dport: 4, payload: 2 });
 
     // Agent 1 counts, closes the window, reads it... and dies before releasing.
-    let (mut capture, mut tables) = Capture::load(64, Some(&root), 1, &Default::default(), None, None).unwrap();
+    let (mut capture, mut tables) = Capture::loader(64).pin_root(Some(&root)).load().unwrap();
     let mut k = Kernel { capture, tables };
     k.xdp(&f);
     k.xdp(&f);
@@ -483,7 +483,7 @@ fn a_window_read_but_not_released_is_reported_by_the_next_agent() {
     drop(k);
 
     // Agent 2 re-uses the pinned maps: the unreleased window, then the open one.
-    (capture, tables) = Capture::load(64, Some(&root), 1, &Default::default(), None, None).unwrap();
+    (capture, tables) = Capture::loader(64).pin_root(Some(&root)).load().unwrap();
     k = Kernel { capture, tables };
     let left = k.tables.leftover().unwrap().expect("leftover window");
     assert_eq!(entries(&left), [(v4key(A4, B4, 3, 4, UDP, 0), 2, 60, 0)]);
@@ -500,8 +500,8 @@ fn a_second_agent_on_the_same_pins_is_refused_and_a_half_done_flip_is_finished()
     }
     let bpffs = flowlog_testkit::test_bpffs();
     let root = bpffs.join(format!("kernel-test-lock-{}", std::process::id()));
-    let first = Capture::load(64, Some(&root), 1, &Default::default(), None, None).unwrap();
-    let err = match Capture::load(64, Some(&root), 1, &Default::default(), None, None) {
+    let first = Capture::loader(64).pin_root(Some(&root)).load().unwrap();
+    let err = match Capture::loader(64).pin_root(Some(&root)).load() {
         Ok(_) => panic!("a second agent on the same pin directory was let in"),
         Err(e) => format!("{e:#}"),
     };
@@ -512,7 +512,7 @@ fn a_second_agent_on_the_same_pins_is_refused_and_a_half_done_flip_is_finished()
     let mut generation: Array<MapData, u32> = Array::try_from(Map::Array(MapData::from_pin(&path).unwrap())).unwrap();
     generation.set(flowlog_common::GENERATION_GRACE, 1, 0).unwrap();
     drop(first);
-    let next = Capture::load(64, Some(&root), 1, &Default::default(), None, None).unwrap();
+    let next = Capture::loader(64).pin_root(Some(&root)).load().unwrap();
     assert_eq!(generation.get(&flowlog_common::GENERATION_GRACE, 0).unwrap(), 0, "the next agent finishes the flip before it reads");
     drop(next);
     std::fs::remove_dir_all(&root).unwrap();

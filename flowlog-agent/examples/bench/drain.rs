@@ -2,7 +2,7 @@
 //!
 //! Method: one child process per size (so `ru_maxrss` is that size's peak),
 //! which loads the agent's programs and maps exactly as the agent does
-//! (`Capture::load` with `--max-flows` ≥ the size), fills the flow table of
+//! (`Capture::loader` with `--max-flows` ≥ the size), fills the flow table of
 //! the current generation from userspace with BPF_MAP_UPDATE_BATCH (4,096
 //! entries per call, so filling adds no memory of its own), and then times
 //! what the agent does once per window (agent.rs): `FlowTables::rotate()`
@@ -492,7 +492,7 @@ pub fn child(args: &[String]) -> Result<()> {
     let v6 = fam == "v6";
     let kind = if table == "slots" { TableKind::Slots } else { TableKind::Hash };
     let max_flows = (n.next_power_of_two() as u32).max(65_536);
-    let (_capture, mut tables) = Capture::load(max_flows, None, 1, &Default::default(), None, Some(kind))?;
+    let (_capture, mut tables) = Capture::loader(max_flows).table(kind).load()?;
     let flow_maps = match kind {
         TableKind::Hash => [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?],
         TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],

@@ -150,8 +150,8 @@ impl Harness {
             "the benchmark programs were not built (FLOWLOG_EBPF_OBJECT embeds a prebuilt agent object only); \
              unset FLOWLOG_EBPF_OBJECT to build them"
         );
-        let (mut prod, tables) = Capture::load(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Slots))?;
-        let (mut prod_hash, hash_tables) = Capture::load(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
+        let (mut prod, tables) = Capture::loader(MAX_FLOWS).table(TableKind::Slots).load()?;
+        let (mut prod_hash, hash_tables) = Capture::loader(MAX_FLOWS).table(TableKind::Hash).load()?;
         let mut bench = EbpfLoader::new().load(BENCH_OBJECT).context("loading the benchmark object")?;
         for name in ["bench_xdp_pass", "bench_xdp_min", "bench_xdp_driver"] {
             xdp(bench.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?)?.load()?;
@@ -301,7 +301,7 @@ fn run_cuts(h: &mut Harness, rounds: usize) -> Result<Vec<CutRow>> {
     let mut cut_progs = Vec::new();
     for (cut, _) in CUTS {
         let (mut c, _tables) =
-            Capture::load_cut(MAX_FLOWS, None, 1, &Default::default(), None, Some(TableKind::Slots), cut)?;
+            Capture::loader(MAX_FLOWS).table(TableKind::Slots).bench_cut(cut).load()?;
         c.xdp_program()?;
         cut_progs.push(c);
     }

@@ -350,9 +350,9 @@ fn sample(t: &Topo, frames: &Arc<Vec<Vec<u8>>>, senders: usize, secs: f64) -> Re
 pub fn run(rounds: usize, secs: f64) -> Result<Results> {
     let senders = nproc();
     let (mut capture, mut tables): (Capture, FlowTables) =
-        Capture::load(65_536, None, 1, &Default::default(), None, Some(TableKind::Slots))?;
+        Capture::loader(65_536).table(TableKind::Slots).load()?;
     let (mut capture_hash, mut tables_hash): (Capture, FlowTables) =
-        Capture::load(65_536, None, 1, &Default::default(), None, Some(TableKind::Hash))?;
+        Capture::loader(65_536).table(TableKind::Hash).load()?;
     ensure!(!BENCH_OBJECT.is_empty(), "the benchmark programs were not built (FLOWLOG_EBPF_OBJECT is set)");
     // XDP is verified on first use (Capture::xdp_program).
     capture.xdp_program()?;
@@ -488,7 +488,7 @@ fn tcp_sample(t: &Topo, secs: f64) -> Result<f64> {
 }
 
 pub fn run_tcp(rounds: usize, secs: f64) -> Result<Vec<TcpRow>> {
-    let (mut capture, mut tables): (Capture, FlowTables) = Capture::load(65_536, None, 1, &Default::default(), None, None)?;
+    let (mut capture, mut tables): (Capture, FlowTables) = Capture::loader(65_536).load()?;
     capture.xdp_program()?;
     let mut bench = EbpfLoader::new().load(BENCH_OBJECT)?;
     let t = Topo::new(nproc(), "t")?;

@@ -358,39 +358,65 @@ fn explain_load(e: aya::EbpfError) -> anyhow::Error {
     }
 }
 
-impl Capture {
-    /// Loads the programs and creates the maps; attaches nothing yet.
-    ///
-    /// With `pin_root`, maps and attachments are pinned under
+/// How [`Capture::loader`] loads the programs (aya's `EbpfLoader` style:
+/// each setting has a default, callers name the ones they change).
+pub struct Loader<'a> {
+    max_flows: u32,
+    pin_root: Option<&'a Path>,
+    sample_rate: u32,
+    filters: Option<&'a KernelFilters>,
+    drops: Option<&'a DropSetup>,
+    table: Option<TableKind>,
+    bench_cut: u32,
+}
+
+impl<'a> Loader<'a> {
+    /// With a pin root, maps and attachments are pinned under
     /// `<pin_root>/v<layout>-<max_flows>/` and re-used by the next agent, so
     /// packets counted while no agent runs are reported after a restart.
-    ///
-    /// `table`: the flow table chosen by the caller (tests and benchmarks
-    /// run both on one kernel); `None`: the best this kernel takes
-    /// ([`TableKind::choose`]).
-    pub fn load(
-        max_flows: u32,
-        pin_root: Option<&Path>,
-        sample_rate: u32,
-        filters: &KernelFilters,
-        drops: Option<&DropSetup>,
-        table: Option<TableKind>,
-    ) -> Result<(Capture, FlowTables)> {
-        Self::load_cut(max_flows, pin_root, sample_rate, filters, drops, table, flowlog_common::bench_cut::NONE)
+    pub fn pin_root(mut self, root: Option<&'a Path>) -> Self {
+        self.pin_root = root;
+        self
     }
 
-    /// [`Capture::load`] with programs that stop part-way through counting
+    /// Count 1 packet in `n` (0 or 1: all; the default).
+    pub fn sample_rate(mut self, n: u32) -> Self {
+        self.sample_rate = n;
+        self
+    }
+
+    /// The kernel filters (default: none).
+    pub fn filters(mut self, f: &'a KernelFilters) -> Self {
+        self.filters = Some(f);
+        self
+    }
+
+    /// The REJECT program's setup (default: no REJECT records).
+    pub fn drops(mut self, d: Option<&'a DropSetup>) -> Self {
+        self.drops = d;
+        self
+    }
+
+    /// The flow table chosen by the caller (tests and benchmarks run both on
+    /// one kernel); by default the best this kernel takes ([`TableKind::choose`]).
+    pub fn table(mut self, t: TableKind) -> Self {
+        self.table = Some(t);
+        self
+    }
+
+    /// Programs that stop part-way through counting
     /// (`flowlog_common::bench_cut`): for `cargo xtask bench` only.
     #[doc(hidden)]
-    pub fn load_cut(
-        max_flows: u32,
-        pin_root: Option<&Path>,
-        sample_rate: u32,
-        filters: &KernelFilters,
-        drops: Option<&DropSetup>,
-        table: Option<TableKind>,
-        bench_cut: u32,
-    ) -> Result<(Capture, FlowTables)> {
+    pub fn bench_cut(mut self, cut: u32) -> Self {
+        self.bench_cut = cut;
+        self
+    }
+
+    /// Loads the programs and creates the maps; attaches nothing yet.
+    pub fn load(self) -> Result<(Capture, FlowTables)> {
+        let Loader { max_flows, pin_root, sample_rate, filters, drops, table, bench_cut } = self;
+        let no_filters = KernelFilters::default();
+        let filters = filters.unwrap_or(&no_filters);
         check_privileges()?;
         sys::raise_memlock();
 
@@ -466,6 +492,14 @@ impl Capture {
         capture.jit = jit::JitState::of(&capture.ebpf);
         capture.jit.log();
         Ok((capture, tables))
+    }
+}
+
+impl Capture {
+    /// A loader of the programs for `max_flows` flows per window
+    /// ([`Loader::load`]).
+    pub fn loader<'a>(max_flows: u32) -> Loader<'a> {
+        Loader { max_flows, pin_root: None, sample_rate: 1, filters: None, drops: None, table: None, bench_cut: flowlog_common::bench_cut::NONE }
     }
 
     /// Loads and attaches the drop program; sets the drop reasons.

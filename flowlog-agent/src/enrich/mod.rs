@@ -631,7 +631,7 @@ impl<'a> WindowRecords<'a> {
         std::thread::scope(|s| {
             for _ in 1..n {
                 // Without a thread, the ranges left are written here.
-                if std::thread::Builder::new().name("flowlog-format".into()).spawn_scoped(s, &work).is_err() {
+                if std::thread::Builder::new().name("flowlog-format".into()).spawn_scoped(s, work).is_err() {
                     break;
                 }
             }

@@ -163,14 +163,20 @@ pub struct Part<'f> {
 
 impl<'f> Part<'f> {
     /// `direct`: keep the lines for direct outputs; `spooled`: make spool
-    /// records; `text`: a buffer to reuse.
-    pub fn new(format: &'f Format, direct: bool, spooled: bool, text: Vec<u8>) -> Self {
+    /// records; `text`: a buffer to reuse (what it holds is dropped).
+    pub fn new(format: &'f Format, direct: bool, spooled: bool, mut text: Vec<u8>) -> Self {
+        text.clear();
         Part { lines: LineWriter::new(format), text, direct, spooled: spooled.then(Vec::new), records: 0 }
     }
 
     /// The lines for the direct outputs, and the spool records.
     pub fn output(&self) -> (&[u8], &[SpoolRecord]) {
         (&self.text, self.spooled.as_deref().unwrap_or_default())
+    }
+
+    /// Its text buffer, to reuse.
+    pub fn into_text(self) -> Vec<u8> {
+        self.text
     }
 
     pub fn push(&mut self, r: &FlowRecord) {
@@ -696,4 +702,49 @@ mod tests {
 (options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>&class=standard|infrequent-access]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>"
         );
     }
+
+    /// A window formatted in parts (one of them empty), appended in order,
+    /// writes what the window sent whole writes: the same bytes to a direct
+    /// output, the same batch to the spool.
+    #[tokio::test]
+    async fn a_window_in_parts_ships_as_one() {
+        use flowlog_records::record::LogStatus;
+        let dir = std::env::temp_dir().join(format!("flowlog-parts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (file, objects) = (dir.join("flows.log"), dir.join("objects"));
+        let cfg = ShipConfig {
+            outputs: vec![format!("file:{}", file.display()).parse().unwrap(), format!("dir:{}", objects.display()).parse().unwrap()],
+            spool_dir: dir.join("spool"),
+            flush_interval: Duration::from_secs(3600),
+            ..ShipConfig::default()
+        };
+        let mut sh = Shipper::start(&cfg).await.unwrap();
+        let format = Format::default();
+        let records: Vec<FlowRecord> = (0..30u64)
+            .map(|i| {
+                let status = if i % 10 == 9 { LogStatus::NoData } else { LogStatus::Ok };
+                let mut r = FlowRecord::status_only("123456789012".into(), format!("eni-{}", i / 10).into(), 100 + i, 160, status);
+                r.packets = (status == LogStatus::Ok).then_some(i);
+                r
+            })
+            .collect();
+        assert_eq!(sh.send(&format, &records), [(format!("file:{}", file.display()), true), ("spool".to_string(), true)]);
+        let whole = std::fs::read(&file).unwrap();
+        let mut w = sh.window(&format);
+        let mut parts = w.parts(4);
+        for (part, range) in parts.iter_mut().zip([0..7, 7..7, 7..19, 19..30]) {
+            records[range].iter().for_each(|r| part.push(r));
+        }
+        w.append(parts);
+        assert_eq!(w.finish(), [(format!("file:{}", file.display()), true), ("spool".to_string(), true)]);
+        assert_eq!(std::fs::read(&file).unwrap(), [&whole[..], &whole[..]].concat());
+        let mut spooled = sh.spool().unwrap().reader(&sh.stats[0].0);
+        let (first, _) = spooled.next_batch().unwrap().unwrap();
+        let (second, _) = spooled.next_batch().unwrap().unwrap();
+        assert_eq!(first.records.len(), 30);
+        assert_eq!(second, first);
+        sh.shutdown().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
 }

@@ -486,8 +486,11 @@ impl<'a> WindowRecords<'a> {
     /// How many threads to format the window on: one per core, each with
     /// at least [`PLACES_PER_THREAD`] places.
     pub fn threads(&self) -> usize {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (self.places() / PLACES_PER_THREAD).clamp(1, cores)
+        let wanted = self.places() / PLACES_PER_THREAD;
+        if wanted < 2 {
+            return 1; // without reading the cgroup's CPU limit
+        }
+        wanted.min(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     /// `n` (at least one) contiguous ranges of about the same number of
@@ -1133,6 +1136,25 @@ mod tests {
         k.src_addr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         k.dst_addr = "fe80::2".parse::<Ipv6Addr>().unwrap().octets();
         assert_eq!(key_addrs(&k), ("2001:db8::1".parse().unwrap(), "fe80::2".parse().unwrap()));
+    }
+
+    /// One thread below two threads' worth of places, then one per
+    /// `PLACES_PER_THREAD` up to the cores; ranges cover the places in order.
+    #[test]
+    fn threads_follow_the_window_size() {
+        let host = HostMeta::new("1");
+        let window = |n: usize| drained((0..n).map(|i| (key(2, i as u16, 17, 0), stats(1, 28, 100, 100, 0))).collect(), vec![], 0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // One place per flow plus the interface's last (empty) place.
+        for (flows, want) in [(0, 1), (2 * PLACES_PER_THREAD - 2, 1), (2 * PLACES_PER_THREAD - 1, 2.min(cores)), (8 * PLACES_PER_THREAD, 8.min(cores))] {
+            let d = window(flows);
+            let w = WindowRecords::new(&host, &[iface(2, "a")], &d, None);
+            assert_eq!((w.places(), w.threads()), (flows + 1, want), "{flows} flows");
+        }
+        let d = window(10);
+        let w = WindowRecords::new(&host, &[iface(2, "a")], &d, None);
+        assert_eq!(w.ranges(0), [0..11]);
+        assert_eq!(w.ranges(3), [0..3, 3..7, 7..11]);
     }
 
     /// A random window: ACCEPT flows (some emptied by the drop program),

@@ -236,7 +236,8 @@ impl<'a> WindowWriter<'a> {
             }
             results.push((s.describe(), res.is_ok()));
         }
-        let mut batch = Batch { header: self.format.header(), records: Vec::new() };
+        let spooled = if self.shipper.tasks.is_empty() { 0 } else { records };
+        let mut batch = Batch { header: self.format.header(), records: Vec::with_capacity(spooled) };
         let mut texts = Vec::with_capacity(self.parts.len());
         for p in self.parts {
             batch.records.extend(p.spooled.into_iter().flatten());

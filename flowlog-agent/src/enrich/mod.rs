@@ -1153,7 +1153,7 @@ mod tests {
         }
         let d = window(10);
         let w = WindowRecords::new(&host, &[iface(2, "a")], &d, None);
-        assert_eq!(w.ranges(0), [0..11]);
+        assert_eq!(w.ranges(0), vec![0..11]);
         assert_eq!(w.ranges(3), [0..3, 3..7, 7..11]);
     }
 

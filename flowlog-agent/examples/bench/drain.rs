@@ -187,13 +187,12 @@ pub fn print(r: &Results) {
          \"user part\" = records + format: the agent's own code without the kernel's map operations. \
          \"all cores\": records + format as the agent runs them, the window's ranges formatted on \"threads\" \
          threads (`WindowRecords::write_parallel`, one per core, one per 25,000 records at most), checked \
-         byte-identical to the single-thread text: WALL time (the threads' CPU time adds up to more; on a \
+         byte-identical to the single-thread text, over the last window as many times as there are windows \
+         (after the peak RSS is taken): WALL time (the threads' CPU time adds up to more; on a \
          machine whose cores are busy the threads wait for one), and drain (CPU) + that; \"critical path\": \
          the same ranges written one after another, thread CPU of the sort plus the longest range (the wall \
          time on idle cores), and \"CPU, all threads\": the sort plus every range. Peak RSS = \
-         `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows (both \
-         ways: it holds the single-thread text and the ranges' texts, all but the first range's more than the \
-         agent); \
+         `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows; \
          \"drained\" is the part of it that is the window's `Vec` of drained flows (the text is the bytes of \
          section 4).\n"
     );
@@ -474,6 +473,47 @@ fn digest(parts: &[&[u8]]) -> u64 {
     h.finish()
 }
 
+/// Records + format as agent::ship does it: the window's ranges formatted
+/// on every core, one `ship::Part` each (buffers reused across passes as
+/// across the agent's windows), joined in order; then the same ranges one
+/// after another on this thread, each one's CPU time whatever else runs on
+/// the machine. `passes` times over the last window, after the peak RSS is
+/// taken (the single-thread text and the ranges' texts together are more
+/// than the agent holds). The threads, and medians of the wall ms, the sort
+/// plus the longest range (thread CPU ms: the wall time on idle cores), and
+/// the sort plus all ranges.
+fn all_cores(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, format: &Format, want: u64, passes: usize) -> Result<(usize, f64, f64, f64)> {
+    let (mut wall, mut path, mut cpu) = (vec![], vec![], vec![]);
+    let (mut threads, mut texts) = (1, Vec::<Vec<u8>>::new());
+    for _ in 0..passes {
+        let (parts, _, ms) = timed(|| {
+            let records = enrich::WindowRecords::new(host, interfaces, drained, None);
+            threads = records.threads();
+            let mut parts: Vec<Part> = (0..threads).map(|_| Part::new(format, true, false, texts.pop().unwrap_or_default())).collect();
+            records.write_parallel(&mut parts, |p, r| p.push(r));
+            Ok(parts)
+        })?;
+        wall.push(ms);
+        ensure!(digest(&parts.iter().map(|p| p.output().0).collect::<Vec<_>>()) == want, "the window formatted on {threads} threads differs from the single-thread text");
+        texts = parts.into_iter().map(Part::into_text).collect();
+        let (records, sort, _) = timed(|| Ok(enrich::WindowRecords::new(host, interfaces, drained, None)))?;
+        let mut ranges = vec![];
+        for (range, text) in records.ranges(threads).into_iter().zip(&mut texts) {
+            let mut part = Part::new(format, true, false, std::mem::take(text));
+            let ((), ms, _) = timed(|| {
+                records.write(range, |r| part.push(r));
+                Ok(())
+            })?;
+            ranges.push(ms);
+            *text = part.into_text();
+        }
+        ensure!(digest(&texts.iter().map(Vec::as_slice).collect::<Vec<_>>()) == want, "the ranges written one by one differ from the single-thread text");
+        path.push(sort + ranges.iter().copied().fold(0.0, f64::max));
+        cpu.push(sort + ranges.iter().sum::<f64>());
+    }
+    Ok((threads, median(&mut wall), median(&mut path), median(&mut cpu)))
+}
+
 /// Records formatted without building them in the same pass: up to
 /// 100,000 records of the window, built once, then written by the reference
 /// writer, `Format::write` and `LineWriter` (median of 5 passes each), and
@@ -555,7 +595,7 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut bytes = 0;
     let mut rel = vec![];
     let mut batch = Vec::new();
-    let (mut par, mut par_path, mut par_cpu, mut threads, mut spare) = (vec![], vec![], vec![], 1, Vec::new());
+    let mut single = 0;
     for _ in 0..windows {
         // The last window's flows are kept for the formatter-only pass, not
         // across windows (they would add to the peak).
@@ -612,48 +652,13 @@ pub fn child(args: &[String]) -> Result<()> {
         bytes = batch.len();
         ensure!(batch.iter().filter(|&&b| b == b'\n').count() == n, "formatted lines != {n}");
         ensure!((batch.len(), digest(&[&batch])) == want, "the writer's output differs from the reference writer's");
-        let single = digest(&[&batch]);
+        single = digest(&[&batch]);
 
         let mut sink = FileOutput { path: path.clone(), mode: None }.open()?;
         let ((), cpu, _) = timed(|| sink.write_batch(&[&batch]))?;
         shp.push(cpu);
         drop(sink);
         fs::remove_file(&path)?;
-
-        // As agent::ship does it: the window's ranges formatted on every
-        // core, one `ship::Part` each (the first reusing the buffer above,
-        // the others theirs, across windows), joined in order. Wall time.
-        let (parts, _, wall) = timed(|| {
-            let records = enrich::WindowRecords::new(&host, &interfaces, &drained, None);
-            threads = records.threads();
-            let mut buffer = |i| if i == 0 { std::mem::take(&mut batch) } else { spare.pop().unwrap_or_default() };
-            let mut parts: Vec<Part> = (0..threads).map(|i| Part::new(&format, true, false, buffer(i))).collect();
-            records.write_parallel(&mut parts, |p, r| p.push(r));
-            Ok(parts)
-        })?;
-        par.push(wall);
-        let texts: Vec<&[u8]> = parts.iter().map(|p| p.output().0).collect();
-        ensure!(digest(&texts) == single, "the window formatted on {threads} threads differs from the single-thread text");
-        // The same ranges one after another on this thread: each one's
-        // CPU time, whatever the other work on the machine.
-        let mut texts: Vec<Vec<u8>> = parts.into_iter().map(Part::into_text).collect();
-        let (records, sort, _) = timed(|| Ok(enrich::WindowRecords::new(&host, &interfaces, &drained, None)))?;
-        let mut ranges = vec![];
-        for (range, text) in records.ranges(threads).into_iter().zip(&mut texts) {
-            let mut part = Part::new(&format, true, false, std::mem::take(text));
-            let ((), cpu, _) = timed(|| {
-                records.write(range, |r| part.push(r));
-                Ok(())
-            })?;
-            ranges.push(cpu);
-            *text = part.into_text();
-        }
-        ensure!(digest(&texts.iter().map(Vec::as_slice).collect::<Vec<_>>()) == single, "the ranges written one by one differ from the single-thread text");
-        par_path.push(sort + ranges.iter().copied().fold(0.0, f64::max));
-        par_cpu.push(sort + ranges.iter().sum::<f64>());
-        let mut texts = texts.into_iter();
-        batch = texts.next().unwrap_or_default();
-        spare = texts.collect();
 
         // The window leaves the kernel only once shipped: part of the drain.
         let sys0 = sys_cpu_ms();
@@ -673,7 +678,7 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     drop(batch);
-    drop(spare);
+    let (threads, par, par_path, par_cpu) = all_cores(&host, &interfaces, &drained, &format, single, windows)?;
     let only = formatter_only(&host, &interfaces, &drained, &format)?;
     println!(
         "RESULT release_ms={:.3} rotate_ms={:.3} rotate_wall_ms={:.3} rotate_sys_ms={:.3} enrich_ms={:.3} format_ms={:.3} format_ref_ms={:.3} parallel_ms={:.3} parallel_path_ms={:.3} parallel_cpu_ms={:.3} threads={threads} ship_ms={:.3} bytes={bytes} maxrss_kib={} base_rss_kib={base_rss} empty_rotate_ms={empty_rotate:.3} only_ref_ns={:.2} only_write_ns={:.2} only_lines_ns={:.2} parquet_ns={:.2} gzip_ns={:.2} drained_mib={drained_mib:.1}",
@@ -684,9 +689,9 @@ pub fn child(args: &[String]) -> Result<()> {
         median(&mut enr),
         median(&mut fmt),
         median(&mut fmt_ref),
-        median(&mut par),
-        median(&mut par_path),
-        median(&mut par_cpu),
+        par,
+        par_path,
+        par_cpu,
         median(&mut shp),
         ru.ru_maxrss,
         only[0],

@@ -474,10 +474,17 @@ impl Agent {
         let (start, end) = (drained.window_start_unix_ns, drained.window_end_unix_ns);
         self.enrichment.pods = self.pods.as_ref().and_then(|p| p.window(start, end));
         let mut window = self.shipper.window(&self.cfg.format);
-        enrich::for_each_record(&self.host, &self.ifs.in_window, drained, Some(&self.enrichment), |r| {
+        // A large window is formatted on every core, a range each.
+        let records = enrich::WindowRecords::new(&self.host, &self.ifs.in_window, drained, Some(&self.enrichment));
+        let mut parts: Vec<_> = window.parts(records.threads()).into_iter().map(|p| (p, RecordCounts::default())).collect();
+        records.write_parallel(&mut parts, |(part, counts), r| {
             counts.add(r);
-            window.push(r);
+            part.push(r);
         });
+        for (part, c) in parts {
+            counts.merge(&c);
+            window.append([part]);
+        }
         self.metrics.records(&counts);
         let results = window.finish();
         for (output, ok) in &results {

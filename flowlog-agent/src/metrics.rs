@@ -55,6 +55,12 @@ impl RecordCounts {
     pub fn total(&self) -> usize {
         self.ok + self.nodata + self.skipdata
     }
+
+    pub fn merge(&mut self, other: &RecordCounts) {
+        self.ok += other.ok;
+        self.nodata += other.nodata;
+        self.skipdata += other.skipdata;
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

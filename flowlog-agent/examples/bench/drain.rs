@@ -11,7 +11,10 @@
 //! `ship::WindowWriter` does), `Sink::write_batch` to a file, and
 //! `FlowTables::release()` (batched delete of what was read). Records alone
 //! (`for_each_record` without formatting) are timed in a separate pass.
-//! Single-threaded, so records/s is per core.
+//! Single-threaded, so records/s is per core; then records + format as the
+//! agent runs them, on every core (`WindowRecords::write_parallel`, wall
+//! time), and its ranges one after another (thread CPU of each: the wall
+//! time on idle cores), checked byte-identical to the single-thread text.
 //!
 //! Both flow tables: the hash table is filled with BPF_MAP_UPDATE_BATCH of
 //! keys and values; the slot table with BPF_MAP_UPDATE_BATCH of array
@@ -38,7 +41,7 @@ use flowlog_agent::{
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
     drain::Drained,
-    ship::{file::FileOutput, parquet, OutputSpec},
+    ship::{file::FileOutput, parquet, OutputSpec, Part},
 };
 use flowlog_common::{family, maps, FlowKey, FlowSlot, FlowStats, TcpFlagsSeen};
 
@@ -75,6 +78,14 @@ pub struct Row {
     pub format_ms: f64,
     /// The same with the writer of commit 3c34e0b (`format::reference`).
     pub format_ref_ms: f64,
+    /// Records + format as the agent runs them (`WindowRecords::write_parallel`,
+    /// `threads` ranges), wall ms.
+    pub parallel_ms: f64,
+    pub threads: usize,
+    /// The same, thread CPU: the sort plus the longest range (the wall
+    /// time on idle cores), and the sort plus all ranges.
+    pub parallel_path_ms: f64,
+    pub parallel_cpu_ms: f64,
     /// Formatter alone, ns per record, on records built beforehand: the
     /// reference writer, `Format::write`, `LineWriter`.
     pub only_ref_ns: f64,
@@ -139,6 +150,10 @@ pub fn run() -> Result<Results> {
             enrich_ms: get("enrich_ms")?,
             format_ms: get("format_ms")?,
             format_ref_ms: get("format_ref_ms")?,
+            parallel_ms: get("parallel_ms")?,
+            threads: get("threads")? as usize,
+            parallel_path_ms: get("parallel_path_ms")?,
+            parallel_cpu_ms: get("parallel_cpu_ms")?,
             only_ref_ns: get("only_ref_ns")?,
             only_write_ns: get("only_write_ns")?,
             only_lines_ns: get("only_lines_ns")?,
@@ -169,19 +184,26 @@ pub fn print(r: &Results) {
          `enrich::for_each_record` alone; format = the same records streamed into `LineWriter::write` (one \
          buffer of lines, reused across windows as the agent does), minus records; \"format before\" = the same \
          with the writer of commit 3c34e0b (`format::reference`, checked byte-identical to it in every window). \
-         \"user part\" = records + format: the agent's own code without the kernel's map operations. Peak RSS = \
+         \"user part\" = records + format: the agent's own code without the kernel's map operations. \
+         \"all cores\": records + format as the agent runs them, the window's ranges formatted on \"threads\" \
+         threads (`WindowRecords::write_parallel`, one per core, one per 25,000 records at most), checked \
+         byte-identical to the single-thread text, over the last window as many times as there are windows \
+         (after the peak RSS is taken): WALL time (the threads' CPU time adds up to more; on a \
+         machine whose cores are busy the threads wait for one), and drain (CPU) + that; \"critical path\": \
+         the same ranges written one after another, thread CPU of the sort plus the longest range (the wall \
+         time on idle cores), and \"CPU, all threads\": the sort plus every range. Peak RSS = \
          `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows; \
          \"drained\" is the part of it that is the window's `Vec` of drained flows (the text is the bytes of \
          section 4).\n"
     );
     println!(
-        "| flows | family | table | drain | (in kernel) | (release) | drain wall | records | format | format before | drain+format | records/s/core | user part /core | user part before | peak RSS | (drained) | RSS after load |"
+        "| flows | family | table | drain | (in kernel) | (release) | drain wall | records | format | format before | drain+format | records/s/core | user part /core | user part before | threads | user part, all cores (wall) | records/s, all cores | drain+format, all cores | critical path | records/s, critical path | CPU, all threads | peak RSS | (drained) | RSS after load |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for x in &r.rows {
         let total = x.rotate_ms + x.enrich_ms + x.format_ms;
         println!(
-            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.2} M | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.2} M | {} | {:.1} ms | {:.2} M | {:.1} ms | {:.1} ms | {:.2} M | {:.1} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
             thousands(x.flows),
             x.family,
             x.table,
@@ -196,6 +218,13 @@ pub fn print(r: &Results) {
             x.flows as f64 / total * 1e3 / 1e6,
             x.flows as f64 / (x.enrich_ms + x.format_ms) * 1e3 / 1e6,
             x.flows as f64 / (x.enrich_ms + x.format_ref_ms) * 1e3 / 1e6,
+            x.threads,
+            x.parallel_ms,
+            x.flows as f64 / x.parallel_ms * 1e3 / 1e6,
+            x.rotate_ms + x.parallel_ms,
+            x.parallel_path_ms,
+            x.flows as f64 / x.parallel_path_ms * 1e3 / 1e6,
+            x.parallel_cpu_ms,
             x.maxrss_kib as f64 / 1024.0,
             x.drained_mib,
             x.base_rss_kib as f64 / 1024.0,
@@ -433,11 +462,56 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
     Ok((v, (thread_cpu_ns() - c0) as f64 / 1e6, t0.elapsed().as_secs_f64() * 1e3))
 }
 
-fn digest(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
+/// Of text given in parts: the same for the same bytes, however split.
+fn digest(parts: &[&[u8]]) -> u64 {
+    use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
+    for p in parts {
+        h.write(p);
+    }
+    h.write_usize(parts.iter().map(|p| p.len()).sum());
     h.finish()
+}
+
+/// Records + format as agent::ship does it: the window's ranges formatted
+/// on every core, one `ship::Part` each (buffers reused across passes as
+/// across the agent's windows), joined in order; then the same ranges one
+/// after another on this thread, each one's CPU time whatever else runs on
+/// the machine. `passes` times over the last window, after the peak RSS is
+/// taken (the single-thread text and the ranges' texts together are more
+/// than the agent holds). The threads, and medians of the wall ms, the sort
+/// plus the longest range (thread CPU ms: the wall time on idle cores), and
+/// the sort plus all ranges.
+fn all_cores(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drained, format: &Format, want: u64, passes: usize) -> Result<(usize, f64, f64, f64)> {
+    let (mut wall, mut path, mut cpu) = (vec![], vec![], vec![]);
+    let (mut threads, mut texts) = (1, Vec::<Vec<u8>>::new());
+    for _ in 0..passes {
+        let (parts, _, ms) = timed(|| {
+            let records = enrich::WindowRecords::new(host, interfaces, drained, None);
+            threads = records.threads();
+            let mut parts: Vec<Part> = (0..threads).map(|_| Part::new(format, true, false, texts.pop().unwrap_or_default())).collect();
+            records.write_parallel(&mut parts, |p, r| p.push(r));
+            Ok(parts)
+        })?;
+        wall.push(ms);
+        ensure!(digest(&parts.iter().map(|p| p.output().0).collect::<Vec<_>>()) == want, "the window formatted on {threads} threads differs from the single-thread text");
+        texts = parts.into_iter().map(Part::into_text).collect();
+        let (records, sort, _) = timed(|| Ok(enrich::WindowRecords::new(host, interfaces, drained, None)))?;
+        let mut ranges = vec![];
+        for (range, text) in records.ranges(threads).into_iter().zip(&mut texts) {
+            let mut part = Part::new(format, true, false, std::mem::take(text));
+            let ((), ms, _) = timed(|| {
+                records.write(range, |r| part.push(r));
+                Ok(())
+            })?;
+            ranges.push(ms);
+            *text = part.into_text();
+        }
+        ensure!(digest(&texts.iter().map(Vec::as_slice).collect::<Vec<_>>()) == want, "the ranges written one by one differ from the single-thread text");
+        path.push(sort + ranges.iter().copied().fold(0.0, f64::max));
+        cpu.push(sort + ranges.iter().sum::<f64>());
+    }
+    Ok((threads, median(&mut wall), median(&mut path), median(&mut cpu)))
 }
 
 /// Records formatted without building them in the same pass: up to
@@ -521,6 +595,7 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut bytes = 0;
     let mut rel = vec![];
     let mut batch = Vec::new();
+    let mut single = 0;
     for _ in 0..windows {
         // The last window's flows are kept for the formatter-only pass, not
         // across windows (they would add to the peak).
@@ -559,7 +634,7 @@ pub fn child(args: &[String]) -> Result<()> {
         })?;
         fmt_ref.push(cpu - enr.last().unwrap());
         // A second buffer of this size would add to the peak RSS measured.
-        let want = (batch.len(), digest(&batch));
+        let want = (batch.len(), digest(&[&batch]));
 
         // As agent::ship does it (ship::WindowWriter): records streamed
         // into the formatter's LineWriter, one buffer of lines.
@@ -576,10 +651,11 @@ pub fn child(args: &[String]) -> Result<()> {
         fmt.push(cpu - enr.last().unwrap());
         bytes = batch.len();
         ensure!(batch.iter().filter(|&&b| b == b'\n').count() == n, "formatted lines != {n}");
-        ensure!((batch.len(), digest(&batch)) == want, "the writer's output differs from the reference writer's");
+        ensure!((batch.len(), digest(&[&batch])) == want, "the writer's output differs from the reference writer's");
+        single = digest(&[&batch]);
 
         let mut sink = FileOutput { path: path.clone(), mode: None }.open()?;
-        let ((), cpu, _) = timed(|| sink.write_batch(&batch))?;
+        let ((), cpu, _) = timed(|| sink.write_batch(&[&batch]))?;
         shp.push(cpu);
         drop(sink);
         fs::remove_file(&path)?;
@@ -602,9 +678,10 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     drop(batch);
+    let (threads, par, par_path, par_cpu) = all_cores(&host, &interfaces, &drained, &format, single, windows)?;
     let only = formatter_only(&host, &interfaces, &drained, &format)?;
     println!(
-        "RESULT release_ms={:.3} rotate_ms={:.3} rotate_wall_ms={:.3} rotate_sys_ms={:.3} enrich_ms={:.3} format_ms={:.3} format_ref_ms={:.3} ship_ms={:.3} bytes={bytes} maxrss_kib={} base_rss_kib={base_rss} empty_rotate_ms={empty_rotate:.3} only_ref_ns={:.2} only_write_ns={:.2} only_lines_ns={:.2} parquet_ns={:.2} gzip_ns={:.2} drained_mib={drained_mib:.1}",
+        "RESULT release_ms={:.3} rotate_ms={:.3} rotate_wall_ms={:.3} rotate_sys_ms={:.3} enrich_ms={:.3} format_ms={:.3} format_ref_ms={:.3} parallel_ms={:.3} parallel_path_ms={:.3} parallel_cpu_ms={:.3} threads={threads} ship_ms={:.3} bytes={bytes} maxrss_kib={} base_rss_kib={base_rss} empty_rotate_ms={empty_rotate:.3} only_ref_ns={:.2} only_write_ns={:.2} only_lines_ns={:.2} parquet_ns={:.2} gzip_ns={:.2} drained_mib={drained_mib:.1}",
         median(&mut rel),
         median(&mut rot),
         median(&mut rot_wall),
@@ -612,6 +689,9 @@ pub fn child(args: &[String]) -> Result<()> {
         median(&mut enr),
         median(&mut fmt),
         median(&mut fmt_ref),
+        par,
+        par_path,
+        par_cpu,
         median(&mut shp),
         ru.ru_maxrss,
         only[0],

@@ -11,9 +11,10 @@
 
 use std::{
     collections::BTreeMap,
+    ops::Range,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use flowlog_common::{direction, family, FlowKey, FlowStats, TcpFlagsSeen};
@@ -368,136 +369,277 @@ pub fn for_each_record(
     interfaces: &[InterfaceMeta],
     drained: &Drained,
     enrichment: Option<&Enrichment>,
-    mut emit: impl FnMut(&FlowRecord),
+    emit: impl FnMut(&FlowRecord),
 ) {
-    let (w_start, w_end) = (drained.window_start_unix_ns / 1_000_000_000, drained.window_end_unix_ns / 1_000_000_000);
-    // ACCEPT entries the drop program emptied (every packet of the flow was
-    // dropped) are no records: their packets are in the REJECT entries.
-    let no_reasons = RejectReasons::default();
-    let rejects = reject::merge(&drained.rejects, enrichment.map_or(&no_reasons, |e| &e.reject_reasons));
-    let n_flows = drained.flows.len();
-    let entry = |i: usize| -> (&FlowKey, &FlowStats, Action, Option<&Arc<str>>) {
-        if i < n_flows {
-            let (k, v) = &drained.flows[i];
-            (k, v, semantics::CAPTURED_ACTION, None)
-        } else {
-            let (k, v, r) = &rejects[i - n_flows];
-            (k, v, Action::Reject, r.as_ref())
-        }
-    };
-    // The order is (interface, first packet, place in the window), packed
-    // into one u128 per flow: sorting plain integers is several times faster
-    // than comparing keys through pointers into a million scattered entries,
-    // and ties (the capture clock ticks every few ms) need no key compare.
-    let mut slots: Vec<Slot> = drained
-        .flows
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.1.packets > 0)
-        .map(|(i, (k, v))| Slot::new(k.ifindex, v.first_seen_ns, i))
-        .chain(rejects.iter().enumerate().map(|(i, (k, v, _))| Slot::new(k.ifindex, v.first_seen_ns, n_flows + i)))
-        .collect();
-    sort_slots(&mut slots);
-    let failed: BTreeMap<u32, u64> = drained.fails.iter().map(|(i, f)| (*i, f.packets)).collect();
+    let w = WindowRecords::new(host, interfaces, drained, enrichment);
+    w.write(0..w.places(), emit);
+}
 
-    let mut order: Vec<InterfaceMeta> = interfaces.to_vec();
-    let mut seen_ifindex = None;
-    for idx in slots.iter().map(|s| s.ifindex()).chain(failed.keys().copied()) {
-        if seen_ifindex == Some(idx) {
-            continue;
+/// The least records a formatting thread is started for: 25,000 take 3-4 ms
+/// on one core (6-8 M records/s), against tens of µs to start a thread and
+/// its share of a window's page faults; so a window of less than 50,000
+/// records (most windows: one host rarely has that many flows a minute)
+/// stays on one thread and leaves the other cores alone.
+pub const PLACES_PER_THREAD: usize = 25_000;
+
+/// One interface's part of a window's output.
+struct Run {
+    meta: InterfaceMeta,
+    /// Its flows, in `WindowRecords::slots`.
+    flows: Range<usize>,
+    /// Its first place in the window's output: one place per flow, then
+    /// one for its NODATA or SKIPDATA record.
+    at: usize,
+    /// Inserts failed for it (or for an unknown interface): SKIPDATA.
+    skipped: bool,
+}
+
+impl Run {
+    /// The place of its NODATA or SKIPDATA record, if it has one.
+    fn last(&self) -> usize {
+        self.at + self.flows.len()
+    }
+}
+
+/// The records of one window (see [`for_each_record`]), sorted into output
+/// order once, then written whole or as contiguous ranges of places, each
+/// range on its own, so that ranges can be formatted on several cores
+/// ([`WindowRecords::write_parallel`]): the ranges' records, joined in
+/// order, are the window's.
+///
+/// A place is a flow of an interface, or the place after an interface's
+/// flows where its NODATA or SKIPDATA record goes (an interface with
+/// neither leaves that place empty).
+pub struct WindowRecords<'a> {
+    host: &'a HostMeta,
+    drained: &'a Drained,
+    enrichment: Option<&'a Enrichment>,
+    /// ACCEPT entries the drop program emptied (every packet of the flow
+    /// was dropped) are no records: their packets are in these REJECT ones.
+    rejects: Vec<(FlowKey, FlowStats, Option<Arc<str>>)>,
+    slots: Vec<Slot>,
+    /// In output order.
+    runs: Vec<Run>,
+    /// The window, in Unix seconds.
+    secs: (u64, u64),
+}
+
+impl<'a> WindowRecords<'a> {
+    pub fn new(host: &'a HostMeta, interfaces: &[InterfaceMeta], drained: &'a Drained, enrichment: Option<&'a Enrichment>) -> Self {
+        let no_reasons = RejectReasons::default();
+        let rejects = reject::merge(&drained.rejects, enrichment.map_or(&no_reasons, |e| &e.reject_reasons));
+        let n_flows = drained.flows.len();
+        // The order is (interface, first packet, place in the window), packed
+        // into one u128 per flow: sorting plain integers is several times faster
+        // than comparing keys through pointers into a million scattered entries,
+        // and ties (the capture clock ticks every few ms) need no key compare.
+        let mut slots: Vec<Slot> = drained
+            .flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.1.packets > 0)
+            .map(|(i, (k, v))| Slot::new(k.ifindex, v.first_seen_ns, i))
+            .chain(rejects.iter().enumerate().map(|(i, (k, v, _))| Slot::new(k.ifindex, v.first_seen_ns, n_flows + i)))
+            .collect();
+        sort_slots(&mut slots);
+        let failed: BTreeMap<u32, u64> = drained.fails.iter().map(|(i, f)| (*i, f.packets)).collect();
+
+        let mut order: Vec<InterfaceMeta> = interfaces.to_vec();
+        let mut seen_ifindex = None;
+        for idx in slots.iter().map(|s| s.ifindex()).chain(failed.keys().copied()) {
+            if seen_ifindex == Some(idx) {
+                continue;
+            }
+            seen_ifindex = Some(idx);
+            if !order.iter().any(|m| m.ifindex == idx) {
+                order.push(InterfaceMeta {
+                    ifindex: idx,
+                    name: format!("ifindex{idx}"),
+                    interface_id: format!("if-{idx}").into(),
+                    meta: None,
+                    tags: None,
+                    ecs: None,
+                });
+            }
         }
-        seen_ifindex = Some(idx);
-        if !order.iter().any(|m| m.ifindex == idx) {
-            order.push(InterfaceMeta {
-                ifindex: idx,
-                name: format!("ifindex{idx}"),
-                interface_id: format!("if-{idx}").into(),
-                meta: None,
-                tags: None,
-                ecs: None,
-            });
+        let mut at = 0;
+        let runs = order
+            .into_iter()
+            .map(|meta| {
+                let lo = slots.partition_point(|s| s.ifindex() < meta.ifindex);
+                let hi = lo + slots[lo..].partition_point(|s| s.ifindex() == meta.ifindex);
+                let skipped = failed.contains_key(&meta.ifindex) || drained.unattributed_failures > 0;
+                let run = Run { meta, flows: lo..hi, at, skipped };
+                at = run.last() + 1;
+                run
+            })
+            .collect();
+        let secs = (drained.window_start_unix_ns / 1_000_000_000, drained.window_end_unix_ns / 1_000_000_000);
+        WindowRecords { host, drained, enrichment, rejects, slots, runs, secs }
+    }
+
+    /// The window's places (see [`WindowRecords`]).
+    pub fn places(&self) -> usize {
+        self.runs.last().map_or(0, |r| r.last() + 1)
+    }
+
+    /// How many threads to format the window on: one per core, each with
+    /// at least [`PLACES_PER_THREAD`] places.
+    pub fn threads(&self) -> usize {
+        let wanted = self.places() / PLACES_PER_THREAD;
+        if wanted < 2 {
+            return 1; // without reading the cgroup's CPU limit
+        }
+        wanted.min(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// `n` (at least one) contiguous ranges of about the same number of
+    /// places, covering the window in order.
+    pub fn ranges(&self, n: usize) -> Vec<Range<usize>> {
+        let (n, len) = (n.max(1), self.places());
+        (0..n).map(|i| len * i / n..len * (i + 1) / n).collect()
+    }
+
+    fn entry(&self, slot: Slot) -> (&FlowKey, &FlowStats, Action, Option<&Arc<str>>) {
+        let i = slot.idx();
+        match self.drained.flows.get(i) {
+            Some((k, v)) => (k, v, semantics::CAPTURED_ACTION, None),
+            None => {
+                let (k, v, r) = &self.rejects[i - self.drained.flows.len()];
+                (k, v, Action::Reject, r.as_ref())
+            }
         }
     }
 
-    let services = enrichment.and_then(|e| e.aws_services.as_ref());
-    let service_of = |a: IpAddr| services.and_then(|s| s.lookup(a)).cloned();
-    let pods = enrichment.and_then(|e| e.pods.as_deref());
-    let mut k8s = pods.map(K8sGroups::new);
-    for meta in &order {
-        let own_pod = pods.map_or(NO_POD, |p| p.of_ifindex(meta.ifindex));
-        let lo = slots.partition_point(|s| s.ifindex() < meta.ifindex);
-        let hi = lo + slots[lo..].partition_point(|s| s.ifindex() == meta.ifindex);
-        // Interfaces without known addresses keep the packet addresses.
-        let addrs = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
-        let mut rec = base_record(host, meta, w_start, w_end, LogStatus::Ok);
-        let mut written = 0usize;
-        for (at, slot) in slots.iter().enumerate().take(hi).skip(lo) {
-            if let Some((k, v)) = slots.get(at + PREFETCH_AHEAD).and_then(|s| drained.flows.get(s.idx())) {
-                prefetch(k);
-                prefetch(v);
-            }
-            let (k, v, action, reject_reason) = entry(slot.idx());
-            let (pkt_src, pkt_dst) = key_addrs(k);
-            let dir = if k.direction == direction::INGRESS { Direction::Ingress } else { Direction::Egress };
-            if let Some(e) = enrichment {
-                let excluded = e.exclusions.as_ref().is_some_and(|x| x.excludes(pkt_src, pkt_dst, k.protocol, k.src_port, k.dst_port));
-                if excluded || !e.traffic_type.admits(Some(action)) {
+    /// Whether the filters let this flow through (no enrichment: all).
+    fn admits(&self, k: &FlowKey, action: Action) -> bool {
+        let Some(e) = self.enrichment else { return true };
+        let excluded = e.exclusions.as_ref().is_some_and(|x| {
+            let (src, dst) = key_addrs(k);
+            x.excludes(src, dst, k.protocol, k.src_port, k.dst_port)
+        });
+        !excluded && e.traffic_type.admits(Some(action))
+    }
+
+    /// Hands the records of these places to `emit`, in order. Each range
+    /// starts afresh (no state of the places before it), so ranges may be
+    /// written in any order, on any thread.
+    pub fn write(&self, places: Range<usize>, mut emit: impl FnMut(&FlowRecord)) {
+        let (host, drained, enrichment) = (self.host, self.drained, self.enrichment);
+        let (w_start, w_end) = self.secs;
+        let services = enrichment.and_then(|e| e.aws_services.as_ref());
+        let service_of = |a: IpAddr| services.and_then(|s| s.lookup(a)).cloned();
+        let pods = enrichment.and_then(|e| e.pods.as_deref());
+        let mut k8s = pods.map(K8sGroups::new);
+        let first = self.runs.partition_point(|r| r.last() < places.start);
+        for run in self.runs[first..].iter().take_while(|r| r.at < places.end) {
+            let meta = &run.meta;
+            let own_pod = pods.map_or(NO_POD, |p| p.of_ifindex(meta.ifindex));
+            // This range's share of the interface's flows.
+            let n = run.flows.len();
+            let lo = run.flows.start + places.start.saturating_sub(run.at).min(n);
+            let hi = run.flows.start + (places.end - run.at).min(n);
+            // Interfaces without known addresses keep the packet addresses.
+            let addrs = meta.meta.as_deref().map(interface_addrs).filter(|a| !a.is_empty());
+            let mut rec = base_record(host, meta, w_start, w_end, LogStatus::Ok);
+            let mut written = 0usize;
+            for at in lo..hi {
+                if let Some((k, v)) = self.slots.get(at + PREFETCH_AHEAD).and_then(|s| drained.flows.get(s.idx())) {
+                    prefetch(k);
+                    prefetch(v);
+                }
+                let (k, v, action, reject_reason) = self.entry(self.slots[at]);
+                if !self.admits(k, action) {
                     continue;
                 }
+                let (pkt_src, pkt_dst) = key_addrs(k);
+                let dir = if k.direction == direction::INGRESS { Direction::Ingress } else { Direction::Egress };
+                let (src, dst) = match &addrs {
+                    Some(a) => semantics::normalise_addrs(dir, pkt_src, pkt_dst, a),
+                    None => (pkt_src, pkt_dst),
+                };
+                let start = unix_secs(v.first_seen_ns, drained.kernel_to_unix_ns).clamp(w_start, w_end);
+                rec.start = start;
+                rec.end = unix_secs(v.last_seen_ns, drained.kernel_to_unix_ns).clamp(start, w_end);
+                rec.srcaddr = Some(src);
+                rec.dstaddr = Some(dst);
+                rec.pkt_srcaddr = Some(pkt_src);
+                rec.pkt_dstaddr = Some(pkt_dst);
+                rec.srcport = Some(k.src_port);
+                rec.dstport = Some(k.dst_port);
+                rec.protocol = Some(k.protocol);
+                rec.packets = Some(v.packets);
+                rec.bytes = Some(v.bytes);
+                rec.action = Some(action);
+                rec.tcp_flags = Some(if k.protocol == 6 { aws_tcp_flags(&v.tcp_flags) } else { 0 });
+                rec.ip_type = Some(semantics::ip_type(pkt_src));
+                rec.flow_direction = Some(dir);
+                if services.is_some() {
+                    rec.pkt_src_aws_service = service_of(pkt_src);
+                    rec.pkt_dst_aws_service = service_of(pkt_dst);
+                }
+                rec.traffic_path = enrichment.and_then(|e| e.routes.as_ref()).and_then(|r| r.path(dir, pkt_dst)).map(|p| p.code());
+                if rec.reject_reason.as_ref() != reject_reason {
+                    rec.reject_reason = reject_reason.cloned();
+                }
+                if let Some(g) = &mut k8s {
+                    // Records of one interface often share a group: no refcount churn then.
+                    let group = g.of(own_pod, Some((pkt_src, pkt_dst)));
+                    if rec.k8s.as_ref().map(Arc::as_ptr) != group.map(Arc::as_ptr) {
+                        rec.k8s = group.cloned();
+                    }
+                }
+                emit(&rec);
+                written += 1;
             }
-            let (src, dst) = match &addrs {
-                Some(a) => semantics::normalise_addrs(dir, pkt_src, pkt_dst, a),
-                None => (pkt_src, pkt_dst),
+            if !places.contains(&run.last()) {
+                continue;
+            }
+            // NODATA only if no flow of the interface passed the filters,
+            // including its flows in the ranges before this one (the first
+            // one checked passes, unless the filters leave flows out).
+            let nodata = || written == 0 && !self.slots[run.flows.start..lo].iter().any(|s| matches!(self.entry(*s), (k, _, a, _) if self.admits(k, a)));
+            let status = if run.skipped {
+                Some(LogStatus::SkipData)
+            } else if nodata() {
+                Some(LogStatus::NoData)
+            } else {
+                None
             };
-            let start = unix_secs(v.first_seen_ns, drained.kernel_to_unix_ns).clamp(w_start, w_end);
-            rec.start = start;
-            rec.end = unix_secs(v.last_seen_ns, drained.kernel_to_unix_ns).clamp(start, w_end);
-            rec.srcaddr = Some(src);
-            rec.dstaddr = Some(dst);
-            rec.pkt_srcaddr = Some(pkt_src);
-            rec.pkt_dstaddr = Some(pkt_dst);
-            rec.srcport = Some(k.src_port);
-            rec.dstport = Some(k.dst_port);
-            rec.protocol = Some(k.protocol);
-            rec.packets = Some(v.packets);
-            rec.bytes = Some(v.bytes);
-            rec.action = Some(action);
-            rec.tcp_flags = Some(if k.protocol == 6 { aws_tcp_flags(&v.tcp_flags) } else { 0 });
-            rec.ip_type = Some(semantics::ip_type(pkt_src));
-            rec.flow_direction = Some(dir);
-            if services.is_some() {
-                rec.pkt_src_aws_service = service_of(pkt_src);
-                rec.pkt_dst_aws_service = service_of(pkt_dst);
+            if let Some(status) = status {
+                let mut r = base_record(host, meta, w_start, w_end, status);
+                if let Some(g) = &mut k8s {
+                    r.k8s = g.of(own_pod, None).cloned();
+                }
+                emit(&r);
             }
-            rec.traffic_path = enrichment.and_then(|e| e.routes.as_ref()).and_then(|r| r.path(dir, pkt_dst)).map(|p| p.code());
-            if rec.reject_reason.as_ref() != reject_reason {
-                rec.reject_reason = reject_reason.cloned();
+        }
+    }
+
+    /// Writes the window as `parts.len()` contiguous ranges ([`Self::ranges`]),
+    /// each on its own thread (the first on this one), handing each range's
+    /// records to `emit` with that range's part: joined in order, the parts
+    /// hold what one [`Self::write`] of the whole window would give.
+    pub fn write_parallel<P: Send>(&self, parts: &mut [P], emit: impl Fn(&mut P, &FlowRecord) + Sync) {
+        let n = parts.len();
+        // Ranges are taken in turn by whichever thread is free; each range
+        // has its part, so the order of the output does not depend on it.
+        let queue = Mutex::new(parts.iter_mut().zip(self.ranges(n)));
+        let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+        let work = || {
+            while let Some((part, range)) = next() {
+                self.write(range, |r| emit(part, r));
             }
-            if let Some(g) = &mut k8s {
-                // Records of one interface often share a group: no refcount churn then.
-                let group = g.of(own_pod, Some((pkt_src, pkt_dst)));
-                if rec.k8s.as_ref().map(Arc::as_ptr) != group.map(Arc::as_ptr) {
-                    rec.k8s = group.cloned();
+        };
+        std::thread::scope(|s| {
+            for _ in 1..n {
+                // Without a thread, the ranges left are written here.
+                if std::thread::Builder::new().name("flowlog-format".into()).spawn_scoped(s, work).is_err() {
+                    break;
                 }
             }
-            emit(&rec);
-            written += 1;
-        }
-        let skipped = failed.contains_key(&meta.ifindex) || drained.unattributed_failures > 0;
-        let status = if skipped {
-            Some(LogStatus::SkipData)
-        } else if written == 0 {
-            Some(LogStatus::NoData)
-        } else {
-            None
-        };
-        if let Some(status) = status {
-            let mut r = base_record(host, meta, w_start, w_end, status);
-            if let Some(g) = &mut k8s {
-                r.k8s = g.of(own_pod, None).cloned();
-            }
-            emit(&r);
-        }
+            work();
+        });
     }
 }
 
@@ -995,4 +1137,197 @@ mod tests {
         k.dst_addr = "fe80::2".parse::<Ipv6Addr>().unwrap().octets();
         assert_eq!(key_addrs(&k), ("2001:db8::1".parse().unwrap(), "fe80::2".parse().unwrap()));
     }
+
+    /// One thread below two threads' worth of places, then one per
+    /// `PLACES_PER_THREAD` up to the cores; ranges cover the places in order.
+    #[test]
+    fn threads_follow_the_window_size() {
+        let host = HostMeta::new("1");
+        let window = |n: usize| drained((0..n).map(|i| (key(2, i as u16, 17, 0), stats(1, 28, 100, 100, 0))).collect(), vec![], 0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // One place per flow plus the interface's last (empty) place.
+        for (flows, want) in [(0, 1), (2 * PLACES_PER_THREAD - 2, 1), (2 * PLACES_PER_THREAD - 1, 2.min(cores)), (8 * PLACES_PER_THREAD, 8.min(cores))] {
+            let d = window(flows);
+            let w = WindowRecords::new(&host, &[iface(2, "a")], &d, None);
+            assert_eq!((w.places(), w.threads()), (flows + 1, want), "{flows} flows");
+        }
+        let d = window(10);
+        let w = WindowRecords::new(&host, &[iface(2, "a")], &d, None);
+        assert_eq!(w.ranges(0), vec![0..11]);
+        assert_eq!(w.ranges(3), [0..3, 3..7, 7..11]);
+    }
+
+    /// A random window: ACCEPT flows (some emptied by the drop program),
+    /// REJECT entries, on interfaces with and without metadata, tags, ECS
+    /// fields or a pod, on idle interfaces, on interfaces not in the list,
+    /// with insert failures; and a random enrichment (filters that leave
+    /// interfaces without records, AWS services, routes, reject reasons,
+    /// pods), or none.
+    fn random_window(rng: &mut fastrand::Rng) -> (Vec<InterfaceMeta>, Drained, Option<Enrichment>) {
+        use crate::metadata::kubernetes::{index::ResolvedPod, model::Pod};
+        use flowlog_common::{InsertFailures, RejectKey};
+        let mut ifindexes: Vec<u32> = (1..20).collect();
+        rng.shuffle(&mut ifindexes);
+        ifindexes.truncate(rng.usize(1..10));
+        let ifaces: Vec<InterfaceMeta> = ifindexes
+            .iter()
+            .map(|&i| {
+                let mut m = if rng.bool() { iface_with_addrs(i, &format!("eni-{i}"), &["10.0.0.3", "10.0.0.4"]) } else { iface(i, &format!("eni-{i}")) };
+                if rng.u8(0..3) == 0 {
+                    let tf = TagFields { instance: vec!["team".into()], network_interface: vec!["env".into()] };
+                    let t = std::collections::BTreeMap::from([("team".to_string(), "net ops".to_string()), ("env".to_string(), format!("e{i}"))]);
+                    m.tags = tf.values(&t, &t);
+                }
+                if rng.u8(0..3) == 0 {
+                    m.ecs = Some(EcsConfig { cluster_name: Some("prod".into()), task_id: Some(format!("t{i}")), ..Default::default() }.meta());
+                }
+                m
+            })
+            .collect();
+        // Flows on some of the interfaces (the others are idle), and now
+        // and then on one the list lacks.
+        let unlisted = 40 + rng.u32(0..3);
+        let busy: Vec<u32> = ifindexes.iter().copied().filter(|_| rng.u8(0..4) != 0).chain([unlisted]).collect();
+        const ADDRS: [&str; 9] = ["10.0.0.3", "10.0.0.4", "10.0.0.2", "10.0.7.9", "169.254.169.254", "52.95.128.7", "10.88.0.2", "10.88.0.3", "192.0.2.1"];
+        const ADDRS6: [&str; 3] = ["2001:db8::1", "fe80::2", "2001:db8::3"];
+        let random_key = |rng: &mut fastrand::Rng| {
+            let ifindex = if rng.u8(0..50) == 0 { busy[busy.len() - 1] } else { busy[rng.usize(..busy.len().max(2) - 1)] };
+            let proto = [6, 17, 1][rng.usize(..3)];
+            let mut k = key(ifindex, rng.u16(..), proto, rng.u8(0..2));
+            k.dst_port = [53, 80, 443, rng.u16(..)][rng.usize(..4)];
+            if rng.u8(0..6) == 0 {
+                k.family = family::IPV6;
+                k.src_addr = ADDRS6[rng.usize(..3)].parse::<Ipv6Addr>().unwrap().octets();
+                k.dst_addr = ADDRS6[rng.usize(..3)].parse::<Ipv6Addr>().unwrap().octets();
+            } else {
+                k.src_addr[..4].copy_from_slice(&ADDRS[rng.usize(..ADDRS.len())].parse::<Ipv4Addr>().unwrap().octets());
+                k.dst_addr[..4].copy_from_slice(&ADDRS[rng.usize(..ADDRS.len())].parse::<Ipv4Addr>().unwrap().octets());
+            }
+            k
+        };
+        // Times on a coarse clock (ties), some before the window's start.
+        let random_stats = |rng: &mut fastrand::Rng, packets: u64| {
+            let first = 99_000_000_000 + rng.u64(0..2000) * 31_000_000;
+            FlowStats {
+                packets,
+                bytes: packets * rng.u64(40..1500),
+                first_seen_ns: first,
+                last_seen_ns: first + rng.u64(0..5_000_000_000),
+                tcp_flags: TcpFlagsSeen::of_packet(rng.u8(..)),
+                _pad: 0,
+            }
+        };
+        let n = [0, rng.usize(0..40), rng.usize(0..3000)][rng.usize(..3)];
+        let flows: Vec<(FlowKey, FlowStats)> = (0..n)
+            .map(|_| {
+                let packets = if rng.u8(0..10) == 0 { 0 } else { rng.u64(1..1000) };
+                (random_key(rng), random_stats(rng, packets))
+            })
+            .collect();
+        let rejects: Vec<(RejectKey, FlowStats)> = (0..rng.usize(0..n / 3 + 1))
+            .map(|_| {
+                let flow = if !flows.is_empty() && rng.bool() { flows[rng.usize(..flows.len())].0 } else { random_key(rng) };
+                let packets = rng.u64(1..10);
+                (RejectKey { flow, reason: [10, 12, 99][rng.usize(..3)] }, random_stats(rng, packets))
+            })
+            .collect();
+        let fails: Vec<(u32, InsertFailures)> =
+            ifindexes.iter().filter(|_| rng.u8(0..5) == 0).map(|&i| (i, InsertFailures { packets: 1, bytes: 60 })).collect();
+        let d = drained(flows, fails, (rng.u8(0..20) == 0) as u64).with_rejects(rejects);
+        if rng.u8(0..4) == 0 {
+            return (ifaces, d, None);
+        }
+        let traffic = ["ALL", "ACCEPT", "REJECT"][rng.usize(..3)];
+        let cfg: EnrichConfig = serde_json::from_str(&format!(
+            r#"{{"exclusions": {{}}, "traffic-type": "{traffic}", "route-table": {{"routes": [
+                {{"destination": "10.0.0.0/16", "target": "local"}}, {{"destination": "0.0.0.0/0", "target": "igw"}}]}}}}"#
+        ))
+        .unwrap();
+        let reasons = RejectReasons { by_value: std::collections::HashMap::from([(10, ("NETFILTER_DROP".into(), None)), (12, ("NO_SOCKET".into(), Some("CLOSED".into())))]) };
+        let mut e = cfg.build(&["10.0.0.0/16".parse().unwrap()], rng.bool(), reasons).unwrap();
+        e.aws_services = Some(AwsServices::from_json(IP_RANGES).unwrap());
+        let pod = |name: &str, ip: &str, ifindex: u32| ResolvedPod {
+            pod: Pod {
+                id: format!("sb-{name}"),
+                namespace: "shop".into(),
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                labels: [("app".to_string(), format!("{name} app"))].into(),
+                ips: vec![ip.parse().unwrap()],
+                netns: None,
+                host_ifaces: vec![],
+            },
+            ifindexes: vec![ifindex],
+        };
+        let pods = [pod("web", "10.88.0.2", ifindexes[0]), pod("db", "10.88.0.3", 19)];
+        e.pods = rng.bool().then(|| Arc::new(PodIndex::build(pods.iter(), Some("app"))));
+        (ifaces, d, Some(e))
+    }
+
+    /// The window formatted (every field, and the default format whose
+    /// per-interface prefix is cached) in contiguous ranges, each with its
+    /// own formatter, joined in order, is byte for byte the window
+    /// formatted in one go: its text, its spool records and its counts; for
+    /// 1 to 8 threads, and for ranges that end at every place of a small
+    /// window (inside an interface's flows, on its NODATA or SKIPDATA place,
+    /// on its first flow).
+    #[test]
+    fn ranges_joined_are_the_whole_window() {
+        use crate::{metrics::RecordCounts, ship::Part};
+        use flowlog_records::format::{Format, ALL_FIELDS};
+        let formats = [Format::from_fields(ALL_FIELDS.to_vec()).unwrap(), Format::default()];
+        let host = HostMeta::new("123456789012");
+        let mut rng = fastrand::Rng::with_seed(22);
+        let (mut ranges_checked, mut nodata, mut filtered_nodata) = (0, 0, 0);
+        for case in 0..300 {
+            let (ifaces, d, e) = random_window(&mut rng);
+            let format = &formats[case % 2];
+            let part = || (Part::new(format, true, true, Vec::new()), RecordCounts::default());
+            let push = |(p, c): &mut (Part, RecordCounts), r: &FlowRecord| {
+                c.add(r);
+                p.push(r);
+            };
+            let mut whole = part();
+            for_each_record(&host, &ifaces, &d, e.as_ref(), |r| push(&mut whole, r));
+            let (want_text, want_spool) = whole.0.output();
+            nodata += whole.1.nodata;
+            let unfiltered = build_records(&host, &ifaces, &d, None);
+            filtered_nodata += whole.1.nodata - unfiltered.iter().filter(|r| r.log_status == LogStatus::NoData).count();
+            let joined = |parts: &[(Part, RecordCounts)]| {
+                let mut counts = RecordCounts::default();
+                let (mut text, mut spool) = (Vec::new(), Vec::new());
+                for (p, c) in parts {
+                    counts.merge(c);
+                    text.extend_from_slice(p.output().0);
+                    spool.extend_from_slice(p.output().1);
+                }
+                (text, spool, counts)
+            };
+            let w = WindowRecords::new(&host, &ifaces, &d, e.as_ref());
+            for threads in 1..=8 {
+                let mut parts: Vec<_> = (0..threads).map(|_| part()).collect();
+                w.write_parallel(&mut parts, push);
+                let (text, spool, counts) = joined(&parts);
+                assert_eq!(String::from_utf8_lossy(&text), String::from_utf8_lossy(want_text), "case {case}, {threads} threads");
+                assert_eq!(spool, want_spool, "case {case}, {threads} threads");
+                assert_eq!(counts, whole.1, "case {case}, {threads} threads");
+            }
+            // Two ranges split at every place of small windows.
+            if w.places() < 200 {
+                for cut in 0..=w.places() {
+                    let mut parts = [part(), part()];
+                    for (p, r) in parts.iter_mut().zip([0..cut, cut..w.places()]) {
+                        w.write(r, |rec| push(p, rec));
+                    }
+                    let (text, spool, counts) = joined(&parts);
+                    assert_eq!(String::from_utf8_lossy(&text), String::from_utf8_lossy(want_text), "case {case}, cut at {cut}");
+                    assert_eq!((spool.as_slice(), counts), (want_spool, whole.1), "case {case}, cut at {cut}");
+                    ranges_checked += 1;
+                }
+            }
+        }
+        // The cases cover what they are for.
+        assert!(ranges_checked > 1000 && nodata > 100 && filtered_nodata > 10, "{ranges_checked} cuts, {nodata} NODATA, {filtered_nodata} by filters");
+    }
+
 }

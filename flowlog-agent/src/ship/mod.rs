@@ -140,33 +140,86 @@ impl Default for ShipConfig {
 /// One window on its way to the outputs (from [`Shipper::window`]).
 pub struct WindowWriter<'a> {
     shipper: &'a mut Shipper,
-    /// The window's format, with its per-interface prefix cache.
-    lines: LineWriter<'a>,
+    format: &'a Format,
+    /// The window's records, formatted, in order: one part, or one per
+    /// range formatted on its own thread ([`WindowWriter::parts`]).
+    parts: Vec<Part<'a>>,
+}
+
+/// Records formatted for every output: a window's, or one contiguous range
+/// of them, formatted on its own (see [`WindowWriter::parts`]).
+pub struct Part<'f> {
+    /// The format, with its per-interface prefix cache (which depends only on
+    /// the record, so a part can start anywhere in a window).
+    lines: LineWriter<'f>,
     /// Lines for the direct outputs, `\n`-terminated.
     text: Vec<u8>,
-    /// The batch for the spooled outputs.
-    spooled: Option<Batch>,
+    /// Whether there are direct outputs (otherwise `text` is scratch).
+    direct: bool,
+    /// The records for the spooled outputs.
+    spooled: Option<Vec<SpoolRecord>>,
     records: usize,
 }
 
-impl WindowWriter<'_> {
+impl<'f> Part<'f> {
+    /// `direct`: keep the lines for direct outputs; `spooled`: make spool
+    /// records; `text`: a buffer to reuse (what it holds is dropped).
+    pub fn new(format: &'f Format, direct: bool, spooled: bool, mut text: Vec<u8>) -> Self {
+        text.clear();
+        Part { lines: LineWriter::new(format), text, direct, spooled: spooled.then(Vec::new), records: 0 }
+    }
+
+    /// The lines for the direct outputs, and the spool records.
+    pub fn output(&self) -> (&[u8], &[SpoolRecord]) {
+        (&self.text, self.spooled.as_deref().unwrap_or_default())
+    }
+
+    /// Its text buffer, to reuse.
+    pub fn into_text(self) -> Vec<u8> {
+        self.text
+    }
+
     pub fn push(&mut self, r: &FlowRecord) {
         let start = self.text.len();
         self.lines.write(r, &mut self.text);
         if let Some(b) = &mut self.spooled {
-            b.records.push(SpoolRecord {
+            b.push(SpoolRecord {
                 interface_id: r.interface_id.as_deref().unwrap_or("-").to_string(),
                 start: r.start,
                 end: r.end,
                 line: String::from_utf8(self.text[start..].to_vec()).expect("records are ASCII"),
             });
         }
-        if self.shipper.direct.is_empty() {
-            self.text.truncate(start);
-        } else {
+        if self.direct {
             self.text.push(b'\n');
+        } else {
+            self.text.truncate(start);
         }
         self.records += 1;
+    }
+}
+
+impl<'a> WindowWriter<'a> {
+    pub fn push(&mut self, r: &FlowRecord) {
+        if self.parts.is_empty() {
+            self.parts = self.parts(1);
+        }
+        if let Some(p) = self.parts.last_mut() {
+            p.push(r);
+        }
+    }
+
+    /// `n` empty parts, to be filled each with a contiguous range of the
+    /// window's records (on its own thread) and handed back in order with
+    /// [`WindowWriter::append`].
+    pub fn parts(&mut self, n: usize) -> Vec<Part<'a>> {
+        let (direct, spooled) = (!self.shipper.direct.is_empty(), !self.shipper.tasks.is_empty());
+        (0..n).map(|_| Part::new(self.format, direct, spooled, self.shipper.texts.pop().unwrap_or_default())).collect()
+    }
+
+    /// Adds parts after the records so far.
+    pub fn append(&mut self, parts: impl IntoIterator<Item = Part<'a>>) {
+        self.parts.extend(parts);
     }
 
     /// Writes the direct outputs and appends to the spool. Never waits for
@@ -174,22 +227,33 @@ impl WindowWriter<'_> {
     /// spooled ones), whether the records were written.
     pub fn finish(self) -> Vec<(String, bool)> {
         let mut results = Vec::new();
+        let records: usize = self.parts.iter().map(|p| p.records).sum();
+        let text: Vec<&[u8]> = self.parts.iter().map(|p| &p.text[..]).filter(|t| !t.is_empty()).collect();
         for s in &mut self.shipper.direct {
-            let res = s.write_batch(&self.text);
+            let res = s.write_batch(&text);
             if let Err(e) = &res {
-                error!(output = %s.describe(), records = self.records, "records of this window were not written: {e:#}");
+                error!(output = %s.describe(), records, "records of this window were not written: {e:#}");
             }
             results.push((s.describe(), res.is_ok()));
         }
-        if let Some(batch) = self.spooled.filter(|b| !b.records.is_empty()) {
+        let spooled = if self.shipper.tasks.is_empty() { 0 } else { records };
+        let mut batch = Batch { header: self.format.header(), records: Vec::with_capacity(spooled) };
+        let mut texts = Vec::with_capacity(self.parts.len());
+        for p in self.parts {
+            batch.records.extend(p.spooled.into_iter().flatten());
+            texts.push(p.text);
+        }
+        if !batch.records.is_empty() {
             results.push(("spool".to_string(), self.shipper.send_batch(&batch)));
         }
-        // Kept for the next window (no page faults for a buffer of the same
+        // Kept for the next window (no page faults for buffers of the same
         // size), unless this window was much smaller than a past peak.
-        let mut text = self.text;
-        if text.capacity() <= 2 * text.len() + (1 << 20) {
-            text.clear();
-            self.shipper.text = text;
+        self.shipper.texts.clear();
+        for mut text in texts {
+            if text.capacity() <= 2 * text.len() + (1 << 20) {
+                text.clear();
+                self.shipper.texts.push(text);
+            }
         }
         results
     }
@@ -209,8 +273,8 @@ pub struct Shipper {
     flush_interval: Duration,
     /// Per spooled destination, by name.
     pub stats: Vec<(String, Arc<ShipStats>)>,
-    /// The direct outputs' text buffer, reused across windows.
-    text: Vec<u8>,
+    /// The direct outputs' text buffers, reused across windows.
+    texts: Vec<Vec<u8>>,
 }
 
 /// A spooled destination's delivery task.
@@ -265,7 +329,7 @@ impl Shipper {
             shutdown_timeout: cfg.shutdown_timeout,
             flush_interval: cfg.flush_interval,
             stats: Vec::new(),
-            text: Vec::new(),
+            texts: Vec::new(),
         };
         let r = sh.prepare(cfg).await?;
         sh.install(r)?;
@@ -472,9 +536,7 @@ impl Shipper {
     /// so that a window is held as text, never as a `Vec<FlowRecord>`.
     /// Each record is formatted once, whatever the number of outputs.
     pub fn window<'a>(&'a mut self, format: &'a Format) -> WindowWriter<'a> {
-        let spooled = (!self.tasks.is_empty()).then(|| Batch { header: format.header(), records: Vec::new() });
-        let text = std::mem::take(&mut self.text);
-        WindowWriter { shipper: self, lines: LineWriter::new(format), text, spooled, records: 0 }
+        WindowWriter { shipper: self, format, parts: Vec::new() }
     }
 
     /// Appends a batch to the spool (spooled outputs only).
@@ -641,4 +703,49 @@ mod tests {
 (options: format=text|parquet, hive, per-hour, joined with &), `cloudwatch:<log-group>[?retention=<days>&class=standard|infrequent-access]` or `firehose:<delivery-stream>`; the AWS ones also take region=<region>, endpoint=<url> and role-arn=<arn>"
         );
     }
+
+    /// A window formatted in parts (one of them empty), appended in order,
+    /// writes what the window sent whole writes: the same bytes to a direct
+    /// output, the same batch to the spool.
+    #[tokio::test]
+    async fn a_window_in_parts_ships_as_one() {
+        use flowlog_records::record::LogStatus;
+        let dir = std::env::temp_dir().join(format!("flowlog-parts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (file, objects) = (dir.join("flows.log"), dir.join("objects"));
+        let cfg = ShipConfig {
+            outputs: vec![format!("file:{}", file.display()).parse().unwrap(), format!("dir:{}", objects.display()).parse().unwrap()],
+            spool_dir: dir.join("spool"),
+            flush_interval: Duration::from_secs(3600),
+            ..ShipConfig::default()
+        };
+        let mut sh = Shipper::start(&cfg).await.unwrap();
+        let format = Format::default();
+        let records: Vec<FlowRecord> = (0..30u64)
+            .map(|i| {
+                let status = if i % 10 == 9 { LogStatus::NoData } else { LogStatus::Ok };
+                let mut r = FlowRecord::status_only("123456789012".into(), format!("eni-{}", i / 10).into(), 100 + i, 160, status);
+                r.packets = (status == LogStatus::Ok).then_some(i);
+                r
+            })
+            .collect();
+        assert_eq!(sh.send(&format, &records), [(format!("file:{}", file.display()), true), ("spool".to_string(), true)]);
+        let whole = std::fs::read(&file).unwrap();
+        let mut w = sh.window(&format);
+        let mut parts = w.parts(4);
+        for (part, range) in parts.iter_mut().zip([0..7, 7..7, 7..19, 19..30]) {
+            records[range].iter().for_each(|r| part.push(r));
+        }
+        w.append(parts);
+        assert_eq!(w.finish(), [(format!("file:{}", file.display()), true), ("spool".to_string(), true)]);
+        assert_eq!(std::fs::read(&file).unwrap(), [&whole[..], &whole[..]].concat());
+        let mut spooled = sh.spool().unwrap().reader(&sh.stats[0].0);
+        let (first, _) = spooled.next_batch().unwrap().unwrap();
+        let (second, _) = spooled.next_batch().unwrap().unwrap();
+        assert_eq!(first.records.len(), 30);
+        assert_eq!(second, first);
+        sh.shutdown().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
 }

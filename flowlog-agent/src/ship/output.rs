@@ -94,8 +94,10 @@ pub trait OutputSpec: fmt::Debug + fmt::Display + Send + Sync + Any {
 
 /// A direct output, written as each window is shipped.
 pub trait Sink: Send {
-    /// Writes a batch of newline-terminated records in one go.
-    fn write_batch(&mut self, lines: &[u8]) -> Result<()>;
+    /// Writes a batch of newline-terminated records in one go: the parts,
+    /// in order (a window formatted on several cores is one part per core,
+    /// not copied into one buffer).
+    fn write_batch(&mut self, parts: &[&[u8]]) -> Result<()>;
     fn describe(&self) -> String;
 }
 

@@ -68,8 +68,10 @@ struct FileSink {
 }
 
 impl Sink for FileSink {
-    fn write_batch(&mut self, lines: &[u8]) -> Result<()> {
-        self.file.write_all(lines).with_context(|| format!("writing {}", self.path.display()))?;
+    fn write_batch(&mut self, parts: &[&[u8]]) -> Result<()> {
+        for p in parts {
+            self.file.write_all(p).with_context(|| format!("writing {}", self.path.display()))?;
+        }
         self.file.flush()?;
         Ok(())
     }
@@ -89,12 +91,12 @@ mod tests {
         let path = dir.join("sub/out.log");
         let o = FileOutput { path: path.clone(), mode: None };
         let mut s = o.open().unwrap();
-        s.write_batch(b"a\n").unwrap();
-        s.write_batch(b"b\n").unwrap();
+        s.write_batch(&[b"a\n"]).unwrap();
+        s.write_batch(&[b"b\n", b"", b"c\n"]).unwrap();
         drop(s);
         let mut s = o.open().unwrap();
-        s.write_batch(b"c\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\nc\n");
+        s.write_batch(&[b"d\n"]).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\nc\nd\n");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -37,9 +37,11 @@ impl OutputSpec for Stdout {
 struct StdoutSink(io::Stdout);
 
 impl Sink for StdoutSink {
-    fn write_batch(&mut self, lines: &[u8]) -> Result<()> {
+    fn write_batch(&mut self, parts: &[&[u8]]) -> Result<()> {
         let mut l = self.0.lock();
-        l.write_all(lines)?;
+        for p in parts {
+            l.write_all(p)?;
+        }
         l.flush()?;
         Ok(())
     }

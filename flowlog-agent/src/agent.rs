@@ -36,7 +36,7 @@ use crate::{
         refresh::Refresher,
         InterfaceMetadata, LinkId, MetadataProvider, ProviderKind, Snapshot,
     },
-    metrics::{self, Metrics, RecordCounts},
+    metrics::{self, Metrics},
     ship::{Reconfig, ShipConfig, Shipper},
 };
 
@@ -469,24 +469,12 @@ impl Agent {
     /// Whether at least one output (or the spool) took them: only then may the
     /// kernel tables forget them.
     fn ship(&mut self, drained: &Drained) -> bool {
-        let mut counts = RecordCounts::default();
         // The pods of this window from the kept listings (no runtime call).
         let (start, end) = (drained.window_start_unix_ns, drained.window_end_unix_ns);
         self.enrichment.pods = self.pods.as_ref().and_then(|p| p.window(start, end));
-        let mut window = self.shipper.window(&self.cfg.format);
-        // A large window is formatted on every core, a range each.
         let records = enrich::WindowRecords::new(&self.host, &self.ifs.in_window, drained, Some(&self.enrichment));
-        let mut parts: Vec<_> = window.parts(records.threads()).into_iter().map(|p| (p, RecordCounts::default())).collect();
-        records.write_parallel(&mut parts, |(part, counts), r| {
-            counts.add(r);
-            part.push(r);
-        });
-        for (part, c) in parts {
-            counts.merge(&c);
-            window.append([part]);
-        }
+        let (results, counts) = self.shipper.write_window(&self.cfg.format, &records);
         self.metrics.records(&counts);
-        let results = window.finish();
         for (output, ok) in &results {
             self.metrics.shipped(output, counts.total(), *ok);
         }

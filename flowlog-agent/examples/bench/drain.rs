@@ -41,7 +41,7 @@ use flowlog_agent::{
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
     drain::Drained,
-    ship::{file::FileOutput, parquet, OutputSpec, Part},
+    ship::{file::FileOutput, parquet, OutputSpec, Part, ShipConfig, Shipper},
 };
 use flowlog_common::{family, maps, FlowKey, FlowSlot, FlowStats, TcpFlagsSeen};
 
@@ -102,6 +102,11 @@ pub struct Row {
     pub bytes: u64,
     /// Peak and after-load resident set, KiB.
     pub maxrss_kib: u64,
+    /// Peak resident set of a second child that only does what the agent
+    /// does per window (`Shipper::write_window` to a `file:` output), KiB,
+    /// and that call's median wall ms.
+    pub agent_maxrss_kib: u64,
+    pub agent_write_ms: f64,
     pub base_rss_kib: u64,
     /// rotate() of an empty table: the flip and RCU barrier alone.
     pub empty_rotate_ms: f64,
@@ -139,7 +144,28 @@ pub fn run() -> Result<Results> {
                 .parse()
                 .with_context(|| format!("{k} in {line}"))
         };
+        let agent = Command::new(&exe)
+            .args([CHILD_ARG, &flows.to_string(), fam, &windows.to_string()])
+            .arg(&out_dir)
+            .args([table, "agent"])
+            .output()
+            .context("starting the drain child")?;
+        if !agent.status.success() {
+            bail!("agent-path child for {flows} flows failed: {}", String::from_utf8_lossy(&agent.stderr));
+        }
+        let agent = String::from_utf8_lossy(&agent.stdout);
+        let agent_line = agent.lines().find(|l| l.starts_with("RESULT ")).ok_or_else(|| anyhow!("no result from child: {agent}"))?;
+        let agent_get = |k: &str| -> Result<f64> {
+            agent_line
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                .ok_or_else(|| anyhow!("no {k} in {agent_line}"))?
+                .parse()
+                .with_context(|| format!("{k} in {agent_line}"))
+        };
         rows.push(Row {
+            agent_maxrss_kib: agent_get("maxrss_kib")? as u64,
+            agent_write_ms: agent_get("write_ms")?,
             flows,
             table: table.into(),
             family: if fam == "v4" { "IPv4".into() } else { "IPv6".into() },
@@ -194,16 +220,18 @@ pub fn print(r: &Results) {
          time on idle cores), and \"CPU, all threads\": the sort plus every range. Peak RSS = \
          `ru_maxrss` of a child process that loads the programs as the agent does and runs these windows; \
          \"drained\" is the part of it that is the window's `Vec` of drained flows (the text is the bytes of \
-         section 4).\n"
+         section 4); that child holds each pass's whole text. \"agent peak RSS\": a second child that does only \
+         what the agent does per window (`Shipper::write_window` to a `file:` output: records on every core, \
+         written out 65,536 at a time), and \"agent write\" that call's wall time.\n"
     );
     println!(
-        "| flows | family | table | drain | (in kernel) | (release) | drain wall | records | format | format before | drain+format | records/s/core | user part /core | user part before | threads | user part, all cores (wall) | records/s, all cores | drain+format, all cores | critical path | records/s, critical path | CPU, all threads | peak RSS | (drained) | RSS after load |"
+        "| flows | family | table | drain | (in kernel) | (release) | drain wall | records | format | format before | drain+format | records/s/core | user part /core | user part before | threads | user part, all cores (wall) | records/s, all cores | drain+format, all cores | critical path | records/s, critical path | CPU, all threads | peak RSS | (drained) | RSS after load | agent peak RSS | agent write |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for x in &r.rows {
         let total = x.rotate_ms + x.enrich_ms + x.format_ms;
         println!(
-            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.2} M | {} | {:.1} ms | {:.2} M | {:.1} ms | {:.1} ms | {:.2} M | {:.1} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2} M | {:.2} M | {:.2} M | {} | {:.1} ms | {:.2} M | {:.1} ms | {:.1} ms | {:.2} M | {:.1} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} ms |",
             thousands(x.flows),
             x.family,
             x.table,
@@ -228,6 +256,8 @@ pub fn print(r: &Results) {
             x.maxrss_kib as f64 / 1024.0,
             x.drained_mib,
             x.base_rss_kib as f64 / 1024.0,
+            x.agent_maxrss_kib as f64 / 1024.0,
+            x.agent_write_ms,
         );
     }
     let mut empty: Vec<f64> = r.rows.iter().map(|x| x.empty_rotate_ms).collect();
@@ -559,8 +589,74 @@ fn formatter_only(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drain
 }
 
 /// `__drain-child <flows> <v4|v6> <windows> <out dir>`
+/// The agent's own per-window path, alone in its process: drain, then
+/// `Shipper::write_window` (records on every core, written to a `file:`
+/// output a piece at a time), then release. Its peak RSS is the agent's.
+fn child_agent(n: usize, v6: bool, windows: usize, out_dir: &str, kind: TableKind) -> Result<()> {
+    let max_flows = (n.next_power_of_two() as u32).max(65_536);
+    let (_capture, mut tables) = Capture::loader(max_flows).table(kind).load()?;
+    let flow_maps = match kind {
+        TableKind::Hash => [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?],
+        TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],
+    };
+    let capacity = tables.slot_capacity().unwrap_or(0);
+    let (host, interfaces) = bench_interfaces();
+    let format = Format::default();
+    let path = Path::new(out_dir).join(format!("agent-{}.log", std::process::id()));
+    let cfg = ShipConfig { outputs: vec![format!("file:{}", path.display()).parse().map_err(|e| anyhow!("{e}"))?], ..ShipConfig::default() };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut shipper = rt.block_on(Shipper::start(&cfg))?;
+    tables.rotate()?;
+    let mut current = 1;
+    let mut write = vec![];
+    for _ in 0..windows {
+        match kind {
+            TableKind::Hash => fill(&flow_maps[current], n, v6)?,
+            TableKind::Slots => fill_slots(&flow_maps[current], capacity, n, v6)?,
+        }
+        current = 1 - current;
+        let drained = tables.rotate()?;
+        let t0 = Instant::now();
+        let records = enrich::WindowRecords::new(&host, &interfaces, &drained, None);
+        let (results, counts) = shipper.write_window(&format, &records);
+        write.push(t0.elapsed().as_secs_f64() * 1e3);
+        ensure!(results.iter().all(|(_, ok)| *ok) && counts.total() == n, "{results:?}, {} records", counts.total());
+        tables.release(&drained)?;
+        let lines = fs::read(&path)?.iter().filter(|&&b| b == b'\n').count();
+        ensure!(lines == n, "the file holds {lines} lines, the window {n} flows");
+        // Emptied for the next window (the output appends: O_APPEND).
+        fs::OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+    }
+    // SAFETY: getrusage with a valid out pointer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    rt.block_on(shipper.shutdown());
+    let _ = fs::remove_file(&path);
+    println!("RESULT maxrss_kib={} write_ms={:.3}", ru.ru_maxrss, median(&mut write));
+    Ok(())
+}
+
+/// The one interface every bench window's flows are on.
+fn bench_interfaces() -> (HostMeta, [InterfaceMeta; 1]) {
+    let host = HostMeta::new("123456789012");
+    let interfaces = [InterfaceMeta {
+        ifindex: IFINDEX,
+        name: "eth0".into(),
+        interface_id: links::derived_interface_id("bench-machine", "eth0").into(),
+        meta: None,
+        tags: None,
+        ecs: None,
+    }];
+    (host, interfaces)
+}
+
 pub fn child(args: &[String]) -> Result<()> {
-    let [n, fam, windows, out_dir, table] = args else { bail!("usage: {CHILD_ARG} FLOWS v4|v6 WINDOWS OUT_DIR hash|slots") };
+    if let [n, fam, windows, out_dir, table, mode] = args {
+        ensure!(mode == "agent", "unknown drain child mode {mode}");
+        let kind = if table == "slots" { TableKind::Slots } else { TableKind::Hash };
+        return child_agent(n.parse()?, fam == "v6", windows.parse()?, out_dir, kind);
+    }
+    let [n, fam, windows, out_dir, table] = args else { bail!("usage: {CHILD_ARG} FLOWS v4|v6 WINDOWS OUT_DIR hash|slots [agent]") };
     let n: usize = n.parse()?;
     let windows: usize = windows.parse()?;
     let v6 = fam == "v6";
@@ -572,15 +668,7 @@ pub fn child(args: &[String]) -> Result<()> {
         TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],
     };
     let capacity = tables.slot_capacity().unwrap_or(0);
-    let host = HostMeta::new("123456789012");
-    let interfaces = [InterfaceMeta {
-        ifindex: IFINDEX,
-        name: "eth0".into(),
-        interface_id: links::derived_interface_id("bench-machine", "eth0").into(),
-        meta: None,
-        tags: None,
-        ecs: None,
-    }];
+    let (host, interfaces) = bench_interfaces();
     let format = Format::default();
     let path = Path::new(out_dir).join(format!("flows-{}.log", std::process::id()));
     let base_rss = rss_kib("VmRSS:");

@@ -382,6 +382,13 @@ pub fn for_each_record(
 /// stays on one thread and leaves the other cores alone.
 pub const PLACES_PER_THREAD: usize = 25_000;
 
+/// `n` (at least one) contiguous ranges of about the same length, covering
+/// `r` in order.
+fn split(r: Range<usize>, n: usize) -> Vec<Range<usize>> {
+    let (n, lo, len) = (n.max(1), r.start, r.len());
+    (0..n).map(|i| lo + len * i / n..lo + len * (i + 1) / n).collect()
+}
+
 /// One interface's part of a window's output.
 struct Run {
     meta: InterfaceMeta,
@@ -496,8 +503,14 @@ impl<'a> WindowRecords<'a> {
     /// `n` (at least one) contiguous ranges of about the same number of
     /// places, covering the window in order.
     pub fn ranges(&self, n: usize) -> Vec<Range<usize>> {
-        let (n, len) = (n.max(1), self.places());
-        (0..n).map(|i| len * i / n..len * (i + 1) / n).collect()
+        split(0..self.places(), n)
+    }
+
+    /// The window in consecutive pieces of `size` places (the last may be
+    /// shorter; none for an empty window).
+    pub fn pieces(&self, size: usize) -> impl Iterator<Item = Range<usize>> {
+        let (len, size) = (self.places(), size.max(1));
+        (0..len).step_by(size).map(move |lo| lo..(lo + size).min(len))
     }
 
     fn entry(&self, slot: Slot) -> (&FlowKey, &FlowStats, Action, Option<&Arc<str>>) {
@@ -621,10 +634,15 @@ impl<'a> WindowRecords<'a> {
     /// records to `emit` with that range's part: joined in order, the parts
     /// hold what one [`Self::write`] of the whole window would give.
     pub fn write_parallel<P: Send>(&self, parts: &mut [P], emit: impl Fn(&mut P, &FlowRecord) + Sync) {
+        self.write_parallel_in(0..self.places(), parts, emit)
+    }
+
+    /// [`WindowRecords::write_parallel`] for the places in `within` only.
+    pub fn write_parallel_in<P: Send>(&self, within: Range<usize>, parts: &mut [P], emit: impl Fn(&mut P, &FlowRecord) + Sync) {
         let n = parts.len();
         // Ranges are taken in turn by whichever thread is free; each range
         // has its part, so the order of the output does not depend on it.
-        let queue = Mutex::new(parts.iter_mut().zip(self.ranges(n)));
+        let queue = Mutex::new(parts.iter_mut().zip(split(within, n)));
         let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
         let work = || {
             while let Some((part, range)) = next() {
@@ -1271,6 +1289,50 @@ mod tests {
     /// 1 to 8 threads, and for ranges that end at every place of a small
     /// window (inside an interface's flows, on its NODATA or SKIPDATA place,
     /// on its first flow).
+    /// `Shipper::write_window` (on every core, written out a piece at a
+    /// time) hands the outputs exactly what the window sent whole does: the
+    /// same file bytes, the same spool batch, the same counts.
+    #[tokio::test]
+    async fn a_window_written_in_pieces_is_the_whole_window() {
+        use crate::{metrics::RecordCounts, ship::{ShipConfig, Shipper}};
+        let dir = std::env::temp_dir().join(format!("flowlog-pieces-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (file, objects) = (dir.join("flows.log"), dir.join("objects"));
+        let cfg = ShipConfig {
+            outputs: vec![format!("file:{}", file.display()).parse().unwrap(), format!("dir:{}", objects.display()).parse().unwrap()],
+            spool_dir: dir.join("spool"),
+            flush_interval: std::time::Duration::from_secs(3600),
+            ..ShipConfig::default()
+        };
+        let mut sh = Shipper::start(&cfg).await.unwrap();
+        let mut spooled = sh.spool().unwrap().reader(&sh.stats[0].0);
+        let format = flowlog_records::format::Format::default();
+        let host = HostMeta::new("123456789012");
+        let mut rng = fastrand::Rng::with_seed(64);
+        for case in 0..40 {
+            let (ifaces, d, e) = random_window(&mut rng);
+            let whole = build_records(&host, &ifaces, &d, e.as_ref());
+            let mut want_counts = RecordCounts::default();
+            whole.iter().for_each(|r| want_counts.add(r));
+            let before = std::fs::metadata(&file).map_or(0, |m| m.len() as usize);
+            let sent = sh.send(&format, &whole);
+            let text = std::fs::read(&file).unwrap();
+            let want = text[before..].to_vec();
+            let piece = [1, 2, 7, 64, 100_000][case % 5];
+            let (results, counts) = sh.write_window_in(&format, &WindowRecords::new(&host, &ifaces, &d, e.as_ref()), piece);
+            assert_eq!(results, sent, "case {case}");
+            assert_eq!(std::fs::read(&file).unwrap()[text.len()..], want[..], "case {case}, pieces of {piece}");
+            assert_eq!(format!("{counts:?}"), format!("{want_counts:?}"), "case {case}");
+            if !whole.is_empty() {
+                let (a, _) = spooled.next_batch().unwrap().unwrap();
+                let (b, _) = spooled.next_batch().unwrap().unwrap();
+                assert_eq!(a, b, "case {case}");
+            }
+        }
+        sh.shutdown().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn ranges_joined_are_the_whole_window() {
         use crate::{metrics::RecordCounts, ship::Part};

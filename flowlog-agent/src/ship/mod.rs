@@ -43,6 +43,8 @@ use flowlog_records::{
     record::FlowRecord,
 };
 use spool::{Batch, Pos, Spool, SpoolRecord};
+
+use crate::{enrich::WindowRecords, metrics::RecordCounts};
 pub use destination::{BoxFut, Destination, ShipStats};
 pub use output::{Output, OutputSpec, Registration, Sink, StartContext};
 pub use stop::Stop;
@@ -137,13 +139,27 @@ impl Default for ShipConfig {
     }
 }
 
+/// Records formatted and written to the direct outputs at a time by
+/// [`Shipper::write_window`]: about 8 MiB of text in the default format, so
+/// a window of a million flows holds 8 MiB of text instead of 113
+/// (BENCHMARKS.md, issue #22), and each core still gets
+/// [`crate::enrich::PLACES_PER_THREAD`] or more of a piece.
+pub const WINDOW_PIECE: usize = 1 << 16;
+
 /// One window on its way to the outputs (from [`Shipper::window`]).
 pub struct WindowWriter<'a> {
     shipper: &'a mut Shipper,
     format: &'a Format,
-    /// The window's records, formatted, in order: one part, or one per
-    /// range formatted on its own thread ([`WindowWriter::parts`]).
+    /// The window's records formatted since the last [`WindowWriter::flush`],
+    /// in order: one part, or one per range formatted on its own thread
+    /// ([`WindowWriter::parts`]).
     parts: Vec<Part<'a>>,
+    /// The records for the spooled outputs, the whole window's.
+    spooled: Vec<SpoolRecord>,
+    records: usize,
+    /// Per direct output (in `shipper.direct`'s order), the error of a write
+    /// of this window: later flushes skip it, the window is not written there.
+    failed: Vec<Option<anyhow::Error>>,
 }
 
 /// Records formatted for every output: a window's, or one contiguous range
@@ -217,43 +233,61 @@ impl<'a> WindowWriter<'a> {
         (0..n).map(|_| Part::new(self.format, direct, spooled, self.shipper.texts.pop().unwrap_or_default())).collect()
     }
 
+    /// Room for a window's spool records, where there are spooled outputs.
+    pub fn reserve(&mut self, records: usize) {
+        if !self.shipper.tasks.is_empty() {
+            self.spooled.reserve_exact(records);
+        }
+    }
+
     /// Adds parts after the records so far.
     pub fn append(&mut self, parts: impl IntoIterator<Item = Part<'a>>) {
         self.parts.extend(parts);
     }
 
-    /// Writes the direct outputs and appends to the spool. Never waits for
-    /// a destination. Returns, per direct output (and `spool` for the
-    /// spooled ones), whether the records were written.
-    pub fn finish(self) -> Vec<(String, bool)> {
-        let mut results = Vec::new();
-        let records: usize = self.parts.iter().map(|p| p.records).sum();
+    /// Writes the lines so far to the direct outputs and frees their text,
+    /// so that a large window is written in pieces rather than held whole
+    /// (its text was most of the agent's peak memory: BENCHMARKS.md, #22).
+    /// The pieces go out in order and nothing else writes to those outputs
+    /// in between, so the outputs get the same bytes as from one write.
+    pub fn flush(&mut self) {
         let text: Vec<&[u8]> = self.parts.iter().map(|p| &p.text[..]).filter(|t| !t.is_empty()).collect();
-        for s in &mut self.shipper.direct {
-            let res = s.write_batch(&text);
-            if let Err(e) = &res {
-                error!(output = %s.describe(), records, "records of this window were not written: {e:#}");
+        if !text.is_empty() {
+            for (s, failed) in self.shipper.direct.iter_mut().zip(self.failed.iter_mut()) {
+                if failed.is_none() {
+                    *failed = s.write_batch(&text).err();
+                }
             }
-            results.push((s.describe(), res.is_ok()));
         }
-        let spooled = if self.shipper.tasks.is_empty() { 0 } else { records };
-        let mut batch = Batch { header: self.format.header(), records: Vec::with_capacity(spooled) };
-        let mut texts = Vec::with_capacity(self.parts.len());
-        for p in self.parts {
-            batch.records.extend(p.spooled.into_iter().flatten());
-            texts.push(p.text);
-        }
-        if !batch.records.is_empty() {
-            results.push(("spool".to_string(), self.shipper.send_batch(&batch)));
-        }
-        // Kept for the next window (no page faults for buffers of the same
-        // size), unless this window was much smaller than a past peak.
-        self.shipper.texts.clear();
-        for mut text in texts {
+        // Kept for the next pieces and windows (no page faults for buffers
+        // of the same size), unless much larger than what they held.
+        for mut p in self.parts.drain(..) {
+            self.records += p.records;
+            self.spooled.extend(p.spooled.take().into_iter().flatten());
+            let mut text = p.into_text();
             if text.capacity() <= 2 * text.len() + (1 << 20) {
                 text.clear();
                 self.shipper.texts.push(text);
             }
+        }
+    }
+
+    /// Writes the direct outputs and appends to the spool. Never waits for
+    /// a destination. Returns, per direct output (and `spool` for the
+    /// spooled ones), whether the records were written.
+    pub fn finish(mut self) -> Vec<(String, bool)> {
+        self.flush();
+        let records = self.records;
+        let mut results = Vec::new();
+        for (s, failed) in self.shipper.direct.iter().zip(&self.failed) {
+            if let Some(e) = failed {
+                error!(output = %s.describe(), records, "records of this window were not written: {e:#}");
+            }
+            results.push((s.describe(), failed.is_none()));
+        }
+        let batch = Batch { header: self.format.header(), records: std::mem::take(&mut self.spooled) };
+        if !batch.records.is_empty() {
+            results.push(("spool".to_string(), self.shipper.send_batch(&batch)));
         }
         results
     }
@@ -532,11 +566,41 @@ impl Shipper {
         w.finish()
     }
 
+    /// Formats a window's records and hands them to every output: a large
+    /// window on every core, a range each, and written out a piece at a
+    /// time (its whole text is never held). Returns what
+    /// [`WindowWriter::finish`] returns and the records' counts.
+    pub fn write_window(&mut self, format: &Format, records: &WindowRecords) -> (Vec<(String, bool)>, RecordCounts) {
+        self.write_window_in(format, records, WINDOW_PIECE)
+    }
+
+    /// [`Shipper::write_window`] in pieces of `piece` records (tests).
+    pub(crate) fn write_window_in(&mut self, format: &Format, records: &WindowRecords, piece: usize) -> (Vec<(String, bool)>, RecordCounts) {
+        let mut counts = RecordCounts::default();
+        let mut window = self.window(format);
+        window.reserve(records.places());
+        let threads = records.threads();
+        for piece in records.pieces(piece) {
+            let mut parts: Vec<_> = window.parts(threads).into_iter().map(|p| (p, RecordCounts::default())).collect();
+            records.write_parallel_in(piece, &mut parts, |(part, counts), r| {
+                counts.add(r);
+                part.push(r);
+            });
+            for (part, c) in parts {
+                counts.merge(&c);
+                window.append([part]);
+            }
+            window.flush();
+        }
+        (window.finish(), counts)
+    }
+
     /// Starts handing a window's records to every output, one at a time,
     /// so that a window is held as text, never as a `Vec<FlowRecord>`.
     /// Each record is formatted once, whatever the number of outputs.
     pub fn window<'a>(&'a mut self, format: &'a Format) -> WindowWriter<'a> {
-        WindowWriter { shipper: self, format, parts: Vec::new() }
+        let failed = self.direct.iter().map(|_| None).collect();
+        WindowWriter { shipper: self, format, parts: Vec::new(), spooled: Vec::new(), records: 0, failed }
     }
 
     /// Appends a batch to the spool (spooled outputs only).
@@ -739,11 +803,28 @@ mod tests {
         w.append(parts);
         assert_eq!(w.finish(), [(format!("file:{}", file.display()), true), ("spool".to_string(), true)]);
         assert_eq!(std::fs::read(&file).unwrap(), [&whole[..], &whole[..]].concat());
+        // Written out a piece at a time (`flush`), as `write_window` does.
+        let mut w = sh.window(&format);
+        for range in [0..7, 7..7, 7..19, 19..30] {
+            let mut parts = w.parts(2);
+            let mid = (range.start + range.end) / 2;
+            records[range.start..mid].iter().for_each(|r| parts[0].push(r));
+            records[mid..range.end].iter().for_each(|r| parts[1].push(r));
+            w.append(parts);
+            w.flush();
+            // Out at once: the window's lines so far follow the two windows.
+            let so_far: Vec<u8> = whole.split_inclusive(|b| *b == b'\n').take(range.end).flatten().copied().collect();
+            assert_eq!(std::fs::read(&file).unwrap(), [&whole[..], &whole[..], &so_far[..]].concat());
+        }
+        assert_eq!(w.finish(), [(format!("file:{}", file.display()), true), ("spool".to_string(), true)]);
+        assert_eq!(std::fs::read(&file).unwrap(), [&whole[..], &whole[..], &whole[..]].concat());
         let mut spooled = sh.spool().unwrap().reader(&sh.stats[0].0);
         let (first, _) = spooled.next_batch().unwrap().unwrap();
         let (second, _) = spooled.next_batch().unwrap().unwrap();
+        let (third, _) = spooled.next_batch().unwrap().unwrap();
         assert_eq!(first.records.len(), 30);
         assert_eq!(second, first);
+        assert_eq!(third, first);
         sh.shutdown().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -539,8 +539,11 @@ fn filter_set() -> KernelFilters {
     }
 }
 
+/// A drained entry as [`entries`] lists it: key, packets, bytes, flags.
+type Entry = (FlowKey, u64, u64, u8);
+
 /// Frames each kind of [`filter_set`] keeps or drops: (kept, their entries, dropped).
-fn filter_frames() -> (Vec<Vec<u8>>, Vec<(FlowKey, u64, u64, u8)>, Vec<Vec<u8>>) {
+fn filter_frames() -> (Vec<Vec<u8>>, Vec<Entry>, Vec<Vec<u8>>) {
     let udp = |src: [u8; 4], dst: [u8; 4], sport, dport| frame_v4(&[], &V4::new(src, dst), &L4::Udp { sport, dport, payload: 0 });
     let (a, b, out1, out2, ex) = ([10, 1, 0, 1], [10, 1, 0, 2], [10, 2, 0, 1], [10, 3, 0, 2], [10, 1, 9, 5]);
     let kept = vec![

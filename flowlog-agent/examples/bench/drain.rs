@@ -40,7 +40,7 @@ use flowlog_agent::{
     capture::Capture,
     enrich::{self, HostMeta, InterfaceMeta},
     capture::links,
-    drain::Drained,
+    drain::{Drained, FlowTables},
     ship::{file::FileOutput, parquet, OutputSpec, Part, ShipConfig, Shipper},
 };
 use flowlog_common::{family, maps, FlowKey, FlowSlot, FlowStats, TcpFlagsSeen};
@@ -126,43 +126,31 @@ pub fn run() -> Result<Results> {
     for (flows, fam, windows) in CASES {
       for table in TABLES {
         eprintln!("    {} flows ({fam}), {table} table, {windows} windows", thousands(flows));
-        let out = Command::new(&exe)
-            .args([CHILD_ARG, &flows.to_string(), fam, &windows.to_string()])
-            .arg(&out_dir)
-            .arg(table)
-            .output()
-            .context("starting the drain child")?;
-        if !out.status.success() {
-            bail!("drain child for {flows} flows failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.starts_with("RESULT ")).ok_or_else(|| anyhow!("no result from child: {text}"))?;
-        let get = |k: &str| -> Result<f64> {
+        let child = |mode: &[&str]| -> Result<String> {
+            let out = Command::new(&exe)
+                .args([CHILD_ARG, &flows.to_string(), fam, &windows.to_string()])
+                .arg(&out_dir)
+                .arg(table)
+                .args(mode)
+                .output()
+                .context("starting the drain child")?;
+            if !out.status.success() {
+                bail!("drain child {mode:?} for {flows} flows failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text.lines().find(|l| l.starts_with("RESULT ")).ok_or_else(|| anyhow!("no result from child: {text}"))?;
+            Ok(line.to_string())
+        };
+        let (line, agent_line) = (child(&[])?, child(&["agent"])?);
+        let field = |line: &str, k: &str| -> Result<f64> {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
                 .ok_or_else(|| anyhow!("no {k} in {line}"))?
                 .parse()
                 .with_context(|| format!("{k} in {line}"))
         };
-        let agent = Command::new(&exe)
-            .args([CHILD_ARG, &flows.to_string(), fam, &windows.to_string()])
-            .arg(&out_dir)
-            .args([table, "agent"])
-            .output()
-            .context("starting the drain child")?;
-        if !agent.status.success() {
-            bail!("agent-path child for {flows} flows failed: {}", String::from_utf8_lossy(&agent.stderr));
-        }
-        let agent = String::from_utf8_lossy(&agent.stdout);
-        let agent_line = agent.lines().find(|l| l.starts_with("RESULT ")).ok_or_else(|| anyhow!("no result from child: {agent}"))?;
-        let agent_get = |k: &str| -> Result<f64> {
-            agent_line
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-                .ok_or_else(|| anyhow!("no {k} in {agent_line}"))?
-                .parse()
-                .with_context(|| format!("{k} in {agent_line}"))
-        };
+        let get = |k: &str| field(&line, k);
+        let agent_get = |k: &str| field(&agent_line, k);
         rows.push(Row {
             agent_maxrss_kib: agent_get("maxrss_kib")? as u64,
             agent_write_ms: agent_get("write_ms")?,
@@ -593,36 +581,27 @@ fn formatter_only(host: &HostMeta, interfaces: &[InterfaceMeta], drained: &Drain
 /// `Shipper::write_window` (records on every core, written to a `file:`
 /// output a piece at a time), then release. Its peak RSS is the agent's.
 fn child_agent(n: usize, v6: bool, windows: usize, out_dir: &str, kind: TableKind) -> Result<()> {
-    let max_flows = (n.next_power_of_two() as u32).max(65_536);
-    let (_capture, mut tables) = Capture::loader(max_flows).table(kind).load()?;
-    let flow_maps = match kind {
-        TableKind::Hash => [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?],
-        TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],
-    };
-    let capacity = tables.slot_capacity().unwrap_or(0);
+    let mut w = Windows::load(n, kind)?;
     let (host, interfaces) = bench_interfaces();
     let format = Format::default();
     let path = Path::new(out_dir).join(format!("agent-{}.log", std::process::id()));
     let cfg = ShipConfig { outputs: vec![format!("file:{}", path.display()).parse().map_err(|e| anyhow!("{e}"))?], ..ShipConfig::default() };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut shipper = rt.block_on(Shipper::start(&cfg))?;
-    tables.rotate()?;
-    let mut current = 1;
+    w.tables.rotate()?;
     let mut write = vec![];
     for _ in 0..windows {
-        match kind {
-            TableKind::Hash => fill(&flow_maps[current], n, v6)?,
-            TableKind::Slots => fill_slots(&flow_maps[current], capacity, n, v6)?,
-        }
-        current = 1 - current;
-        let drained = tables.rotate()?;
+        w.fill(n, v6)?;
+        let drained = w.tables.rotate()?;
         let t0 = Instant::now();
         let records = enrich::WindowRecords::new(&host, &interfaces, &drained, None);
         let (results, counts) = shipper.write_window(&format, &records);
         write.push(t0.elapsed().as_secs_f64() * 1e3);
         ensure!(results.iter().all(|(_, ok)| *ok) && counts.total() == n, "{results:?}, {} records", counts.total());
-        tables.release(&drained)?;
-        let lines = fs::read(&path)?.iter().filter(|&&b| b == b'\n').count();
+        w.tables.release(&drained)?;
+        // Counted a buffer at a time: reading the file whole would add its
+        // size to the peak this child measures.
+        let lines = count_lines(&path)?;
         ensure!(lines == n, "the file holds {lines} lines, the window {n} flows");
         // Emptied for the next window (the output appends: O_APPEND).
         fs::OpenOptions::new().write(true).open(&path)?.set_len(0)?;
@@ -634,6 +613,54 @@ fn child_agent(n: usize, v6: bool, windows: usize, out_dir: &str, kind: TableKin
     let _ = fs::remove_file(&path);
     println!("RESULT maxrss_kib={} write_ms={:.3}", ru.ru_maxrss, median(&mut write));
     Ok(())
+}
+
+fn count_lines(path: &Path) -> Result<usize> {
+    use std::io::Read;
+    let (mut f, mut buf, mut n) = (fs::File::open(path)?, vec![0u8; 1 << 16], 0);
+    loop {
+        match f.read(&mut buf)? {
+            0 => return Ok(n),
+            k => n += buf[..k].iter().filter(|&&b| b == b'\n').count(),
+        }
+    }
+}
+
+/// The agent's programs and maps for windows of `n` flows, filled from
+/// userspace one window at a time.
+struct Windows {
+    _capture: Capture,
+    tables: FlowTables,
+    kind: TableKind,
+    /// Both generations' flow maps, and the one the next window fills.
+    maps: [OwnedFd; 2],
+    current: usize,
+    capacity: u32,
+}
+
+impl Windows {
+    fn load(n: usize, kind: TableKind) -> Result<Windows> {
+        let max_flows = (n.next_power_of_two() as u32).max(65_536);
+        let (_capture, tables) = Capture::loader(max_flows).table(kind).load()?;
+        let maps = match kind {
+            TableKind::Hash => [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?],
+            TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],
+        };
+        let capacity = tables.slot_capacity().unwrap_or(0);
+        // Generation 0 is current after loading; each rotate() flips it.
+        Ok(Windows { _capture, tables, kind, maps, current: 1, capacity })
+    }
+
+    /// Fills the generation the next `rotate()` reads (call `rotate()` once
+    /// after loading, so that it is generation 1).
+    fn fill(&mut self, n: usize, v6: bool) -> Result<()> {
+        match self.kind {
+            TableKind::Hash => fill(&self.maps[self.current], n, v6)?,
+            TableKind::Slots => fill_slots(&self.maps[self.current], self.capacity, n, v6)?,
+        }
+        self.current = 1 - self.current;
+        Ok(())
+    }
 }
 
 /// The one interface every bench window's flows are on.
@@ -661,21 +688,13 @@ pub fn child(args: &[String]) -> Result<()> {
     let windows: usize = windows.parse()?;
     let v6 = fam == "v6";
     let kind = if table == "slots" { TableKind::Slots } else { TableKind::Hash };
-    let max_flows = (n.next_power_of_two() as u32).max(65_536);
-    let (_capture, mut tables) = Capture::loader(max_flows).table(kind).load()?;
-    let flow_maps = match kind {
-        TableKind::Hash => [own_map_fd(maps::FLOWS_0)?, own_map_fd(maps::FLOWS_1)?],
-        TableKind::Slots => [own_map_fd(maps::SLOTS_0)?, own_map_fd(maps::SLOTS_1)?],
-    };
-    let capacity = tables.slot_capacity().unwrap_or(0);
+    let mut w = Windows::load(n, kind)?;
     let (host, interfaces) = bench_interfaces();
     let format = Format::default();
     let path = Path::new(out_dir).join(format!("flows-{}.log", std::process::id()));
     let base_rss = rss_kib("VmRSS:");
 
-    // Generation 0 is current after loading; each rotate() flips it.
-    let ((), _, empty_rotate) = timed(|| tables.rotate().map(drop))?;
-    let mut current = 1;
+    let ((), _, empty_rotate) = timed(|| w.tables.rotate().map(drop))?;
 
     let (mut rot, mut rot_wall, mut rot_sys, mut enr, mut fmt, mut shp) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut fmt_ref = vec![];
@@ -688,14 +707,10 @@ pub fn child(args: &[String]) -> Result<()> {
         // The last window's flows are kept for the formatter-only pass, not
         // across windows (they would add to the peak).
         drop(last.take());
-        match kind {
-            TableKind::Hash => fill(&flow_maps[current], n, v6)?,
-            TableKind::Slots => fill_slots(&flow_maps[current], capacity, n, v6)?,
-        }
-        current = 1 - current;
+        w.fill(n, v6)?;
 
         let sys0 = sys_cpu_ms();
-        let (drained, cpu, wall) = timed(|| tables.rotate())?;
+        let (drained, cpu, wall) = timed(|| w.tables.rotate())?;
         rot.push(cpu);
         rot_wall.push(wall);
         rot_sys.push(sys_cpu_ms() - sys0);
@@ -750,7 +765,7 @@ pub fn child(args: &[String]) -> Result<()> {
 
         // The window leaves the kernel only once shipped: part of the drain.
         let sys0 = sys_cpu_ms();
-        let ((), cpu, wall) = timed(|| tables.release(&drained))?;
+        let ((), cpu, wall) = timed(|| w.tables.release(&drained))?;
         rel.push(cpu);
         let (last_cpu, last_wall, last_sys) = (rot.last_mut().unwrap(), rot_wall.last_mut().unwrap(), rot_sys.last_mut().unwrap());
         *last_cpu += cpu;

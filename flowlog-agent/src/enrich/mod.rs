@@ -1294,17 +1294,8 @@ mod tests {
     /// same file bytes, the same spool batch, the same counts.
     #[tokio::test]
     async fn a_window_written_in_pieces_is_the_whole_window() {
-        use crate::{metrics::RecordCounts, ship::{ShipConfig, Shipper}};
-        let dir = std::env::temp_dir().join(format!("flowlog-pieces-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (file, objects) = (dir.join("flows.log"), dir.join("objects"));
-        let cfg = ShipConfig {
-            outputs: vec![format!("file:{}", file.display()).parse().unwrap(), format!("dir:{}", objects.display()).parse().unwrap()],
-            spool_dir: dir.join("spool"),
-            flush_interval: std::time::Duration::from_secs(3600),
-            ..ShipConfig::default()
-        };
-        let mut sh = Shipper::start(&cfg).await.unwrap();
+        use crate::metrics::RecordCounts;
+        let (dir, file, mut sh) = crate::ship::tests::file_and_dir("pieces").await;
         let mut spooled = sh.spool().unwrap().reader(&sh.stats[0].0);
         let format = flowlog_records::format::Format::default();
         let host = HostMeta::new("123456789012");

@@ -61,16 +61,28 @@ pub struct Batch {
     pub records: Vec<SpoolRecord>,
 }
 
+/// Appends one record in the spool's encoding: what [`Batch::encode`] writes
+/// per record. The agent encodes a window's records as it formats them
+/// ([`Spool::append_encoded`]), never holding them as [`SpoolRecord`]s.
+pub fn encode_record(out: &mut Vec<u8>, start: u64, end: u64, interface_id: &str, line: &[u8]) {
+    out.extend_from_slice(&start.to_le_bytes());
+    out.extend_from_slice(&end.to_le_bytes());
+    put_bytes(out, interface_id.as_bytes());
+    put_bytes(out, line);
+}
+
+/// What precedes a batch's records in its encoding.
+fn encode_head(out: &mut Vec<u8>, header: &str, records: usize) {
+    put_bytes(out, header.as_bytes());
+    out.extend_from_slice(&(records as u32).to_le_bytes());
+}
+
 impl Batch {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.header.len() + self.records.iter().map(|r| r.line.len() + r.interface_id.len() + 24).sum::<usize>());
-        put_bytes(&mut out, self.header.as_bytes());
-        out.extend_from_slice(&(self.records.len() as u32).to_le_bytes());
+        encode_head(&mut out, &self.header, self.records.len());
         for r in &self.records {
-            out.extend_from_slice(&r.start.to_le_bytes());
-            out.extend_from_slice(&r.end.to_le_bytes());
-            put_bytes(&mut out, r.interface_id.as_bytes());
-            put_bytes(&mut out, r.line.as_bytes());
+            encode_record(&mut out, r.start, r.end, &r.interface_id, r.line.as_bytes());
         }
         out
     }
@@ -324,11 +336,35 @@ impl Spool {
     /// Appends a batch (durable against a crash of the agent once this
     /// returns; `fdatasync`ed against a crash of the machine).
     pub fn append(&self, batch: &Batch) -> Result<Pos> {
-        let payload = batch.encode();
+        let mut records = Vec::new();
+        for r in &batch.records {
+            encode_record(&mut records, r.start, r.end, &r.interface_id, r.line.as_bytes());
+        }
+        let oldest_end = batch.records.iter().map(|r| r.end).min();
+        self.append_encoded(&batch.header, batch.records.len(), &[&records], oldest_end)
+    }
+
+    /// [`Spool::append`] of a batch whose records are already encoded
+    /// ([`encode_record`]): `records` of them in the `encoded` buffers, in
+    /// order, the earliest record end `oldest_end` (none: no records).
+    /// Written as they are, with no copy into one frame.
+    pub fn append_encoded(&self, header: &str, records: usize, encoded: &[&[u8]], oldest_end: Option<u64>) -> Result<Pos> {
+        let mut head = Vec::with_capacity(header.len() + 8);
+        encode_head(&mut head, header, records);
+        let payload_len = head.len() + encoded.iter().map(|b| b.len()).sum::<usize>();
+        // The reader takes a larger frame for garbage.
+        anyhow::ensure!(payload_len as u64 <= MAX_FRAME, "a batch of {records} records is {payload_len} bytes, over the spool's frame limit of {MAX_FRAME}");
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        encoded.iter().for_each(|b| crc.update(b));
+        let mut frame_head = Vec::with_capacity(8);
+        frame_head.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        frame_head.extend_from_slice(&crc.finalize().to_le_bytes());
+        let frame_len = (frame_head.len() + payload_len) as u64;
         let mut g = self.inner.lock().unwrap();
         let inner = &mut *g;
         let (&active_id, &size) = inner.segments.iter().next_back().unwrap();
-        let (active_id, size) = if size > 0 && size + payload.len() as u64 + FRAME_HEADER > inner.segment_max {
+        let (active_id, size) = if size > 0 && size + frame_len > inner.segment_max {
             let id = active_id + 1;
             let path = seg_path(&inner.dir, id);
             inner.active = new_segment(&path).with_context(|| format!("spool segment {}", path.display()))?;
@@ -337,18 +373,15 @@ impl Spool {
         } else {
             (active_id, size)
         };
-        let mut frame = Vec::with_capacity(payload.len() + 8);
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
-        if let Err(e) = inner.active.write_all(&frame).and_then(|_| inner.active.sync_data()) {
+        let written = [&frame_head[..], &head[..]].into_iter().chain(encoded.iter().copied()).try_for_each(|b| inner.active.write_all(b));
+        if let Err(e) = written.and_then(|_| inner.active.sync_data()) {
             // Undo a partial write so the segment stays readable.
             let _ = inner.active.set_len(size);
             return Err(e).context("appending to the spool");
         }
-        let end = size + frame.len() as u64;
+        let end = size + frame_len;
         inner.segments.insert(active_id, end);
-        if let Some(t) = batch.records.iter().map(|r| r.end).min() {
+        if let Some(t) = oldest_end {
             inner.waiting.push_back((Pos { segment: active_id, offset: end }, t));
         }
         self.stats.appended_batches.fetch_add(1, Ordering::Relaxed);

@@ -39,7 +39,7 @@ use flowlog_agent::{
     capture::{Capture, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM},
     drain::FlowTables,
 };
-use flowlog_common::direction;
+use flowlog_common::{bench_cut, direction};
 
 use crate::{
     kernel::BENCH_OBJECT,
@@ -62,6 +62,9 @@ pub enum Config {
     FlowlogTc,
     /// The default attachment, with the hash flow table (kernels before 5.12).
     FlowlogTcHash,
+    /// The default attachment with programs that stop part-way
+    /// (`flowlog_common::bench_cut`): where the added cost goes.
+    TcCut(u32),
 }
 
 impl Config {
@@ -73,15 +76,34 @@ impl Config {
             Config::PassTc => "pass-only: TC ingress on b, TC egress on a",
             Config::FlowlogTc => "**flowlog as attached by default on veths: TC ingress on b, TC egress on a** (slot table)",
             Config::FlowlogTcHash => "the same with the hash table (the default before Linux 5.12)",
+            Config::TcCut(bench_cut::AFTER_PARSE) => "the default hooks stopping after the parse",
+            Config::TcCut(bench_cut::AFTER_FILTERS) => "the default hooks stopping after the filters and sampling",
+            Config::TcCut(_) => "the default hooks stopping after the generation and clock (all but the table entry)",
         }
     }
+    /// Runs the agent's programs (a cut or whole).
     fn agent(self) -> bool {
-        matches!(self, Config::FlowlogXdp | Config::FlowlogTc | Config::FlowlogTcHash)
+        matches!(self, Config::FlowlogXdp | Config::FlowlogTc | Config::FlowlogTcHash | Config::TcCut(_))
+    }
+    /// Counts every packet (checked against the interfaces' counters).
+    fn counts(self) -> bool {
+        self.agent() && !matches!(self, Config::TcCut(_))
     }
 }
 
-const CONFIGS: [Config; 6] =
-    [Config::None, Config::PassXdp, Config::FlowlogXdp, Config::PassTc, Config::FlowlogTc, Config::FlowlogTcHash];
+const CUTS: [u32; 3] = [bench_cut::AFTER_PARSE, bench_cut::AFTER_FILTERS, bench_cut::BEFORE_TABLE];
+
+const CONFIGS: [Config; 9] = [
+    Config::None,
+    Config::PassXdp,
+    Config::FlowlogXdp,
+    Config::PassTc,
+    Config::TcCut(CUTS[0]),
+    Config::TcCut(CUTS[1]),
+    Config::TcCut(CUTS[2]),
+    Config::FlowlogTc,
+    Config::FlowlogTcHash,
+];
 
 pub struct Row {
     pub config: Config,
@@ -271,7 +293,7 @@ fn attach(c: Config, agent: &mut Ebpf, bench: &mut Ebpf, t: &Topo, b_idx: u32) -
             attach_xdp(ebpf, xdp_prog, &t.b, b_idx, &mut att)?;
             attach_tc(ebpf, tc_prog, &t.a, &t.a_if, TcAttachType::Egress, &mut att)?;
         }
-        Config::PassTc | Config::FlowlogTc | Config::FlowlogTcHash => {
+        Config::PassTc | Config::FlowlogTc | Config::FlowlogTcHash | Config::TcCut(_) => {
             attach_tc(ebpf, tc_in_prog, &t.b, &t.b_if, TcAttachType::Ingress, &mut att)?;
             attach_tc(ebpf, tc_prog, &t.a, &t.a_if, TcAttachType::Egress, &mut att)?;
         }
@@ -354,6 +376,10 @@ pub fn run(rounds: usize, secs: f64) -> Result<Results> {
     let (mut capture_hash, mut tables_hash): (Capture, FlowTables) =
         Capture::loader(65_536).table(TableKind::Hash).load()?;
     ensure!(!BENCH_OBJECT.is_empty(), "the benchmark programs were not built (FLOWLOG_EBPF_OBJECT is set)");
+    let mut cut_captures = Vec::new();
+    for cut in CUTS {
+        cut_captures.push((cut, Capture::loader(65_536).table(TableKind::Slots).bench_cut(cut).load()?));
+    }
     // XDP is verified on first use (Capture::xdp_program).
     capture.xdp_program()?;
     capture_hash.xdp_program()?;
@@ -384,8 +410,14 @@ pub fn run(rounds: usize, secs: f64) -> Result<Results> {
             eprintln!("    round {}/{rounds}: {}", round + 1, c.name());
             let before_b = if_counters(&t.b, &t.b_if)?;
             let before_a = if_counters(&t.a, &t.a_if)?;
-            let (agent, tables) =
-                if c == Config::FlowlogTcHash { (&mut capture_hash, &mut tables_hash) } else { (&mut capture, &mut tables) };
+            let (agent, tables) = match c {
+                Config::FlowlogTcHash => (&mut capture_hash, &mut tables_hash),
+                Config::TcCut(cut) => {
+                    let (_, (c, t)) = cut_captures.iter_mut().find(|(x, _)| *x == cut).expect("loaded above");
+                    (c, t)
+                }
+                _ => (&mut capture, &mut tables),
+            };
             let att = attach(c, agent.ebpf_mut(), &mut bench, &t, b_idx)?;
             let res = sample(&t, &frames, senders, secs);
             // Let the last packets in flight through before detaching.
@@ -394,7 +426,7 @@ pub fn run(rounds: usize, secs: f64) -> Result<Results> {
             let (rate, cost) = res?;
             rates[i].push(rate);
             costs[i].push(cost);
-            if c.agent() {
+            if c.counts() {
                 // Every packet counted once at each hook: what b received
                 // (XDP / TC ingress), and what a sent or the veth dropped
                 // after the TC egress hook.
@@ -503,7 +535,7 @@ pub fn run_tcp(rounds: usize, secs: f64) -> Result<Vec<TcpRow>> {
             let res = tcp_sample(&t, secs);
             detach(c, capture.ebpf_mut(), &mut bench, att)?;
             rates[i].push(res?);
-            if c.agent() {
+            if c.counts() {
                 // The stream went through the agent's hooks and was counted.
                 let d = tables.rotate()?;
                 tables.release(&d)?;

@@ -678,16 +678,16 @@ fn bench_interfaces() -> (HostMeta, [InterfaceMeta; 1]) {
 }
 
 pub fn child(args: &[String]) -> Result<()> {
-    if let [n, fam, windows, out_dir, table, mode] = args {
-        ensure!(mode == "agent", "unknown drain child mode {mode}");
-        let kind = if table == "slots" { TableKind::Slots } else { TableKind::Hash };
-        return child_agent(n.parse()?, fam == "v6", windows.parse()?, out_dir, kind);
-    }
-    let [n, fam, windows, out_dir, table] = args else { bail!("usage: {CHILD_ARG} FLOWS v4|v6 WINDOWS OUT_DIR hash|slots [agent]") };
+    let [n, fam, windows, out_dir, table, mode @ ..] = args else { bail!("usage: {CHILD_ARG} FLOWS v4|v6 WINDOWS OUT_DIR hash|slots [agent]") };
     let n: usize = n.parse()?;
     let windows: usize = windows.parse()?;
     let v6 = fam == "v6";
     let kind = if table == "slots" { TableKind::Slots } else { TableKind::Hash };
+    match mode {
+        [] => {}
+        [m] if m == "agent" => return child_agent(n, v6, windows, out_dir, kind),
+        _ => bail!("unknown drain child mode {mode:?}"),
+    }
     let mut w = Windows::load(n, kind)?;
     let (host, interfaces) = bench_interfaces();
     let format = Format::default();

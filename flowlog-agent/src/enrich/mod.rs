@@ -524,13 +524,11 @@ impl<'a> WindowRecords<'a> {
         }
     }
 
-    /// Whether the filters let this flow through (no enrichment: all).
-    fn admits(&self, k: &FlowKey, action: Action) -> bool {
+    /// Whether the filters let this flow through (no enrichment: all);
+    /// `addrs`: the key's packet addresses ([`key_addrs`]).
+    fn admits(&self, k: &FlowKey, action: Action, (src, dst): (IpAddr, IpAddr)) -> bool {
         let Some(e) = self.enrichment else { return true };
-        let excluded = e.exclusions.as_ref().is_some_and(|x| {
-            let (src, dst) = key_addrs(k);
-            x.excludes(src, dst, k.protocol, k.src_port, k.dst_port)
-        });
+        let excluded = e.exclusions.as_ref().is_some_and(|x| x.excludes(src, dst, k.protocol, k.src_port, k.dst_port));
         !excluded && e.traffic_type.admits(Some(action))
     }
 
@@ -562,10 +560,10 @@ impl<'a> WindowRecords<'a> {
                     prefetch(v);
                 }
                 let (k, v, action, reject_reason) = self.entry(self.slots[at]);
-                if !self.admits(k, action) {
+                let (pkt_src, pkt_dst) = key_addrs(k);
+                if !self.admits(k, action, (pkt_src, pkt_dst)) {
                     continue;
                 }
-                let (pkt_src, pkt_dst) = key_addrs(k);
                 let dir = if k.direction == direction::INGRESS { Direction::Ingress } else { Direction::Egress };
                 let (src, dst) = match &addrs {
                     Some(a) => semantics::normalise_addrs(dir, pkt_src, pkt_dst, a),
@@ -611,7 +609,7 @@ impl<'a> WindowRecords<'a> {
             // NODATA only if no flow of the interface passed the filters,
             // including its flows in the ranges before this one (the first
             // one checked passes, unless the filters leave flows out).
-            let nodata = || written == 0 && !self.slots[run.flows.start..lo].iter().any(|s| matches!(self.entry(*s), (k, _, a, _) if self.admits(k, a)));
+            let nodata = || written == 0 && !self.slots[run.flows.start..lo].iter().any(|s| matches!(self.entry(*s), (k, _, a, _) if self.admits(k, a, key_addrs(k))));
             let status = if run.skipped {
                 Some(LogStatus::SkipData)
             } else if nodata() {

@@ -183,7 +183,6 @@ pub struct Part<'f> {
 #[derive(Default)]
 struct Spooled {
     encoded: Vec<Vec<u8>>,
-    records: usize,
     /// The earliest record end (the spool tracks its age).
     oldest_end: Option<u64>,
 }
@@ -196,13 +195,11 @@ impl Spooled {
         if let Some(b) = self.encoded.last_mut() {
             spool::encode_record(b, r.start, r.end, r.interface_id.as_deref().unwrap_or("-"), line);
         }
-        self.records += 1;
         self.oldest_end = Some(self.oldest_end.map_or(r.end, |t| t.min(r.end)));
     }
 
     fn extend(&mut self, other: Spooled) {
         self.encoded.extend(other.encoded);
-        self.records += other.records;
         self.oldest_end = match (self.oldest_end, other.oldest_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -261,7 +258,6 @@ impl<'a> WindowWriter<'a> {
         (0..n).map(|_| Part::new(self.format, direct, spooled, self.shipper.texts.pop().unwrap_or_default())).collect()
     }
 
-
     /// Adds parts after the records so far.
     pub fn append(&mut self, parts: impl IntoIterator<Item = Part<'a>>) {
         self.parts.extend(parts);
@@ -309,9 +305,10 @@ impl<'a> WindowWriter<'a> {
             }
             results.push((s.describe(), failed.is_none()));
         }
+        // Parts make spool records (and their buffer) only for spooled outputs.
         let sp = std::mem::take(&mut self.spooled);
-        if sp.records > 0 {
-            results.push(("spool".to_string(), self.shipper.send_encoded(&self.format.header(), &sp)));
+        if !sp.encoded.is_empty() {
+            results.push(("spool".to_string(), self.shipper.send_encoded(&self.format.header(), records, &sp)));
         }
         results
     }
@@ -627,11 +624,11 @@ impl Shipper {
     }
 
     /// Appends a window's encoded records to the spool (spooled outputs only).
-    fn send_encoded(&mut self, header: &str, sp: &Spooled) -> bool {
+    fn send_encoded(&mut self, header: &str, records: usize, sp: &Spooled) -> bool {
         if let Some(spool) = &self.spool {
             let encoded: Vec<&[u8]> = sp.encoded.iter().map(|b| &b[..]).collect();
-            if let Err(e) = spool.append_encoded(header, sp.records, &encoded, sp.oldest_end) {
-                error!(records = sp.records, "records of this window could not be spooled and are lost: {e:#}");
+            if let Err(e) = spool.append_encoded(header, records, &encoded, sp.oldest_end) {
+                error!(records, "records of this window could not be spooled and are lost: {e:#}");
                 return false;
             }
         }

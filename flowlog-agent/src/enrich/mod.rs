@@ -279,42 +279,83 @@ impl Slot {
     }
 }
 
-/// Sorts the window's flows into output order. Where the spans of the
-/// ifindexes, of the first-packet times and of the indexes fit in 64 bits
-/// together (one interface, a minute of nanoseconds and a million flows take
-/// 56), the sort runs on 64-bit keys, each part shifted into its own bits, so
-/// the order is the same: half the bytes to move and compare of the 128-bit
-/// slots (a million of those took 50-60 ms to sort, 64-bit keys 22-37 ms;
-/// BENCHMARKS.md, issue #22).
-fn sort_slots(slots: &mut [Slot]) {
-    let fields = |s: &Slot| ((s.0 >> 96) as u32, (s.0 >> 32) as u64, s.0 as u32);
-    let Some(first) = slots.first().map(fields) else { return };
-    let (mut lo, mut hi) = (first, first);
-    for (i, t, x) in slots.iter().map(fields) {
-        lo = (lo.0.min(i), lo.1.min(t), lo.2.min(x));
-        hi = (hi.0.max(i), hi.1.max(t), hi.2.max(x));
+/// The window's flows in output order. Where the spans of the ifindexes, of
+/// the first-packet times and of the indexes fit in 64 bits together (one
+/// interface, a minute of nanoseconds and a million flows take 56), each
+/// flow is one 64-bit key, each part shifted into its own bits, so the order
+/// is the same as the 128-bit [`Slot`]s': half the bytes to move and compare
+/// (a million slots took 50-60 ms to sort, 64-bit keys 22-37 ms), and the
+/// keys are kept rather than turned back into slots, so that a window of a
+/// million flows holds 8 MiB of order, not 16 plus 8 while sorting
+/// (BENCHMARKS.md, issue #22: the peak RSS).
+enum Order {
+    Packed { keys: Vec<u64>, lo: (u32, u64, u32), t_bits: u32, x_bits: u32 },
+    Wide(Vec<Slot>),
+}
+
+impl Order {
+    /// Sorts the slots `each` yields (called twice: once for the spans,
+    /// once for the keys, so the slots are never collected when they pack).
+    fn sorted<I: Iterator<Item = Slot>>(each: impl Fn() -> I) -> Order {
+        let fields = |s: Slot| ((s.0 >> 96) as u32, (s.0 >> 32) as u64, s.0 as u32);
+        let mut spans = None;
+        for (i, t, x) in each().map(fields) {
+            let (lo, hi) = spans.get_or_insert(((i, t, x), (i, t, x)));
+            *lo = (lo.0.min(i), lo.1.min(t), lo.2.min(x));
+            *hi = (hi.0.max(i), hi.1.max(t), hi.2.max(x));
+        }
+        let Some((lo, hi)) = spans else { return Order::Wide(Vec::new()) };
+        let bits = |span: u64| 64 - span.leading_zeros();
+        let (i_bits, t_bits, x_bits) = (bits((hi.0 - lo.0) as u64), bits(hi.1 - lo.1), bits((hi.2 - lo.2) as u64));
+        if i_bits + t_bits + x_bits > 64 {
+            let mut slots: Vec<Slot> = each().collect();
+            slots.sort_unstable();
+            return Order::Wide(slots);
+        }
+        let mut keys: Vec<u64> = each()
+            .map(fields)
+            .map(|(i, t, x)| (((i - lo.0) as u128) << (t_bits + x_bits) | ((t - lo.1) as u128) << x_bits | (x - lo.2) as u128) as u64)
+            .collect();
+        keys.sort_unstable();
+        Order::Packed { keys, lo, t_bits, x_bits }
     }
-    let bits = |span: u64| 64 - span.leading_zeros();
-    let (i_bits, t_bits, x_bits) = (bits((hi.0 - lo.0) as u64), bits(hi.1 - lo.1), bits((hi.2 - lo.2) as u64));
-    if i_bits + t_bits + x_bits > 64 {
-        return slots.sort_unstable();
+
+    fn len(&self) -> usize {
+        match self {
+            Order::Packed { keys, .. } => keys.len(),
+            Order::Wide(slots) => slots.len(),
+        }
     }
-    let mut keys: Vec<u64> = slots
-        .iter()
-        .map(fields)
-        .map(|(i, t, x)| {
-            let key = ((i - lo.0) as u128) << (t_bits + x_bits) | ((t - lo.1) as u128) << x_bits | (x - lo.2) as u128;
-            key as u64
-        })
-        .collect();
-    keys.sort_unstable();
-    let mask = |b: u32| (1u128 << b) - 1;
-    for (slot, k) in slots.iter_mut().zip(keys) {
-        let k = k as u128;
-        let i = (k >> (t_bits + x_bits)) as u32 + lo.0;
-        let t = ((k >> x_bits) & mask(t_bits)) as u64 + lo.1;
-        let x = (k & mask(x_bits)) as u32 + lo.2;
-        *slot = Slot::new(i, t, x as usize);
+
+    /// The `at`-th flow in output order; `at` < [`Self::len`].
+    #[inline(always)]
+    fn get(&self, at: usize) -> Slot {
+        match self {
+            Order::Packed { keys, lo, t_bits, x_bits } => {
+                let k = keys[at] as u128;
+                let mask = |b: u32| (1u128 << b) - 1;
+                let i = (k >> (t_bits + x_bits)) as u32 + lo.0;
+                let t = ((k >> x_bits) & mask(*t_bits)) as u64 + lo.1;
+                let x = (k & mask(*x_bits)) as u32 + lo.2;
+                Slot::new(i, t, x as usize)
+            }
+            Order::Wide(slots) => slots[at],
+        }
+    }
+
+    /// The first place at or after `from` whose ifindex is not below `ifindex`
+    /// (the flows are sorted by ifindex first).
+    fn first_of(&self, from: usize, ifindex: u32) -> usize {
+        let (mut lo, mut hi) = (from, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid).ifindex() < ifindex {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 }
 
@@ -424,7 +465,7 @@ pub struct WindowRecords<'a> {
     /// ACCEPT entries the drop program emptied (every packet of the flow
     /// was dropped) are no records: their packets are in these REJECT ones.
     rejects: Vec<(FlowKey, FlowStats, Option<Arc<str>>)>,
-    slots: Vec<Slot>,
+    slots: Order,
     /// In output order.
     runs: Vec<Run>,
     /// The window, in Unix seconds.
@@ -440,20 +481,20 @@ impl<'a> WindowRecords<'a> {
         // into one u128 per flow: sorting plain integers is several times faster
         // than comparing keys through pointers into a million scattered entries,
         // and ties (the capture clock ticks every few ms) need no key compare.
-        let mut slots: Vec<Slot> = drained
-            .flows
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.1.packets > 0)
-            .map(|(i, (k, v))| Slot::new(k.ifindex, v.first_seen_ns, i))
-            .chain(rejects.iter().enumerate().map(|(i, (k, v, _))| Slot::new(k.ifindex, v.first_seen_ns, n_flows + i)))
-            .collect();
-        sort_slots(&mut slots);
+        let slots = Order::sorted(|| {
+            drained
+                .flows
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.1.packets > 0)
+                .map(|(i, (k, v))| Slot::new(k.ifindex, v.first_seen_ns, i))
+                .chain(rejects.iter().enumerate().map(|(i, (k, v, _))| Slot::new(k.ifindex, v.first_seen_ns, n_flows + i)))
+        });
         let failed: BTreeMap<u32, u64> = drained.fails.iter().map(|(i, f)| (*i, f.packets)).collect();
 
         let mut order: Vec<InterfaceMeta> = interfaces.to_vec();
         let mut seen_ifindex = None;
-        for idx in slots.iter().map(|s| s.ifindex()).chain(failed.keys().copied()) {
+        for idx in (0..slots.len()).map(|at| slots.get(at).ifindex()).chain(failed.keys().copied()) {
             if seen_ifindex == Some(idx) {
                 continue;
             }
@@ -473,8 +514,8 @@ impl<'a> WindowRecords<'a> {
         let runs = order
             .into_iter()
             .map(|meta| {
-                let lo = slots.partition_point(|s| s.ifindex() < meta.ifindex);
-                let hi = lo + slots[lo..].partition_point(|s| s.ifindex() == meta.ifindex);
+                let lo = slots.first_of(0, meta.ifindex);
+                let hi = meta.ifindex.checked_add(1).map_or(slots.len(), |next| slots.first_of(lo, next));
                 let skipped = failed.contains_key(&meta.ifindex) || drained.unattributed_failures > 0;
                 let run = Run { meta, flows: lo..hi, at, skipped };
                 at = run.last() + 1;
@@ -555,11 +596,11 @@ impl<'a> WindowRecords<'a> {
             let mut rec = base_record(host, meta, w_start, w_end, LogStatus::Ok);
             let mut written = 0usize;
             for at in lo..hi {
-                if let Some((k, v)) = self.slots.get(at + PREFETCH_AHEAD).and_then(|s| drained.flows.get(s.idx())) {
+                if let Some((k, v)) = (at + PREFETCH_AHEAD < self.slots.len()).then(|| self.slots.get(at + PREFETCH_AHEAD)).and_then(|s| drained.flows.get(s.idx())) {
                     prefetch(k);
                     prefetch(v);
                 }
-                let (k, v, action, reject_reason) = self.entry(self.slots[at]);
+                let (k, v, action, reject_reason) = self.entry(self.slots.get(at));
                 let (pkt_src, pkt_dst) = key_addrs(k);
                 if !self.admits(k, action, (pkt_src, pkt_dst)) {
                     continue;
@@ -609,7 +650,7 @@ impl<'a> WindowRecords<'a> {
             // NODATA only if no flow of the interface passed the filters,
             // including its flows in the ranges before this one (the first
             // one checked passes, unless the filters leave flows out).
-            let nodata = || written == 0 && !self.slots[run.flows.start..lo].iter().any(|s| matches!(self.entry(*s), (k, _, a, _) if self.admits(k, a, key_addrs(k))));
+            let nodata = || written == 0 && !(run.flows.start..lo).any(|at| matches!(self.entry(self.slots.get(at)), (k, _, a, _) if self.admits(k, a, key_addrs(k))));
             let status = if run.skipped {
                 Some(LogStatus::SkipData)
             } else if nodata() {
@@ -671,7 +712,10 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(64);
         for case in 0..400 {
             let n = rng.usize(0..3000);
-            let ifaces: Vec<u32> = (0..rng.usize(1..6)).map(|_| if rng.bool() { rng.u32(1..40) } else { rng.u32(..) }).collect();
+            let mut ifaces: Vec<u32> = (0..rng.usize(1..6)).map(|_| if rng.bool() { rng.u32(1..40) } else { rng.u32(..) }).collect();
+            if case % 7 == 0 {
+                ifaces.push(u32::MAX);
+            }
             let t0 = rng.u64(..u64::MAX / 2);
             let span = 1u64 << rng.u32(0..63);
             let mut slots: Vec<Slot> =
@@ -679,8 +723,13 @@ mod tests {
             rng.shuffle(&mut slots);
             let mut want = slots.clone();
             want.sort_unstable();
-            sort_slots(&mut slots);
-            assert!(slots == want, "case {case}: {n} slots, interfaces {ifaces:?}, time span {span}");
+            let order = Order::sorted(|| slots.iter().copied());
+            let got: Vec<Slot> = (0..order.len()).map(|at| order.get(at)).collect();
+            assert!(got == want, "case {case}: {n} slots, interfaces {ifaces:?}, time span {span}");
+            // An interface's flows are found by ifindex in either layout.
+            for i in ifaces.iter().copied().chain([0, 1, u32::MAX]) {
+                assert_eq!(order.first_of(0, i), want.partition_point(|s| s.ifindex() < i), "case {case}: ifindex {i}");
+            }
         }
     }
 

@@ -102,7 +102,13 @@ impl<'h> Columns<'h> {
                 Kind::String => Values::Str(Vec::with_capacity(n)),
             })
             .collect();
+        // The strings are slices of one copy of the text (a reference count
+        // each), not an allocation each: a third of the columns' time.
+        let text = bytes::Bytes::from(lines.concat());
+        let mut line_at = 0;
         for (i, l) in lines.iter().enumerate() {
+            let (base, at) = (l.as_ptr() as usize, line_at);
+            line_at += l.len();
             let mut toks = l.split(' ');
             for (c, (d, v)) in defs.iter_mut().zip(&mut values).enumerate() {
                 let Some(t) = toks.next() else { bail!("record {i} has {} values for {} fields: {l:?}", l.split(' ').count(), names.len()) };
@@ -115,7 +121,10 @@ impl<'h> Columns<'h> {
                 match v {
                     Values::Int32(v) => v.push(t.parse().with_context(|| format!("field {}: {t:?} is not an INT_32", names[c]))?),
                     Values::Int64(v) => v.push(t.parse().with_context(|| format!("field {}: {t:?} is not an INT_64", names[c]))?),
-                    Values::Str(v) => v.push(ByteArray::from(t)),
+                    Values::Str(v) => {
+                        let from = at + (t.as_ptr() as usize - base);
+                        v.push(ByteArray::from(text.slice(from..from + t.len())))
+                    }
                 }
             }
             if toks.next().is_some() {

@@ -607,6 +607,8 @@ fn child_agent(n: usize, v6: bool, windows: usize, out_dir: &str, kind: TableKin
         let (results, counts) = shipper.write_window(&format, &records);
         write.push(t0.elapsed().as_secs_f64() * 1e3);
         ensure!(results.iter().all(|(_, ok)| *ok) && counts.total() == n, "{results:?}, {} records", counts.total());
+        // Gone before the release, as in the agent (`Agent::ship`).
+        drop(records);
         w.tables.release(&drained)?;
         // Counted a buffer at a time: reading the file whole would add its
         // size to the peak this child measures.

@@ -288,6 +288,12 @@ impl FlowTables {
             Flows::Hash(t) => sys::lookup_all(t[i].map().fd().as_fd(), self.batch, &mut flows).context("reading the flow table")?,
             Flows::Slots { tables, capacity, clock } => {
                 let base = clock.get(&g, 0).context("reading the slot clock")?;
+                // As many as the table may hold: pages never written cost no
+                // memory, and grown by doubling, the copies and the freed
+                // halves were 12 MiB of the agent's peak at a million flows
+                // (BENCHMARKS.md, #22).
+                flows.reserve(*capacity as usize / 2);
+                slots.reserve(*capacity as usize / 2);
                 read_slots(tables[i].map().fd().as_fd(), *capacity, base, &mut flows, &mut slots).context("reading the slot table")?;
             }
         }

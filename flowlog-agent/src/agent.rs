@@ -423,7 +423,9 @@ impl Agent {
             self.metrics.forget_interface(&name);
         }
         self.metrics.set_attached(self.ifs.attached.values());
-        Ok(Closed { flows: drained.flows.len(), written })
+        let closed = Closed { flows: drained.flows.len(), written };
+        self.tables.recycle(drained);
+        Ok(closed)
     }
 
     /// The kernel's counters to the metrics; what grew since the last

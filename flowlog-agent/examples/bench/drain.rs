@@ -610,6 +610,7 @@ fn child_agent(n: usize, v6: bool, windows: usize, out_dir: &str, kind: TableKin
         // Gone before the release, as in the agent (`Agent::ship`).
         drop(records);
         w.tables.release(&drained)?;
+        w.tables.recycle(drained);
         // Counted a buffer at a time: reading the file whole would add its
         // size to the peak this child measures.
         let lines = count_lines(&path)?;
@@ -715,9 +716,11 @@ pub fn child(args: &[String]) -> Result<()> {
     let mut batch = Vec::new();
     let mut single = 0;
     for _ in 0..windows {
-        // The last window's flows are kept for the formatter-only pass, not
-        // across windows (they would add to the peak).
-        drop(last.take());
+        // The last window's flows are kept for the formatter-only pass; the
+        // one before goes back to the tables, as the agent does.
+        if let Some(d) = last.take() {
+            w.tables.recycle(d);
+        }
         w.fill(n, v6)?;
 
         let sys0 = sys_cpu_ms();
@@ -785,7 +788,7 @@ pub fn child(args: &[String]) -> Result<()> {
         last = Some(drained);
     }
     let drained = last.expect("at least one window");
-    let drained_mib = (drained.flows.capacity() * std::mem::size_of_val(&drained.flows[0])) as f64 / (1 << 20) as f64;
+    let drained_mib = (drained.flows.len() * std::mem::size_of_val(&drained.flows[0])) as f64 / (1 << 20) as f64;
     // Peak RSS of the windows as the agent runs them, before the
     // formatter-only measurements below allocate their sample.
     // SAFETY: getrusage with a valid out pointer.

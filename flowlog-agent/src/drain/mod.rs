@@ -116,6 +116,16 @@ pub struct FlowTables {
     current: u32,
     window_start_unix_ns: u64,
     batch: usize,
+    /// A shipped window's vectors, emptied, for the next one to read into
+    /// ([`FlowTables::recycle`]).
+    spare: Spare,
+}
+
+/// See [`FlowTables::recycle`].
+#[derive(Default)]
+struct Spare {
+    flows: Vec<(FlowKey, FlowStats)>,
+    slots: Vec<u32>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
@@ -172,6 +182,7 @@ impl FlowTables {
             current,
             window_start_unix_ns,
             batch,
+            spare: Spare::default(),
         })
     }
 
@@ -258,6 +269,18 @@ impl FlowTables {
         Ok(())
     }
 
+    /// Takes back a window's vectors once it is shipped (and released, or
+    /// left in the kernel): the next window reads into them, not into fresh
+    /// pages that fault in 4 KiB at a time (1-2 ms of a 100,000-flow drain:
+    /// BENCHMARKS.md, #22). They stay the size of the largest window read
+    /// (88 bytes per flow, so at most about 88 bytes × `max-flows`).
+    pub fn recycle(&mut self, mut d: Drained) {
+        d.flows.clear();
+        let mut slots = d.read.into_iter().next().map(|r| r.slots).unwrap_or_default();
+        slots.clear();
+        self.spare = Spare { flows: d.flows, slots };
+    }
+
     /// Switches generation. Returns the old one, which no program uses any
     /// more, the end of the closed window and the start of the next one.
     fn flip(&mut self) -> Result<(u32, u64, u64)> {
@@ -282,8 +305,7 @@ impl FlowTables {
 
     fn read_generation(&mut self, g: u32, window_start_unix_ns: u64, window_end_unix_ns: u64) -> Result<Drained> {
         let i = g as usize;
-        let mut flows = Vec::new();
-        let mut slots = Vec::new();
+        let Spare { mut flows, mut slots } = std::mem::take(&mut self.spare);
         match &self.flows {
             Flows::Hash(t) => sys::lookup_all(t[i].map().fd().as_fd(), self.batch, &mut flows).context("reading the flow table")?,
             Flows::Slots { tables, capacity, clock } => {

@@ -146,12 +146,6 @@ impl Default for ShipConfig {
 /// [`crate::enrich::PLACES_PER_THREAD`] or more of a piece.
 pub const WINDOW_PIECE: usize = 1 << 16;
 
-/// The largest text buffer kept from one window to the next (a window of
-/// ten thousand records or so): larger ones cost a page fault per 4 KiB
-/// when the next large window needs them again, about a hundredth of its
-/// time.
-const KEPT_TEXT: usize = 1 << 20;
-
 /// One window on its way to the outputs (from [`Shipper::window`]).
 pub struct WindowWriter<'a> {
     shipper: &'a mut Shipper,
@@ -303,10 +297,6 @@ impl<'a> WindowWriter<'a> {
     /// spooled ones), whether the records were written.
     pub fn finish(mut self) -> Vec<(String, bool)> {
         self.flush();
-        // A large window's buffers go with it: held until the next window,
-        // they were part of the agent's peak while that one was drained (8
-        // MiB at a million flows; BENCHMARKS.md, #22). Small ones are kept.
-        self.shipper.texts.retain(|t| t.capacity() <= KEPT_TEXT);
         let records = self.records;
         let mut results = Vec::new();
         for (s, failed) in self.shipper.direct.iter().zip(&self.failed) {
@@ -873,21 +863,6 @@ pub(crate) mod tests {
         assert_eq!(first.records.len(), 30);
         assert_eq!(second, first);
         assert_eq!(third, first);
-        // A small window's buffers are kept for the next one; a large
-        // window's are not kept past its end.
-        assert!(!sh.texts.is_empty() && sh.texts.iter().all(|t| t.capacity() <= KEPT_TEXT));
-        let mut w = sh.window(&format);
-        let mut parts = w.parts(2);
-        let big = KEPT_TEXT / whole.len() * 30 + 30;
-        records.iter().cycle().take(big).for_each(|r| parts[0].push(r));
-        records[..1].iter().for_each(|r| parts[1].push(r));
-        w.append(parts);
-        w.flush();
-        let again = w.parts(2);
-        assert!(again.iter().any(|p| p.text.capacity() > KEPT_TEXT), "kept between pieces");
-        w.append(again);
-        w.finish();
-        assert!(!sh.texts.is_empty() && sh.texts.iter().all(|t| t.capacity() <= KEPT_TEXT), "not kept past the window");
         sh.shutdown().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -289,8 +289,34 @@ impl Slot {
 /// million flows holds 8 MiB of order, not 16 plus 8 while sorting
 /// (BENCHMARKS.md, issue #22: the peak RSS).
 enum Order {
-    Packed { keys: Vec<u64>, lo: (u32, u64, u32), t_bits: u32, x_bits: u32 },
+    Packed(Vec<u64>, Packing),
     Wide(Vec<Slot>),
+}
+
+/// How a packed key holds a [`Slot`]: each part minus its least value, the
+/// time and the index in the low `t_bits` + `x_bits` bits.
+struct Packing {
+    lo: (u32, u64, u32),
+    t_bits: u32,
+    x_bits: u32,
+}
+
+impl Packing {
+    #[inline(always)]
+    fn pack(&self, (i, t, x): (u32, u64, u32)) -> u64 {
+        let Packing { lo, t_bits, x_bits } = self;
+        (((i - lo.0) as u128) << (t_bits + x_bits) | ((t - lo.1) as u128) << x_bits | (x - lo.2) as u128) as u64
+    }
+
+    #[inline(always)]
+    fn unpack(&self, key: u64) -> Slot {
+        let Packing { lo, t_bits, x_bits } = self;
+        let (k, mask) = (key as u128, |b: u32| (1u128 << b) - 1);
+        let i = (k >> (t_bits + x_bits)) as u32 + lo.0;
+        let t = ((k >> x_bits) & mask(*t_bits)) as u64 + lo.1;
+        let x = (k & mask(*x_bits)) as u32 + lo.2;
+        Slot::new(i, t, x as usize)
+    }
 }
 
 impl Order {
@@ -312,17 +338,15 @@ impl Order {
             slots.sort_unstable();
             return Order::Wide(slots);
         }
-        let mut keys: Vec<u64> = each()
-            .map(fields)
-            .map(|(i, t, x)| (((i - lo.0) as u128) << (t_bits + x_bits) | ((t - lo.1) as u128) << x_bits | (x - lo.2) as u128) as u64)
-            .collect();
+        let packing = Packing { lo, t_bits, x_bits };
+        let mut keys: Vec<u64> = each().map(|s| packing.pack(fields(s))).collect();
         keys.sort_unstable();
-        Order::Packed { keys, lo, t_bits, x_bits }
+        Order::Packed(keys, packing)
     }
 
     fn len(&self) -> usize {
         match self {
-            Order::Packed { keys, .. } => keys.len(),
+            Order::Packed(keys, _) => keys.len(),
             Order::Wide(slots) => slots.len(),
         }
     }
@@ -331,31 +355,17 @@ impl Order {
     #[inline(always)]
     fn get(&self, at: usize) -> Slot {
         match self {
-            Order::Packed { keys, lo, t_bits, x_bits } => {
-                let k = keys[at] as u128;
-                let mask = |b: u32| (1u128 << b) - 1;
-                let i = (k >> (t_bits + x_bits)) as u32 + lo.0;
-                let t = ((k >> x_bits) & mask(*t_bits)) as u64 + lo.1;
-                let x = (k & mask(*x_bits)) as u32 + lo.2;
-                Slot::new(i, t, x as usize)
-            }
+            Order::Packed(keys, p) => p.unpack(keys[at]),
             Order::Wide(slots) => slots[at],
         }
     }
 
-    /// The first place at or after `from` whose ifindex is not below `ifindex`
-    /// (the flows are sorted by ifindex first).
-    fn first_of(&self, from: usize, ifindex: u32) -> usize {
-        let (mut lo, mut hi) = (from, self.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.get(mid).ifindex() < ifindex {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+    /// [`slice::partition_point`] over the places from `from` on.
+    fn partition_point(&self, from: usize, pred: impl Fn(Slot) -> bool) -> usize {
+        from + match self {
+            Order::Packed(keys, p) => keys[from..].partition_point(|&k| pred(p.unpack(k))),
+            Order::Wide(slots) => slots[from..].partition_point(|&s| pred(s)),
         }
-        lo
     }
 }
 
@@ -478,7 +488,7 @@ impl<'a> WindowRecords<'a> {
         let rejects = reject::merge(&drained.rejects, enrichment.map_or(&no_reasons, |e| &e.reject_reasons));
         let n_flows = drained.flows.len();
         // The order is (interface, first packet, place in the window), packed
-        // into one u128 per flow: sorting plain integers is several times faster
+        // into one integer per flow (see `Order`): sorting plain integers is several times faster
         // than comparing keys through pointers into a million scattered entries,
         // and ties (the capture clock ticks every few ms) need no key compare.
         let slots = Order::sorted(|| {
@@ -514,8 +524,8 @@ impl<'a> WindowRecords<'a> {
         let runs = order
             .into_iter()
             .map(|meta| {
-                let lo = slots.first_of(0, meta.ifindex);
-                let hi = meta.ifindex.checked_add(1).map_or(slots.len(), |next| slots.first_of(lo, next));
+                let lo = slots.partition_point(0, |s| s.ifindex() < meta.ifindex);
+                let hi = slots.partition_point(lo, |s| s.ifindex() == meta.ifindex);
                 let skipped = failed.contains_key(&meta.ifindex) || drained.unattributed_failures > 0;
                 let run = Run { meta, flows: lo..hi, at, skipped };
                 at = run.last() + 1;
@@ -728,7 +738,7 @@ mod tests {
             assert!(got == want, "case {case}: {n} slots, interfaces {ifaces:?}, time span {span}");
             // An interface's flows are found by ifindex in either layout.
             for i in ifaces.iter().copied().chain([0, 1, u32::MAX]) {
-                assert_eq!(order.first_of(0, i), want.partition_point(|s| s.ifindex() < i), "case {case}: ifindex {i}");
+                assert_eq!(order.partition_point(0, |s| s.ifindex() < i), want.partition_point(|s| s.ifindex() < i), "case {case}: ifindex {i}");
             }
         }
     }

@@ -66,11 +66,21 @@ pub fn parquet_file(header: &str, lines: &[&str]) -> Result<Vec<u8>> {
     write_parquet(header, lines, false)
 }
 
-/// One column's values, typed; `defs` holds 1 for a value, 0 for a null.
+/// One column's values (nulls left out: see [`Columns`]'s `defs`).
 enum Values {
     Int32(Vec<i32>),
     Int64(Vec<i64>),
     Str(Vec<ByteArray>),
+}
+
+impl Values {
+    fn kind(&self) -> Kind {
+        match self {
+            Values::Int32(_) => Kind::Int32,
+            Values::Int64(_) => Kind::Int64,
+            Values::Str(_) => Kind::String,
+        }
+    }
 }
 
 /// The records' values split into typed columns: the part of a Parquet body
@@ -78,7 +88,7 @@ enum Values {
 /// the bench (`cargo xtask bench --only drain`, "Parquet: columns").
 pub struct Columns<'h> {
     names: Vec<&'h str>,
-    kinds: Vec<Kind>,
+    /// Per column and record: 1 for a value, 0 for a null.
     defs: Vec<Vec<i16>>,
     values: Vec<Values>,
 }
@@ -91,12 +101,11 @@ impl<'h> Columns<'h> {
         if names.is_empty() {
             bail!("no fields in the header line");
         }
-        let kinds: Vec<Kind> = names.iter().map(|n| column_kind(n)).collect();
         let n = lines.len();
         let mut defs = vec![Vec::with_capacity(n); names.len()];
-        let mut values: Vec<Values> = kinds
+        let mut values: Vec<Values> = names
             .iter()
-            .map(|k| match k {
+            .map(|name| match column_kind(name) {
                 Kind::Int32 => Values::Int32(Vec::with_capacity(n)),
                 Kind::Int64 => Values::Int64(Vec::with_capacity(n)),
                 Kind::String => Values::Str(Vec::with_capacity(n)),
@@ -109,9 +118,10 @@ impl<'h> Columns<'h> {
         for (i, l) in lines.iter().enumerate() {
             let (base, at) = (l.as_ptr() as usize, line_at);
             line_at += l.len();
+            let wrong_count = || anyhow::anyhow!("record {i} has {} values for {} fields: {l:?}", l.split(' ').count(), names.len());
             let mut toks = l.split(' ');
             for (c, (d, v)) in defs.iter_mut().zip(&mut values).enumerate() {
-                let Some(t) = toks.next() else { bail!("record {i} has {} values for {} fields: {l:?}", l.split(' ').count(), names.len()) };
+                let t = toks.next().ok_or_else(wrong_count)?;
                 // STRING columns keep `-`; there is no number to write for it.
                 let null = t == "-" && !matches!(v, Values::Str(_));
                 d.push(i16::from(!null));
@@ -128,10 +138,10 @@ impl<'h> Columns<'h> {
                 }
             }
             if toks.next().is_some() {
-                bail!("record {i} has {} values for {} fields: {l:?}", l.split(' ').count(), names.len());
+                return Err(wrong_count());
             }
         }
-        Ok(Columns { names, kinds, defs, values })
+        Ok(Columns { names, defs, values })
     }
 
     /// The Parquet file. `dictionary`: what earlier versions wrote
@@ -140,8 +150,8 @@ impl<'h> Columns<'h> {
         let fields = self
             .names
             .iter()
-            .zip(&self.kinds)
-            .map(|(n, &kind)| {
+            .zip(self.values.iter().map(Values::kind))
+            .map(|(n, kind)| {
                 let logical = (kind == Kind::String).then_some(LogicalType::String);
                 Type::primitive_type_builder(&column_name(n), physical(kind)).with_logical_type(logical).with_repetition(Repetition::OPTIONAL).build().map(Arc::new)
             })
